@@ -1,0 +1,53 @@
+"""Where each stage writes: one place that knows the output layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Output paths of one model, under ``root`` (the working folder by default)."""
+
+    name: str
+    root: Path = Path(".")
+
+    @classmethod
+    def of(cls, cfg: Config, root: Path | None = None) -> Artifacts:
+        return cls(cfg.name, Path(root) if root is not None else Path.cwd())
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "engines" / self.name
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.model_dir / "onnx"
+
+    def graph(self, precision: str) -> Path:
+        """``fp32``, ``fp16``, ``w8a8`` or ``w8a8-cpu``."""
+        return self.onnx_dir / f"model.{precision}.onnx"
+
+    @property
+    def ranges(self) -> Path:
+        return self.root / "calib" / self.name / "ranges.json"
+
+    @property
+    def trt_root(self) -> Path:
+        return self.model_dir / "trt"
+
+    @property
+    def build_record(self) -> Path:
+        """What the build stage did (engines built, or why TensorRT was skipped)."""
+        return self.model_dir / "build.json"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.model_dir / "results"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.model_dir / "reports"

@@ -1,0 +1,56 @@
+"""``trtpipe``: one command per stage, each a thin call into ``pipeline.stages``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.errors import PipelineError
+
+config_option = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Model config, e.g. models/resnet_digits.toml.",
+)
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Show PipelineError as one line with exit status 1; other exceptions are bugs and keep tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PipelineError as exc:
+            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    return wrapper
+
+
+def _load(config_path: Path):
+    from pipeline.config import load_config
+
+    return load_config(config_path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trtpipe")
+def main() -> None:
+    """PyTorch model -> FP32/FP16 ONNX -> calibrated w8a8 Q/DQ graph -> TensorRT engines, checked and benchmarked."""
+
+
+@main.command()
+@config_option
+@_user_errors
+def export(config_path: Path) -> None:
+    """Export engines/NAME/onnx/model.fp32.onnx and model.fp16.onnx, checked against PyTorch."""
+    from pipeline import stages
+
+    stages.export(_load(config_path))
+
+
+if __name__ == "__main__":
+    main()

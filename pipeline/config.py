@@ -1,0 +1,317 @@
+"""Model configs: one TOML file per model, loaded into frozen dataclasses.
+
+Loading validates everything up front. Unknown keys, missing keys and wrong
+types raise ``PipelineError`` naming the file, the dotted key and what was
+expected, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.errors import PipelineError
+
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
+CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse")
+BATCH_AXIS = "batch"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    source: str
+    args: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for dim in self.shape:
+            if isinstance(dim, int) and dim < 1:
+                raise ValueError(f"shape {list(self.shape)} has a non-positive dimension")
+
+    @property
+    def batch_axis(self) -> int | None:
+        return self.shape.index(BATCH_AXIS) if BATCH_AXIS in self.shape else None
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        """The shape with the batch axis set; other named axes must be static here."""
+        out = []
+        for dim in self.shape:
+            if dim == BATCH_AXIS:
+                out.append(batch)
+            elif isinstance(dim, str):
+                raise PipelineError(
+                    f"input {self.name!r}: axis {dim!r} is dynamic; give it a size in [[batch]] "
+                    f"profiles or make it static to run at a fixed shape"
+                )
+            else:
+                out.append(dim)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """A TensorRT optimization profile over the batch axis."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"needs 1 <= min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}")
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    opset: int = 19
+    # Dtype of the FP16 graph's inputs and outputs; float32 keeps the I/O
+    # contract of the reference graph and casts at the edges.
+    io_dtype: Literal["float32", "float16"] = "float32"
+    # TensorRT warns that LayerNorm overflows in FP16 and recommends FP32.
+    keep_fp32: tuple[str, ...] = ("LayerNormalization",)
+    parity_batches: tuple[int, ...] = (1, 7)
+
+    def __post_init__(self) -> None:
+        if self.opset < 19:
+            raise ValueError(f"opset {self.opset} is too old: FP16 Q/DQ scales need opset >= 19")
+        if not self.parity_batches or min(self.parity_batches) < 1:
+            raise ValueError("parity_batches needs one or more positive batch sizes")
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    source: str
+    samples: int = 512
+    batch_size: int = 32
+    method: str = "entropy"
+    percentile: float = 99.99
+    bins: int = 2048
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile {self.percentile} must be in (50, 100]")
+        if self.samples < 1 or self.batch_size < 1:
+            raise ValueError("samples and batch_size must be positive")
+        if not 128 <= self.bins <= 1 << 16:
+            raise ValueError(f"bins {self.bins} must be between 128 and 65536")
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    """Held-out data: a callable yielding ``(feed_dict, labels)`` batches."""
+
+    source: str
+    metric: Literal["top1"] = "top1"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuantizeSection:
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_patterns: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    # Channels (Conv) or K/N (GEMM) below this stay FP16: too small to gain.
+    min_channels: int = 16
+
+    def __post_init__(self) -> None:
+        for pattern in self.exclude_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"exclude_patterns: {pattern!r} is not a valid regex ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Accuracy gate for one precision, against the FP32 reference."""
+
+    min_cosine: float = 0.99
+    max_abs: float | None = None
+    min_top1_agreement: float | None = None
+    max_metric_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class AccuracySection:
+    fp32: Gate = Gate(min_cosine=0.99999, max_abs=1e-3)
+    fp16: Gate = Gate(min_cosine=0.9999, max_abs=5e-2)
+    w8a8: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
+    w8a8_cpu: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
+
+
+@dataclass(frozen=True)
+class BenchSection:
+    gpu_batches: tuple[int, ...] = (128, 256, 512, 1024)
+    cpu_batches: tuple[int, ...] = (1, 16, 64)
+    warmup: int = 3
+    iterations: int = 20
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class BuildSection:
+    workspace_mib: int = 4096
+    optimization_level: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.optimization_level <= 5:
+            raise ValueError("optimization_level must be 0..5 (TensorRT's builder_optimization_level)")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    model: ModelSection
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batch: tuple[BatchProfile, ...]
+    calibration: CalibrationSection
+    export: ExportSection = ExportSection()
+    evaluation: EvaluationSection | None = None
+    quantize: QuantizeSection = QuantizeSection()
+    accuracy: AccuracySection = AccuracySection()
+    bench: BenchSection = BenchSection()
+    build: BuildSection = BuildSection()
+    # Set by the loader, not by the file.
+    path: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"name {self.name!r} may hold only letters, digits, '_', '.', '-'")
+        if not self.inputs:
+            raise ValueError("needs at least one [[inputs]] entry")
+        if not self.outputs:
+            raise ValueError("needs at least one [[outputs]] entry")
+        if not self.batch:
+            raise ValueError("needs at least one [batch] profile")
+        names = [t.name for t in (*self.inputs, *self.outputs)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input and output names must be unique, got {names}")
+
+    @property
+    def root(self) -> Path:
+        """Folder the config lives in: relative paths in it resolve from here."""
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+
+# --- loading -----------------------------------------------------------------
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{path}: not valid TOML ({exc})") from None
+    if isinstance(raw.get("batch"), dict):
+        raw["batch"] = [raw["batch"]]  # one [batch] table is one profile
+    cfg = _build(Config, raw, str(path), "")
+    return dataclasses.replace(cfg, path=path.resolve())
+
+
+def _build(cls: type, raw: Any, file: str, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{file}: {where} should be a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path" or cls is not Config}
+    for key in raw:
+        if key not in fields:
+            raise PipelineError(
+                f"{file}: unknown key '{prefix}{key}' (expected one of: {', '.join(sorted(fields))})"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _convert(hints[name], raw[name], file, f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise PipelineError(f"{file}: missing key '{prefix}{name}' ({_describe(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise PipelineError(f"{file}: {where}: {exc}") from None
+
+
+def _convert(tp: Any, value: Any, file: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = PipelineError(f"{file}: key '{key}' should be {_describe(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, file, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, file, key)
+            except PipelineError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in args:
+            return value
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise bad
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(item, v, file, f"{key}[{i}]") for i, v in enumerate(value))
+        raise bad  # fixed-length tuples are not used in configs
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is int or tp is str or tp is bool:
+        if type(value) is tp:
+            return value
+        raise bad
+    if tp is Path:
+        return Path(value)
+    raise TypeError(f"config field type {tp!r} is not supported by the loader")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        inner = args[0]
+        return "an array of tables" if dataclasses.is_dataclass(inner) else f"an array of {_describe(inner)}"
+    if origin is dict:
+        return "a table"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))

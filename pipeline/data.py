@@ -1,0 +1,174 @@
+"""Real input data: calibration batches and held-out batches, validated as they stream.
+
+A calibration source is either a folder of ``.npz`` files (one batch per file,
+keys = input names, loaded without pickle) or a ``module:callable`` /
+``file.py:callable`` called as ``fn(samples=, batch_size=, **args)`` that yields
+feed dicts. An evaluation source is a callable ``fn(batch_size=, **args)`` that
+yields ``(feed_dict, labels)``. Every batch is checked against the config's
+inputs; nothing ever falls back to random data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config, TensorSpec
+from pipeline.errors import PipelineError
+from pipeline.sources import load_callable
+
+Feed = dict[str, np.ndarray]
+
+
+def validate_feed(feed: object, inputs: tuple[TensorSpec, ...], where: str) -> Feed:
+    """Check names, dtypes, static dims, one shared batch size and finiteness."""
+    if not isinstance(feed, dict):
+        raise PipelineError(f"{where}: expected a dict of input name -> array, got {type(feed).__name__}")
+    expected = {spec.name for spec in inputs}
+    extra = set(feed) - expected
+    if extra:
+        raise PipelineError(f"{where}: unexpected tensor(s) {sorted(extra)}; the config's inputs are {sorted(expected)}")
+    batch_sizes = set()
+    out: Feed = {}
+    for spec in inputs:
+        if spec.name not in feed:
+            raise PipelineError(f"{where}: tensor {spec.name!r} is missing (keys: {sorted(feed)})")
+        arr = np.asarray(feed[spec.name])
+        if arr.dtype != np.dtype(spec.dtype):
+            raise PipelineError(
+                f"{where}: tensor {spec.name!r} has dtype {arr.dtype}, the config says {spec.dtype}; convert the data"
+            )
+        if arr.ndim != len(spec.shape):
+            raise PipelineError(
+                f"{where}: tensor {spec.name!r} has shape {list(arr.shape)}, expected rank {len(spec.shape)} "
+                f"like {list(spec.shape)}"
+            )
+        for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+            if isinstance(want, int) and got != want:
+                raise PipelineError(
+                    f"{where}: tensor {spec.name!r} has shape {list(arr.shape)}, axis {axis} should be {want} "
+                    f"(config shape {list(spec.shape)})"
+                )
+        if spec.batch_axis is not None:
+            batch_sizes.add(arr.shape[spec.batch_axis])
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise PipelineError(f"{where}: tensor {spec.name!r} holds NaN or Inf values; clean the data")
+        out[spec.name] = arr
+    if len(batch_sizes) > 1:
+        raise PipelineError(f"{where}: inputs disagree on the batch size ({sorted(batch_sizes)})")
+    return out
+
+
+def batch_size_of(feed: Feed, cfg: Config) -> int:
+    spec = cfg.inputs[0]
+    return feed[spec.name].shape[spec.batch_axis] if spec.batch_axis is not None else 1
+
+
+def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Feed]:
+    """Stream validated calibration batches until ``samples`` rows are produced."""
+    section = cfg.calibration
+    samples = section.samples if samples is None else samples
+    source = cfg.resolve(section.source)
+    key = "calibration.source"
+    if source.is_dir():
+        batches = _npz_batches(source, cfg)
+    elif section.source.endswith((".py", "/")) or ":" in section.source:
+        fn = load_callable(section.source, cfg.root, key)
+        batches = (
+            (f"{key} {section.source!r} batch {i}", feed)
+            for i, feed in enumerate(fn(samples=samples, batch_size=section.batch_size, **section.args))
+        )
+    else:
+        raise PipelineError(f"{cfg.path}: {key} = {section.source!r} is neither a folder nor 'module:callable'")
+    seen = 0
+    for where, raw in batches:
+        feed = validate_feed(raw, cfg.inputs, where)
+        n = batch_size_of(feed, cfg)
+        if seen + n > samples:  # trim the last batch to the exact sample count
+            feed = slice_rows(feed, cfg, 0, samples - seen)
+            n = samples - seen
+        seen += n
+        yield feed
+        if seen >= samples:
+            return
+    if seen == 0:
+        raise PipelineError(f"{cfg.path}: {key} = {section.source!r} produced no calibration data")
+
+
+def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        raise PipelineError(f"{folder}: no .npz files (calibration.source in {cfg.path})")
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                feed = {k: npz[k] for k in npz.files}
+        except ValueError as exc:
+            raise PipelineError(f"{path}: cannot read without pickle ({exc}); save plain arrays with np.savez") from None
+        except (OSError, EOFError) as exc:
+            raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
+        yield str(path), feed
+
+
+def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.ndarray | None]]:
+    """Held-out batches with labels; calibration data (no labels) when no evaluator is configured."""
+    if cfg.evaluation is None:
+        rows = _rebatch(calibration_batches(cfg), cfg, batch_size)
+        yield from ((feed, None) for feed in rows)
+        return
+    key = "evaluation.source"
+    fn = load_callable(cfg.evaluation.source, cfg.root, key)
+    for i, item in enumerate(fn(batch_size=batch_size, **cfg.evaluation.args)):
+        where = f"{key} {cfg.evaluation.source!r} batch {i}"
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise PipelineError(f"{where}: expected (feed_dict, labels) tuples")
+        feed = validate_feed(item[0], cfg.inputs, where)
+        yield feed, np.asarray(item[1])
+
+
+def _rebatch(batches: Iterator[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:
+    pending: list[Feed] = []
+    count = 0
+    for feed in batches:
+        pending.append(feed)
+        count += batch_size_of(feed, cfg)
+        while count >= batch_size:
+            merged = concat(pending, cfg)
+            yield slice_rows(merged, cfg, 0, batch_size)
+            rest = slice_rows(merged, cfg, batch_size, count)
+            pending, count = [rest], count - batch_size
+    if count:
+        yield concat(pending, cfg)
+
+
+def concat(feeds: list[Feed], cfg: Config) -> Feed:
+    return {
+        spec.name: np.concatenate([f[spec.name] for f in feeds], axis=spec.batch_axis or 0) for spec in cfg.inputs
+    }
+
+
+def slice_rows(feed: Feed, cfg: Config, start: int, stop: int) -> Feed:
+    out = {}
+    for spec in cfg.inputs:
+        arr = feed[spec.name]
+        out[spec.name] = arr if spec.batch_axis is None else np.take(arr, np.arange(start, stop), axis=spec.batch_axis)
+    return out
+
+
+def sample_inputs(cfg: Config, batch: int) -> Feed:
+    """Exactly ``batch`` rows of real held-out (or calibration) data, repeated if the set is smaller."""
+    rows: list[Feed] = []
+    count = 0
+    for feed, _ in heldout_batches(cfg, batch):
+        rows.append(feed)
+        count += batch_size_of(feed, cfg)
+        if count >= batch:
+            break
+    if not rows:
+        raise PipelineError(f"{cfg.path}: the data source produced no rows")
+    merged = concat(rows, cfg)
+    while batch_size_of(merged, cfg) < batch:
+        merged = concat([merged, merged], cfg)
+    return slice_rows(merged, cfg, 0, batch)

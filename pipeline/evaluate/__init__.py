@@ -1,0 +1,1 @@
+"""Error statistics and gates shared by export parity, quantize accuracy and compare."""

@@ -1,0 +1,55 @@
+"""Parity of the exported graphs with PyTorch, on real inputs at several batch sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline import ortsession
+from pipeline.config import Config, Gate
+from pipeline.console import info, table
+from pipeline.data import sample_inputs
+from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import ErrorStats, error_stats, gate_failures
+from pipeline.export.onnx_from_torch import torch_outputs
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    precision: str
+    batch: int
+    output: str
+    stats: ErrorStats
+    failures: tuple[str, ...]
+
+
+def check_parity(cfg: Config, model: torch.nn.Module, graphs: dict[str, Path]) -> list[ParityRow]:
+    """Compare each graph (``{precision: path}``) with PyTorch; raise listing every failure."""
+    rows = []
+    sessions = {p: ortsession.session(path, cpu_only=True) for p, path in graphs.items()}
+    gates: dict[str, Gate] = {"fp32": cfg.accuracy.fp32, "fp16": cfg.accuracy.fp16}
+    for batch in cfg.export.parity_batches:
+        feed = sample_inputs(cfg, batch)
+        refs = torch_outputs(model, feed, cfg)
+        for precision, sess in sessions.items():
+            outs = ortsession.run(sess, feed)
+            for spec, out, ref in zip(cfg.outputs, outs, refs, strict=True):
+                stats = error_stats(out, ref)
+                failures = tuple(gate_failures(stats, gates[precision]))
+                rows.append(ParityRow(precision, batch, spec.name, stats, failures))
+    bad = [r for r in rows if r.failures]
+    if bad:
+        detail = "; ".join(f"{r.precision} batch {r.batch} {r.output!r}: {', '.join(r.failures)}" for r in bad)
+        info(format_parity(rows))
+        raise PipelineError(f"{cfg.name}: ONNX Runtime disagrees with PyTorch: {detail}")
+    return rows
+
+
+def format_parity(rows: list[ParityRow]) -> str:
+    return table(
+        ["graph", "batch", "output", "max abs", "max rel", "cosine", "ok"],
+        [[r.precision, r.batch, r.output, r.stats.max_abs, r.stats.max_rel, f"{r.stats.cosine:.7f}",
+          "FAIL" if r.failures else "ok"] for r in rows],
+    )

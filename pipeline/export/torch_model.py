@@ -1,0 +1,49 @@
+"""Build the user's ``torch.nn.Module`` from the config and load its weights safely."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+
+import torch
+
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.sources import load_callable
+
+
+def model_from_config(cfg: Config) -> torch.nn.Module:
+    build = load_callable(cfg.model.source, cfg.root, "model.source")
+    try:
+        model = build(**cfg.model.args)
+    except TypeError as exc:
+        raise PipelineError(f"{cfg.path}: model.source {cfg.model.source!r} rejected [model.args]: {exc}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise PipelineError(
+            f"{cfg.path}: model.source {cfg.model.source!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    if cfg.model.weights is not None:
+        load_weights(model, cfg)
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, cfg: Config) -> None:
+    path = cfg.resolve(cfg.model.weights or "")
+    if not path.is_file():
+        raise PipelineError(f"{cfg.path}: model.weights file {path} does not exist")
+    try:
+        # weights_only: never unpickle arbitrary objects from a user file.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: not a readable state_dict (truncated or corrupt?): {first}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise PipelineError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise PipelineError(
+            f"{path}: weights do not match the model built by {cfg.model.source!r}: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; check [model.args]"
+        )

@@ -1,0 +1,87 @@
+"""Loading, checking and atomically saving ONNX graphs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnx
+
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path
+
+# Protobuf cannot serialize a single message past 2 GiB; leave headroom.
+_EXTERNAL_DATA_THRESHOLD = 1800 << 20
+
+
+def load(path: str | os.PathLike[str], what: str = "graph") -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: {what} not found; run the stage that makes it first")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise PipelineError(f"{path}: not a readable ONNX file ({exc}); delete it and re-run its stage") from None
+
+
+def check(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
+    """Full checker pass plus strict shape inference; returns the inferred model."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise PipelineError(f"{what}: the ONNX checker rejected the graph: {exc}") from None
+    return inferred
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Save atomically; graphs near the 2 GB protobuf limit keep weights in ``<name>.data``."""
+    path = Path(path)
+    if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+        return path
+    data_name = path.name + ".data"
+    with atomic_path(path) as tmp:
+        tmp_data = tmp.parent / (tmp.name + ".data")
+        try:
+            onnx.save(model, str(tmp), save_as_external_data=True, location=tmp_data.name)
+            # Point the graph at the final data file name, then move the data first.
+            m = onnx.load(str(tmp), load_external_data=False)
+            for init in m.graph.initializer:
+                for entry in init.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save(m, str(tmp))
+            os.replace(tmp_data, path.parent / data_name)
+        finally:
+            tmp_data.unlink(missing_ok=True)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def graph_hash(model: onnx.ModelProto) -> str:
+    """Hash of the serialized graph: calibration caches and manifests record it."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def producer_map(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def consumer_map(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for inp in node.input:
+            if inp:
+                consumers.setdefault(inp, []).append(node)
+    return consumers
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default

@@ -1,0 +1,51 @@
+"""Resolve ``"package.module:callable"`` or ``"path/to/file.py:callable"`` specs."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+
+def load_callable(spec: str, base: Path, key: str) -> Callable[..., Any]:
+    """Import the callable named by ``spec``; file paths resolve relative to ``base``.
+
+    ``key`` names the config key in error messages.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise PipelineError(f"{key} = {spec!r}: expected 'package.module:callable' or 'path/to/file.py:callable'")
+    if target.endswith(".py"):
+        module = _module_from_file(target, base, key)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise PipelineError(f"{key} = {spec!r}: cannot import module {target!r} ({exc})") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise PipelineError(f"{key} = {spec!r}: {target} has no callable named {attr!r}")
+    return fn
+
+
+def _module_from_file(target: str, base: Path, key: str) -> Any:
+    path = Path(target).expanduser()
+    path = path if path.is_absolute() else (base / path)
+    path = path.resolve()
+    if not path.is_file():
+        raise PipelineError(f"{key}: file {path} does not exist")
+    name = f"_trtpipe_user_{abs(hash(str(path)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PipelineError(f"{key}: cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)  # user errors inside the file keep their traceback
+    return module

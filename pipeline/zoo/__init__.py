@@ -1,0 +1,1 @@
+"""Example models trained on scikit-learn's bundled digits (no download)."""

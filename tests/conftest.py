@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny user model that lives outside the package, with its own config."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config
+
+# A user's model file, anywhere on disk: a conv net with a residual add and real-looking data
+# (deterministic sinusoid images; tests never draw random inputs for calibration).
+USER_MODEL = textwrap.dedent(
+    '''
+    import numpy as np
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, channels=16, classes=4):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.head = nn.Linear(channels, classes)
+
+        def forward(self, x):
+            y = torch.relu(self.conv1(x))
+            y = torch.relu(self.conv2(y) + y)
+            return self.head(y.mean((2, 3)))
+
+    def build(channels=16, classes=4):
+        torch.manual_seed(0)
+        return Net(channels, classes)
+
+    def images(n, offset=0):
+        i = np.arange(offset, offset + n, dtype=np.float32)[:, None, None, None]
+        yy, xx = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+        c = np.arange(3, dtype=np.float32)[None, :, None, None]
+        return np.sin(0.3 * i + 0.5 * yy + 0.7 * xx * (c + 1)).astype(np.float32)
+
+    def calibration(samples, batch_size):
+        for start in range(0, samples, batch_size):
+            yield {"x": images(min(batch_size, samples - start), start)}
+
+    def heldout(batch_size):
+        for start in range(0, 40, batch_size):
+            x = images(min(batch_size, 40 - start), 1000 + start)
+            yield {"x": x}, (np.arange(len(x)) % 4)
+    '''
+)
+
+
+def config_text(model_file: str, **sections: str) -> str:
+    """A valid config for the user model; ``sections`` replace whole blocks by name."""
+    blocks = {
+        "top": 'name = "tiny"',
+        "model": f'[model]\nsource = "{model_file}:build"\n[model.args]\nchannels = 16',
+        "inputs": '[[inputs]]\nname = "x"\nshape = ["batch", 3, 8, 8]\ndtype = "float32"',
+        "outputs": '[[outputs]]\nname = "logits"\nshape = ["batch", 4]\ndtype = "float32"',
+        "batch": "[batch]\nmin = 1\nopt = 8\nmax = 32",
+        "calibration": f'[calibration]\nsource = "{model_file}:calibration"\nsamples = 64\nbatch_size = 16',
+        "evaluation": f'[evaluation]\nsource = "{model_file}:heldout"',
+    }
+    blocks.update(sections)
+    return "\n\n".join(b for b in blocks.values() if b) + "\n"
+
+
+@pytest.fixture
+def user_model(tmp_path: Path) -> Path:
+    """The user's model file, in a folder of its own away from the config."""
+    folder = tmp_path / "somewhere" / "else"
+    folder.mkdir(parents=True)
+    path = folder / "net.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, user_model: Path):
+    """``make_config(**sections) -> Config`` written to tmp_path/cfg/tiny.toml."""
+
+    def make(**sections: str) -> Config:
+        path = write_config(tmp_path, user_model, **sections)
+        return load_config(path)
+
+    return make
+
+
+def write_config(tmp_path: Path, user_model: Path, **sections: str) -> Path:
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir(exist_ok=True)
+    path = cfg_dir / "tiny.toml"
+    path.write_text(config_text(str(user_model), **sections))
+    return path

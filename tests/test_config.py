@@ -1,0 +1,84 @@
+"""Config loading: every mistake names the file, the key and what is expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from tests.conftest import write_config
+
+
+def test_valid_config_loads_typed_and_frozen(tmp_path, user_model):
+    cfg = load_config(write_config(tmp_path, user_model))
+    assert cfg.name == "tiny"
+    assert cfg.inputs[0].shape == ("batch", 3, 8, 8)
+    assert cfg.batch[0].opt == 8
+    assert cfg.calibration.method == "entropy"
+    with pytest.raises(AttributeError):
+        cfg.name = "other"  # frozen
+
+
+def _error(tmp_path, user_model, **sections) -> str:
+    path = write_config(tmp_path, user_model, **sections)
+    with pytest.raises(PipelineError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_key_is_named(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, calibration='[calibration]\nsource = "x:y"\nsampels = 3')
+    assert "unknown key 'calibration.sampels'" in msg and "samples" in msg
+
+
+def test_missing_key_is_named(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, inputs='[[inputs]]\nshape = ["batch", 3, 8, 8]')
+    assert "missing key 'inputs[0].name'" in msg or "missing key 'inputs.name'" in msg
+
+
+def test_missing_inputs_section(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, inputs="")
+    assert "missing key 'inputs'" in msg
+
+
+def test_wrong_type_is_named(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, batch='[batch]\nmin = 1\nopt = "eight"\nmax = 32')
+    assert "'batch[0].opt'" in msg and "an integer" in msg
+
+
+def test_wrong_dtype_is_refused(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, inputs='[[inputs]]\nname = "x"\nshape = ["batch", 3, 8, 8]\ndtype = "float64"')
+    assert "dtype 'float64'" in msg and "float32" in msg
+
+
+def test_bad_profile_is_refused(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, batch="[batch]\nmin = 8\nopt = 4\nmax = 32")
+    assert "min <= opt <= max" in msg
+
+
+def test_several_profiles(tmp_path, user_model):
+    path = write_config(tmp_path, user_model, batch="[[batch]]\nmin=1\nopt=4\nmax=8\n\n[[batch]]\nmin=8\nopt=64\nmax=256")
+    assert [p.max for p in load_config(path).batch] == [8, 256]
+
+
+def test_bad_calibration_method(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, calibration='[calibration]\nsource = "x:y"\nmethod = "kl"')
+    assert "method 'kl'" in msg and "entropy" in msg
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(PipelineError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(PipelineError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_bundled_configs_load():
+    for name in ("resnet_digits", "vit_digits"):
+        cfg = load_config(f"models/{name}.toml")
+        assert cfg.resolve(cfg.model.weights).is_file()
