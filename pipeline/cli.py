@@ -52,5 +52,26 @@ def export(config_path: Path) -> None:
     stages.export(_load(config_path))
 
 
+@main.command()
+@config_option
+@click.option("--force", is_flag=True, help="Recalibrate even when the cache is up to date.")
+@_user_errors
+def calibrate(config_path: Path, force: bool) -> None:
+    """Activation ranges from the calibration data into calib/NAME/ranges.json (rebuilt when stale)."""
+    from pipeline import stages
+
+    stages.calibrate(_load(config_path), force=force)
+
+
+@main.command()
+@config_option
+@_user_errors
+def quantize(config_path: Path) -> None:
+    """w8a8 Q/DQ graphs: model.w8a8.onnx (TensorRT, FP16 graph) and model.w8a8-cpu.onnx (ONNX Runtime CPU)."""
+    from pipeline import stages
+
+    stages.quantize(_load(config_path))
+
+
 if __name__ == "__main__":
     main()

@@ -100,7 +100,9 @@ class CalibrationSection:
     batch_size: int = 32
     method: str = "entropy"
     percentile: float = 99.99
-    bins: int = 2048
+    # Histogram bins over [0, R), R the power-of-two ceiling of |x|max: fine enough that
+    # entropy/MSE can pick thresholds down to R/64.
+    bins: int = 8192
     args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -36,3 +36,81 @@ def export(cfg: Config, root: Path | None = None) -> list:
     info(f"{cfg.name}: wrote {out.graph('fp32')} and {out.graph('fp16')}")
     info(format_parity(rows))
     return rows
+
+
+def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
+    """Activation ranges for every tensor either quantization target needs, cached in calib/NAME."""
+    from pipeline import onnxutil
+    from pipeline.calibrate.cache import load_ranges
+    from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed
+    from pipeline.calibrate.histogram import STATS_VERSION
+    from pipeline.data import calibration_batches
+    from pipeline.quantize import ort_cpu
+    from pipeline.quantize.placement import plan_tensorrt
+
+    out = Artifacts.of(cfg, root)
+    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    section = cfg.calibration
+    tensors = plan_tensorrt(fp32, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(fp32)
+    settings = {"source": section.source, "args": dict(section.args), "samples": section.samples,
+                "batch_size": section.batch_size, "bins": section.bins, "percentile": section.percentile, "stats_version": STATS_VERSION}
+    cached = load_ranges(out.ranges)
+    reason = "no cache yet" if cached is None else cached.stale_reason(onnxutil.graph_hash(fp32), settings, tensors)
+    if cached is not None and reason is None and not force:
+        info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
+        return cached
+    info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
+    ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
+        fp32, calibration_batches(cfg), batches_needed(section.samples, section.batch_size), settings
+    )
+    ranges.save(out.ranges)
+    info(f"{cfg.name}: wrote {out.ranges}")
+    return ranges
+
+
+def quantize(cfg: Config, root: Path | None = None) -> dict:
+    """w8a8 graphs: TensorRT Q/DQ on the FP16 graph, ONNX Runtime CPU Q/DQ on the FP32 graph."""
+    from pipeline import onnxutil, ortsession
+    from pipeline.console import table
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate.accuracy import accuracy_table, evaluate
+    from pipeline.fileio import write_json
+    from pipeline.quantize import rules
+    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
+    from pipeline.quantize.placement import plan_tensorrt, summary_rows
+    from pipeline.quantize.qdq import QdqOnnxFromOnnx
+
+    out = Artifacts.of(cfg, root)
+    ranges = calibrate(cfg, root)  # rebuilds a stale cache, reuses a fresh one
+    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
+    method = cfg.calibration.method
+    plan = plan_tensorrt(fp32, cfg.quantize)
+    graphs = {
+        "w8a8": (QdqOnnxFromOnnx(plan, ranges, method)(fp16, fp32), True),
+        "w8a8-cpu": (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32), False),
+    }
+    for name, (model, symmetric) in graphs.items():
+        broken = rules.violations(model, symmetric=symmetric)
+        if broken:
+            raise PipelineError(f"{name} graph breaks TensorRT's explicit-quantization rules: {broken[0]} "
+                                f"(+{len(broken) - 1} more); this is a bug in the quantizer, please report it")
+    for name, (model, _) in graphs.items():
+        onnxutil.save(model, out.graph(name))
+        info(f"{cfg.name}: wrote {out.graph(name)}")
+
+    info(table(["op type", "INT8 layers", "kept FP16", "Q/DQ inputs"], summary_rows(plan, fp32)))
+    for s in plan.skipped:
+        info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
+
+    ref = ortsession.session(out.graph("fp32"), cpu_only=True)
+    sessions = {name: ortsession.session(out.graph(name), cpu_only=True) for name in graphs}
+    gates = {"w8a8": cfg.accuracy.w8a8, "w8a8-cpu": cfg.accuracy.w8a8_cpu}
+    rows = evaluate(cfg, lambda f: ortsession.run(ref, f),
+                    {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()}, gates)
+    info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data, method={method}")
+    info(table(*accuracy_table(rows)))
+    summary = {"method": method, "accuracy": [r.as_dict() for r in rows],
+               "skipped": [s.__dict__ for s in plan.skipped], "int8_layers": len(plan.quantized)}
+    write_json(out.results_dir / "quantize.json", summary)
+    return summary

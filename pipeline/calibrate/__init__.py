@@ -1,0 +1,1 @@
+"""Calibration: activation ranges from real data, streamed with bounded memory."""

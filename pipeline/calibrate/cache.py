@@ -1,0 +1,74 @@
+"""The versioned calibration cache ``calib/NAME/ranges.json``.
+
+It records the hash of the graph it was computed on and the settings that
+shape the statistics; a cache whose graph, settings or tensor set differ is
+stale and gets rebuilt. Thresholds of every method are stored, so switching
+``calibration.method`` needs no new pass over the data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.fileio import write_json
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    min: float
+    max: float
+    amax: dict[str, float]  # per method: max, percentile, entropy, mse
+
+
+@dataclass(frozen=True)
+class Ranges:
+    graph_sha256: str
+    settings: dict[str, object]  # bins, percentile, samples, source
+    tensors: dict[str, TensorRange]
+
+    def amax(self, tensor: str, method: str) -> float:
+        return self.tensors[tensor].amax[method]
+
+    def to_json(self) -> dict:
+        return {
+            "version": CACHE_VERSION,
+            "graph_sha256": self.graph_sha256,
+            "settings": self.settings,
+            "tensors": {k: {"min": v.min, "max": v.max, "amax": v.amax} for k, v in sorted(self.tensors.items())},
+        }
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
+    def stale_reason(self, graph_sha256: str, settings: dict[str, object], tensors: set[str]) -> str | None:
+        if self.graph_sha256 != graph_sha256:
+            return "the FP32 graph changed since calibration"
+        if self.settings != settings:
+            changed = sorted(k for k in set(settings) | set(self.settings) if settings.get(k) != self.settings.get(k))
+            return f"calibration settings changed ({', '.join(changed)})"
+        missing = tensors - set(self.tensors)
+        if missing:
+            return f"{len(missing)} tensor(s) to quantize have no range (e.g. {sorted(missing)[0]!r})"
+        return None
+
+
+def load_ranges(path: Path) -> Ranges | None:
+    """The cache at ``path``, or None if there is none; an unreadable cache is an error."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("version") != CACHE_VERSION:
+            return None  # another format: rebuilt like a stale cache
+        tensors = {
+            name: TensorRange(float(t["min"]), float(t["max"]), {k: float(v) for k, v in t["amax"].items()})
+            for name, t in raw["tensors"].items()
+        }
+        return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PipelineError(f"{path}: calibration cache is corrupt ({exc}); delete it and run calibrate") from None

@@ -1,0 +1,150 @@
+"""``QdqOnnxFromOnnx``: apply a TensorRT placement plan to the FP16 graph.
+
+Symmetric int8 with zero-point 0. Activation scales are per tensor, in the
+dtype of the tensor they quantize (FP16 in the FP16 graph, as strongly typed
+TensorRT requires). Weights are stored as int8 initializers behind a
+DequantizeLinear with per-channel scales: half the size of ModelOpt's FP16
+weights with a Q/DQ pair, and the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline import onnxutil
+from pipeline.calibrate.cache import Ranges
+from pipeline.errors import PipelineError
+from pipeline.quantize.placement import Plan
+
+INT8_MAX = 127.0
+FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal FP16: scales must stay positive
+
+
+def activation_scale(amax: float, dtype: np.dtype) -> np.ndarray:
+    scale = max(amax / INT8_MAX, FP16_TINY if dtype == np.float16 else 1e-12)
+    return np.array(scale, dtype=dtype)
+
+
+def quantize_weight(w: np.ndarray, axis: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8: (int8 weights, scales in ``dtype``) along ``axis``."""
+    reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
+    amax = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
+    floor = FP16_TINY if dtype == np.float16 else 1e-12
+    scale = np.maximum(amax / INT8_MAX, floor).astype(dtype)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    # Quantize with the scale as stored, so DequantizeLinear reproduces these numbers exactly.
+    q = np.clip(np.round(w / scale.astype(np.float32).reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+class QdqOnnxFromOnnx:
+    def __init__(self, plan: Plan, ranges: Ranges, method: str) -> None:
+        self.plan = plan
+        self.ranges = ranges
+        self.method = method
+
+    def __call__(self, fp16: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(fp16)
+        for i, node in enumerate(model.graph.node):
+            node.name = node.name or f"{node.op_type}_{i}"  # edges are addressed by node name
+        dtype_of = _dtypes(model)
+        nodes = {n.name: n for n in model.graph.node}
+        position = {n.name: i for i, n in enumerate(model.graph.node)}
+        fp32_weights = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
+        new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the consumer named by key
+        amax = self._amax_with_shared_scales()
+
+        for tensor, edges in sorted(self.plan.activations.items()):
+            by_fp16_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+            for node_name, idx in edges:
+                node = nodes.get(node_name)
+                if node is None:
+                    raise PipelineError(f"node {node_name!r} is in the FP32 graph but not the FP16 graph; re-run export")
+                by_fp16_tensor.setdefault(node.input[idx], []).append((node, idx))
+            for t16, uses in by_fp16_tensor.items():
+                dtype = dtype_of.get(t16, np.float16)
+                scale = activation_scale(amax[tensor], dtype)
+                base = _safe(t16)
+                scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
+                model.graph.initializer.extend([numpy_helper.from_array(scale, scale_name),
+                                                numpy_helper.from_array(np.array(0, np.int8), zp_name)])
+                q_out, dq_out = f"{base}_quantized", f"{base}_dequantized"
+                pair = [
+                    helper.make_node("QuantizeLinear", [t16, scale_name, zp_name], [q_out], name=f"{base}_QuantizeLinear"),
+                    helper.make_node("DequantizeLinear", [q_out, scale_name, zp_name], [dq_out],
+                                     name=f"{base}_DequantizeLinear"),
+                ]
+                first_use = min(uses, key=lambda use: position[use[0].name])[0]
+                new_nodes.setdefault(first_use.name, []).extend(pair)
+                for node, idx in uses:
+                    node.input[idx] = dq_out
+
+        for wq in self.plan.weights:
+            node = nodes[wq.node]
+            name16 = node.input[wq.input_index]
+            source = fp32_weights.get(wq.tensor)
+            if source is None:
+                raise PipelineError(f"weight {wq.tensor!r} missing from the FP32 graph; re-run export")
+            dtype = dtype_of.get(name16, np.float16)
+            q, scale = quantize_weight(source.astype(np.float32), wq.axis, dtype)
+            base = _safe(f"{wq.node}_{wq.tensor}")
+            model.graph.initializer.extend([
+                numpy_helper.from_array(q, f"{base}_int8"),
+                numpy_helper.from_array(scale, f"{base}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
+            ])
+            dq = helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+                                  [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=wq.axis)
+            new_nodes.setdefault(node.name, []).append(dq)
+            node.input[wq.input_index] = f"{base}_dequantized"
+
+        ordered = []
+        for node in model.graph.node:
+            ordered.extend(new_nodes.get(node.name, []))
+            ordered.append(node)
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
+        _drop_unused_initializers(model)
+        onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "tensorrt"})
+        return onnxutil.check(model, "w8a8 graph")
+
+    def _amax_with_shared_scales(self) -> dict[str, float]:
+        def amax_of(t: str) -> float:
+            if t not in self.ranges.tensors:
+                raise PipelineError(f"no calibration range for tensor {t!r}; re-run calibrate")
+            return self.ranges.amax(t, self.method)
+
+        amax = {t: amax_of(t) for t in self.plan.activations}
+        for group in self.plan.shared_scale:  # one scale for a Concat's inputs and output
+            shared = max(amax_of(t) for t in group)
+            for t in group:
+                amax[t] = shared
+        return amax
+
+
+def _dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        et = v.type.tensor_type.elem_type
+        if et in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            out[v.name] = np.dtype(helper.tensor_dtype_to_np_dtype(et))
+    for init in inferred.graph.initializer:
+        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            out[init.name] = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_." else "_" for c in name)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
