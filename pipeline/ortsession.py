@@ -21,12 +21,21 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(path: str | os.PathLike[str], threads: int | None = None, cpu_only: bool = False) -> ort.InferenceSession:
+def session(path: str | os.PathLike[str], threads: int | None = None, cpu_only: bool = False,
+            fuse_qdq: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime session.
+
+    ``fuse_qdq=False`` runs Q/DQ unfused (basic graph optimizations only): for the
+    TensorRT-target w8a8 graph, whose FP16 Q/DQ ONNX Runtime's CPU fusions
+    (QLinearConcat, ...) have no kernels for; on CPU it is a numerical simulation.
+    """
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not fuse_qdq:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

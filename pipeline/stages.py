@@ -104,7 +104,7 @@ def quantize(cfg: Config, root: Path | None = None) -> dict:
         info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
 
     ref = ortsession.session(out.graph("fp32"), cpu_only=True)
-    sessions = {name: ortsession.session(out.graph(name), cpu_only=True) for name in graphs}
+    sessions = {name: ortsession.session(out.graph(name), cpu_only=True, fuse_qdq=name != "w8a8") for name in graphs}
     gates = {"w8a8": cfg.accuracy.w8a8, "w8a8-cpu": cfg.accuracy.w8a8_cpu}
     rows = evaluate(cfg, lambda f: ortsession.run(ref, f),
                     {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()}, gates)

@@ -36,10 +36,10 @@ class RangesFromOnnx:
             path = Path(tmp) / "augmented.onnx"
             onnxutil.save(augmented(fp32, self.tensors), path)
             sess = ortsession.session(path)
-            names = [o.name for o in sess.get_outputs()]
-            wanted = [n for n in names if n in stats]
+            wanted = [o.name for o in sess.get_outputs() if o.name in stats]
             for feed in progress(batches, "calibrating", length=total_batches):
-                for name, value in zip(wanted, sess.run(wanted, ortsession.feed_for(sess, feed)), strict=True):
+                values = sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] would mean "all"
+                for name, value in zip(wanted, values, strict=True):
                     if value.dtype.kind == "f" and not np.isfinite(value).all():
                         raise PipelineError(
                             f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"

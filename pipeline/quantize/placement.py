@@ -208,8 +208,6 @@ def _residual_adds(view: GraphView, plan: Plan, quantized: set[str]) -> None:
         # takes the Add as its epilogue; the shallower (shortcut) branch is quantized.
         main = max(fusible, key=lambda idx: depth.get(node.input[idx], 0))
         skip = 1 - main
-        if node.input[skip] in view.inputs or node.input[skip] in view.initializers:
-            continue
         plan.add_edge(node.input[skip], (node.name, skip))
 
 

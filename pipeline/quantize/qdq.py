@@ -58,13 +58,24 @@ class QdqOnnxFromOnnx:
         new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the consumer named by key
         amax = self._amax_with_shared_scales()
 
+        producer = {o: n for n in model.graph.node for o in n.output}
         for tensor, edges in sorted(self.plan.activations.items()):
-            by_fp16_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+            uses = []
             for node_name, idx in edges:
                 node = nodes.get(node_name)
                 if node is None:
                     raise PipelineError(f"node {node_name!r} is in the FP32 graph but not the FP16 graph; re-run export")
-                by_fp16_tensor.setdefault(node.input[idx], []).append((node, idx))
+                uses.append((node, idx))
+            # The FP16 converter casts once per consumer: those uses share one Q/DQ pair,
+            # on the earliest Cast so it precedes every consumer.
+            casts = [node.input[idx] for node, idx in uses
+                     if (src := producer.get(node.input[idx])) is not None and src.op_type == "Cast"
+                     and src.input[0] == tensor]
+            shared_cast = min(casts, key=lambda t: position[producer[t].name]) if casts else None
+            by_fp16_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+            for node, idx in uses:
+                t16 = shared_cast if node.input[idx] in casts else node.input[idx]
+                by_fp16_tensor.setdefault(t16, []).append((node, idx))
             for t16, uses in by_fp16_tensor.items():
                 dtype = dtype_of.get(t16, np.float16)
                 scale = activation_scale(amax[tensor], dtype)
@@ -108,6 +119,7 @@ class QdqOnnxFromOnnx:
             ordered.append(node)
         del model.graph.node[:]
         model.graph.node.extend(ordered)
+        _drop_dead_nodes(model)
         _drop_unused_initializers(model)
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "tensorrt"})
         return onnxutil.check(model, "w8a8 graph")
@@ -141,6 +153,17 @@ def _dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_." else "_" for c in name)
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    """Remove nodes none of whose outputs is read (Casts left without consumers)."""
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        live = [n for n in model.graph.node if any(o in used for o in n.output)]
+        if len(live) == len(model.graph.node):
+            return
+        del model.graph.node[:]
+        model.graph.node.extend(live)
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:

@@ -1,0 +1,161 @@
+"""Tiny ONNX graphs built in code, one per placement rule, each drawn beside its builder.
+
+Every graph takes ``x`` of shape [batch, 16, 8, 8] (or [batch, 16, 32] for the
+attention graph) and is valid at opset 19 with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 19
+
+
+def _w(name: str, *shape: int, seed: int = 0) -> onnx.TensorProto:
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + seed)  # str hash() varies per process
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+    return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+
+
+def _model(nodes, inits, in_shape=("batch", 16, 8, 8), out_shape=None) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape) if out_shape else None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def conv(name: str, x: str, y: str, cin: int = 16, cout: int = 16, k: int = 3, group: int = 1):
+    return (helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[k // 2] * 4, group=group),
+            [_w(f"{name}.w", cout, cin // group, k, k), numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")])
+
+
+def residual() -> onnx.ModelProto:
+    """
+        x ──► conv1 ─► relu ─► conv2 ──► Add ─► relu ─► y
+        └──────────────────────────────►─┘ (skip)
+    Expected: Q/DQ on x (shared by conv1 and the Add's skip input) and on
+    conv2's input; none on conv2's output (the Add is conv2's epilogue).
+    """
+    n1, i1 = conv("conv1", "x", "c1")
+    n2, i2 = conv("conv2", "r1", "c2")
+    nodes = [n1, helper.make_node("Relu", ["c1"], ["r1"], name="relu1"), n2,
+             helper.make_node("Add", ["c2", "x"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"], name="relu2")]
+    return _model(nodes, i1 + i2)
+
+
+def downsample_residual() -> onnx.ModelProto:
+    """
+        x ─► conv1 ─► relu ─► conv2 ──► Add ─► y
+        └──► down (1x1 conv) ──────────►─┘
+    Both Add inputs are conv outputs: the deeper branch (conv2) fuses, the
+    shortcut conv's output gets Q/DQ.
+    """
+    n1, i1 = conv("conv1", "x", "c1")
+    n2, i2 = conv("conv2", "r1", "c2")
+    nd, idn = conv("down", "x", "d", k=1)
+    nodes = [n1, helper.make_node("Relu", ["c1"], ["r1"], name="relu1"), n2, nd,
+             helper.make_node("Add", ["c2", "d"], ["y"], name="add")]
+    return _model(nodes, i1 + i2 + idn)
+
+
+def concat() -> onnx.ModelProto:
+    """
+        x ─► conv_a ─► relu_a ─┐
+        x ─► conv_b ─► relu_b ─┴─► Concat ─► conv_c (32 -> 16) ─► y
+    Concat feeds a quantized conv: both its inputs get Q/DQ with one shared scale.
+    """
+    na, ia = conv("conv_a", "x", "a")
+    nb, ib = conv("conv_b", "x", "b")
+    nc, ic = conv("conv_c", "cat", "y", cin=32)
+    nodes = [na, nb, helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("Concat", ["ra", "rb"], ["cat"], name="concat", axis=1), nc]
+    return _model(nodes, ia + ib + ic)
+
+
+def pooling() -> onnx.ModelProto:
+    """
+        x ─► conv1 ─► relu ─► MaxPool ─► conv2 ─► y
+    MaxPool's output is quantized for conv2, so its input is too: it runs INT8.
+    """
+    n1, i1 = conv("conv1", "x", "c1")
+    n2, i2 = conv("conv2", "p", "y")
+    nodes = [n1, helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]), n2]
+    return _model(nodes, i1 + i2)
+
+
+def depthwise() -> onnx.ModelProto:
+    """
+        x ─► depthwise conv (16 groups) ─► relu ─► pointwise conv ─► y
+    Depthwise weights [16, 1, 3, 3] quantize per output channel (axis 0).
+    """
+    nd, idw = conv("dw", "x", "d", group=16)
+    npw, ipw = conv("pw", "r", "y", k=1)
+    return _model([nd, helper.make_node("Relu", ["d"], ["r"], name="relu"), npw], idw + ipw)
+
+
+def conv_transpose() -> onnx.ModelProto:
+    """
+        x ─► ConvTranspose (16 -> 16, stride 2) ─► y
+    Weights are [Cin, Cout, k, k]: per-channel along axis 1.
+    """
+    node = helper.make_node("ConvTranspose", ["x", "ct.w"], ["y"], name="ct", strides=[2, 2], kernel_shape=[2, 2])
+    return _model([node], [_w("ct.w", 16, 16, 2, 2)])
+
+
+def gemm(trans_b: int) -> onnx.ModelProto:
+    """
+        x [batch, 16, 8, 8] ─► Flatten ─► Gemm (1024 -> 32, transB) ─► y
+    transB=1: weight [N, K], axis 0; transB=0: weight [K, N], axis 1.
+    """
+    w = _w("fc.w", 32, 1024) if trans_b else _w("fc.w", 1024, 32)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=trans_b)]
+    return _model(nodes, [w, numpy_helper.from_array(np.zeros(32, np.float32), "fc.b")], out_shape=("batch", 32))
+
+
+def small_conv() -> onnx.ModelProto:
+    """
+        x ─► conv_small (16 -> 8) ─► relu ─► y
+    8 output channels < min_channels (16): stays FP16, with the reason recorded.
+    """
+    n, i = conv("conv_small", "x", "c", cout=8)
+    return _model([n, helper.make_node("Relu", ["c"], ["y"], name="relu")], i)
+
+
+def attention() -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► MatMul Wq ─► q ──────────────┐
+                         ─► MatMul Wk ─► k ─► Transpose ─┴► MatMul ─► Softmax ─► MatMul ─► y
+                         ─► MatMul Wv ─► v ─────────────────────────────────────┘
+    Expected: both inputs of both batched MatMuls quantized (the Softmax output
+    included), the projection MatMuls' weights per-channel on axis 1, and no
+    Q/DQ on the Softmax's input.
+    """
+    inits = [_w("wq", 32, 32), _w("wk", 32, 32), _w("wv", 32, 32)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="proj_q"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="proj_k"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="proj_v"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["y"], name="av"),
+    ]
+    return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
+def inputs_for(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic smooth inputs (sinusoids), not noise."""
+    dims = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
+    n = int(np.prod(dims))
+    return {"x": np.sin(np.arange(n, dtype=np.float32) * 0.37 + seed).reshape(dims).astype(np.float32)}

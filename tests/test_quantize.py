@@ -1,0 +1,185 @@
+"""Q/DQ placement on tiny graphs: the structure each rule promises, and numbers close to FP32."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from onnxconverter_common import float16
+
+from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.config import QuantizeSection
+from pipeline.quantize import rules
+from pipeline.quantize.placement import plan_tensorrt
+from pipeline.quantize.qdq import QdqOnnxFromOnnx
+from tests import graphs
+
+
+def quantize(model: onnx.ModelProto, settings: QuantizeSection | None = None, method: str = "max"):
+    """Plan, calibrate on deterministic data, insert Q/DQ into the FP16 graph; check TensorRT's rules."""
+    settings = settings or QuantizeSection()
+    plan = plan_tensorrt(model, settings)
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(plan.tensors, 2048, 99.99)(model, batches)
+    fp16 = float16.convert_float_to_float16(model, keep_io_types=True)
+    w8a8 = QdqOnnxFromOnnx(plan, ranges, method)(fp16, model)
+    assert rules.violations(w8a8) == []
+    return plan, w8a8
+
+
+def run(model: onnx.ModelProto, feed) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # FP16 Q/DQ, unfused
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def assert_close_to_fp32(model, w8a8, min_cosine=0.99):
+    feed = graphs.inputs_for(model, 3, seed=11)
+    ref, out = run(model, feed).ravel(), run(w8a8, feed).astype(np.float32).ravel()
+    cosine = float(ref @ out / (np.linalg.norm(ref) * np.linalg.norm(out)))
+    assert cosine > min_cosine, f"cosine {cosine}"
+
+
+def qdq_consumers(w8a8: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
+    """Activation DQ output -> the (node, input index) pairs that read it; weight DQs are left out."""
+    inits = {i.name for i in w8a8.graph.initializer}
+    dq_outputs = {n.output[0] for n in w8a8.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits}
+    found: dict[str, list[tuple[str, int]]] = {}
+    for node in w8a8.graph.node:
+        for idx, t in enumerate(node.input):
+            if t in dq_outputs:
+                found.setdefault(t, []).append((node.name, idx))
+    return found
+
+
+def quantized_edges(w8a8) -> set[tuple[str, int]]:
+    return {edge for edges in qdq_consumers(w8a8).values() for edge in edges}
+
+
+def weight_dq_axis(w8a8, node_name: str) -> tuple[int, np.ndarray]:
+    node = next(n for n in w8a8.graph.node if n.name == node_name)
+    inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    for n in w8a8.graph.node:
+        if n.op_type == "DequantizeLinear" and n.output[0] in node.input and n.input[0] in inits:
+            axis = next(a.i for a in n.attribute if a.name == "axis")
+            assert inits[n.input[0]].dtype == np.int8  # weights stored as int8, DQ only
+            return axis, inits[n.input[1]]
+    raise AssertionError(f"no weight DequantizeLinear feeds {node_name}")
+
+
+def test_residual_add_quantizes_the_skip_not_the_epilogue():
+    model = graphs.residual()
+    plan, w8a8 = quantize(model)
+    assert quantized_edges(w8a8) == {("conv1", 0), ("conv2", 0), ("add", 1)}
+    # conv1 and the Add's skip input share one Q/DQ pair on x.
+    assert sorted(plan.activations["x"]) == [("add", 1), ("conv1", 0)]
+    assert [n.op_type for n in w8a8.graph.node].count("QuantizeLinear") == 2
+    assert_close_to_fp32(model, w8a8)
+
+
+def test_downsample_residual_quantizes_the_shortcut_conv_output():
+    plan, w8a8 = quantize(graphs.downsample_residual())
+    assert ("add", 1) in quantized_edges(w8a8)  # the 1x1 shortcut conv's output
+    assert ("add", 0) not in quantized_edges(w8a8)  # conv2 fuses the Add as its epilogue
+    assert_close_to_fp32(graphs.downsample_residual(), w8a8)
+
+
+def test_concat_inputs_share_one_scale():
+    model = graphs.concat()
+    plan, w8a8 = quantize(model)
+    assert {("concat", 0), ("concat", 1), ("conv_c", 0)} <= quantized_edges(w8a8)
+    inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    q_scale = {n.input[0]: float(inits[n.input[1]]) for n in w8a8.graph.node if n.op_type == "QuantizeLinear"}
+    assert q_scale["ra"] == q_scale["rb"] == q_scale["cat"]
+    assert_close_to_fp32(model, w8a8)
+
+
+def test_pooling_runs_int8_between_quantized_convs():
+    model = graphs.pooling()
+    _, w8a8 = quantize(model)
+    assert {("pool", 0), ("conv2", 0), ("conv1", 0)} == quantized_edges(w8a8)
+    assert_close_to_fp32(model, w8a8)
+
+
+def test_attention_quantizes_both_batched_matmul_inputs_and_leaves_softmax_alone():
+    model = graphs.attention()
+    plan, w8a8 = quantize(model)
+    edges = quantized_edges(w8a8)
+    assert {("qk", 0), ("qk", 1), ("av", 0), ("av", 1)} <= edges
+    assert {("proj_q", 0), ("proj_k", 0), ("proj_v", 0)} <= edges
+    assert ("softmax", 0) not in edges
+    for proj in ("proj_q", "proj_k", "proj_v"):
+        axis, scale = weight_dq_axis(w8a8, proj)
+        assert axis == 1 and scale.shape == (32,) and scale.dtype == np.float16
+    assert_close_to_fp32(model, w8a8, min_cosine=0.98)
+
+
+def test_depthwise_conv_per_channel_on_axis_0():
+    model = graphs.depthwise()
+    _, w8a8 = quantize(model)
+    axis, scale = weight_dq_axis(w8a8, "dw")
+    assert axis == 0 and scale.shape == (16,)
+    assert_close_to_fp32(model, w8a8)
+
+
+def test_conv_transpose_per_channel_on_axis_1():
+    model = graphs.conv_transpose()
+    _, w8a8 = quantize(model)
+    axis, scale = weight_dq_axis(w8a8, "ct")
+    assert axis == 1 and scale.shape == (16,)
+    assert quantized_edges(w8a8) == {("ct", 0)}
+    assert_close_to_fp32(model, w8a8)
+
+
+@pytest.mark.parametrize(("trans_b", "axis"), [(1, 0), (0, 1)])
+def test_gemm_weight_axis_follows_transb(trans_b, axis):
+    model = graphs.gemm(trans_b)
+    _, w8a8 = quantize(model)
+    got_axis, scale = weight_dq_axis(w8a8, "fc")
+    assert got_axis == axis and scale.shape == (32,)
+    assert_close_to_fp32(model, w8a8)
+
+
+def test_small_layer_stays_fp16_with_reason():
+    model = graphs.small_conv()
+    plan, w8a8 = quantize(model)
+    assert [(s.node, s.reason) for s in plan.skipped] == [
+        ("conv_small", "8 output channel(s) < 16: too small to gain from INT8")
+    ]
+    assert not [n for n in w8a8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def test_exclusions_by_name_pattern_and_op_type():
+    model = graphs.residual()
+    for settings, node in [
+        (QuantizeSection(exclude_nodes=("conv2",)), "conv2"),
+        (QuantizeSection(exclude_patterns=(r"^conv1$",)), "conv1"),
+    ]:
+        plan = plan_tensorrt(model, settings)
+        assert node in {s.node for s in plan.skipped}
+        assert node not in {n for n, _ in plan.quantized}
+    plan = plan_tensorrt(model, QuantizeSection(exclude_op_types=("Conv",)))
+    assert not plan.quantized and not plan.activations
+
+
+def test_rule_check_catches_broken_graphs():
+    model = graphs.residual()
+    _, w8a8 = quantize(model)
+    q = next(n for n in w8a8.graph.node if n.op_type == "QuantizeLinear")
+    scale_name, zp_name = q.input[1], q.input[2]
+
+    def broken(**replacements: np.ndarray) -> list[str]:
+        bad = onnx.ModelProto()
+        bad.CopyFrom(w8a8)
+        for init in bad.graph.initializer:
+            if init.name in replacements:
+                init.CopyFrom(numpy_helper.from_array(replacements[init.name], init.name))
+        return rules.violations(bad)
+
+    assert any("zero point must be int8 zeros" in p for p in broken(**{zp_name: np.array(3, np.int8)}))
+    assert any("non-positive" in p for p in broken(**{scale_name: np.array(-0.1, np.float16)}))
+    assert any("differs from input dtype" in p for p in broken(**{scale_name: np.array(0.1, np.float32)}))
+    assert any("per-channel scales on an activation" in p
+               for p in broken(**{scale_name: np.full(16, 0.1, np.float16)}))
