@@ -112,8 +112,8 @@ class CalibrationSection:
             raise ValueError(f"percentile {self.percentile} must be in (50, 100]")
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError("samples and batch_size must be positive")
-        if not 128 <= self.bins <= 1 << 16:
-            raise ValueError(f"bins {self.bins} must be between 128 and 65536")
+        if not 128 <= self.bins <= 1 << 16 or self.bins & (self.bins - 1):
+            raise ValueError(f"bins {self.bins} must be a power of two between 128 and 65536")
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
 def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.ndarray | None]]:
     """Held-out batches with labels; calibration data (no labels) when no evaluator is configured."""
     if cfg.evaluation is None:
-        rows = _rebatch(calibration_batches(cfg), cfg, batch_size)
+        rows = rebatch(calibration_batches(cfg), cfg, batch_size)
         yield from ((feed, None) for feed in rows)
         return
     key = "evaluation.source"
@@ -128,7 +128,7 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
         yield feed, np.asarray(item[1])
 
 
-def _rebatch(batches: Iterator[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:
+def rebatch(batches: Iterator[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:
     pending: list[Feed] = []
     count = 0
     for feed in batches:

@@ -138,3 +138,40 @@ def test_quantize_stage_writes_both_graphs_that_pass_the_rules(make_config, tmp_
     by_artifact = {row["artifact"]: row for row in summary["accuracy"]}
     assert by_artifact["w8a8"]["cosine"] > 0.99 and by_artifact["w8a8-cpu"]["cosine"] > 0.99
     assert (out.results_dir / "quantize.json").is_file()
+
+
+def _entropy_reference(hist: np.ndarray, rng: float) -> float:
+    """The KL search written as a plain loop (as in TensorRT's calibrator), for cross-checking."""
+    from pipeline.calibrate.histogram import MAX_CLIPPED, QUANT_LEVELS
+
+    h = hist.astype(np.float64)
+    last = int(np.nonzero(h)[0][-1]) + 1
+    clipped = 1.0 - np.cumsum(h) / h.sum()
+    first = max(QUANT_LEVELS, int(np.argmax(clipped <= MAX_CLIPPED)) + 1)
+    best, best_i = np.inf, last
+    for i in range(first, last + 1):
+        p = h[:i].copy()
+        p[i - 1] += h[i:].sum()
+        edges = (np.arange(QUANT_LEVELS + 1) * i) // QUANT_LEVELS
+        q = np.zeros(i)
+        for j in range(QUANT_LEVELS):
+            lo, hi = edges[j], edges[j + 1]
+            nz = p[lo:hi] > 0
+            if nz.any():
+                q[lo:hi][nz] = h[lo:hi].sum() / nz.sum()
+        pn, qn = p / p.sum(), q / q.sum()
+        mask = pn > 0
+        kl = np.inf if np.any(qn[mask] == 0) else float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask])))
+        if kl < best:
+            best, best_i = kl, i
+    return (best_i + 0.5) * rng / len(h)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_entropy_matches_the_loop(seed):
+    from pipeline.calibrate.histogram import entropy_amax
+
+    rng = np.random.default_rng(seed)
+    stats = TensorStats(1024)
+    stats.update(np.concatenate([rng.standard_normal(50_000), rng.laplace(size=5_000) * 3]).astype(np.float32))
+    assert entropy_amax(stats.hist, stats.range) == pytest.approx(_entropy_reference(stats.hist, stats.range))

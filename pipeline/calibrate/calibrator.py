@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from pipeline import onnxutil, ortsession
@@ -38,18 +37,23 @@ class RangesFromOnnx:
             sess = ortsession.session(path)
             wanted = [o.name for o in sess.get_outputs() if o.name in stats]
             for feed in progress(batches, "calibrating", length=total_batches):
-                values = sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] would mean "all"
-                for name, value in zip(wanted, values, strict=True):
-                    if value.dtype.kind == "f" and not np.isfinite(value).all():
-                        raise PipelineError(
-                            f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
-                        )
-                    stats[name].update(value)
+                values = sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+                self._update(stats, wanted, values)
         ranges = {
             name: TensorRange(s.min if s.count else 0.0, s.max if s.count else 0.0, s.thresholds(self.percentile))
             for name, s in stats.items()
         }
         return Ranges(onnxutil.graph_hash(fp32), dict(settings or {}), ranges)
+
+    @staticmethod
+    def _update(stats: dict[str, TensorStats], names: list[str], values: list) -> None:
+        for name, value in zip(names, values, strict=True):
+            try:
+                stats[name].update(value)
+            except ValueError:
+                raise PipelineError(
+                    f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
+                ) from None
 
 
 def augmented(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:

@@ -1,6 +1,6 @@
 """Streaming per-tensor statistics and the four range methods.
 
-The histogram of ``|x|`` covers ``[0, R)`` with ``R`` a power of two. When a
+The histogram of non-zero ``|x|`` covers ``(0, R]`` with ``R`` a power of two. When a
 batch exceeds ``R``, ``R`` doubles and adjacent bins are summed: exact, because
 the bin edges of the coarser histogram are edges of the finer one. The final
 ``R`` is the power-of-two ceiling of the global abs-max whatever the batch
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Bump when the statistics change: caches record it and are rebuilt on a mismatch.
-STATS_VERSION = 2
+STATS_VERSION = 4
 QUANT_LEVELS = 128  # int8 symmetric: 127 positive steps plus zero, TensorRT's entropy calibrator's 128 bins
 
 
@@ -40,23 +40,28 @@ class TensorStats:
         x = np.asarray(x, dtype=np.float32).ravel()
         if x.size == 0:
             return
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN/Inf propagate into min/max
+            raise ValueError("tensor holds NaN or Inf values")
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
         self.count += x.size
-        a = np.abs(x)
-        nonzero = a[a > 0.0]
-        self.zeros += a.size - nonzero.size
-        if nonzero.size == 0:
+        amax = max(-lo, hi)
+        if amax == 0.0:
+            self.zeros += x.size
             return
-        a = nonzero
-        self._grow_to(float(a.max()))
-        idx = np.minimum((a * (self.bins / self.range)).astype(np.int64), self.bins - 1)
-        self.hist += np.bincount(idx, minlength=self.bins)
+        self._grow_to(amax)
+        # ceil(|x| * bins / R): exact zeros land alone in index 0, (k w, (k+1) w] in k + 1.
+        # bins / R is a power of two, so the product is exact and merging bins stays exact.
+        a = np.abs(x)
+        a *= self.bins / self.range
+        np.ceil(a, out=a)
+        counts = np.bincount(a.astype(np.intp), minlength=self.bins + 1)  # intp: no conversion inside
+        self.zeros += int(counts[0])
+        self.hist += counts[1 : self.bins + 1]
 
     def _grow_to(self, amax: float) -> None:
-        target = 2.0 ** math.ceil(math.log2(amax))
-        if target <= amax:  # the top edge is exclusive
-            target *= 2.0
+        target = 2.0 ** math.ceil(math.log2(amax))  # the top edge is inclusive: R may equal amax
         if self.range == 0.0:
             self.range = target
             return
@@ -98,71 +103,68 @@ def entropy_amax(hist: np.ndarray, rng: float, max_candidates: int = 512) -> flo
     """TensorRT-style KL-divergence threshold search over the histogram of ``|x|``.
 
     For each candidate threshold (kept bins ``i``), the reference P folds the
-    clipped tail into the last kept bin and Q is P merged into 128 levels and
-    spread back over the non-empty bins; the threshold minimising KL(P||Q) wins.
+    clipped tail into the last kept bin and Q is the kept bins merged into 128
+    levels and spread back over P's non-empty bins; the threshold minimising
+    KL(P||Q) wins. Every candidate is scored at once from prefix sums:
+    KL = (sum p log p - sum_j T_j log(S_j / N_j)) / P - log P + log Q, where level
+    j holds S_j counts over N_j non-empty bins (T_j adds the tail to the last).
     """
-    hist = hist.astype(np.float64)
-    nbins = len(hist)
-    nonzero = np.nonzero(hist)[0]
+    h = hist.astype(np.float64)
+    nbins = len(h)
+    nonzero = np.nonzero(h)[0]
     last = int(nonzero[-1]) + 1 if len(nonzero) else QUANT_LEVELS
     if last <= QUANT_LEVELS:
         return last * rng / nbins
-    clipped_share = 1.0 - np.cumsum(hist) / hist.sum()  # share above bin i (0-based i+1 kept)
+    total = h.sum()
+    cum = np.concatenate([[0.0], np.cumsum(h)])  # cum[k] = sum(h[:k])
+    cum_nz = np.concatenate([[0.0], np.cumsum(h > 0)])
+    hlogh = np.zeros_like(h)
+    hlogh[h > 0] = h[h > 0] * np.log(h[h > 0])
+    cum_hlogh = np.concatenate([[0.0], np.cumsum(hlogh)])
+
+    clipped_share = 1.0 - cum[1:] / total  # share above bin k when bins [0, k] are kept
     first = max(QUANT_LEVELS, int(np.argmax(clipped_share <= MAX_CLIPPED)) + 1)
     stride = max(1, (last - first) // max_candidates)
-    candidates = np.arange(first, last + 1, stride)
-    if candidates[-1] != last:
-        candidates = np.append(candidates, last)
-    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
-    best_kl, best_i = math.inf, last
-    for i in candidates:
-        p = hist[:i].copy()
-        p[i - 1] += tail[i]
-        # Merge i bins into 128 levels (boundaries as in TensorRT's calibrator), spread back uniformly.
-        edges = (np.arange(QUANT_LEVELS) * i) // QUANT_LEVELS
-        present = p > 0
-        level_sum = np.add.reduceat(hist[:i], edges)
-        level_nonzero = np.add.reduceat(present.astype(np.float64), edges)
-        level_of_bin = np.repeat(np.arange(QUANT_LEVELS), np.diff(np.append(edges, i)))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(present, level_sum[level_of_bin] / level_nonzero[level_of_bin], 0.0)
-        kl = _kl(p, q)
-        if kl < best_kl:
-            best_kl, best_i = kl, int(i)
-    return (best_i + 0.5) * rng / nbins
+    i = np.arange(first, last + 1, stride)
+    if i[-1] != last:
+        i = np.append(i, last)
+
+    tail = total - cum[i]
+    p_last = h[i - 1] + tail
+    sum_plogp = cum_hlogh[i - 1] + p_last * np.log(np.maximum(p_last, 1e-300))
+    edges = (np.arange(QUANT_LEVELS + 1)[None, :] * i[:, None]) // QUANT_LEVELS  # (C, 129), edges[:, -1] == i
+    level_sum = cum[edges[:, 1:]] - cum[edges[:, :-1]]  # S_j
+    level_nz = cum_nz[edges[:, 1:]] - cum_nz[edges[:, :-1]]  # N_j
+    level_nz[:, -1] += (h[i - 1] == 0) & (tail > 0)  # the folded tail makes the last bin non-empty
+    level_p = level_sum.copy()
+    level_p[:, -1] += tail  # T_j
+    used = level_p > 0
+    impossible = (used & (level_sum <= 0)).any(axis=1)  # P has mass where Q has none: KL is infinite
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sum_plogq = np.where(used & (level_sum > 0), level_p * np.log(level_sum / level_nz), 0.0).sum(axis=1)
+    kl = (sum_plogp - sum_plogq) / total - np.log(total) + np.log(cum[i])
+    kl[impossible] = np.inf
+    best = int(i[int(np.argmin(kl))])
+    return (best + 0.5) * rng / nbins
 
 
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
-    p_sum, q_sum = p.sum(), q.sum()
-    if p_sum == 0 or q_sum == 0:
-        return math.inf
-    p = p / p_sum
-    q = q / q_sum
-    mask = p > 0
-    if np.any(q[mask] == 0):
-        return math.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+def mse_amax(hist: np.ndarray, rng: float) -> float:
+    """Threshold minimising the expected squared error of int8 quantization.
 
-
-def mse_amax(hist: np.ndarray, rng: float, max_candidates: int = 512) -> float:
-    """Threshold minimising the expected squared error of int8 fake-quantization.
-
-    Evaluated for all candidates at once on the bin centres: rounding error
-    inside the range, clipping error outside it.
+    For threshold t (step s = t/127): rounding noise s^2/12 for each value kept,
+    plus (x - t)^2 for each value clipped, all candidates at once from prefix sums.
     """
     nbins = len(hist)
     nonzero = np.nonzero(hist)[0]
     if len(nonzero) == 0:
         return 0.0
     last = int(nonzero[-1]) + 1
-    lo = max(1, last // 64)
-    candidates = np.unique(np.linspace(lo, last, num=min(max_candidates, last - lo + 1)).astype(np.int64))
-    t = candidates * (rng / nbins)
-    centres = (np.arange(last) + 0.5) * (rng / nbins)
-    counts = hist[:last].astype(np.float64)
-    err = np.empty(len(t))
-    for start in range(0, len(t), 64):  # 64 candidates at a time keeps temporaries small
-        step = (t[start : start + 64] / 127.0)[:, None]
-        q = np.clip(np.round(centres[None, :] / step), 0, 127) * step
-        err[start : start + 64] = ((q - centres[None, :]) ** 2) @ counts
+    width = rng / nbins
+    c = hist[:last].astype(np.float64)
+    x = (np.arange(last) + 0.5) * width
+    n_in = np.cumsum(c)  # values at or below bin k
+    above = lambda v: np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]])  # noqa: E731  sum over bins > k
+    t = (np.arange(last) + 1) * width  # threshold at the top edge of bin k
+    clip = above(c * x * x) - 2 * t * above(c * x) + t * t * above(c)
+    err = n_in * (t / 127.0) ** 2 / 12.0 + clip
     return float(t[int(np.argmin(err))])

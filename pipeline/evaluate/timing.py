@@ -1,0 +1,35 @@
+"""Latency measurement: warm-up, repeated timed runs, percentiles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    iqr_ms: float  # spread: a second run's median should land within it
+    runs: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def measure(fn: Callable[[], object], warmup: int, iterations: int) -> Latency:
+    """Time ``fn`` with ``perf_counter`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(iterations)
+    for i in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times[i] = (time.perf_counter() - start) * 1e3
+    q25, q50, q75, q90, q99 = np.percentile(times, [25, 50, 75, 90, 99])
+    return Latency(float(q50), float(q90), float(q99), float(times.min()), float(q75 - q25), iterations)
