@@ -12,16 +12,18 @@ EXTRAS ?= examples,dev
 ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
-CORE_SRC   := $(wildcard pipeline/*.py) pyproject.toml
+CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
+QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: setup engines export test clean help
+.PHONY: setup engines export calibrate quantize build bench-quant gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
 	@echo "make test                   CPU test suite"
+	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -33,12 +35,35 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[$(EXTRAS)]'
 	touch $@
 
-engines: export
+engines: build
 
 export: $(foreach m,$(MODELS),engines/$(m)/onnx/model.fp16.onnx)
+calibrate: $(foreach m,$(MODELS),calib/$(m)/ranges.json)
+quantize: $(foreach m,$(MODELS),engines/$(m)/onnx/model.w8a8.onnx)
+build: $(foreach m,$(MODELS),engines/$(m)/build.json)
 
 engines/%/onnx/model.fp32.onnx engines/%/onnx/model.fp16.onnx: models/%.toml $(EXPORT_SRC) | $(STAMP)
 	$(TRTPIPE) export -c $<
+
+calib/%/ranges.json: engines/%/onnx/model.fp32.onnx models/%.toml $(QUANT_SRC) | $(STAMP)
+	$(TRTPIPE) calibrate -c models/$*.toml && touch $@
+
+engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.w8a8-cpu.onnx: calib/%/ranges.json engines/%/onnx/model.fp16.onnx
+	$(TRTPIPE) quantize -c models/$*.toml
+
+# TensorRT engines when TensorRT and a GPU are present; otherwise one line says why and the
+# record points later stages at the ONNX graphs on ONNX Runtime.
+engines/%/build.json: engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.fp16.onnx $(wildcard pipeline/build/*.py)
+	$(TRTPIPE) build -c models/$*.toml
+
+bench-quant: export
+	$(BIN)/python -m benchmarks.quant_peers $(foreach m,$(MODELS),models/$(m).toml)
+
+# For GPU machines (see README, GPU setup): builds both example models' engines, checks
+# INT8 coverage and parity against FP32. Fails here with the probe's reason.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "from pipeline.build.probe import probe; c = probe(); raise SystemExit(0 if c.available else 'gpu-check: ' + c.reason)"
+	$(BIN)/pytest -q -m gpu tests/gpu
 
 test: $(STAMP)
 	$(BIN)/pytest -q

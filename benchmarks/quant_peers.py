@@ -31,7 +31,9 @@ from pipeline.config import load_config
 from pipeline.console import table
 from pipeline.data import calibration_batches, rebatch, sample_inputs
 from pipeline.evaluate.accuracy import evaluate
-from pipeline.evaluate.timing import measure
+from pipeline.evaluate.timing import measure_interleaved
+
+ROUNDS, PER_ROUND = 10, 10
 
 
 def _rss_mb() -> float:
@@ -124,8 +126,11 @@ def bench_model(config: str, batch: int, threads: int) -> list[list[object]]:
 
         feed = sample_inputs(cfg, batch)
         ref = ortsession.session(src.graph("fp32"), threads=threads, cpu_only=True)
-        fp32_lat = measure(lambda: ref.run(None, feed), cfg.bench.warmup, 30)
         sessions = {key: ortsession.session(r["graph"], threads=threads, cpu_only=True) for key, r in results.items()}
+        timed = {"fp32": ref, **sessions}
+        latency = measure_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in timed.items()},
+                                      warmup=cfg.bench.warmup, rounds=ROUNDS, per_round=PER_ROUND)
+        fp32_lat = latency["fp32"]
         acc = evaluate(cfg, lambda f: ortsession.run(ref, f),
                        {f"{k[0]}@{k[1]}": (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()}, {})
         acc_by = {r.artifact: r for r in acc}
@@ -137,7 +142,7 @@ def bench_model(config: str, batch: int, threads: int) -> list[list[object]]:
         for key in runs:
             r = results[key]
             a = acc_by[f"{key[0]}@{key[1]}"]
-            lat = measure(lambda s=sessions[key]: s.run(None, feed), cfg.bench.warmup, 30)
+            lat = latency[key]
             rows.append([cfg.name, names[key[0]], key[1], f"{r['calib_s']:.2f}", f"{r['total_s']:.2f}",
                          f"{r['peak_rss_mb']:.0f}",
                          f"{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f}", f"{a.metric:.2f}",
@@ -166,7 +171,8 @@ def main() -> None:
                "RSS growth MB",
                "top-1 %", "top-1 agree", "cosine", f"ORT CPU ms (b{args.batch}, {args.threads} thr)", "speedup vs FP32"]
     print(table(headers, rows))
-    print(f"\nLatency: median of 30 runs after warm-up, ONNX Runtime {__import__('onnxruntime').__version__} "
+    print(f"\nLatency: median of {ROUNDS * PER_ROUND} runs per graph, timed round-robin across graphs after "
+          f"warm-up, ONNX Runtime {__import__('onnxruntime').__version__} "
           f"CPU EP, batch {args.batch}, {args.threads} thread(s), host arrays in and out. Peak RSS is each "
           "calibration process's max resident set (imports included); growth is peak minus RSS before calibration.")
 

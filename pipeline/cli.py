@@ -73,5 +73,28 @@ def quantize(config_path: Path) -> None:
     stages.quantize(_load(config_path))
 
 
+@main.command()
+@config_option
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
+              help="auto: TensorRT when it imports and a CUDA GPU is visible, else ONNX Runtime.")
+@_user_errors
+def build(config_path: Path, backend: str) -> None:
+    """Build TensorRT engines: fp16.plan from model.fp16.onnx, w8a8.plan from model.w8a8.onnx.
+
+    \b
+    Engines go to engines/NAME/trt/<gpu>-sm<cc>-trt<version>/ with manifest.json
+    (hashes, TensorRT version, GPU, profiles, builder settings) and
+    layers-<precision>.json (the engine inspector's per-layer precisions).
+    An engine runs only on the GPU family (compute capability) and the TensorRT
+    version that built it, so each lives in a folder named for both, and loading
+    checks the manifest. TensorRT 11 builds strongly typed networks: precision
+    comes from the graph (FP16 graph, Q/DQ graph), never from builder flags.
+    Without TensorRT or a GPU, auto records why and later stages use ONNX Runtime.
+    """
+    from pipeline import stages
+
+    stages.build(_load(config_path), backend=backend)
+
+
 if __name__ == "__main__":
     main()

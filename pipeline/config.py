@@ -77,6 +77,20 @@ class BatchProfile:
 
 
 @dataclass(frozen=True)
+class AxisRange:
+    """Range of a named dynamic axis other than the batch axis (e.g. sequence length)."""
+
+    name: str
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"axis {self.name!r} needs 1 <= min <= opt <= max")
+
+
+@dataclass(frozen=True)
 class ExportSection:
     opset: int = 19
     # Dtype of the FP16 graph's inputs and outputs; float32 keeps the I/O
@@ -186,6 +200,7 @@ class Config:
     outputs: tuple[TensorSpec, ...]
     batch: tuple[BatchProfile, ...]
     calibration: CalibrationSection
+    axes: tuple[AxisRange, ...] = ()
     export: ExportSection = ExportSection()
     evaluation: EvaluationSection | None = None
     quantize: QuantizeSection = QuantizeSection()

@@ -93,3 +93,17 @@ def write_config(tmp_path: Path, user_model: Path, **sections: str) -> Path:
     path = cfg_dir / "tiny.toml"
     path.write_text(config_text(str(user_model), **sections))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip with the capability probe's reason where TensorRT or a GPU is missing."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    from pipeline.build.probe import probe
+
+    cap = probe()
+    if not cap.available:
+        skip = pytest.mark.skip(reason=f"needs TensorRT and a CUDA GPU: {cap.reason}")
+        for item in gpu_items:
+            item.add_marker(skip)

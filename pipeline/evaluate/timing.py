@@ -31,5 +31,25 @@ def measure(fn: Callable[[], object], warmup: int, iterations: int) -> Latency:
         start = time.perf_counter()
         fn()
         times[i] = (time.perf_counter() - start) * 1e3
+    return _stats(times)
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int,
+                        per_round: int) -> dict[str, Latency]:
+    """Time several candidates round-robin, so drift (turbo, other load) hits them all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _stats(np.asarray(times)) for name, times in samples.items()}
+
+
+def _stats(times: np.ndarray) -> Latency:
     q25, q50, q75, q90, q99 = np.percentile(times, [25, 50, 75, 90, 99])
-    return Latency(float(q50), float(q90), float(q99), float(times.min()), float(q75 - q25), iterations)
+    return Latency(float(q50), float(q90), float(q99), float(times.min()), float(q75 - q25), len(times))

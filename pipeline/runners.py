@@ -1,0 +1,82 @@
+"""The deployable artifacts of a model and one runner interface for all of them.
+
+Runners are Polygraphy's (``OnnxrtRunner``, ``TrtRunner``): they share
+``activate``/``infer``/``deactivate`` and plug into its ``Comparator``. Which
+artifacts exist comes from the build record: TensorRT engines where they were
+built, otherwise the FP16 and w8a8 graphs on ONNX Runtime, and always the
+ONNX Runtime CPU w8a8 graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import ortsession
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str  # "fp16", "w8a8", "w8a8-cpu"
+    backend: str  # "tensorrt" or "onnxruntime"
+    path: Path  # engine or graph
+    manifest: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({'TensorRT' if self.backend == 'tensorrt' else 'ONNX Runtime'})"
+
+    @property
+    def gate_key(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
+    if not out.build_record.is_file():
+        raise PipelineError(f"{out.build_record}: no build record; run trtpipe build first")
+    record = json.loads(out.build_record.read_text())
+    found = []
+    if record["backend"] == "tensorrt":
+        manifest = Path(record["manifest"])
+        for precision in ("fp16", "w8a8"):
+            found.append(Artifact(precision, "tensorrt", manifest.parent / f"{precision}.plan", manifest))
+    else:
+        for precision in ("fp16", "w8a8"):
+            found.append(Artifact(precision, "onnxruntime", out.graph(precision)))
+    found.append(Artifact("w8a8-cpu", "onnxruntime", out.graph("w8a8-cpu")))
+    missing = [a for a in found if not a.path.is_file()]
+    if missing:
+        raise PipelineError(f"{missing[0].path}: missing; re-run the stage that makes it")
+    return found
+
+
+def reference_runner(out: Artifacts, threads: int | None = None):
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    path = out.graph("fp32")
+    return OnnxrtRunner(lambda: ortsession.session(path, threads=threads, cpu_only=True), name="fp32 (ONNX Runtime)")
+
+
+def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None):
+    """A Polygraphy runner; engines are checked against their manifest before they load."""
+    if artifact.backend == "tensorrt":
+        from polygraphy.backend.trt import TrtRunner
+
+        from pipeline.build.manifest import verify_engine
+        from pipeline.build.probe import probe
+        from pipeline.build.trt import load_engine
+
+        cap = probe()
+        engine_path = verify_engine(artifact.manifest, artifact.name, cap.trt_version, cap.compute_capability)
+        return TrtRunner(lambda: load_engine(engine_path), name=artifact.label, optimization_profile=profile)
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    # The TensorRT-target w8a8 graph holds FP16 Q/DQ that ONNX Runtime's CPU fusions have no kernels for.
+    fuse = not (artifact.name == "w8a8")
+    cpu_only = artifact.name == "w8a8-cpu"
+    return OnnxrtRunner(lambda: ortsession.session(artifact.path, threads=threads, cpu_only=cpu_only, fuse_qdq=fuse),
+                        name=artifact.label)

@@ -1,0 +1,54 @@
+"""On a machine with TensorRT and a CUDA GPU: build both example models' engines, check INT8 coverage and parity.
+
+Run with ``make gpu-check``. Elsewhere these skip with the probe's reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from pipeline import stages
+from pipeline.artifacts import Artifacts
+from pipeline.build.layers import quantized_compute_nodes
+from pipeline.build.manifest import Manifest
+from pipeline.config import load_config
+from pipeline.data import sample_inputs
+from pipeline.evaluate.metrics import error_stats, top1_agreement
+from pipeline.runners import artifacts, reference_runner, runner_for
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize(("model", "min_int8_coverage"), [("resnet_digits", 0.90), ("vit_digits", None)])
+def test_example_engines(model, min_int8_coverage, tmp_path):
+    cfg = load_config(f"models/{model}.toml")
+    stages.export(cfg, root=tmp_path)
+    stages.quantize(cfg, root=tmp_path)
+    record = stages.build(cfg, root=tmp_path, backend="tensorrt")
+    manifest = Manifest.load(Path(record["manifest"]))
+    assert set(manifest.engines) == {"fp16", "w8a8"}
+    out = Artifacts.of(cfg, tmp_path)
+    layers = record["layers"]["w8a8"]
+    if min_int8_coverage is not None:
+        # Of the layers the Q/DQ graph quantizes, the share TensorRT really runs in INT8.
+        expected = quantized_compute_nodes(onnx.load(str(out.graph("w8a8"))))
+        assert layers["int8_compute_layers"] / expected >= min_int8_coverage, layers
+        assert "warning" not in layers, layers.get("warning")
+    feed = sample_inputs(cfg, 64)
+    with reference_runner(out) as ref:
+        expected = ref.infer(feed)[cfg.outputs[0].name]
+    gates = {"fp16": cfg.accuracy.fp16, "w8a8": cfg.accuracy.w8a8}
+    for artifact in artifacts(cfg, out):
+        if artifact.backend != "tensorrt":
+            continue
+        with runner_for(artifact, profile=0) as runner:
+            got = np.asarray(runner.infer(feed)[cfg.outputs[0].name], dtype=np.float32)
+        stats = error_stats(got, expected)
+        assert stats.cosine >= gates[artifact.name].min_cosine, (artifact.name, stats)
+        assert top1_agreement(got, expected) >= 0.97, artifact.name
+    assert json.loads(out.build_record.read_text())["backend"] == "tensorrt"
