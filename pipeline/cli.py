@@ -96,5 +96,34 @@ def build(config_path: Path, backend: str) -> None:
     stages.build(_load(config_path), backend=backend)
 
 
+@main.command()
+@config_option
+@_user_errors
+def compare(config_path: Path) -> None:
+    """Accuracy of every deployable artifact against FP32 (Polygraphy Comparator); fails on a broken gate."""
+    from pipeline import stages
+
+    stages.compare(_load(config_path))
+
+
+@main.command()
+@config_option
+@click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Run the whole benchmark this many times and check each median against the other run's spread.")
+@_user_errors
+def bench(config_path: Path, repeat: int) -> None:
+    """Latency per artifact and batch size: median, p90, p99, spread, items/s; JSON and CSV in results/.
+
+    \b
+    TensorRT engines are timed with device-resident buffers (enqueue + execute +
+    sync, no host copies) at [bench] gpu_batches. Without TensorRT, ONNX Runtime
+    times host arrays in and out: on a CPU, the FP32 graph against the ONNX
+    Runtime CPU w8a8 graph at [bench] cpu_batches with [bench] threads.
+    """
+    from pipeline import stages
+
+    stages.bench(_load(config_path), repeat=repeat)
+
+
 if __name__ == "__main__":
     main()

@@ -167,6 +167,8 @@ class Gate:
 
 @dataclass(frozen=True)
 class AccuracySection:
+    # Held-out batch sizes compare runs every artifact at (each must fit a [batch] profile).
+    batches: tuple[int, ...] = (1, 64)
     fp32: Gate = Gate(min_cosine=0.99999, max_abs=1e-3)
     fp16: Gate = Gate(min_cosine=0.9999, max_abs=5e-2)
     w8a8: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
@@ -177,8 +179,9 @@ class AccuracySection:
 class BenchSection:
     gpu_batches: tuple[int, ...] = (128, 256, 512, 1024)
     cpu_batches: tuple[int, ...] = (1, 16, 64)
-    warmup: int = 3
-    iterations: int = 20
+    warmup: int = 5
+    iterations: int = 20  # at least this many timed runs ...
+    min_seconds: float = 1.0  # ... and at least this long per artifact and batch size
     threads: int = 1
 
 

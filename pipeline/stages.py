@@ -191,3 +191,59 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     write_json(out.build_record, record)
     info(f"{cfg.name}: engines and manifest in {target}")
     return record
+
+
+def compare(cfg: Config, root: Path | None = None) -> list:
+    """Accuracy of every deployable artifact against FP32 on held-out data; gates from [accuracy]."""
+    from pipeline.console import table
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate.compare import compare as run_compare
+    from pipeline.evaluate.compare import compare_table, results_path
+    from pipeline.fileio import write_json
+
+    out = Artifacts.of(cfg, root)
+    rows = run_compare(cfg, out)
+    write_json(results_path(out), {"rows": [r.as_dict() for r in rows], "passed": not any(r.failures for r in rows)})
+    info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
+    info(table(*compare_table(rows)))
+    failed = [r for r in rows if r.failures]
+    if failed:
+        first = failed[0]
+        raise PipelineError(f"{cfg.name}: accuracy gate failed for {first.artifact}, output {first.output!r} at batch "
+                            f"{first.batch}: {'; '.join(first.failures)} (gates in [accuracy] of {cfg.path})")
+    return rows
+
+
+def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
+    """Latency across batch sizes for the deployable baseline and its w8a8 counterpart."""
+    from pipeline.console import table
+    from pipeline.evaluate import bench as bench_mod
+    from pipeline.fileio import write_json, write_text
+
+    out = Artifacts.of(cfg, root)
+    plan = bench_mod.plan_bench(cfg, out)
+    if plan.backend == "tensorrt":
+        from pipeline.build.profiles import check_bench_batches
+
+        check_bench_batches(cfg, plan.batches, "bench.gpu_batches")
+    runs = bench_mod.bench(cfg, out, plan, repeat)
+    rows = runs[0]
+    speedup = bench_mod.speedups(rows, plan)
+    result = {
+        "backend": plan.backend, "includes": plan.includes, "baseline": plan.baseline.name,
+        "quantized": plan.quantized.name, "batches": list(plan.batches), "threads": plan.threads,
+        "warmup": cfg.bench.warmup, "min_iterations": cfg.bench.iterations, "min_seconds": cfg.bench.min_seconds,
+        "runs": [[r.as_dict() for r in run] for run in runs], "speedup": {str(b): s for b, s in speedup.items()},
+        "consistency": bench_mod.consistency(runs),
+    }
+    write_json(out.results_dir / "bench.json", result)
+    write_text(out.results_dir / "bench.csv", bench_mod.to_csv([r for run in runs for r in run]))
+    info(f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
+         f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch")
+    info(table(["artifact", "batch", "median ms", "p90 ms", "p99 ms", "IQR ms", "items/s", "w8a8 speedup"],
+               [[r.artifact, r.batch, r.latency.median_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.iqr_ms,
+                 f"{r.throughput:.0f}", f"{speedup[r.batch]:.2f}x" if r.precision == plan.quantized.name else ""]
+                for r in rows]))
+    for line in result["consistency"]:
+        info(f"  repeat check: {line}")
+    return result

@@ -22,16 +22,24 @@ class Latency:
         return asdict(self)
 
 
-def measure(fn: Callable[[], object], warmup: int, iterations: int) -> Latency:
-    """Time ``fn`` with ``perf_counter`` after ``warmup`` untimed calls."""
+def measure(fn: Callable[[], object], warmup: int, iterations: int, min_seconds: float = 0.0,
+            max_iterations: int = 5000) -> Latency:
+    """Time ``fn`` with ``perf_counter`` after ``warmup`` untimed calls.
+
+    Runs at least ``iterations`` times and at least ``min_seconds`` (up to
+    ``max_iterations``), so fast cases get enough samples for stable percentiles.
+    """
     for _ in range(warmup):
         fn()
-    times = np.empty(iterations)
-    for i in range(iterations):
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_iterations and (
+        len(times) < iterations or time.perf_counter() - started < min_seconds
+    ):
         start = time.perf_counter()
         fn()
-        times[i] = (time.perf_counter() - start) * 1e3
-    return _stats(times)
+        times.append((time.perf_counter() - start) * 1e3)
+    return _stats(np.asarray(times))
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int,

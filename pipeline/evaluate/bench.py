@@ -1,0 +1,145 @@
+"""``trtpipe bench``: latency of each deployable artifact across batch sizes.
+
+What a timing includes:
+* TensorRT: inputs and outputs stay on the device (Polygraphy ``TrtRunner``
+  with device buffers); the time is enqueue + execution + stream synchronize,
+  no host copies.
+* ONNX Runtime: host arrays in and out, explicit intra-op threads; on the CPU
+  EP there is no copy to speak of, on the CUDA EP the host<->device copies are in.
+
+On a CPU-only machine the pair benched is what deploys there: the FP32 graph
+(baseline) and the ONNX Runtime CPU w8a8 graph. The FP16 graph and the
+TensorRT-target Q/DQ graph only simulate TensorRT's numbers on a CPU, so their
+CPU latency would mislead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import ortsession
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config
+from pipeline.console import progress
+from pipeline.data import sample_inputs
+from pipeline.evaluate.timing import Latency, measure
+from pipeline.runners import Artifact, artifacts
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    backend: str  # "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"
+    baseline: Artifact  # light grey in the chart
+    quantized: Artifact  # dark red
+    batches: tuple[int, ...]
+    threads: int | None
+    includes: str
+
+    @property
+    def pair(self) -> tuple[Artifact, Artifact]:
+        return self.baseline, self.quantized
+
+
+def plan_bench(cfg: Config, out: Artifacts) -> BenchPlan:
+    found = {a.name: a for a in artifacts(cfg, out)}
+    if found["fp16"].backend == "tensorrt":
+        return BenchPlan("tensorrt", found["fp16"], found["w8a8"], cfg.bench.gpu_batches, None,
+                         "TensorRT engines, device-resident inputs/outputs: enqueue + execute + stream sync, "
+                         "no host copies")
+    if "CUDAExecutionProvider" in ortsession.providers():
+        return BenchPlan("onnxruntime-cuda", found["fp16"], found["w8a8"], cfg.bench.gpu_batches, None,
+                         "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included")
+    fp32 = Artifact("fp32", "onnxruntime", out.graph("fp32"))
+    return BenchPlan("onnxruntime-cpu", fp32, found["w8a8-cpu"], cfg.bench.cpu_batches, cfg.bench.threads,
+                     f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out")
+
+
+def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
+    """A zero-argument callable running one inference at ``batch``, plus what to release after."""
+    feed = sample_inputs(cfg, batch)
+    if artifact.backend == "tensorrt":
+        from polygraphy import cuda
+
+        from pipeline.build.profiles import profile_index_for
+        from pipeline.runners import runner_for
+
+        runner = runner_for(artifact, profile=profile_index_for(cfg, batch))
+        runner.activate()
+        device = {k: cuda.DeviceArray(shape=v.shape, dtype=v.dtype).copy_from(v) for k, v in feed.items()}
+        return (lambda: runner.infer(device, copy_outputs_to_host=False)), (runner.deactivate, *(d.free for d in device.values()))
+    sess = ortsession.session(artifact.path, threads=threads, cpu_only=artifact.name in ("fp32", "w8a8-cpu"))
+    inputs = ortsession.feed_for(sess, feed)
+    return (lambda: sess.run(None, inputs)), ()
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    artifact: str
+    precision: str
+    batch: int
+    latency: Latency
+
+    @property
+    def throughput(self) -> float:
+        return self.batch / (self.latency.median_ms / 1e3)
+
+    def as_dict(self) -> dict:
+        return {"artifact": self.artifact, "precision": self.precision, "batch": self.batch,
+                **self.latency.as_dict(), "throughput_items_per_s": self.throughput}
+
+
+def bench(cfg: Config, out: Artifacts, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
+    """``repeat`` full runs; each run times every (artifact, batch) after warm-up."""
+    runs = []
+    jobs = [(a, b) for b in plan.batches for a in plan.pair]
+    for r in range(repeat):
+        rows = []
+        label = f"bench {cfg.name}" + (f" (run {r + 1}/{repeat})" if repeat > 1 else "")
+        for artifact, batch in progress(jobs, label):
+            fn, release = _timer(cfg, artifact, batch, plan.threads)
+            try:
+                latency = measure(fn, cfg.bench.warmup, cfg.bench.iterations, cfg.bench.min_seconds)
+            finally:
+                for free in release:
+                    free()
+            rows.append(BenchRow(artifact.label, artifact.name, batch, latency))
+        runs.append(rows)
+    return runs
+
+
+def consistency(runs: list[list[BenchRow]]) -> list[str]:
+    """For repeated runs: does each median fall inside the other run's interquartile spread?"""
+    if len(runs) < 2:
+        return []
+    lines = []
+    for a, b in zip(runs[0], runs[1], strict=True):
+        spread = max(a.latency.iqr_ms, b.latency.iqr_ms)
+        delta = abs(a.latency.median_ms - b.latency.median_ms)
+        verdict = "within" if delta <= spread else "OUTSIDE"
+        lines.append(f"{a.artifact} batch {a.batch}: medians {a.latency.median_ms:.3f} / {b.latency.median_ms:.3f} ms, "
+                     f"difference {delta:.3f} ms {verdict} the spread (IQR {spread:.3f} ms)")
+    return lines
+
+
+def to_csv(rows: list[BenchRow]) -> str:
+    buf = io.StringIO()
+    fields = list(rows[0].as_dict()) if rows else []
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.as_dict().items()})
+    return buf.getvalue()
+
+
+def speedups(rows: list[BenchRow], plan: BenchPlan) -> dict[int, float]:
+    by = {(r.precision, r.batch): r.latency.median_ms for r in rows}
+    return {b: by[(plan.baseline.name, b)] / by[(plan.quantized.name, b)] for b in plan.batches
+            if (plan.baseline.name, b) in by and (plan.quantized.name, b) in by}
+
+
+def median_of(rows: list[BenchRow], precision: str, batch: int) -> float:
+    return float(np.median([r.latency.median_ms for r in rows if r.precision == precision and r.batch == batch]))
