@@ -16,7 +16,7 @@ CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
 QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: setup engines export calibrate quantize build bench-quant gpu-check test clean help
+.PHONY: setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -35,12 +35,19 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[$(EXTRAS)]'
 	touch $@
 
-engines: build
+engines: report-files
 
 export: $(foreach m,$(MODELS),engines/$(m)/onnx/model.fp16.onnx)
 calibrate: $(foreach m,$(MODELS),calib/$(m)/ranges.json)
 quantize: $(foreach m,$(MODELS),engines/$(m)/onnx/model.w8a8.onnx)
 build: $(foreach m,$(MODELS),engines/$(m)/build.json)
+compare: $(foreach m,$(MODELS),engines/$(m)/results/compare.json)
+bench: $(foreach m,$(MODELS),engines/$(m)/results/bench.json)
+report-files: $(foreach m,$(MODELS),engines/$(m)/reports/report.md)
+
+# Rewrite the reports from saved results, running no model.
+report:
+	@for m in $(MODELS); do $(TRTPIPE) report -c models/$$m.toml || exit 1; done
 
 engines/%/onnx/model.fp32.onnx engines/%/onnx/model.fp16.onnx: models/%.toml $(EXPORT_SRC) | $(STAMP)
 	$(TRTPIPE) export -c $<
@@ -48,13 +55,24 @@ engines/%/onnx/model.fp32.onnx engines/%/onnx/model.fp16.onnx: models/%.toml $(E
 calib/%/ranges.json: engines/%/onnx/model.fp32.onnx models/%.toml $(QUANT_SRC) | $(STAMP)
 	$(TRTPIPE) calibrate -c models/$*.toml && touch $@
 
-engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.w8a8-cpu.onnx: calib/%/ranges.json engines/%/onnx/model.fp16.onnx
+engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.w8a8-cpu.onnx: calib/%/ranges.json engines/%/onnx/model.fp16.onnx models/%.toml
 	$(TRTPIPE) quantize -c models/$*.toml
 
 # TensorRT engines when TensorRT and a GPU are present; otherwise one line says why and the
 # record points later stages at the ONNX graphs on ONNX Runtime.
-engines/%/build.json: engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.fp16.onnx $(wildcard pipeline/build/*.py)
+engines/%/build.json: engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.fp16.onnx models/%.toml $(wildcard pipeline/build/*.py)
 	$(TRTPIPE) build -c models/$*.toml
+
+EVAL_SRC := $(CORE_SRC) pipeline/runners.py
+
+engines/%/results/compare.json: engines/%/build.json models/%.toml $(EVAL_SRC)
+	$(TRTPIPE) compare -c models/$*.toml
+
+engines/%/results/bench.json: engines/%/build.json models/%.toml $(EVAL_SRC)
+	$(TRTPIPE) bench -c models/$*.toml
+
+engines/%/reports/report.md: engines/%/results/compare.json engines/%/results/bench.json models/%.toml $(CORE_SRC)
+	$(TRTPIPE) report -c models/$*.toml
 
 bench-quant: export
 	$(BIN)/python -m benchmarks.quant_peers $(foreach m,$(MODELS),models/$(m).toml)

@@ -125,5 +125,15 @@ def bench(config_path: Path, repeat: int) -> None:
     stages.bench(_load(config_path), repeat=repeat)
 
 
+@main.command()
+@config_option
+@_user_errors
+def report(config_path: Path) -> None:
+    """Write engines/NAME/reports/report.md and latency.png from the saved compare/bench/build results."""
+    from pipeline import stages
+
+    stages.report(_load(config_path))
+
+
 if __name__ == "__main__":
     main()

@@ -236,6 +236,14 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
         "runs": [[r.as_dict() for r in run] for run in runs], "speedup": {str(b): s for b, s in speedup.items()},
         "consistency": bench_mod.consistency(runs),
     }
+    if plan.backend == "onnxruntime-cpu":
+        from pipeline.data import sample_inputs
+        from pipeline.evaluate.profile import op_time_share
+
+        # Evidence for the report: INT8 only speeds up the Conv/MatMul/Gemm share of FP32 time.
+        largest = max(plan.batches)
+        result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
+        result["profiled_batch"] = largest
     write_json(out.results_dir / "bench.json", result)
     write_text(out.results_dir / "bench.csv", bench_mod.to_csv([r for run in runs for r in run]))
     info(f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
@@ -247,3 +255,13 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
     for line in result["consistency"]:
         info(f"  repeat check: {line}")
     return result
+
+
+def report(cfg: Config, root: Path | None = None) -> Path:
+    """engines/NAME/reports/report.md and latency.png, from saved results only."""
+    from pipeline.evaluate.report import write_report
+
+    out = Artifacts.of(cfg, root)
+    path = write_report(out, cfg.name)
+    info(f"{cfg.name}: wrote {path} and {path.parent / 'latency.png'}")
+    return path

@@ -47,8 +47,8 @@ def compare(cfg: Config, out: Artifacts) -> list[CompareRow]:
         runners = [reference_runner(out)] + [runner_for(a, profile=_profile(cfg, a, batch)) for a in found]
         with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-iteration lines would drown the table
             results = Comparator.run(runners, data_loader=feeds)
-        with atomic_path(out.results_dir / f"polygraphy-b{batch}.json") as tmp:
-            results.save(str(tmp))
+            with atomic_path(out.results_dir / f"polygraphy-b{batch}.json") as tmp:
+                results.save(str(tmp))
         outputs = {name: _stack(iterations, cfg) for name, iterations in results.items()}
         ref = outputs[runners[0].name]
         y = np.concatenate(labels) if labels else None

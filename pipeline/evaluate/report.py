@@ -1,0 +1,176 @@
+"""``trtpipe report``: the latency chart in our users' style, the accuracy table and a verdict.
+
+Reads only saved results (results/*.json, build.json), so ``make report``
+rewrites the report without running any model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import Artifacts
+from pipeline.console import table
+from pipeline.errors import PipelineError
+from pipeline.evaluate.profile import INT8_OPS
+from pipeline.fileio import atomic_path, write_text
+
+BASELINE_COLOUR = "#d3d3d3"  # light grey
+W8A8_COLOUR = "#8b0000"  # dark red
+MIN_GAIN = 1.05  # below this, w8a8 is not worth its accuracy cost
+_NAMES = {"fp32": "FP32", "fp16": "FP16", "w8a8": "w8a8", "w8a8-cpu": "w8a8"}
+_BACKENDS = {"tensorrt": "TensorRT", "onnxruntime-cuda": "ONNX Runtime CUDA", "onnxruntime-cpu": "ONNX Runtime CPU"}
+
+
+def _load(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise PipelineError(f"{path}: no saved {what}; run trtpipe {what} first")
+    return json.loads(path.read_text())
+
+
+def medians(bench: dict[str, Any]) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for row in bench["runs"][0]:
+        out.setdefault(row["precision"], {})[row["batch"]] = row["median_ms"]
+    return out
+
+
+def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
+    """Grouped bars per batch size: baseline light grey, w8a8 dark red, value labels, speedup above."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = medians(bench)
+    batches = bench["batches"]
+    base, quant = bench["baseline"], bench["quantized"]
+    x = np.arange(len(batches))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(batches) + 2), 4.2), dpi=120)
+    bars = [
+        ax.bar(x - width / 2, [m[base][b] for b in batches], width, color=BASELINE_COLOUR, edgecolor="#9e9e9e",
+               label=_NAMES[base]),
+        ax.bar(x + width / 2, [m[quant][b] for b in batches], width, color=W8A8_COLOUR, label=_NAMES[quant]),
+    ]
+    for group in bars:
+        ax.bar_label(group, labels=[_ms(v) for v in group.datavalues], padding=2, fontsize=8)
+    top = max(max(m[base].values()), max(m[quant].values()))
+    for i, b in enumerate(batches):
+        speedup = m[base][b] / m[quant][b]
+        ax.text(x[i], top * 1.13, f"{speedup:.2f}x", ha="center", fontsize=9,
+                color=W8A8_COLOUR if speedup >= MIN_GAIN else "#555555", fontweight="bold")
+    ax.set_ylim(0, top * 1.25)
+    ax.set_xticks(x, [str(b) for b in batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency (ms, median)")
+    ax.set_title(f"{model}: {_NAMES[base]} vs {_NAMES[quant]}, {_BACKENDS[bench['backend']]}"
+                 + (f", {bench['threads']} thread(s)" if bench.get("threads") else ""), fontsize=10)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
+def verdict(bench: dict[str, Any], compare: dict[str, Any] | None, build: dict[str, Any]) -> list[str]:
+    """Which precision to deploy at each batch size, and the evidence."""
+    m = medians(bench)
+    base, quant = bench["baseline"], bench["quantized"]
+    gate_ok = True
+    if compare is not None:
+        gate_ok = not any(r["failures"] for r in compare["rows"] if r["artifact"].startswith(quant + " "))
+    evidence = _slow_evidence(bench, build)
+    lines = []
+    for b in bench["batches"]:
+        speedup = m[base][b] / m[quant][b]
+        if not gate_ok:
+            lines.append(f"batch {b}: deploy {_NAMES[base]}: w8a8 fails its accuracy gate (see the table)")
+        elif speedup >= MIN_GAIN:
+            lines.append(f"batch {b}: deploy w8a8: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
+                         f"and within its accuracy gate")
+        else:
+            lines.append(f"batch {b}: deploy {_NAMES[base]}: w8a8 is no faster ({speedup:.2f}x); {evidence}")
+    return lines
+
+
+def _slow_evidence(bench: dict[str, Any], build: dict[str, Any]) -> str:
+    if build.get("backend") == "tensorrt":
+        layers = build.get("layers", {}).get("w8a8", {})
+        return (f"{layers.get('reformat_layers', '?')} reformat layers and {layers.get('unfused_qdq_layers', '?')} "
+                f"unfused Q/DQ layers in the engine, {layers.get('int8_compute_layers', '?')} of "
+                f"{layers.get('compute_layers', '?')} Conv/GEMM/MatMul layers in INT8")
+    share = bench.get("fp32_op_time_share")
+    if share:
+        int8 = sum(v for k, v in share.items() if k in INT8_OPS)
+        rest = sorted(((k, v) for k, v in share.items() if k not in INT8_OPS), key=lambda kv: -kv[1])
+        others = ", ".join(f"{k} {v:.0%}" for k, v in rest[:3])
+        return (f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.get('profiled_batch')} "
+                f"(the largest of the rest: {others}); INT8 speeds up only that share")
+    return "no layer or op profile saved to explain it"
+
+
+def write_report(out: Artifacts, model: str) -> Path:
+    bench = _load(out.results_dir / "bench.json", "bench")
+    compare = _load(out.results_dir / "compare.json", "compare") if (out.results_dir / "compare.json").is_file() else None
+    build = _load(out.build_record, "build")
+    quant = json.loads((out.results_dir / "quantize.json").read_text()) if (out.results_dir / "quantize.json").is_file() else None
+    latency_chart(bench, out.reports_dir / "latency.png", model)
+
+    m = medians(bench)
+    base, quantized = bench["baseline"], bench["quantized"]
+    lat_rows = [[b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"]
+                for b in bench["batches"]]
+    parts = [
+        f"# {model}: {_NAMES[base]} vs w8a8 on {_BACKENDS[bench['backend']]}",
+        "",
+        "![latency](latency.png)",
+        "",
+        "## Latency",
+        "",
+        f"What a timing includes: {bench['includes']}. Median of at least {bench.get('min_iterations', '?')} runs and "
+        f"{bench.get('min_seconds', '?')} s per cell after {bench['warmup']} warm-up runs; the full percentiles "
+        "(p90, p99, IQR) and throughput are in `results/bench.json` and `results/bench.csv`.",
+        "",
+        table(["batch", f"{_NAMES[base]} ms", "w8a8 ms", "w8a8 speedup"], lat_rows),
+        "",
+        "## Verdict",
+        "",
+        *[f"- {line}" for line in verdict(bench, compare, build)],
+        "",
+        "## Accuracy against FP32 (held-out data)",
+        "",
+    ]
+    if compare is None:
+        parts.append("No compare results yet: run `trtpipe compare`.")
+    else:
+        rows = [[r["artifact"], r["batch"], r["output"], f"{r['cosine']:.5f}", f"{r['max_abs']:.3g}",
+                 "-" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.2f}%",
+                 "-" if r["metric"] is None else f"{r['metric']:.2f}",
+                 "-" if r["fp32_metric"] is None else f"{r['fp32_metric']:.2f}",
+                 "FAIL: " + "; ".join(r["failures"]) if r["failures"] else "ok"] for r in compare["rows"]]
+        parts.append(table(["artifact", "batch", "output", "cosine", "max abs", "top-1 agree", "top-1 %",
+                            "FP32 top-1 %", "gate"], rows))
+    parts += ["", "## Engines and INT8 layer coverage", ""]
+    if build.get("backend") == "tensorrt":
+        rows = [[p, s["int8_compute_layers"], s["compute_layers"], s["reformat_layers"], s["unfused_qdq_layers"],
+                 s.get("warning", "")] for p, s in build["layers"].items()]
+        parts.append(f"Engines in `{build['dir']}` (manifest: `{build['manifest']}`).")
+        parts += ["", table(["engine", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"],
+                            rows)]
+    else:
+        parts.append(f"No TensorRT engines on this machine: {build.get('reason')}. The figures above are ONNX Runtime's.")
+    if quant:
+        parts += ["", "## Quantization", "",
+                  f"Calibration method `{quant['method']}`; {quant['int8_layers']} layers quantized for TensorRT."]
+        parts += [f"- kept FP16: {s['op_type']} `{s['node']}`: {s['reason']}" for s in quant["skipped"]]
+    path = out.reports_dir / "report.md"
+    write_text(path, "\n".join(parts) + "\n")
+    return path

@@ -1,0 +1,97 @@
+"""compare, bench and report on the tiny user model, on ONNX Runtime (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from pipeline import stages
+from pipeline.artifacts import Artifacts
+from pipeline.cli import main
+from pipeline.errors import PipelineError
+from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
+from tests.conftest import write_config
+
+FAST_BENCH = "[bench]\ncpu_batches = [1, 8]\nwarmup = 1\niterations = 5\nmin_seconds = 0.05"
+
+
+@pytest.fixture
+def pipeline_run(tmp_path, user_model, monkeypatch):
+    """The tiny model through export, quantize and build (ONNX Runtime fallback), run from tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST_BENCH}')
+    from pipeline.config import load_config
+
+    cfg = load_config(path)
+    stages.export(cfg)
+    stages.quantize(cfg)
+    stages.build(cfg, backend="onnxruntime")
+    return cfg, path, Artifacts.of(cfg)
+
+
+def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
+    cfg, _, out = pipeline_run
+    rows = stages.compare(cfg)
+    assert {r.artifact for r in rows} == {"fp16 (ONNX Runtime)", "w8a8 (ONNX Runtime)", "w8a8-cpu (ONNX Runtime)"}
+    assert {r.batch for r in rows} == {1, 64}
+    assert all(r.stats.cosine > 0.99 for r in rows)
+    saved = json.loads((out.results_dir / "compare.json").read_text())
+    assert saved["passed"] is True
+    from polygraphy.comparator import RunResults
+
+    results = RunResults.load(str(out.results_dir / "polygraphy-b64.json"))
+    assert len(results) == 4  # the FP32 reference and three artifacts
+
+
+def test_broken_w8a8_graph_fails_compare_naming_the_output(pipeline_run):
+    cfg, path, out = pipeline_run
+    model = onnx.load(out.graph("w8a8"))
+    q_scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for init in model.graph.initializer:
+        if init.name in q_scales:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float16(100), init.name))
+    onnx.save(model, out.graph("w8a8"))
+    with pytest.raises(PipelineError, match=r"accuracy gate failed for w8a8 \(ONNX Runtime\), output 'logits'"):
+        stages.compare(cfg)
+    result = CliRunner().invoke(main, ["compare", "-c", str(path)])
+    assert result.exit_code == 1
+    assert "Error: tiny: accuracy gate failed for w8a8 (ONNX Runtime), output 'logits'" in result.output
+    assert "cosine" in result.output.splitlines()[-1]
+
+
+def test_bench_and_report(pipeline_run):
+    cfg, _, out = pipeline_run
+    stages.compare(cfg)
+    result = stages.bench(cfg, repeat=2)
+    assert result["backend"] == "onnxruntime-cpu"
+    assert (result["baseline"], result["quantized"]) == ("fp32", "w8a8-cpu")
+    assert len(result["runs"]) == 2 and len(result["consistency"]) == 4
+    rows = result["runs"][0]
+    assert {(r["precision"], r["batch"]) for r in rows} == {("fp32", 1), ("fp32", 8), ("w8a8-cpu", 1), ("w8a8-cpu", 8)}
+    for r in rows:
+        assert r["p90_ms"] >= r["median_ms"] > 0 and r["throughput_items_per_s"] > 0 and r["runs"] >= 5
+    assert sum(result["fp32_op_time_share"].values()) == pytest.approx(1.0)
+    assert (out.results_dir / "bench.csv").read_text().splitlines()[0].startswith("artifact,precision,batch")
+
+    report = stages.report(cfg)
+    text = report.read_text()
+    assert "![latency](latency.png)" in text and "## Verdict" in text and "batch 8: deploy" in text
+    assert "No TensorRT engines on this machine" in text
+    # The chart: light grey and dark red bars are really drawn.
+    import matplotlib.image
+
+    pixels = (matplotlib.image.imread(out.reports_dir / "latency.png")[..., :3] * 255).round().astype(int)
+    for colour in (BASELINE_COLOUR, W8A8_COLOUR):
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).sum(axis=-1) <= 3).sum() > 500, colour
+
+
+def test_report_needs_saved_results(make_config, tmp_path):
+    cfg = make_config()
+    with pytest.raises(PipelineError, match=r"no saved bench; run trtpipe bench first"):
+        stages.report(cfg, root=tmp_path)
