@@ -1,0 +1,55 @@
+"""The thin TensorRT layer: build through Polygraphy's loaders, inspect, load.
+
+TensorRT 11 networks are strongly typed: the FP16 engine's precision comes
+from the FP16 graph and the INT8 engine's from the Q/DQ graph. No FP16/INT8
+builder flags (removed in 11) and no calibrators are used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.build.profiles import InputProfile
+from pipeline.config import BuildSection
+
+
+def build_engine(graph: Path, profiles: list[list[InputProfile]], settings: BuildSection,
+                 timing_cache: Path) -> bytes:
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    trt_profiles = []
+    for per_input in profiles:
+        profile = Profile()
+        for p in per_input:
+            profile.add(p.name, min=p.min, opt=p.opt, max=p.max)
+        trt_profiles.append(profile)
+    config = CreateConfig(
+        profiles=trt_profiles,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: settings.workspace_mib << 20},
+        builder_optimization_level=settings.optimization_level,
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,  # the inspector then reports per-layer precisions
+        load_timing_cache=str(timing_cache) if timing_cache.is_file() else None,
+    )
+    network = NetworkFromOnnxPath(str(graph), strongly_typed=True)
+    return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))())
+
+
+def engine_information(plan: bytes) -> dict[str, Any]:
+    """The engine inspector's whole-engine JSON."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import EngineFromBytes
+
+    engine = EngineFromBytes(plan)()
+    inspector = engine.create_engine_inspector()
+    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def load_engine(path: Path):
+    """Deserialize an engine file; call ``manifest.verify_engine`` first."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes
+
+    return EngineFromBytes(BytesFromPath(str(path)))()
