@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TRTPIPE := $(BIN)/trtpipe
 STAMP  := $(VENV)/.installed
-EXTRAS ?= examples,dev
+EXTRAS ?= examples,dev,deploy
 
 ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
@@ -16,13 +16,16 @@ CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
 QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
+.PHONY: deploy setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
 	@echo "make test                   CPU test suite"
+	@echo "make deploy MODEL=name TO=dir  Triton model repository (or FORMAT=plain) with manifest"
+	@echo "make report                 rewrite reports from saved results"
+	@echo "make gpu-check              on a GPU machine: build engines, check INT8 coverage and parity"
 	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
 	@echo "make setup | clean"
 
@@ -73,6 +76,11 @@ engines/%/results/bench.json: engines/%/build.json models/%.toml $(EVAL_SRC)
 
 engines/%/reports/report.md: engines/%/results/compare.json engines/%/results/bench.json models/%.toml $(CORE_SRC)
 	$(TRTPIPE) report -c models/$*.toml
+
+# make deploy MODEL=name TO=dir [PRECISION=w8a8|fp16] [FORMAT=triton|plain]
+deploy: $(if $(MODEL),engines/$(MODEL)/reports/report.md)
+	@test -n "$(MODEL)" -a -n "$(TO)" || { echo "usage: make deploy MODEL=name TO=dir [PRECISION=w8a8] [FORMAT=triton]"; exit 2; }
+	$(TRTPIPE) deploy -c models/$(MODEL).toml --to $(TO) --precision $(or $(PRECISION),w8a8) --format $(or $(FORMAT),triton)
 
 bench-quant: export
 	$(BIN)/python -m benchmarks.quant_peers $(foreach m,$(MODELS),models/$(m).toml)

@@ -135,5 +135,28 @@ def report(config_path: Path) -> None:
     stages.report(_load(config_path))
 
 
+@main.command()
+@config_option
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Destination folder (a Triton model repository for --format triton).")
+@click.option("--precision", type=click.Choice(["w8a8", "fp16"]), default="w8a8", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["triton", "plain"]), default="triton", show_default=True)
+@click.option("--force", is_flag=True, help="Deploy despite a failed accuracy gate (recorded in the manifest).")
+@_user_errors
+def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool) -> None:
+    """Deploy an engine (or, without TensorRT, the ONNX graph) with its manifest.
+
+    \b
+    triton: DIR/NAME/config.pbtxt + DIR/NAME/1/model.plan (TensorRT) or model.onnx
+            (onnxruntime backend), config validated against Triton's schema.
+    plain:  the file, manifest.json and a README on loading it.
+    Refuses a file whose sha256 differs from its manifest, a precision that was
+    not built, and an artifact whose compare gate failed (unless --force).
+    """
+    from pipeline import stages
+
+    stages.deploy(_load(config_path), to, precision=precision, fmt=fmt, force=force)
+
+
 if __name__ == "__main__":
     main()

@@ -265,3 +265,19 @@ def report(cfg: Config, root: Path | None = None) -> Path:
     path = write_report(out, cfg.name)
     info(f"{cfg.name}: wrote {path} and {path.parent / 'latency.png'}")
     return path
+
+
+def deploy(cfg: Config, to: Path, precision: str = "w8a8", fmt: str = "triton", force: bool = False,
+           root: Path | None = None) -> Path:
+    """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
+    from pipeline.deploy.checks import select
+    from pipeline.deploy.layout import write_plain, write_triton
+
+    out = Artifacts.of(cfg, root)
+    chosen = select(cfg, out, precision, force)  # every check before anything is written
+    if chosen.gate_failures:
+        info(f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
+             f"the manifest records it")
+    path = write_triton(cfg, out, chosen, to) if fmt == "triton" else write_plain(cfg, chosen, to)
+    info(f"{cfg.name}: deployed {chosen.artifact.label} ({chosen.device}) to {path}")
+    return path

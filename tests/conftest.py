@@ -97,6 +97,28 @@ def write_config(tmp_path: Path, user_model: Path, **sections: str) -> Path:
     return path
 
 
+FAST_BENCH = "[bench]\ncpu_batches = [1, 8]\nwarmup = 1\niterations = 5\nmin_seconds = 0.05"
+
+
+@pytest.fixture
+def pipeline_run(tmp_path, user_model, monkeypatch, request):
+    """The tiny model through export, quantize and build (ONNX Runtime fallback), run from tmp_path.
+
+    ``@pytest.mark.parametrize("pipeline_run", [extra_toml], indirect=True)`` adds config text.
+    """
+    monkeypatch.chdir(tmp_path)
+    extra = getattr(request, "param", "")
+    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST_BENCH}\n{extra}')
+    cfg = load_config(path)
+    from pipeline import stages
+    from pipeline.artifacts import Artifacts
+
+    stages.export(cfg)
+    stages.quantize(cfg)
+    stages.build(cfg, backend="onnxruntime")
+    return cfg, path, Artifacts.of(cfg)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` skip with the capability probe's reason where TensorRT or a GPU is missing."""
     gpu_items = [item for item in items if "gpu" in item.keywords]

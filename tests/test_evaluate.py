@@ -15,24 +15,6 @@ from pipeline.artifacts import Artifacts
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
-from tests.conftest import write_config
-
-FAST_BENCH = "[bench]\ncpu_batches = [1, 8]\nwarmup = 1\niterations = 5\nmin_seconds = 0.05"
-
-
-@pytest.fixture
-def pipeline_run(tmp_path, user_model, monkeypatch):
-    """The tiny model through export, quantize and build (ONNX Runtime fallback), run from tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST_BENCH}')
-    from pipeline.config import load_config
-
-    cfg = load_config(path)
-    stages.export(cfg)
-    stages.quantize(cfg)
-    stages.build(cfg, backend="onnxruntime")
-    return cfg, path, Artifacts.of(cfg)
-
 
 def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
     cfg, _, out = pipeline_run

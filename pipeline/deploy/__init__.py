@@ -1,0 +1,1 @@
+"""Deploy: engines (or graphs) with their manifest, laid out for the runtimes people serve with."""

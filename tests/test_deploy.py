@@ -1,0 +1,109 @@
+"""Deploy: a Triton repository whose config parses against Triton's schema, and every refusal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from tritonclient.grpc import model_config_pb2 as mc
+
+from pipeline import stages
+from pipeline.cli import main
+from pipeline.deploy import triton
+from pipeline.errors import PipelineError
+
+
+def _compared(cfg):
+    stages.compare(cfg)
+    stages.bench(cfg)
+
+
+def test_triton_repository_on_cpu(pipeline_run, tmp_path):
+    cfg, _, out = pipeline_run
+    _compared(cfg)
+    model_dir = stages.deploy(cfg, tmp_path / "repo")
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == [
+        "1/model.onnx", "config.pbtxt", "manifest.json"]
+    config = triton.parse((model_dir / "config.pbtxt").read_text())
+    assert (config.name, config.platform, config.backend) == ("tiny", "onnxruntime_onnx", "onnxruntime")
+    assert config.max_batch_size == 32  # the [batch] profile's max
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("x", mc.TYPE_FP32, [3, 8, 8])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("logits", mc.TYPE_FP32, [4])]
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    bench = json.loads((out.results_dir / "bench.json").read_text())
+    assert set(config.dynamic_batching.preferred_batch_size) <= set(bench["batches"])
+    assert len(config.dynamic_batching.preferred_batch_size) >= 1
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "w8a8-cpu" and manifest["accuracy_gate"] == {"passed": True}
+    # The graph runs with the declared names and shapes.
+    sess = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.sin(np.arange(5 * 3 * 8 * 8, dtype=np.float32)).reshape(5, *config.input[0].dims)
+    (y,) = sess.run([config.output[0].name], {config.input[0].name: x})
+    assert y.shape == (5, *config.output[0].dims)
+
+
+def test_plain_format(pipeline_run, tmp_path):
+    cfg, _, _ = pipeline_run
+    _compared(cfg)
+    folder = stages.deploy(cfg, tmp_path / "plain", precision="fp16", fmt="plain")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "manifest.json", "model.fp16.onnx"]
+    assert "ort.InferenceSession(\"model.fp16.onnx\"" in (folder / "README.md").read_text()
+
+
+def test_refuses_a_file_that_changed_since_build(pipeline_run, tmp_path):
+    cfg, _, out = pipeline_run
+    _compared(cfg)
+    graph = out.graph("w8a8-cpu")
+    graph.write_bytes(graph.read_bytes() + b"\x00")
+    with pytest.raises(PipelineError, match=r"sha256 .* differs from the build record"):
+        stages.deploy(cfg, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()  # nothing written
+
+
+def test_refuses_a_missing_precision(pipeline_run, tmp_path):
+    cfg, _, out = pipeline_run
+    _compared(cfg)
+    out.graph("fp16").unlink()
+    with pytest.raises(PipelineError, match=r"model.fp16.onnx: missing"):
+        stages.deploy(cfg, tmp_path / "repo", precision="fp16")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_refuses_before_compare(pipeline_run, tmp_path):
+    cfg, _, _ = pipeline_run
+    with pytest.raises(PipelineError, match=r"no compare results; run trtpipe compare before deploying"):
+        stages.deploy(cfg, tmp_path / "repo")
+
+
+@pytest.mark.parametrize("pipeline_run", ["[accuracy.w8a8_cpu]\nmin_cosine = 0.9999999"], indirect=True)
+def test_failed_gate_refuses_unless_forced(pipeline_run, tmp_path):
+    cfg, path, _ = pipeline_run
+    with pytest.raises(PipelineError, match=r"accuracy gate failed for w8a8-cpu"):
+        stages.compare(cfg)
+    result = CliRunner().invoke(main, ["deploy", "-c", str(path), "--to", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "failed its accuracy gate" in result.output and "--force" in result.output
+    assert not (tmp_path / "repo").exists()
+    forced = stages.deploy(cfg, tmp_path / "repo", force=True)
+    gate = json.loads((forced / "manifest.json").read_text())["accuracy_gate"]
+    assert gate["passed"] is False and gate["overridden_with_force"] is True and "cosine" in gate["failures"][0]
+
+
+def test_tensorrt_config_for_an_engine(make_config):
+    from tests import graphs
+
+    cfg = make_config(inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]',
+                      outputs='[[outputs]]\nname = "y"\nshape = ["batch", 16, 16, 16]')
+    config = triton.build_config(cfg, graphs.conv_transpose(), "tensorrt", "GPU", [8, 16, 64])
+    parsed = triton.parse(triton.to_text(config))
+    assert parsed.platform == "tensorrt_plan" and parsed.backend == ""
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [8, 16]  # 64 exceeds max_batch_size 32
+    assert list(parsed.input[0].dims) == [16, 8, 8]
+
+
+def test_config_text_with_an_unknown_field_is_refused():
+    with pytest.raises(PipelineError, match="does not parse against Triton's model config schema"):
+        triton.parse('name: "x"\nmax_batch_sise: 8\n')
