@@ -70,6 +70,7 @@ def child(args: argparse.Namespace) -> None:
         out = Artifacts.of(cfg, work).graph("w8a8-cpu")
         onnxutil.save(graph, out)
     else:
+
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 # Same samples, regrouped into equal batches: ORT's histogram calibrators fail on
@@ -82,24 +83,53 @@ def child(args: argparse.Namespace) -> None:
         method = CalibrationMethod.MinMax if args.tool == "ort-minmax" else CalibrationMethod.Entropy
         cache = work / "ort-cache.json"
         with tempfile.TemporaryDirectory() as tmp:  # ORT's calibration step, as quantize_static runs it
-            calibrator = create_calibrator(fp32_path, list(OP_TYPES), augmented_model_path=f"{tmp}/aug.onnx",
-                                           calibrate_method=method)
+            calibrator = create_calibrator(
+                fp32_path, list(OP_TYPES), augmented_model_path=f"{tmp}/aug.onnx", calibrate_method=method
+            )
             calibrator.collect_data(Reader())
             save_tensors_data(calibrator.compute_data(), cache)
             del calibrator
         calib_s = time.perf_counter() - start
         out = work / f"ort-{args.tool}.onnx"
-        quantize_static(fp32_path, out, None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES),
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=method, calibration_cache_path=cache)
+        quantize_static(
+            fp32_path,
+            out,
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            calibration_cache_path=cache,
+        )
     total_s = time.perf_counter() - start
-    print(json.dumps({"calib_s": calib_s, "total_s": total_s, "peak_rss_mb": _rss_mb(),
-                      "baseline_rss_mb": baseline, "graph": str(out)}))
+    print(
+        json.dumps(
+            {
+                "calib_s": calib_s,
+                "total_s": total_s,
+                "peak_rss_mb": _rss_mb(),
+                "baseline_rss_mb": baseline,
+                "graph": str(out),
+            }
+        )
+    )
 
 
 def run_child(config: str, tool: str, samples: int, work: Path) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.quant_peers", "--child", tool, "--samples", str(samples),
-           "--work", str(work), config]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.quant_peers",
+        "--child",
+        tool,
+        "--samples",
+        str(samples),
+        "--work",
+        str(work),
+        config,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{tool} failed:\n{done.stderr[-3000:]}")
@@ -114,8 +144,14 @@ def bench_model(config: str, batch: int, threads: int) -> list[list[object]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="trtpipe.bench.") as tmp:
         results = {}
-        runs = [("ours", 256), ("ours", 512), ("ours", 2048), ("ort-minmax", 512), ("ort-entropy", 512),
-                ("ort-entropy", 2048)]
+        runs = [
+            ("ours", 256),
+            ("ours", 512),
+            ("ours", 2048),
+            ("ort-minmax", 512),
+            ("ort-entropy", 512),
+            ("ort-entropy", 2048),
+        ]
         for tool, samples in runs:
             work = Path(tmp) / f"{tool}-{samples}"
             dst = Artifacts(cfg.name, work)
@@ -128,26 +164,62 @@ def bench_model(config: str, batch: int, threads: int) -> list[list[object]]:
         ref = ortsession.session(src.graph("fp32"), threads=threads, cpu_only=True)
         sessions = {key: ortsession.session(r["graph"], threads=threads, cpu_only=True) for key, r in results.items()}
         timed = {"fp32": ref, **sessions}
-        latency = measure_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in timed.items()},
-                                      warmup=cfg.bench.warmup, rounds=ROUNDS, per_round=PER_ROUND)
+        latency = measure_interleaved(
+            {k: (lambda s=s: s.run(None, feed)) for k, s in timed.items()},
+            warmup=cfg.bench.warmup,
+            rounds=ROUNDS,
+            per_round=PER_ROUND,
+        )
         fp32_lat = latency["fp32"]
-        acc = evaluate(cfg, lambda f: ortsession.run(ref, f),
-                       {f"{k[0]}@{k[1]}": (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()}, {})
+        acc = evaluate(
+            cfg,
+            lambda f: ortsession.run(ref, f),
+            {f"{k[0]}@{k[1]}": (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()},
+            {},
+        )
         acc_by = {r.artifact: r for r in acc}
         fp32_top1 = acc[0].reference_metric
-        rows.append([cfg.name, "FP32 (reference)", "-", "-", "-", "-", "-", f"{fp32_top1:.2f}", "-", "-",
-                     f"{fp32_lat.median_ms:.2f}", "1.00x"])
-        names = {"ours": "trtpipe (entropy)", "ort-minmax": "ORT quantize_static MinMax",
-                 "ort-entropy": "ORT quantize_static Entropy"}
+        rows.append(
+            [
+                cfg.name,
+                "FP32 (reference)",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                f"{fp32_top1:.2f}",
+                "-",
+                "-",
+                f"{fp32_lat.median_ms:.2f}",
+                "1.00x",
+            ]
+        )
+        names = {
+            "ours": "trtpipe (entropy)",
+            "ort-minmax": "ORT quantize_static MinMax",
+            "ort-entropy": "ORT quantize_static Entropy",
+        }
         for key in runs:
             r = results[key]
             a = acc_by[f"{key[0]}@{key[1]}"]
             lat = latency[key]
-            rows.append([cfg.name, names[key[0]], key[1], f"{r['calib_s']:.2f}", f"{r['total_s']:.2f}",
-                         f"{r['peak_rss_mb']:.0f}",
-                         f"{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f}", f"{a.metric:.2f}",
-                         f"{100 * a.agreement:.2f}%", f"{a.stats.cosine:.5f}", f"{lat.median_ms:.2f}",
-                         f"{fp32_lat.median_ms / lat.median_ms:.2f}x"])
+            rows.append(
+                [
+                    cfg.name,
+                    names[key[0]],
+                    key[1],
+                    f"{r['calib_s']:.2f}",
+                    f"{r['total_s']:.2f}",
+                    f"{r['peak_rss_mb']:.0f}",
+                    f"{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f}",
+                    f"{a.metric:.2f}",
+                    f"{100 * a.agreement:.2f}%",
+                    f"{a.stats.cosine:.5f}",
+                    f"{lat.median_ms:.2f}",
+                    f"{fp32_lat.median_ms / lat.median_ms:.2f}x",
+                ]
+            )
     return rows
 
 
@@ -167,14 +239,27 @@ def main() -> None:
     rows = []
     for config in args.configs:
         rows.extend(bench_model(config, args.batch, args.threads))
-    headers = ["model", "quantizer", "calib samples", "calibrate s", "calibrate+quantize s", "peak RSS MB",
-               "RSS growth MB",
-               "top-1 %", "top-1 agree", "cosine", f"ORT CPU ms (b{args.batch}, {args.threads} thr)", "speedup vs FP32"]
+    headers = [
+        "model",
+        "quantizer",
+        "calib samples",
+        "calibrate s",
+        "calibrate+quantize s",
+        "peak RSS MB",
+        "RSS growth MB",
+        "top-1 %",
+        "top-1 agree",
+        "cosine",
+        f"ORT CPU ms (b{args.batch}, {args.threads} thr)",
+        "speedup vs FP32",
+    ]
     print(table(headers, rows))
-    print(f"\nLatency: median of {ROUNDS * PER_ROUND} runs per graph, timed round-robin across graphs after "
-          f"warm-up, ONNX Runtime {__import__('onnxruntime').__version__} "
-          f"CPU EP, batch {args.batch}, {args.threads} thread(s), host arrays in and out. Peak RSS is each "
-          "calibration process's max resident set (imports included); growth is peak minus RSS before calibration.")
+    print(
+        f"\nLatency: median of {ROUNDS * PER_ROUND} runs per graph, timed round-robin across graphs after "
+        f"warm-up, ONNX Runtime {__import__('onnxruntime').__version__} "
+        f"CPU EP, batch {args.batch}, {args.threads} thread(s), host arrays in and out. Peak RSS is each "
+        "calibration process's max resident set (imports included); growth is peak minus RSS before calibration."
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ import click
 from pipeline.errors import PipelineError
 
 config_option = click.option(
-    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Model config, e.g. models/resnet_digits.toml.",
 )
 
@@ -75,8 +79,13 @@ def quantize(config_path: Path) -> None:
 
 @main.command()
 @config_option
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
-              help="auto: TensorRT when it imports and a CUDA GPU is visible, else ONNX Runtime.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "tensorrt", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT when it imports and a CUDA GPU is visible, else ONNX Runtime.",
+)
 @_user_errors
 def build(config_path: Path, backend: str) -> None:
     """Build TensorRT engines: fp16.plan from model.fp16.onnx, w8a8.plan from model.w8a8.onnx.
@@ -108,8 +117,13 @@ def compare(config_path: Path) -> None:
 
 @main.command()
 @config_option
-@click.option("--repeat", type=click.IntRange(1, 10), default=1, show_default=True,
-              help="Run the whole benchmark this many times and check each median against the other run's spread.")
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 10),
+    default=1,
+    show_default=True,
+    help="Run the whole benchmark this many times and check each median against the other run's spread.",
+)
 @_user_errors
 def bench(config_path: Path, repeat: int) -> None:
     """Latency per artifact and batch size: median, p90, p99, spread, items/s; JSON and CSV in results/.
@@ -137,8 +151,13 @@ def report(config_path: Path) -> None:
 
 @main.command()
 @config_option
-@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Destination folder (a Triton model repository for --format triton).")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Destination folder (a Triton model repository for --format triton).",
+)
 @click.option("--precision", type=click.Choice(["w8a8", "fp16"]), default="w8a8", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["triton", "plain"]), default="triton", show_default=True)
 @click.option("--force", is_flag=True, help="Deploy despite a failed accuracy gate (recorded in the manifest).")

@@ -238,6 +238,7 @@ class Config:
 
 # --- loading -----------------------------------------------------------------
 
+
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
@@ -260,9 +261,7 @@ def _build(cls: type, raw: Any, file: str, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path" or cls is not Config}
     for key in raw:
         if key not in fields:
-            raise PipelineError(
-                f"{file}: unknown key '{prefix}{key}' (expected one of: {', '.join(sorted(fields))})"
-            )
+            raise PipelineError(f"{file}: unknown key '{prefix}{key}' (expected one of: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         if name in raw:

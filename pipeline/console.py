@@ -15,8 +15,9 @@ def info(message: str) -> None:
 
 
 def progress(items: Iterable[T], label: str, length: int | None = None) -> Iterator[T]:
-    with click.progressbar(items, label=label, length=length, file=click.get_text_stream("stderr"),
-                           show_pos=True) as bar:
+    with click.progressbar(
+        items, label=label, length=length, file=click.get_text_stream("stderr"), show_pos=True
+    ) as bar:
         yield from bar
 
 

@@ -29,7 +29,9 @@ def validate_feed(feed: object, inputs: tuple[TensorSpec, ...], where: str) -> F
     expected = {spec.name for spec in inputs}
     extra = set(feed) - expected
     if extra:
-        raise PipelineError(f"{where}: unexpected tensor(s) {sorted(extra)}; the config's inputs are {sorted(expected)}")
+        raise PipelineError(
+            f"{where}: unexpected tensor(s) {sorted(extra)}; the config's inputs are {sorted(expected)}"
+        )
     batch_sizes = set()
     out: Feed = {}
     for spec in inputs:
@@ -106,7 +108,9 @@ def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
             with np.load(path, allow_pickle=False) as npz:
                 feed = {k: npz[k] for k in npz.files}
         except ValueError as exc:
-            raise PipelineError(f"{path}: cannot read without pickle ({exc}); save plain arrays with np.savez") from None
+            raise PipelineError(
+                f"{path}: cannot read without pickle ({exc}); save plain arrays with np.savez"
+            ) from None
         except (OSError, EOFError) as exc:
             raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
         yield str(path), feed
@@ -144,9 +148,7 @@ def rebatch(batches: Iterator[Feed], cfg: Config, batch_size: int) -> Iterator[F
 
 
 def concat(feeds: list[Feed], cfg: Config) -> Feed:
-    return {
-        spec.name: np.concatenate([f[spec.name] for f in feeds], axis=spec.batch_axis or 0) for spec in cfg.inputs
-    }
+    return {spec.name: np.concatenate([f[spec.name] for f in feeds], axis=spec.batch_axis or 0) for spec in cfg.inputs}
 
 
 def slice_rows(feed: Feed, cfg: Config, start: int, stop: int) -> Feed:

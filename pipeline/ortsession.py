@@ -10,9 +10,15 @@ import onnxruntime as ort
 
 from pipeline.errors import PipelineError
 
-_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-                 "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
-                 "tensor(bool)": np.bool_}
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+}
 
 
 def providers() -> list[str]:
@@ -21,8 +27,9 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(path: str | os.PathLike[str], threads: int | None = None, cpu_only: bool = False,
-            fuse_qdq: bool = True) -> ort.InferenceSession:
+def session(
+    path: str | os.PathLike[str], threads: int | None = None, cpu_only: bool = False, fuse_qdq: bool = True
+) -> ort.InferenceSession:
     """An ONNX Runtime session.
 
     ``fuse_qdq=False`` runs Q/DQ unfused (basic graph optimizations only): for the
@@ -49,5 +56,7 @@ def feed_for(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[st
 
 
 def run(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return [np.asarray(o, dtype=np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o)
-            for o in sess.run(None, feed_for(sess, feed))]
+    return [
+        np.asarray(o, dtype=np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o)
+        for o in sess.run(None, feed_for(sess, feed))
+    ]

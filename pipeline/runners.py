@@ -78,5 +78,7 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None)
     # The TensorRT-target w8a8 graph holds FP16 Q/DQ that ONNX Runtime's CPU fusions have no kernels for.
     fuse = not (artifact.name == "w8a8")
     cpu_only = artifact.name == "w8a8-cpu"
-    return OnnxrtRunner(lambda: ortsession.session(artifact.path, threads=threads, cpu_only=cpu_only, fuse_qdq=fuse),
-                        name=artifact.label)
+    return OnnxrtRunner(
+        lambda: ortsession.session(artifact.path, threads=threads, cpu_only=cpu_only, fuse_qdq=fuse),
+        name=artifact.label,
+    )

@@ -52,8 +52,15 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     section = cfg.calibration
     tensors = plan_tensorrt(fp32, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(fp32)
-    settings = {"source": section.source, "args": dict(section.args), "samples": section.samples,
-                "batch_size": section.batch_size, "bins": section.bins, "percentile": section.percentile, "stats_version": STATS_VERSION}
+    settings = {
+        "source": section.source,
+        "args": dict(section.args),
+        "samples": section.samples,
+        "batch_size": section.batch_size,
+        "bins": section.bins,
+        "percentile": section.percentile,
+        "stats_version": STATS_VERSION,
+    }
     cached = load_ranges(out.ranges)
     reason = "no cache yet" if cached is None else cached.stale_reason(onnxutil.graph_hash(fp32), settings, tensors)
     if cached is not None and reason is None and not force:
@@ -93,8 +100,10 @@ def quantize(cfg: Config, root: Path | None = None) -> dict:
     for name, (model, symmetric) in graphs.items():
         broken = rules.violations(model, symmetric=symmetric)
         if broken:
-            raise PipelineError(f"{name} graph breaks TensorRT's explicit-quantization rules: {broken[0]} "
-                                f"(+{len(broken) - 1} more); this is a bug in the quantizer, please report it")
+            raise PipelineError(
+                f"{name} graph breaks TensorRT's explicit-quantization rules: {broken[0]} "
+                f"(+{len(broken) - 1} more); this is a bug in the quantizer, please report it"
+            )
     for name, (model, _) in graphs.items():
         onnxutil.save(model, out.graph(name))
         info(f"{cfg.name}: wrote {out.graph(name)}")
@@ -106,12 +115,20 @@ def quantize(cfg: Config, root: Path | None = None) -> dict:
     ref = ortsession.session(out.graph("fp32"), cpu_only=True)
     sessions = {name: ortsession.session(out.graph(name), cpu_only=True, fuse_qdq=name != "w8a8") for name in graphs}
     gates = {"w8a8": cfg.accuracy.w8a8, "w8a8-cpu": cfg.accuracy.w8a8_cpu}
-    rows = evaluate(cfg, lambda f: ortsession.run(ref, f),
-                    {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()}, gates)
+    rows = evaluate(
+        cfg,
+        lambda f: ortsession.run(ref, f),
+        {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()},
+        gates,
+    )
     info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data, method={method}")
     info(table(*accuracy_table(rows)))
-    summary = {"method": method, "accuracy": [r.as_dict() for r in rows],
-               "skipped": [s.__dict__ for s in plan.skipped], "int8_layers": len(plan.quantized)}
+    summary = {
+        "method": method,
+        "accuracy": [r.as_dict() for r in rows],
+        "skipped": [s.__dict__ for s in plan.skipped],
+        "int8_layers": len(plan.quantized),
+    }
     write_json(out.results_dir / "quantize.json", summary)
     return summary
 
@@ -143,12 +160,20 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     if not use_trt:
         providers = ortsession.providers()
         reason = "--backend onnxruntime" if backend == "onnxruntime" else cap.reason
-        info(f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
-             f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)}).")
-        record = {"backend": "onnxruntime", "reason": reason, "providers": providers,
-                  "graphs": {p: {"file": str(g), "sha256": sha256_file(g)}
-                             for p, g in {**graphs, "fp32": out.graph("fp32"), "w8a8-cpu": out.graph("w8a8-cpu")}.items()
-                             if g.is_file()}}
+        info(
+            f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
+            f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
+        )
+        record = {
+            "backend": "onnxruntime",
+            "reason": reason,
+            "providers": providers,
+            "graphs": {
+                p: {"file": str(g), "sha256": sha256_file(g)}
+                for p, g in {**graphs, "fp32": out.graph("fp32"), "w8a8-cpu": out.graph("w8a8-cpu")}.items()
+                if g.is_file()
+            },
+        }
         write_json(out.build_record, record)
         return record
 
@@ -157,11 +182,19 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
 
     target = out.trt_root / cap.target_dir_name
     timing_cache = target / "timing.cache"  # timings are per GPU and TensorRT version: kept beside the engines
-    manifest = Manifest(cfg.name, cap.trt_version or "", cap.gpu_name or "", cap.compute_capability or "",
-                        [{p.name: p.as_dict() for p in per_input} for per_input in profiles],
-                        {"workspace_mib": cfg.build.workspace_mib,
-                         "builder_optimization_level": cfg.build.optimization_level,
-                         "profiling_verbosity": "DETAILED", "strongly_typed": True})
+    manifest = Manifest(
+        cfg.name,
+        cap.trt_version or "",
+        cap.gpu_name or "",
+        cap.compute_capability or "",
+        [{p.name: p.as_dict() for p in per_input} for per_input in profiles],
+        {
+            "workspace_mib": cfg.build.workspace_mib,
+            "builder_optimization_level": cfg.build.optimization_level,
+            "profiling_verbosity": "DETAILED",
+            "strongly_typed": True,
+        },
+    )
     summaries = {}
     for precision, graph in graphs.items():
         info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
@@ -174,11 +207,19 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
         write_json(target / f"layers-{precision}.json", inspector_json)
         summary = layer_report.summarize(layer_report.parse_layers(inspector_json))
         summaries[precision] = summary.as_dict()
-        manifest.engines[precision] = EngineEntry(precision, engine_path.name, sha256_file(engine_path), graph.name,
-                                                  sha256_file(graph), round(seconds, 2),
-                                                  summary.int8_coverage if precision == "w8a8" else None)
-        info(f"  {precision}: {summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul layers INT8, "
-             f"{summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, {seconds:.1f} s")
+        manifest.engines[precision] = EngineEntry(
+            precision,
+            engine_path.name,
+            sha256_file(engine_path),
+            graph.name,
+            sha256_file(graph),
+            round(seconds, 2),
+            summary.int8_coverage if precision == "w8a8" else None,
+        )
+        info(
+            f"  {precision}: {summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul layers INT8, "
+            f"{summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, {seconds:.1f} s"
+        )
         if precision == "w8a8":
             expected = layer_report.quantized_compute_nodes(onnx.load(str(graph)))
             warning = layer_report.coverage_warning(summary, expected)
@@ -186,8 +227,7 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
                 info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
                 summaries[precision]["warning"] = warning
     manifest.save(target / "manifest.json")
-    record = {"backend": "tensorrt", "dir": str(target), "manifest": str(target / "manifest.json"),
-              "layers": summaries}
+    record = {"backend": "tensorrt", "dir": str(target), "manifest": str(target / "manifest.json"), "layers": summaries}
     write_json(out.build_record, record)
     info(f"{cfg.name}: engines and manifest in {target}")
     return record
@@ -209,8 +249,10 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     failed = [r for r in rows if r.failures]
     if failed:
         first = failed[0]
-        raise PipelineError(f"{cfg.name}: accuracy gate failed for {first.artifact}, output {first.output!r} at batch "
-                            f"{first.batch}: {'; '.join(first.failures)} (gates in [accuracy] of {cfg.path})")
+        raise PipelineError(
+            f"{cfg.name}: accuracy gate failed for {first.artifact}, output {first.output!r} at batch "
+            f"{first.batch}: {'; '.join(first.failures)} (gates in [accuracy] of {cfg.path})"
+        )
     return rows
 
 
@@ -230,10 +272,17 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
     rows = runs[0]
     speedup = bench_mod.speedups(rows, plan)
     result = {
-        "backend": plan.backend, "includes": plan.includes, "baseline": plan.baseline.name,
-        "quantized": plan.quantized.name, "batches": list(plan.batches), "threads": plan.threads,
-        "warmup": cfg.bench.warmup, "min_iterations": cfg.bench.iterations, "min_seconds": cfg.bench.min_seconds,
-        "runs": [[r.as_dict() for r in run] for run in runs], "speedup": {str(b): s for b, s in speedup.items()},
+        "backend": plan.backend,
+        "includes": plan.includes,
+        "baseline": plan.baseline.name,
+        "quantized": plan.quantized.name,
+        "batches": list(plan.batches),
+        "threads": plan.threads,
+        "warmup": cfg.bench.warmup,
+        "min_iterations": cfg.bench.iterations,
+        "min_seconds": cfg.bench.min_seconds,
+        "runs": [[r.as_dict() for r in run] for run in runs],
+        "speedup": {str(b): s for b, s in speedup.items()},
         "consistency": bench_mod.consistency(runs),
     }
     if plan.backend == "onnxruntime-cpu":
@@ -246,12 +295,28 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
         result["profiled_batch"] = largest
     write_json(out.results_dir / "bench.json", result)
     write_text(out.results_dir / "bench.csv", bench_mod.to_csv([r for run in runs for r in run]))
-    info(f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
-         f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch")
-    info(table(["artifact", "batch", "median ms", "p90 ms", "p99 ms", "IQR ms", "items/s", "w8a8 speedup"],
-               [[r.artifact, r.batch, r.latency.median_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.iqr_ms,
-                 f"{r.throughput:.0f}", f"{speedup[r.batch]:.2f}x" if r.precision == plan.quantized.name else ""]
-                for r in rows]))
+    info(
+        f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
+        f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch"
+    )
+    info(
+        table(
+            ["artifact", "batch", "median ms", "p90 ms", "p99 ms", "IQR ms", "items/s", "w8a8 speedup"],
+            [
+                [
+                    r.artifact,
+                    r.batch,
+                    r.latency.median_ms,
+                    r.latency.p90_ms,
+                    r.latency.p99_ms,
+                    r.latency.iqr_ms,
+                    f"{r.throughput:.0f}",
+                    f"{speedup[r.batch]:.2f}x" if r.precision == plan.quantized.name else "",
+                ]
+                for r in rows
+            ],
+        )
+    )
     for line in result["consistency"]:
         info(f"  repeat check: {line}")
     return result
@@ -267,8 +332,9 @@ def report(cfg: Config, root: Path | None = None) -> Path:
     return path
 
 
-def deploy(cfg: Config, to: Path, precision: str = "w8a8", fmt: str = "triton", force: bool = False,
-           root: Path | None = None) -> Path:
+def deploy(
+    cfg: Config, to: Path, precision: str = "w8a8", fmt: str = "triton", force: bool = False, root: Path | None = None
+) -> Path:
     """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
     from pipeline.deploy.checks import select
     from pipeline.deploy.layout import write_plain, write_triton
@@ -276,8 +342,10 @@ def deploy(cfg: Config, to: Path, precision: str = "w8a8", fmt: str = "triton", 
     out = Artifacts.of(cfg, root)
     chosen = select(cfg, out, precision, force)  # every check before anything is written
     if chosen.gate_failures:
-        info(f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
-             f"the manifest records it")
+        info(
+            f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
+            f"the manifest records it"
+        )
     path = write_triton(cfg, out, chosen, to) if fmt == "triton" else write_plain(cfg, chosen, to)
     info(f"{cfg.name}: deployed {chosen.artifact.label} ({chosen.device}) to {path}")
     return path

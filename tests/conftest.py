@@ -12,7 +12,7 @@ from pipeline.config import Config, load_config
 # A user's model file, anywhere on disk: a conv net with a residual add and real-looking data
 # (deterministic sinusoid images; tests never draw random inputs for calibration).
 USER_MODEL = textwrap.dedent(
-    '''
+    """
     import numpy as np
     import torch
     from torch import nn
@@ -49,7 +49,7 @@ USER_MODEL = textwrap.dedent(
         for start in range(0, 40, batch_size):
             x = images(min(batch_size, 40 - start), 1000 + start)
             yield {"x": x}, (np.arange(len(x)) % 4)
-    '''
+    """
 )
 
 

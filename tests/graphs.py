@@ -23,7 +23,8 @@ def _w(name: str, *shape: int, seed: int = 0) -> onnx.TensorProto:
 
 def _model(nodes, inits, in_shape=("batch", 16, 8, 8), out_shape=None) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape) if out_shape else None)],
         inits,
@@ -33,8 +34,10 @@ def _model(nodes, inits, in_shape=("batch", 16, 8, 8), out_shape=None) -> onnx.M
 
 
 def conv(name: str, x: str, y: str, cin: int = 16, cout: int = 16, k: int = 3, group: int = 1):
-    return (helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[k // 2] * 4, group=group),
-            [_w(f"{name}.w", cout, cin // group, k, k), numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")])
+    return (
+        helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name, pads=[k // 2] * 4, group=group),
+        [_w(f"{name}.w", cout, cin // group, k, k), numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")],
+    )
 
 
 def residual() -> onnx.ModelProto:
@@ -46,8 +49,13 @@ def residual() -> onnx.ModelProto:
     """
     n1, i1 = conv("conv1", "x", "c1")
     n2, i2 = conv("conv2", "r1", "c2")
-    nodes = [n1, helper.make_node("Relu", ["c1"], ["r1"], name="relu1"), n2,
-             helper.make_node("Add", ["c2", "x"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"], name="relu2")]
+    nodes = [
+        n1,
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        n2,
+        helper.make_node("Add", ["c2", "x"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu2"),
+    ]
     return _model(nodes, i1 + i2)
 
 
@@ -61,8 +69,13 @@ def downsample_residual() -> onnx.ModelProto:
     n1, i1 = conv("conv1", "x", "c1")
     n2, i2 = conv("conv2", "r1", "c2")
     nd, idn = conv("down", "x", "d", k=1)
-    nodes = [n1, helper.make_node("Relu", ["c1"], ["r1"], name="relu1"), n2, nd,
-             helper.make_node("Add", ["c2", "d"], ["y"], name="add")]
+    nodes = [
+        n1,
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        n2,
+        nd,
+        helper.make_node("Add", ["c2", "d"], ["y"], name="add"),
+    ]
     return _model(nodes, i1 + i2 + idn)
 
 
@@ -75,9 +88,14 @@ def concat() -> onnx.ModelProto:
     na, ia = conv("conv_a", "x", "a")
     nb, ib = conv("conv_b", "x", "b")
     nc, ic = conv("conv_c", "cat", "y", cin=32)
-    nodes = [na, nb, helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
-             helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
-             helper.make_node("Concat", ["ra", "rb"], ["cat"], name="concat", axis=1), nc]
+    nodes = [
+        na,
+        nb,
+        helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+        helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+        helper.make_node("Concat", ["ra", "rb"], ["cat"], name="concat", axis=1),
+        nc,
+    ]
     return _model(nodes, ia + ib + ic)
 
 
@@ -88,8 +106,12 @@ def pooling() -> onnx.ModelProto:
     """
     n1, i1 = conv("conv1", "x", "c1")
     n2, i2 = conv("conv2", "p", "y")
-    nodes = [n1, helper.make_node("Relu", ["c1"], ["r"], name="relu"),
-             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]), n2]
+    nodes = [
+        n1,
+        helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        n2,
+    ]
     return _model(nodes, i1 + i2)
 
 
@@ -118,8 +140,10 @@ def gemm(trans_b: int) -> onnx.ModelProto:
     transB=1: weight [N, K], axis 0; transB=0: weight [K, N], axis 1.
     """
     w = _w("fc.w", 32, 1024) if trans_b else _w("fc.w", 1024, 32)
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=trans_b)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=trans_b),
+    ]
     return _model(nodes, [w, numpy_helper.from_array(np.zeros(32, np.float32), "fc.b")], out_shape=("batch", 32))
 
 

@@ -26,6 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 # --- profiles ----------------------------------------------------------------
 
+
 def _graph(shape=("batch", 16, 8, 8)) -> onnx.ModelProto:
     model = graphs.conv_transpose()
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -63,8 +64,12 @@ def test_other_dynamic_axis_needs_a_range(tmp_path, user_model):
     cfg = _cfg(tmp_path, user_model, inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, "h", 8]')
     with pytest.raises(PipelineError, match=r"input 'x' axis 2 \('h'\) is dynamic"):
         profiles_for(cfg, _graph(("batch", 16, "h", 8)))
-    ranged = _cfg(tmp_path, user_model, inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, "h", 8]',
-                  top='name = "tiny"\n[[axes]]\nname = "h"\nmin = 4\nopt = 8\nmax = 16')
+    ranged = _cfg(
+        tmp_path,
+        user_model,
+        inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, "h", 8]',
+        top='name = "tiny"\n[[axes]]\nname = "h"\nmin = 4\nopt = 8\nmax = 16',
+    )
     (profile,) = profiles_for(ranged, _graph(("batch", 16, "h", 8)))
     assert profile[0].max == (32, 16, 16, 8)
 
@@ -84,14 +89,21 @@ def test_bench_batches_must_fit_a_profile(tmp_path, user_model):
 
 # --- manifest and refusals --------------------------------------------------
 
+
 def _manifest(tmp_path) -> Path:
     engine = tmp_path / "w8a8.plan"
     engine.write_bytes(b"\x00serialized engine bytes" * 100)
-    manifest = Manifest("tiny", "11.4.0.106", "NVIDIA A100-SXM4-80GB", "8.0",
-                        [{"x": {"min": [1, 16, 8, 8], "opt": [8, 16, 8, 8], "max": [32, 16, 8, 8]}}],
-                        {"workspace_mib": 4096})
-    manifest.engines["w8a8"] = EngineEntry("w8a8", engine.name, sha256_file(engine), "model.w8a8.onnx", "ab" * 32,
-                                           12.5, 0.95)
+    manifest = Manifest(
+        "tiny",
+        "11.4.0.106",
+        "NVIDIA A100-SXM4-80GB",
+        "8.0",
+        [{"x": {"min": [1, 16, 8, 8], "opt": [8, 16, 8, 8], "max": [32, 16, 8, 8]}}],
+        {"workspace_mib": 4096},
+    )
+    manifest.engines["w8a8"] = EngineEntry(
+        "w8a8", engine.name, sha256_file(engine), "model.w8a8.onnx", "ab" * 32, 12.5, 0.95
+    )
     manifest.save(tmp_path / "manifest.json")
     return tmp_path / "manifest.json"
 
@@ -127,6 +139,7 @@ def test_engine_folder_names_gpu_cc_and_version():
 
 # --- layer report -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fixture", ["layers-trt10.json", "layers-trt11.json"])
 def test_layer_report_reads_both_spellings(fixture):
     info = json.loads((FIXTURES / fixture).read_text())
@@ -158,6 +171,7 @@ def test_expected_int8_layers_counted_from_the_qdq_graph():
 
 
 # --- backend choice on a machine without TensorRT --------------------------------
+
 
 def test_probe_explains_a_missing_tensorrt(monkeypatch):
     probe.cache_clear()

@@ -60,7 +60,9 @@ def test_bad_profile_is_refused(tmp_path, user_model):
 
 
 def test_several_profiles(tmp_path, user_model):
-    path = write_config(tmp_path, user_model, batch="[[batch]]\nmin=1\nopt=4\nmax=8\n\n[[batch]]\nmin=8\nopt=64\nmax=256")
+    path = write_config(
+        tmp_path, user_model, batch="[[batch]]\nmin=1\nopt=4\nmax=8\n\n[[batch]]\nmin=8\nopt=64\nmax=256"
+    )
     assert [p.max for p in load_config(path).batch] == [8, 256]
 
 

@@ -26,7 +26,10 @@ def test_triton_repository_on_cpu(pipeline_run, tmp_path):
     _compared(cfg)
     model_dir = stages.deploy(cfg, tmp_path / "repo")
     assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == [
-        "1/model.onnx", "config.pbtxt", "manifest.json"]
+        "1/model.onnx",
+        "config.pbtxt",
+        "manifest.json",
+    ]
     config = triton.parse((model_dir / "config.pbtxt").read_text())
     assert (config.name, config.platform, config.backend) == ("tiny", "onnxruntime_onnx", "onnxruntime")
     assert config.max_batch_size == 32  # the [batch] profile's max
@@ -50,7 +53,7 @@ def test_plain_format(pipeline_run, tmp_path):
     _compared(cfg)
     folder = stages.deploy(cfg, tmp_path / "plain", precision="fp16", fmt="plain")
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "manifest.json", "model.fp16.onnx"]
-    assert "ort.InferenceSession(\"model.fp16.onnx\"" in (folder / "README.md").read_text()
+    assert 'ort.InferenceSession("model.fp16.onnx"' in (folder / "README.md").read_text()
 
 
 def test_refuses_a_file_that_changed_since_build(pipeline_run, tmp_path):
@@ -94,8 +97,10 @@ def test_failed_gate_refuses_unless_forced(pipeline_run, tmp_path):
 def test_tensorrt_config_for_an_engine(make_config):
     from tests import graphs
 
-    cfg = make_config(inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]',
-                      outputs='[[outputs]]\nname = "y"\nshape = ["batch", 16, 16, 16]')
+    cfg = make_config(
+        inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]',
+        outputs='[[outputs]]\nname = "y"\nshape = ["batch", 16, 16, 16]',
+    )
     config = triton.build_config(cfg, graphs.conv_transpose(), "tensorrt", "GPU", [8, 16, 64])
     parsed = triton.parse(triton.to_text(config))
     assert parsed.platform == "tensorrt_plan" and parsed.backend == ""

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
+
 
 def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
     cfg, _, out = pipeline_run

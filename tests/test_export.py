@@ -99,7 +99,9 @@ def test_data_with_wrong_dtype(tmp_path, user_model):
     )
     from pipeline.config import load_config
 
-    cfg = load_config(write_config(tmp_path, user_model, evaluation=f'[evaluation]\nsource = "{user_model.parent}/data64.py:heldout"'))
+    cfg = load_config(
+        write_config(tmp_path, user_model, evaluation=f'[evaluation]\nsource = "{user_model.parent}/data64.py:heldout"')
+    )
     msg = _one_line_error(cfg, tmp_path)
     assert "tensor 'x' has dtype float64, the config says float32" in msg
 

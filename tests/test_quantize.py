@@ -181,5 +181,4 @@ def test_rule_check_catches_broken_graphs():
     assert any("zero point must be int8 zeros" in p for p in broken(**{zp_name: np.array(3, np.int8)}))
     assert any("non-positive" in p for p in broken(**{scale_name: np.array(-0.1, np.float16)}))
     assert any("differs from input dtype" in p for p in broken(**{scale_name: np.array(0.1, np.float32)}))
-    assert any("per-channel scales on an activation" in p
-               for p in broken(**{scale_name: np.full(16, 0.1, np.float16)}))
+    assert any("per-channel scales on an activation" in p for p in broken(**{scale_name: np.full(16, 0.1, np.float16)}))

@@ -11,9 +11,22 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # Order matters: longer names first, so "INT8" is not read as "INT" and "FP16" not as "FP".
-_DTYPES = (("BFLOAT16", "bf16"), ("BF16", "bf16"), ("FP8", "fp8"), ("FLOAT8", "fp8"), ("INT64", "int64"),
-           ("INT32", "int32"), ("UINT8", "uint8"), ("INT8", "int8"), ("INT4", "int4"), ("FP16", "fp16"),
-           ("HALF", "fp16"), ("FP32", "fp32"), ("FLOAT", "fp32"), ("BOOL", "bool"))
+_DTYPES = (
+    ("BFLOAT16", "bf16"),
+    ("BF16", "bf16"),
+    ("FP8", "fp8"),
+    ("FLOAT8", "fp8"),
+    ("INT64", "int64"),
+    ("INT32", "int32"),
+    ("UINT8", "uint8"),
+    ("INT8", "int8"),
+    ("INT4", "int4"),
+    ("FP16", "fp16"),
+    ("HALF", "fp16"),
+    ("FP32", "fp32"),
+    ("FLOAT", "fp32"),
+    ("BOOL", "bool"),
+)
 _COMPUTE = ("CONVOLUTION", "DECONVOLUTION", "GEMM", "MATRIXMULTIPLY", "MATMUL", "FULLYCONNECTED")
 _QDQ = ("QUANTIZE",)  # Quantize, Dequantize, QuantizeLinear, DequantizeLinear
 
@@ -75,12 +88,14 @@ def parse_layers(info: dict[str, Any] | list[Any]) -> list[Layer]:
         if isinstance(item, str):  # LAYER_NAMES_ONLY verbosity: names, no precisions
             layers.append(Layer(item, "unknown", (), ()))
             continue
-        layers.append(Layer(
-            name=str(item.get("Name", "")),
-            kind=str(item.get("LayerType") or item.get("ParameterType") or "unknown"),
-            inputs=tuple(tensor_dtype(t) for t in item.get("Inputs", []) or []),
-            outputs=tuple(tensor_dtype(t) for t in item.get("Outputs", []) or []),
-        ))
+        layers.append(
+            Layer(
+                name=str(item.get("Name", "")),
+                kind=str(item.get("LayerType") or item.get("ParameterType") or "unknown"),
+                inputs=tuple(tensor_dtype(t) for t in item.get("Inputs", []) or []),
+                outputs=tuple(tensor_dtype(t) for t in item.get("Outputs", []) or []),
+            )
+        )
     return layers
 
 
@@ -106,14 +121,19 @@ def coverage_warning(summary: LayerSummary, expected_int8_layers: int) -> str | 
     expected = max(expected_int8_layers, 1)
     share = min(summary.int8_compute_layers / expected, 1.0)
     if share < COVERAGE_WARNING:
-        return (f"only {summary.int8_compute_layers} of {expected_int8_layers} quantized layers run INT8 "
-                f"({share:.0%} < {COVERAGE_WARNING:.0%}); {summary.reformat_layers} reformat layers, "
-                f"{summary.unfused_qdq_layers} unfused Q/DQ layers: expect little or no speedup over FP16")
+        return (
+            f"only {summary.int8_compute_layers} of {expected_int8_layers} quantized layers run INT8 "
+            f"({share:.0%} < {COVERAGE_WARNING:.0%}); {summary.reformat_layers} reformat layers, "
+            f"{summary.unfused_qdq_layers} unfused Q/DQ layers: expect little or no speedup over FP16"
+        )
     return None
 
 
 def quantized_compute_nodes(model) -> int:
     """Conv/GEMM/MatMul nodes of a Q/DQ ONNX graph whose data input comes through a DequantizeLinear."""
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return sum(1 for n in model.graph.node
-               if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input and n.input[0] in dq_outputs)
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input and n.input[0] in dq_outputs
+    )

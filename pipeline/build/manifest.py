@@ -56,8 +56,7 @@ class Manifest:
             raise PipelineError(f"{path}: manifest is corrupt ({exc}); rebuild the engines") from None
 
 
-def verify_engine(manifest_path: Path, precision: str, trt_version: str | None,
-                  compute_capability: str | None) -> Path:
+def verify_engine(manifest_path: Path, precision: str, trt_version: str | None, compute_capability: str | None) -> Path:
     """The engine file for ``precision`` if it is intact and made for this machine; else a clear refusal."""
     manifest = Manifest.load(manifest_path)
     entry = manifest.engines.get(precision)
@@ -68,12 +67,18 @@ def verify_engine(manifest_path: Path, precision: str, trt_version: str | None,
         raise PipelineError(f"{engine}: engine file missing; rebuild with trtpipe build")
     actual = sha256_file(engine)
     if actual != entry.sha256:
-        raise PipelineError(f"{engine}: sha256 {actual[:12]}… differs from the manifest's {entry.sha256[:12]}… "
-                            f"(truncated or corrupt copy); rebuild or copy it again")
+        raise PipelineError(
+            f"{engine}: sha256 {actual[:12]}… differs from the manifest's {entry.sha256[:12]}… "
+            f"(truncated or corrupt copy); rebuild or copy it again"
+        )
     if trt_version is not None and trt_version != manifest.tensorrt_version:
-        raise PipelineError(f"{engine}: built with TensorRT {manifest.tensorrt_version}, this machine has "
-                            f"{trt_version}; engines only load in the TensorRT version that built them: rebuild here")
+        raise PipelineError(
+            f"{engine}: built with TensorRT {manifest.tensorrt_version}, this machine has "
+            f"{trt_version}; engines only load in the TensorRT version that built them: rebuild here"
+        )
     if compute_capability is not None and compute_capability != manifest.compute_capability:
-        raise PipelineError(f"{engine}: built for compute capability {manifest.compute_capability} "
-                            f"({manifest.gpu_name}), this GPU is {compute_capability}; rebuild on this GPU")
+        raise PipelineError(
+            f"{engine}: built for compute capability {manifest.compute_capability} "
+            f"({manifest.gpu_name}), this GPU is {compute_capability}; rebuild on this GPU"
+        )
     return engine

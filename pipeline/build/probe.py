@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 INSTALL_HINT = (
-    "on a GPU machine that reaches NVIDIA's package index, pip install 'trtpipe[gpu]' "
-    "(see README, GPU setup)"
+    "on a GPU machine that reaches NVIDIA's package index, pip install 'trtpipe[gpu]' (see README, GPU setup)"
 )
 _CC_MAJOR, _CC_MINOR = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{MAJOR,MINOR}
 
@@ -29,8 +28,9 @@ class Capability:
     @property
     def target_dir_name(self) -> str:
         """``<gpu>-sm<cc>-trt<version>``: engines run only where they were built."""
-        return engine_dir_name(self.gpu_name or "unknown-gpu", self.compute_capability or "0.0",
-                               self.trt_version or "0")
+        return engine_dir_name(
+            self.gpu_name or "unknown-gpu", self.compute_capability or "0.0", self.trt_version or "0"
+        )
 
 
 def engine_dir_name(gpu_name: str, compute_capability: str, trt_version: str) -> str:
@@ -48,8 +48,12 @@ def probe() -> Capability:
         return Capability(False, f"{why}; {INSTALL_HINT}")
     version = getattr(trt, "__version__", "0")
     if int(version.split(".")[0]) < 10:
-        return Capability(False, f"TensorRT {version} is too old: strongly typed builds need 10 or newer "
-                                 f"(trtpipe targets 11); {INSTALL_HINT}", version)
+        return Capability(
+            False,
+            f"TensorRT {version} is too old: strongly typed builds need 10 or newer "
+            f"(trtpipe targets 11); {INSTALL_HINT}",
+            version,
+        )
     gpu = _cuda_device()
     if isinstance(gpu, str):
         return Capability(False, gpu, version)

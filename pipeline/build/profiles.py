@@ -29,25 +29,36 @@ def profiles_for(cfg: Config, graph: onnx.ModelProto) -> list[list[InputProfile]
     axis_ranges = {a.name: a for a in cfg.axes}
     for spec in cfg.inputs:
         if spec.name not in graph_inputs:
-            raise PipelineError(f"{cfg.path}: input {spec.name!r} is not an input of the graph "
-                                f"(graph inputs: {', '.join(graph_inputs)})")
+            raise PipelineError(
+                f"{cfg.path}: input {spec.name!r} is not an input of the graph "
+                f"(graph inputs: {', '.join(graph_inputs)})"
+            )
         dims = graph_inputs[spec.name].type.tensor_type.shape.dim
         if len(dims) != len(spec.shape):
-            raise PipelineError(f"{cfg.path}: input {spec.name!r} has rank {len(dims)} in the graph, "
-                                f"{len(spec.shape)} in the config")
+            raise PipelineError(
+                f"{cfg.path}: input {spec.name!r} has rank {len(dims)} in the graph, {len(spec.shape)} in the config"
+            )
         for axis, (dim, want) in enumerate(zip(dims, spec.shape, strict=True)):
             if isinstance(want, int) and dim.HasField("dim_value") and dim.dim_value != want:
-                raise PipelineError(f"{cfg.path}: input {spec.name!r} axis {axis} is {dim.dim_value} in the graph "
-                                    f"but {want} in the config")
+                raise PipelineError(
+                    f"{cfg.path}: input {spec.name!r} axis {axis} is {dim.dim_value} in the graph "
+                    f"but {want} in the config"
+                )
             if isinstance(want, int) and dim.HasField("dim_param"):
-                raise PipelineError(f"{cfg.path}: input {spec.name!r} axis {axis} is dynamic ({dim.dim_param!r}) "
-                                    f"in the graph but static ({want}) in the config")
+                raise PipelineError(
+                    f"{cfg.path}: input {spec.name!r} axis {axis} is dynamic ({dim.dim_param!r}) "
+                    f"in the graph but static ({want}) in the config"
+                )
             if isinstance(want, str) and dim.HasField("dim_value"):
-                raise PipelineError(f"{cfg.path}: input {spec.name!r} axis {axis} is {dim.dim_value} in the graph "
-                                    f"but dynamic ({want!r}) in the config; re-run export")
+                raise PipelineError(
+                    f"{cfg.path}: input {spec.name!r} axis {axis} is {dim.dim_value} in the graph "
+                    f"but dynamic ({want!r}) in the config; re-run export"
+                )
             if isinstance(want, str) and want != BATCH_AXIS and want not in axis_ranges:
-                raise PipelineError(f"{cfg.path}: input {spec.name!r} axis {axis} ({want!r}) is dynamic; "
-                                    f"give it a range in an [[axes]] entry with name = {want!r}, min, opt, max")
+                raise PipelineError(
+                    f"{cfg.path}: input {spec.name!r} axis {axis} ({want!r}) is dynamic; "
+                    f"give it a range in an [[axes]] entry with name = {want!r}, min, opt, max"
+                )
     profiles = []
     for batch in cfg.batch:
         per_input = []
@@ -55,8 +66,11 @@ def profiles_for(cfg: Config, graph: onnx.ModelProto) -> list[list[InputProfile]
             shapes = {}
             for which in ("min", "opt", "max"):
                 shapes[which] = tuple(
-                    getattr(batch, which) if d == BATCH_AXIS
-                    else getattr(axis_ranges[d], which) if isinstance(d, str) else d
+                    getattr(batch, which)
+                    if d == BATCH_AXIS
+                    else getattr(axis_ranges[d], which)
+                    if isinstance(d, str)
+                    else d
                     for d in spec.shape
                 )
             per_input.append(InputProfile(spec.name, shapes["min"], shapes["opt"], shapes["max"]))
@@ -69,8 +83,10 @@ def check_bench_batches(cfg: Config, batches: tuple[int, ...], key: str) -> None
     for b in batches:
         if not any(p.min <= b <= p.max for p in cfg.batch):
             ranges = ", ".join(f"[{p.min}, {p.max}]" for p in cfg.batch)
-            raise PipelineError(f"{cfg.path}: {key} batch {b} is outside every [batch] profile ({ranges}); "
-                                f"widen a profile or drop that batch size")
+            raise PipelineError(
+                f"{cfg.path}: {key} batch {b} is outside every [batch] profile ({ranges}); "
+                f"widen a profile or drop that batch size"
+            )
 
 
 def profile_index_for(cfg: Config, batch: int) -> int:

@@ -15,8 +15,7 @@ from pipeline.build.profiles import InputProfile
 from pipeline.config import BuildSection
 
 
-def build_engine(graph: Path, profiles: list[list[InputProfile]], settings: BuildSection,
-                 timing_cache: Path) -> bytes:
+def build_engine(graph: Path, profiles: list[list[InputProfile]], settings: BuildSection, timing_cache: Path) -> bytes:
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
 

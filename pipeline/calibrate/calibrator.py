@@ -28,8 +28,13 @@ class RangesFromOnnx:
         self.bins = bins
         self.percentile = percentile
 
-    def __call__(self, fp32: onnx.ModelProto, batches: Iterable[Feed], total_batches: int | None = None,
-                 settings: dict[str, object] | None = None) -> Ranges:
+    def __call__(
+        self,
+        fp32: onnx.ModelProto,
+        batches: Iterable[Feed],
+        total_batches: int | None = None,
+        settings: dict[str, object] | None = None,
+    ) -> Ranges:
         stats = {name: TensorStats(self.bins) for name in self.tensors}
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
             path = Path(tmp) / "augmented.onnx"

@@ -40,13 +40,21 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
         from pipeline.build.probe import probe
 
         cap = probe()  # where a GPU is present, also refuse engines built for another GPU or TensorRT
-        verify_engine(artifact.manifest, name, cap.trt_version if cap.available else None,
-                      cap.compute_capability if cap.available else None)
+        verify_engine(
+            artifact.manifest,
+            name,
+            cap.trt_version if cap.available else None,
+            cap.compute_capability if cap.available else None,
+        )
         manifest = Manifest.load(artifact.manifest)
         entry = manifest.engines[name]
-        info = {"tensorrt_version": manifest.tensorrt_version, "gpu_name": manifest.gpu_name,
-                "compute_capability": manifest.compute_capability, "profiles": manifest.profiles,
-                "source_graph_sha256": entry.source_graph_sha256}
+        info = {
+            "tensorrt_version": manifest.tensorrt_version,
+            "gpu_name": manifest.gpu_name,
+            "compute_capability": manifest.compute_capability,
+            "profiles": manifest.profiles,
+            "source_graph_sha256": entry.source_graph_sha256,
+        }
         sha = entry.sha256
     else:
         recorded = record.get("graphs", {}).get(name)
@@ -54,8 +62,10 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
             raise PipelineError(f"{out.build_record}: no hash recorded for {name}; re-run trtpipe build")
         sha = sha256_file(artifact.path)
         if sha != recorded["sha256"]:
-            raise PipelineError(f"{artifact.path}: sha256 {sha[:12]}… differs from the build record's "
-                                f"{recorded['sha256'][:12]}… (changed since build); re-run trtpipe build")
+            raise PipelineError(
+                f"{artifact.path}: sha256 {sha[:12]}… differs from the build record's "
+                f"{recorded['sha256'][:12]}… (changed since build); re-run trtpipe build"
+            )
         info = {"onnxruntime_providers": record.get("providers", [])}
 
     compare = out.results_dir / "compare.json"
@@ -66,8 +76,10 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
         raise PipelineError(f"{compare}: {artifact.label} was not compared; re-run trtpipe compare")
     failures = tuple(f"batch {r['batch']} {r['output']!r}: {'; '.join(r['failures'])}" for r in rows if r["failures"])
     if failures and not force:
-        raise PipelineError(f"{cfg.name}: {artifact.label} failed its accuracy gate ({failures[0]}); "
-                            f"fix it or pass --force to deploy anyway")
+        raise PipelineError(
+            f"{cfg.name}: {artifact.label} failed its accuracy gate ({failures[0]}); "
+            f"fix it or pass --force to deploy anyway"
+        )
     return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
 
 

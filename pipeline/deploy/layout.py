@@ -25,16 +25,30 @@ def copy_verified(src: Path, dest: Path, sha256: str) -> None:
 
 
 def manifest_for(cfg: Config, d: Deployable, file_name: str, fmt: str) -> dict:
-    gate = {"passed": True} if not d.gate_failures else {
-        "passed": False, "overridden_with_force": True, "failures": list(d.gate_failures)}
-    return {"model": cfg.name, "precision": d.artifact.name, "format": fmt, "backend": d.backend, "device": d.device,
-            "file": file_name, "sha256": d.sha256, "accuracy_gate": gate,
-            "deployed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **d.manifest}
+    gate = (
+        {"passed": True}
+        if not d.gate_failures
+        else {"passed": False, "overridden_with_force": True, "failures": list(d.gate_failures)}
+    )
+    return {
+        "model": cfg.name,
+        "precision": d.artifact.name,
+        "format": fmt,
+        "backend": d.backend,
+        "device": d.device,
+        "file": file_name,
+        "sha256": d.sha256,
+        "accuracy_gate": gate,
+        "deployed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **d.manifest,
+    }
 
 
 def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path) -> Path:
-    graph = onnx.load(str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
-                      load_external_data=False)
+    graph = onnx.load(
+        str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
+        load_external_data=False,
+    )
     bench_path = out.results_dir / "bench.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
     config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
@@ -63,21 +77,23 @@ def _plain_readme(cfg: Config, d: Deployable, file_name: str) -> str:
     if d.backend == "tensorrt":
         load = f"""```python
 import tensorrt as trt
-# Check manifest.json first: sha256 of {file_name}, TensorRT {d.manifest.get('tensorrt_version')},
-# compute capability {d.manifest.get('compute_capability')} ({d.manifest.get('gpu_name')}).
+# Check manifest.json first: sha256 of {file_name}, TensorRT {d.manifest.get("tensorrt_version")},
+# compute capability {d.manifest.get("compute_capability")} ({d.manifest.get("gpu_name")}).
 runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
 engine = runtime.deserialize_cuda_engine(open("{file_name}", "rb").read())
 context = engine.create_execution_context()
 context.set_input_shape("{cfg.inputs[0].name}", (batch, ...))  # within the profile in manifest.json
 # set_tensor_address for every I/O tensor, then context.execute_async_v3(stream)
 ```
-The engine only runs with TensorRT {d.manifest.get('tensorrt_version')} on a GPU of compute capability
-{d.manifest.get('compute_capability')}: TensorRT serializes kernels chosen for that GPU and version."""
+The engine only runs with TensorRT {d.manifest.get("tensorrt_version")} on a GPU of compute capability
+{d.manifest.get("compute_capability")}: TensorRT serializes kernels chosen for that GPU and version."""
     else:
         load = f"""```python
 import onnxruntime as ort
 session = ort.InferenceSession("{file_name}", providers=["CPUExecutionProvider"])
 outputs = session.run(None, {{"{cfg.inputs[0].name}": batch}})
 ```"""
-    return (f"# {cfg.name} ({d.artifact.name})\n\nInputs: {names}. Outputs: {outs}.\n"
-            f"Check `sha256` in `manifest.json` before loading.\n\n{load}\n")
+    return (
+        f"# {cfg.name} ({d.artifact.name})\n\nInputs: {names}. Outputs: {outs}.\n"
+        f"Check `sha256` in `manifest.json` before loading.\n\n{load}\n"
+    )

@@ -11,17 +11,25 @@ import onnx
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 
-_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
-          onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.INT32: "TYPE_INT32",
-          onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+_TYPES = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.INT64: "TYPE_INT64",
+    onnx.TensorProto.INT32: "TYPE_INT32",
+    onnx.TensorProto.INT8: "TYPE_INT8",
+    onnx.TensorProto.UINT8: "TYPE_UINT8",
+    onnx.TensorProto.BOOL: "TYPE_BOOL",
+}
 
 
 def model_config_pb2():
     try:
         from tritonclient.grpc import model_config_pb2 as mc
     except ImportError:
-        raise PipelineError("--format triton validates config.pbtxt against Triton's schema, which comes with "
-                            "tritonclient: pip install 'trtpipe[deploy]'") from None
+        raise PipelineError(
+            "--format triton validates config.pbtxt against Triton's schema, which comes with "
+            "tritonclient: pip install 'trtpipe[deploy]'"
+        ) from None
     return mc
 
 
@@ -43,8 +51,9 @@ def build_config(cfg: Config, graph: onnx.ModelProto, backend: str, device: str,
     if max_batch:
         config.dynamic_batching.preferred_batch_size.extend(b for b in preferred if b <= max_batch)
         config.dynamic_batching.max_queue_delay_microseconds = 100
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if device == "GPU"
-                              else mc.ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(
+        count=1, kind=mc.ModelInstanceGroup.KIND_GPU if device == "GPU" else mc.ModelInstanceGroup.KIND_CPU
+    )
     return config
 
 
@@ -87,4 +96,3 @@ def preferred_batch_sizes(bench: dict | None, precision: str) -> list[int]:
         return []
     best = max(r["throughput_items_per_s"] for r in rows)
     return sorted(r["batch"] for r in rows if r["throughput_items_per_s"] >= 0.8 * best)
-

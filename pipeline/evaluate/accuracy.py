@@ -25,13 +25,20 @@ class AccuracyRow:
     failures: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        return {"artifact": self.artifact, "output": self.output, **self.stats.as_dict(),
-                "top1_agreement": self.agreement, "metric": self.metric, "fp32_metric": self.reference_metric,
-                "failures": list(self.failures)}
+        return {
+            "artifact": self.artifact,
+            "output": self.output,
+            **self.stats.as_dict(),
+            "top1_agreement": self.agreement,
+            "metric": self.metric,
+            "fp32_metric": self.reference_metric,
+            "failures": list(self.failures),
+        }
 
 
-def evaluate(cfg: Config, reference: Infer, artifacts: Mapping[str, Infer], gates: Mapping[str, Gate],
-             batch_size: int = 64) -> list[AccuracyRow]:
+def evaluate(
+    cfg: Config, reference: Infer, artifacts: Mapping[str, Infer], gates: Mapping[str, Gate], batch_size: int = 64
+) -> list[AccuracyRow]:
     """Run every artifact and the reference over the held-out set; per-output stats and gates."""
     outs: dict[str, list[list[np.ndarray]]] = {name: [] for name in ("__ref__", *artifacts)}
     labels: list[np.ndarray] = []
@@ -56,19 +63,34 @@ def evaluate(cfg: Config, reference: Infer, artifacts: Mapping[str, Infer], gate
             failures = []
             if gate is not None:
                 failures = gate_failures(stats, gate, agreement)
-                if gate.max_metric_drop is not None and metric is not None and ref_metric - metric > gate.max_metric_drop:
-                    failures.append(f"top-1 {metric:.2f}% is {ref_metric - metric:.2f} points under FP32 "
-                                    f"(allowed {gate.max_metric_drop})")
-            rows.append(AccuracyRow(name, spec.name, stats, agreement, metric, ref_metric if i == 0 else None,
-                                    tuple(failures)))
+                if (
+                    gate.max_metric_drop is not None
+                    and metric is not None
+                    and ref_metric - metric > gate.max_metric_drop
+                ):
+                    failures.append(
+                        f"top-1 {metric:.2f}% is {ref_metric - metric:.2f} points under FP32 "
+                        f"(allowed {gate.max_metric_drop})"
+                    )
+            rows.append(
+                AccuracyRow(name, spec.name, stats, agreement, metric, ref_metric if i == 0 else None, tuple(failures))
+            )
     return rows
 
 
 def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[object]]]:
     headers = ["artifact", "output", "cosine", "max abs", "top-1 agree", "top-1 %", "FP32 top-1 %", "gate"]
-    body = [[r.artifact, r.output, f"{r.stats.cosine:.5f}", r.stats.max_abs,
-             "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
-             "-" if r.metric is None else f"{r.metric:.2f}",
-             "-" if r.reference_metric is None else f"{r.reference_metric:.2f}",
-             "FAIL: " + "; ".join(r.failures) if r.failures else "ok"] for r in rows]
+    body = [
+        [
+            r.artifact,
+            r.output,
+            f"{r.stats.cosine:.5f}",
+            r.stats.max_abs,
+            "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
+            "-" if r.metric is None else f"{r.metric:.2f}",
+            "-" if r.reference_metric is None else f"{r.reference_metric:.2f}",
+            "FAIL: " + "; ".join(r.failures) if r.failures else "ok",
+        ]
+        for r in rows
+    ]
     return headers, body

@@ -47,15 +47,32 @@ class BenchPlan:
 def plan_bench(cfg: Config, out: Artifacts) -> BenchPlan:
     found = {a.name: a for a in artifacts(cfg, out)}
     if found["fp16"].backend == "tensorrt":
-        return BenchPlan("tensorrt", found["fp16"], found["w8a8"], cfg.bench.gpu_batches, None,
-                         "TensorRT engines, device-resident inputs/outputs: enqueue + execute + stream sync, "
-                         "no host copies")
+        return BenchPlan(
+            "tensorrt",
+            found["fp16"],
+            found["w8a8"],
+            cfg.bench.gpu_batches,
+            None,
+            "TensorRT engines, device-resident inputs/outputs: enqueue + execute + stream sync, no host copies",
+        )
     if "CUDAExecutionProvider" in ortsession.providers():
-        return BenchPlan("onnxruntime-cuda", found["fp16"], found["w8a8"], cfg.bench.gpu_batches, None,
-                         "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included")
+        return BenchPlan(
+            "onnxruntime-cuda",
+            found["fp16"],
+            found["w8a8"],
+            cfg.bench.gpu_batches,
+            None,
+            "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
+        )
     fp32 = Artifact("fp32", "onnxruntime", out.graph("fp32"))
-    return BenchPlan("onnxruntime-cpu", fp32, found["w8a8-cpu"], cfg.bench.cpu_batches, cfg.bench.threads,
-                     f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out")
+    return BenchPlan(
+        "onnxruntime-cpu",
+        fp32,
+        found["w8a8-cpu"],
+        cfg.bench.cpu_batches,
+        cfg.bench.threads,
+        f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out",
+    )
 
 
 def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
@@ -70,7 +87,10 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
         runner = runner_for(artifact, profile=profile_index_for(cfg, batch))
         runner.activate()
         device = {k: cuda.DeviceArray(shape=v.shape, dtype=v.dtype).copy_from(v) for k, v in feed.items()}
-        return (lambda: runner.infer(device, copy_outputs_to_host=False)), (runner.deactivate, *(d.free for d in device.values()))
+        return (lambda: runner.infer(device, copy_outputs_to_host=False)), (
+            runner.deactivate,
+            *(d.free for d in device.values()),
+        )
     sess = ortsession.session(artifact.path, threads=threads, cpu_only=artifact.name in ("fp32", "w8a8-cpu"))
     inputs = ortsession.feed_for(sess, feed)
     return (lambda: sess.run(None, inputs)), ()
@@ -88,8 +108,13 @@ class BenchRow:
         return self.batch / (self.latency.median_ms / 1e3)
 
     def as_dict(self) -> dict:
-        return {"artifact": self.artifact, "precision": self.precision, "batch": self.batch,
-                **self.latency.as_dict(), "throughput_items_per_s": self.throughput}
+        return {
+            "artifact": self.artifact,
+            "precision": self.precision,
+            "batch": self.batch,
+            **self.latency.as_dict(),
+            "throughput_items_per_s": self.throughput,
+        }
 
 
 def bench(cfg: Config, out: Artifacts, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
@@ -120,8 +145,10 @@ def consistency(runs: list[list[BenchRow]]) -> list[str]:
         spread = max(a.latency.iqr_ms, b.latency.iqr_ms)
         delta = abs(a.latency.median_ms - b.latency.median_ms)
         verdict = "within" if delta <= spread else "OUTSIDE"
-        lines.append(f"{a.artifact} batch {a.batch}: medians {a.latency.median_ms:.3f} / {b.latency.median_ms:.3f} ms, "
-                     f"difference {delta:.3f} ms {verdict} the spread (IQR {spread:.3f} ms)")
+        lines.append(
+            f"{a.artifact} batch {a.batch}: medians {a.latency.median_ms:.3f} / {b.latency.median_ms:.3f} ms, "
+            f"difference {delta:.3f} ms {verdict} the spread (IQR {spread:.3f} ms)"
+        )
     return lines
 
 
@@ -137,8 +164,11 @@ def to_csv(rows: list[BenchRow]) -> str:
 
 def speedups(rows: list[BenchRow], plan: BenchPlan) -> dict[int, float]:
     by = {(r.precision, r.batch): r.latency.median_ms for r in rows}
-    return {b: by[(plan.baseline.name, b)] / by[(plan.quantized.name, b)] for b in plan.batches
-            if (plan.baseline.name, b) in by and (plan.quantized.name, b) in by}
+    return {
+        b: by[(plan.baseline.name, b)] / by[(plan.quantized.name, b)]
+        for b in plan.batches
+        if (plan.baseline.name, b) in by and (plan.quantized.name, b) in by
+    }
 
 
 def median_of(rows: list[BenchRow], precision: str, batch: int) -> float:

@@ -27,9 +27,16 @@ class CompareRow:
     failures: tuple[str, ...]
 
     def as_dict(self) -> dict:
-        return {"artifact": self.artifact, "batch": self.batch, "output": self.output, **self.stats.as_dict(),
-                "top1_agreement": self.agreement, "metric": self.metric, "fp32_metric": self.fp32_metric,
-                "failures": list(self.failures)}
+        return {
+            "artifact": self.artifact,
+            "batch": self.batch,
+            "output": self.output,
+            **self.stats.as_dict(),
+            "top1_agreement": self.agreement,
+            "metric": self.metric,
+            "fp32_metric": self.fp32_metric,
+            "failures": list(self.failures),
+        }
 
 
 def compare(cfg: Config, out: Artifacts) -> list[CompareRow]:
@@ -62,10 +69,24 @@ def compare(cfg: Config, out: Artifacts) -> list[CompareRow]:
                 agreement = top1_agreement(got[i], ref[i]) if ref[i].ndim == 2 else None
                 metric = top1(got[i], y) if metric_on and i == 0 else None
                 failures = gate_failures(stats, gate, agreement)
-                if gate.max_metric_drop is not None and metric is not None and fp32_metric - metric > gate.max_metric_drop:
+                if (
+                    gate.max_metric_drop is not None
+                    and metric is not None
+                    and fp32_metric - metric > gate.max_metric_drop
+                ):
                     failures.append(f"top-1 {metric:.2f}% is {fp32_metric - metric:.2f} points under FP32")
-                rows.append(CompareRow(artifact.label, batch, spec.name, stats, agreement, metric,
-                                       fp32_metric if i == 0 else None, tuple(failures)))
+                rows.append(
+                    CompareRow(
+                        artifact.label,
+                        batch,
+                        spec.name,
+                        stats,
+                        agreement,
+                        metric,
+                        fp32_metric if i == 0 else None,
+                        tuple(failures),
+                    )
+                )
     return rows
 
 
@@ -82,12 +103,37 @@ def _stack(iterations, cfg: Config) -> list[np.ndarray]:
 
 
 def compare_table(rows: list[CompareRow]) -> tuple[list[str], list[list[object]]]:
-    headers = ["artifact", "batch", "output", "max abs", "mean abs", "max rel", "mean rel", "cosine", "top-1 agree",
-               "top-1 %", "FP32 top-1 %", "gate"]
-    body = [[r.artifact, r.batch, r.output, r.stats.max_abs, r.stats.mean_abs, r.stats.max_rel, r.stats.mean_rel,
-             f"{r.stats.cosine:.5f}", "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
-             "-" if r.metric is None else f"{r.metric:.2f}", "-" if r.fp32_metric is None else f"{r.fp32_metric:.2f}",
-             "FAIL" if r.failures else "ok"] for r in rows]
+    headers = [
+        "artifact",
+        "batch",
+        "output",
+        "max abs",
+        "mean abs",
+        "max rel",
+        "mean rel",
+        "cosine",
+        "top-1 agree",
+        "top-1 %",
+        "FP32 top-1 %",
+        "gate",
+    ]
+    body = [
+        [
+            r.artifact,
+            r.batch,
+            r.output,
+            r.stats.max_abs,
+            r.stats.mean_abs,
+            r.stats.max_rel,
+            r.stats.mean_rel,
+            f"{r.stats.cosine:.5f}",
+            "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
+            "-" if r.metric is None else f"{r.metric:.2f}",
+            "-" if r.fp32_metric is None else f"{r.fp32_metric:.2f}",
+            "FAIL" if r.failures else "ok",
+        ]
+        for r in rows
+    ]
     return headers, body
 
 

@@ -51,8 +51,14 @@ def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(batches) + 2), 4.2), dpi=120)
     bars = [
-        ax.bar(x - width / 2, [m[base][b] for b in batches], width, color=BASELINE_COLOUR, edgecolor="#9e9e9e",
-               label=_NAMES[base]),
+        ax.bar(
+            x - width / 2,
+            [m[base][b] for b in batches],
+            width,
+            color=BASELINE_COLOUR,
+            edgecolor="#9e9e9e",
+            label=_NAMES[base],
+        ),
         ax.bar(x + width / 2, [m[quant][b] for b in batches], width, color=W8A8_COLOUR, label=_NAMES[quant]),
     ]
     for group in bars:
@@ -60,14 +66,24 @@ def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
     top = max(max(m[base].values()), max(m[quant].values()))
     for i, b in enumerate(batches):
         speedup = m[base][b] / m[quant][b]
-        ax.text(x[i], top * 1.13, f"{speedup:.2f}x", ha="center", fontsize=9,
-                color=W8A8_COLOUR if speedup >= MIN_GAIN else "#555555", fontweight="bold")
+        ax.text(
+            x[i],
+            top * 1.13,
+            f"{speedup:.2f}x",
+            ha="center",
+            fontsize=9,
+            color=W8A8_COLOUR if speedup >= MIN_GAIN else "#555555",
+            fontweight="bold",
+        )
     ax.set_ylim(0, top * 1.25)
     ax.set_xticks(x, [str(b) for b in batches])
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency (ms, median)")
-    ax.set_title(f"{model}: {_NAMES[base]} vs {_NAMES[quant]}, {_BACKENDS[bench['backend']]}"
-                 + (f", {bench['threads']} thread(s)" if bench.get("threads") else ""), fontsize=10)
+    ax.set_title(
+        f"{model}: {_NAMES[base]} vs {_NAMES[quant]}, {_BACKENDS[bench['backend']]}"
+        + (f", {bench['threads']} thread(s)" if bench.get("threads") else ""),
+        fontsize=10,
+    )
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -94,8 +110,10 @@ def verdict(bench: dict[str, Any], compare: dict[str, Any] | None, build: dict[s
         if not gate_ok:
             lines.append(f"batch {b}: deploy {_NAMES[base]}: w8a8 fails its accuracy gate (see the table)")
         elif speedup >= MIN_GAIN:
-            lines.append(f"batch {b}: deploy w8a8: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
-                         f"and within its accuracy gate")
+            lines.append(
+                f"batch {b}: deploy w8a8: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
+                f"and within its accuracy gate"
+            )
         else:
             lines.append(f"batch {b}: deploy {_NAMES[base]}: w8a8 is no faster ({speedup:.2f}x); {evidence}")
     return lines
@@ -104,30 +122,41 @@ def verdict(bench: dict[str, Any], compare: dict[str, Any] | None, build: dict[s
 def _slow_evidence(bench: dict[str, Any], build: dict[str, Any]) -> str:
     if build.get("backend") == "tensorrt":
         layers = build.get("layers", {}).get("w8a8", {})
-        return (f"{layers.get('reformat_layers', '?')} reformat layers and {layers.get('unfused_qdq_layers', '?')} "
-                f"unfused Q/DQ layers in the engine, {layers.get('int8_compute_layers', '?')} of "
-                f"{layers.get('compute_layers', '?')} Conv/GEMM/MatMul layers in INT8")
+        return (
+            f"{layers.get('reformat_layers', '?')} reformat layers and {layers.get('unfused_qdq_layers', '?')} "
+            f"unfused Q/DQ layers in the engine, {layers.get('int8_compute_layers', '?')} of "
+            f"{layers.get('compute_layers', '?')} Conv/GEMM/MatMul layers in INT8"
+        )
     share = bench.get("fp32_op_time_share")
     if share:
         int8 = sum(v for k, v in share.items() if k in INT8_OPS)
         rest = sorted(((k, v) for k, v in share.items() if k not in INT8_OPS), key=lambda kv: -kv[1])
         others = ", ".join(f"{k} {v:.0%}" for k, v in rest[:3])
-        return (f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.get('profiled_batch')} "
-                f"(the largest of the rest: {others}); INT8 speeds up only that share")
+        return (
+            f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.get('profiled_batch')} "
+            f"(the largest of the rest: {others}); INT8 speeds up only that share"
+        )
     return "no layer or op profile saved to explain it"
 
 
 def write_report(out: Artifacts, model: str) -> Path:
     bench = _load(out.results_dir / "bench.json", "bench")
-    compare = _load(out.results_dir / "compare.json", "compare") if (out.results_dir / "compare.json").is_file() else None
+    compare = (
+        _load(out.results_dir / "compare.json", "compare") if (out.results_dir / "compare.json").is_file() else None
+    )
     build = _load(out.build_record, "build")
-    quant = json.loads((out.results_dir / "quantize.json").read_text()) if (out.results_dir / "quantize.json").is_file() else None
+    quant = (
+        json.loads((out.results_dir / "quantize.json").read_text())
+        if (out.results_dir / "quantize.json").is_file()
+        else None
+    )
     latency_chart(bench, out.reports_dir / "latency.png", model)
 
     m = medians(bench)
     base, quantized = bench["baseline"], bench["quantized"]
-    lat_rows = [[b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"]
-                for b in bench["batches"]]
+    lat_rows = [
+        [b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"] for b in bench["batches"]
+    ]
     parts = [
         f"# {model}: {_NAMES[base]} vs w8a8 on {_BACKENDS[bench['backend']]}",
         "",
@@ -151,25 +180,55 @@ def write_report(out: Artifacts, model: str) -> Path:
     if compare is None:
         parts.append("No compare results yet: run `trtpipe compare`.")
     else:
-        rows = [[r["artifact"], r["batch"], r["output"], f"{r['cosine']:.5f}", f"{r['max_abs']:.3g}",
-                 "-" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.2f}%",
-                 "-" if r["metric"] is None else f"{r['metric']:.2f}",
-                 "-" if r["fp32_metric"] is None else f"{r['fp32_metric']:.2f}",
-                 "FAIL: " + "; ".join(r["failures"]) if r["failures"] else "ok"] for r in compare["rows"]]
-        parts.append(table(["artifact", "batch", "output", "cosine", "max abs", "top-1 agree", "top-1 %",
-                            "FP32 top-1 %", "gate"], rows))
+        rows = [
+            [
+                r["artifact"],
+                r["batch"],
+                r["output"],
+                f"{r['cosine']:.5f}",
+                f"{r['max_abs']:.3g}",
+                "-" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.2f}%",
+                "-" if r["metric"] is None else f"{r['metric']:.2f}",
+                "-" if r["fp32_metric"] is None else f"{r['fp32_metric']:.2f}",
+                "FAIL: " + "; ".join(r["failures"]) if r["failures"] else "ok",
+            ]
+            for r in compare["rows"]
+        ]
+        parts.append(
+            table(
+                ["artifact", "batch", "output", "cosine", "max abs", "top-1 agree", "top-1 %", "FP32 top-1 %", "gate"],
+                rows,
+            )
+        )
     parts += ["", "## Engines and INT8 layer coverage", ""]
     if build.get("backend") == "tensorrt":
-        rows = [[p, s["int8_compute_layers"], s["compute_layers"], s["reformat_layers"], s["unfused_qdq_layers"],
-                 s.get("warning", "")] for p, s in build["layers"].items()]
+        rows = [
+            [
+                p,
+                s["int8_compute_layers"],
+                s["compute_layers"],
+                s["reformat_layers"],
+                s["unfused_qdq_layers"],
+                s.get("warning", ""),
+            ]
+            for p, s in build["layers"].items()
+        ]
         parts.append(f"Engines in `{build['dir']}` (manifest: `{build['manifest']}`).")
-        parts += ["", table(["engine", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"],
-                            rows)]
+        parts += [
+            "",
+            table(["engine", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"], rows),
+        ]
     else:
-        parts.append(f"No TensorRT engines on this machine: {build.get('reason')}. The figures above are ONNX Runtime's.")
+        parts.append(
+            f"No TensorRT engines on this machine: {build.get('reason')}. The figures above are ONNX Runtime's."
+        )
     if quant:
-        parts += ["", "## Quantization", "",
-                  f"Calibration method `{quant['method']}`; {quant['int8_layers']} layers quantized for TensorRT."]
+        parts += [
+            "",
+            "## Quantization",
+            "",
+            f"Calibration method `{quant['method']}`; {quant['int8_layers']} layers quantized for TensorRT.",
+        ]
         parts += [f"- kept FP16: {s['op_type']} `{s['node']}`: {s['reason']}" for s in quant["skipped"]]
     path = out.reports_dir / "report.md"
     write_text(path, "\n".join(parts) + "\n")

@@ -22,8 +22,9 @@ class Latency:
         return asdict(self)
 
 
-def measure(fn: Callable[[], object], warmup: int, iterations: int, min_seconds: float = 0.0,
-            max_iterations: int = 5000) -> Latency:
+def measure(
+    fn: Callable[[], object], warmup: int, iterations: int, min_seconds: float = 0.0, max_iterations: int = 5000
+) -> Latency:
     """Time ``fn`` with ``perf_counter`` after ``warmup`` untimed calls.
 
     Runs at least ``iterations`` times and at least ``min_seconds`` (up to
@@ -33,17 +34,16 @@ def measure(fn: Callable[[], object], warmup: int, iterations: int, min_seconds:
         fn()
     times: list[float] = []
     started = time.perf_counter()
-    while len(times) < max_iterations and (
-        len(times) < iterations or time.perf_counter() - started < min_seconds
-    ):
+    while len(times) < max_iterations and (len(times) < iterations or time.perf_counter() - started < min_seconds):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return _stats(np.asarray(times))
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int,
-                        per_round: int) -> dict[str, Latency]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, per_round: int
+) -> dict[str, Latency]:
     """Time several candidates round-robin, so drift (turbo, other load) hits them all alike."""
     for fn in fns.values():
         for _ in range(warmup):

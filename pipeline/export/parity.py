@@ -50,6 +50,16 @@ def check_parity(cfg: Config, model: torch.nn.Module, graphs: dict[str, Path]) -
 def format_parity(rows: list[ParityRow]) -> str:
     return table(
         ["graph", "batch", "output", "max abs", "max rel", "cosine", "ok"],
-        [[r.precision, r.batch, r.output, r.stats.max_abs, r.stats.max_rel, f"{r.stats.cosine:.7f}",
-          "FAIL" if r.failures else "ok"] for r in rows],
+        [
+            [
+                r.precision,
+                r.batch,
+                r.output,
+                r.stats.max_abs,
+                r.stats.max_rel,
+                f"{r.stats.cosine:.7f}",
+                "FAIL" if r.failures else "ok",
+            ]
+            for r in rows
+        ],
     )

@@ -25,26 +25,56 @@ from pipeline.quantize.placement import GraphView
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
-OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
-            "GlobalAveragePool", "Concat", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather")
+OP_TYPES = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Concat",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Gather",
+)
 
 
 def tensors_to_calibrate(model: onnx.ModelProto) -> set[str]:
     """Float activations at the inputs and outputs of the ops ORT will quantize."""
     view = GraphView(model)
-    float_tensors = {v.name for v in (*view.graph.value_info, *view.graph.input, *view.graph.output)
-                     if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    return {t for n in view.nodes if n.op_type in OP_TYPES for t in (*n.input, *n.output)
-            if t and t in float_tensors and not view.is_const(t)}
+    float_tensors = {
+        v.name
+        for v in (*view.graph.value_info, *view.graph.input, *view.graph.output)
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
+    return {
+        t
+        for n in view.nodes
+        if n.op_type in OP_TYPES
+        for t in (*n.input, *n.output)
+        if t and t in float_tensors and not view.is_const(t)
+    }
 
 
 def excluded_nodes(model: onnx.ModelProto, settings: QuantizeSection) -> list[str]:
     import re
 
     patterns = [re.compile(p) for p in settings.exclude_patterns]
-    return [n.name for n in model.graph.node
-            if n.name in settings.exclude_nodes or n.op_type in settings.exclude_op_types
-            or any(p.search(n.name) for p in patterns)]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.name in settings.exclude_nodes
+        or n.op_type in settings.exclude_op_types
+        or any(p.search(n.name) for p in patterns)
+    ]
 
 
 class OrtCpuQdqFromOnnx:
@@ -57,15 +87,18 @@ class OrtCpuQdqFromOnnx:
         needed = tensors_to_calibrate(fp32)
         missing = needed - set(self.ranges.tensors)
         if missing:
-            raise PipelineError(f"no calibration range for {sorted(missing)[0]!r} (and {len(missing) - 1} more); "
-                                "re-run calibrate")
+            raise PipelineError(
+                f"no calibration range for {sorted(missing)[0]!r} (and {len(missing) - 1} more); re-run calibrate"
+            )
         data = {}
         for name in needed:
             r = self.ranges.tensors[name]
             amax = r.amax[self.method]
             # Asymmetric uint8: the observed range, clipped by the method's threshold.
             lo, hi = max(r.min, -amax), min(r.max, amax)
-            data[name] = TensorData(lowest=np.array(min(lo, 0.0), np.float32), highest=np.array(max(hi, 0.0), np.float32))
+            data[name] = TensorData(
+                lowest=np.array(min(lo, 0.0), np.float32), highest=np.array(max(hi, 0.0), np.float32)
+            )
         with tempfile.TemporaryDirectory(prefix="trtpipe.ortq.") as tmp:
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)

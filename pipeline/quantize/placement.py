@@ -85,8 +85,9 @@ class GraphView:
         self.shapes: dict[str, list[int | None]] = {}
         for v in (*self.graph.value_info, *self.graph.input, *self.graph.output):
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
-                self.shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None
-                                       for d in v.type.tensor_type.shape.dim]
+                self.shapes[v.name] = [
+                    d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+                ]
         self.outputs = {o.name for o in self.graph.output}
         self.inputs = {i.name for i in self.graph.input}
 
@@ -139,8 +140,9 @@ def plan_tensorrt(model: onnx.ModelProto, settings: QuantizeSection) -> Plan:
             tensor = node.input[idx]
             if view.is_const(tensor):
                 rank = len(view.initializers[tensor].dims)
-                plan.weights.append(WeightQuant(node.name, node.op_type, idx, tensor,
-                                                weight_axis(node.op_type, node, rank)))
+                plan.weights.append(
+                    WeightQuant(node.name, node.op_type, idx, tensor, weight_axis(node.op_type, node, rank))
+                )
             else:
                 plan.add_edge(tensor, (node.name, idx))
         quantized_nodes.add(node.name)

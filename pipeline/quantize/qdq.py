@@ -64,13 +64,19 @@ class QdqOnnxFromOnnx:
             for node_name, idx in edges:
                 node = nodes.get(node_name)
                 if node is None:
-                    raise PipelineError(f"node {node_name!r} is in the FP32 graph but not the FP16 graph; re-run export")
+                    raise PipelineError(
+                        f"node {node_name!r} is in the FP32 graph but not the FP16 graph; re-run export"
+                    )
                 uses.append((node, idx))
             # The FP16 converter casts once per consumer: those uses share one Q/DQ pair,
             # on the earliest Cast so it precedes every consumer.
-            casts = [node.input[idx] for node, idx in uses
-                     if (src := producer.get(node.input[idx])) is not None and src.op_type == "Cast"
-                     and src.input[0] == tensor]
+            casts = [
+                node.input[idx]
+                for node, idx in uses
+                if (src := producer.get(node.input[idx])) is not None
+                and src.op_type == "Cast"
+                and src.input[0] == tensor
+            ]
             shared_cast = min(casts, key=lambda t: position[producer[t].name]) if casts else None
             by_fp16_tensor: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
             for node, idx in uses:
@@ -81,13 +87,17 @@ class QdqOnnxFromOnnx:
                 scale = activation_scale(amax[tensor], dtype)
                 base = _safe(t16)
                 scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
-                model.graph.initializer.extend([numpy_helper.from_array(scale, scale_name),
-                                                numpy_helper.from_array(np.array(0, np.int8), zp_name)])
+                model.graph.initializer.extend(
+                    [numpy_helper.from_array(scale, scale_name), numpy_helper.from_array(np.array(0, np.int8), zp_name)]
+                )
                 q_out, dq_out = f"{base}_quantized", f"{base}_dequantized"
                 pair = [
-                    helper.make_node("QuantizeLinear", [t16, scale_name, zp_name], [q_out], name=f"{base}_QuantizeLinear"),
-                    helper.make_node("DequantizeLinear", [q_out, scale_name, zp_name], [dq_out],
-                                     name=f"{base}_DequantizeLinear"),
+                    helper.make_node(
+                        "QuantizeLinear", [t16, scale_name, zp_name], [q_out], name=f"{base}_QuantizeLinear"
+                    ),
+                    helper.make_node(
+                        "DequantizeLinear", [q_out, scale_name, zp_name], [dq_out], name=f"{base}_DequantizeLinear"
+                    ),
                 ]
                 first_use = min(uses, key=lambda use: position[use[0].name])[0]
                 new_nodes.setdefault(first_use.name, []).extend(pair)
@@ -103,13 +113,20 @@ class QdqOnnxFromOnnx:
             dtype = dtype_of.get(name16, np.float16)
             q, scale = quantize_weight(source.astype(np.float32), wq.axis, dtype)
             base = _safe(f"{wq.node}_{wq.tensor}")
-            model.graph.initializer.extend([
-                numpy_helper.from_array(q, f"{base}_int8"),
-                numpy_helper.from_array(scale, f"{base}_scale"),
-                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
-            ])
-            dq = helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
-                                  [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=wq.axis)
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q, f"{base}_int8"),
+                    numpy_helper.from_array(scale, f"{base}_scale"),
+                    numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
+                ]
+            )
+            dq = helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_dequantized"],
+                name=f"{base}_DequantizeLinear",
+                axis=wq.axis,
+            )
             new_nodes.setdefault(node.name, []).append(dq)
             node.input[wq.input_index] = f"{base}_dequantized"
 

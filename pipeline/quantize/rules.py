@@ -49,15 +49,19 @@ def violations(model: onnx.ModelProto, symmetric: bool = True) -> list[str]:
             float_type = helper.np_dtype_to_tensor_dtype(scale.dtype)  # DQ output takes the scale's dtype
         scale_type = helper.np_dtype_to_tensor_dtype(scale.dtype)
         if node.op_type == "QuantizeLinear" and float_type is not None and float_type != scale_type:
-            problems.append(f"{where}: scale dtype {TensorProto.DataType.Name(scale_type)} differs from input "
-                            f"dtype {TensorProto.DataType.Name(float_type)}")
+            problems.append(
+                f"{where}: scale dtype {TensorProto.DataType.Name(scale_type)} differs from input "
+                f"dtype {TensorProto.DataType.Name(float_type)}"
+            )
         if zp_name:
             if zp_name not in consts:
                 problems.append(f"{where}: zero point is not a constant")
             elif symmetric:
                 zp = consts[zp_name]
                 if zp.dtype != np.int8 or np.any(zp != 0):
-                    problems.append(f"{where}: zero point must be int8 zeros (symmetric), got {zp.dtype} {zp.ravel()[:4]}")
+                    problems.append(
+                        f"{where}: zero point must be int8 zeros (symmetric), got {zp.dtype} {zp.ravel()[:4]}"
+                    )
         if scale.size > 1:
             problems.extend(_per_channel_problems(node, where, consts, consumers))
     return problems
@@ -74,5 +78,7 @@ def _per_channel_problems(node, where, consts, consumers) -> list[str]:
         if consumer.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             want = weight_axis(consumer.op_type, consumer, rank)
             if axis != want:
-                out.append(f"{where}: per-channel axis {axis} for {consumer.op_type} {consumer.name!r}, expected {want}")
+                out.append(
+                    f"{where}: per-channel axis {axis} for {consumer.op_type} {consumer.name!r}, expected {want}"
+                )
     return out
