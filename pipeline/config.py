@@ -77,17 +77,10 @@ class BatchProfile:
 
 
 @dataclass(frozen=True)
-class AxisRange:
+class AxisRange(BatchProfile):
     """Range of a named dynamic axis other than the batch axis (e.g. sequence length)."""
 
     name: str
-    min: int
-    opt: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise ValueError(f"axis {self.name!r} needs 1 <= min <= opt <= max")
 
 
 @dataclass(frozen=True)

@@ -237,15 +237,16 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     """Accuracy of every deployable artifact against FP32 on held-out data; gates from [accuracy]."""
     from pipeline.console import table
     from pipeline.errors import PipelineError
+    from pipeline.evaluate.accuracy import accuracy_table
     from pipeline.evaluate.compare import compare as run_compare
-    from pipeline.evaluate.compare import compare_table, results_path
+    from pipeline.evaluate.compare import results_path
     from pipeline.fileio import write_json
 
     out = Artifacts.of(cfg, root)
     rows = run_compare(cfg, out)
     write_json(results_path(out), {"rows": [r.as_dict() for r in rows], "passed": not any(r.failures for r in rows)})
     info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
-    info(table(*compare_table(rows)))
+    info(table(*accuracy_table(rows)))
     failed = [r for r in rows if r.failures]
     if failed:
         first = failed[0]

@@ -23,10 +23,12 @@ class AccuracyRow:
     metric: float | None  # task metric of this artifact (first output), e.g. top-1 %
     reference_metric: float | None
     failures: tuple[str, ...] = ()
+    batch: int | None = None
 
     def as_dict(self) -> dict:
         return {
             "artifact": self.artifact,
+            **({"batch": self.batch} if self.batch is not None else {}),
             "output": self.output,
             **self.stats.as_dict(),
             "top1_agreement": self.agreement,
@@ -34,6 +36,33 @@ class AccuracyRow:
             "fp32_metric": self.reference_metric,
             "failures": list(self.failures),
         }
+
+
+def score_outputs(
+    cfg: Config,
+    artifact: str,
+    got: list[np.ndarray],
+    ref: list[np.ndarray],
+    labels: np.ndarray | None,
+    gate: Gate | None,
+    batch: int | None = None,
+) -> list[AccuracyRow]:
+    """Per output: error statistics, top-1 agreement, the task metric and the gate's verdict."""
+    metric_on = cfg.evaluation is not None and cfg.evaluation.metric == "top1" and labels is not None
+    ref_metric = top1(ref[0], labels) if metric_on else None
+    rows = []
+    for i, spec in enumerate(cfg.outputs):
+        stats = error_stats(got[i], ref[i])
+        agreement = top1_agreement(got[i], ref[i]) if ref[i].ndim == 2 else None
+        metric = top1(got[i], labels) if metric_on and i == 0 else None
+        failures = gate_failures(stats, gate, agreement, metric, ref_metric) if gate is not None else []
+        first = i == 0
+        rows.append(
+            AccuracyRow(
+                artifact, spec.name, stats, agreement, metric, ref_metric if first else None, tuple(failures), batch
+            )
+        )
+    return rows
 
 
 def evaluate(
@@ -50,42 +79,38 @@ def evaluate(
             labels.append(lab)
     ref = [np.concatenate([b[i] for b in outs["__ref__"]]) for i in range(len(cfg.outputs))]
     y = np.concatenate(labels) if labels else None
-    metric_on = cfg.evaluation is not None and cfg.evaluation.metric == "top1" and y is not None
-    ref_metric = top1(ref[0], y) if metric_on else None
     rows = []
     for name in artifacts:
         got = [np.concatenate([b[i] for b in outs[name]]) for i in range(len(cfg.outputs))]
-        for i, spec in enumerate(cfg.outputs):
-            stats = error_stats(got[i], ref[i])
-            agreement = top1_agreement(got[i], ref[i]) if ref[i].ndim == 2 else None
-            metric = top1(got[i], y) if metric_on and i == 0 else None
-            gate = gates.get(name)
-            failures = []
-            if gate is not None:
-                failures = gate_failures(stats, gate, agreement)
-                if (
-                    gate.max_metric_drop is not None
-                    and metric is not None
-                    and ref_metric - metric > gate.max_metric_drop
-                ):
-                    failures.append(
-                        f"top-1 {metric:.2f}% is {ref_metric - metric:.2f} points under FP32 "
-                        f"(allowed {gate.max_metric_drop})"
-                    )
-            rows.append(
-                AccuracyRow(name, spec.name, stats, agreement, metric, ref_metric if i == 0 else None, tuple(failures))
-            )
+        rows.extend(score_outputs(cfg, name, got, ref, y, gates.get(name)))
     return rows
 
 
 def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[object]]]:
-    headers = ["artifact", "output", "cosine", "max abs", "top-1 agree", "top-1 %", "FP32 top-1 %", "gate"]
+    """Headers and rows for ``console.table``; a batch column when the rows carry one."""
+    with_batch = any(r.batch is not None for r in rows)
+    headers = [
+        "artifact",
+        *(["batch"] if with_batch else []),
+        "output",
+        "max abs",
+        "mean abs",
+        "max rel",
+        "cosine",
+        "top-1 agree",
+        "top-1 %",
+        "FP32 top-1 %",
+        "gate",
+    ]
     body = [
         [
             r.artifact,
+            *([r.batch] if with_batch else []),
             r.output,
-            f"{r.stats.cosine:.5f}",
             r.stats.max_abs,
+            r.stats.mean_abs,
+            r.stats.max_rel,
+            f"{r.stats.cosine:.5f}",
             "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
             "-" if r.metric is None else f"{r.metric:.2f}",
             "-" if r.reference_metric is None else f"{r.reference_metric:.2f}",

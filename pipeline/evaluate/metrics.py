@@ -32,7 +32,13 @@ def error_stats(out: np.ndarray, ref: np.ndarray) -> ErrorStats:
     return ErrorStats(float(diff.max()), float(diff.mean()), float(rel.max()), float(rel.mean()), cosine)
 
 
-def gate_failures(stats: ErrorStats, gate: Gate, agreement: float | None = None) -> list[str]:
+def gate_failures(
+    stats: ErrorStats,
+    gate: Gate,
+    agreement: float | None = None,
+    metric: float | None = None,
+    reference_metric: float | None = None,
+) -> list[str]:
     """Human-readable reasons a result fails ``gate`` (empty when it passes)."""
     problems = []
     if stats.cosine < gate.min_cosine:
@@ -41,6 +47,10 @@ def gate_failures(stats: ErrorStats, gate: Gate, agreement: float | None = None)
         problems.append(f"max abs error {stats.max_abs:.3g} > {gate.max_abs}")
     if gate.min_top1_agreement is not None and agreement is not None and agreement < gate.min_top1_agreement:
         problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement}")
+    if gate.max_metric_drop is not None and metric is not None and reference_metric is not None:
+        drop = reference_metric - metric
+        if drop > gate.max_metric_drop:
+            problems.append(f"top-1 {metric:.2f}% is {drop:.2f} points under FP32 (allowed {gate.max_metric_drop})")
     return problems
 
 
