@@ -54,6 +54,8 @@ def child(args: argparse.Namespace) -> None:
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     from pipeline import onnxutil, stages
+    from pipeline.calibrate import cache, calibrator, histogram  # noqa: F401  imported before timing, like ORT's
+    from pipeline.quantize import placement  # noqa: F401
     from pipeline.quantize.ort_cpu import OP_TYPES, OrtCpuQdqFromOnnx
 
     cfg = load_config(args.config)

@@ -69,12 +69,19 @@ def calibrate(config_path: Path, force: bool) -> None:
 
 @main.command()
 @config_option
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
+    help="Only these targets (repeatable); default: [quantize] targets, both unless narrowed.",
+)
 @_user_errors
-def quantize(config_path: Path) -> None:
+def quantize(config_path: Path, targets: tuple[str, ...]) -> None:
     """w8a8 Q/DQ graphs: model.w8a8.onnx (TensorRT, FP16 graph) and model.w8a8-cpu.onnx (ONNX Runtime CPU)."""
     from pipeline import stages
 
-    stages.quantize(_load(config_path))
+    stages.quantize(_load(config_path), targets=targets)
 
 
 @main.command()

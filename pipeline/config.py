@@ -132,8 +132,13 @@ class EvaluationSection:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+QUANTIZE_TARGETS = ("tensorrt", "onnxruntime-cpu")
+
+
 @dataclass(frozen=True)
 class QuantizeSection:
+    # tensorrt: model.w8a8.onnx on the FP16 graph; onnxruntime-cpu: model.w8a8-cpu.onnx on the FP32 graph.
+    targets: tuple[str, ...] = QUANTIZE_TARGETS
     exclude_nodes: tuple[str, ...] = ()
     exclude_patterns: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
@@ -141,6 +146,9 @@ class QuantizeSection:
     min_channels: int = 16
 
     def __post_init__(self) -> None:
+        unknown = [t for t in self.targets if t not in QUANTIZE_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"targets {list(self.targets)} must be a non-empty subset of {list(QUANTIZE_TARGETS)}")
         for pattern in self.exclude_patterns:
             try:
                 re.compile(pattern)

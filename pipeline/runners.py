@@ -40,14 +40,16 @@ def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
         raise PipelineError(f"{out.build_record}: no build record; run trtpipe build first")
     record = json.loads(out.build_record.read_text())
     found = []
+    precisions = ("fp16", "w8a8") if "tensorrt" in cfg.quantize.targets else ("fp16",)
     if record["backend"] == "tensorrt":
         manifest = Path(record["manifest"])
-        for precision in ("fp16", "w8a8"):
+        for precision in precisions:
             found.append(Artifact(precision, "tensorrt", manifest.parent / f"{precision}.plan", manifest))
     else:
-        for precision in ("fp16", "w8a8"):
+        for precision in precisions:
             found.append(Artifact(precision, "onnxruntime", out.graph(precision)))
-    found.append(Artifact("w8a8-cpu", "onnxruntime", out.graph("w8a8-cpu")))
+    if "onnxruntime-cpu" in cfg.quantize.targets:
+        found.append(Artifact("w8a8-cpu", "onnxruntime", out.graph("w8a8-cpu")))
     missing = [a for a in found if not a.path.is_file()]
     if missing:
         raise PipelineError(f"{missing[0].path}: missing; re-run the stage that makes it")

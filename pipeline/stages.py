@@ -75,8 +75,11 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     return ranges
 
 
-def quantize(cfg: Config, root: Path | None = None) -> dict:
-    """w8a8 graphs: TensorRT Q/DQ on the FP16 graph, ONNX Runtime CPU Q/DQ on the FP32 graph."""
+def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = ()) -> dict:
+    """w8a8 graphs: TensorRT Q/DQ on the FP16 graph, ONNX Runtime CPU Q/DQ on the FP32 graph.
+
+    ``targets`` narrows ``[quantize] targets`` (both by default).
+    """
     from pipeline import onnxutil, ortsession
     from pipeline.console import table
     from pipeline.errors import PipelineError
@@ -93,10 +96,12 @@ def quantize(cfg: Config, root: Path | None = None) -> dict:
     fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
     method = cfg.calibration.method
     plan = plan_tensorrt(fp32, cfg.quantize)
-    graphs = {
-        "w8a8": (QdqOnnxFromOnnx(plan, ranges, method)(fp16, fp32), True),
-        "w8a8-cpu": (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32), False),
-    }
+    targets = targets or cfg.quantize.targets
+    graphs = {}
+    if "tensorrt" in targets:
+        graphs["w8a8"] = (QdqOnnxFromOnnx(plan, ranges, method)(fp16, fp32), True)
+    if "onnxruntime-cpu" in targets:
+        graphs["w8a8-cpu"] = (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32), False)
     for name, (model, symmetric) in graphs.items():
         broken = rules.violations(model, symmetric=symmetric)
         if broken:
@@ -148,7 +153,9 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     from pipeline.fileio import sha256_file, write_bytes, write_json
 
     out = Artifacts.of(cfg, root)
-    graphs = {"fp16": out.graph("fp16"), "w8a8": out.graph("w8a8")}
+    graphs = {"fp16": out.graph("fp16")}
+    if "tensorrt" in cfg.quantize.targets:
+        graphs["w8a8"] = out.graph("w8a8")
     for precision, path in graphs.items():
         if not path.is_file():
             raise PipelineError(f"{path}: the {precision} graph is missing; run export and quantize first")

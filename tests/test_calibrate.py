@@ -175,3 +175,16 @@ def test_vectorised_entropy_matches_the_loop(seed):
     stats = TensorStats(1024)
     stats.update(np.concatenate([rng.standard_normal(50_000), rng.laplace(size=5_000) * 3]).astype(np.float32))
     assert entropy_amax(stats.hist, stats.range) == pytest.approx(_entropy_reference(stats.hist, stats.range))
+
+
+def test_quantize_one_target_only(make_config, tmp_path):
+    cfg = make_config()
+    stages.export(cfg, root=tmp_path)
+    stages.quantize(cfg, root=tmp_path, targets=("tensorrt",))
+    out = Artifacts.of(cfg, tmp_path)
+    assert out.graph("w8a8").is_file() and not out.graph("w8a8-cpu").exists()
+
+
+def test_unknown_quantize_target_is_refused(make_config):
+    with pytest.raises(PipelineError, match=r"quantize: targets \['tensorrt', 'ort'\] must be a non-empty subset"):
+        make_config(top='name = "tiny"\n[quantize]\ntargets = ["tensorrt", "ort"]')

@@ -26,6 +26,7 @@ from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import progress
 from pipeline.data import sample_inputs
+from pipeline.errors import PipelineError
 from pipeline.evaluate.timing import Latency, measure
 from pipeline.runners import Artifact, artifacts
 
@@ -46,7 +47,7 @@ class BenchPlan:
 
 def plan_bench(cfg: Config, out: Artifacts) -> BenchPlan:
     found = {a.name: a for a in artifacts(cfg, out)}
-    if found["fp16"].backend == "tensorrt":
+    if found["fp16"].backend == "tensorrt" and "w8a8" in found:
         return BenchPlan(
             "tensorrt",
             found["fp16"],
@@ -55,7 +56,7 @@ def plan_bench(cfg: Config, out: Artifacts) -> BenchPlan:
             None,
             "TensorRT engines, device-resident inputs/outputs: enqueue + execute + stream sync, no host copies",
         )
-    if "CUDAExecutionProvider" in ortsession.providers():
+    if "CUDAExecutionProvider" in ortsession.providers() and "w8a8" in found:
         return BenchPlan(
             "onnxruntime-cuda",
             found["fp16"],
@@ -63,6 +64,11 @@ def plan_bench(cfg: Config, out: Artifacts) -> BenchPlan:
             cfg.bench.gpu_batches,
             None,
             "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
+        )
+    if "w8a8-cpu" not in found:
+        raise PipelineError(
+            f"{cfg.path}: benchmarking on the CPU needs model.w8a8-cpu.onnx; add "
+            f"'onnxruntime-cpu' to [quantize] targets and re-run quantize"
         )
     fp32 = Artifact("fp32", "onnxruntime", out.graph("fp32"))
     return BenchPlan(
