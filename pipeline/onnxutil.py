@@ -44,6 +44,9 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             onnx.save(model, str(tmp))
         return path
     data_name = path.name + ".data"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the model in place: keep the caller's intact
+    model = copy
     with atomic_path(path) as tmp:
         tmp_data = tmp.parent / (tmp.name + ".data")
         try:
