@@ -76,14 +76,17 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
     key = "calibration.source"
     if source.is_dir():
         batches = _npz_batches(source, cfg)
-    elif section.source.endswith((".py", "/")) or ":" in section.source:
+    elif ":" in section.source:
         fn = load_callable(section.source, cfg.root, key)
         batches = (
             (f"{key} {section.source!r} batch {i}", feed)
             for i, feed in enumerate(fn(samples=samples, batch_size=section.batch_size, **section.args))
         )
     else:
-        raise PipelineError(f"{cfg.path}: {key} = {section.source!r} is neither a folder nor 'module:callable'")
+        raise PipelineError(
+            f"{cfg.path}: {key} = {section.source!r}: folder {source} does not exist "
+            f"(or give 'module:callable' / 'file.py:callable')"
+        )
     seen = 0
     for where, raw in batches:
         feed = validate_feed(raw, cfg.inputs, where)

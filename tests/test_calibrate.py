@@ -188,3 +188,13 @@ def test_quantize_one_target_only(make_config, tmp_path):
 def test_unknown_quantize_target_is_refused(make_config):
     with pytest.raises(PipelineError, match=r"quantize: targets \['tensorrt', 'ort'\] must be a non-empty subset"):
         make_config(top='name = "tiny"\n[quantize]\ntargets = ["tensorrt", "ort"]')
+
+
+def test_exclusions_apply_to_the_onnxruntime_cpu_graph(make_config, tmp_path):
+    cfg = make_config(top='name = "tiny"\n[quantize]\nexclude_op_types = ["Conv"]')
+    stages.export(cfg, root=tmp_path)
+    stages.quantize(cfg, root=tmp_path, targets=("onnxruntime-cpu",))
+    model = onnx.load(Artifacts.of(cfg, tmp_path).graph("w8a8-cpu"))
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and not any(i in dq_outputs for n in convs for i in n.input)

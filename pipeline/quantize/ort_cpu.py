@@ -10,6 +10,7 @@ our ranges through its calibration-cache file instead of its calibrators
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_ten
 from pipeline.calibrate.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
-from pipeline.quantize.placement import GraphView
+from pipeline.quantize.placement import GraphView, excluded_reason
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -65,16 +66,9 @@ def tensors_to_calibrate(model: onnx.ModelProto) -> set[str]:
 
 
 def excluded_nodes(model: onnx.ModelProto, settings: QuantizeSection) -> list[str]:
-    import re
-
+    """The nodes [quantize] excludes, by the same rules as the TensorRT plan."""
     patterns = [re.compile(p) for p in settings.exclude_patterns]
-    return [
-        n.name
-        for n in model.graph.node
-        if n.name in settings.exclude_nodes
-        or n.op_type in settings.exclude_op_types
-        or any(p.search(n.name) for p in patterns)
-    ]
+    return [n.name for n in model.graph.node if excluded_reason(n, settings, patterns)]
 
 
 class OrtCpuQdqFromOnnx:

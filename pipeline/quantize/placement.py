@@ -132,7 +132,7 @@ def plan_tensorrt(model: onnx.ModelProto, settings: QuantizeSection) -> Plan:
     for node in view.nodes:
         if node.op_type not in WEIGHTED:
             continue
-        reason = _exclusion(node, settings, patterns) or _too_small(node, view, settings.min_channels)
+        reason = excluded_reason(node, settings, patterns) or _too_small(node, view, settings.min_channels)
         if reason:
             plan.skipped.append(Skipped(node.name, node.op_type, reason))
             continue
@@ -153,7 +153,7 @@ def plan_tensorrt(model: onnx.ModelProto, settings: QuantizeSection) -> Plan:
     return plan
 
 
-def _exclusion(node: onnx.NodeProto, settings: QuantizeSection, patterns: list[re.Pattern[str]]) -> str | None:
+def excluded_reason(node: onnx.NodeProto, settings: QuantizeSection, patterns: list[re.Pattern[str]]) -> str | None:
     if node.name in settings.exclude_nodes:
         return "excluded by name (quantize.exclude_nodes)"
     if node.op_type in settings.exclude_op_types:
