@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import ortsession
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
@@ -56,6 +58,28 @@ def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
     return found
 
 
+def _feeding_declared_dtypes(runner_class: type) -> type:
+    """A subclass of a Polygraphy runner that casts numpy inputs to the dtypes the artifact declares.
+
+    Held-out data is in the config's dtypes; an FP16-I/O graph or engine takes float16, and
+    Polygraphy refuses a dtype mismatch.
+    """
+
+    class FeedingDeclaredDtypes(runner_class):
+        def infer(self, feed_dict, check_inputs=True, *args, **kwargs):
+            meta = self.get_input_metadata(use_numpy_dtypes=True)
+            feed = {
+                name: value.astype(meta[name].dtype, copy=False)
+                if isinstance(value, np.ndarray) and name in meta
+                else value
+                for name, value in feed_dict.items()
+            }
+            return super().infer(feed, check_inputs, *args, **kwargs)
+
+    FeedingDeclaredDtypes.__name__ = runner_class.__name__
+    return FeedingDeclaredDtypes
+
+
 def reference_runner(out: Artifacts, threads: int | None = None):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
@@ -74,13 +98,15 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None)
 
         cap = probe()
         engine_path = verify_engine(artifact.manifest, artifact.name, cap.trt_version, cap.compute_capability)
-        return TrtRunner(lambda: load_engine(engine_path), name=artifact.label, optimization_profile=profile)
+        return _feeding_declared_dtypes(TrtRunner)(
+            lambda: load_engine(engine_path), name=artifact.label, optimization_profile=profile
+        )
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     # The TensorRT-target w8a8 graph holds FP16 Q/DQ that ONNX Runtime's CPU fusions have no kernels for.
     fuse = not (artifact.name == "w8a8")
     cpu_only = artifact.name == "w8a8-cpu"
-    return OnnxrtRunner(
+    return _feeding_declared_dtypes(OnnxrtRunner)(
         lambda: ortsession.session(artifact.path, threads=threads, cpu_only=cpu_only, fuse_qdq=fuse),
         name=artifact.label,
     )

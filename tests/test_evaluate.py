@@ -77,3 +77,12 @@ def test_report_needs_saved_results(make_config, tmp_path):
     cfg = make_config()
     with pytest.raises(PipelineError, match=r"no saved bench; run trtpipe bench first"):
         stages.report(cfg, root=tmp_path)
+
+
+@pytest.mark.parametrize("pipeline_run", ['[export]\nio_dtype = "float16"'], indirect=True)
+def test_compare_feeds_an_fp16_io_graph_in_float16(pipeline_run):
+    cfg, _, out = pipeline_run
+    assert onnx.load(out.graph("fp16")).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    rows = stages.compare(cfg)
+    fp16 = [r for r in rows if r.artifact.startswith("fp16")]
+    assert fp16 and all(r.stats.cosine > 0.999 for r in fp16)

@@ -92,7 +92,9 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
 
         runner = runner_for(artifact, profile=profile_index_for(cfg, batch))
         runner.activate()
-        device = {k: cuda.DeviceArray(shape=v.shape, dtype=v.dtype).copy_from(v) for k, v in feed.items()}
+        meta = runner.get_input_metadata(use_numpy_dtypes=True)  # an FP16-I/O engine takes float16
+        host = {k: v.astype(meta[k].dtype, copy=False) for k, v in feed.items()}
+        device = {k: cuda.DeviceArray(shape=v.shape, dtype=v.dtype).copy_from(v) for k, v in host.items()}
         return (lambda: runner.infer(device, copy_outputs_to_host=False)), (
             runner.deactivate,
             *(d.free for d in device.values()),
