@@ -202,11 +202,12 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
             "strongly_typed": True,
         },
     )
+    build_engine = trt_layer.EngineFromOnnx(profiles, cfg.build, timing_cache)
     summaries = {}
     for precision, graph in graphs.items():
         info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
         start = time.perf_counter()
-        plan = trt_layer.build_engine(graph, profiles, cfg.build, timing_cache)
+        plan = build_engine(graph)
         seconds = time.perf_counter() - start
         engine_path = target / f"{precision}.plan"
         write_bytes(engine_path, plan)

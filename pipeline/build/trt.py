@@ -15,25 +15,33 @@ from pipeline.build.profiles import InputProfile
 from pipeline.config import BuildSection
 
 
-def build_engine(graph: Path, profiles: list[list[InputProfile]], settings: BuildSection, timing_cache: Path) -> bytes:
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+class EngineFromOnnx:
+    """Serialized engine bytes from an ONNX graph, built with the given profiles and settings."""
 
-    trt_profiles = []
-    for per_input in profiles:
-        profile = Profile()
-        for p in per_input:
-            profile.add(p.name, min=p.min, opt=p.opt, max=p.max)
-        trt_profiles.append(profile)
-    config = CreateConfig(
-        profiles=trt_profiles,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: settings.workspace_mib << 20},
-        builder_optimization_level=settings.optimization_level,
-        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,  # the inspector then reports per-layer precisions
-        load_timing_cache=str(timing_cache) if timing_cache.is_file() else None,
-    )
-    network = NetworkFromOnnxPath(str(graph), strongly_typed=True)
-    return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))())
+    def __init__(self, profiles: list[list[InputProfile]], settings: BuildSection, timing_cache: Path) -> None:
+        self.profiles = profiles
+        self.settings = settings
+        self.timing_cache = timing_cache  # read if present, then extended: timings are reused across builds
+
+    def __call__(self, graph: Path) -> bytes:
+        import tensorrt as trt
+        from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+        trt_profiles = []
+        for per_input in self.profiles:
+            profile = Profile()
+            for p in per_input:
+                profile.add(p.name, min=p.min, opt=p.opt, max=p.max)
+            trt_profiles.append(profile)
+        config = CreateConfig(
+            profiles=trt_profiles,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: self.settings.workspace_mib << 20},
+            builder_optimization_level=self.settings.optimization_level,
+            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,  # the inspector then reports per-layer precisions
+            load_timing_cache=str(self.timing_cache) if self.timing_cache.is_file() else None,
+        )
+        network = NetworkFromOnnxPath(str(graph), strongly_typed=True)
+        return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(self.timing_cache))())
 
 
 def engine_information(plan: bytes) -> dict[str, Any]:
