@@ -10,6 +10,7 @@ inputs; nothing ever falls back to random data.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +118,21 @@ def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
         except (OSError, EOFError) as exc:
             raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
         yield str(path), feed
+
+
+def source_fingerprint(cfg: Config) -> str | None:
+    """For a folder of .npz files: a hash of their names, sizes and modification times.
+
+    The calibration cache records it, so new or edited data makes the cache stale.
+    """
+    folder = cfg.resolve(cfg.calibration.source)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*.npz")):
+        stat = path.stat()
+        h.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.ndarray | None]]:

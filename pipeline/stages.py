@@ -44,7 +44,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed
     from pipeline.calibrate.histogram import STATS_VERSION
-    from pipeline.data import calibration_batches
+    from pipeline.data import calibration_batches, source_fingerprint
     from pipeline.quantize import ort_cpu
     from pipeline.quantize.placement import plan_tensorrt
 
@@ -54,6 +54,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     tensors = plan_tensorrt(fp32, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(fp32)
     settings = {
         "source": section.source,
+        "data": source_fingerprint(cfg),
         "args": dict(section.args),
         "samples": section.samples,
         "batch_size": section.batch_size,

@@ -201,3 +201,17 @@ def test_exclusions_apply_to_the_onnxruntime_cpu_graph(make_config, tmp_path):
     # a DequantizeLinear output, which is ONNX Runtime's QDQ scheme).
     assert convs and not any(n.input[1] in dq_outputs for n in convs)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # the rest is still quantized
+
+
+def test_new_calibration_data_makes_the_cache_stale(make_config, tmp_path):
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    rows = np.sin(np.arange(16 * 3 * 8 * 8, dtype=np.float32)).reshape(16, 3, 8, 8)
+    np.savez(folder / "a.npz", x=rows)
+    cfg = make_config(calibration=f'[calibration]\nsource = "{folder}"\nsamples = 32\nbatch_size = 16')
+    stages.export(cfg, root=tmp_path)
+    first = stages.calibrate(cfg, root=tmp_path)
+    np.savez(folder / "b.npz", x=rows * 3)  # more data, larger range
+    second = stages.calibrate(cfg, root=tmp_path)
+    assert second.settings["data"] != first.settings["data"]
+    assert second.tensors["x"].max > first.tensors["x"].max

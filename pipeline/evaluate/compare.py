@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
+from pipeline.console import info
 from pipeline.data import heldout_batches
 from pipeline.evaluate.accuracy import AccuracyRow, score_outputs
 from pipeline.fileio import atomic_path
@@ -26,6 +27,7 @@ def compare(cfg: Config, out: Artifacts) -> list[AccuracyRow]:
             feeds.append(feed)
             if lab is not None:
                 labels.append(lab)
+        info(f"{cfg.name}: comparing {len(found)} artifact(s) with FP32 at batch {batch} ({len(feeds)} batches)")
         runners = [reference_runner(out)] + [runner_for(a, profile=_profile(cfg, a, batch)) for a in found]
         with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-iteration lines would drown the table
             results = Comparator.run(runners, data_loader=feeds)
