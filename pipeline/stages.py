@@ -46,12 +46,14 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     from pipeline.calibrate.histogram import STATS_VERSION
     from pipeline.data import calibration_batches, source_fingerprint
     from pipeline.quantize import ort_cpu
-    from pipeline.quantize.placement import plan_tensorrt
+    from pipeline.quantize.placement import GraphView, plan_tensorrt
 
     out = Artifacts.of(cfg, root)
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     section = cfg.calibration
-    tensors = plan_tensorrt(fp32, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(fp32)
+    view = GraphView(fp32)  # one shape inference for the plan, the CPU tensor list and the augmented graph
+    graph_sha256 = onnxutil.graph_hash(fp32)
+    tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
     settings = {
         "source": section.source,
         "data": source_fingerprint(cfg),
@@ -63,13 +65,18 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
         "stats_version": STATS_VERSION,
     }
     cached = load_ranges(out.ranges)
-    reason = "no cache yet" if cached is None else cached.stale_reason(onnxutil.graph_hash(fp32), settings, tensors)
+    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
     if cached is not None and reason is None and not force:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
         return cached
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
     ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
-        fp32, calibration_batches(cfg), batches_needed(section.samples, section.batch_size), settings
+        fp32,
+        calibration_batches(cfg),
+        batches_needed(section.samples, section.batch_size),
+        settings,
+        view=view,
+        graph_sha256=graph_sha256,
     )
     ranges.save(out.ranges)
     info(f"{cfg.name}: wrote {out.ranges}")
@@ -88,7 +95,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.fileio import write_json
     from pipeline.quantize import rules
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
-    from pipeline.quantize.placement import plan_tensorrt, summary_rows
+    from pipeline.quantize.placement import GraphView, plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)
@@ -96,13 +103,14 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
     method = cfg.calibration.method
-    plan = plan_tensorrt(fp32, cfg.quantize)
+    view = GraphView(fp32)
+    plan = plan_tensorrt(view, cfg.quantize)
     targets = targets or cfg.quantize.targets
     graphs = {}
     if "tensorrt" in targets:
         graphs["w8a8"] = (QdqOnnxFromOnnx(plan, ranges, method)(fp16, fp32), True)
     if "onnxruntime-cpu" in targets:
-        graphs["w8a8-cpu"] = (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32), False)
+        graphs["w8a8-cpu"] = (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32, view), False)
     for name, (model, symmetric) in graphs.items():
         broken = rules.violations(model, symmetric=symmetric)
         if broken:

@@ -20,6 +20,7 @@ from pipeline.calibrate.histogram import TensorStats
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
+from pipeline.quantize.placement import GraphView
 
 
 class RangesFromOnnx:
@@ -34,11 +35,14 @@ class RangesFromOnnx:
         batches: Iterable[Feed],
         total_batches: int | None = None,
         settings: dict[str, object] | None = None,
+        view: GraphView | None = None,
+        graph_sha256: str | None = None,
     ) -> Ranges:
+        """``view`` and ``graph_sha256`` of ``fp32``, when the caller has them, spare recomputing them."""
         stats = {name: TensorStats(self.bins) for name in self.tensors}
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
             path = Path(tmp) / "augmented.onnx"
-            onnxutil.save(augmented(fp32, self.tensors), path)
+            onnxutil.save(augmented(fp32, self.tensors, view), path)
             sess = ortsession.session(path)
             wanted = [o.name for o in sess.get_outputs() if o.name in stats]
             for feed in progress(batches, "calibrating", length=total_batches):
@@ -48,7 +52,7 @@ class RangesFromOnnx:
             name: TensorRange(s.min if s.count else 0.0, s.max if s.count else 0.0, s.thresholds(self.percentile))
             for name, s in stats.items()
         }
-        return Ranges(onnxutil.graph_hash(fp32), dict(settings or {}), ranges)
+        return Ranges(graph_sha256 or onnxutil.graph_hash(fp32), dict(settings or {}), ranges)
 
     @staticmethod
     def _update(stats: dict[str, TensorStats], names: list[str], values: list) -> None:
@@ -61,10 +65,9 @@ class RangesFromOnnx:
                 ) from None
 
 
-def augmented(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+def augmented(model: onnx.ModelProto, tensors: list[str], view: GraphView | None = None) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    known = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    known = GraphView.of(view or model).value_infos
     out = onnx.ModelProto()
     out.CopyFrom(model)
     present = {o.name for o in out.graph.output}

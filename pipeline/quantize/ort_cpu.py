@@ -48,14 +48,10 @@ OP_TYPES = (
 )
 
 
-def tensors_to_calibrate(model: onnx.ModelProto) -> set[str]:
+def tensors_to_calibrate(model: onnx.ModelProto | GraphView) -> set[str]:
     """Float activations at the inputs and outputs of the ops ORT will quantize."""
-    view = GraphView(model)
-    float_tensors = {
-        v.name
-        for v in (*view.graph.value_info, *view.graph.input, *view.graph.output)
-        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    }
+    view = GraphView.of(model)
+    float_tensors = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     return {
         t
         for n in view.nodes
@@ -77,8 +73,8 @@ class OrtCpuQdqFromOnnx:
         self.method = method
         self.settings = settings
 
-    def __call__(self, fp32: onnx.ModelProto) -> onnx.ModelProto:
-        needed = tensors_to_calibrate(fp32)
+    def __call__(self, fp32: onnx.ModelProto, view: GraphView | None = None) -> onnx.ModelProto:
+        needed = tensors_to_calibrate(view or fp32)
         missing = needed - set(self.ranges.tensors)
         if missing:
             raise PipelineError(

@@ -90,6 +90,12 @@ class GraphView:
                 ]
         self.outputs = {o.name for o in self.graph.output}
         self.inputs = {i.name for i in self.graph.input}
+        self.value_infos = {v.name: v for v in (*self.graph.value_info, *self.graph.input, *self.graph.output)}
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto | GraphView) -> GraphView:
+        """Shape inference is the costly part on large graphs: callers that already have a view pass it."""
+        return model if isinstance(model, GraphView) else cls(model)
 
     def is_const(self, tensor: str) -> bool:
         return tensor in self.initializers
@@ -123,8 +129,8 @@ def weight_axis(op_type: str, node: onnx.NodeProto, rank: int) -> int:
     return rank - 1  # MatMul: [.., K, N], N is the last axis
 
 
-def plan_tensorrt(model: onnx.ModelProto, settings: QuantizeSection) -> Plan:
-    view = GraphView(model)
+def plan_tensorrt(model: onnx.ModelProto | GraphView, settings: QuantizeSection) -> Plan:
+    view = GraphView.of(model)
     plan = Plan()
     patterns = [re.compile(p) for p in settings.exclude_patterns]
     quantized_nodes: set[str] = set()
