@@ -149,17 +149,12 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
 
 def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     """TensorRT FP16 and INT8 engines with a manifest and layer report, or a record of why not."""
-    import time
-
-    import onnx
-
     from pipeline import onnxutil, ortsession
-    from pipeline.build import layers as layer_report
-    from pipeline.build.manifest import EngineEntry, Manifest
+    from pipeline.build.engines import build_engines, graph_hashes
     from pipeline.build.probe import probe
-    from pipeline.build.profiles import check_bench_batches, profiles_for
+    from pipeline.build.profiles import profiles_for
     from pipeline.errors import PipelineError
-    from pipeline.fileio import sha256_file, write_bytes, write_json
+    from pipeline.fileio import write_json
 
     out = Artifacts.of(cfg, root)
     graphs = {"fp16": out.graph("fp16")}
@@ -169,84 +164,21 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
         if not path.is_file():
             raise PipelineError(f"{path}: the {precision} graph is missing; run export and quantize first")
     cap = probe()
-    profiles = profiles_for(cfg, onnxutil.load(graphs["fp16"]))
-    use_trt = backend == "tensorrt" or (backend == "auto" and cap.available)
+    profiles = profiles_for(cfg, onnxutil.load(graphs["fp16"]))  # checked on every machine, GPU or not
     if backend == "tensorrt" and not cap.available:
         raise PipelineError(f"--backend tensorrt: {cap.reason}")
-    if not use_trt:
-        providers = ortsession.providers()
+    if backend == "tensorrt" or (backend == "auto" and cap.available):
+        record = build_engines(cfg, out, cap, profiles, graphs)
+    else:
         reason = "--backend onnxruntime" if backend == "onnxruntime" else cap.reason
+        providers = ortsession.providers()
         info(
             f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
             f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
         )
-        record = {
-            "backend": "onnxruntime",
-            "reason": reason,
-            "providers": providers,
-            "graphs": {
-                p: {"file": str(g), "sha256": sha256_file(g)}
-                for p, g in {**graphs, "fp32": out.graph("fp32"), "w8a8-cpu": out.graph("w8a8-cpu")}.items()
-                if g.is_file()
-            },
-        }
-        write_json(out.build_record, record)
-        return record
-
-    check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
-    from pipeline.build import trt as trt_layer
-
-    target = out.trt_root / cap.target_dir_name
-    timing_cache = target / "timing.cache"  # timings are per GPU and TensorRT version: kept beside the engines
-    manifest = Manifest(
-        cfg.name,
-        cap.trt_version or "",
-        cap.gpu_name or "",
-        cap.compute_capability or "",
-        [{p.name: p.as_dict() for p in per_input} for per_input in profiles],
-        {
-            "workspace_mib": cfg.build.workspace_mib,
-            "builder_optimization_level": cfg.build.optimization_level,
-            "profiling_verbosity": "DETAILED",
-            "strongly_typed": True,
-        },
-    )
-    build_engine = trt_layer.EngineFromOnnx(profiles, cfg.build, timing_cache)
-    summaries = {}
-    for precision, graph in graphs.items():
-        info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
-        start = time.perf_counter()
-        plan = build_engine(graph)
-        seconds = time.perf_counter() - start
-        engine_path = target / f"{precision}.plan"
-        write_bytes(engine_path, plan)
-        inspector_json = trt_layer.engine_information(plan)
-        write_json(target / f"layers-{precision}.json", inspector_json)
-        summary = layer_report.summarize(layer_report.parse_layers(inspector_json))
-        summaries[precision] = summary.as_dict()
-        manifest.engines[precision] = EngineEntry(
-            precision,
-            engine_path.name,
-            sha256_file(engine_path),
-            graph.name,
-            sha256_file(graph),
-            round(seconds, 2),
-            summary.int8_coverage if precision == "w8a8" else None,
-        )
-        info(
-            f"  {precision}: {summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul layers INT8, "
-            f"{summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, {seconds:.1f} s"
-        )
-        if precision == "w8a8":
-            expected = layer_report.quantized_compute_nodes(onnx.load(str(graph)))
-            warning = layer_report.coverage_warning(summary, expected)
-            if warning:
-                info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
-                summaries[precision]["warning"] = warning
-    manifest.save(target / "manifest.json")
-    record = {"backend": "tensorrt", "dir": str(target), "manifest": str(target / "manifest.json"), "layers": summaries}
+        record = {"backend": "onnxruntime", "reason": reason, "providers": providers}
+    record["graphs"] = graph_hashes(out)
     write_json(out.build_record, record)
-    info(f"{cfg.name}: engines and manifest in {target}")
     return record
 
 

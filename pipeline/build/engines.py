@@ -1,0 +1,84 @@
+"""Build both engines of a model into its ``<gpu>-sm<cc>-trt<version>`` folder, with manifest and layer report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnx
+
+from pipeline.artifacts import Artifacts
+from pipeline.build import layers as layer_report
+from pipeline.build.manifest import EngineEntry, Manifest
+from pipeline.build.probe import Capability
+from pipeline.build.profiles import InputProfile, check_bench_batches
+from pipeline.config import Config
+from pipeline.console import info
+from pipeline.fileio import sha256_file, write_bytes, write_json
+
+
+def graph_hashes(out: Artifacts) -> dict[str, dict[str, str]]:
+    """sha256 of every ONNX graph the model has: deploy checks graphs against these."""
+    return {
+        precision: {"file": str(path), "sha256": sha256_file(path)}
+        for precision in ("fp32", "fp16", "w8a8", "w8a8-cpu")
+        if (path := out.graph(precision)).is_file()
+    }
+
+
+def build_engines(
+    cfg: Config, out: Artifacts, cap: Capability, profiles: list[list[InputProfile]], graphs: dict[str, Path]
+) -> dict:
+    from pipeline.build.trt import EngineFromOnnx, engine_information
+
+    check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
+    target = out.trt_root / cap.target_dir_name
+    timing_cache = target / "timing.cache"  # timings are per GPU and TensorRT version: kept beside the engines
+    manifest = Manifest(
+        cfg.name,
+        cap.trt_version or "",
+        cap.gpu_name or "",
+        cap.compute_capability or "",
+        [{p.name: p.as_dict() for p in per_input} for per_input in profiles],
+        {
+            "workspace_mib": cfg.build.workspace_mib,
+            "builder_optimization_level": cfg.build.optimization_level,
+            "profiling_verbosity": "DETAILED",
+            "strongly_typed": True,
+        },
+    )
+    build_engine = EngineFromOnnx(profiles, cfg.build, timing_cache)
+    summaries = {}
+    for precision, graph in graphs.items():
+        info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
+        start = time.perf_counter()
+        plan = build_engine(graph)
+        seconds = time.perf_counter() - start
+        engine_path = target / f"{precision}.plan"
+        write_bytes(engine_path, plan)
+        inspector_json = engine_information(plan)
+        write_json(target / f"layers-{precision}.json", inspector_json)
+        summary = layer_report.summarize(layer_report.parse_layers(inspector_json))
+        summaries[precision] = summary.as_dict()
+        manifest.engines[precision] = EngineEntry(
+            precision,
+            engine_path.name,
+            sha256_file(engine_path),
+            graph.name,
+            sha256_file(graph),
+            round(seconds, 2),
+            summary.int8_coverage if precision == "w8a8" else None,
+        )
+        info(
+            f"  {precision}: {summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul layers INT8, "
+            f"{summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, {seconds:.1f} s"
+        )
+        if precision == "w8a8":
+            expected = layer_report.quantized_compute_nodes(onnx.load(str(graph)))
+            warning = layer_report.coverage_warning(summary, expected)
+            if warning:
+                info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
+                summaries[precision]["warning"] = warning
+    manifest.save(target / "manifest.json")
+    info(f"{cfg.name}: engines and manifest in {target}")
+    return {"backend": "tensorrt", "dir": str(target), "manifest": str(target / "manifest.json"), "layers": summaries}
