@@ -1,0 +1,31 @@
+"""The CLI stays thin: every command has help, and importing it loads no heavy backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+COMMANDS = ["export", "calibrate", "quantize", "build", "compare", "bench", "report", "deploy"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "--config" in result.output
+
+
+def test_cli_import_loads_no_heavy_backend():
+    heavy = "('torch', 'onnxruntime', 'tensorrt')"
+    code = f"import sys, pipeline.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_build_help_explains_where_and_why():
+    text = CliRunner().invoke(main, ["build", "--help"]).output
+    assert "<gpu>-sm<cc>-trt<version>" in text and "compute capability" in text and "manifest.json" in text
