@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline.errors import PipelineError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -63,6 +65,16 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def read_json(path: str | os.PathLike[str], stage: str | None = None) -> Any:
+    """A saved result. Missing: ``None`` when ``stage`` is None, else an error naming the stage to run."""
+    path = Path(path)
+    if not path.is_file():
+        if stage is None:
+            return None
+        raise PipelineError(f"{path}: no saved {stage}; run trtpipe {stage} first")
+    return json.loads(path.read_text())
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

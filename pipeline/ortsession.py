@@ -50,6 +50,22 @@ def session(
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 
+CPU_GRAPHS = ("fp32", "w8a8-cpu")  # what deploys on a CPU
+
+
+def session_for(
+    path: str | os.PathLike[str], precision: str, threads: int | None = None, cpu_only: bool | None = None
+) -> ort.InferenceSession:
+    """A session with the options an artifact needs: the CPU graphs on the CPU EP (unless
+    ``cpu_only`` says otherwise), the TensorRT-target w8a8 graph with Q/DQ unfused."""
+    return session(
+        path,
+        threads=threads,
+        cpu_only=precision in CPU_GRAPHS if cpu_only is None else cpu_only,
+        fuse_qdq=precision != "w8a8",
+    )
+
+
 def feed_for(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast the feed to the dtypes the graph declares (an FP16-I/O graph takes float16)."""
     return {i.name: np.ascontiguousarray(feed[i.name], dtype=_ORT_TO_NUMPY.get(i.type)) for i in sess.get_inputs()}

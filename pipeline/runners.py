@@ -2,9 +2,9 @@
 
 Runners are Polygraphy's (``OnnxrtRunner``, ``TrtRunner``): they share
 ``activate``/``infer``/``deactivate`` and plug into its ``Comparator``. Which
-artifacts exist comes from the build record: TensorRT engines where they were
-built, otherwise the FP16 and w8a8 graphs on ONNX Runtime, and always the
-ONNX Runtime CPU w8a8 graph.
+artifacts exist comes from the build record and ``[quantize] targets``:
+TensorRT engines where they were built, otherwise the FP16 and w8a8 graphs on
+ONNX Runtime, and the ONNX Runtime CPU w8a8 graph when that target is built.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def reference_runner(out: Artifacts, threads: int | None = None):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     path = out.graph("fp32")
-    return OnnxrtRunner(lambda: ortsession.session(path, threads=threads, cpu_only=True), name="fp32 (ONNX Runtime)")
+    return OnnxrtRunner(lambda: ortsession.session_for(path, "fp32", threads), name="fp32 (ONNX Runtime)")
 
 
 def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None):
@@ -103,10 +103,6 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None)
         )
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    # The TensorRT-target w8a8 graph holds FP16 Q/DQ that ONNX Runtime's CPU fusions have no kernels for.
-    fuse = not (artifact.name == "w8a8")
-    cpu_only = artifact.name == "w8a8-cpu"
     return _feeding_declared_dtypes(OnnxrtRunner)(
-        lambda: ortsession.session(artifact.path, threads=threads, cpu_only=cpu_only, fuse_qdq=fuse),
-        name=artifact.label,
+        lambda: ortsession.session_for(artifact.path, artifact.name, threads), name=artifact.label
     )

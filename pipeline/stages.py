@@ -126,8 +126,8 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     for s in plan.skipped:
         info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
 
-    ref = ortsession.session(out.graph("fp32"), cpu_only=True)
-    sessions = {name: ortsession.session(out.graph(name), cpu_only=True, fuse_qdq=name != "w8a8") for name in graphs}
+    ref = ortsession.session_for(out.graph("fp32"), "fp32")
+    sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True) for name in graphs}
     gates = {"w8a8": cfg.accuracy.w8a8, "w8a8-cpu": cfg.accuracy.w8a8_cpu}
     rows = evaluate(
         cfg,

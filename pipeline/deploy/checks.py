@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file
+from pipeline.fileio import read_json, sha256_file
 from pipeline.runners import Artifact, artifacts
 
 
@@ -24,7 +22,7 @@ class Deployable:
 
 
 def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployable:
-    record = _load(out.build_record, "build")
+    record = read_json(out.build_record, "build")
     found = {a.name: a for a in artifacts(cfg, out)}
     cpu_only = record["backend"] == "onnxruntime" and "CUDAExecutionProvider" not in record.get("providers", [])
     # On a CPU-only deployment the w8a8 artifact that runs well is ONNX Runtime's CPU graph.
@@ -71,7 +69,7 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
     compare = out.results_dir / "compare.json"
     if not compare.is_file():
         raise PipelineError(f"{compare}: no compare results; run trtpipe compare before deploying")
-    rows = [r for r in json.loads(compare.read_text())["rows"] if r["artifact"] == artifact.label]
+    rows = [r for r in read_json(compare)["rows"] if r["artifact"] == artifact.label]
     if not rows:
         raise PipelineError(f"{compare}: {artifact.label} was not compared; re-run trtpipe compare")
     failures = tuple(f"batch {r['batch']} {r['output']!r}: {'; '.join(r['failures'])}" for r in rows if r["failures"])
@@ -81,9 +79,3 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
             f"fix it or pass --force to deploy anyway"
         )
     return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
-
-
-def _load(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing; run trtpipe {stage} first")
-    return json.loads(path.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pipeline.config import Config
 from pipeline.deploy import triton
 from pipeline.deploy.checks import Deployable
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, sha256_file, write_json, write_text
+from pipeline.fileio import atomic_path, read_json, sha256_file, write_json, write_text
 
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
@@ -49,8 +48,7 @@ def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path) -> Path:
         str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
         load_external_data=False,
     )
-    bench_path = out.results_dir / "bench.json"
-    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    bench = read_json(out.results_dir / "bench.json")  # optional: no preferred batch sizes without it
     config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema

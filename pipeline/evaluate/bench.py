@@ -19,8 +19,6 @@ import csv
 import io
 from dataclasses import dataclass
 
-import numpy as np
-
 from pipeline import ortsession
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
@@ -99,7 +97,7 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
             runner.deactivate,
             *(d.free for d in device.values()),
         )
-    sess = ortsession.session(artifact.path, threads=threads, cpu_only=artifact.name in ("fp32", "w8a8-cpu"))
+    sess = ortsession.session_for(artifact.path, artifact.name, threads)
     inputs = ortsession.feed_for(sess, feed)
     return (lambda: sess.run(None, inputs)), ()
 
@@ -177,7 +175,3 @@ def speedups(rows: list[BenchRow], plan: BenchPlan) -> dict[int, float]:
         for b in plan.batches
         if (plan.baseline.name, b) in by and (plan.quantized.name, b) in by
     }
-
-
-def median_of(rows: list[BenchRow], precision: str, batch: int) -> float:
-    return float(np.median([r.latency.median_ms for r in rows if r.precision == precision and r.batch == batch]))

@@ -6,27 +6,19 @@ rewrites the report without running any model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import Artifacts
 from pipeline.console import table
-from pipeline.errors import PipelineError
 from pipeline.evaluate.profile import INT8_OPS
-from pipeline.fileio import atomic_path, write_text
+from pipeline.fileio import atomic_path, read_json, write_text
 
 BASELINE_COLOUR = "#d3d3d3"  # light grey
 W8A8_COLOUR = "#8b0000"  # dark red
 MIN_GAIN = 1.05  # below this, w8a8 is not worth its accuracy cost
 _NAMES = {"fp32": "FP32", "fp16": "FP16", "w8a8": "w8a8", "w8a8-cpu": "w8a8"}
 _BACKENDS = {"tensorrt": "TensorRT", "onnxruntime-cuda": "ONNX Runtime CUDA", "onnxruntime-cpu": "ONNX Runtime CPU"}
-
-
-def _load(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise PipelineError(f"{path}: no saved {what}; run trtpipe {what} first")
-    return json.loads(path.read_text())
 
 
 def medians(bench: dict[str, Any]) -> dict[str, dict[int, float]]:
@@ -140,16 +132,10 @@ def _slow_evidence(bench: dict[str, Any], build: dict[str, Any]) -> str:
 
 
 def write_report(out: Artifacts, model: str) -> Path:
-    bench = _load(out.results_dir / "bench.json", "bench")
-    compare = (
-        _load(out.results_dir / "compare.json", "compare") if (out.results_dir / "compare.json").is_file() else None
-    )
-    build = _load(out.build_record, "build")
-    quant = (
-        json.loads((out.results_dir / "quantize.json").read_text())
-        if (out.results_dir / "quantize.json").is_file()
-        else None
-    )
+    bench = read_json(out.results_dir / "bench.json", "bench")
+    compare = read_json(out.results_dir / "compare.json")  # optional: the report says to run compare
+    build = read_json(out.build_record, "build")
+    quant = read_json(out.results_dir / "quantize.json")
     latency_chart(bench, out.reports_dir / "latency.png", model)
 
     m = medians(bench)

@@ -16,23 +16,26 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline import onnxutil
 from pipeline.calibrate.cache import Ranges
 from pipeline.errors import PipelineError
+from pipeline.onnxutil import producer_map
 from pipeline.quantize.placement import Plan
 
 INT8_MAX = 127.0
 FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal FP16: scales must stay positive
 
 
+def _scale_floor(dtype: np.dtype) -> float:
+    return FP16_TINY if dtype == np.float16 else 1e-12
+
+
 def activation_scale(amax: float, dtype: np.dtype) -> np.ndarray:
-    scale = max(amax / INT8_MAX, FP16_TINY if dtype == np.float16 else 1e-12)
-    return np.array(scale, dtype=dtype)
+    return np.array(max(amax / INT8_MAX, _scale_floor(dtype)), dtype=dtype)
 
 
 def quantize_weight(w: np.ndarray, axis: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric int8: (int8 weights, scales in ``dtype``) along ``axis``."""
     reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
     amax = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
-    floor = FP16_TINY if dtype == np.float16 else 1e-12
-    scale = np.maximum(amax / INT8_MAX, floor).astype(dtype)
+    scale = np.maximum(amax / INT8_MAX, _scale_floor(dtype)).astype(dtype)
     shape = [1] * w.ndim
     shape[axis] = -1
     # Quantize with the scale as stored, so DequantizeLinear reproduces these numbers exactly.
@@ -58,7 +61,7 @@ class QdqOnnxFromOnnx:
         new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the consumer named by key
         amax = self._amax_with_shared_scales()
 
-        producer = {o: n for n in model.graph.node for o in n.output}
+        producer = producer_map(model.graph)
         for tensor, edges in sorted(self.plan.activations.items()):
             uses = []
             for node_name, idx in edges:
@@ -82,7 +85,7 @@ class QdqOnnxFromOnnx:
             for node, idx in uses:
                 t16 = shared_cast if node.input[idx] in casts else node.input[idx]
                 by_fp16_tensor.setdefault(t16, []).append((node, idx))
-            for t16, uses in by_fp16_tensor.items():
+            for t16, group in by_fp16_tensor.items():
                 dtype = dtype_of.get(t16, np.float16)
                 scale = activation_scale(amax[tensor], dtype)
                 base = _safe(t16)
@@ -99,9 +102,9 @@ class QdqOnnxFromOnnx:
                         "DequantizeLinear", [q_out, scale_name, zp_name], [dq_out], name=f"{base}_DequantizeLinear"
                     ),
                 ]
-                first_use = min(uses, key=lambda use: position[use[0].name])[0]
+                first_use = min(group, key=lambda use: position[use[0].name])[0]
                 new_nodes.setdefault(first_use.name, []).extend(pair)
-                for node, idx in uses:
+                for node, idx in group:
                     node.input[idx] = dq_out
 
         for wq in self.plan.weights:
