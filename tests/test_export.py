@@ -83,6 +83,16 @@ def test_weights_for_another_model(make_config, user_model, tmp_path):
     assert "weights do not match" in _one_line_error(cfg, tmp_path)
 
 
+def test_weights_for_another_width(make_config, user_model, tmp_path):
+    """Same layers, other [model.args]: one line naming the tensor and both shapes, not torch's traceback."""
+    weights = tmp_path / "wide.pt"
+    net = __import__("importlib").import_module("runpy").run_path(str(user_model))["build"](channels=32)
+    torch.save(net.state_dict(), weights)
+    cfg = make_config(model=f'[model]\nsource = "{user_model}:build"\nweights = "{weights}"')
+    msg = _one_line_error(cfg, tmp_path)
+    assert "conv1.weight (32, 3, 3, 3) vs (16, 3, 3, 3)" in msg and "check [model.args]" in msg
+
+
 def test_data_missing_an_input(make_config, tmp_path):
     cfg = make_config(
         inputs='[[inputs]]\nname = "x"\nshape = ["batch", 3, 8, 8]\n\n[[inputs]]\nname = "mask"\nshape = ["batch", 8]'

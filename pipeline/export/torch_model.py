@@ -41,6 +41,17 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise PipelineError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    expected = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and hasattr(v, "shape") and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        raise PipelineError(
+            f"{path}: weight shapes do not match the model built by {cfg.model.source!r} "
+            f"(checkpoint vs model: {'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}); check [model.args]"
+        )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise PipelineError(
