@@ -28,7 +28,11 @@ def providers() -> list[str]:
 
 
 def session(
-    path: str | os.PathLike[str], threads: int | None = None, cpu_only: bool = False, fuse_qdq: bool = True
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    cpu_only: bool = False,
+    fuse_qdq: bool = True,
+    spin: bool = True,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session.
 
@@ -43,6 +47,8 @@ def session(
     opts.log_severity_level = 3
     if not fuse_qdq:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if not spin:  # idle ONNX Runtime threads sleep instead of spinning, leaving the cores to our own work
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -178,6 +178,45 @@ def attention() -> onnx.ModelProto:
     return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
 
 
+def mlp_gelu() -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► MatMul W1 ─► h ─► Div √2 ─► Erf ─► Add 1 ─► Mul 0.5 ─► Mul ─► g ─► MatMul W2 ─► y
+                                         └────────────────────────────────────────►─┘
+    GELU exactly as PyTorch exports it at opset 19. ONNX Runtime's CPU graph
+    fuses it into one float Gelu; only h and g (and x) need ranges.
+    """
+    consts = [
+        numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Div", ["h", "sqrt2"], ["h_s"], name="gelu_div"),
+        helper.make_node("Erf", ["h_s"], ["h_erf"], name="gelu_erf"),
+        helper.make_node("Add", ["h_erf", "one"], ["h_1p"], name="gelu_add"),
+        helper.make_node("Mul", ["half", "h_1p"], ["h_half"], name="gelu_half"),
+        helper.make_node("Mul", ["h", "h_half"], ["g"], name="gelu"),
+        helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2"),
+    ]
+    return _model(nodes, [_w("w1", 32, 64), _w("w2", 64, 32), *consts], ("batch", 16, 32), ("batch", 16, 32))
+
+
+def reshape_transpose() -> onnx.ModelProto:
+    """
+        x ─► conv ─► c ─► Reshape [b, 16, 64] ─► flat ─► Transpose ─► y
+    Calibration: flat and y hold exactly c's values, so they share c's statistics.
+    """
+    n, inits = conv("conv", "x", "c")
+    inits.append(numpy_helper.from_array(np.array([0, 16, 64], np.int64), "shape"))
+    nodes = [
+        n,
+        helper.make_node("Reshape", ["c", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Transpose", ["flat"], ["y"], name="transpose", perm=[0, 2, 1]),
+    ]
+    return _model(nodes, inits)
+
+
 def inputs_for(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic smooth inputs (sinusoids), not noise."""
     dims = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]

@@ -215,3 +215,18 @@ def test_new_calibration_data_makes_the_cache_stale(make_config, tmp_path):
     second = stages.calibrate(cfg, root=tmp_path)
     assert second.settings["data"] != first.settings["data"]
     assert second.tensors["x"].max > first.tensors["x"].max
+
+
+def test_value_preserving_ops_share_their_input_statistics():
+    """flat and y hold c's values: one histogram (on c) serves all three, and the
+    numbers equal a calibration of c on its own."""
+    from pipeline.calibrate.calibrator import value_sources
+    from pipeline.quantize.placement import GraphView
+
+    model = graphs.reshape_transpose()
+    assert value_sources(GraphView(model), ["x", "c", "flat", "y"]) == {"x": "x", "c": "c", "flat": "c", "y": "c"}
+    batches = [graphs.inputs_for(model, 2, seed) for seed in range(3)]
+    shared = RangesFromOnnx(["flat", "y"], 2048, 99.99)(model, batches)
+    alone = RangesFromOnnx(["c"], 2048, 99.99)(model, batches)
+    assert set(shared.tensors) == {"flat", "y"}
+    assert shared.tensors["flat"] == shared.tensors["y"] == alone.tensors["c"]

@@ -1,7 +1,8 @@
 """``RangesFromOnnx``: stream calibration batches through the FP32 graph on ONNX Runtime.
 
-Only the tensors that will be quantized are added as graph outputs, and their
-statistics are updated batch by batch, so peak memory is one batch's
+Only the tensors that will be quantized are added as graph outputs (one per set
+of tensors holding the same values), and their statistics are updated batch by
+batch while ONNX Runtime runs the next batch, so peak memory is two batches'
 activations plus fixed-size histograms, whatever the number of samples.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,19 +41,34 @@ class RangesFromOnnx:
         graph_sha256: str | None = None,
     ) -> Ranges:
         """``view`` and ``graph_sha256`` of ``fp32``, when the caller has them, spare recomputing them."""
-        stats = {name: TensorStats(self.bins) for name in self.tensors}
+        view = GraphView.of(view or fp32)
+        source = value_sources(view, self.tensors)
+        stats = {name: TensorStats(self.bins) for name in sorted(set(source.values()))}
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
             path = Path(tmp) / "augmented.onnx"
-            onnxutil.save(augmented(fp32, self.tensors, view), path)
-            sess = ortsession.session(path)
+            onnxutil.save(augmented(fp32, list(stats), view), path)
+            sess = ortsession.session(path, spin=False)
             wanted = [o.name for o in sess.get_outputs() if o.name in stats]
-            for feed in progress(batches, "calibrating", length=total_batches):
-                values = sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
-                self._update(stats, wanted, values)
-        ranges = {
+
+            def run(feed: Feed) -> list:
+                return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+
+            # ONNX Runtime (which releases the GIL) runs batch k+1 while this thread folds batch k
+            # into the histograms: two batches of activations alive at most.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
+                pending = None
+                for feed in progress(batches, "calibrating", length=total_batches):
+                    nxt = pool.submit(run, feed)
+                    if pending is not None:
+                        self._update(stats, wanted, pending.result())
+                    pending = nxt
+                if pending is not None:
+                    self._update(stats, wanted, pending.result())
+        found = {
             name: TensorRange(s.min if s.count else 0.0, s.max if s.count else 0.0, s.thresholds(self.percentile))
             for name, s in stats.items()
         }
+        ranges = {name: found[source[name]] for name in self.tensors}
         return Ranges(graph_sha256 or onnxutil.graph_hash(fp32), dict(settings or {}), ranges)
 
     @staticmethod
@@ -63,6 +80,25 @@ class RangesFromOnnx:
                 raise PipelineError(
                     f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
                 ) from None
+
+
+# Ops that only move values: the output holds exactly the input's values, so it has the
+# input's statistics and needs no histogram of its own.
+VALUE_PRESERVING = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def value_sources(view: GraphView, tensors: Iterable[str]) -> dict[str, str]:
+    """For each tensor, the tensor its statistics are measured on: itself, or the input of
+    the chain of value-preserving ops that produced it."""
+    sources = {}
+    for tensor in tensors:
+        src = tensor
+        node = view.producer.get(src)
+        while node is not None and node.op_type in VALUE_PRESERVING and not view.is_const(node.input[0]):
+            src = node.input[0]
+            node = view.producer.get(src)
+        sources[tensor] = src
+    return sources
 
 
 def augmented(model: onnx.ModelProto, tensors: list[str], view: GraphView | None = None) -> onnx.ModelProto:
