@@ -11,7 +11,7 @@ from onnxconverter_common import float16
 
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
-from pipeline.quantize import rules
+from pipeline.quantize import ort_cpu, rules
 from pipeline.quantize.placement import plan_tensorrt
 from pipeline.quantize.qdq import QdqOnnxFromOnnx
 from tests import graphs
@@ -29,15 +29,17 @@ def quantize(model: onnx.ModelProto, settings: QuantizeSection | None = None, me
     return plan, w8a8
 
 
-def run(model: onnx.ModelProto, feed) -> np.ndarray:
+def run(model: onnx.ModelProto, feed, fused: bool = False) -> np.ndarray:
+    """``fused=False`` for the TensorRT-target graphs (FP16 Q/DQ, which ORT's CPU fusions lack kernels for)."""
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # FP16 Q/DQ, unfused
+    if not fused:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
-def assert_close_to_fp32(model, w8a8, min_cosine=0.99):
+def assert_close_to_fp32(model, w8a8, min_cosine=0.99, fused: bool = False):
     feed = graphs.inputs_for(model, 3, seed=11)
-    ref, out = run(model, feed).ravel(), run(w8a8, feed).astype(np.float32).ravel()
+    ref, out = run(model, feed).ravel(), run(w8a8, feed, fused).astype(np.float32).ravel()
     cosine = float(ref @ out / (np.linalg.norm(ref) * np.linalg.norm(out)))
     assert cosine > min_cosine, f"cosine {cosine}"
 
@@ -182,3 +184,46 @@ def test_rule_check_catches_broken_graphs():
     assert any("non-positive" in p for p in broken(**{scale_name: np.array(-0.1, np.float16)}))
     assert any("differs from input dtype" in p for p in broken(**{scale_name: np.array(0.1, np.float32)}))
     assert any("per-channel scales on an activation" in p for p in broken(**{scale_name: np.full(16, 0.1, np.float16)}))
+
+
+def test_cpu_graph_folds_relu_into_the_conv_before_it():
+    """The residual graph on ONNX Runtime's CPU scheme: conv1's output (read only by relu1) and the
+    Add's output (read only by relu2) need no calibration; their Q takes the Relu's range, so the
+    Relus vanish into QLinearConv/QLinearAdd, and the numbers stay close to FP32."""
+    model = graphs.residual()
+    needed = ort_cpu.tensors_to_calibrate(model)
+    assert ort_cpu.relu_folded(model) == {"c1": "r1", "s": "y"}
+    assert needed == {"x", "r1", "c2", "y"}
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
+    w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    assert rules.violations(w8a8, symmetric=False) == []
+    assert not any(n.op_type == "Relu" for n in w8a8.graph.node)
+    inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    q_conv1 = next(n for n in w8a8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in ("c1", "r1"))
+    assert inits[q_conv1.input[2]] == 0  # uint8 zero point 0: the range starts at 0, as relu1's does
+    assert inits[q_conv1.input[1]] == pytest.approx(ranges.tensors["r1"].max / 255, rel=1e-6)
+    assert_close_to_fp32(model, w8a8, fused=True)
+
+
+def test_cpu_graph_runs_gelu_fused_in_float():
+    model = graphs.mlp_gelu()
+    fused = ort_cpu.fuse_gelu(model)
+    assert [(n.op_type, n.domain) for n in fused.graph.node] == [
+        ("MatMul", ""),
+        ("Gelu", "com.microsoft"),
+        ("MatMul", ""),
+    ]
+    assert [n.op_type for n in model.graph.node].count("Erf") == 1  # the caller's graph is left alone
+    needed = ort_cpu.tensors_to_calibrate(model)
+    assert needed == {"x", "h", "g", "y"}  # nothing inside the GELU
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
+    w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    assert rules.violations(w8a8, symmetric=False) == []
+    producer = {o: n for n in w8a8.graph.node for o in n.output}
+    consumers = {i: n for n in w8a8.graph.node for i in n.input}
+    gelu = next(n for n in w8a8.graph.node if n.op_type == "Gelu")
+    assert producer[gelu.input[0]].op_type == "DequantizeLinear"  # float in, from uint8 h
+    assert consumers[gelu.output[0]].op_type == "QuantizeLinear"  # float out, to uint8 for fc2
+    assert_close_to_fp32(model, w8a8, fused=True)

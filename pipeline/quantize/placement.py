@@ -73,6 +73,7 @@ class GraphView:
     """Lookups over one graph: producers, consumers, constants, static shapes."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model  # the graph as given (no inferred shapes), for passes that rewrite it
         inferred = onnx.shape_inference.infer_shapes(model)
         self.graph = inferred.graph
         self.nodes = list(self.graph.node)
