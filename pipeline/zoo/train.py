@@ -20,7 +20,7 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 RECIPES = {
     # name: (builder, epochs, learning rate)
     "resnet_digits": (resnet.build, 20, 3e-3),
-    "vit_digits": (vit.build, 200, 2e-3),
+    "vit_digits": (vit.build, 200, 1e-3),
 }
 
 

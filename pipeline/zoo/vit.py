@@ -41,7 +41,7 @@ class Block(nn.Module):
 
 
 class DigitViT(nn.Module):
-    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128, patch: int = 4) -> None:
+    def __init__(self, dim: int = 192, depth: int = 4, heads: int = 3, mlp: int = 768, patch: int = 4) -> None:
         super().__init__()
         tokens = (16 // patch) ** 2
         self.embed = nn.Conv2d(1, dim, patch, patch)
@@ -58,5 +58,5 @@ class DigitViT(nn.Module):
         return self.head(x[:, 0])
 
 
-def build(dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128) -> nn.Module:
+def build(dim: int = 192, depth: int = 4, heads: int = 3, mlp: int = 768) -> nn.Module:
     return DigitViT(dim, depth, heads, mlp)
