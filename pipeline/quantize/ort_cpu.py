@@ -49,7 +49,7 @@ OP_TYPES = (
 
 
 def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with each exact GELU subgraph (Div, Erf, Add, Mul, Mul, as
+    """``model`` itself when it has no Erf, else a copy with each exact GELU subgraph (Div, Erf, Add, Mul, Mul, as
     PyTorch exports it at opset 19) replaced by one com.microsoft Gelu, by ONNX Runtime's
     own transformer fusion.
 
@@ -59,6 +59,8 @@ def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     and one Q, as it stays FP16 in the TensorRT graph. Tensor names outside the
     subgraphs are kept, so the FP32 graph's calibration ranges still apply.
     """
+    if not any(n.op_type == "Erf" for n in model.graph.node):  # the fusion starts from each Erf
+        return model
     from onnxruntime.transformers.fusion_gelu import FusionGelu
     from onnxruntime.transformers.onnx_model import OnnxModel
 
