@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from pipeline import stages
 from pipeline.cli import main
 from pipeline.errors import PipelineError
-from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
+from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR, verdict
 
 
 def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
@@ -86,3 +86,38 @@ def test_compare_feeds_an_fp16_io_graph_in_float16(pipeline_run):
     rows = stages.compare(cfg)
     fp16 = [r for r in rows if r.artifact.startswith("fp16")]
     assert fp16 and all(r.stats.cosine > 0.999 for r in fp16)
+
+
+def _bench(baseline: str, quantized: str, ms: dict[int, tuple[float, float]], **extra) -> dict:
+    rows = [
+        {"precision": p, "batch": b, "median_ms": pair[i]} for b, pair in ms.items() for i, p in enumerate((baseline, quantized))
+    ]
+    return {"baseline": baseline, "quantized": quantized, "batches": sorted(ms), "runs": [rows], **extra}
+
+
+def test_verdict_explains_no_gain_on_a_cpu_with_the_op_profile():
+    bench = _bench(
+        "fp32",
+        "w8a8-cpu",
+        {1: (0.80, 1.05), 64: (40.0, 20.0)},
+        fp32_op_time_share={"MatMul": 0.25, "Softmax": 0.30, "Add": 0.25, "Transpose": 0.20},
+        profiled_batch=1,
+    )
+    one, sixty_four = verdict(bench, None, {"backend": "onnxruntime"})
+    assert one.startswith("batch 1: deploy FP32: w8a8 is no faster (0.76x)")
+    assert "Conv/MatMul/Gemm are only 25% of FP32 time at batch 1" in one and "Softmax 30%" in one
+    assert sixty_four.startswith("batch 64: deploy w8a8: 2.00x faster")
+
+
+def test_verdict_explains_no_gain_on_tensorrt_with_the_engine_layers():
+    layers = {"reformat_layers": 12, "unfused_qdq_layers": 7, "int8_compute_layers": 3, "compute_layers": 20}
+    bench = _bench("fp16", "w8a8", {256: (10.0, 10.1)})
+    (line,) = verdict(bench, None, {"backend": "tensorrt", "layers": {"w8a8": layers}})
+    assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x)")
+    assert "12 reformat layers and 7 unfused Q/DQ layers" in line and "3 of 20 Conv/GEMM/MatMul layers in INT8" in line
+
+
+def test_verdict_keeps_the_baseline_when_w8a8_fails_its_gate():
+    bench = _bench("fp32", "w8a8-cpu", {8: (4.0, 1.0)})
+    compare = {"rows": [{"artifact": "w8a8-cpu (ONNX Runtime)", "failures": ["cosine 0.5 < 0.99"]}]}
+    assert verdict(bench, compare, {}) == ["batch 8: deploy FP32: w8a8 fails its accuracy gate (see the table)"]
