@@ -90,7 +90,9 @@ def test_compare_feeds_an_fp16_io_graph_in_float16(pipeline_run):
 
 def _bench(baseline: str, quantized: str, ms: dict[int, tuple[float, float]], **extra) -> dict:
     rows = [
-        {"precision": p, "batch": b, "median_ms": pair[i]} for b, pair in ms.items() for i, p in enumerate((baseline, quantized))
+        {"precision": p, "batch": b, "median_ms": pair[i]}
+        for b, pair in ms.items()
+        for i, p in enumerate((baseline, quantized))
     ]
     return {"baseline": baseline, "quantized": quantized, "batches": sorted(ms), "runs": [rows], **extra}
 
