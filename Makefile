@@ -92,6 +92,7 @@ gpu-check: $(STAMP)
 	$(BIN)/pytest -q -m gpu tests/gpu
 
 test: $(STAMP)
+	$(BIN)/ruff check --quiet . && $(BIN)/ruff format --check --quiet .
 	$(BIN)/pytest -q
 
 clean:
