@@ -48,9 +48,18 @@ def train(name: str) -> float:
         if epoch % 5 == 4 or epoch == epochs - 1:
             print(f"{name} epoch {epoch + 1}/{epochs} loss {loss.item():.3f} held-out top-1 {evaluate(model):.2f}%")
     model.eval()
+    state = stored(model)
     with atomic_path(CHECKPOINTS / f"{name}.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+        torch.save(state, tmp)
+    model.load_state_dict(state)  # report the model as it is stored
     return evaluate(model)
+
+
+def stored(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with floating tensors in float16: the ViT checkpoint is 3.6 MB in git
+    instead of 7.2. load_state_dict copies them back into the FP32 model; held-out top-1 is
+    unchanged for both examples (ViT logits move by 2e-3)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()
