@@ -41,17 +41,25 @@ def export(cfg: Config, root: Path | None = None) -> list:
 def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     """Activation ranges for every tensor either quantization target needs, cached in calib/NAME."""
     from pipeline import onnxutil
+    from pipeline.quantize.placement import GraphView
+
+    out = Artifacts.of(cfg, root)
+    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    return _ranges(cfg, out, fp32, GraphView(fp32), force)
+
+
+def _ranges(cfg: Config, out: Artifacts, fp32, view, force: bool = False):
+    """The cached ranges if fresh, else a new calibration; ``view`` is ``fp32``'s GraphView, made once
+    for the plan, the CPU tensor list and the augmented graph (and, in quantize, the Q/DQ graphs)."""
+    from pipeline import onnxutil
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed
     from pipeline.calibrate.histogram import STATS_VERSION
     from pipeline.data import calibration_batches, source_fingerprint
     from pipeline.quantize import ort_cpu
-    from pipeline.quantize.placement import GraphView, plan_tensorrt
+    from pipeline.quantize.placement import plan_tensorrt
 
-    out = Artifacts.of(cfg, root)
-    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     section = cfg.calibration
-    view = GraphView(fp32)  # one shape inference for the plan, the CPU tensor list and the augmented graph
     graph_sha256 = onnxutil.graph_hash(fp32)
     tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
     settings = {
@@ -99,11 +107,11 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)
-    ranges = calibrate(cfg, root)  # rebuilds a stale cache, reuses a fresh one
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
-    method = cfg.calibration.method
     view = GraphView(fp32)
+    ranges = _ranges(cfg, out, fp32, view)  # rebuilds a stale cache, reuses a fresh one
+    method = cfg.calibration.method
     plan = plan_tensorrt(view, cfg.quantize)
     targets = targets or cfg.quantize.targets
     graphs = {}

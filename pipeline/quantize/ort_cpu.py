@@ -49,9 +49,9 @@ OP_TYPES = (
 
 
 def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` itself when it has no Erf, else a copy with each exact GELU subgraph (Div, Erf, Add, Mul, Mul, as
-    PyTorch exports it at opset 19) replaced by one com.microsoft Gelu, by ONNX Runtime's
-    own transformer fusion.
+    """``model`` itself when it has no Erf, else a copy with each exact GELU subgraph (Div,
+    Erf, Add, Mul, Mul, as PyTorch exports it at opset 19) replaced by one com.microsoft
+    Gelu, by ONNX Runtime's own transformer fusion.
 
     Left decomposed, the quantizer runs GELU's Add and Muls in uint8 around a float Erf
     (two Q/DQ pairs and three requantizations per GELU): a third of the quantized ViT's
@@ -76,16 +76,16 @@ def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def tensors_to_calibrate(model: onnx.ModelProto | GraphView) -> set[str]:
+def tensors_to_calibrate(model: onnx.ModelProto | GraphView, fused: onnx.ModelProto | None = None) -> set[str]:
     """Float activations at the inputs and outputs of the ops ORT will quantize in the
-    GELU-fused graph, except those a Relu folds into (they take the Relu output's range,
-    see ``relu_folded``)."""
+    GELU-fused graph (``fused``, when the caller has it), except those a Relu folds into
+    (they take the Relu output's range, see ``relu_folded``)."""
     view = GraphView.of(model)
     float_tensors = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     folded = relu_folded(view)
     return {
         t
-        for n in fuse_gelu(view.model).graph.node
+        for n in (fused if fused is not None else fuse_gelu(view.model)).graph.node
         if n.op_type in OP_TYPES
         for t in (*n.input, *n.output)
         if t and t in float_tensors and not view.is_const(t) and t not in folded
@@ -125,7 +125,8 @@ class OrtCpuQdqFromOnnx:
 
     def __call__(self, fp32: onnx.ModelProto, view: GraphView | None = None) -> onnx.ModelProto:
         view = view or GraphView(fp32)
-        needed = tensors_to_calibrate(view)
+        fused = fuse_gelu(fp32)
+        needed = tensors_to_calibrate(view, fused)
         missing = needed - set(self.ranges.tensors)
         if missing:
             raise PipelineError(
@@ -143,7 +144,6 @@ class OrtCpuQdqFromOnnx:
         for relu_input, relu_output in relu_folded(view).items():
             if relu_input not in data and relu_output in data:
                 data[relu_input] = data[relu_output]
-        fused = fuse_gelu(fp32)
         with tempfile.TemporaryDirectory(prefix="trtpipe.ortq.") as tmp:
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
