@@ -107,7 +107,7 @@ class CalibrationSection:
     batch_size: int = 32
     method: str = "entropy"
     percentile: float = 99.99
-    # Histogram bins over [0, R), R the power-of-two ceiling of |x|max: fine enough that
+    # Histogram bins over (0, R], R the power-of-two ceiling of |x|max: fine enough that
     # entropy/MSE can pick thresholds down to R/64.
     bins: int = 8192
     args: dict[str, Any] = field(default_factory=dict)

@@ -9,7 +9,6 @@ ONNX Runtime, and the ONNX Runtime CPU w8a8 graph when that target is built.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pipeline import ortsession
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.fileio import read_json
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,7 @@ class Artifact:
 
 
 def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
-    if not out.build_record.is_file():
-        raise PipelineError(f"{out.build_record}: no build record; run trtpipe build first")
-    record = json.loads(out.build_record.read_text())
+    record = read_json(out.build_record, "build")
     found = []
     precisions = ("fp16", "w8a8") if "tensorrt" in cfg.quantize.targets else ("fp16",)
     if record["backend"] == "tensorrt":

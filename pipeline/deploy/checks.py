@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.evaluate.compare import results_path
 from pipeline.fileio import read_json, sha256_file
 from pipeline.runners import Artifact, artifacts
 
@@ -29,9 +30,7 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
     name = "w8a8-cpu" if (precision == "w8a8" and cpu_only) else precision
     if name not in found:
         raise PipelineError(f"{cfg.name}: no {precision} artifact to deploy (have: {', '.join(found)})")
-    artifact = found[name]
-    if not artifact.path.is_file():
-        raise PipelineError(f"{artifact.path}: the {precision} artifact is missing; re-run its stage")
+    artifact = found[name]  # artifacts() has refused missing files
 
     if artifact.backend == "tensorrt":
         from pipeline.build.manifest import Manifest, verify_engine
@@ -66,7 +65,7 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
             )
         info = {"onnxruntime_providers": record.get("providers", [])}
 
-    compare = out.results_dir / "compare.json"
+    compare = results_path(out)
     if not compare.is_file():
         raise PipelineError(f"{compare}: no compare results; run trtpipe compare before deploying")
     rows = [r for r in read_json(compare)["rows"] if r["artifact"] == artifact.label]
