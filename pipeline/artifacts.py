@@ -51,3 +51,7 @@ class Artifacts:
     @property
     def reports_dir(self) -> Path:
         return self.model_dir / "reports"
+
+    def log(self, stage: str) -> Path:
+        """A stage's full log (e.g. every exporter's traceback), named in its one-line errors."""
+        return self.model_dir / "logs" / f"{stage}.log"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -63,6 +67,33 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             tmp_data.unlink(missing_ok=True)
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+@contextlib.contextmanager
+def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[list[Path]]:
+    """Save each graph under a hidden folder beside its destination and yield those paths; only when
+    the block succeeds do they move into place. A check that fails (or a kill) leaves no graph that
+    looks complete."""
+    folders: list[Path] = []
+    moves: list[tuple[Path, Path]] = []
+    try:
+        for dest, model in graphs.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.staged.")))
+            moves.append((save(model, folders[-1] / dest.name), dest))
+        yield [src for src, _ in moves]
+        for src, dest in moves:
+            for data in src.parent.glob(src.name + ".data"):  # external weights move with their graph
+                os.replace(data, dest.parent / data.name)
+            os.replace(src, dest)
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def exporter(model: onnx.ModelProto) -> str:
+    """Which torch exporter made the graph (recorded by ``OnnxFromTorch``)."""
+    return next((p.value for p in model.metadata_props if p.key == "trtpipe.exporter"), "unknown")
 
 
 def graph_hash(model: onnx.ModelProto) -> str:

@@ -93,12 +93,12 @@ def test_weights_for_another_width(make_config, user_model, tmp_path):
     assert "conv1.weight (32, 3, 3, 3) vs (16, 3, 3, 3)" in msg and "check [model.args]" in msg
 
 
-def test_data_missing_an_input(make_config, tmp_path):
+def test_input_the_model_does_not_take(make_config, tmp_path):
     cfg = make_config(
         inputs='[[inputs]]\nname = "x"\nshape = ["batch", 3, 8, 8]\n\n[[inputs]]\nname = "mask"\nshape = ["batch", 8]'
     )
     msg = _one_line_error(cfg, tmp_path)
-    assert "tensor 'mask' is missing" in msg
+    assert "Net.forward(x) has no parameter 'mask'" in msg
 
 
 def test_data_with_wrong_dtype(tmp_path, user_model):

@@ -1,22 +1,39 @@
 """``Fp16OnnxFromOnnx``: the FP16 graph TensorRT 11 builds an FP16 engine from.
 
 TensorRT 11 networks are strongly typed, so precision comes from the graph's
-dtypes. The FP16 graph is derived from the FP32 one, so tensor names line up
-with the calibration ranges; ops listed in ``export.keep_fp32`` stay FP32
-behind Casts.
+dtypes. The FP16 graph is derived from the FP32 one, so node and tensor names
+line up with the placement plan and the calibration ranges.
+
+The conversion is typed tensor by tensor rather than by renaming value infos:
+each node computes in FP16 unless its op is in ``export.keep_fp32`` or its ONNX
+schema has no FP16 form; each input slot takes the type its schema allows; a
+Cast is inserted (one per tensor and type) wherever a tensor's type and a slot's
+differ. Attributes that fix an output type (``Cast.to``, ``ConstantOfShape.value``,
+``Constant.value``, ...) follow their node, and each graph output is cast to the
+I/O type whatever produced it. Every tensor's type is then re-derived by strict
+shape inference, so a mistyped tensor cannot hide in stale value infos.
 """
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
-from onnxconverter_common import float16
+from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import onnxutil
 from pipeline.config import Config
 
 FP16_MAX = 65504.0
+FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+_TYPE_STR = {FLOAT: "tensor(float)", FLOAT16: "tensor(float16)"}
+_DTYPE_ATTRS = ("to", "dtype")  # Cast.to, EyeLike/Random*.dtype: an output type set by attribute
+
+
+def to_fp16(array: np.ndarray) -> np.ndarray:
+    """FP16 values, clipped to its finite range (a weight beyond 65504 would become inf)."""
+    return np.clip(array, -FP16_MAX, FP16_MAX).astype(np.float16)
 
 
 class Fp16OnnxFromOnnx:
@@ -25,15 +42,147 @@ class Fp16OnnxFromOnnx:
 
     def __call__(self, fp32: onnx.ModelProto) -> onnx.ModelProto:
         cfg = self.cfg
-        with warnings.catch_warnings():
-            # It warns per clipped weight; we clip only values FP16 cannot hold anyway.
-            warnings.simplefilter("ignore", UserWarning)
-            fp16 = float16.convert_float_to_float16(
-                fp32,
-                keep_io_types=cfg.export.io_dtype == "float32",
-                op_block_list=list(cfg.export.keep_fp32),
-                max_finite_val=FP16_MAX,
-                min_positive_val=5.96e-8,
-            )
-        onnx.helper.set_model_props(fp16, {"trtpipe.model": cfg.name, "trtpipe.precision": "fp16"})
-        return onnxutil.check(fp16, f"{cfg.name} fp16 graph")
+        io_type = FLOAT if cfg.export.io_dtype == "float32" else FLOAT16
+        model = _Converter(fp32, set(cfg.export.keep_fp32), io_type).run()
+        onnx.helper.set_model_props(
+            model,
+            {**{p.key: p.value for p in fp32.metadata_props}, "trtpipe.model": cfg.name, "trtpipe.precision": "fp16"},
+        )
+        return onnxutil.check(model, f"{cfg.name} fp16 graph")
+
+
+@dataclass
+class _Converter:
+    fp32: onnx.ModelProto
+    keep_fp32: set[str]
+    io_type: int
+    types: dict[str, int] = field(default_factory=dict)  # each tensor's elem type as it is now
+    casts: dict[tuple[str, int], str] = field(default_factory=dict)  # (tensor, type) -> cast output
+    opset: int = 19
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+
+    def run(self) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(self.fp32)
+        graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 19)
+        inferred = onnx.shape_inference.infer_shapes(self.fp32).graph
+        original = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.input)}
+        original.update({o.name: o.type.tensor_type.elem_type for o in inferred.output})
+        original.update({i.name: i.data_type for i in inferred.initializer})
+        wants = self._slot_types(graph.node, original)
+        self._convert_sources(graph, wants)
+        for position, node in enumerate(graph.node):
+            self._convert_node(position, node, wants, original)
+        self._cast_outputs(graph)
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        del graph.value_info[:]  # re-derived by shape inference from the nodes as they now are
+        return model
+
+    def _fp16_node(self, node: onnx.NodeProto) -> bool:
+        if node.op_type in self.keep_fp32 or node.domain not in ("", "ai.onnx"):
+            return False
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return False  # control flow: its subgraphs read outer tensors by name, left as they were
+        return _schema(node, self.opset) is not None
+
+    def _slot_types(self, nodes, original: dict[str, int]) -> dict[tuple[int, int], int]:
+        """The float type each (node position, input index) takes: FP16 where the node computes in FP16 and its
+        schema allows it, else FP32."""
+        wants = {}
+        for position, node in enumerate(nodes):
+            fp16 = self._fp16_node(node)
+            for idx, tensor in enumerate(node.input):
+                if tensor and original.get(tensor) in (FLOAT, FLOAT16):
+                    allowed = _allowed(node, idx, self.opset, is_input=True)
+                    wants[(position, idx)] = FLOAT16 if fp16 and _TYPE_STR[FLOAT16] in allowed else FLOAT
+        return wants
+
+    def _convert_sources(self, graph: onnx.GraphProto, wants: dict[tuple[int, int], int]) -> None:
+        """Initializers and graph inputs: FP16 when every reader takes FP16 (or the I/O type says so)."""
+        readers: dict[str, set[int]] = {}
+        for position, node in enumerate(graph.node):
+            for idx, tensor in enumerate(node.input):
+                if (position, idx) in wants:
+                    readers.setdefault(tensor, set()).add(wants[(position, idx)])
+        for init in graph.initializer:
+            if init.data_type == FLOAT and readers.get(init.name) == {FLOAT16}:
+                init.CopyFrom(numpy_helper.from_array(to_fp16(numpy_helper.to_array(init)), init.name))
+            self.types[init.name] = init.data_type
+        for value in graph.input:
+            tensor_type = value.type.tensor_type
+            if tensor_type.elem_type == FLOAT and self.io_type == FLOAT16:
+                tensor_type.elem_type = FLOAT16
+            self.types[value.name] = tensor_type.elem_type
+
+    def _convert_node(self, position: int, node: onnx.NodeProto, wants, original: dict[str, int]) -> None:
+        for idx, tensor in enumerate(node.input):
+            want = wants.get((position, idx))
+            if want is not None and self.types.get(tensor) in (FLOAT, FLOAT16) and self.types[tensor] != want:
+                node.input[idx] = self._cast(tensor, want)
+        fp16 = self._fp16_node(node)
+        if fp16:
+            _retype_attributes(node)
+        for idx, out in enumerate(node.output):
+            was = original.get(out)
+            fixed_fp32 = _TYPE_STR[FLOAT16] not in _allowed(node, idx, self.opset, is_input=False)
+            self.types[out] = FLOAT16 if fp16 and was == FLOAT and not fixed_fp32 else (was or 0)
+        self.nodes.append(node)
+
+    def _cast(self, tensor: str, to: int) -> str:
+        key = (tensor, to)
+        if key not in self.casts:
+            name = f"{tensor}.{'fp16' if to == FLOAT16 else 'fp32'}"
+            self.nodes.append(helper.make_node("Cast", [tensor], [name], name=f"{name}.Cast", to=to))
+            self.casts[key] = name
+            self.types[name] = to
+        return self.casts[key]
+
+    def _cast_outputs(self, graph: onnx.GraphProto) -> None:
+        """Each float graph output in the I/O type: the producer's tensor is renamed, a Cast makes the output."""
+        for value in graph.output:
+            tensor_type = value.type.tensor_type
+            if tensor_type.elem_type not in (FLOAT, FLOAT16):
+                continue
+            tensor_type.elem_type = self.io_type
+            made = self.types.get(value.name)
+            if made in (FLOAT, FLOAT16) and made != self.io_type:
+                inner = f"{value.name}.{'fp16' if made == FLOAT16 else 'fp32'}_out"
+                for node in self.nodes:
+                    node.input[:] = [inner if t == value.name else t for t in node.input]
+                    node.output[:] = [inner if t == value.name else t for t in node.output]
+                self.nodes.append(
+                    helper.make_node("Cast", [inner], [value.name], name=f"{value.name}.Cast", to=self.io_type)
+                )
+
+
+def _retype_attributes(node: onnx.NodeProto) -> None:
+    """Attributes that decide a float output's type follow the node into FP16."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT:
+            attr.t.CopyFrom(numpy_helper.from_array(to_fp16(numpy_helper.to_array(attr.t)), attr.t.name))
+        elif attr.type == onnx.AttributeProto.INT and attr.name in _DTYPE_ATTRS and attr.i == FLOAT:
+            attr.i = FLOAT16
+
+
+def _schema(node: onnx.NodeProto, opset: int):
+    try:
+        return onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _allowed(node: onnx.NodeProto, idx: int, opset: int, is_input: bool) -> set[str]:
+    """Types the schema allows at an input or output slot (variadic slots repeat the last formal)."""
+    schema = _schema(node, opset)
+    if schema is None:
+        return {_TYPE_STR[FLOAT]}
+    formals = schema.inputs if is_input else schema.outputs
+    if not formals:
+        return {_TYPE_STR[FLOAT]}
+    type_str = formals[min(idx, len(formals) - 1)].type_str
+    for constraint in schema.type_constraints:
+        if constraint.type_param_str == type_str:
+            return set(constraint.allowed_type_strs)
+    return {type_str}

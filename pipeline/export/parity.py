@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pipeline import ortsession
 from pipeline.config import Config, Gate
 from pipeline.console import info, table
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import ErrorStats, error_stats, gate_failures
+from pipeline.export.binding import BoundModel
 from pipeline.export.onnx_from_torch import torch_outputs
 
 
@@ -25,7 +24,7 @@ class ParityRow:
     failures: tuple[str, ...]
 
 
-def check_parity(cfg: Config, model: torch.nn.Module, graphs: dict[str, Path]) -> list[ParityRow]:
+def check_parity(cfg: Config, model: BoundModel, graphs: dict[str, Path]) -> list[ParityRow]:
     """Compare each graph (``{precision: path}``) with PyTorch; raise listing every failure."""
     rows = []
     sessions = {p: ortsession.session(path, cpu_only=True) for p, path in graphs.items()}
