@@ -117,15 +117,15 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     targets = targets or cfg.quantize.targets
     graphs = {}
     if "tensorrt" in targets:
-        graphs["w8a8"] = (QdqOnnxFromOnnx(plan, ranges, method)(fp16, fp32), True)
+        graphs["w8a8"] = (QdqOnnxFromOnnx(plan, ranges, method)(fp16, view), "tensorrt")
     if "onnxruntime-cpu" in targets:
-        graphs["w8a8-cpu"] = (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32, view), False)
-    for name, (model, symmetric) in graphs.items():
-        broken = rules.violations(model, symmetric=symmetric)
-        if broken:
+        graphs["w8a8-cpu"] = (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32, view), "onnxruntime-cpu")
+    for name, (model, target) in graphs.items():
+        broken = rules.violations(model, target)
+        if broken:  # our placement or ONNX Runtime's quantizer made it: not the user's model
             raise PipelineError(
-                f"{name} graph breaks TensorRT's explicit-quantization rules: {broken[0]} "
-                f"(+{len(broken) - 1} more); this is a bug in the quantizer, please report it"
+                f"{name} graph breaks a {target} quantization rule at {broken[0]} (+{len(broken) - 1} more); "
+                f"the quantizer made this graph, not your model: please report it"
             )
     for name, (model, _) in graphs.items():
         onnxutil.save(model, out.graph(name))

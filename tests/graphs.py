@@ -222,3 +222,79 @@ def inputs_for(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, n
     dims = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
     n = int(np.prod(dims))
     return {"x": np.sin(np.arange(n, dtype=np.float32) * 0.37 + seed).reshape(dims).astype(np.float32)}
+
+
+def patch_embedding() -> onnx.ModelProto:
+    """
+        x [batch, 3, 16, 16] ─► patch (Conv 3 -> 32, 8x8 kernel, stride 8) ─► stem (Conv 3 -> 16, 1x1) ...
+        x ─► stem (Conv 3 -> 16, 1x1) ─► y2
+    ViT's patch embedding: 3 input channels but K = 3 x 64 = 192, a real GEMM: INT8.
+    The 1x1 stem from 3 channels has K = 3: too small, stays FP16.
+    """
+    patch = helper.make_node("Conv", ["x", "patch.w"], ["y"], name="patch", kernel_shape=[8, 8], strides=[8, 8])
+    stem = helper.make_node("Conv", ["x", "stem.w"], ["y2"], name="stem", kernel_shape=[1, 1])
+    graph = helper.make_graph(
+        [patch, stem],
+        "patch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32, 2, 2]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["batch", 16, 16, 16]),
+        ],
+        [_w("patch.w", 32, 3, 8, 8), _w("stem.w", 16, 3, 1, 1)],
+    )
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    )
+
+
+def tied_lm_head() -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► MatMul ─► y [batch, 16, 64]
+                               ▲
+        embedding [64, 32] ─► Transpose ─► [32, 64]   (GPT-2's LM head reuses the token embedding)
+    The Transpose output is made of constants only: a weight, per-channel int8 on axis 1.
+    """
+    nodes = [
+        helper.make_node("Transpose", ["embedding"], ["embedding_t"], name="tie", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "embedding_t"], ["y"], name="lm_head"),
+    ]
+    return _model(nodes, [_w("embedding", 64, 32)], in_shape=("batch", 16, 32), out_shape=("batch", 16, 64))
+
+
+def conv_transpose_bias() -> onnx.ModelProto:
+    """
+        x ─► ConvTranspose (16 -> 16, stride 2, bias) ─► y      (a UNet's up-sampling)
+    Weight per-channel on axis 1; ONNX Runtime's quantizer stores the bias as int32 with
+    per-channel scales along its one axis, 0.
+    """
+    node = helper.make_node(
+        "ConvTranspose", ["x", "ct.w", "ct.b"], ["y"], name="ct", strides=[2, 2], kernel_shape=[2, 2]
+    )
+    bias = numpy_helper.from_array(np.linspace(-0.5, 0.5, 16).astype(np.float32), "ct.b")
+    return _model([node], [_w("ct.w", 16, 16, 2, 2), bias])
+
+
+def pre_norm_blocks() -> onnx.ModelProto:
+    """
+        x ─► LN ─► MatMul w1 ─► a ─► Add ─► r1 ─► LN ─► MatMul w2 ─► b ─► Add ─► r2 ─► LN ─► y
+        └──────────────────────────►─┘      └─────────────────────────────►─┘
+    Two pre-norm transformer blocks: add1 and add2 are the residual stream (each feeds a LN).
+    """
+    ones, zeros = np.ones(32, np.float32), np.zeros(32, np.float32)
+    inits = [
+        _w("w1", 32, 32),
+        _w("w2", 32, 32),
+        numpy_helper.from_array(ones, "gamma"),
+        numpy_helper.from_array(zeros, "beta"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n0"], name="ln0", axis=-1),
+        helper.make_node("MatMul", ["n0", "w1"], ["a"], name="fc1"),
+        helper.make_node("Add", ["x", "a"], ["r1"], name="add1"),
+        helper.make_node("LayerNormalization", ["r1", "gamma", "beta"], ["n1"], name="ln1", axis=-1),
+        helper.make_node("MatMul", ["n1", "w2"], ["b"], name="fc2"),
+        helper.make_node("Add", ["r1", "b"], ["r2"], name="add2"),
+        helper.make_node("LayerNormalization", ["r2", "gamma", "beta"], ["y"], name="ln2", axis=-1),
+    ]
+    return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))

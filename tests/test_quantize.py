@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
-from onnxconverter_common import float16
 
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
+from pipeline.export.fp16 import fp16_graph
 from pipeline.quantize import ort_cpu, rules
 from pipeline.quantize.placement import plan_tensorrt
 from pipeline.quantize.qdq import QdqOnnxFromOnnx
@@ -23,7 +23,7 @@ def quantize(model: onnx.ModelProto, settings: QuantizeSection | None = None, me
     plan = plan_tensorrt(model, settings)
     batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
     ranges = RangesFromOnnx(plan.tensors, 2048, 99.99)(model, batches)
-    fp16 = float16.convert_float_to_float16(model, keep_io_types=True)
+    fp16 = fp16_graph(model, keep_fp32=())
     w8a8 = QdqOnnxFromOnnx(plan, ranges, method)(fp16, model)
     assert rules.violations(w8a8) == []
     return plan, w8a8
@@ -172,18 +172,18 @@ def test_rule_check_catches_broken_graphs():
     q = next(n for n in w8a8.graph.node if n.op_type == "QuantizeLinear")
     scale_name, zp_name = q.input[1], q.input[2]
 
-    def broken(**replacements: np.ndarray) -> list[str]:
+    def broken(**replacements: np.ndarray) -> list[str]:  # the rule names in the violations
         bad = onnx.ModelProto()
         bad.CopyFrom(w8a8)
         for init in bad.graph.initializer:
             if init.name in replacements:
                 init.CopyFrom(numpy_helper.from_array(replacements[init.name], init.name))
-        return rules.violations(bad)
+        return [v.rule for v in rules.violations(bad)]
 
-    assert any("zero point must be int8 zeros" in p for p in broken(**{zp_name: np.array(3, np.int8)}))
-    assert any("non-positive" in p for p in broken(**{scale_name: np.array(-0.1, np.float16)}))
-    assert any("differs from input dtype" in p for p in broken(**{scale_name: np.array(0.1, np.float32)}))
-    assert any("per-channel scales on an activation" in p for p in broken(**{scale_name: np.full(16, 0.1, np.float16)}))
+    assert "symmetric-int8" in broken(**{zp_name: np.array(3, np.int8)})
+    assert "positive-scale" in broken(**{scale_name: np.array(-0.1, np.float16)})
+    assert "scale-dtype" in broken(**{scale_name: np.array(0.1, np.float32)})
+    assert "per-channel-on-constants" in broken(**{scale_name: np.full(16, 0.1, np.float16)})
 
 
 def test_cpu_graph_folds_relu_into_the_conv_before_it():
@@ -197,7 +197,7 @@ def test_cpu_graph_folds_relu_into_the_conv_before_it():
     batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
     ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
     w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
-    assert rules.violations(w8a8, symmetric=False) == []
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
     assert not any(n.op_type == "Relu" for n in w8a8.graph.node)
     inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
     q_conv1 = next(n for n in w8a8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in ("c1", "r1"))
@@ -220,10 +220,102 @@ def test_cpu_graph_runs_gelu_fused_in_float():
     batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
     ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
     w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
-    assert rules.violations(w8a8, symmetric=False) == []
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
     producer = {o: n for n in w8a8.graph.node for o in n.output}
     consumers = {i: n for n in w8a8.graph.node for i in n.input}
     gelu = next(n for n in w8a8.graph.node if n.op_type == "Gelu")
     assert producer[gelu.input[0]].op_type == "DequantizeLinear"  # float in, from uint8 h
     assert consumers[gelu.output[0]].op_type == "QuantizeLinear"  # float out, to uint8 for fc2
     assert_close_to_fp32(model, w8a8, fused=True)
+
+
+def test_conv_size_is_judged_by_its_gemm_dimensions():
+    plan = plan_tensorrt(graphs.patch_embedding(), QuantizeSection())
+    assert [n for n, _ in plan.quantized] == ["patch"]
+    (skipped,) = plan.skipped
+    assert skipped.node == "stem" and skipped.reason.startswith("K=3 (3 input channel(s) x 1 kernel taps) < 16")
+    depthwise = plan_tensorrt(graphs.depthwise(), QuantizeSection())
+    assert {n for n, _ in depthwise.quantized} == {"dw", "pw"}  # a depthwise conv counts its channels
+
+
+def test_a_tied_weight_behind_a_transpose_is_quantized_as_a_weight():
+    model = graphs.tied_lm_head()
+    plan, w8a8 = quantize(model)
+    (weight,) = plan.weights
+    assert (weight.node, weight.tensor, weight.axis) == ("lm_head", "embedding_t", 1)
+    assert set(plan.activations) == {"x"}
+    inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    matmul = next(n for n in w8a8.graph.node if n.op_type == "MatMul")
+    producer = {o: n for n in w8a8.graph.node for o in n.output}
+    dq = producer[matmul.input[1]]
+    assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+    assert inits[dq.input[0]].shape == (32, 64) and inits[dq.input[1]].shape == (64,)
+    assert not any(n.op_type == "Transpose" for n in w8a8.graph.node)  # folded into the int8 weight
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999)
+
+
+def test_bias_of_a_conv_transpose_is_checked_as_a_bias():
+    """The CPU graph's int32 bias DQ is per-channel along axis 0 (its only axis): within the rules; the
+    same DQ claiming axis 1 of a weight would not be."""
+    model = graphs.conv_transpose_bias()
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    needed = ort_cpu.tensors_to_calibrate(model)
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
+    w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    consumers = {i: n for n in w8a8.graph.node for i in n.input}
+    bias_dq = next(
+        n
+        for n in w8a8.graph.node
+        if n.op_type == "DequantizeLinear" and consumers[n.output[0]].input[2:] == n.output[:1]
+    )
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
+    plan, trt = quantize(model)  # the TensorRT graph keeps the bias in FP16 and is within its rules too
+    assert rules.violations(trt, "tensorrt") == []
+    weight_dq = next(
+        n for n in w8a8.graph.node if n.op_type == "DequantizeLinear" and consumers[n.output[0]].input[1] == n.output[0]
+    )
+    for attr in weight_dq.attribute:
+        if attr.name == "axis":
+            attr.i = 0  # a weight per-channel along ConvTranspose's input channels: wrong
+    (bad,) = rules.violations(w8a8, "onnxruntime-cpu")
+    assert (
+        bad.rule == "per-channel-axis" and "weight of ConvTranspose 'ct'" in bad.detail and "expected 1" in bad.detail
+    )
+    assert bias_dq.name not in bad.node
+
+
+def _cpu_graph(model):
+    needed = ort_cpu.tensors_to_calibrate(model)
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
+    return ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+
+
+def test_cpu_graph_keeps_the_residual_stream_float_but_not_a_cnns_residual_add():
+    from pipeline.quantize.placement import GraphView
+
+    model = graphs.pre_norm_blocks()
+    assert ort_cpu.residual_stream_adds(GraphView(model)) == ["add1", "add2"]
+    assert ort_cpu.residual_stream_adds(GraphView(graphs.residual())) == []
+    w8a8 = _cpu_graph(model)
+    producer = {o: n for n in w8a8.graph.node for o in n.output}
+    adds = [n for n in w8a8.graph.node if n.op_type == "Add"]
+    readers = {i: n.op_type for n in w8a8.graph.node for i in n.input}
+    assert len(adds) == 2 and not any(readers.get(a.output[0]) == "QuantizeLinear" for a in adds)  # no QLinearAdd
+    matmuls = [n for n in w8a8.graph.node if n.op_type == "MatMul"]
+    assert all(producer[i].op_type == "DequantizeLinear" for m in matmuls for i in m.input)  # still int8
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999, fused=True)
+
+
+def test_cpu_graph_quantizes_a_tied_weight_as_a_weight():
+    model = graphs.tied_lm_head()
+    w8a8 = _cpu_graph(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    producer = {o: n for n in w8a8.graph.node for o in n.output}
+    matmul = next(n for n in w8a8.graph.node if n.op_type == "MatMul")
+    dq = producer[matmul.input[1]]
+    assert (
+        dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8 and inits[dq.input[1]].shape == (64,)
+    )
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999, fused=True)

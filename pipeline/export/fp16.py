@@ -42,13 +42,17 @@ class Fp16OnnxFromOnnx:
 
     def __call__(self, fp32: onnx.ModelProto) -> onnx.ModelProto:
         cfg = self.cfg
-        io_type = FLOAT if cfg.export.io_dtype == "float32" else FLOAT16
-        model = _Converter(fp32, set(cfg.export.keep_fp32), io_type).run()
+        model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype)
         onnx.helper.set_model_props(
             model,
             {**{p.key: p.value for p in fp32.metadata_props}, "trtpipe.model": cfg.name, "trtpipe.precision": "fp16"},
         )
         return onnxutil.check(model, f"{cfg.name} fp16 graph")
+
+
+def fp16_graph(fp32: onnx.ModelProto, keep_fp32: tuple[str, ...], io_dtype: str = "float32") -> onnx.ModelProto:
+    """The FP16 graph, unchecked: ops in ``keep_fp32`` stay FP32; graph I/O in ``io_dtype``."""
+    return _Converter(fp32, set(keep_fp32), FLOAT if io_dtype == "float32" else FLOAT16).run()
 
 
 @dataclass

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
 from pipeline.calibrate.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
-from pipeline.quantize.placement import GraphView, excluded_reason
+from pipeline.quantize.placement import WEIGHTED, GraphView, excluded_reason
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -111,10 +112,53 @@ def relu_folded(model: onnx.ModelProto | GraphView) -> dict[str, str]:
     }
 
 
-def excluded_nodes(model: onnx.ModelProto, settings: QuantizeSection) -> list[str]:
-    """The nodes [quantize] excludes, by the same rules as the TensorRT plan."""
+def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
+    """The nodes [quantize] excludes, by the same rules as the TensorRT plan, and the residual-stream
+    Adds, which stay float on the CPU as they do in the TensorRT graph."""
     patterns = [re.compile(p) for p in settings.exclude_patterns]
-    return [n.name for n in model.graph.node if excluded_reason(n, settings, patterns)]
+    return [n.name for n in view.nodes if excluded_reason(n, settings, patterns)] + residual_stream_adds(view)
+
+
+def residual_stream_adds(view: GraphView) -> list[str]:
+    """Adds of two activations whose sum feeds a LayerNormalization or another such Add: a
+    transformer's residual stream. It carries the outlier channels per-tensor uint8 cannot hold (a
+    ViT-B/16 CPU graph fell to cosine 0.963 with them quantized, 0.9985 without), and an Add gains
+    little on a CPU. A CNN's residual Add (into a Relu or a Conv) stays quantized: QLinearAdd."""
+    adds = {n.output[0]: n for n in view.nodes if n.op_type == "Add" and not any(view.is_const(i) for i in n.input)}
+    stream: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for out, node in adds.items():
+            if node.name in stream:
+                continue
+            readers = view.consumers.get(out, [])
+            if any(r.op_type == "LayerNormalization" or r.name in stream for r in readers):
+                stream.add(node.name)
+                changed = True
+    return sorted(stream)
+
+
+def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelProto:
+    """``fp32`` itself, or a copy where each weight made from constants through a Transpose or
+    Reshape (a tied LM head) is an initializer, so ONNX Runtime's quantizer sees a weight (int8, per
+    channel) rather than an activation."""
+    folded = {
+        t: view.constant(t)
+        for n in view.nodes
+        if n.op_type in WEIGHTED
+        for t in n.input[:2]
+        if t and not view.is_const(t) and view.is_weight(t)
+    }
+    if not folded:
+        return fp32
+    copy = onnx.ModelProto()
+    copy.CopyFrom(fp32)
+    for node in copy.graph.node:
+        if node.op_type in WEIGHTED:
+            node.input[:] = [f"{t}.folded" if t in folded else t for t in node.input]
+    copy.graph.initializer.extend(numpy_helper.from_array(v, f"{t}.folded") for t, v in folded.items())
+    return copy
 
 
 class OrtCpuQdqFromOnnx:
@@ -125,7 +169,7 @@ class OrtCpuQdqFromOnnx:
 
     def __call__(self, fp32: onnx.ModelProto, view: GraphView | None = None) -> onnx.ModelProto:
         view = view or GraphView(fp32)
-        fused = fuse_gelu(fp32)
+        fused = fuse_gelu(with_folded_weights(fp32, view))
         needed = tensors_to_calibrate(view, fused)
         missing = needed - set(self.ranges.tensors)
         if missing:
@@ -163,7 +207,7 @@ class OrtCpuQdqFromOnnx:
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded_nodes(fp32, self.settings),
+                    nodes_to_exclude=excluded_nodes(view, self.settings),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                 )
             finally:

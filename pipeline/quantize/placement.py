@@ -109,6 +109,22 @@ class GraphView:
             return list(self.initializers[tensor].dims)
         return self.shapes.get(tensor)
 
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of a tensor made from constants alone through ops that only move values (a tied
+        LM head's ``Transpose(embedding)``), or None for an activation."""
+        if tensor in self.initializers:
+            return self.array(tensor)
+        node = self.producer.get(tensor)
+        if node is None or node.op_type not in _FOLDABLE or not node.input:
+            return None
+        inputs = [self.constant(t) if t else None for t in node.input]
+        if any(v is None for t, v in zip(node.input, inputs, strict=True) if t):
+            return None
+        return _FOLDABLE[node.op_type](node, *inputs)
+
+    def is_weight(self, tensor: str) -> bool:
+        return self.constant(tensor) is not None
+
     def depth(self) -> dict[str, int]:
         """Longest path (in nodes) from a graph input to each tensor."""
         depth: dict[str, int] = {}
@@ -119,15 +135,38 @@ class GraphView:
         return depth
 
 
-def weight_axis(op_type: str, node: onnx.NodeProto, rank: int) -> int:
+def _reshape(node: onnx.NodeProto, x: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    dims = [x.shape[i] if d == 0 and not attribute(node, "allowzero", 0) else int(d) for i, d in enumerate(shape)]
+    return x.reshape(dims)
+
+
+def _axes(node: onnx.NodeProto, axes: np.ndarray | None) -> tuple[int, ...]:
+    return tuple(int(a) for a in (axes if axes is not None else attribute(node, "axes", [])))
+
+
+# numpy for the ops ``GraphView.constant`` folds through: each only moves or casts values.
+_FOLDABLE = {
+    "Identity": lambda node, x: x,
+    "Transpose": lambda node, x: np.transpose(x, attribute(node, "perm", None)),
+    "Reshape": _reshape,
+    "Flatten": lambda node, x: x.reshape(int(np.prod(x.shape[: attribute(node, "axis", 1)])), -1),
+    "Squeeze": lambda node, x, axes=None: np.squeeze(x, _axes(node, axes)) if _axes(node, axes) else np.squeeze(x),
+    "Unsqueeze": lambda node, x, axes=None: np.expand_dims(x, _axes(node, axes)),
+    "Cast": lambda node, x: x.astype(onnx.helper.tensor_dtype_to_np_dtype(attribute(node, "to"))),
+}
+
+
+def weight_axis(op_type: str, node: onnx.NodeProto, rank: int, input_index: int = 1) -> int:
     """Output-channel axis of the weight: TensorRT's per-channel rule for each op."""
     if op_type == "Conv":
         return 0
     if op_type == "ConvTranspose":
         return 1
     if op_type == "Gemm":
+        if input_index == 0:  # a constant A: its rows are the output channels
+            return 1 if attribute(node, "transA", 0) else 0
         return 0 if attribute(node, "transB", 0) else 1
-    return rank - 1  # MatMul: [.., K, N], N is the last axis
+    return rank - 2 if input_index == 0 else rank - 1  # MatMul: A [.., M, K], B [.., K, N]
 
 
 def plan_tensorrt(model: onnx.ModelProto | GraphView, settings: QuantizeSection) -> Plan:
@@ -145,11 +184,10 @@ def plan_tensorrt(model: onnx.ModelProto | GraphView, settings: QuantizeSection)
             continue
         for idx in (0, 1):  # Conv: data, weight; Gemm/MatMul: A, B (either may be an activation)
             tensor = node.input[idx]
-            if view.is_const(tensor):
-                rank = len(view.initializers[tensor].dims)
-                plan.weights.append(
-                    WeightQuant(node.name, node.op_type, idx, tensor, weight_axis(node.op_type, node, rank))
-                )
+            value = view.constant(tensor)
+            if value is not None:
+                axis = weight_axis(node.op_type, node, value.ndim, idx)
+                plan.weights.append(WeightQuant(node.name, node.op_type, idx, tensor, axis))
             else:
                 plan.add_edge(tensor, (node.name, idx))
         quantized_nodes.add(node.name)
@@ -175,16 +213,10 @@ def _too_small(node: onnx.NodeProto, view: GraphView, minimum: int) -> str | Non
     """Why a weighted layer would not gain from INT8, or None."""
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):
-        if not view.is_const(node.input[1]):
+        weight = view.constant(node.input[1])
+        if weight is None:
             return "weights are not constants"
-        w = view.initializers[node.input[1]].dims
-        group = attribute(node, "group", 1)
-        cout, cin = (w[0], w[1] * group) if op == "Conv" else (w[1] * group, w[0])
-        if cin < minimum:
-            return f"{cin} input channel(s) < {minimum}: too small to gain from INT8"
-        if cout < minimum:
-            return f"{cout} output channel(s) < {minimum}: too small to gain from INT8"
-        return None
+        return _conv_too_small(op, weight.shape, attribute(node, "group", 1), minimum)
     a, b = view.shape(node.input[0]), view.shape(node.input[1])
     if a is None or b is None or len(a) < 1 or len(b) < 1:
         return None
@@ -201,6 +233,24 @@ def _too_small(node: onnx.NodeProto, view: GraphView, minimum: int) -> str | Non
         return f"N={n} < {minimum}: too small to gain from INT8"
     if m == 1 and (len(a) < 3 or all(d == 1 for d in a[:-1] if d is not None)):
         return "GEMV (M=1): memory-bound, INT8 does not help"
+    return None
+
+
+def _conv_too_small(op: str, w: tuple[int, ...], group: int, minimum: int) -> str | None:
+    """A convolution as the GEMM it runs: K = input channels per group x kernel area, N = output
+    channels. ViT's 16x16 patch embedding from 3 channels has K = 768. A depthwise conv (one input
+    channel per group) is judged by its channel count: TensorRT runs it INT8 between INT8 neighbours."""
+    kernel = int(np.prod(w[2:])) if len(w) > 2 else 1
+    per_group_in, cout = (w[1], w[0]) if op == "Conv" else (w[0] // group, w[1] * group)
+    channels = per_group_in * group
+    if per_group_in == 1 and group > 1:
+        return f"{channels} channel(s) < {minimum}: too small to gain from INT8" if channels < minimum else None
+    k = per_group_in * kernel
+    if k < minimum:
+        taps = f"{per_group_in} input channel(s) x {kernel} kernel taps"
+        return f"K={k} ({taps}) < {minimum}: too small to gain from INT8"
+    if cout < minimum:
+        return f"{cout} output channel(s) < {minimum}: too small to gain from INT8"
     return None
 
 

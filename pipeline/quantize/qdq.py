@@ -17,7 +17,7 @@ from pipeline import onnxutil
 from pipeline.calibrate.cache import Ranges
 from pipeline.errors import PipelineError
 from pipeline.onnxutil import producer_map
-from pipeline.quantize.placement import Plan
+from pipeline.quantize.placement import GraphView, Plan
 
 INT8_MAX = 127.0
 FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal FP16: scales must stay positive
@@ -49,7 +49,8 @@ class QdqOnnxFromOnnx:
         self.ranges = ranges
         self.method = method
 
-    def __call__(self, fp16: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:
+    def __call__(self, fp16: onnx.ModelProto, fp32: onnx.ModelProto | GraphView) -> onnx.ModelProto:
+        """``fp32`` (or its view) gives the weights, folded where they pass through a Transpose or Reshape."""
         model = onnx.ModelProto()
         model.CopyFrom(fp16)
         for i, node in enumerate(model.graph.node):
@@ -57,7 +58,7 @@ class QdqOnnxFromOnnx:
         dtype_of = _dtypes(model)
         nodes = {n.name: n for n in model.graph.node}
         position = {n.name: i for i, n in enumerate(model.graph.node)}
-        fp32_weights = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
+        fp32_view = GraphView.of(fp32)
         new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted before the consumer named by key
         amax = self._amax_with_shared_scales()
 
@@ -110,7 +111,7 @@ class QdqOnnxFromOnnx:
         for wq in self.plan.weights:
             node = nodes[wq.node]
             name16 = node.input[wq.input_index]
-            source = fp32_weights.get(wq.tensor)
+            source = fp32_view.constant(wq.tensor)
             if source is None:
                 raise PipelineError(f"weight {wq.tensor!r} missing from the FP32 graph; re-run export")
             dtype = dtype_of.get(name16, np.float16)

@@ -1,27 +1,44 @@
-"""Check a Q/DQ graph against TensorRT's explicit-quantization rules.
+"""Check a Q/DQ graph against the quantization rules of the runtime it is for.
 
 TensorRT (``IQuantizeLayer``/``IDequantizeLayer``, strongly typed networks):
 zero-point 0 and a build-time constant; scales constant, positive, finite; a
 scale's dtype equal to the dtype of the tensor it (de)quantizes; per-channel
-scales only on weights, along the output-channel axis of the consuming op.
-The ONNX Runtime CPU graph is checked with ``symmetric=False``: uint8
-activations with a zero point are its scheme, the rest still holds.
+scales only on constants (weights along the output-channel axis of the op that
+reads them, a bias along its one axis). The ONNX Runtime CPU graph is not a
+TensorRT graph: uint8 activations with a zero point are its scheme and an int32
+bias is how its quantizer stores biases; the rest holds for it too.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.onnxutil import attribute, consumer_map
-from pipeline.quantize.placement import weight_axis
+from pipeline.quantize.placement import WEIGHTED, weight_axis
+
+TARGETS = ("tensorrt", "onnxruntime-cpu")
+BIAS_INPUT = 2  # Conv, ConvTranspose, Gemm: the bias is input 2
 
 
-def violations(model: onnx.ModelProto, symmetric: bool = True) -> list[str]:
-    """Every rule broken in ``model``; empty when it is fine."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
+@dataclass(frozen=True)
+class Violation:
+    node: str
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: rule '{self.rule}': {self.detail}"
+
+
+def violations(model: onnx.ModelProto, target: str = "tensorrt") -> list[Violation]:
+    """Every rule of ``target`` broken in ``model``; empty when it is fine."""
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r} is not one of {TARGETS}")
+    graph = onnx.shape_inference.infer_shapes(model).graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -29,56 +46,69 @@ def violations(model: onnx.ModelProto, symmetric: bool = True) -> list[str]:
     elem: dict[str, int] = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input)}
     elem.update({i.name: i.data_type for i in graph.initializer})
     consumers = consumer_map(graph)
-    problems: list[str] = []
-
+    problems: list[Violation] = []
     for node in graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        where = f"{node.op_type} {node.name!r}"
-        x, scale_name = node.input[0], node.input[1]
-        zp_name = node.input[2] if len(node.input) > 2 else ""
-        if scale_name not in consts:
-            problems.append(f"{where}: scale {scale_name!r} is not a constant")
-            continue
-        scale = consts[scale_name]
-        if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-            problems.append(f"{where}: scale has non-positive or non-finite values")
-        if node.op_type == "QuantizeLinear":
-            float_type = elem.get(x)
-        else:
-            float_type = helper.np_dtype_to_tensor_dtype(scale.dtype)  # DQ output takes the scale's dtype
-        scale_type = helper.np_dtype_to_tensor_dtype(scale.dtype)
-        if node.op_type == "QuantizeLinear" and float_type is not None and float_type != scale_type:
-            problems.append(
-                f"{where}: scale dtype {TensorProto.DataType.Name(scale_type)} differs from input "
-                f"dtype {TensorProto.DataType.Name(float_type)}"
-            )
-        if zp_name:
-            if zp_name not in consts:
-                problems.append(f"{where}: zero point is not a constant")
-            elif symmetric:
-                zp = consts[zp_name]
-                if zp.dtype != np.int8 or np.any(zp != 0):
-                    problems.append(
-                        f"{where}: zero point must be int8 zeros (symmetric), got {zp.dtype} {zp.ravel()[:4]}"
-                    )
-        if scale.size > 1:
-            problems.extend(_per_channel_problems(node, where, consts, consumers))
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            problems.extend(_node_problems(node, target, consts, elem, consumers))
     return problems
 
 
-def _per_channel_problems(node, where, consts, consumers) -> list[str]:
+def _node_problems(node, target, consts, elem, consumers) -> list[Violation]:
+    where = f"{node.op_type} {node.name!r}"
+    scale_name = node.input[1]
+    zp_name = node.input[2] if len(node.input) > 2 else ""
+    if scale_name not in consts:
+        return [Violation(where, "constant-scale", f"scale {scale_name!r} is not a constant")]
+    scale = consts[scale_name]
+    out = []
+    if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        out.append(Violation(where, "positive-scale", "scale has non-positive or non-finite values"))
+    scale_type = helper.np_dtype_to_tensor_dtype(scale.dtype)
+    float_type = elem.get(node.input[0])
+    if node.op_type == "QuantizeLinear" and float_type is not None and float_type != scale_type:
+        out.append(
+            Violation(
+                where,
+                "scale-dtype",
+                f"scale dtype {TensorProto.DataType.Name(scale_type)} differs from input dtype "
+                f"{TensorProto.DataType.Name(float_type)}",
+            )
+        )
+    if zp_name and zp_name not in consts:
+        out.append(Violation(where, "constant-zero-point", "zero point is not a constant"))
+    elif zp_name and target == "tensorrt":
+        zp = consts[zp_name]
+        if zp.dtype != np.int8 or np.any(zp != 0):
+            out.append(
+                Violation(where, "symmetric-int8", f"zero point must be int8 zeros, got {zp.dtype} {zp.ravel()[:4]}")
+            )
+    if scale.size > 1:
+        out.extend(_per_channel_problems(node, where, consts, consumers))
+    return out
+
+
+def _per_channel_problems(node, where, consts, consumers) -> list[Violation]:
     if node.op_type == "QuantizeLinear" or node.input[0] not in consts:
-        return [f"{where}: per-channel scales on an activation (TensorRT allows them on weights only)"]
-    axis = attribute(node, "axis", 1)
+        return [Violation(where, "per-channel-on-constants", "per-channel scales on an activation")]
     rank = consts[node.input[0]].ndim
+    axis = attribute(node, "axis", 1)
     axis = axis + rank if axis < 0 else axis
     out = []
     for consumer in consumers.get(node.output[0], []):
-        if consumer.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            want = weight_axis(consumer.op_type, consumer, rank)
+        if consumer.op_type not in WEIGHTED:
+            continue
+        for slot, tensor in enumerate(consumer.input):
+            if tensor != node.output[0]:
+                continue
+            want = 0 if slot == BIAS_INPUT else weight_axis(consumer.op_type, consumer, rank, slot)
             if axis != want:
+                what = "bias" if slot == BIAS_INPUT else "weight"
                 out.append(
-                    f"{where}: per-channel axis {axis} for {consumer.op_type} {consumer.name!r}, expected {want}"
+                    Violation(
+                        where,
+                        "per-channel-axis",
+                        f"{what} of {consumer.op_type} {consumer.name!r} per-channel along axis {axis}, "
+                        f"expected {want}",
+                    )
                 )
     return out
