@@ -8,7 +8,9 @@ the same calibration data and the same FP32 graph. Each calibration runs in a
 child process so its peak memory (max RSS) is its own, ``--repeat`` times
 round-robin across tools (median time reported). Then accuracy of every
 resulting graph against FP32 on the held-out split, and ONNX Runtime CPU
-latency at batch 64 on one thread.
+latency at batch 64 on one thread. Sessions come from ``pipeline.ortsession``:
+the CPU graphs (ours and quantize_static's) fully optimized, a TensorRT-target
+Q/DQ graph (FP16 scales, as ModelOpt writes) run as written.
 """
 
 from __future__ import annotations

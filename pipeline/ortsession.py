@@ -1,4 +1,6 @@
-"""ONNX Runtime sessions with explicit threads and providers, fed in the graph's dtypes."""
+"""ONNX Runtime sessions with explicit threads and providers, fed in the graph's dtypes.
+
+Which graph optimizations a graph gets is decided here, in ``options``, for every caller."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto
 
 from pipeline.errors import PipelineError
 
@@ -19,6 +23,7 @@ _ORT_TO_NUMPY = {
     "tensor(int8)": np.int8,
     "tensor(bool)": np.bool_,
 }
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def providers() -> list[str]:
@@ -27,33 +32,62 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(
-    path: str | os.PathLike[str],
-    threads: int | None = None,
-    cpu_only: bool = False,
-    fuse_qdq: bool = True,
-    spin: bool = True,
-) -> ort.InferenceSession:
-    """An ONNX Runtime session.
+def runs_as_written(model: onnx.ModelProto) -> bool:
+    """Is this a TensorRT-target Q/DQ graph? Ours say so in their metadata; a peer's (ModelOpt's)
+    is known by its FP16 Q/DQ scales, which ONNX Runtime's own CPU Q/DQ graphs never have."""
+    if any(p.key == "trtpipe.target" and p.value == "tensorrt" for p in model.metadata_props):
+        return True
+    fp16 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    fp16 |= {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "Constant" and any(a.t.data_type == TensorProto.FLOAT16 for a in n.attribute)
+    }
+    return any(n.op_type in _QDQ and len(n.input) > 1 and n.input[1] in fp16 for n in model.graph.node)
 
-    ``fuse_qdq=False`` runs Q/DQ unfused (basic graph optimizations only): for the
-    TensorRT-target w8a8 graph, whose FP16 Q/DQ ONNX Runtime's CPU fusions
-    (QLinearConcat, ...) have no kernels for; on CPU it is a numerical simulation.
+
+def options(model: onnx.ModelProto, threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """Session options for ``model``: the one place that decides how a graph is optimized.
+
+    A TensorRT-target Q/DQ graph runs exactly as written: no graph optimizations, and
+    ``session.disable_quant_qdq`` also stops the Q/DQ rewrite ONNX Runtime makes at every
+    level (EnsureUniqueDQForNodeUnit). On a CPU that graph is a numerical simulation of
+    TensorRT, and ONNX Runtime's rewrites change its numbers: WeightBiasQuantization, a
+    basic-level pass, re-quantizes each Conv/Gemm bias to int32 through b / (s_x * s_w)
+    typed as the bias, so in an FP16 graph a quotient above 65504 is inf and the bias
+    becomes -2^31 * s_x * s_w. Running as written measured no slower than the basic level.
+    Every other graph, the CPU w8a8 graph included, is fully optimized: that is how it deploys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if not fuse_qdq:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if runs_as_written(model):
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if not spin:  # idle ONNX Runtime threads sleep instead of spinning, leaving the cores to our own work
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
+    return opts
+
+
+def session(
+    graph: str | os.PathLike[str] | onnx.ModelProto,
+    threads: int | None = None,
+    cpu_only: bool = False,
+    spin: bool = True,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``."""
+    if isinstance(graph, onnx.ModelProto):
+        model, source = graph, graph.SerializeToString()
+    else:
+        path = Path(graph)
+        if not path.is_file():
+            raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
+        model, source = onnx.load(str(path), load_external_data=False), str(path)
+    opts = options(model, threads, spin)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 
 CPU_GRAPHS = ("fp32", "w8a8-cpu")  # what deploys on a CPU
@@ -62,14 +96,9 @@ CPU_GRAPHS = ("fp32", "w8a8-cpu")  # what deploys on a CPU
 def session_for(
     path: str | os.PathLike[str], precision: str, threads: int | None = None, cpu_only: bool | None = None
 ) -> ort.InferenceSession:
-    """A session with the options an artifact needs: the CPU graphs on the CPU EP (unless
-    ``cpu_only`` says otherwise), the TensorRT-target w8a8 graph with Q/DQ unfused."""
-    return session(
-        path,
-        threads=threads,
-        cpu_only=precision in CPU_GRAPHS if cpu_only is None else cpu_only,
-        fuse_qdq=precision != "w8a8",
-    )
+    """A session on the EP an artifact needs: the CPU graphs on the CPU EP (unless ``cpu_only``
+    says otherwise), the others on CUDA where present. ``options`` picks the optimizations."""
+    return session(path, threads=threads, cpu_only=precision in CPU_GRAPHS if cpu_only is None else cpu_only)
 
 
 def feed_for(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -35,6 +35,26 @@ USER_MODEL = textwrap.dedent(
         nn.init.zeros_(net.head.bias)  # logits come from the features, as in a trained model
         return net
 
+    class DeadChannelNet(nn.Module):
+        # Three convs and a head; conv1's channel 0 is near-dead with bias 1.0, as BatchNorm folding leaves.
+        def __init__(self, channels=16, classes=4):
+            super().__init__()
+            self.conv0 = nn.Conv2d(3, channels, 3, padding=1)
+            self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.head = nn.Linear(channels, classes)
+            with torch.no_grad():
+                self.conv1.weight[0] *= 1e-3
+                self.conv1.bias[0] = 1.0
+
+        def forward(self, x):
+            y = torch.relu(self.conv1(torch.relu(self.conv0(x))))
+            return self.head(torch.relu(self.conv2(y)).mean((2, 3)))
+
+    def build_dead_channel(channels=16, classes=4):
+        torch.manual_seed(0)
+        return DeadChannelNet(channels, classes)
+
     def images(n, offset=0):
         i = np.arange(offset, offset + n, dtype=np.float32)[:, None, None, None]
         yy, xx = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")

@@ -298,3 +298,77 @@ def pre_norm_blocks() -> onnx.ModelProto:
         helper.make_node("LayerNormalization", ["r2", "gamma", "beta"], ["y"], name="ln2", axis=-1),
     ]
     return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
+def fp16_qdq_conv_bias() -> onnx.ModelProto:
+    """A TensorRT-target Q/DQ graph as our quantizer writes one, cut to one 1x1 conv:
+
+        x ─► Cast fp16 ─► Q/DQ (s_x = 1/127) ─► Conv 1x1 ─► Relu ─► Q/DQ (s_y = 2/127) ─► Cast fp32 ─► y
+                                                  ▲    ▲
+                    W = 64·I int8 ─► DQ (s_w per channel)    b = 1.0 (FP16)
+
+    Channel 0 has s_w = 2^-12 (its weight is 1/64), the others 2^-6 (weight 1). ONNX Runtime's
+    WeightBiasQuantization rewrites b as DQ(int32(round(b / (s_x·s_w)))) computed in the scales'
+    dtype: for channel 0, 1.0 / (2^-12 / 127) = 520192 overflows FP16 to inf, whose int32 cast is
+    garbage. Read as written, y[:, 0] = relu(x/64 + 1) ≈ 1 and y[:, c] = relu(x + 1).
+    """
+    s_w = np.full(16, 2.0**-6, np.float16)
+    s_w[0] = 2.0**-12
+    consts = [
+        numpy_helper.from_array(np.array(1 / 127, np.float16), "s_x"),
+        numpy_helper.from_array(np.array(2 / 127, np.float16), "s_y"),
+        numpy_helper.from_array(np.array(0, np.int8), "zp"),
+        numpy_helper.from_array((64 * np.eye(16)).astype(np.int8).reshape(16, 16, 1, 1), "w_int8"),
+        numpy_helper.from_array(s_w, "s_w"),
+        numpy_helper.from_array(np.zeros(16, np.int8), "zp_w"),
+        numpy_helper.from_array(np.ones(16, np.float16), "b"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x16"], name="cast_in", to=TensorProto.FLOAT16),
+        helper.make_node("QuantizeLinear", ["x16", "s_x", "zp"], ["xq"], name="q_x"),
+        helper.make_node("DequantizeLinear", ["xq", "s_x", "zp"], ["xd"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w_int8", "s_w", "zp_w"], ["w"], name="dq_w", axis=0),
+        helper.make_node("Conv", ["xd", "w", "b"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s_y", "zp"], ["rq"], name="q_y"),
+        helper.make_node("DequantizeLinear", ["rq", "s_y", "zp"], ["y16"], name="dq_y"),
+        helper.make_node("Cast", ["y16"], ["y"], name="cast_out", to=TensorProto.FLOAT),
+    ]
+    return _model(nodes, consts, out_shape=("batch", 16, 8, 8))
+
+
+def conv_gemm(dead_channel: bool = False) -> onnx.ModelProto:
+    """
+        x ─► conv1 ─► relu1 ─► conv2 ─► relu2 ─► Flatten ─► fc1 (1024 -> 32) ─► relu3 ─► fc2 (32 -> 16) ─► y
+    conv1 and fc1 each end at the Q of a quantized consumer (through a Relu): the pattern ONNX
+    Runtime's WeightBiasQuantization rewrites. ``dead_channel``: output channel 0 of conv1 and
+    of fc1 has weights 1000x smaller and bias 1.0, as BatchNorm folding leaves a near-dead
+    channel; its weight scale hits the FP16 floor and b / (s_x·s_w) overflows FP16.
+    """
+    n1, i1 = conv("conv1", "x", "c1")
+    n2, i2 = conv("conv2", "r1", "c2")
+    fc1_w, fc2_w = _w("fc1.w", 32, 1024), _w("fc2.w", 16, 32)
+    biases = {
+        "conv1.b": _w("conv1.b", 16, seed=1),
+        "conv2.b": _w("conv2.b", 16, seed=1),
+        "fc1.b": _w("fc1.b", 32, seed=1),
+        "fc2.b": _w("fc2.b", 16, seed=1),
+    }
+    inits = {i.name: numpy_helper.to_array(i).copy() for i in [*i1, *i2, fc1_w, fc2_w]}
+    inits.update({k: 0.1 * numpy_helper.to_array(v) for k, v in biases.items()})
+    if dead_channel:
+        for layer in ("conv1", "fc1"):
+            inits[f"{layer}.w"][0] *= 1e-3
+            inits[f"{layer}.b"][0] = 1.0
+    nodes = [
+        n1,
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        n2,
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc1.w", "fc1.b"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r3"], name="relu3"),
+        helper.make_node("Gemm", ["r3", "fc2.w", "fc2.b"], ["y"], name="fc2", transB=1),
+    ]
+    tensors = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
+    return _model(nodes, tensors, out_shape=("batch", 16))

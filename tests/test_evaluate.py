@@ -6,14 +6,21 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
 from pipeline import stages
+from pipeline.artifacts import Artifacts
 from pipeline.cli import main
+from pipeline.data import heldout_batches
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import error_stats
 from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR, verdict
+from pipeline.runners import artifacts, runner_for
+from tests import reference
+from tests.test_ortsession import bias_overflows
 
 
 def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
@@ -28,6 +35,46 @@ def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
 
     results = RunResults.load(str(out.results_dir / "polygraphy-b64.json"))
     assert len(results) == 4  # the FP32 reference and three artifacts
+
+
+def test_w8a8_verdicts_agree_with_the_reference_on_a_near_dead_channel(make_config, user_model, tmp_path):
+    """conv1's near-dead channel has b / (s_x * s_w) past FP16's range: at ONNX Runtime's basic
+    level its bias turned to garbage and quantize and compare printed FAIL (top-1 agreement 0%)
+    for a correct graph. Both now report what the fake-quant reference computes."""
+    cfg = make_config(model=f'[model]\nsource = "{user_model}:build_dead_channel"')
+    stages.export(cfg, tmp_path)
+    quantized = next(r for r in stages.quantize(cfg, tmp_path)["accuracy"] if r["artifact"] == "w8a8")
+    stages.build(cfg, tmp_path, backend="onnxruntime")
+    compared = [r for r in stages.compare(cfg, tmp_path) if r.artifact == "w8a8 (ONNX Runtime)"]
+    out = Artifacts.of(cfg, tmp_path)
+    w8a8, fp32 = onnx.load(out.graph("w8a8")), onnx.load(out.graph("fp32"))
+    assert len(bias_overflows(w8a8)) == 1  # conv1: the case that broke ONNX Runtime
+    got, ref = [], []
+    for feed, _ in heldout_batches(cfg, 64):
+        got.append(reference.run(w8a8, feed)[0])
+        ref.append(reference.run(fp32, feed)[0])
+    expected = error_stats(np.concatenate(got), np.concatenate(ref))
+    assert quantized["failures"] == [] and quantized["top1_agreement"] == 1.0
+    assert len(compared) == 2 and not any(r.failures for r in compared)
+    for mean_abs, cosine in [(quantized["mean_abs"], quantized["cosine"])] + [
+        (r.stats.mean_abs, r.stats.cosine) for r in compared
+    ]:
+        assert mean_abs == pytest.approx(expected.mean_abs, rel=0.2)
+        assert cosine == pytest.approx(expected.cosine, abs=1e-4)
+
+
+def test_runners_run_the_tensorrt_graph_as_written_and_the_cpu_graphs_optimized(pipeline_run):
+    cfg, _, out = pipeline_run
+    levels = {}
+    for artifact in artifacts(cfg, out):
+        runner = runner_for(artifact)
+        with runner:
+            levels[artifact.name] = runner.sess.get_session_options().graph_optimization_level
+    assert levels == {
+        "fp16": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "w8a8": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "w8a8-cpu": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
 
 
 def test_broken_w8a8_graph_fails_compare_naming_the_output(pipeline_run):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from pipeline import ortsession
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.export.fp16 import fp16_graph
@@ -29,17 +29,14 @@ def quantize(model: onnx.ModelProto, settings: QuantizeSection | None = None, me
     return plan, w8a8
 
 
-def run(model: onnx.ModelProto, feed, fused: bool = False) -> np.ndarray:
-    """``fused=False`` for the TensorRT-target graphs (FP16 Q/DQ, which ORT's CPU fusions lack kernels for)."""
-    opts = ort.SessionOptions()
-    if not fused:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+def run(model: onnx.ModelProto, feed) -> np.ndarray:
+    """With the options the pipeline gives this graph (TensorRT-target Q/DQ graphs run as written)."""
+    return ortsession.run(ortsession.session(model, cpu_only=True), feed)[0]
 
 
-def assert_close_to_fp32(model, w8a8, min_cosine=0.99, fused: bool = False):
+def assert_close_to_fp32(model, w8a8, min_cosine=0.99):
     feed = graphs.inputs_for(model, 3, seed=11)
-    ref, out = run(model, feed).ravel(), run(w8a8, feed, fused).astype(np.float32).ravel()
+    ref, out = run(model, feed).ravel(), run(w8a8, feed).ravel()
     cosine = float(ref @ out / (np.linalg.norm(ref) * np.linalg.norm(out)))
     assert cosine > min_cosine, f"cosine {cosine}"
 
@@ -203,7 +200,7 @@ def test_cpu_graph_folds_relu_into_the_conv_before_it():
     q_conv1 = next(n for n in w8a8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in ("c1", "r1"))
     assert inits[q_conv1.input[2]] == 0  # uint8 zero point 0: the range starts at 0, as relu1's does
     assert inits[q_conv1.input[1]] == pytest.approx(ranges.tensors["r1"].max / 255, rel=1e-6)
-    assert_close_to_fp32(model, w8a8, fused=True)
+    assert_close_to_fp32(model, w8a8)
 
 
 def test_cpu_graph_runs_gelu_fused_in_float():
@@ -226,7 +223,7 @@ def test_cpu_graph_runs_gelu_fused_in_float():
     gelu = next(n for n in w8a8.graph.node if n.op_type == "Gelu")
     assert producer[gelu.input[0]].op_type == "DequantizeLinear"  # float in, from uint8 h
     assert consumers[gelu.output[0]].op_type == "QuantizeLinear"  # float out, to uint8 for fc2
-    assert_close_to_fp32(model, w8a8, fused=True)
+    assert_close_to_fp32(model, w8a8)
 
 
 def test_conv_size_is_judged_by_its_gemm_dimensions():
@@ -304,7 +301,7 @@ def test_cpu_graph_keeps_the_residual_stream_float_but_not_a_cnns_residual_add()
     assert len(adds) == 2 and not any(readers.get(a.output[0]) == "QuantizeLinear" for a in adds)  # no QLinearAdd
     matmuls = [n for n in w8a8.graph.node if n.op_type == "MatMul"]
     assert all(producer[i].op_type == "DequantizeLinear" for m in matmuls for i in m.input)  # still int8
-    assert_close_to_fp32(model, w8a8, min_cosine=0.999, fused=True)
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999)
 
 
 def test_cpu_graph_quantizes_a_tied_weight_as_a_weight():
@@ -318,4 +315,4 @@ def test_cpu_graph_quantizes_a_tied_weight_as_a_weight():
         dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8 and inits[dq.input[1]].shape == (64,)
     )
     assert rules.violations(w8a8, "onnxruntime-cpu") == []
-    assert_close_to_fp32(model, w8a8, min_cosine=0.999, fused=True)
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999)
