@@ -1,0 +1,118 @@
+"""Which quantized layers a w8a8 graph's error comes from, and why.
+
+Both graphs run on the same few held-out rows with every weighted layer's input and
+output as extra outputs (quantization keeps those tensor names). A layer's share
+of the error is how much relative error its output carries beyond its worst
+input's: the error it adds itself. The reason looks at what per-tensor int8 does
+to the layer's input: a range far wider than the typical value (outlier channels)
+or values clipped at the calibrated range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from pipeline import ortsession
+from pipeline.calibrate.cache import Ranges
+from pipeline.data import Feed
+from pipeline.quantize.placement import WEIGHTED, GraphView
+
+# An input channel this many times wider than the median one leaves the others a handful of int8 levels.
+OUTLIER_RATIO = 10.0
+CLIPPED_SHARE = 1e-3
+
+
+@dataclass(frozen=True)
+class LayerError:
+    node: str
+    op_type: str
+    input_error: float  # relative L2 error of its worst activation input
+    output_error: float
+    added: float  # output_error - input_error: the error this layer adds
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.op_type} {self.node}: adds {self.added:.4f} relative error "
+            f"({self.input_error:.4f} in, {self.output_error:.4f} out): {self.reason}"
+        )
+
+
+def worst_layers(
+    fp32: GraphView, quantized: onnx.ModelProto, feed: Feed, ranges: Ranges, method: str, top: int = 5
+) -> list[LayerError]:
+    """The ``top`` layers adding the most error, largest first."""
+    present = {o for n in quantized.graph.node for o in n.output} | {i.name for i in quantized.graph.input}
+    layers = [
+        (node, [t for t in node.input[:2] if t and not fp32.is_weight(t) and t in present])
+        for node in fp32.nodes
+        if node.op_type in WEIGHTED and node.output[0] in present
+    ]
+    tensors = sorted({t for node, inputs in layers for t in (*inputs, node.output[0])})
+    ref = _values(fp32.model, fp32, tensors, feed)
+    got = _values(quantized, GraphView(quantized), tensors, feed)
+    err = {t: _relative_error(got[t], ref[t]) for t in tensors}
+    found = []
+    for node, inputs in layers:
+        worst_in = max(inputs, key=lambda t: err[t], default=None)
+        e_in = err[worst_in] if worst_in else 0.0
+        e_out = err[node.output[0]]
+        reason = _reason(node, inputs, ref, ranges, method)
+        found.append(LayerError(node.name, node.op_type, e_in, e_out, e_out - e_in, reason))
+    return sorted(found, key=lambda e: e.added, reverse=True)[:top]
+
+
+def _values(model: onnx.ModelProto, view: GraphView, tensors: list[str], feed: Feed) -> dict[str, np.ndarray]:
+    """``tensors`` as extra outputs; a tensor shape inference could not type (after a com.microsoft op)
+    is named without a type, which ONNX Runtime accepts."""
+    extra = onnx.ModelProto()
+    extra.CopyFrom(model)
+    have = {o.name for o in extra.graph.output}
+    extra.graph.output.extend(
+        view.value_infos[t] if t in view.value_infos else onnx.helper.make_empty_tensor_value_info(t)
+        for t in tensors
+        if t not in have
+    )
+    sess = ortsession.session(extra, cpu_only=True)
+    values = sess.run(tensors, ortsession.feed_for(sess, feed))
+    return {t: np.asarray(v, np.float64) for t, v in zip(tensors, values, strict=True)}
+
+
+def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(got - ref)) / norm if norm > 0 else float(np.linalg.norm(got))
+
+
+def _reason(node: onnx.NodeProto, inputs: list[str], ref: dict[str, np.ndarray], ranges: Ranges, method: str) -> str:
+    notes = []
+    for t in inputs:
+        if t not in ranges.tensors:
+            continue
+        x = np.abs(ref[t])
+        amax = ranges.amax(t, method)
+        channels = _channel_amax(node, x)
+        typical = float(np.median(channels)) if channels.size else 0.0
+        clipped = float(np.mean(x > amax))
+        if typical > 0 and channels.max() / typical > OUTLIER_RATIO:
+            c = int(channels.argmax())
+            notes.append(
+                f"input {t}: channel {c} spans +-{channels[c]:.3g}, {channels[c] / typical:.0f}x the median "
+                f"channel ({typical:.3g}): per-tensor int8 spends its levels on outlier channels"
+            )
+        elif clipped > CLIPPED_SHARE:
+            notes.append(f"input {t} clipped at +-{amax:.3g} for {100 * clipped:.2f}% of its values")
+    return "; ".join(notes) or "int8 rounding of its input and weights"
+
+
+def _channel_amax(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
+    """Per input channel, the largest |value|: axis 1 for a convolution, the last (K) for a GEMM."""
+    if x.ndim < 2:
+        return x.reshape(-1)
+    axis = 1 if node.op_type in ("Conv", "ConvTranspose") else x.ndim - 1
+    return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).max(axis=1)

@@ -1,0 +1,55 @@
+"""Naming the layers a w8a8 graph's error comes from, on a graph made to have one culprit."""
+
+from __future__ import annotations
+
+from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.config import QuantizeSection
+from pipeline.evaluate.attribution import worst_layers
+from pipeline.quantize import ort_cpu
+from pipeline.quantize.placement import GraphView
+from tests import graphs
+from tests.test_quantize import quantize
+
+
+def _outlier_inputs(model, batch, seed):
+    """Smooth inputs with one channel 200x larger: the outlier channel of a trained transformer."""
+    x = graphs.inputs_for(model, batch, seed)["x"].copy()
+    x[..., 3] *= 200.0
+    return {"x": x}
+
+
+def test_the_layer_fed_by_an_outlier_channel_is_named_with_the_reason():
+    """
+        x (channel 3 x200) ─► fc1 ─► GELU ─► fc2 ─► y        (graphs.mlp_gelu)
+    fc1's input range is set by one channel, so its int8 levels miss every other: fc1 adds the
+    error, fc2 (fed by GELU's well-spread output) adds little.
+    """
+    model = graphs.mlp_gelu()
+    view = GraphView(model)
+    batches = [_outlier_inputs(model, 4, seed) for seed in range(4)]
+    tensors = ort_cpu.tensors_to_calibrate(view) | {"x", "g"}
+    ranges = RangesFromOnnx(tensors, 2048, 99.99)(model, batches)
+    feed = _outlier_inputs(model, 3, seed=9)
+    for quantized in (quantize(model)[1], ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)):
+        worst = worst_layers(view, quantized, feed, ranges, "max", top=2)
+        assert [w.node for w in worst] == ["fc1", "fc2"]
+        assert worst[0].added > 0.01 and worst[0].added > 3 * abs(worst[1].added)
+        assert "input x: channel 3 spans" in worst[0].reason and "outlier channels" in worst[0].reason
+        assert worst[0].input_error < worst[0].output_error
+
+
+def test_error_is_measured_against_the_fp32_values():
+    model = graphs.attention()
+    view = GraphView(model)
+    plan, w8a8 = quantize(model)
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(plan.tensors, 2048, 99.99)(model, batches)
+    worst = worst_layers(view, model, graphs.inputs_for(model, 2, 5), ranges, "max")
+    assert all(w.output_error == 0 and w.added == 0 for w in worst)  # the FP32 graph against itself
+    assert {w.node for w in worst_layers(view, w8a8, graphs.inputs_for(model, 2, 5), ranges, "max", top=9)} == {
+        "proj_q",
+        "proj_k",
+        "proj_v",
+        "qk",
+        "av",
+    }
