@@ -256,7 +256,7 @@ def bench_model(config: str, batch: int, threads: int, repeat: int) -> tuple[lis
                     f"{r['peak_rss_mb']:.0f}",
                     f"{r['growth_mb']:.0f}",
                     f"{a.metric:.2f}",
-                    f"{100 * a.agreement:.2f}%",
+                    "-" if a.agreement is None else f"{100 * a.agreement:.2f}%",
                     f"{a.stats.cosine:.5f}",
                     f"{lat.median_ms:.2f}",
                     f"{fp32_lat.median_ms / lat.median_ms:.2f}x",

@@ -158,9 +158,12 @@ class QuantizeSection:
 
 @dataclass(frozen=True)
 class Gate:
-    """Accuracy gate for one precision, against the FP32 reference."""
+    """Accuracy gate for one precision, against the FP32 reference (see pipeline/evaluate/metrics.py):
+    ``min_cosine`` is judged on the centered cosine, ``max_rel_error`` against the output's spread,
+    ``min_top1_agreement`` on decisive rows only. ``max_abs`` is in the output's own units (off by default)."""
 
     min_cosine: float = 0.99
+    max_rel_error: float | None = None
     max_abs: float | None = None
     min_top1_agreement: float | None = None
     max_metric_drop: float | None = None
@@ -170,8 +173,12 @@ class Gate:
 class AccuracySection:
     # Held-out batch sizes compare runs every artifact at (each must fit a [batch] profile).
     batches: tuple[int, ...] = (1, 64)
-    fp32: Gate = Gate(min_cosine=0.99999, max_abs=1e-3)
-    fp16: Gate = Gate(min_cosine=0.9999, max_abs=5e-2)
+    # ONNX Runtime against PyTorch, both FP32: only summation order differs.
+    fp32: Gate = Gate(min_cosine=0.99999, max_rel_error=1e-3)
+    # FP16 keeps ~3 decimal digits per op; over 50+ layers the output drifts ~1-2% of its spread
+    # (ResNet-50: raw cosine 0.9998). A broken conversion (an overflow, a mistyped tensor) is far beyond.
+    fp16: Gate = Gate(min_cosine=0.999, max_rel_error=0.05)
+    # int8 on every GEMM: a cosine of 0.99 is ~14% error of the spread; top-1 may move 1 point.
     w8a8: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
     w8a8_cpu: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
 

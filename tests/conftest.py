@@ -59,7 +59,10 @@ USER_MODEL = textwrap.dedent(
         i = np.arange(offset, offset + n, dtype=np.float32)[:, None, None, None]
         yy, xx = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
         c = np.arange(3, dtype=np.float32)[None, :, None, None]
-        return np.sin(0.3 * i + 0.5 * yy + 0.7 * xx * (c + 1)).astype(np.float32)
+        # Frequency and contrast change from image to image, so pooled features (and logits) vary
+        # between inputs as a trained model's do, not only a shared constant part.
+        contrast = 1.0 + 0.8 * np.sin(1.7 * i)
+        return (contrast * np.sin(0.3 * i + (0.3 + 0.1 * (i % 5)) * yy + 0.7 * xx * (c + 1))).astype(np.float32)
 
     def calibration(samples, batch_size):
         for start in range(0, samples, batch_size):

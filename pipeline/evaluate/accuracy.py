@@ -19,7 +19,7 @@ class AccuracyRow:
     artifact: str
     output: str
     stats: ErrorStats
-    agreement: float | None  # top-1 agreement with FP32 (classifier outputs)
+    agreement: float | None  # top-1 agreement with FP32 on decisive rows (classifier outputs)
     metric: float | None  # task metric of this artifact (first output), e.g. top-1 %
     reference_metric: float | None
     failures: tuple[str, ...] = ()
@@ -93,10 +93,10 @@ def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[object
         "artifact",
         *(["batch"] if with_batch else []),
         "output",
-        "max abs",
-        "mean abs",
-        "max rel",
         "cosine",
+        "centered cos",
+        "rel error",
+        "max abs",
         "top-1 agree",
         "top-1 %",
         "FP32 top-1 %",
@@ -107,10 +107,10 @@ def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[object
             r.artifact,
             *([r.batch] if with_batch else []),
             r.output,
-            r.stats.max_abs,
-            r.stats.mean_abs,
-            r.stats.max_rel,
             f"{r.stats.cosine:.5f}",
+            f"{r.stats.centered_cosine:.5f}",
+            r.stats.rel_error,
+            r.stats.max_abs,
             "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
             "-" if r.metric is None else f"{r.metric:.2f}",
             "-" if r.reference_metric is None else f"{r.reference_metric:.2f}",

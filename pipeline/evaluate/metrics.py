@@ -1,12 +1,33 @@
-"""Numbers that say how far an output is from its reference."""
+"""Numbers that say how far an output is from its reference, on the output's own scale.
+
+Absolute errors mean nothing across models (logits of 10 or of 1000), and raw cosine
+hides loss when rows share a large constant part: a random-weight ResNet-50's w8a8
+logits had cosine 0.982 but only 0.31 once the part every row shares was removed.
+So the gates judge:
+
+* ``centered_cosine``: cosine after subtracting the reference's mean row (over the
+  batch), i.e. agreement on how outputs *vary* between inputs; raw cosine where there
+  is a single row;
+* ``rel_error``: ||out - ref|| over the reference's spread around that mean row (its
+  norm where there is a single row);
+* top-1 agreement only on *decisive* rows, whose reference top-1 logit leads the
+  runner-up by at least ``DECISIVE_MARGIN`` of the row's standard deviation: near-ties
+  (random-weight nets) flip under any rounding and say nothing about accuracy.
+
+Every statistic comes from running sums, so ``ErrorAccumulator`` takes an output
+batch by batch in bounded memory and gives what ``error_stats`` gives on the whole.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from pipeline.config import Gate
+
+DECISIVE_MARGIN = 0.1
+MIN_DECISIVE_ROWS = 10  # fewer decisive rows than this: agreement is not judged
 
 
 @dataclass(frozen=True)
@@ -16,20 +37,110 @@ class ErrorStats:
     max_rel: float
     mean_rel: float
     cosine: float
+    centered_cosine: float
+    rel_error: float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
+@dataclass
+class ErrorAccumulator:
+    """Running sums over rows (axis 0 is the batch) from which ``ErrorStats`` follow exactly."""
+
+    rows: int = 0
+    values: int = 0
+    max_abs: float = 0.0
+    sum_abs: float = 0.0
+    max_rel: float = 0.0
+    sum_rel: float = 0.0
+    dot: float = 0.0  # sum of out * ref
+    out_sq: float = 0.0
+    ref_sq: float = 0.0
+    diff_sq: float = 0.0
+    sum_out: np.ndarray | None = field(default=None, repr=False)  # per position within a row
+    sum_ref: np.ndarray | None = field(default=None, repr=False)
+
+    def update(self, out: np.ndarray, ref: np.ndarray) -> ErrorAccumulator:
+        ref = np.asarray(ref, dtype=np.float64)
+        rows = ref.shape[0] if ref.ndim else 1
+        ref = ref.reshape(rows, -1)
+        out = np.asarray(out, dtype=np.float64).reshape(ref.shape)
+        diff = np.abs(out - ref)
+        # Relative error against max(|ref|, 1e-3): near-zero references would otherwise dominate.
+        rel = diff / np.maximum(np.abs(ref), 1e-3)
+        self.rows += out.shape[0]
+        self.values += diff.size
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.sum_abs += float(diff.sum())
+        self.max_rel = max(self.max_rel, float(rel.max(initial=0.0)))
+        self.sum_rel += float(rel.sum())
+        self.dot += float(np.sum(out * ref))
+        self.out_sq += float(np.sum(out * out))
+        self.ref_sq += float(np.sum(ref * ref))
+        self.diff_sq += float(np.sum(diff * diff))
+        self.sum_out = out.sum(axis=0) if self.sum_out is None else self.sum_out + out.sum(axis=0)
+        self.sum_ref = ref.sum(axis=0) if self.sum_ref is None else self.sum_ref + ref.sum(axis=0)
+        return self
+
+    def result(self) -> ErrorStats:
+        n = max(self.rows, 1)
+        cosine = _cosine(self.dot, self.out_sq, self.ref_sq, self.diff_sq)
+        centered, spread_sq = cosine, self.ref_sq
+        if self.rows > 1 and self.sum_ref is not None and self.sum_out is not None:
+            mean_ref = self.sum_ref / n
+            # sum over rows of (o - m)(r - m), (o - m)^2, (r - m)^2 with m the reference's mean row
+            dot = self.dot - mean_ref @ self.sum_out - mean_ref @ self.sum_ref + n * mean_ref @ mean_ref
+            out_sq = self.out_sq - 2 * mean_ref @ self.sum_out + n * mean_ref @ mean_ref
+            spread_sq = self.ref_sq - n * mean_ref @ mean_ref
+            centered = _cosine(float(dot), float(out_sq), float(spread_sq), self.diff_sq)
+        rel_error = float(np.sqrt(self.diff_sq / spread_sq)) if spread_sq > 0 else float(self.diff_sq > 0)
+        return ErrorStats(
+            self.max_abs,
+            self.sum_abs / max(self.values, 1),
+            self.max_rel,
+            self.sum_rel / max(self.values, 1),
+            cosine,
+            centered,
+            rel_error,
+        )
+
+
+def _cosine(dot: float, a_sq: float, b_sq: float, diff_sq: float) -> float:
+    denom = np.sqrt(max(a_sq, 0.0) * max(b_sq, 0.0))
+    if denom > 0:
+        return float(np.clip(dot / denom, -1.0, 1.0))
+    return 1.0 if diff_sq == 0 else 0.0  # all zeros: equal or not
+
+
 def error_stats(out: np.ndarray, ref: np.ndarray) -> ErrorStats:
-    out = np.asarray(out, dtype=np.float64).ravel()
-    ref = np.asarray(ref, dtype=np.float64).ravel()
-    diff = np.abs(out - ref)
-    # Relative error against max(|ref|, 1e-3): near-zero references would otherwise dominate.
-    rel = diff / np.maximum(np.abs(ref), 1e-3)
-    denom = np.linalg.norm(out) * np.linalg.norm(ref)
-    cosine = float(out @ ref / denom) if denom > 0 else float(np.array_equal(out, ref))
-    return ErrorStats(float(diff.max()), float(diff.mean()), float(rel.max()), float(rel.mean()), cosine)
+    return ErrorAccumulator().update(out, ref).result()
+
+
+@dataclass
+class Agreement:
+    """Top-1 agreement with the reference on decisive rows, batch by batch."""
+
+    decisive: int = 0
+    agreeing: int = 0
+
+    def update(self, out: np.ndarray, ref: np.ndarray) -> Agreement:
+        ref = np.asarray(ref, dtype=np.float64)
+        top2 = np.sort(ref, axis=-1)[..., -2:]
+        margin = top2[..., 1] - top2[..., 0]
+        decisive = margin >= DECISIVE_MARGIN * ref.std(axis=-1)
+        same = np.argmax(out, axis=-1) == np.argmax(ref, axis=-1)
+        self.decisive += int(decisive.sum())
+        self.agreeing += int((same & decisive).sum())
+        return self
+
+    def result(self) -> float | None:
+        return self.agreeing / self.decisive if self.decisive >= MIN_DECISIVE_ROWS else None
+
+
+def top1_agreement(out: np.ndarray, ref: np.ndarray) -> float | None:
+    """Share of decisive rows whose arg-max class matches the reference's (None: too few decisive rows)."""
+    return Agreement().update(out, ref).result()
 
 
 def gate_failures(
@@ -41,12 +152,14 @@ def gate_failures(
 ) -> list[str]:
     """Human-readable reasons a result fails ``gate`` (empty when it passes)."""
     problems = []
-    if stats.cosine < gate.min_cosine:
-        problems.append(f"cosine {stats.cosine:.6f} < {gate.min_cosine}")
+    if stats.centered_cosine < gate.min_cosine:
+        problems.append(f"centered cosine {stats.centered_cosine:.6f} < {gate.min_cosine}")
+    if gate.max_rel_error is not None and stats.rel_error > gate.max_rel_error:
+        problems.append(f"relative error {stats.rel_error:.4g} > {gate.max_rel_error} (of the output's spread)")
     if gate.max_abs is not None and stats.max_abs > gate.max_abs:
         problems.append(f"max abs error {stats.max_abs:.3g} > {gate.max_abs}")
     if gate.min_top1_agreement is not None and agreement is not None and agreement < gate.min_top1_agreement:
-        problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement}")
+        problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement} (decisive rows)")
     if gate.max_metric_drop is not None and metric is not None and reference_metric is not None:
         drop = reference_metric - metric
         if drop > gate.max_metric_drop:
@@ -57,8 +170,3 @@ def gate_failures(
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy in percent."""
     return float(np.mean(np.argmax(logits, axis=-1) == labels) * 100.0)
-
-
-def top1_agreement(out: np.ndarray, ref: np.ndarray) -> float:
-    """Share of rows whose arg-max class matches the reference's."""
-    return float(np.mean(np.argmax(out, axis=-1) == np.argmax(ref, axis=-1)))

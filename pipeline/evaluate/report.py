@@ -172,7 +172,8 @@ def write_report(out: Artifacts, model: str) -> Path:
                 r["batch"],
                 r["output"],
                 f"{r['cosine']:.5f}",
-                f"{r['max_abs']:.3g}",
+                f"{r['centered_cosine']:.5f}",
+                f"{r['rel_error']:.3g}",
                 "-" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.2f}%",
                 "-" if r["metric"] is None else f"{r['metric']:.2f}",
                 "-" if r["fp32_metric"] is None else f"{r['fp32_metric']:.2f}",
@@ -182,7 +183,18 @@ def write_report(out: Artifacts, model: str) -> Path:
         ]
         parts.append(
             table(
-                ["artifact", "batch", "output", "cosine", "max abs", "top-1 agree", "top-1 %", "FP32 top-1 %", "gate"],
+                [
+                    "artifact",
+                    "batch",
+                    "output",
+                    "cosine",
+                    "centered cos",
+                    "rel error",
+                    "top-1 agree",
+                    "top-1 %",
+                    "FP32 top-1 %",
+                    "gate",
+                ],
                 rows,
             )
         )

@@ -48,16 +48,17 @@ def check_parity(cfg: Config, model: BoundModel, graphs: dict[str, Path]) -> lis
 
 def format_parity(rows: list[ParityRow]) -> str:
     return table(
-        ["graph", "batch", "output", "max abs", "max rel", "cosine", "ok"],
+        ["graph", "batch", "output", "max abs", "rel error", "cosine", "centered cos", "ok"],
         [
             [
                 r.precision,
                 r.batch,
                 r.output,
                 r.stats.max_abs,
-                r.stats.max_rel,
+                r.stats.rel_error,
                 f"{r.stats.cosine:.7f}",
-                "FAIL" if r.failures else "ok",
+                f"{r.stats.centered_cosine:.7f}",
+                "FAIL: " + "; ".join(r.failures) if r.failures else "ok",
             ]
             for r in rows
         ],
