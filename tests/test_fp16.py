@@ -53,14 +53,17 @@ def _scalar(value: float) -> onnx.TensorProto:
 
 def _constant_of_shape():
     """
-        x ─► Shape ─► ConstantOfShape(value=0.5 float32) ─► half ─┐
-        x ──────────────────────────────────────────────────────► Mul ─► Resize(scales float32) ─► y
+        x ─► Shape ─► ConstantOfShape(value=0.5 float32) ─► half ──────────┐
+                 └──► ConstantOfShape(no value: float32 zeros) ─► zeros ─┐  │
+        x ───────────────────────────────────────────────────────────► Add ─► Mul ─► Resize(scales float32) ─► y
     (Swin's masks are made this way; Resize's scales must stay float32 by its schema.)
     """
     nodes = [
         helper.make_node("Shape", ["x"], ["shape"], name="shape"),
         helper.make_node("ConstantOfShape", ["shape"], ["half"], name="fill", value=_scalar(0.5)),
-        helper.make_node("Mul", ["x", "half"], ["m"], name="mul"),
+        helper.make_node("ConstantOfShape", ["shape"], ["zeros"], name="zeros"),  # no value: float32 zeros
+        helper.make_node("Add", ["x", "zeros"], ["x0"], name="add_zeros"),
+        helper.make_node("Mul", ["x0", "half"], ["m"], name="mul"),
         helper.make_node("Resize", ["m", "", "scales"], ["y"], name="resize", mode="nearest"),
     ]
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")

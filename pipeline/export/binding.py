@@ -73,6 +73,9 @@ class BoundModel(torch.nn.Module):
         self.input_names = [s.name for s in cfg.inputs]
         self.output_names = [s.name for s in cfg.outputs]
         self.where = str(cfg.path)
+        # A new Module starts in training mode, and the TorchScript exporter restores the wrapper's
+        # mode onto every child after exporting: keep the user's model in eval mode (no dropout).
+        self.train(model.training)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         kwargs = {self.binding[n]: t for n, t in zip(self.input_names, inputs, strict=True)}

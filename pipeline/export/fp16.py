@@ -163,6 +163,10 @@ class _Converter:
 
 def _retype_attributes(node: onnx.NodeProto) -> None:
     """Attributes that decide a float output's type follow the node into FP16."""
+    if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+        # No value means float32 zeros: spell it out, in FP16 (Swin's attention masks are made so).
+        node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
+        return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT:
             attr.t.CopyFrom(numpy_helper.from_array(to_fp16(numpy_helper.to_array(attr.t)), attr.t.name))
