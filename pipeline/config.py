@@ -94,8 +94,14 @@ class ExportSection:
     parity_batches: tuple[int, ...] = (1, 7)
 
     def __post_init__(self) -> None:
-        if self.opset < 19:
-            raise ValueError(f"opset {self.opset} is too old: FP16 Q/DQ scales need opset >= 19")
+        import onnx  # here, not at the top: `trtpipe --help` stays light
+
+        newest = onnx.defs.onnx_opset_version()
+        if not 19 <= self.opset <= newest:
+            raise ValueError(
+                f"opset {self.opset} is out of range: FP16 Q/DQ scales need opset >= 19, and this onnx "
+                f"knows opsets up to {newest}"
+            )
         if not self.parity_batches or min(self.parity_batches) < 1:
             raise ValueError("parity_batches needs one or more positive batch sizes")
 
@@ -222,8 +228,11 @@ class Config:
     path: Path = Path(".")
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ValueError(f"name {self.name!r} may hold only letters, digits, '_', '.', '-'")
+        # One safe path component: it names folders under engines/ and calib/ (".." would escape them).
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.name):
+            raise ValueError(
+                f"name {self.name!r} may hold only letters, digits, '_', '.', '-', and must not start with '.' or '-'"
+            )
         if not self.inputs:
             raise ValueError("needs at least one [[inputs]] entry")
         if not self.outputs:
@@ -250,9 +259,13 @@ class Config:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder; give the model's .toml file") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: not valid TOML ({exc})") from None
     if isinstance(raw.get("batch"), dict):

@@ -84,3 +84,21 @@ def test_bundled_configs_load():
     for name in ("resnet_digits", "vit_digits"):
         cfg = load_config(f"models/{name}.toml")
         assert cfg.resolve(cfg.model.weights).is_file()
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-x", "a/b", "a\\\\b", ""])
+def test_name_is_one_safe_path_component(tmp_path, user_model, name):
+    path = write_config(tmp_path, user_model, top=f'name = "{name}"')
+    with pytest.raises(PipelineError, match="name .* may hold only"):
+        load_config(path)
+
+
+def test_opset_out_of_range_and_non_utf8_config(tmp_path, user_model):
+    path = write_config(tmp_path, user_model, top='name = "tiny"\n[export]\nopset = 99')
+    with pytest.raises(PipelineError, match="opset 99 is out of range"):
+        load_config(path)
+    path.write_bytes(b'name = "caf\xe9"\n')
+    with pytest.raises(PipelineError, match="not UTF-8 text"):
+        load_config(path)
+    with pytest.raises(PipelineError, match="is a folder"):
+        load_config(tmp_path)
