@@ -1,7 +1,8 @@
 """``python -m benchmarks.zoo [NAME ...]``: the zoo through every stage, then one Markdown table.
 
 Runs from the repository root; needs the zoo environment (``make zoo-setup``). Writes
-``engines/zoo.md``, ``engines/zoo.json`` and a log per stage in ``engines/zoo-logs/``.
+``engines/zoo.json`` (one record per model; a run of some models replaces only theirs),
+``engines/zoo.md`` from it, and a log per stage in ``engines/zoo-logs/``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from benchmarks.zoo.driver import run_model
-from benchmarks.zoo.table import markdown, model_row
+from benchmarks.zoo.table import markdown, merge, model_row
 from pipeline.config import load_config
-from pipeline.fileio import write_json, write_text
+from pipeline.fileio import read_json, write_json, write_text
 
 CONFIGS = Path(__file__).parent / "configs"
 # Cheapest first, so a short run still covers several families.
@@ -44,19 +45,22 @@ def main() -> None:
     unknown = [n for n in names if not (CONFIGS / f"{n}.toml").is_file()]
     if unknown:
         parser.error(f"no config for {', '.join(unknown)} in {CONFIGS}")
-    rows = []
     for name in names:
         config = CONFIGS / f"{name}.toml"
-        print(f"{load_config(config).name}:", flush=True)
+        model = load_config(config).name
+        print(f"{model}:", flush=True)
         runs = run_model(config, root, root / "engines" / "zoo-logs", args.timeout)
-        rows.append(model_row(load_config(config).name, runs, root))
-        _write(rows, root)  # after every model, so an interrupted run keeps what it measured
-    print(markdown(rows))
+        records = _save(model_row(model, runs, root).as_dict(), root)  # after every model: a stop keeps it
+    print(markdown(records))
 
 
-def _write(rows: list, root: Path) -> None:
-    write_text(root / "engines" / "zoo.md", markdown(rows))
-    write_json(root / "engines" / "zoo.json", {"models": [r.as_dict() for r in rows]})
+def _save(record: dict, root: Path) -> list[dict]:
+    """Into engines/zoo.json beside the rows of models not run this time; zoo.md rewritten from it."""
+    saved = read_json(root / "engines" / "zoo.json") or {"models": []}
+    records = merge(saved["models"], record, ORDER)
+    write_json(root / "engines" / "zoo.json", {"models": records})
+    write_text(root / "engines" / "zoo.md", markdown(records))
+    return records
 
 
 if __name__ == "__main__":

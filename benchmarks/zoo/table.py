@@ -1,4 +1,5 @@
-"""One row per zoo model from its stage runs, saved results and written graphs; one Markdown table."""
+"""One record per zoo model from its stage runs, saved results and written graphs; one Markdown table
+rendered from the saved records."""
 
 from __future__ import annotations
 
@@ -27,9 +28,6 @@ class ModelRow:
     graphs: dict[str, GraphStats]
     accuracy: dict[str, Accuracy]
     speedup: tuple[int, float] | None  # (largest CPU batch, w8a8-cpu vs FP32)
-
-    def run(self, stage: str) -> StageRun:
-        return next(r for r in self.runs if r.stage == stage)
 
     def as_dict(self) -> dict:
         return {
@@ -84,7 +82,16 @@ def _speedup(results: Path) -> tuple[int, float] | None:
     return int(batch), float(data["speedup"][batch])
 
 
-def markdown(rows: list[ModelRow]) -> str:
+def merge(saved: list[dict], new: dict, order: tuple[str, ...]) -> list[dict]:
+    """``saved`` records with ``new`` put in by name (a run of some models keeps the others' rows)."""
+    records = {r["name"]: r for r in saved}
+    records[new["name"]] = new
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(records.values(), key=lambda r: (rank.get(r["name"], len(rank)), r["name"]))
+
+
+def markdown(records: list[dict]) -> str:
+    """The table from saved records (``ModelRow.as_dict()``), then every failure's one line."""
     head = [
         "model",
         *STAGES,
@@ -100,8 +107,10 @@ def markdown(rows: list[ModelRow]) -> str:
         "calibrate peak RSS MB",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    failures = [f"- {r.name} {run.stage}: {run.error}" for r in rows for run in r.runs if run.status == "FAIL"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in records]
+    failures = [
+        f"- {r['name']} {s['stage']}: {s['error']}" for r in records for s in r["stages"] if s["status"] == "FAIL"
+    ]
     return "\n".join([*lines, "", LEGEND, *(["", "Failures:", "", *failures] if failures else [])]) + "\n"
 
 
@@ -115,30 +124,31 @@ LEGEND = (
 )
 
 
-def _cells(r: ModelRow) -> list[str]:
-    stage_cells = [{"ok": "ok", "FAIL": "**FAIL**", "skip": "-"}[r.run(s).status] for s in STAGES]
-    calib = r.run("calibrate")
-    measured = calib.status != "skip"
+def _cells(r: dict) -> list[str]:
+    stages = {s["stage"]: s for s in r["stages"]}
+    calib = stages["calibrate"]
+    measured = calib["status"] != "skip"
+    speedup = r["speedup"]
     return [
-        r.name,
-        *stage_cells,
-        _pair(r, lambda g: str(g.violations)),
-        _pair(r, lambda g: f"{g.quantized_nodes}/{g.compute_nodes}"),
-        _pair(r, lambda g: f"{100 * g.int8_weight_share:.0f}%"),
-        *_accuracy_cells(r.accuracy.get("w8a8")),
-        *_accuracy_cells(r.accuracy.get("w8a8-cpu")),
-        "-" if r.speedup is None else f"{r.speedup[1]:.2f}x (b{r.speedup[0]})",
-        f"{calib.seconds:.1f}" if measured else "-",
-        f"{calib.peak_rss_mb:.0f}" if measured else "-",
+        r["name"],
+        *({"ok": "ok", "FAIL": "**FAIL**", "skip": "-"}[stages[s]["status"]] for s in STAGES),
+        _pair(r, lambda g: str(g["violations"])),
+        _pair(r, lambda g: f"{g['quantized_nodes']}/{g['compute_nodes']}"),
+        _pair(r, lambda g: f"{100 * g['int8_weight_share']:.1f}%"),
+        *_accuracy_cells(r["accuracy"].get("w8a8")),
+        *_accuracy_cells(r["accuracy"].get("w8a8-cpu")),
+        "-" if speedup is None else f"{speedup['w8a8_cpu']:.2f}x (b{speedup['batch']})",
+        f"{calib['seconds']:.1f}" if measured else "-",
+        f"{calib['peak_rss_mb']:.0f}" if measured else "-",
     ]
 
 
-def _pair(r: ModelRow, fmt) -> str:
-    return " / ".join(fmt(r.graphs[k]) if k in r.graphs else "-" for k in GRAPHS)
+def _pair(r: dict, fmt) -> str:
+    return " / ".join(fmt(r["graphs"][k]) if k in r["graphs"] else "-" for k in GRAPHS)
 
 
-def _accuracy_cells(acc: Accuracy | None) -> list[str]:
+def _accuracy_cells(acc: dict | None) -> list[str]:
     if acc is None:
         return ["-", "-"]
-    mark = " q" if acc.source == "quantize" else ""
-    return [f"{acc.cosine:.4f}{mark}", f"{acc.mean_rel:.3g}{mark}"]
+    mark = " q" if acc["source"] == "quantize" else ""
+    return [f"{acc['cosine']:.4f}{mark}", f"{acc['mean_rel']:.3g}{mark}"]
