@@ -120,7 +120,8 @@ LEGEND = (
     "nodes fed by a DequantizeLinear over all of them. int8 weights: int8 elements over all weight "
     "elements (initializers of rank >= 2). Cosine (lowest) and mean relative error (highest) of the "
     "first output against FP32 over compare's batch sizes (from quantize's check when compare did not "
-    "run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX Runtime CPU at the largest bench batch."
+    "run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX Runtime CPU at the largest bench batch. "
+    "Calibrate: wall time and peak RSS of the calibrate stage's process, start-up included."
 )
 
 
