@@ -16,7 +16,7 @@ CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
 QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: deploy setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -27,6 +27,7 @@ help:
 	@echo "make report                 rewrite reports from saved results"
 	@echo "make gpu-check              on a GPU machine: build engines, check INT8 coverage and parity"
 	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
+	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -90,6 +91,26 @@ bench-quant: export
 gpu-check: $(STAMP)
 	$(BIN)/python -c "from pipeline.build.probe import probe; c = probe(); raise SystemExit(0 if c.available else 'gpu-check: ' + c.reason)"
 	$(BIN)/pytest -q -m gpu tests/gpu
+
+# The model zoo has its own environment (.zoovenv): torchvision, timm and transformers beside
+# torch 2.13.0+cpu. constraints-cpu.txt keeps torch the CPU build and torchvision at its matching
+# release, whose CUDA-built C++ ops do not load there (benchmarks/zoo/models.py works around it).
+ZOO_VENV  ?= .zoovenv
+ZOO_STAMP := $(ZOO_VENV)/.installed
+
+zoo-setup: $(ZOO_STAMP)
+
+$(ZOO_STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/pip install -q --upgrade pip
+	$(ZOO_VENV)/bin/pip install -q -c constraints-cpu.txt -e '.[zoo]'
+	$(ZOO_VENV)/bin/python -c "import torch; v = torch.__version__; raise SystemExit(None if v.endswith('+cpu') else 'zoo-setup: torch ' + v + ' is not the CPU build')"
+	$(ZOO_VENV)/bin/python -c "from benchmarks.zoo.models import torchvision_without_ops as t; t(); import torchvision.models, timm, transformers"
+	touch $@
+
+# A benchmark, not a test: engines/zoo.md (one table), engines/zoo.json, logs in engines/zoo-logs/.
+zoo: $(ZOO_STAMP)
+	$(ZOO_VENV)/bin/python -m benchmarks.zoo $(ZOO)
 
 test: $(STAMP)
 	$(BIN)/ruff check --quiet . && $(BIN)/ruff format --check --quiet .

@@ -1,0 +1,67 @@
+"""``python -m benchmarks.zoo [NAME ...]``: the zoo through every stage, then one Markdown table.
+
+Runs from the repository root; needs the zoo environment (``make zoo-setup``). Writes
+``engines/zoo.json`` (one record per model; a run of some models replaces only theirs),
+``engines/zoo.md`` from it, and a log per stage in ``engines/zoo-logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.zoo.driver import run_model
+from benchmarks.zoo.table import markdown, merge, model_row
+from pipeline.config import load_config
+from pipeline.fileio import read_json, write_json, write_text
+
+CONFIGS = Path(__file__).parent / "configs"
+# Cheapest first, so a short run still covers several families.
+ORDER = (
+    "mobilenet_v3_large",
+    "regnet_y_400mf",
+    "efficientnet_b0",
+    "mobilevit_xs",
+    "levit_128s",
+    "deeplabv3_mobilenet_v3_large",
+    "distilbert",
+    "t5_small_encoder",
+    "bert_base",
+    "resnet50",
+    "convnext_tiny",
+    "swin_t",
+    "gpt2",
+    "vit_b_16",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help=f"models to run (default: all, in this order: {' '.join(ORDER)})")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per stage before it is killed")
+    args = parser.parse_args()
+    root = Path.cwd()
+    names = args.names or [*ORDER, *sorted({p.stem for p in CONFIGS.glob("*.toml")} - set(ORDER))]
+    unknown = [n for n in names if not (CONFIGS / f"{n}.toml").is_file()]
+    if unknown:
+        parser.error(f"no config for {', '.join(unknown)} in {CONFIGS}")
+    for name in names:
+        config = CONFIGS / f"{name}.toml"
+        model = load_config(config).name
+        print(f"{model}:", flush=True)
+        runs = run_model(config, root, root / "engines" / "zoo-logs", args.timeout)
+        records = _save(model_row(model, runs, root).as_dict(), root)  # after every model: a stop keeps it
+    print(markdown(records))
+
+
+def _save(record: dict, root: Path) -> list[dict]:
+    """Into engines/zoo.json beside the rows of models not run this time; zoo.md rewritten from it."""
+    saved = read_json(root / "engines" / "zoo.json") or {"models": []}
+    records = merge(saved["models"], record, ORDER)
+    write_json(root / "engines" / "zoo.json", {"models": records})
+    write_text(root / "engines" / "zoo.md", markdown(records))
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""One record per zoo model from its stage runs, saved results and written graphs; one Markdown table
+rendered from the saved records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.zoo.driver import STAGES, StageRun
+from benchmarks.zoo.graphstats import GraphStats, graph_stats
+
+# The graph each quantization target writes, and whether TensorRT's symmetric scheme applies.
+GRAPHS = {"w8a8": ("model.w8a8.onnx", True), "w8a8-cpu": ("model.w8a8-cpu.onnx", False)}
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    cosine: float  # lowest over batch sizes, first output
+    mean_rel: float  # highest over batch sizes, first output
+    source: str  # "compare" or "quantize" (when compare did not run)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    runs: tuple[StageRun, ...]
+    graphs: dict[str, GraphStats]
+    accuracy: dict[str, Accuracy]
+    speedup: tuple[int, float] | None  # (largest CPU batch, w8a8-cpu vs FP32)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "stages": [r.as_dict() for r in self.runs],
+            "graphs": {k: v.as_dict() for k, v in self.graphs.items()},
+            "accuracy": {k: v.__dict__ for k, v in self.accuracy.items()},
+            "speedup": None if self.speedup is None else {"batch": self.speedup[0], "w8a8_cpu": self.speedup[1]},
+        }
+
+
+def model_row(name: str, runs: list[StageRun], root: Path) -> ModelRow:
+    model_dir = root / "engines" / name
+    graphs = {
+        label: graph_stats(model_dir / "onnx" / file, symmetric)
+        for label, (file, symmetric) in GRAPHS.items()
+        if (model_dir / "onnx" / file).is_file()
+    }
+    return ModelRow(name, tuple(runs), graphs, _accuracy(model_dir / "results"), _speedup(model_dir / "results"))
+
+
+def _accuracy(results: Path) -> dict[str, Accuracy]:
+    """From compare.json (every batch size); else from quantize.json's held-out check."""
+    for file, source in (("compare.json", "compare"), ("quantize.json", "quantize")):
+        path = results / file
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return _worst(data["rows"] if source == "compare" else data["accuracy"], source)
+    return {}
+
+
+def _worst(rows: list[dict], source: str) -> dict[str, Accuracy]:
+    out = {}
+    for artifact in GRAPHS:
+        # compare labels artifacts "w8a8 (ONNX Runtime)"; quantize uses the bare name
+        mine = [r for r in rows if r["artifact"].split(" ")[0] == artifact]
+        if not mine:
+            continue
+        first = [r for r in mine if r["output"] == mine[0]["output"]]
+        out[artifact] = Accuracy(min(r["cosine"] for r in first), max(r["mean_rel"] for r in first), source)
+    return out
+
+
+def _speedup(results: Path) -> tuple[int, float] | None:
+    path = results / "bench.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("quantized") != "w8a8-cpu" or not data["speedup"]:
+        return None
+    batch = max(data["speedup"], key=int)
+    return int(batch), float(data["speedup"][batch])
+
+
+def merge(saved: list[dict], new: dict, order: tuple[str, ...]) -> list[dict]:
+    """``saved`` records with ``new`` put in by name (a run of some models keeps the others' rows)."""
+    records = {r["name"]: r for r in saved}
+    records[new["name"]] = new
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(records.values(), key=lambda r: (rank.get(r["name"], len(rank)), r["name"]))
+
+
+def markdown(records: list[dict]) -> str:
+    """The table from saved records (``ModelRow.as_dict()``), then every failure's one line."""
+    head = [
+        "model",
+        *STAGES,
+        "rule violations",
+        "Q/DQ coverage",
+        "int8 weights",
+        "w8a8 cosine",
+        "w8a8 rel err",
+        "w8a8-cpu cosine",
+        "w8a8-cpu rel err",
+        "w8a8-cpu speedup",
+        "calibrate s",
+        "calibrate peak RSS MB",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in records]
+    failures = [
+        f"- {r['name']} {s['stage']}: {s['error']}" for r in records for s in r["stages"] if s["status"] == "FAIL"
+    ]
+    return "\n".join([*lines, "", LEGEND, *(["", "Failures:", "", *failures] if failures else [])]) + "\n"
+
+
+LEGEND = (
+    "Pairs are `w8a8 / w8a8-cpu` (TensorRT Q/DQ graph / ONNX Runtime CPU graph). Rule violations: "
+    "TensorRT explicit-quantization rules broken in the written graph. Q/DQ coverage: Conv/Gemm/MatMul "
+    "nodes fed by a DequantizeLinear over all of them. int8 weights: int8 elements over all weight "
+    "elements (initializers of rank >= 2). Cosine (lowest) and mean relative error (highest) of the "
+    "first output against FP32 over compare's batch sizes (from quantize's check when compare did not "
+    "run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX Runtime CPU at the largest bench batch. "
+    "Calibrate: wall time and peak RSS of the calibrate stage's process, start-up included."
+)
+
+
+def _cells(r: dict) -> list[str]:
+    stages = {s["stage"]: s for s in r["stages"]}
+    calib = stages["calibrate"]
+    measured = calib["status"] != "skip"
+    speedup = r["speedup"]
+    return [
+        r["name"],
+        *({"ok": "ok", "FAIL": "**FAIL**", "skip": "-"}[stages[s]["status"]] for s in STAGES),
+        _pair(r, lambda g: str(g["violations"])),
+        _pair(r, lambda g: f"{g['quantized_nodes']}/{g['compute_nodes']}"),
+        _pair(r, lambda g: f"{100 * g['int8_weight_share']:.1f}%"),
+        *_accuracy_cells(r["accuracy"].get("w8a8")),
+        *_accuracy_cells(r["accuracy"].get("w8a8-cpu")),
+        "-" if speedup is None else f"{speedup['w8a8_cpu']:.2f}x (b{speedup['batch']})",
+        f"{calib['seconds']:.1f}" if measured else "-",
+        f"{calib['peak_rss_mb']:.0f}" if measured else "-",
+    ]
+
+
+def _pair(r: dict, fmt) -> str:
+    return " / ".join(fmt(r["graphs"][k]) if k in r["graphs"] else "-" for k in GRAPHS)
+
+
+def _accuracy_cells(acc: dict | None) -> list[str]:
+    if acc is None:
+        return ["-", "-"]
+    mark = " q" if acc["source"] == "quantize" else ""
+    return [f"{acc['cosine']:.4f}{mark}", f"{acc['mean_rel']:.3g}{mark}"]
