@@ -58,3 +58,13 @@ def test_agreement_is_judged_on_decisive_rows_only():
     out[:2, 0] -= 10.0  # two decisive rows really change class
     assert top1_agreement(out, ref) == pytest.approx(0.9)
     assert top1_agreement(out[20:], ref[20:]) is None  # only near-ties: nothing to judge
+
+
+def test_an_output_that_hardly_varies_is_judged_raw():
+    """Rows differ by 1e-5 of the output: FP16-level noise would swamp a centered comparison."""
+    rng = np.random.default_rng(3)
+    ref = 1.0 + 1e-5 * rng.standard_normal((16, 10))
+    out = ref + 1e-5 * rng.standard_normal(ref.shape)
+    stats = error_stats(out, ref)
+    assert stats.centered_cosine == stats.cosine > 0.9999
+    assert stats.rel_error < 1e-4

@@ -50,11 +50,8 @@ def torchvision_without_ops() -> None:
         torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
 
-def torchvision_model(arch: str, output: str | None = None, **kwargs: Any) -> nn.Module:
-    """``torchvision.models.get_model(arch)`` with random weights and warmed BatchNorm statistics.
-
-    ``output`` picks one entry of a dict output (segmentation models return ``{"out": ...}``).
-    """
+def torchvision_model(arch: str, **kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model(arch)`` with random weights and warmed BatchNorm statistics."""
     torchvision_without_ops()
     import torchvision.models
 
@@ -63,7 +60,7 @@ def torchvision_model(arch: str, output: str | None = None, **kwargs: Any) -> nn
         kwargs["weights_backbone"] = None  # segmentation builders default to downloading a backbone
     torch.manual_seed(0)
     model = builder(weights=None, **kwargs)
-    return _ready(model if output is None else SelectOutput(model, output))
+    return _ready(model)
 
 
 def timm_model(arch: str, **kwargs: Any) -> nn.Module:
@@ -75,43 +72,14 @@ def timm_model(arch: str, **kwargs: Any) -> nn.Module:
     return _ready(timm.create_model(arch, pretrained=False, **kwargs))
 
 
-def transformers_model(
-    model: str, config: str, settings: dict[str, Any] | None = None, output: str | None = None
-) -> nn.Module:
-    """``transformers.<model>(transformers.<config>(**settings))``: random weights, no download.
-
-    ``output`` picks one entry of the ModelOutput, for models whose ``return_dict=False`` is broken.
-    """
+def transformers_model(model: str, config: str, settings: dict[str, Any] | None = None) -> nn.Module:
+    """``transformers.<model>(transformers.<config>(**settings))``: random weights, no download."""
     torchvision_without_ops()
     import transformers
 
     torch.manual_seed(0)
     cfg = getattr(transformers, config)(**(settings or {}))
-    net = getattr(transformers, model)(cfg).eval()
-    return net if output is None else SelectTokenOutput(net, output).eval()
-
-
-class SelectOutput(nn.Module):
-    """One entry of a model's dict output, as a tensor.
-
-    Workaround: export takes a tensor or a tuple of tensors today; remove once it maps dict
-    outputs to [[outputs]] by name.
-    """
-
-    def __init__(self, model: nn.Module, key: str) -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[self.key]
-
-
-class SelectTokenOutput(SelectOutput):
-    """The same for a text model fed ``input_ids`` (export keys dynamic shapes by parameter name)."""
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)[self.key]
+    return getattr(transformers, model)(cfg).eval()
 
 
 def _ready(model: nn.Module) -> nn.Module:

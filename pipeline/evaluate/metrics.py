@@ -7,9 +7,9 @@ So the gates judge:
 
 * ``centered_cosine``: cosine after subtracting the reference's mean row (over the
   batch), i.e. agreement on how outputs *vary* between inputs; raw cosine where there
-  is a single row;
+  is a single row, or where that varying part is under ``SPREAD_FLOOR`` of the norm;
 * ``rel_error``: ||out - ref|| over the reference's spread around that mean row (its
-  norm where there is a single row);
+  norm where the raw cosine is used);
 * top-1 agreement only on *decisive* rows, whose reference top-1 logit leads the
   runner-up by at least ``DECISIVE_MARGIN`` of the row's standard deviation: near-ties
   (random-weight nets) flip under any rounding and say nothing about accuracy.
@@ -27,6 +27,9 @@ import numpy as np
 from pipeline.config import Gate
 
 DECISIVE_MARGIN = 0.1
+# Below this share of the output's norm, the part that varies between rows is at the reference's own
+# rounding level (a net whose output hardly depends on its input): judge the raw output instead.
+SPREAD_FLOOR = 1e-2
 MIN_DECISIVE_ROWS = 10  # fewer decisive rows than this: agreement is not judged
 
 
@@ -92,8 +95,10 @@ class ErrorAccumulator:
             # sum over rows of (o - m)(r - m), (o - m)^2, (r - m)^2 with m the reference's mean row
             dot = self.dot - mean_ref @ self.sum_out - mean_ref @ self.sum_ref + n * mean_ref @ mean_ref
             out_sq = self.out_sq - 2 * mean_ref @ self.sum_out + n * mean_ref @ mean_ref
-            spread_sq = self.ref_sq - n * mean_ref @ mean_ref
-            centered = _cosine(float(dot), float(out_sq), float(spread_sq), self.diff_sq)
+            varying_sq = float(self.ref_sq - n * mean_ref @ mean_ref)
+            if varying_sq >= SPREAD_FLOOR**2 * self.ref_sq:  # else the output hardly depends on the input
+                centered = _cosine(float(dot), float(out_sq), varying_sq, self.diff_sq)
+                spread_sq = varying_sq
         rel_error = float(np.sqrt(self.diff_sq / spread_sq)) if spread_sq > 0 else float(self.diff_sq > 0)
         return ErrorStats(
             self.max_abs,
