@@ -188,6 +188,10 @@ class AccuracySection:
     w8a8: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
     w8a8_cpu: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
 
+    def gate(self, precision: str) -> Gate:
+        """The gate of an artifact: ``fp32``, ``fp16``, ``w8a8`` or ``w8a8-cpu``."""
+        return getattr(self, precision.replace("-", "_"))
+
 
 @dataclass(frozen=True)
 class BenchSection:

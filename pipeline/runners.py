@@ -32,10 +32,6 @@ class Artifact:
     def label(self) -> str:
         return f"{self.name} ({'TensorRT' if self.backend == 'tensorrt' else 'ONNX Runtime'})"
 
-    @property
-    def gate_key(self) -> str:
-        return self.name.replace("-", "_")
-
 
 def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
     record = read_json(out.build_record, "build")

@@ -101,6 +101,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.console import table
     from pipeline.errors import PipelineError
     from pipeline.evaluate.accuracy import accuracy_table, evaluate
+    from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
     from pipeline.quantize import rules
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
@@ -137,7 +138,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
 
     ref = ortsession.session_for(out.graph("fp32"), "fp32")
     sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True) for name in graphs}
-    gates = {"w8a8": cfg.accuracy.w8a8, "w8a8-cpu": cfg.accuracy.w8a8_cpu}
+    gates = {name: cfg.accuracy.gate(name) for name in graphs}
     rows = evaluate(
         cfg,
         lambda f: ortsession.run(ref, f),
@@ -146,11 +147,13 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     )
     info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data, method={method}")
     info(table(*accuracy_table(rows)))
+    worst = explain_losses(cfg, view, {n: g for n, (g, _) in graphs.items()}, rows, ranges, method)
     summary = {
         "method": method,
         "accuracy": [r.as_dict() for r in rows],
         "skipped": [s.__dict__ for s in plan.skipped],
         "int8_layers": len(plan.quantized),
+        "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
     }
     write_json(out.results_dir / "quantize.json", summary)
     return summary

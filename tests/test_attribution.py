@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.attribution import worst_layers
@@ -53,3 +55,16 @@ def test_error_is_measured_against_the_fp32_values():
         "qk",
         "av",
     }
+
+
+@pytest.mark.parametrize("pipeline_run", ["[accuracy.w8a8]\nmin_cosine = 0.999999"], indirect=True)
+def test_quantize_names_the_layers_when_a_graph_misses_its_cosine(pipeline_run):
+    """A gate set above what int8 reaches: quantize names the worst layers, in order, and saves them."""
+    import json
+
+    cfg, _, out = pipeline_run
+    summary = json.loads((out.results_dir / "quantize.json").read_text())
+    worst = summary["worst_layers"]
+    assert set(worst) == {"w8a8"}  # w8a8-cpu keeps its default gate, which it meets
+    added = [e["added"] for e in worst["w8a8"]]
+    assert added == sorted(added, reverse=True) and {e["op_type"] for e in worst["w8a8"]} <= {"Conv", "Gemm"}

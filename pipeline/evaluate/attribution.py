@@ -17,6 +17,8 @@ import onnx
 
 from pipeline import ortsession
 from pipeline.calibrate.cache import Ranges
+from pipeline.config import Config
+from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.quantize.placement import WEIGHTED, GraphView
 
@@ -116,3 +118,30 @@ def _channel_amax(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
         return x.reshape(-1)
     axis = 1 if node.op_type in ("Conv", "ConvTranspose") else x.ndim - 1
     return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).max(axis=1)
+
+
+ATTRIBUTION_ROWS = 4  # held-out rows both graphs run with every layer's tensors as outputs
+
+
+def explain_losses(
+    cfg: Config, fp32: GraphView, graphs: dict[str, onnx.ModelProto], rows: list, ranges: Ranges, method: str
+) -> dict[str, list[LayerError]]:
+    """For each w8a8 graph whose centered cosine on some output is under its gate's, the layers adding
+    the most error, printed and returned by graph name."""
+    from pipeline.data import sample_inputs
+
+    low = {
+        r.artifact
+        for r in rows
+        if r.artifact in graphs and r.stats.centered_cosine < cfg.accuracy.gate(r.artifact).min_cosine
+    }
+    if not low:
+        return {}
+    feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
+    found = {}
+    for name in sorted(low):
+        found[name] = worst_layers(fp32, graphs[name], feed, ranges, method)
+        info(f"{cfg.name}: {name} loses accuracy; the layers adding the most error (relative to FP32):")
+        for e in found[name]:
+            info(f"  {e}")
+    return found

@@ -37,7 +37,7 @@ def compare(cfg: Config, out: Artifacts) -> list[AccuracyRow]:
         ref = outputs[runners[0].name]
         y = np.concatenate(labels) if labels else None
         for artifact, runner in zip(found, runners[1:], strict=True):
-            gate = getattr(cfg.accuracy, artifact.gate_key)
+            gate = cfg.accuracy.gate(artifact.name)
             rows.extend(score_outputs(cfg, artifact.label, outputs[runner.name], ref, y, gate, batch))
     return rows
 

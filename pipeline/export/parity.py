@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import ortsession
-from pipeline.config import Config, Gate
+from pipeline.config import Config
 from pipeline.console import info, table
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
@@ -28,7 +28,6 @@ def check_parity(cfg: Config, model: BoundModel, graphs: dict[str, Path]) -> lis
     """Compare each graph (``{precision: path}``) with PyTorch; raise listing every failure."""
     rows = []
     sessions = {p: ortsession.session(path, cpu_only=True) for p, path in graphs.items()}
-    gates: dict[str, Gate] = {"fp32": cfg.accuracy.fp32, "fp16": cfg.accuracy.fp16}
     for batch in cfg.export.parity_batches:
         feed = sample_inputs(cfg, batch)
         refs = torch_outputs(model, feed, cfg)
@@ -36,7 +35,7 @@ def check_parity(cfg: Config, model: BoundModel, graphs: dict[str, Path]) -> lis
             outs = ortsession.run(sess, feed)
             for spec, out, ref in zip(cfg.outputs, outs, refs, strict=True):
                 stats = error_stats(out, ref)
-                failures = tuple(gate_failures(stats, gates[precision]))
+                failures = tuple(gate_failures(stats, cfg.accuracy.gate(precision)))
                 rows.append(ParityRow(precision, batch, spec.name, stats, failures))
     bad = [r for r in rows if r.failures]
     if bad:
