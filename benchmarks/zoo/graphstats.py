@@ -42,15 +42,15 @@ class GraphStats:
         }
 
 
-def graph_stats(path: Path, symmetric: bool) -> GraphStats:
-    """``symmetric``: the TensorRT graph (int8, zero point 0); False for ONNX Runtime's U8S8 graph."""
+def graph_stats(path: Path, target: str) -> GraphStats:
+    """``target``: the runtime whose quantization rules apply ("tensorrt" or "onnxruntime-cpu")."""
     model = onnx.load(str(path))
     graph = model.graph
     dq_outputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     compute = [n for n in graph.node if n.op_type in COMPUTE_OPS]
     quantized = sum(1 for n in compute if n.input[0] in dq_outputs)
     return GraphStats(
-        violations=len(rules.violations(model, symmetric=symmetric)),
+        violations=len(rules.violations(model, target)),
         compute_nodes=len(compute),
         quantized_nodes=quantized,
         int8_weight_share=_int8_share(graph),

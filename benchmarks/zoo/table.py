@@ -10,15 +10,17 @@ from pathlib import Path
 from benchmarks.zoo.driver import STAGES, StageRun
 from benchmarks.zoo.graphstats import GraphStats, graph_stats
 
-# The graph each quantization target writes, and whether TensorRT's symmetric scheme applies.
-GRAPHS = {"w8a8": ("model.w8a8.onnx", True), "w8a8-cpu": ("model.w8a8-cpu.onnx", False)}
+# The graph each quantization target writes, and the runtime whose rules it is checked against.
+GRAPHS = {"w8a8": ("model.w8a8.onnx", "tensorrt"), "w8a8-cpu": ("model.w8a8-cpu.onnx", "onnxruntime-cpu")}
 
 
 @dataclass(frozen=True)
 class Accuracy:
     cosine: float  # lowest over batch sizes, first output
-    mean_rel: float  # highest over batch sizes, first output
+    centered_cosine: float  # lowest over batch sizes, first output
+    rel_error: float  # highest over batch sizes, first output (of the output's spread)
     source: str  # "compare" or "quantize" (when compare did not run)
+    worst_layer: str | None  # quantize's attribution when the graph missed its cosine: the layer adding most
 
 
 @dataclass(frozen=True)
@@ -42,24 +44,24 @@ class ModelRow:
 def model_row(name: str, runs: list[StageRun], root: Path) -> ModelRow:
     model_dir = root / "engines" / name
     graphs = {
-        label: graph_stats(model_dir / "onnx" / file, symmetric)
-        for label, (file, symmetric) in GRAPHS.items()
+        label: graph_stats(model_dir / "onnx" / file, target)
+        for label, (file, target) in GRAPHS.items()
         if (model_dir / "onnx" / file).is_file()
     }
     return ModelRow(name, tuple(runs), graphs, _accuracy(model_dir / "results"), _speedup(model_dir / "results"))
 
 
 def _accuracy(results: Path) -> dict[str, Accuracy]:
-    """From compare.json (every batch size); else from quantize.json's held-out check."""
-    for file, source in (("compare.json", "compare"), ("quantize.json", "quantize")):
-        path = results / file
-        if path.is_file():
-            data = json.loads(path.read_text())
-            return _worst(data["rows"] if source == "compare" else data["accuracy"], source)
-    return {}
+    """From compare.json (every batch size); else from quantize.json's held-out check. The worst
+    layers come from quantize.json either way."""
+    quantize = json.loads((results / "quantize.json").read_text()) if (results / "quantize.json").is_file() else {}
+    worst = quantize.get("worst_layers", {})
+    if (results / "compare.json").is_file():
+        return _worst(json.loads((results / "compare.json").read_text())["rows"], "compare", worst)
+    return _worst(quantize.get("accuracy", []), "quantize", worst)
 
 
-def _worst(rows: list[dict], source: str) -> dict[str, Accuracy]:
+def _worst(rows: list[dict], source: str, layers: dict[str, list[dict]]) -> dict[str, Accuracy]:
     out = {}
     for artifact in GRAPHS:
         # compare labels artifacts "w8a8 (ONNX Runtime)"; quantize uses the bare name
@@ -67,7 +69,14 @@ def _worst(rows: list[dict], source: str) -> dict[str, Accuracy]:
         if not mine:
             continue
         first = [r for r in mine if r["output"] == mine[0]["output"]]
-        out[artifact] = Accuracy(min(r["cosine"] for r in first), max(r["mean_rel"] for r in first), source)
+        top = layers.get(artifact, [])
+        out[artifact] = Accuracy(
+            min(r["cosine"] for r in first),
+            min(r["centered_cosine"] for r in first),
+            max(r["rel_error"] for r in first),
+            source,
+            f"{top[0]['op_type']} {top[0]['node']} (+{top[0]['added']:.3f}): {top[0]['reason']}" if top else None,
+        )
     return out
 
 
@@ -98,9 +107,9 @@ def markdown(records: list[dict]) -> str:
         "rule violations",
         "Q/DQ coverage",
         "int8 weights",
-        "w8a8 cosine",
+        "w8a8 cosine / centered",
         "w8a8 rel err",
-        "w8a8-cpu cosine",
+        "w8a8-cpu cosine / centered",
         "w8a8-cpu rel err",
         "w8a8-cpu speedup",
         "calibrate s",
@@ -111,16 +120,39 @@ def markdown(records: list[dict]) -> str:
     failures = [
         f"- {r['name']} {s['stage']}: {s['error']}" for r in records for s in r["stages"] if s["status"] == "FAIL"
     ]
-    return "\n".join([*lines, "", LEGEND, *(["", "Failures:", "", *failures] if failures else [])]) + "\n"
+    culprits = [
+        f"- {r['name']} {artifact}: {acc['worst_layer']}"
+        for r in records
+        for artifact, acc in r["accuracy"].items()
+        if acc.get("worst_layer")
+    ]
+    return (
+        "\n".join(
+            [
+                *lines,
+                "",
+                LEGEND,
+                *(
+                    ["", "Where a w8a8 graph missed its cosine, the layer adding the most error:", "", *culprits]
+                    if culprits
+                    else []
+                ),
+                *(["", "Failures:", "", *failures] if failures else []),
+            ]
+        )
+        + "\n"
+    )
 
 
+CULPRITS = "Where a w8a8 graph missed its cosine, the layer adding the most error (quantize's attribution):"
 LEGEND = (
     "Pairs are `w8a8 / w8a8-cpu` (TensorRT Q/DQ graph / ONNX Runtime CPU graph). Rule violations: "
-    "TensorRT explicit-quantization rules broken in the written graph. Q/DQ coverage: Conv/Gemm/MatMul "
+    "the runtime's quantization rules broken in the written graph. Q/DQ coverage: Conv/Gemm/MatMul "
     "nodes fed by a DequantizeLinear over all of them. int8 weights: int8 elements over all weight "
-    "elements (initializers of rank >= 2). Cosine (lowest) and mean relative error (highest) of the "
-    "first output against FP32 over compare's batch sizes (from quantize's check when compare did not "
-    "run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX Runtime CPU at the largest bench batch. "
+    "elements (initializers of rank >= 2). Cosine and centered cosine (lowest) and relative error "
+    "(highest, of the output's spread) of the first output against FP32 over compare's batch sizes "
+    "(from quantize's check when compare did not run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX "
+    "Runtime CPU at the largest bench batch. "
     "Calibrate: wall time and peak RSS of the calibrate stage's process, start-up included."
 )
 
@@ -152,4 +184,4 @@ def _accuracy_cells(acc: dict | None) -> list[str]:
     if acc is None:
         return ["-", "-"]
     mark = " q" if acc["source"] == "quantize" else ""
-    return [f"{acc['cosine']:.4f}{mark}", f"{acc['mean_rel']:.3g}{mark}"]
+    return [f"{acc['cosine']:.4f} / {acc['centered_cosine']:.4f}{mark}", f"{acc['rel_error']:.3g}{mark}"]
