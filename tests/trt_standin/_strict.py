@@ -13,6 +13,7 @@ Implementation state of stand-in objects lives in attributes named ``_si_*``.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ _OBJECT = set(dir(object)) | {
 }
 
 REFUSED: list[str] = []  # "Class.name" of every refused access, in order
+CALLS: Counter[str] = Counter()  # "Class.name" of every allowed access from outside the stand-in
 STATE = {"active": False}
 
 
@@ -107,6 +109,7 @@ class StrictType(type):
         owner = type.__getattribute__(base, "_si_name")
         if real_attr(owner, name) is None:
             raise refuse(owner, name)
+        CALLS[f"{owner}.{name}"] += 1
         try:
             return type.__getattribute__(cls, name)
         except AttributeError:
@@ -128,6 +131,7 @@ class Strict(metaclass=StrictType):
         owner = _standin_base(cls)._si_name
         if real_attr(owner, name) is None:
             raise refuse(owner, name)
+        CALLS[f"{owner}.{name}"] += 1
         try:
             return object.__getattribute__(self, name)
         except AttributeError:

@@ -953,6 +953,7 @@ class _StrictModule(types.ModuleType):
         _strict.check_active()
         if name not in _MODULE:
             raise _strict.refuse("tensorrt", name)
+        _strict.CALLS[f"tensorrt.{name}"] += 1
         try:
             return super().__getattribute__(name)
         except AttributeError:
