@@ -33,6 +33,8 @@ class EngineFromOnnx:
             for p in per_input:
                 profile.add(p.name, min=p.min, opt=p.opt, max=p.max)
             trt_profiles.append(profile)
+        # Polygraphy opens "<cache>.lock" beside the timing cache before anything else makes the folder.
+        self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         config = CreateConfig(
             profiles=trt_profiles,
             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: self.settings.workspace_mib << 20},
@@ -41,7 +43,11 @@ class EngineFromOnnx:
             load_timing_cache=str(self.timing_cache) if self.timing_cache.is_file() else None,
         )
         network = NetworkFromOnnxPath(str(graph), strongly_typed=True)
-        return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(self.timing_cache))())
+        try:
+            return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(self.timing_cache))())
+        finally:
+            # Polygraphy leaves the lock file behind; one build at a time writes an engine folder.
+            Path(f"{self.timing_cache}.lock").unlink(missing_ok=True)
 
 
 def engine_information(plan: bytes) -> dict[str, Any]:
