@@ -7,19 +7,23 @@ tests/gpu stay the final word on what real TensorRT does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from pipeline import stages
 from pipeline.artifacts import Artifacts
 from pipeline.build.manifest import Manifest
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.fileio import sha256_file
 from tests.conftest import write_config
 from tests.test_trt_standin import POLYGRAPHY_PROBES
+from tests.trt_standin import plan as standin_plan
 from tests.trt_standin import standin
 
 FAST = "[bench]\ngpu_batches = [1, 8]\ncpu_batches = [1, 8]\nwarmup = 1\niterations = 3\nmin_seconds = 0.0"
@@ -83,3 +87,75 @@ def test_first_build_on_a_fresh_machine_keeps_its_engines_and_no_lock_file(tiny,
     stages.build(cfg)  # a second build reads the timing cache (locking it too) and leaves no lock either
     assert not list(target.glob("*.lock")) and (target / "timing.cache").read_bytes() == cached
     assert set(gpu_machine.refused) <= POLYGRAPHY_PROBES
+
+
+def test_build_log_is_kept_per_engine(tiny, gpu_machine):
+    cfg, _, out = tiny
+    stages.build(cfg)
+    log = out.log("build-w8a8").read_text()
+    assert "Building engine with configuration" in log and "Profiling Verbosity    | ProfilingVerbosity.DETAILED" in log
+
+
+# --- failures a user can cause: one line naming the graph, layer or engine -----------------------------
+
+
+def test_onnx_parse_failure_names_the_graph_and_node(tiny, gpu_machine):
+    cfg, path, out = tiny
+
+    def asymmetric(model):  # TensorRT quantizes symmetrically only: a non-zero zero point is refused
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+        zero = next(i for i in model.graph.initializer if i.name == q.input[2])
+        value = numpy_helper.to_array(zero).copy()
+        value[...] = 3
+        model.graph.initializer.append(numpy_helper.from_array(value, "nonzero_zero_point"))
+        q.input[2] = "nonzero_zero_point"
+
+    _edit_graph(out.graph("w8a8"), asymmetric)
+    line = _one_line_error(_cli("build", "-c", str(path)))
+    q = next(n for n in onnx.load(str(out.graph("w8a8"))).graph.node if n.op_type == "QuantizeLinear")
+    assert f"{out.graph('w8a8')}: TensorRT's ONNX parser refuses it: In node" in line
+    assert f"with name: {q.name} and operator: QuantizeLinear" in line and "zero point" in line
+    assert f"full log: {out.log('build-w8a8')}" in line
+
+
+def test_failed_build_names_the_graph_and_layer(tiny, gpu_machine):
+    cfg, path, out = tiny
+
+    def negative_scale(model):
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+        scale = next(i for i in model.graph.initializer if i.name == q.input[1])
+        model.graph.initializer.append(numpy_helper.from_array(-numpy_helper.to_array(scale), "negative_scale"))
+        q.input[1] = "negative_scale"
+
+    _edit_graph(out.graph("w8a8"), negative_scale)
+    q = next(n for n in onnx.load(str(out.graph("w8a8"))).graph.node if n.op_type == "QuantizeLinear")
+    line = _one_line_error(_cli("build", "-c", str(path)))
+    assert f"{out.graph('w8a8')}: TensorRT could not build an engine from it: " in line
+    assert f"({q.name}: Assertion failed: scaleAllPositive" in line
+
+
+def test_engine_that_does_not_deserialize_names_the_engine(tiny, gpu_machine):
+    cfg, path, out = tiny
+    record = stages.build(cfg)
+    engine = Path(record["dir"]) / "w8a8.plan"
+    header, graph = standin_plan.deserialize(engine.read_bytes())
+    # As if a plan from another TensorRT build had been copied in with a matching manifest.
+    engine.write_bytes(standin_plan.serialize({**header, "tensorrt_version": "11.3.0.1"}, graph))
+    manifest = json.loads(Path(record["manifest"]).read_text())
+    manifest["engines"]["w8a8"]["sha256"] = sha256_file(engine)
+    Path(record["manifest"]).write_text(json.dumps(manifest))
+    line = _one_line_error(_cli("compare", "-c", str(path)))
+    assert f"{engine}: TensorRT cannot deserialize this engine (" in line and "Version tag does not match" in line
+    assert "rebuild it with trtpipe build" in line
+
+
+def test_compare_and_bench_without_tensorrt_given_an_engine_build_record(tiny, tmp_path):
+    cfg, path, out = tiny
+    with standin(tmp_path / "gpu-machine"):
+        stages.build(cfg)
+    # Back on a machine without TensorRT, with the GPU machine's build record and engines.
+    for command in ("compare", "bench"):
+        line = _one_line_error(_cli(command, "-c", str(path)))
+        assert "a TensorRT engine (the build record says so), and this machine cannot run it" in line
+        assert "TensorRT is not installed" in line and "--backend onnxruntime" in line
+        assert "POLYGRAPHY_AUTOINSTALL_DEPS" not in line

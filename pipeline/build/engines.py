@@ -52,7 +52,7 @@ def build_engines(
     for precision, graph in graphs.items():
         info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
         start = time.perf_counter()
-        plan = build_engine(graph)
+        plan = build_engine(graph, log=out.log(f"build-{precision}"))
         seconds = time.perf_counter() - start
         engine_path = target / f"{precision}.plan"
         write_bytes(engine_path, plan)
