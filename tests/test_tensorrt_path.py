@@ -17,10 +17,13 @@ from onnx import numpy_helper
 
 from pipeline import stages
 from pipeline.artifacts import Artifacts
+from pipeline.build import layers as layer_report
 from pipeline.build.manifest import Manifest
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
+from tests import graphs
 from tests.conftest import write_config
 from tests.test_trt_standin import POLYGRAPHY_PROBES
 from tests.trt_standin import plan as standin_plan
@@ -159,3 +162,31 @@ def test_compare_and_bench_without_tensorrt_given_an_engine_build_record(tiny, t
         assert "a TensorRT engine (the build record says so), and this machine cannot run it" in line
         assert "TensorRT is not installed" in line and "--backend onnxruntime" in line
         assert "POLYGRAPHY_AUTOINSTALL_DEPS" not in line
+
+
+def test_missing_layers_in_the_inspector_json_is_an_error(tiny, tmp_path):
+    cfg, _, out = tiny
+    with standin(tmp_path / "gpu-machine", inspector_layers_key=None):
+        with pytest.raises(PipelineError, match=r'layers-fp16.json: the engine inspector\'s JSON has no "Layers"'):
+            stages.build(cfg)
+
+
+def test_parse_layers_refuses_engine_json_without_layers():
+    with pytest.raises(PipelineError, match=r"keys: I/O Tensors"):
+        layer_report.parse_layers({"I/O Tensors": []}, "layers.json")
+
+
+# --- make gpu-check ---------------------------------------------------------------------------------
+
+
+def test_fused_attention_counts_each_quantized_gemm():
+    from tests.test_quantize import quantize
+
+    _, w8a8 = quantize(graphs.attention())
+    layers = layer_report.parse_layers({"Layers": standin_plan.layers(w8a8, 4)})
+    quantized = layer_report.quantized_compute_node_names(w8a8)
+    assert quantized == {"proj_q", "proj_k", "proj_v", "qk", "av"}
+    summary = layer_report.summarize(layers, quantized)
+    # qk and av are inside one kgen (fused attention) layer: not a Conv/GEMM layer kind, still INT8.
+    assert summary.int8_compute_layers == 3 and summary.int8_quantized_layers == 5
+    assert summary.quantized_coverage == 1.0 and layer_report.coverage_warning(summary) is None
