@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -22,6 +23,7 @@ from pipeline.build.manifest import Manifest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
+from pipeline.evaluate import bench as bench_mod
 from pipeline.fileio import sha256_file
 from tests import graphs
 from tests.conftest import write_config
@@ -174,6 +176,52 @@ def test_missing_layers_in_the_inspector_json_is_an_error(tiny, tmp_path):
 def test_parse_layers_refuses_engine_json_without_layers():
     with pytest.raises(PipelineError, match=r"keys: I/O Tensors"):
         layer_report.parse_layers({"I/O Tensors": []}, "layers.json")
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+
+def test_tensorrt_timing_runs_execute_async_v3_and_nothing_else(tiny, gpu_machine):
+    cfg, _, out = tiny
+    stages.build(cfg)
+    plan = bench_mod.plan_bench(cfg, out)
+    assert plan.backend == "tensorrt" and "execute_async_v3 + cudaStreamSynchronize" in plan.includes
+    run, releases = bench_mod._timer(cfg, plan.quantized, 8, None)
+    try:
+        gpu_machine.calls.clear()
+        for _ in range(5):
+            run()
+        # Exactly the enqueue: no input checks against engine metadata, no output set-up per call.
+        assert dict(gpu_machine.calls) == {"IExecutionContext.execute_async_v3": 5}
+    finally:
+        for release in releases:
+            release()
+    assert not gpu_machine.gpu.allocations and not gpu_machine.gpu.streams  # every buffer and stream freed
+
+
+def test_timed_engine_computes_what_the_graph_does(tiny, gpu_machine):
+    from polygraphy import cuda
+
+    from pipeline.build.trt import execution
+    from pipeline.data import sample_inputs
+    from pipeline.runners import artifacts, engine_to_run
+
+    cfg, _, out = tiny
+    stages.build(cfg)
+    w8a8 = next(a for a in artifacts(cfg, out) if a.name == "w8a8")
+    feed = sample_inputs(cfg, 4)
+    run, release = execution(engine_to_run(w8a8), 0, feed)
+    try:
+        run()
+        (address,) = [a for a in gpu_machine.gpu.allocations if gpu_machine.gpu.allocations[a]._length_ == 4 * 4 * 4]
+        got = np.frombuffer(gpu_machine.gpu.view(address, 64), dtype=np.float32).reshape(4, 4).copy()
+    finally:
+        release()
+    from pipeline import ortsession
+
+    expected = ortsession.run(ortsession.session(out.graph("w8a8"), cpu_only=True), feed)[0]
+    assert np.allclose(got, expected, atol=1e-3)
+    assert cuda.wrapper().handle is not None
 
 
 # --- make gpu-check ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The thin TensorRT layer: build through Polygraphy's loaders, inspect, load.
+"""The thin TensorRT layer: build through Polygraphy's loaders, inspect, load, time one execution.
 
 TensorRT 11 networks are strongly typed: the FP16 engine's precision comes
 from the FP16 graph and the INT8 engine's from the Q/DQ graph. No FP16/INT8
@@ -16,9 +16,11 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.build.profiles import InputProfile
 from pipeline.config import BuildSection
@@ -147,3 +149,55 @@ def load_engine_bytes(plan: bytes, name: str):
 def load_engine(path: Path):
     """Deserialize an engine file; call ``manifest.verify_engine`` first."""
     return load_engine_bytes(Path(path).read_bytes(), str(path))
+
+
+def execution(engine_path: Path, profile: int, feed: dict[str, np.ndarray]) -> tuple[Callable[[], None], ...]:
+    """One inference of the engine as a zero-argument callable, and what releases its buffers.
+
+    The callable is exactly ``execute_async_v3`` on device-resident inputs and outputs followed by
+    a stream synchronize: the optimization profile, input shapes and tensor addresses are set once
+    here, and inputs copied to the device once. No host copies, no Polygraphy per-call checks.
+    """
+    import tensorrt as trt
+    from polygraphy import cuda
+
+    engine = load_engine(engine_path)
+    context = engine.create_execution_context()
+    stream = cuda.Stream()
+    buffers: list[Any] = []
+
+    def release() -> None:
+        for buffer in buffers:
+            buffer.free()
+        stream.free()
+
+    try:
+        if not context.set_optimization_profile_async(profile, stream.ptr):
+            raise PipelineError(f"{engine_path}: TensorRT cannot select optimization profile {profile}")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        for name in inputs:
+            host = np.ascontiguousarray(feed[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
+            if not context.set_input_shape(name, host.shape):
+                raise PipelineError(
+                    f"{engine_path}: input {name!r} of shape {list(host.shape)} is outside optimization "
+                    f"profile {profile}; see [batch] in the config"
+                )
+            buffers.append(cuda.DeviceArray(shape=host.shape, dtype=host.dtype).copy_from(host))
+            context.set_tensor_address(name, buffers[-1].ptr)
+        for name in names:
+            if name in inputs:
+                continue
+            shape = tuple(context.get_tensor_shape(name))
+            buffers.append(cuda.DeviceArray(shape=shape, dtype=trt.nptype(engine.get_tensor_dtype(name))))
+            context.set_tensor_address(name, buffers[-1].ptr)
+    except BaseException:
+        release()
+        raise
+
+    def run() -> None:
+        if not context.execute_async_v3(stream.ptr):
+            raise PipelineError(f"{engine_path}: TensorRT's execute_async_v3 failed (see the TensorRT error above)")
+        stream.synchronize()
+
+    return run, release
