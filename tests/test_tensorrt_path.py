@@ -8,6 +8,7 @@ tests/gpu stay the final word on what real TensorRT does.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +225,90 @@ def test_timed_engine_computes_what_the_graph_does(tiny, gpu_machine):
     assert cuda.wrapper().handle is not None
 
 
+# --- the examples, end to end through the CLI --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_examples(tmp_path_factory):
+    """Both bundled examples exported and quantized once (CPU), with a fast [bench]."""
+    root = tmp_path_factory.mktemp("examples")
+    repo = Path(__file__).resolve().parent.parent
+    configs = {}
+    for name in ("resnet_digits", "vit_digits"):
+        text = (repo / "models" / f"{name}.toml").read_text()
+        text = text.replace('"../pipeline/', f'"{repo}/pipeline/')
+        path = root / "models" / f"{name}.toml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text + "\n" + FAST.replace("[1, 8]", "[4, 16]", 1) + "\n")
+        cfg = load_config(path)
+        stages.export(cfg, root=root)
+        stages.quantize(cfg, root=root)
+        configs[name] = path
+    return root, configs
+
+
+def _fresh_copy(exported, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    root, configs = exported
+    work = tmp_path / "project"
+    shutil.copytree(root, work)
+    return work, {name: work / "models" / f"{name}.toml" for name in configs}
+
+
+@pytest.mark.parametrize("model", ["resnet_digits", "vit_digits"])
+def test_example_build_compare_bench_report_deploy_on_tensorrt(model, exported_examples, tmp_path, monkeypatch):
+    work, configs = _fresh_copy(exported_examples, tmp_path)
+    monkeypatch.chdir(work)
+    cfg_path = str(configs[model])
+    with standin(tmp_path / "gpu-machine") as machine:
+        for command in (["build"], ["compare"], ["bench"], ["report"], ["deploy", "--to", str(tmp_path / "repo")]):
+            result = _cli(command[0], "-c", cfg_path, *command[1:])
+            assert result.exit_code == 0, (command, result.output, result.exception)
+    out = Artifacts(model, work)
+    record = json.loads(out.build_record.read_text())
+    w8a8 = record["layers"]["w8a8"]
+    # Every quantized layer runs INT8, the ViT's attention GEMMs inside fused Myelin layers included.
+    assert w8a8["quantized_coverage"] == 1.0 and "warning" not in w8a8, w8a8
+    compare = json.loads((out.results_dir / "compare.json").read_text())
+    assert compare["passed"] and {r["artifact"] for r in compare["rows"]} == {
+        "fp16 (TensorRT)",
+        "w8a8 (TensorRT)",
+        "w8a8-cpu (ONNX Runtime)",
+    }
+    bench = json.loads((out.results_dir / "bench.json").read_text())
+    assert bench["backend"] == "tensorrt" and bench["batches"] == [4, 16]
+    report = (out.reports_dir / "report.md").read_text()
+    assert report.startswith(f"# {model}: FP16 vs w8a8 on TensorRT") and "execute_async_v3" in report
+    deployed = tmp_path / "repo" / model
+    assert 'platform: "tensorrt_plan"' in (deployed / "config.pbtxt").read_text()
+    assert sha256_file(deployed / "1" / "model.plan") == sha256_file(Path(record["dir"]) / "w8a8.plan")
+    # Neither trtpipe nor Polygraphy touched a name TensorRT 11.4 lacks, beyond Polygraphy's own probes.
+    assert set(machine.refused) <= POLYGRAPHY_PROBES, machine.refused
+    assert not machine.refused_cuda
+
+
 # --- make gpu-check ---------------------------------------------------------------------------------
+
+
+def test_gpu_check_writes_a_machine_readable_result(exported_examples, tmp_path):
+    from pipeline.build.gpu_check import gpu_check
+
+    work, configs = _fresh_copy(exported_examples, tmp_path)
+    with standin(tmp_path / "gpu-machine"):
+        result = gpu_check([configs["resnet_digits"]], root=work)
+    saved = json.loads((work / "engines" / "gpu-check.json").read_text())
+    assert saved == result and saved["tensorrt"] == "11.4.0.106" and saved["compute_capability"] == "8.9"
+    (model,) = saved["models"]
+    assert model["coverage"]["ok"] and model["coverage"]["share"] == 1.0 and model["accuracy"]["ok"]
+    for batch, speed in model["speed"].items():
+        # ONNX Runtime on a CPU is no TensorRT: where w8a8 is slower, the verdict must say why.
+        assert speed["ok"] and (speed["faster"] or "reformat layers" in speed["verdict"]), (batch, speed)
+    assert saved["passed"]
+
+
+def test_gpu_check_stops_with_the_probe_reason_without_a_gpu(tmp_path):
+    from pipeline.build.gpu_check import main as gpu_check_main
+
+    assert gpu_check_main([str(tmp_path / "missing.toml")]) == 1
 
 
 def test_fused_attention_counts_each_quantized_gemm():
