@@ -93,9 +93,11 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml
 	$(BIN)/pytest -q -m gpu tests/gpu
 
+# Line coverage of pipeline/build (TensorRT code included, run on tests/trt_standin) is printed
+# and must stay at 90% or more.
 test: $(STAMP)
 	$(BIN)/ruff check --quiet . && $(BIN)/ruff format --check --quiet .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov=pipeline.build --cov-report=term-missing --cov-fail-under=90
 
 clean:
 	rm -rf engines/*/ calib/*/
