@@ -136,8 +136,8 @@ def bench(config_path: Path, repeat: int) -> None:
     """Latency per artifact and batch size: median, p90, p99, spread, items/s; JSON and CSV in results/.
 
     \b
-    TensorRT engines are timed with device-resident buffers (enqueue + execute +
-    sync, no host copies) at [bench] gpu_batches. Without TensorRT, ONNX Runtime
+    TensorRT engines are timed as execute_async_v3 + stream sync on device-resident
+    buffers (no host copies, no per-call checks) at [bench] gpu_batches. Without TensorRT, ONNX Runtime
     times host arrays in and out: on a CPU, the FP32 graph against the ONNX
     Runtime CPU w8a8 graph at [bench] cpu_batches with [bench] threads.
     """

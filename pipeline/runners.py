@@ -52,14 +52,22 @@ def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
     return found
 
 
-def _feeding_declared_dtypes(runner_class: type) -> type:
+def _feeding_declared_dtypes(runner_class: type, source: Path) -> type:
     """A subclass of a Polygraphy runner that casts numpy inputs to the dtypes the artifact declares.
 
     Held-out data is in the config's dtypes; an FP16-I/O graph or engine takes float16, and
-    Polygraphy refuses a dtype mismatch.
+    Polygraphy refuses a dtype mismatch. A failure Polygraphy reports (``PolygraphyException``)
+    becomes a one-line error naming ``source``, the graph or engine.
     """
+    from polygraphy.exception import PolygraphyException
 
     class FeedingDeclaredDtypes(runner_class):
+        def activate(self):
+            try:
+                return super().activate()
+            except PolygraphyException as exc:
+                raise PipelineError(f"{source}: {_first_line(exc)}") from None
+
         def infer(self, feed_dict, check_inputs=True, *args, **kwargs):
             meta = self.get_input_metadata(use_numpy_dtypes=True)
             feed = {
@@ -68,10 +76,33 @@ def _feeding_declared_dtypes(runner_class: type) -> type:
                 else value
                 for name, value in feed_dict.items()
             }
-            return super().infer(feed, check_inputs, *args, **kwargs)
+            try:
+                return super().infer(feed, check_inputs, *args, **kwargs)
+            except PolygraphyException as exc:
+                raise PipelineError(f"{source}: {_first_line(exc)}") from None
 
     FeedingDeclaredDtypes.__name__ = runner_class.__name__
     return FeedingDeclaredDtypes
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def engine_to_run(artifact: Artifact) -> Path:
+    """The engine file of a TensorRT artifact, once this machine can run it and its manifest agrees."""
+    from pipeline.build.manifest import verify_engine
+    from pipeline.build.probe import probe
+
+    cap = probe()
+    if not cap.available:
+        raise PipelineError(
+            f"{artifact.path}: a TensorRT engine (the build record says so), and this machine cannot run it: "
+            f"{cap.reason}. Run compare and bench on the GPU machine that built it, or rebuild here with "
+            f"trtpipe build --backend onnxruntime"
+        )
+    return verify_engine(artifact.manifest, artifact.name, cap.trt_version, cap.compute_capability)
 
 
 def reference_runner(out: Artifacts, threads: int | None = None):
@@ -86,17 +117,14 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None)
     if artifact.backend == "tensorrt":
         from polygraphy.backend.trt import TrtRunner
 
-        from pipeline.build.manifest import verify_engine
-        from pipeline.build.probe import probe
         from pipeline.build.trt import load_engine
 
-        cap = probe()
-        engine_path = verify_engine(artifact.manifest, artifact.name, cap.trt_version, cap.compute_capability)
-        return _feeding_declared_dtypes(TrtRunner)(
+        engine_path = engine_to_run(artifact)
+        return _feeding_declared_dtypes(TrtRunner, engine_path)(
             lambda: load_engine(engine_path), name=artifact.label, optimization_profile=profile
         )
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return _feeding_declared_dtypes(OnnxrtRunner)(
+    return _feeding_declared_dtypes(OnnxrtRunner, artifact.path)(
         lambda: ortsession.session_for(artifact.path, artifact.name, threads), name=artifact.label
     )

@@ -52,13 +52,15 @@ def build_engines(
     for precision, graph in graphs.items():
         info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
         start = time.perf_counter()
-        plan = build_engine(graph)
+        plan = build_engine(graph, log=out.log(f"build-{precision}"))
         seconds = time.perf_counter() - start
         engine_path = target / f"{precision}.plan"
         write_bytes(engine_path, plan)
         inspector_json = engine_information(plan)
-        write_json(target / f"layers-{precision}.json", inspector_json)
-        summary = layer_report.summarize(layer_report.parse_layers(inspector_json))
+        layers_path = target / f"layers-{precision}.json"
+        write_json(layers_path, inspector_json)
+        quantized = layer_report.quantized_compute_node_names(onnx.load(str(graph))) if precision == "w8a8" else set()
+        summary = layer_report.summarize(layer_report.parse_layers(inspector_json, str(layers_path)), quantized)
         summaries[precision] = summary.as_dict()
         manifest.engines[precision] = EngineEntry(
             precision,
@@ -67,15 +69,20 @@ def build_engines(
             graph.name,
             sha256_file(graph),
             round(seconds, 2),
-            summary.int8_coverage if precision == "w8a8" else None,
+            summary.quantized_coverage if precision == "w8a8" else None,
+        )
+        coverage = (
+            f"{summary.int8_quantized_layers}/{summary.quantized_layers} quantized layers INT8, "
+            if precision == "w8a8"
+            else ""
         )
         info(
-            f"  {precision}: {summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul layers INT8, "
-            f"{summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, {seconds:.1f} s"
+            f"  {precision}: {coverage}{summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul "
+            f"layers INT8, {summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, "
+            f"{seconds:.1f} s"
         )
         if precision == "w8a8":
-            expected = layer_report.quantized_compute_nodes(onnx.load(str(graph)))
-            warning = layer_report.coverage_warning(summary, expected)
+            warning = layer_report.coverage_warning(summary)
             if warning:
                 info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
                 summaries[precision]["warning"] = warning

@@ -26,7 +26,7 @@ class EngineEntry:
     source_graph: str
     source_graph_sha256: str
     build_seconds: float
-    int8_coverage: float | None = None  # share of Conv/GEMM/MatMul layers running INT8
+    int8_coverage: float | None = None  # share of the graph's quantized Conv/GEMM/MatMul layers running INT8
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,72 @@
-"""The thin TensorRT layer: build through Polygraphy's loaders, inspect, load.
+"""The thin TensorRT layer: build through Polygraphy's loaders, inspect, load, time one execution.
 
 TensorRT 11 networks are strongly typed: the FP16 engine's precision comes
 from the FP16 graph and the INT8 engine's from the Q/DQ graph. No FP16/INT8
 builder flags (removed in 11) and no calibrators are used.
+
+Polygraphy reports a failure by logging it (TensorRT's own messages go through its
+logger too) and raising ``PolygraphyException``. Each call here captures that log and
+turns the exception into one ``PipelineError`` naming the graph or engine, with
+TensorRT's first error line (which names the node or layer).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.build.profiles import InputProfile
 from pipeline.config import BuildSection
+from pipeline.errors import PipelineError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class PolygraphyLog:
+    """Polygraphy's log while a block runs, in ``path`` (kept) or a temporary file (removed)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def first_error(self, default: str) -> str:
+        """TensorRT's (or Polygraphy's) first error line: ``[E] ...``, else the exception's text."""
+        for line in self.lines:
+            if line.startswith("[E] "):
+                return line[4:].strip()
+        return default.strip().splitlines()[0] if default.strip() else "no error logged"
+
+    def where(self) -> str:
+        return f"; full log: {self.path}" if self.path is not None else ""
+
+
+@contextlib.contextmanager
+def polygraphy_log(path: Path | None = None) -> Iterator[PolygraphyLog]:
+    from polygraphy.logger import G_LOGGER
+
+    log = PolygraphyLog(path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target = str(path)
+    else:
+        fd, target = tempfile.mkstemp(prefix="trtpipe.polygraphy.", suffix=".log")
+        os.close(fd)
+    previous = G_LOGGER.log_file
+    G_LOGGER.log_file = target  # Polygraphy's documented way to copy its log to a file
+    try:
+        yield log
+    finally:
+        G_LOGGER.log_file = previous
+        log.lines = [_ANSI.sub("", line) for line in Path(target).read_text(errors="replace").splitlines()]
+        if path is None:
+            Path(target).unlink(missing_ok=True)
 
 
 class EngineFromOnnx:
@@ -23,9 +77,10 @@ class EngineFromOnnx:
         self.settings = settings
         self.timing_cache = timing_cache  # read if present, then extended: timings are reused across builds
 
-    def __call__(self, graph: Path) -> bytes:
+    def __call__(self, graph: Path, log: Path | None = None) -> bytes:
         import tensorrt as trt
         from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+        from polygraphy.exception import PolygraphyException
 
         trt_profiles = []
         for per_input in self.profiles:
@@ -33,30 +88,116 @@ class EngineFromOnnx:
             for p in per_input:
                 profile.add(p.name, min=p.min, opt=p.opt, max=p.max)
             trt_profiles.append(profile)
-        config = CreateConfig(
-            profiles=trt_profiles,
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: self.settings.workspace_mib << 20},
-            builder_optimization_level=self.settings.optimization_level,
-            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,  # the inspector then reports per-layer precisions
-            load_timing_cache=str(self.timing_cache) if self.timing_cache.is_file() else None,
-        )
-        network = NetworkFromOnnxPath(str(graph), strongly_typed=True)
-        return bytes(EngineBytesFromNetwork(network, config=config, save_timing_cache=str(self.timing_cache))())
+        # Polygraphy opens "<cache>.lock" beside the timing cache before anything else makes the folder.
+        self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        failed: tuple[str, Exception] | None = None
+        try:
+            with polygraphy_log(log) as captured:
+                try:
+                    network = NetworkFromOnnxPath(str(graph), strongly_typed=True)()
+                except PolygraphyException as exc:
+                    failed = ("TensorRT's ONNX parser refuses it", exc)
+                else:
+                    config = CreateConfig(
+                        profiles=trt_profiles,
+                        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: self.settings.workspace_mib << 20},
+                        builder_optimization_level=self.settings.optimization_level,
+                        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,  # the inspector reports precisions
+                        load_timing_cache=str(self.timing_cache) if self.timing_cache.is_file() else None,
+                    )
+                    build = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(self.timing_cache))
+                    try:
+                        plan = build()
+                    except PolygraphyException as exc:
+                        failed = ("TensorRT could not build an engine from it", exc)
+        finally:
+            # Polygraphy leaves the lock file behind; one build at a time writes an engine folder.
+            Path(f"{self.timing_cache}.lock").unlink(missing_ok=True)
+        if failed is not None:
+            what, exc = failed
+            raise PipelineError(f"{graph}: {what}: {captured.first_error(str(exc))}{captured.where()}")
+        return bytes(plan)
 
 
 def engine_information(plan: bytes) -> dict[str, Any]:
     """The engine inspector's whole-engine JSON."""
-    import tensorrt as trt
-    from polygraphy.backend.trt import EngineFromBytes
+    import json
 
-    engine = EngineFromBytes(plan)()
+    import tensorrt as trt
+
+    engine = load_engine_bytes(plan, "the engine just built")
     inspector = engine.create_engine_inspector()
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
+def load_engine_bytes(plan: bytes, name: str):
+    from polygraphy.backend.trt import EngineFromBytes
+    from polygraphy.exception import PolygraphyException
+
+    failed = None
+    with polygraphy_log() as captured:
+        try:
+            return EngineFromBytes(plan)()
+        except PolygraphyException as exc:
+            failed = exc
+    raise PipelineError(
+        f"{name}: TensorRT cannot deserialize this engine ({captured.first_error(str(failed))}); "
+        f"rebuild it with trtpipe build on this machine"
+    )
+
+
 def load_engine(path: Path):
     """Deserialize an engine file; call ``manifest.verify_engine`` first."""
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes
+    return load_engine_bytes(Path(path).read_bytes(), str(path))
 
-    return EngineFromBytes(BytesFromPath(str(path)))()
+
+def execution(engine_path: Path, profile: int, feed: dict[str, np.ndarray]) -> tuple[Callable[[], None], ...]:
+    """One inference of the engine as a zero-argument callable, and what releases its buffers.
+
+    The callable is exactly ``execute_async_v3`` on device-resident inputs and outputs followed by
+    a stream synchronize: the optimization profile, input shapes and tensor addresses are set once
+    here, and inputs copied to the device once. No host copies, no Polygraphy per-call checks.
+    """
+    import tensorrt as trt
+    from polygraphy import cuda
+
+    engine = load_engine(engine_path)
+    context = engine.create_execution_context()
+    stream = cuda.Stream()
+    buffers: list[Any] = []
+
+    def release() -> None:
+        for buffer in buffers:
+            buffer.free()
+        stream.free()
+
+    try:
+        if not context.set_optimization_profile_async(profile, stream.ptr):
+            raise PipelineError(f"{engine_path}: TensorRT cannot select optimization profile {profile}")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        for name in inputs:
+            host = np.ascontiguousarray(feed[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
+            if not context.set_input_shape(name, host.shape):
+                raise PipelineError(
+                    f"{engine_path}: input {name!r} of shape {list(host.shape)} is outside optimization "
+                    f"profile {profile}; see [batch] in the config"
+                )
+            buffers.append(cuda.DeviceArray(shape=host.shape, dtype=host.dtype).copy_from(host))
+            context.set_tensor_address(name, buffers[-1].ptr)
+        for name in names:
+            if name in inputs:
+                continue
+            shape = tuple(context.get_tensor_shape(name))
+            buffers.append(cuda.DeviceArray(shape=shape, dtype=trt.nptype(engine.get_tensor_dtype(name))))
+            context.set_tensor_address(name, buffers[-1].ptr)
+    except BaseException:
+        release()
+        raise
+
+    def run() -> None:
+        if not context.execute_async_v3(stream.ptr):
+            raise PipelineError(f"{engine_path}: TensorRT's execute_async_v3 failed (see the TensorRT error above)")
+        stream.synchronize()
+
+    return run, release

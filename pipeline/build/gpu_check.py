@@ -1,0 +1,123 @@
+"""``make gpu-check``: what a GPU user runs first. Every stage on the example models, then three checks.
+
+For each config: export, quantize, build TensorRT engines, compare, bench, report. Then:
+
+* **coverage**: the w8a8 engine runs at least 90% of the graph's quantized Conv/Gemm/MatMul
+  layers in INT8 (counted from the engine inspector, Myelin-fused layers included);
+* **accuracy**: every engine passes its compare gate against FP32;
+* **speed**: at each ``[bench] gpu_batches`` size w8a8 beats FP16, or the report's verdict
+  explains from the engine's layers why it does not.
+
+The result goes to ``engines/gpu-check.json``; the exit status is 0 only when every check passed.
+
+    python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import Artifacts
+from pipeline.config import load_config
+from pipeline.console import info
+from pipeline.errors import PipelineError
+from pipeline.fileio import read_json, write_json
+
+MIN_COVERAGE = 0.90
+_UNEXPLAINED = "no layer or op profile saved to explain it"
+
+
+def check_model(config_path: Path, root: Path) -> dict[str, Any]:
+    from pipeline import stages
+    from pipeline.evaluate.report import verdict
+
+    cfg = load_config(config_path)
+    out = Artifacts.of(cfg, root)
+    stages.export(cfg, root)
+    stages.quantize(cfg, root)
+    record = stages.build(cfg, root, backend="tensorrt")
+    try:
+        stages.compare(cfg, root)
+        accuracy_error = None
+    except PipelineError as exc:  # the gate failed; results are saved, the report still gets written
+        accuracy_error = str(exc)
+    bench = stages.bench(cfg, root)
+    stages.report(cfg, root)
+
+    layers = record["layers"]["w8a8"]
+    coverage = layers["quantized_coverage"]
+    lines = verdict(bench, read_json(out.results_dir / "compare.json"), record)
+    speed = {}
+    for batch, line in zip(bench["batches"], lines, strict=True):
+        speedup = bench["speedup"][str(batch)]
+        faster = speedup > 1.0
+        speed[str(batch)] = {
+            "speedup": speedup,
+            "faster": faster,
+            "verdict": line,
+            "ok": faster or (_UNEXPLAINED not in line and "no faster" in line),
+        }
+    result = {
+        "model": cfg.name,
+        "engines": record["dir"],
+        "coverage": {
+            "int8_quantized_layers": layers["int8_quantized_layers"],
+            "quantized_layers": layers["quantized_layers"],
+            "share": coverage,
+            "ok": coverage >= MIN_COVERAGE,
+        },
+        "accuracy": {"ok": accuracy_error is None, "error": accuracy_error},
+        "speed": speed,
+    }
+    result["passed"] = result["coverage"]["ok"] and result["accuracy"]["ok"] and all(s["ok"] for s in speed.values())
+    return result
+
+
+def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, Any]:
+    from pipeline.build.probe import probe
+
+    root = Path(root) if root is not None else Path.cwd()
+    cap = probe()
+    if not cap.available:
+        raise PipelineError(f"gpu-check: {cap.reason}")
+    models = [check_model(Path(p), root) for p in config_paths]
+    result = {
+        "passed": all(m["passed"] for m in models),
+        "tensorrt": cap.trt_version,
+        "gpu": cap.gpu_name,
+        "compute_capability": cap.compute_capability,
+        "cuda_runtime": cap.cuda_runtime,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "models": models,
+    }
+    path = root / "engines" / "gpu-check.json"
+    write_json(path, result)
+    for m in models:
+        c = m["coverage"]
+        info(
+            f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: INT8 {c['int8_quantized_layers']}/"
+            f"{c['quantized_layers']} quantized layers ({c['share']:.0%}), accuracy "
+            f"{'ok' if m['accuracy']['ok'] else 'FAILED'}, "
+            + ", ".join(f"b{b} {s['speedup']:.2f}x{'' if s['ok'] else ' unexplained'}" for b, s in m["speed"].items())
+        )
+    info(f"gpu-check: {'passed' if result['passed'] else 'FAILED'}; details in {path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    if not paths:
+        info("usage: python -m pipeline.build.gpu_check models/NAME.toml [...]")
+        return 2
+    try:
+        return 0 if gpu_check(paths)["passed"] else 1
+    except PipelineError as exc:
+        info(f"Error: {str(exc).splitlines()[0]}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

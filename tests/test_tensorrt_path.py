@@ -1,0 +1,324 @@
+"""trtpipe's TensorRT code path, executed on the TensorRT 11.4 stand-in (tests/trt_standin).
+
+Build, compare, bench, report and deploy run through Polygraphy's real loaders and runner and
+our TensorRT layer; each defect the stand-in found has a test here. The GPU tests in
+tests/gpu stay the final word on what real TensorRT does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from pipeline import stages
+from pipeline.artifacts import Artifacts
+from pipeline.build import layers as layer_report
+from pipeline.build.manifest import Manifest
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.evaluate import bench as bench_mod
+from pipeline.fileio import sha256_file
+from tests import graphs
+from tests.conftest import write_config
+from tests.test_trt_standin import POLYGRAPHY_PROBES
+from tests.trt_standin import plan as standin_plan
+from tests.trt_standin import standin
+
+FAST = "[bench]\ngpu_batches = [1, 8]\ncpu_batches = [1, 8]\nwarmup = 1\niterations = 3\nmin_seconds = 0.0"
+
+
+@pytest.fixture
+def tiny(tmp_path, user_model, monkeypatch):
+    """The tiny user model exported and quantized (on the CPU), run from tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST}')
+    cfg = load_config(path)
+    stages.export(cfg)
+    stages.quantize(cfg)
+    return cfg, path, Artifacts.of(cfg)
+
+
+@pytest.fixture
+def gpu_machine(tmp_path):
+    with standin(tmp_path / "gpu-machine") as machine:
+        yield machine
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_line_error(result) -> str:
+    """The CLI's answer to a user error: exit 1, one 'Error:' line, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "Traceback" not in result.output
+    return line
+
+
+def _edit_graph(path: Path, edit) -> None:
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(path))
+
+
+# --- build on a fresh GPU machine ----------------------------------------------------------------
+
+
+def test_first_build_on_a_fresh_machine_keeps_its_engines_and_no_lock_file(tiny, gpu_machine):
+    cfg, _, out = tiny
+    assert not out.trt_root.exists()  # nothing made the engine folder before the build
+    record = stages.build(cfg)
+    target = Path(record["dir"])
+    assert record["backend"] == "tensorrt" and target.name == "stand-in-gpu-test-double-sm89-trt11.4.0.106"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "fp16.plan",
+        "layers-fp16.json",
+        "layers-w8a8.json",
+        "manifest.json",
+        "timing.cache",
+        "w8a8.plan",
+    ]
+    assert set(Manifest.load(target / "manifest.json").engines) == {"fp16", "w8a8"}
+    cached = (target / "timing.cache").read_bytes()
+    stages.build(cfg)  # a second build reads the timing cache (locking it too) and leaves no lock either
+    assert not list(target.glob("*.lock")) and (target / "timing.cache").read_bytes() == cached
+    assert set(gpu_machine.refused) <= POLYGRAPHY_PROBES
+
+
+def test_build_log_is_kept_per_engine(tiny, gpu_machine):
+    cfg, _, out = tiny
+    stages.build(cfg)
+    log = out.log("build-w8a8").read_text()
+    assert "Building engine with configuration" in log and "Profiling Verbosity    | ProfilingVerbosity.DETAILED" in log
+
+
+# --- failures a user can cause: one line naming the graph, layer or engine -----------------------------
+
+
+def test_onnx_parse_failure_names_the_graph_and_node(tiny, gpu_machine):
+    cfg, path, out = tiny
+
+    def asymmetric(model):  # TensorRT quantizes symmetrically only: a non-zero zero point is refused
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+        zero = next(i for i in model.graph.initializer if i.name == q.input[2])
+        value = numpy_helper.to_array(zero).copy()
+        value[...] = 3
+        model.graph.initializer.append(numpy_helper.from_array(value, "nonzero_zero_point"))
+        q.input[2] = "nonzero_zero_point"
+
+    _edit_graph(out.graph("w8a8"), asymmetric)
+    line = _one_line_error(_cli("build", "-c", str(path)))
+    q = next(n for n in onnx.load(str(out.graph("w8a8"))).graph.node if n.op_type == "QuantizeLinear")
+    assert f"{out.graph('w8a8')}: TensorRT's ONNX parser refuses it: In node" in line
+    assert f"with name: {q.name} and operator: QuantizeLinear" in line and "zero point" in line
+    assert f"full log: {out.log('build-w8a8')}" in line
+
+
+def test_failed_build_names_the_graph_and_layer(tiny, gpu_machine):
+    cfg, path, out = tiny
+
+    def negative_scale(model):
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+        scale = next(i for i in model.graph.initializer if i.name == q.input[1])
+        model.graph.initializer.append(numpy_helper.from_array(-numpy_helper.to_array(scale), "negative_scale"))
+        q.input[1] = "negative_scale"
+
+    _edit_graph(out.graph("w8a8"), negative_scale)
+    q = next(n for n in onnx.load(str(out.graph("w8a8"))).graph.node if n.op_type == "QuantizeLinear")
+    line = _one_line_error(_cli("build", "-c", str(path)))
+    assert f"{out.graph('w8a8')}: TensorRT could not build an engine from it: " in line
+    assert f"({q.name}: Assertion failed: scaleAllPositive" in line
+
+
+def test_engine_that_does_not_deserialize_names_the_engine(tiny, gpu_machine):
+    cfg, path, out = tiny
+    record = stages.build(cfg)
+    engine = Path(record["dir"]) / "w8a8.plan"
+    header, graph = standin_plan.deserialize(engine.read_bytes())
+    # As if a plan from another TensorRT build had been copied in with a matching manifest.
+    engine.write_bytes(standin_plan.serialize({**header, "tensorrt_version": "11.3.0.1"}, graph))
+    manifest = json.loads(Path(record["manifest"]).read_text())
+    manifest["engines"]["w8a8"]["sha256"] = sha256_file(engine)
+    Path(record["manifest"]).write_text(json.dumps(manifest))
+    line = _one_line_error(_cli("compare", "-c", str(path)))
+    assert f"{engine}: TensorRT cannot deserialize this engine (" in line and "Version tag does not match" in line
+    assert "rebuild it with trtpipe build" in line
+
+
+def test_compare_and_bench_without_tensorrt_given_an_engine_build_record(tiny, tmp_path):
+    cfg, path, out = tiny
+    with standin(tmp_path / "gpu-machine"):
+        stages.build(cfg)
+    # Back on a machine without TensorRT, with the GPU machine's build record and engines.
+    for command in ("compare", "bench"):
+        line = _one_line_error(_cli(command, "-c", str(path)))
+        assert "a TensorRT engine (the build record says so), and this machine cannot run it" in line
+        assert "TensorRT is not installed" in line and "--backend onnxruntime" in line
+        assert "POLYGRAPHY_AUTOINSTALL_DEPS" not in line
+
+
+def test_missing_layers_in_the_inspector_json_is_an_error(tiny, tmp_path):
+    cfg, _, out = tiny
+    with standin(tmp_path / "gpu-machine", inspector_layers_key=None):
+        with pytest.raises(PipelineError, match=r'layers-fp16.json: the engine inspector\'s JSON has no "Layers"'):
+            stages.build(cfg)
+
+
+def test_parse_layers_refuses_engine_json_without_layers():
+    with pytest.raises(PipelineError, match=r"keys: I/O Tensors"):
+        layer_report.parse_layers({"I/O Tensors": []}, "layers.json")
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+
+def test_tensorrt_timing_runs_execute_async_v3_and_nothing_else(tiny, gpu_machine):
+    cfg, _, out = tiny
+    stages.build(cfg)
+    plan = bench_mod.plan_bench(cfg, out)
+    assert plan.backend == "tensorrt" and "execute_async_v3 + cudaStreamSynchronize" in plan.includes
+    run, releases = bench_mod._timer(cfg, plan.quantized, 8, None)
+    try:
+        gpu_machine.calls.clear()
+        for _ in range(5):
+            run()
+        # Exactly the enqueue: no input checks against engine metadata, no output set-up per call.
+        assert dict(gpu_machine.calls) == {"IExecutionContext.execute_async_v3": 5}
+    finally:
+        for release in releases:
+            release()
+    assert not gpu_machine.gpu.allocations and not gpu_machine.gpu.streams  # every buffer and stream freed
+
+
+def test_timed_engine_computes_what_the_graph_does(tiny, gpu_machine):
+    from polygraphy import cuda
+
+    from pipeline.build.trt import execution
+    from pipeline.data import sample_inputs
+    from pipeline.runners import artifacts, engine_to_run
+
+    cfg, _, out = tiny
+    stages.build(cfg)
+    w8a8 = next(a for a in artifacts(cfg, out) if a.name == "w8a8")
+    feed = sample_inputs(cfg, 4)
+    run, release = execution(engine_to_run(w8a8), 0, feed)
+    try:
+        run()
+        (address,) = [a for a in gpu_machine.gpu.allocations if gpu_machine.gpu.allocations[a]._length_ == 4 * 4 * 4]
+        got = np.frombuffer(gpu_machine.gpu.view(address, 64), dtype=np.float32).reshape(4, 4).copy()
+    finally:
+        release()
+    from pipeline import ortsession
+
+    expected = ortsession.run(ortsession.session(out.graph("w8a8"), cpu_only=True), feed)[0]
+    assert np.allclose(got, expected, atol=1e-3)
+    assert cuda.wrapper().handle is not None
+
+
+# --- the examples, end to end through the CLI --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_examples(tmp_path_factory):
+    """Both bundled examples exported and quantized once (CPU), with a fast [bench]."""
+    root = tmp_path_factory.mktemp("examples")
+    repo = Path(__file__).resolve().parent.parent
+    configs = {}
+    for name in ("resnet_digits", "vit_digits"):
+        text = (repo / "models" / f"{name}.toml").read_text()
+        text = text.replace('"../pipeline/', f'"{repo}/pipeline/')
+        path = root / "models" / f"{name}.toml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text + "\n" + FAST.replace("[1, 8]", "[4, 16]", 1) + "\n")
+        cfg = load_config(path)
+        stages.export(cfg, root=root)
+        stages.quantize(cfg, root=root)
+        configs[name] = path
+    return root, configs
+
+
+def _fresh_copy(exported, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    root, configs = exported
+    work = tmp_path / "project"
+    shutil.copytree(root, work)
+    return work, {name: work / "models" / f"{name}.toml" for name in configs}
+
+
+@pytest.mark.parametrize("model", ["resnet_digits", "vit_digits"])
+def test_example_build_compare_bench_report_deploy_on_tensorrt(model, exported_examples, tmp_path, monkeypatch):
+    work, configs = _fresh_copy(exported_examples, tmp_path)
+    monkeypatch.chdir(work)
+    cfg_path = str(configs[model])
+    with standin(tmp_path / "gpu-machine") as machine:
+        for command in (["build"], ["compare"], ["bench"], ["report"], ["deploy", "--to", str(tmp_path / "repo")]):
+            result = _cli(command[0], "-c", cfg_path, *command[1:])
+            assert result.exit_code == 0, (command, result.output, result.exception)
+    out = Artifacts(model, work)
+    record = json.loads(out.build_record.read_text())
+    w8a8 = record["layers"]["w8a8"]
+    # Every quantized layer runs INT8, the ViT's attention GEMMs inside fused Myelin layers included.
+    assert w8a8["quantized_coverage"] == 1.0 and "warning" not in w8a8, w8a8
+    compare = json.loads((out.results_dir / "compare.json").read_text())
+    assert compare["passed"] and {r["artifact"] for r in compare["rows"]} == {
+        "fp16 (TensorRT)",
+        "w8a8 (TensorRT)",
+        "w8a8-cpu (ONNX Runtime)",
+    }
+    bench = json.loads((out.results_dir / "bench.json").read_text())
+    assert bench["backend"] == "tensorrt" and bench["batches"] == [4, 16]
+    report = (out.reports_dir / "report.md").read_text()
+    assert report.startswith(f"# {model}: FP16 vs w8a8 on TensorRT") and "execute_async_v3" in report
+    deployed = tmp_path / "repo" / model
+    assert 'platform: "tensorrt_plan"' in (deployed / "config.pbtxt").read_text()
+    assert sha256_file(deployed / "1" / "model.plan") == sha256_file(Path(record["dir"]) / "w8a8.plan")
+    # Neither trtpipe nor Polygraphy touched a name TensorRT 11.4 lacks, beyond Polygraphy's own probes.
+    assert set(machine.refused) <= POLYGRAPHY_PROBES, machine.refused
+    assert not machine.refused_cuda
+
+
+# --- make gpu-check ---------------------------------------------------------------------------------
+
+
+def test_gpu_check_writes_a_machine_readable_result(exported_examples, tmp_path):
+    from pipeline.build.gpu_check import gpu_check
+
+    work, configs = _fresh_copy(exported_examples, tmp_path)
+    with standin(tmp_path / "gpu-machine"):
+        result = gpu_check([configs["resnet_digits"]], root=work)
+    saved = json.loads((work / "engines" / "gpu-check.json").read_text())
+    assert saved == result and saved["tensorrt"] == "11.4.0.106" and saved["compute_capability"] == "8.9"
+    (model,) = saved["models"]
+    assert model["coverage"]["ok"] and model["coverage"]["share"] == 1.0 and model["accuracy"]["ok"]
+    for batch, speed in model["speed"].items():
+        # ONNX Runtime on a CPU is no TensorRT: where w8a8 is slower, the verdict must say why.
+        assert speed["ok"] and (speed["faster"] or "reformat layers" in speed["verdict"]), (batch, speed)
+    assert saved["passed"]
+
+
+def test_gpu_check_stops_with_the_probe_reason_without_a_gpu(tmp_path):
+    from pipeline.build.gpu_check import main as gpu_check_main
+
+    assert gpu_check_main([str(tmp_path / "missing.toml")]) == 1
+
+
+def test_fused_attention_counts_each_quantized_gemm():
+    from tests.test_quantize import quantize
+
+    _, w8a8 = quantize(graphs.attention())
+    layers = layer_report.parse_layers({"Layers": standin_plan.layers(w8a8, 4)})
+    quantized = layer_report.quantized_compute_node_names(w8a8)
+    assert quantized == {"proj_q", "proj_k", "proj_v", "qk", "av"}
+    summary = layer_report.summarize(layers, quantized)
+    # qk and av are inside one kgen (fused attention) layer: not a Conv/GEMM layer kind, still INT8.
+    assert summary.int8_compute_layers == 3 and summary.int8_quantized_layers == 5
+    assert summary.quantized_coverage == 1.0 and layer_report.coverage_warning(summary) is None

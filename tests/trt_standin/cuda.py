@@ -1,0 +1,220 @@
+"""Test double of a GPU machine's CUDA libraries, as ``ctypes`` sees them.
+
+Polygraphy's ``polygraphy.cuda`` loads ``libcudart.so*`` with ``ctypes.CDLL`` and calls
+``cudaMalloc``/``cudaMemcpy``/``cudaStream*`` on the handle; our probe loads the driver
+(``libcuda.so.1``) and that same runtime. Inside ``standin()`` a ``ctypes.CDLL`` of either
+library returns one of the handles below instead, so Polygraphy's own code (its library
+search, its ``Cuda`` wrapper, ``DeviceArray``, ``Stream``) runs unchanged.
+
+"Device" memory is host memory owned here: every pointer handed out is checked on use
+(a copy into freed or foreign memory is an error, as it would be on a GPU), and streams are
+checked the same way. The runtime accepts only functions ``libcudart.so.13`` exports
+(``names/libcudart-13.json``, from the real library); the driver only the five CUDA driver
+API functions the probe uses (the driver is not on the package index, so that list is
+written from ``cuda.h``, not extracted).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CUDART_FUNCTIONS = frozenset(
+    json.loads((Path(__file__).parent / "names" / "libcudart-13.json").read_text())["functions"]
+)
+DRIVER_FUNCTIONS = frozenset({"cuInit", "cuDeviceGetCount", "cuDeviceGet", "cuDeviceGetName", "cuDeviceGetAttribute"})
+
+SUCCESS = 0
+ERROR_INVALID_VALUE = 1
+ERROR_INSUFFICIENT_DRIVER = 35
+ERROR_NO_DEVICE = 100
+ERROR_INVALID_RESOURCE_HANDLE = 400
+_CC_MAJOR, _CC_MINOR = 75, 76  # cudaDevAttrComputeCapabilityMajor/Minor (same numbers in the driver API)
+
+
+class NotInCuda(AttributeError):
+    """The real library exports no such function."""
+
+
+@dataclass
+class Gpu:
+    """What the stand-in machine's GPU reports."""
+
+    name: str = "Stand-in GPU (test double)"
+    compute_capability: tuple[int, int] = (8, 9)
+    runtime_version: int = 13050  # CUDA 13.5
+    devices: int = 1
+    allocations: dict[int, ctypes.Array] = field(default_factory=dict)
+    streams: set[int] = field(default_factory=set)
+    next_stream: int = 0x5_0000
+    refused: list[str] = field(default_factory=list)
+
+    def owning(self, address: int, nbytes: int) -> bool:
+        """Is [address, address + nbytes) inside one live allocation?"""
+        for start, buf in self.allocations.items():
+            if start <= address and address + nbytes <= start + ctypes.sizeof(buf):
+                return True
+        return False
+
+    def view(self, address: int, nbytes: int) -> memoryview:
+        if not self.owning(address, nbytes):
+            raise MemoryError(f"stand-in GPU: {nbytes} bytes at {address:#x} are not in a live device allocation")
+        return memoryview((ctypes.c_char * nbytes).from_address(address)).cast("B")
+
+
+def _value(arg: Any) -> int:
+    """An integer from what ctypes callers pass: c_void_p, c_size_t, c_int, plain int, or None."""
+    if arg is None:
+        return 0
+    if isinstance(arg, int):
+        return arg
+    value = getattr(arg, "value", arg)
+    return int(value or 0)
+
+
+def _out(ref: Any, value: int | bytes) -> None:
+    """Write through a ``ctypes.byref(...)`` (or a pointer/buffer) as the C function would."""
+    target = getattr(ref, "_obj", ref)
+    if isinstance(value, bytes):
+        ctypes.memmove(ctypes.addressof(target), value, len(value))
+    else:
+        target.value = value
+
+
+class _Library:
+    _functions: frozenset[str] = frozenset()
+    _soname = ""
+
+    def __init__(self, gpu: Gpu, path: str) -> None:
+        self._gpu = gpu
+        self._name = path
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return object.__getattribute__(self, name)
+        if name not in object.__getattribute__(self, "_functions"):
+            object.__getattribute__(self, "_gpu").refused.append(name)
+            raise NotInCuda(f"{object.__getattribute__(self, '_name')}: undefined symbol: {name}")
+        try:
+            return object.__getattribute__(self, name)
+        except AttributeError:  # a real export the stand-in does not implement: loud, not a probe's False
+            raise NotImplementedError(f"{self._soname}: {name} exists but the stand-in does not implement it") from None
+
+
+class CudaRuntime(_Library):
+    """``libcudart.so.13`` as ``ctypes.CDLL`` returns it; every function returns a ``cudaError_t``."""
+
+    _functions = CUDART_FUNCTIONS
+    _soname = "libcudart.so.13"
+
+    def cudaGetDeviceCount(self, count):
+        _out(count, self._gpu.devices)
+        return SUCCESS if self._gpu.devices else ERROR_NO_DEVICE
+
+    def cudaDeviceGetAttribute(self, value, attr, device):
+        if _value(device) >= self._gpu.devices:
+            return ERROR_INVALID_VALUE
+        major, minor = self._gpu.compute_capability
+        _out(value, {_CC_MAJOR: major, _CC_MINOR: minor}.get(_value(attr), 0))
+        return SUCCESS
+
+    def cudaGetDeviceProperties(self, prop, device):
+        if _value(device) >= self._gpu.devices:
+            return ERROR_INVALID_VALUE
+        _out(prop, self._gpu.name.encode()[:255] + b"\x00")  # cudaDeviceProp starts with char name[256]
+        return SUCCESS
+
+    def cudaRuntimeGetVersion(self, version):
+        _out(version, self._gpu.runtime_version)
+        return SUCCESS
+
+    def cudaMalloc(self, ptr, size):
+        nbytes = max(_value(size), 1)
+        buf = (ctypes.c_char * nbytes)()
+        address = ctypes.addressof(buf)
+        self._gpu.allocations[address] = buf
+        _out(ptr, address)
+        return SUCCESS
+
+    def cudaFree(self, ptr):
+        address = _value(ptr)
+        if address == 0:  # cudaFree(NULL) is a no-op
+            return SUCCESS
+        if self._gpu.allocations.pop(address, None) is None:
+            return ERROR_INVALID_VALUE
+        return SUCCESS
+
+    def _copy(self, dst, src, count, kind) -> int:
+        nbytes, kind = _value(count), _value(kind)
+        dst, src = _value(dst), _value(src)
+        # cudaMemcpyKind: 0 host->host, 1 host->device, 2 device->host, 3 device->device, 4 default
+        if kind in (2, 3) and not self._gpu.owning(src, nbytes):
+            return ERROR_INVALID_VALUE
+        if kind in (1, 3) and not self._gpu.owning(dst, nbytes):
+            return ERROR_INVALID_VALUE
+        ctypes.memmove(dst, src, nbytes)
+        return SUCCESS
+
+    def cudaMemcpy(self, dst, src, count, kind):
+        return self._copy(dst, src, count, kind)
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        if _value(stream) and _value(stream) not in self._gpu.streams:
+            return ERROR_INVALID_RESOURCE_HANDLE
+        return self._copy(dst, src, count, kind)
+
+    def cudaStreamCreate(self, stream):
+        self._gpu.next_stream += 0x10
+        self._gpu.streams.add(self._gpu.next_stream)
+        _out(stream, self._gpu.next_stream)
+        return SUCCESS
+
+    def cudaStreamSynchronize(self, stream):
+        handle = _value(stream)
+        return SUCCESS if handle == 0 or handle in self._gpu.streams else ERROR_INVALID_RESOURCE_HANDLE
+
+    def cudaStreamDestroy(self, stream):
+        handle = _value(stream)
+        if handle not in self._gpu.streams:
+            return ERROR_INVALID_RESOURCE_HANDLE
+        self._gpu.streams.discard(handle)
+        return SUCCESS
+
+
+class CudaDriver(_Library):
+    """``libcuda.so.1``: the driver API calls the probe makes; each returns a ``CUresult``."""
+
+    _functions = DRIVER_FUNCTIONS
+    _soname = "libcuda.so.1"
+
+    def cuInit(self, flags):
+        return SUCCESS
+
+    def cuDeviceGetCount(self, count):
+        _out(count, self._gpu.devices)
+        return SUCCESS
+
+    def cuDeviceGet(self, device, ordinal):
+        _out(device, _value(ordinal))
+        return SUCCESS if _value(ordinal) < self._gpu.devices else ERROR_INVALID_VALUE
+
+    def cuDeviceGetName(self, name, length, device):
+        _out(name, self._gpu.name.encode()[: _value(length) - 1] + b"\x00")
+        return SUCCESS
+
+    def cuDeviceGetAttribute(self, value, attr, device):
+        major, minor = self._gpu.compute_capability
+        _out(value, {_CC_MAJOR: major, _CC_MINOR: minor}.get(_value(attr), 0))
+        return SUCCESS
+
+
+def is_cudart(path: str) -> bool:
+    return os.path.basename(str(path)).startswith("libcudart.so")
+
+
+def is_driver(path: str) -> bool:
+    return os.path.basename(str(path)) == "libcuda.so.1"
