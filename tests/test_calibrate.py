@@ -230,3 +230,29 @@ def test_value_preserving_ops_share_their_input_statistics():
     alone = RangesFromOnnx(["c"], 2048, 99.99)(model, batches)
     assert set(shared.tensors) == {"flat", "y"}
     assert shared.tensors["flat"] == shared.tensors["y"] == alone.tensors["c"]
+
+
+def test_npz_files_of_any_size_are_rebatched_to_batch_size(make_config, tmp_path):
+    from pipeline.data import calibration_batches
+
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    rows = np.sin(np.arange(32 * 3 * 8 * 8, dtype=np.float32)).reshape(32, 3, 8, 8)
+    np.savez(folder / "a.npz", x=rows[:20])
+    np.savez(folder / "b.npz", x=rows[20:])
+    cfg = make_config(calibration=f'[calibration]\nsource = "{folder}"\nsamples = 30\nbatch_size = 8')
+    batches = [feed["x"] for feed in calibration_batches(cfg)]
+    assert [len(b) for b in batches] == [8, 8, 8, 6]
+    np.testing.assert_array_equal(np.concatenate(batches), rows[:30])
+
+
+def test_rebatch_splits_into_views_and_joins_across_batches(make_config):
+    from pipeline.data import rebatch
+
+    cfg = make_config()
+    x = np.arange(10 * 3 * 8 * 8, dtype=np.float32).reshape(10, 3, 8, 8)
+    small = list(rebatch([{"x": x}], cfg, 4))
+    assert [len(f["x"]) for f in small] == [4, 4, 2] and all(np.shares_memory(f["x"], x) for f in small)
+    joined = list(rebatch([{"x": x[:3]}, {"x": x[3:]}], cfg, 5))
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in joined]), x)
+    assert [len(f["x"]) for f in joined] == [5, 5]
