@@ -27,7 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from pipeline.config import QuantizeSection
-from pipeline.onnxutil import attribute, consumer_map, producer_map
+from pipeline.onnxutil import attribute, consumer_map, infer_shapes_lean, producer_map
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -74,12 +74,11 @@ class GraphView:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model  # the graph as given (no inferred shapes), for passes that rewrite it
-        inferred = onnx.shape_inference.infer_shapes(model)
-        self.graph = inferred.graph
+        self.graph = infer_shapes_lean(model).graph  # its initializers have no data: the model's are used
         self.nodes = list(self.graph.node)
         self.producer = producer_map(self.graph)
         self.consumers = consumer_map(self.graph)
-        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.initializers = {i.name: i for i in model.graph.initializer}
         for node in self.nodes:  # Constant nodes count as initializers
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.initializers[node.output[0]] = node.attribute[0].t
