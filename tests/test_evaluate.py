@@ -20,13 +20,13 @@ def test_compare_passes_and_saves_polygraphy_results(pipeline_run):
     cfg, _, out = pipeline_run
     rows = stages.compare(cfg)
     assert {r.artifact for r in rows} == {"fp16 (ONNX Runtime)", "w8a8 (ONNX Runtime)", "w8a8-cpu (ONNX Runtime)"}
-    assert {r.batch for r in rows} == {1, 64}
+    assert {r.batch for r in rows} == {1, 32}  # the default 1 and 64, moved into the profile [1, 32]
     assert all(r.stats.cosine > 0.99 for r in rows)
     saved = json.loads((out.results_dir / "compare.json").read_text())
     assert saved["passed"] is True
     from polygraphy.comparator import RunResults
 
-    results = RunResults.load(str(out.results_dir / "polygraphy-b64.json"))
+    results = RunResults.load(str(out.results_dir / "polygraphy-b32.json"))
     assert len(results) == 4  # the FP32 reference and three artifacts
 
 
