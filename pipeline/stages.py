@@ -145,13 +145,15 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     ref = ortsession.session_for(out.graph("fp32"), "fp32")
     sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True) for name in graphs}
     gates = {"w8a8": cfg.accuracy.w8a8, "w8a8-cpu": cfg.accuracy.w8a8_cpu}
+    batch = cfg.nearest_batch(cfg.calibration.batch_size)  # the batch calibration ran, inside the profiles
     rows = evaluate(
         cfg,
         lambda f: ortsession.run(ref, f),
         {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()},
         gates,
+        batch,
     )
-    info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data, method={method}")
+    info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data at batch {batch}, method={method}")
     info(table(*accuracy_table(rows)))
     summary = {
         "method": method,
