@@ -175,10 +175,17 @@ class Gate:
     max_metric_drop: float | None = None
 
 
+# Batch sizes used when a config sets none, each moved into the [batch] profiles.
+ACCURACY_BATCHES = (1, 64)
+BENCH_GPU_BATCHES = (128, 256, 512, 1024)
+BENCH_CPU_BATCHES = (1, 16, 64)
+
+
 @dataclass(frozen=True)
 class AccuracySection:
-    # Held-out batch sizes compare runs every artifact at (each must fit a [batch] profile).
-    batches: tuple[int, ...] = (1, 64)
+    # Held-out batch sizes compare runs every artifact at; each must fit a [batch] profile.
+    # Unset (None): ACCURACY_BATCHES moved into the profiles.
+    batches: tuple[int, ...] | None = None
     # ONNX Runtime against PyTorch, both FP32: only summation order differs.
     fp32: Gate = Gate(min_cosine=0.99999, max_rel_error=1e-3)
     # FP16 keeps ~3 decimal digits per op; over 50+ layers the output drifts ~1-2% of its spread
@@ -195,8 +202,9 @@ class AccuracySection:
 
 @dataclass(frozen=True)
 class BenchSection:
-    gpu_batches: tuple[int, ...] = (128, 256, 512, 1024)
-    cpu_batches: tuple[int, ...] = (1, 16, 64)
+    # Each must fit a [batch] profile; unset (None): BENCH_*_BATCHES moved into the profiles.
+    gpu_batches: tuple[int, ...] | None = None
+    cpu_batches: tuple[int, ...] | None = None
     warmup: int = 5
     iterations: int = 20  # at least this many timed runs ...
     min_seconds: float = 1.0  # ... and at least this long per artifact and batch size
@@ -246,6 +254,32 @@ class Config:
         names = [t.name for t in (*self.inputs, *self.outputs)]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
+        # Frozen: the batch sizes left unset are filled in once, here, from the profiles.
+        accuracy = self._fit("accuracy.batches", self.accuracy.batches, ACCURACY_BATCHES)
+        object.__setattr__(self, "accuracy", dataclasses.replace(self.accuracy, batches=accuracy))
+        gpu = self._fit("bench.gpu_batches", self.bench.gpu_batches, BENCH_GPU_BATCHES)
+        cpu = self._fit("bench.cpu_batches", self.bench.cpu_batches, BENCH_CPU_BATCHES)
+        object.__setattr__(self, "bench", dataclasses.replace(self.bench, gpu_batches=gpu, cpu_batches=cpu))
+
+    def nearest_batch(self, batch: int) -> int:
+        """``batch`` if a [batch] profile holds it, else the profile bound nearest to it."""
+        return min((min(max(batch, p.min), p.max) for p in self.batch), key=lambda b: (abs(b - batch), b))
+
+    def _fit(self, key: str, batches: tuple[int, ...] | None, defaults: tuple[int, ...]) -> tuple[int, ...]:
+        """Set batch sizes must fit a profile (a deployed engine serves no other); unset ones are
+        the defaults moved into the profiles."""
+        if batches is None:
+            return tuple(sorted({self.nearest_batch(b) for b in defaults}))
+        if not batches:
+            raise ValueError(f"key '{key}' needs one or more batch sizes")
+        outside = [b for b in batches if self.nearest_batch(b) != b]
+        if outside:
+            profiles = ", ".join(f"[{p.min}, {p.max}]" for p in self.batch)
+            raise ValueError(
+                f"key '{key}' = {list(batches)}: batch {outside[0]} is outside every [batch] profile "
+                f"({profiles}); widen a profile or drop that batch size"
+            )
+        return batches
 
     @property
     def root(self) -> Path:
@@ -296,7 +330,7 @@ def _build(cls: type, raw: Any, file: str, prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise PipelineError(f"{file}: {where}: {exc}") from None
+        raise PipelineError(f"{file}: {where + ': ' if prefix else ''}{exc}") from None
 
 
 def _convert(tp: Any, value: Any, file: str, key: str) -> Any:

@@ -1,7 +1,7 @@
 """Real input data: calibration batches and held-out batches, validated as they stream.
 
-A calibration source is either a folder of ``.npz`` files (one batch per file,
-keys = input names, loaded without pickle) or a ``module:callable`` /
+A calibration source is either a folder of ``.npz`` files (any number of rows
+per file, keys = input names, loaded without pickle) or a ``module:callable`` /
 ``file.py:callable`` called as ``fn(samples=, batch_size=, **args)`` that yields
 feed dicts. An evaluation source is a callable ``fn(batch_size=, **args)`` that
 yields ``(feed_dict, labels)``. Every batch is checked against the config's
@@ -11,7 +11,7 @@ inputs; nothing ever falls back to random data.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,11 @@ def batch_size_of(feed: Feed, cfg: Config) -> int:
 
 
 def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Feed]:
-    """Stream validated calibration batches until ``samples`` rows are produced."""
+    """Stream validated calibration batches of ``[calibration] batch_size`` until ``samples`` rows are produced.
+
+    Every source is re-batched, so the configured batch size (what calibration's memory
+    scales with) holds for a folder of .npz files of any size too.
+    """
     section = cfg.calibration
     samples = section.samples if samples is None else samples
     source = cfg.resolve(section.source)
@@ -88,11 +92,16 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
             f"{cfg.path}: {key} = {section.source!r}: folder {source} does not exist "
             f"(or give 'module:callable' / 'file.py:callable')"
         )
+    yield from rebatch(_first_rows(batches, cfg, samples), cfg, section.batch_size)
+
+
+def _first_rows(batches: Iterator[tuple[str, object]], cfg: Config, samples: int) -> Iterator[Feed]:
+    """Validated batches, the last one trimmed to exactly ``samples`` rows in all."""
     seen = 0
     for where, raw in batches:
         feed = validate_feed(raw, cfg.inputs, where)
         n = batch_size_of(feed, cfg)
-        if seen + n > samples:  # trim the last batch to the exact sample count
+        if seen + n > samples:
             feed = slice_rows(feed, cfg, 0, samples - seen)
             n = samples - seen
         seen += n
@@ -100,7 +109,8 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
         if seen >= samples:
             return
     if seen == 0:
-        raise PipelineError(f"{cfg.path}: {key} = {section.source!r} produced no calibration data")
+        section = cfg.calibration
+        raise PipelineError(f"{cfg.path}: calibration.source = {section.source!r} produced no calibration data")
 
 
 def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
@@ -151,19 +161,23 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
         yield feed, np.asarray(item[1])
 
 
-def rebatch(batches: Iterator[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:
+def rebatch(batches: Iterable[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:
+    """The same rows in batches of ``batch_size`` (the last may be smaller). Splitting a batch
+    yields views of it; only rows gathered from several batches are copied."""
     pending: list[Feed] = []
     count = 0
     for feed in batches:
-        pending.append(feed)
-        count += batch_size_of(feed, cfg)
-        while count >= batch_size:
-            merged = concat(pending, cfg)
-            yield slice_rows(merged, cfg, 0, batch_size)
-            rest = slice_rows(merged, cfg, batch_size, count)
-            pending, count = [rest], count - batch_size
+        rows, start = batch_size_of(feed, cfg), 0
+        while start < rows:
+            take = min(batch_size - count, rows - start)
+            pending.append(feed if take == rows else slice_rows(feed, cfg, start, start + take))
+            count += take
+            start += take
+            if count == batch_size:
+                yield pending[0] if len(pending) == 1 else concat(pending, cfg)
+                pending, count = [], 0
     if count:
-        yield concat(pending, cfg)
+        yield pending[0] if len(pending) == 1 else concat(pending, cfg)
 
 
 def concat(feeds: list[Feed], cfg: Config) -> Feed:
@@ -171,10 +185,16 @@ def concat(feeds: list[Feed], cfg: Config) -> Feed:
 
 
 def slice_rows(feed: Feed, cfg: Config, start: int, stop: int) -> Feed:
+    """Rows ``start:stop`` along each input's batch axis, as views; inputs without one are kept whole."""
     out = {}
     for spec in cfg.inputs:
         arr = feed[spec.name]
-        out[spec.name] = arr if spec.batch_axis is None else np.take(arr, np.arange(start, stop), axis=spec.batch_axis)
+        if spec.batch_axis is None:
+            out[spec.name] = arr
+        else:
+            index = [slice(None)] * arr.ndim
+            index[spec.batch_axis] = slice(start, stop)
+            out[spec.name] = arr[tuple(index)]
     return out
 
 

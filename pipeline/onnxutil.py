@@ -7,7 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -94,6 +94,57 @@ def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[list[Path]]:
 def exporter(model: onnx.ModelProto) -> str:
     """Which torch exporter made the graph (recorded by ``OnnxFromTorch``)."""
     return next((p.value for p in model.metadata_props if p.key == "trtpipe.exporter"), "unknown")
+
+
+# Float tensors this large are weights, never an op's shape argument (a Resize's scales has rank entries).
+_WEIGHT_ELEMENTS = 256
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose weights keep their names, dtypes and dims but no data.
+
+    Enough for shape inference, the quantization plans and the tensor lists (weights enter
+    them by their dims only), without holding the weights a second time.
+    """
+    out = onnx.ModelProto(ir_version=model.ir_version)
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)  # local functions: shape inference looks inside them
+    graph, src = out.graph, model.graph
+    graph.name = src.name
+    for name in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, name).extend(getattr(src, name))
+    graph.initializer.extend(_dims_only(init) for init in src.initializer)
+    return out
+
+
+def _dims_only(init: onnx.TensorProto) -> onnx.TensorProto:
+    size = 1
+    for d in init.dims:
+        size *= d
+    if init.data_type not in _FLOATS or size <= _WEIGHT_ELEMENTS:
+        return init
+    return onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
+
+
+def infer_shapes_lean(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on ``skeleton(model)``: the same types, without the 2-3 serialized
+    copies of the weights ``onnx.shape_inference`` makes (300 MB at the peak for 100 MB of
+    weights). The result has no weight data."""
+    return onnx.shape_inference.infer_shapes(skeleton(model))
+
+
+def copy_with_outputs(src: Path, dst: Path, values: Iterable[onnx.ValueInfoProto]) -> Path:
+    """The graph file ``src`` copied to ``dst`` with ``values`` appended to its outputs, never parsed.
+
+    Protobuf parses concatenated messages as their merge, repeated fields appended
+    (protobuf.dev/programming-guides/encoding, "Last One Wins"), so the copy is ``src``'s
+    bytes followed by a ModelProto holding only the new outputs: no copy of the weights in memory.
+    """
+    shutil.copyfile(src, dst)
+    with open(dst, "ab") as f:
+        f.write(onnx.ModelProto(graph=onnx.GraphProto(output=list(values))).SerializeToString())
+    return dst
 
 
 def graph_hash(model: onnx.ModelProto) -> str:

@@ -46,22 +46,26 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
 
     out = Artifacts.of(cfg, root)
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    return _ranges(cfg, out, fp32, GraphView(fp32), force)
+    graph_sha256 = onnxutil.graph_hash(fp32)
+    # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own.
+    view = GraphView(onnxutil.skeleton(fp32))
+    del fp32
+    return _ranges(cfg, out, view, graph_sha256, force)
 
 
-def _ranges(cfg: Config, out: Artifacts, fp32, view, force: bool = False):
-    """The cached ranges if fresh, else a new calibration; ``view`` is ``fp32``'s GraphView, made once
-    for the plan, the CPU tensor list and the augmented graph (and, in quantize, the Q/DQ graphs)."""
-    from pipeline import onnxutil
+def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False):
+    """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``;
+    ``view`` is its GraphView, made once for the plans, the CPU tensor list and the capture plan (and, in
+    quantize, the Q/DQ graphs)."""
     from pipeline.calibrate.cache import load_ranges
-    from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed
+    from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibrate.histogram import STATS_VERSION
-    from pipeline.data import calibration_batches, source_fingerprint
+    from pipeline.calibrate.memory import capture_plan
+    from pipeline.data import calibration_batches, rebatch, source_fingerprint
     from pipeline.quantize import ort_cpu
     from pipeline.quantize.placement import plan_tensorrt
 
     section = cfg.calibration
-    graph_sha256 = onnxutil.graph_hash(fp32)
     tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
     settings = {
         "source": section.source,
@@ -78,14 +82,18 @@ def _ranges(cfg: Config, out: Artifacts, fp32, view, force: bool = False):
     if cached is not None and reason is None and not force:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
         return cached
+    sources = set(value_sources(view, tensors).values())
+    plan = capture_plan(view, sources, section.batch_size)
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
+    info(f"{cfg.name}: {plan.describe()}")
     ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
-        fp32,
-        calibration_batches(cfg),
-        batches_needed(section.samples, section.batch_size),
+        out.graph("fp32"),
+        rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
+        batches_needed(section.samples, plan.micro_batch),
         settings,
         view=view,
         graph_sha256=graph_sha256,
+        groups=plan.groups,
     )
     ranges.save(out.ranges)
     info(f"{cfg.name}: wrote {out.ranges}")
@@ -112,7 +120,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
     view = GraphView(fp32)
-    ranges = _ranges(cfg, out, fp32, view)  # rebuilds a stale cache, reuses a fresh one
+    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32))  # rebuilds a stale cache, reuses a fresh one
     method = cfg.calibration.method
     plan = plan_tensorrt(view, cfg.quantize)
     targets = targets or cfg.quantize.targets
@@ -139,13 +147,15 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     ref = ortsession.session_for(out.graph("fp32"), "fp32")
     sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True) for name in graphs}
     gates = {name: cfg.accuracy.gate(name) for name in graphs}
+    batch = cfg.nearest_batch(cfg.calibration.batch_size)  # the batch calibration ran, inside the profiles
     rows = evaluate(
         cfg,
         lambda f: ortsession.run(ref, f),
         {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()},
         gates,
+        batch,
     )
-    info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data, method={method}")
+    info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data at batch {batch}, method={method}")
     info(table(*accuracy_table(rows)))
     worst = explain_losses(cfg, view, {n: g for n, (g, _) in graphs.items()}, rows, ranges, method)
     summary = {

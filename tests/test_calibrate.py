@@ -230,3 +230,92 @@ def test_value_preserving_ops_share_their_input_statistics():
     alone = RangesFromOnnx(["c"], 2048, 99.99)(model, batches)
     assert set(shared.tensors) == {"flat", "y"}
     assert shared.tensors["flat"] == shared.tensors["y"] == alone.tensors["c"]
+
+
+def _exact(ranges) -> dict:
+    return {name: (r.min, r.max, r.amax) for name, r in ranges.tensors.items()}
+
+
+def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config):
+    """The histograms are exact sums: runs of any size, and tensors captured in several passes
+    over the data, give the same numbers as whole batches in one pass."""
+    from pipeline.calibrate.calibrator import value_sources
+    from pipeline.calibrate.memory import capture_plan
+    from pipeline.data import rebatch
+    from pipeline.quantize.placement import GraphView
+
+    cfg = make_config(inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]\ndtype = "float32"')
+    model = graphs.downsample_residual()
+    view = GraphView(model)
+    tensors = sorted(view.value_infos)
+    batches = [{"x": graphs.inputs_for(model, 8, seed)["x"] * (seed + 1)} for seed in range(4)]
+    whole = RangesFromOnnx(tensors, 2048, 99.99)(model, batches)
+    # With no floor, batch 1 leaves one run a budget of half the liveness peak: several passes.
+    plan = capture_plan(view, set(value_sources(view, tensors).values()), 1, min_run_bytes=0)
+    assert plan.micro_batch == 1 and len(plan.groups) > 1
+    split = RangesFromOnnx(tensors, 2048, 99.99)(model, rebatch(batches, cfg, 3), groups=plan.groups)
+    assert _exact(split) == _exact(whole)
+
+
+def test_capture_plan_fits_runs_in_half_the_inference_floor():
+    from pipeline.calibrate.memory import capture_plan, liveness_peak, sample_bytes
+    from pipeline.quantize.placement import GraphView
+
+    view = GraphView(graphs.residual())
+    # x, c1 and r1 are alive at once before conv2 (c1 dies there): 3 x 16x8x8 floats a sample.
+    assert liveness_peak(view) == 3 * 16 * 8 * 8 * 4
+    captured = ["x", "r1", "c2"]
+    per_sample = sum(sample_bytes(view, t) for t in captured)
+    plan = capture_plan(view, captured, 64, min_run_bytes=0)
+    assert plan.budget == 64 * liveness_peak(view) // 2 and plan.groups == (tuple(sorted(captured)),)
+    assert plan.micro_batch * per_sample <= plan.budget and 64 % plan.micro_batch == 0
+    small = capture_plan(view, captured, 1, min_run_bytes=0)
+    assert small.micro_batch == 1 and [len(g) for g in small.groups] == [1, 1, 1]  # one 8 KiB tensor per pass
+    assert "in 3 passes over the data" in small.describe()
+    assert capture_plan(view, captured, 64).micro_batch == 64  # tiny graph: the 16 MiB floor holds a whole batch
+
+
+def test_calibrate_stage_runs_micro_batches_of_the_configured_batch(make_config, tmp_path, capsys):
+    cfg = make_config()
+    stages.export(cfg, root=tmp_path)
+    stages.calibrate(cfg, root=tmp_path)
+    assert "16 sample(s) per run, captured tensors at most 16 MiB a run" in capsys.readouterr().err
+    assert not list(Artifacts.of(cfg, tmp_path).onnx_dir.glob(".*"))  # no copy of the graph left behind
+
+
+def test_npz_files_of_any_size_are_rebatched_to_batch_size(make_config, tmp_path):
+    from pipeline.data import calibration_batches
+
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    rows = np.sin(np.arange(32 * 3 * 8 * 8, dtype=np.float32)).reshape(32, 3, 8, 8)
+    np.savez(folder / "a.npz", x=rows[:20])
+    np.savez(folder / "b.npz", x=rows[20:])
+    cfg = make_config(calibration=f'[calibration]\nsource = "{folder}"\nsamples = 30\nbatch_size = 8')
+    batches = [feed["x"] for feed in calibration_batches(cfg)]
+    assert [len(b) for b in batches] == [8, 8, 8, 6]
+    np.testing.assert_array_equal(np.concatenate(batches), rows[:30])
+
+
+def test_rebatch_splits_into_views_and_joins_across_batches(make_config):
+    from pipeline.data import rebatch
+
+    cfg = make_config()
+    x = np.arange(10 * 3 * 8 * 8, dtype=np.float32).reshape(10, 3, 8, 8)
+    small = list(rebatch([{"x": x}], cfg, 4))
+    assert [len(f["x"]) for f in small] == [4, 4, 2] and all(np.shares_memory(f["x"], x) for f in small)
+    joined = list(rebatch([{"x": x[:3]}, {"x": x[3:]}], cfg, 5))
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in joined]), x)
+    assert [len(f["x"]) for f in joined] == [5, 5]
+
+
+def test_calibrating_a_graph_with_external_weights_leaves_no_copy(tmp_path, monkeypatch):
+    from pipeline import onnxutil
+
+    monkeypatch.setattr(onnxutil, "_EXTERNAL_DATA_THRESHOLD", 0)  # weights in model.onnx.data
+    model = graphs.residual()
+    path = onnxutil.save(model, tmp_path / "model.onnx")
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(2)]
+    from_file = RangesFromOnnx(["r1", "c2"], 2048, 99.99)(path, batches)
+    assert _exact(from_file) == _exact(RangesFromOnnx(["r1", "c2"], 2048, 99.99)(model, batches))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]

@@ -102,3 +102,25 @@ def test_opset_out_of_range_and_non_utf8_config(tmp_path, user_model):
         load_config(path)
     with pytest.raises(PipelineError, match="is a folder"):
         load_config(tmp_path)
+
+
+def test_default_batch_sizes_move_into_the_profile(tmp_path, user_model):
+    cfg = load_config(write_config(tmp_path, user_model))  # one profile [1, 32]
+    assert cfg.accuracy.batches == (1, 32)
+    assert cfg.bench.cpu_batches == (1, 16, 32) and cfg.bench.gpu_batches == (32,)
+    two = write_config(
+        tmp_path, user_model, batch="[[batch]]\nmin=1\nopt=4\nmax=8\n\n[[batch]]\nmin=48\nopt=64\nmax=96"
+    )
+    cfg = load_config(two)
+    assert cfg.accuracy.batches == (1, 64) and cfg.bench.cpu_batches == (1, 8, 64)
+    assert cfg.nearest_batch(30) == 48 and cfg.nearest_batch(20) == 8 and cfg.nearest_batch(500) == 96
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("[accuracy]\nbatches = [1, 64]", "accuracy.batches"), ("[bench]\ncpu_batches = [1, 64]", "bench.cpu_batches")],
+)
+def test_a_set_batch_size_outside_the_profile_is_one_error_line(tmp_path, user_model, section, key):
+    msg = _error(tmp_path, user_model, top=f'name = "tiny"\n{section}')
+    assert f"key '{key}' = [1, 64]: batch 64 is outside every [batch] profile ([1, 32])" in msg
+    assert "widen a profile or drop that batch size" in msg

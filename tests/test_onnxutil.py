@@ -26,3 +26,25 @@ def test_large_graphs_keep_weights_in_a_data_file(tmp_path, monkeypatch):
 def test_small_graphs_are_one_file(tmp_path):
     onnxutil.save(graphs.residual(), tmp_path / "m.onnx")
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_lean_shape_inference_matches_the_full_one_without_weight_data():
+    model = graphs.reshape_transpose()  # Reshape reads a constant shape: small initializers keep their data
+    lean = onnxutil.infer_shapes_lean(model)
+    full = onnx.shape_inference.infer_shapes(model)
+    assert list(lean.graph.value_info) == list(full.graph.value_info)
+    weights = {i.name: i for i in lean.graph.initializer}
+    assert list(weights["conv.w"].dims) == [16, 16, 3, 3] and not weights["conv.w"].raw_data
+    assert onnx.numpy_helper.to_array(weights["shape"]).tolist() == [0, 16, 64]
+
+
+def test_copy_with_outputs_adds_outputs_without_parsing_the_graph(tmp_path):
+    model = graphs.residual()
+    src = onnxutil.save(model, tmp_path / "m.onnx")
+    extra = [v for v in model.graph.value_info if v.name in ("r1", "c2")]
+    dst = onnxutil.copy_with_outputs(src, tmp_path / "aug.onnx", extra)
+    assert [o.name for o in onnx.load(str(dst)).graph.output] == ["y", "r1", "c2"]
+    sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    y, r1, c2 = sess.run(None, graphs.inputs_for(model, 2))
+    assert r1.shape == c2.shape == (2, 16, 8, 8) and r1.min() >= 0.0
+    assert onnx.load(str(src)).graph.output[0].name == "y" and len(onnx.load(str(src)).graph.output) == 1

@@ -1,9 +1,11 @@
 """``RangesFromOnnx``: stream calibration batches through the FP32 graph on ONNX Runtime.
 
 Only the tensors that will be quantized are added as graph outputs (one per set
-of tensors holding the same values), and their statistics are updated batch by
-batch while ONNX Runtime runs the next batch, so peak memory is two batches'
-activations plus fixed-size histograms, whatever the number of samples.
+of tensors holding the same values), and their statistics are updated run by run
+while ONNX Runtime runs the next one, so peak memory is two runs' captured tensors
+plus fixed-size histograms, whatever the number of samples. How many samples a run
+takes, and whether the tensors are captured in several passes, is ``memory.capture_plan``'s
+call; the statistics are exact sums, so neither changes the ranges.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from pipeline import onnxutil, ortsession
@@ -34,45 +37,58 @@ class RangesFromOnnx:
 
     def __call__(
         self,
-        fp32: onnx.ModelProto,
+        fp32: onnx.ModelProto | Path,
         batches: Iterable[Feed],
         total_batches: int | None = None,
         settings: dict[str, object] | None = None,
         view: GraphView | None = None,
         graph_sha256: str | None = None,
+        groups: Sequence[Sequence[str]] = (),
     ) -> Ranges:
-        """``view`` and ``graph_sha256`` of ``fp32``, when the caller has them, spare recomputing them."""
-        view = GraphView.of(view or fp32)
-        source = value_sources(view, self.tensors)
-        stats = {name: TensorStats(self.bins) for name in sorted(set(source.values()))}
+        """``fp32`` is the graph or its file; given its file, ``view`` and ``graph_sha256``, no copy
+        of its weights is held here (ONNX Runtime holds its own).
+
+        ``groups`` splits the measured tensors (``value_sources``) into passes over the data,
+        each capturing one group; one pass captures all of them by default.
+        """
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
-            path = Path(tmp) / "augmented.onnx"
-            onnxutil.save(augmented(fp32, list(stats), view), path)
-            # One core folds histograms; ONNX Runtime gets the others (measured: on 2 cores, one
-            # ORT thread beside the histograms beats two ORT threads competing with them).
-            sess = ortsession.session(path, threads=max(1, _cores() - 1), spin=False)
-            wanted = [o.name for o in sess.get_outputs() if o.name in stats]
-
-            def run(feed: Feed) -> list:
-                return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
-
-            # ONNX Runtime (which releases the GIL) runs batch k+1 while this thread folds batch k
-            # into the histograms: two batches of activations alive at most.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
-                pending = None
-                for feed in progress(batches, "calibrating", length=total_batches):
-                    nxt = pool.submit(run, feed)
-                    if pending is not None:
-                        self._update(stats, wanted, pending.result())
-                    pending = nxt
-                if pending is not None:
-                    self._update(stats, wanted, pending.result())
+            path, view, graph_sha256 = _graph_file(fp32, view, graph_sha256, Path(tmp))
+            source = value_sources(view, self.tensors)
+            stats = {name: TensorStats(self.bins) for name in sorted(set(source.values()))}
+            groups = [list(g) for g in groups] or [list(stats)]
+            if sorted(n for g in groups for n in g) != sorted(stats):
+                raise ValueError("groups must split the measured tensors (value_sources) exactly")
+            replay = _Replay(Path(tmp) / "runs")
+            for i, group in enumerate(groups):
+                runs = batches if len(groups) == 1 else replay.play() if i else replay.record(batches)
+                label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
+                session = _session(path, new_outputs(view, group), Path(tmp))
+                self._fold(session, {n: stats[n] for n in group}, progress(runs, label, length=total_batches))
+                del session  # one pass's session alive at a time
         found = {
             name: TensorRange(s.min if s.count else 0.0, s.max if s.count else 0.0, s.thresholds(self.percentile))
             for name, s in stats.items()
         }
         ranges = {name: found[source[name]] for name in self.tensors}
-        return Ranges(graph_sha256 or onnxutil.graph_hash(fp32), dict(settings or {}), ranges)
+        return Ranges(graph_sha256, dict(settings or {}), ranges)
+
+    def _fold(self, sess, stats: dict[str, TensorStats], runs: Iterable[Feed]) -> None:
+        wanted = [o.name for o in sess.get_outputs() if o.name in stats]
+
+        def run(feed: Feed) -> list:
+            return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+
+        # ONNX Runtime (which releases the GIL) runs k+1 while this thread folds k into the
+        # histograms: two runs' outputs alive at most.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
+            pending = None
+            for feed in runs:
+                nxt = pool.submit(run, feed)
+                if pending is not None:
+                    self._update(stats, wanted, pending.result())
+                pending = nxt
+            if pending is not None:
+                self._update(stats, wanted, pending.result())
 
     @staticmethod
     def _update(stats: dict[str, TensorStats], names: list[str], values: list) -> None:
@@ -83,6 +99,52 @@ class RangesFromOnnx:
                 raise PipelineError(
                     f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
                 ) from None
+
+
+def _graph_file(
+    fp32: onnx.ModelProto | Path, view: GraphView | None, graph_sha256: str | None, tmp: Path
+) -> tuple[Path, GraphView, str]:
+    """The graph's file (``fp32`` itself, or ``fp32`` saved into ``tmp``), its view and its hash."""
+    if isinstance(fp32, Path) and view is not None and graph_sha256 is not None:
+        return fp32, view, graph_sha256
+    model = onnxutil.load(fp32, "FP32 graph") if isinstance(fp32, Path) else fp32
+    path = fp32 if isinstance(fp32, Path) else onnxutil.save(model, tmp / "fp32.onnx")
+    return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
+
+
+def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path):
+    """A session on ``fp32`` with ``outputs`` added, from a file copy: weights are never parsed here."""
+    # External weights are found relative to the graph file: a graph that has them is copied beside itself.
+    folder = fp32.parent if (fp32.parent / (fp32.name + ".data")).exists() else tmp
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{fp32.name}.", suffix=".calib.onnx")
+    os.close(fd)
+    try:
+        onnxutil.copy_with_outputs(fp32, Path(name), outputs)
+        # One core folds histograms; ONNX Runtime gets the others (measured: on 2 cores, one
+        # ORT thread beside the histograms beats two ORT threads competing with them).
+        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False)
+    finally:
+        os.unlink(name)
+
+
+class _Replay:
+    """Runs written to disk as the first pass streams them, so later passes see exactly the same data."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    def record(self, runs: Iterable[Feed]) -> Iterator[Feed]:
+        self.folder.mkdir(exist_ok=True)
+        for feed in runs:
+            np.savez(self.folder / f"{self.count}.npz", **feed)
+            self.count += 1
+            yield feed
+
+    def play(self) -> Iterator[Feed]:
+        for i in range(self.count):
+            with np.load(self.folder / f"{i}.npz") as npz:
+                yield {name: npz[name] for name in npz.files}
 
 
 # Ops that only move values: the output holds exactly the input's values, so it has the
@@ -104,19 +166,12 @@ def value_sources(view: GraphView, tensors: Iterable[str]) -> dict[str, str]:
     return sources
 
 
-def augmented(model: onnx.ModelProto, tensors: list[str], view: GraphView | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
-    known = GraphView.of(view or model).value_infos
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    present = {o.name for o in out.graph.output}
-    for name in tensors:
-        if name in present:
-            continue
-        if name not in known:
-            raise PipelineError(f"tensor {name!r} is not in the graph; the calibration plan is out of date")
-        out.graph.output.append(known[name])
-    return out
+def new_outputs(view: GraphView, tensors: Iterable[str]) -> list[onnx.ValueInfoProto]:
+    """Value infos (types from shape inference) of ``tensors`` that are not graph outputs yet."""
+    missing = [name for name in tensors if name not in view.value_infos]
+    if missing:
+        raise PipelineError(f"tensor {missing[0]!r} is not in the graph; the calibration plan is out of date")
+    return [view.value_infos[name] for name in tensors if name not in view.outputs]
 
 
 def _cores() -> int:

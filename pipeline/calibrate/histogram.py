@@ -19,6 +19,7 @@ import numpy as np
 
 # Bump when the statistics change: caches record it and are rebuilt on a mismatch.
 STATS_VERSION = 5
+CHUNK = 1 << 20  # values binned at a time
 QUANT_LEVELS = 128  # int8 symmetric: 127 positive steps plus zero, TensorRT's entropy calibrator's 128 bins
 
 
@@ -53,12 +54,14 @@ class TensorStats:
         self._grow_to(amax)
         # ceil(|x| * bins / R): exact zeros land alone in index 0, (k w, (k+1) w] in k + 1.
         # bins / R is a power of two, so the product is exact and merging bins stays exact.
-        a = np.abs(x)
-        a *= self.bins / self.range
-        np.ceil(a, out=a)
-        counts = np.bincount(a.astype(np.intp), minlength=self.bins + 1)  # intp: no conversion inside
-        self.zeros += int(counts[0])
-        self.hist += counts[1 : self.bins + 1]
+        # In chunks: the temporaries (4 + 8 bytes a value) stay small beside a large tensor.
+        for start in range(0, x.size, CHUNK):
+            a = np.abs(x[start : start + CHUNK])
+            a *= self.bins / self.range
+            np.ceil(a, out=a)
+            counts = np.bincount(a.astype(np.intp), minlength=self.bins + 1)  # intp: no conversion inside
+            self.zeros += int(counts[0])
+            self.hist += counts[1 : self.bins + 1]
 
     def _grow_to(self, amax: float) -> None:
         target = 2.0 ** math.ceil(math.log2(amax))  # the top edge is inclusive: R may equal amax

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.config import Config, Gate
+from pipeline.console import progress
 from pipeline.data import Feed, heldout_batches
-from pipeline.evaluate.metrics import ErrorStats, error_stats, gate_failures, top1, top1_agreement
+from pipeline.evaluate.metrics import Agreement, ErrorAccumulator, ErrorStats, Share, gate_failures
 
 Infer = Callable[[Feed], list[np.ndarray]]
 
@@ -38,52 +39,62 @@ class AccuracyRow:
         }
 
 
-def score_outputs(
-    cfg: Config,
-    artifact: str,
-    got: list[np.ndarray],
-    ref: list[np.ndarray],
-    labels: np.ndarray | None,
-    gate: Gate | None,
-    batch: int | None = None,
-) -> list[AccuracyRow]:
-    """Per output: error statistics, top-1 agreement, the task metric and the gate's verdict."""
-    metric_on = cfg.evaluation is not None and cfg.evaluation.metric == "top1" and labels is not None
-    ref_metric = top1(ref[0], labels) if metric_on else None
-    rows = []
-    for i, spec in enumerate(cfg.outputs):
-        stats = error_stats(got[i], ref[i])
-        agreement = top1_agreement(got[i], ref[i]) if ref[i].ndim == 2 else None
-        metric = top1(got[i], labels) if metric_on and i == 0 else None
-        failures = gate_failures(stats, gate, agreement, metric, ref_metric) if gate is not None else []
-        first = i == 0
-        rows.append(
-            AccuracyRow(
-                artifact, spec.name, stats, agreement, metric, ref_metric if first else None, tuple(failures), batch
-            )
-        )
-    return rows
+class Scorer:
+    """Per artifact and output: error statistics, top-1 agreement with the reference and the
+    task metric, folded batch by batch, so memory is one batch's outputs whatever the data size."""
+
+    def __init__(self, cfg: Config, artifacts: Iterable[str]) -> None:
+        self.cfg = cfg
+        self.metric_on = cfg.evaluation is not None and cfg.evaluation.metric == "top1"
+        outputs = range(len(cfg.outputs))
+        self.errors = {a: [ErrorAccumulator() for _ in outputs] for a in artifacts}
+        self.agreement = {a: [Agreement() for _ in outputs] for a in self.errors}
+        self.metric = {a: Share() for a in self.errors}
+        self.reference_metric = Share()
+
+    def update(self, ref: list[np.ndarray], outputs: Mapping[str, list[np.ndarray]], labels: np.ndarray | None) -> None:
+        """One batch: the reference's outputs and each artifact's, in the config's output order."""
+        scored = self.metric_on and labels is not None
+        if scored:
+            self.reference_metric.add(np.argmax(ref[0], axis=-1) == labels)
+        for artifact, got in outputs.items():
+            for i, stream in enumerate(self.errors[artifact]):
+                stream.update(got[i], ref[i])
+                if ref[i].ndim == 2:  # classifier outputs
+                    self.agreement[artifact][i].update(got[i], ref[i])
+            if scored:
+                self.metric[artifact].add(np.argmax(got[0], axis=-1) == labels)
+
+    def rows(self, gates: Mapping[str, Gate | None], batch: int | None = None) -> list[AccuracyRow]:
+        """Rows with the gates' verdicts (``gates`` by artifact; None or absent: no gate)."""
+        ref_metric = _percent(self.reference_metric)
+        rows = []
+        for artifact, streams in self.errors.items():
+            gate = gates.get(artifact)
+            for i, spec in enumerate(self.cfg.outputs):
+                stats = streams[i].result()
+                agreement = self.agreement[artifact][i].result()
+                metric = _percent(self.metric[artifact]) if i == 0 else None
+                failures = gate_failures(stats, gate, agreement, metric, ref_metric) if gate is not None else []
+                reference = ref_metric if i == 0 else None
+                rows.append(
+                    AccuracyRow(artifact, spec.name, stats, agreement, metric, reference, tuple(failures), batch)
+                )
+        return rows
+
+
+def _percent(share: Share) -> float | None:
+    return None if share.value is None else 100.0 * share.value
 
 
 def evaluate(
-    cfg: Config, reference: Infer, artifacts: Mapping[str, Infer], gates: Mapping[str, Gate], batch_size: int = 64
+    cfg: Config, reference: Infer, artifacts: Mapping[str, Infer], gates: Mapping[str, Gate], batch_size: int
 ) -> list[AccuracyRow]:
     """Run every artifact and the reference over the held-out set; per-output stats and gates."""
-    outs: dict[str, list[list[np.ndarray]]] = {name: [] for name in ("__ref__", *artifacts)}
-    labels: list[np.ndarray] = []
-    for feed, lab in heldout_batches(cfg, batch_size):
-        outs["__ref__"].append(reference(feed))
-        for name, infer in artifacts.items():
-            outs[name].append(infer(feed))
-        if lab is not None:
-            labels.append(lab)
-    ref = [np.concatenate([b[i] for b in outs["__ref__"]]) for i in range(len(cfg.outputs))]
-    y = np.concatenate(labels) if labels else None
-    rows = []
-    for name in artifacts:
-        got = [np.concatenate([b[i] for b in outs[name]]) for i in range(len(cfg.outputs))]
-        rows.extend(score_outputs(cfg, name, got, ref, y, gates.get(name)))
-    return rows
+    scorer = Scorer(cfg, artifacts)
+    for feed, labels in progress(heldout_batches(cfg, batch_size), f"accuracy at batch {batch_size}"):
+        scorer.update(reference(feed), {name: infer(feed) for name, infer in artifacts.items()}, labels)
+    return scorer.rows(gates)
 
 
 def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[object]]]:

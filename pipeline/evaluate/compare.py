@@ -1,45 +1,65 @@
-"""``trtpipe compare``: every deployable artifact against the FP32 graph, through Polygraphy's Comparator."""
+"""``trtpipe compare``: every deployable artifact against the FP32 graph, through Polygraphy's Comparator.
+
+The Comparator streams: all runners are active at once and each held-out batch's outputs
+are folded into running statistics before the next batch, so memory is one batch's outputs
+per runner, whatever the size of the held-out set. Only the statistics are saved
+(``compare.json``), not the outputs.
+"""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
-from pipeline.console import info
-from pipeline.data import heldout_batches
-from pipeline.evaluate.accuracy import AccuracyRow, score_outputs
-from pipeline.fileio import atomic_path
+from pipeline.console import info, progress
+from pipeline.data import Feed, heldout_batches
+from pipeline.evaluate.accuracy import AccuracyRow, Scorer
 from pipeline.runners import Artifact, artifacts, reference_runner, runner_for
 
 
 def compare(cfg: Config, out: Artifacts) -> list[AccuracyRow]:
-    from polygraphy.comparator import Comparator
-    from polygraphy.logger import G_LOGGER
-
     found = artifacts(cfg, out)
     rows: list[AccuracyRow] = []
     for batch in cfg.accuracy.batches:
-        feeds, labels = [], []
-        for feed, lab in heldout_batches(cfg, batch):
-            feeds.append(feed)
-            if lab is not None:
-                labels.append(lab)
-        info(f"{cfg.name}: comparing {len(found)} artifact(s) with FP32 at batch {batch} ({len(feeds)} batches)")
-        runners = [reference_runner(out)] + [runner_for(a, profile=_profile(cfg, a, batch)) for a in found]
-        with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-iteration lines would drown the table
-            results = Comparator.run(runners, data_loader=feeds)
-            with atomic_path(out.results_dir / f"polygraphy-b{batch}.json") as tmp:
-                results.save(str(tmp))
-        outputs = {name: _stack(iterations, cfg) for name, iterations in results.items()}
-        ref = outputs[runners[0].name]
-        y = np.concatenate(labels) if labels else None
-        for artifact, runner in zip(found, runners[1:], strict=True):
-            gate = cfg.accuracy.gate(artifact.name)
-            rows.extend(score_outputs(cfg, artifact.label, outputs[runner.name], ref, y, gate, batch))
+        info(f"{cfg.name}: comparing {len(found)} artifact(s) with FP32 at batch {batch}")
+        rows.extend(_compare_at(cfg, out, found, batch))
     return rows
+
+
+def _compare_at(cfg: Config, out: Artifacts, found: list[Artifact], batch: int) -> list[AccuracyRow]:
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    reference = reference_runner(out)
+    runners = {a.label: runner_for(a, profile=_profile(cfg, a, batch)) for a in found}
+    scorer = Scorer(cfg, runners)
+    labels: deque[np.ndarray | None] = deque()
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-iteration lines would drown the progress bar
+        stream = Comparator.run([reference, *runners.values()], data_loader=_feeds(cfg, batch, labels), streaming=True)
+        for results in progress(stream, f"compare at batch {batch}"):
+            ref = _outputs(results, reference.name, cfg)
+            got = {label: _outputs(results, runner.name, cfg) for label, runner in runners.items()}
+            scorer.update(ref, got, labels.popleft())
+    gates = {a.label: cfg.accuracy.gate(a.name) for a in found}
+    return scorer.rows(gates, batch)
+
+
+def _feeds(cfg: Config, batch: int, labels: deque) -> Iterator[Feed]:
+    """Held-out feeds for the Comparator; their labels queue up in order beside them."""
+    for feed, lab in heldout_batches(cfg, batch):
+        labels.append(lab)
+        yield feed
+
+
+def _outputs(results, runner: str, cfg: Config) -> list[np.ndarray]:
+    """One streamed iteration's outputs of ``runner``, in the config's order (FP16 outputs as float32)."""
+    iteration = results[runner][0]
+    return [np.asarray(iteration[spec.name], dtype=np.float32) for spec in cfg.outputs]
 
 
 def _profile(cfg: Config, artifact: Artifact, batch: int) -> int:
@@ -48,10 +68,6 @@ def _profile(cfg: Config, artifact: Artifact, batch: int) -> int:
     from pipeline.build.profiles import profile_index_for
 
     return profile_index_for(cfg, batch)
-
-
-def _stack(iterations, cfg: Config) -> list[np.ndarray]:
-    return [np.concatenate([np.asarray(it[spec.name], dtype=np.float32) for it in iterations]) for spec in cfg.outputs]
 
 
 def results_path(out: Artifacts) -> Path:

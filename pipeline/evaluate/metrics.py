@@ -175,3 +175,19 @@ def gate_failures(
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy in percent."""
     return float(np.mean(np.argmax(logits, axis=-1) == labels) * 100.0)
+
+
+@dataclass
+class Share:
+    """A share counted over batches: top-1 hits against labels."""
+
+    hits: int = 0
+    total: int = 0
+
+    def add(self, matches: np.ndarray) -> None:
+        self.hits += int(np.count_nonzero(matches))
+        self.total += matches.size
+
+    @property
+    def value(self) -> float | None:
+        return self.hits / self.total if self.total else None

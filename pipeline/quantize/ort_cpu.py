@@ -148,7 +148,7 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
         for n in view.nodes
         if n.op_type in WEIGHTED
         for t in n.input[:2]
-        if t and not view.is_const(t) and view.is_weight(t)
+        if t and not view.is_const(t) and view.is_weight(t)  # is_weight reads no data: cheap for activations
     }
     if not folded:
         return fp32

@@ -27,7 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from pipeline.config import QuantizeSection
-from pipeline.onnxutil import attribute, consumer_map, producer_map
+from pipeline.onnxutil import attribute, consumer_map, infer_shapes_lean, producer_map
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -74,12 +74,11 @@ class GraphView:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model  # the graph as given (no inferred shapes), for passes that rewrite it
-        inferred = onnx.shape_inference.infer_shapes(model)
-        self.graph = inferred.graph
+        self.graph = infer_shapes_lean(model).graph  # its initializers have no data: the model's are used
         self.nodes = list(self.graph.node)
         self.producer = producer_map(self.graph)
         self.consumers = consumer_map(self.graph)
-        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.initializers = {i.name: i for i in model.graph.initializer}
         for node in self.nodes:  # Constant nodes count as initializers
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.initializers[node.output[0]] = node.attribute[0].t
@@ -123,7 +122,17 @@ class GraphView:
         return _FOLDABLE[node.op_type](node, *inputs)
 
     def is_weight(self, tensor: str) -> bool:
-        return self.constant(tensor) is not None
+        """Made from constants alone (what ``constant`` folds), judged from the structure: no weight
+        data is read, so it works on a view of a graph without its weights too."""
+        if tensor in self.initializers:
+            return True
+        node = self.producer.get(tensor)
+        return (
+            node is not None
+            and node.op_type in _FOLDABLE
+            and bool(node.input)
+            and all(self.is_weight(t) for t in node.input if t)
+        )
 
     def depth(self) -> dict[str, int]:
         """Longest path (in nodes) from a graph input to each tensor."""
@@ -184,9 +193,9 @@ def plan_tensorrt(model: onnx.ModelProto | GraphView, settings: QuantizeSection)
             continue
         for idx in (0, 1):  # Conv: data, weight; Gemm/MatMul: A, B (either may be an activation)
             tensor = node.input[idx]
-            value = view.constant(tensor)
-            if value is not None:
-                axis = weight_axis(node.op_type, node, value.ndim, idx)
+            shape = view.shape(tensor) if view.is_weight(tensor) else None
+            if shape is not None:
+                axis = weight_axis(node.op_type, node, len(shape), idx)
                 plan.weights.append(WeightQuant(node.name, node.op_type, idx, tensor, axis))
             else:
                 plan.add_edge(tensor, (node.name, idx))
@@ -213,10 +222,10 @@ def _too_small(node: onnx.NodeProto, view: GraphView, minimum: int) -> str | Non
     """Why a weighted layer would not gain from INT8, or None."""
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):
-        weight = view.constant(node.input[1])
-        if weight is None:
+        shape = view.shape(node.input[1]) if view.is_weight(node.input[1]) else None
+        if shape is None or None in shape:
             return "weights are not constants"
-        return _conv_too_small(op, weight.shape, attribute(node, "group", 1), minimum)
+        return _conv_too_small(op, tuple(shape), attribute(node, "group", 1), minimum)
     a, b = view.shape(node.input[0]), view.shape(node.input[1])
     if a is None or b is None or len(a) < 1 or len(b) < 1:
         return None

@@ -1,0 +1,98 @@
+"""How calibration runs ONNX Runtime within a memory budget taken from the graph's shapes.
+
+Every captured tensor is a graph output, so ONNX Runtime keeps all of them until a run
+ends: a run of ``m`` samples holds ``m x`` the per-sample bytes of the captured tensors,
+and two runs are alive at once (one running, one being folded). Plain inference at batch
+``B`` cannot hold less than ``B x`` the graph's liveness peak (the most bytes of
+activations alive at once, nodes run in order). So a run may take half of that, or
+``MIN_RUN_BYTES`` for graphs whose activations are tiny beside the process itself, and
+the batch is split into equal micro-batches of as many samples as fit. When one sample's
+captured tensors do not fit, they are split into groups, each captured in its own pass
+over the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from pipeline.quantize.placement import GraphView
+
+# A run may always take this much: a Python process running ONNX Runtime is ~150 MB
+# before any activation, and smaller runs only add per-run overhead on small graphs.
+MIN_RUN_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class CapturePlan:
+    batch_size: int  # the configured batch, as plain inference would run it
+    micro_batch: int  # samples per ONNX Runtime run
+    groups: tuple[tuple[str, ...], ...]  # captured tensors, one group per pass over the data
+    budget: int  # bytes of captured tensors one run may hold
+    inference_bytes: int  # per sample: the liveness peak of plain inference
+
+    def describe(self) -> str:
+        mib = 1 << 20
+        passes = f" in {len(self.groups)} passes over the data" if len(self.groups) > 1 else ""
+        return (
+            f"{self.micro_batch} sample(s) per run{passes}, captured tensors at most {self.budget / mib:.0f} MiB "
+            f"a run (plain inference at batch {self.batch_size} holds at least "
+            f"{self.batch_size * self.inference_bytes / mib:.0f} MiB of activations)"
+        )
+
+
+def capture_plan(
+    view: GraphView, captured: Iterable[str], batch_size: int, min_run_bytes: int = MIN_RUN_BYTES
+) -> CapturePlan:
+    sizes = {name: sample_bytes(view, name) for name in sorted(set(captured))}
+    floor = liveness_peak(view)
+    budget = max(batch_size * floor // 2, min_run_bytes)
+    per_sample = max(sum(sizes.values()), 1)
+    fits = max(1, min(batch_size, budget // per_sample))
+    micro = -(-batch_size // -(-batch_size // fits))  # the batch in equal parts of at most ``fits``
+    groups = _groups(view, sizes, budget) if per_sample > budget else (tuple(sizes),)
+    return CapturePlan(batch_size, micro, groups, budget, floor)
+
+
+def _groups(view: GraphView, sizes: dict[str, int], budget: int) -> tuple[tuple[str, ...], ...]:
+    """Tensors in graph order, cut into groups of at most ``budget`` bytes a sample (a larger
+    tensor is a group of its own)."""
+    order = {name: i for i, node in enumerate(view.nodes) for name in node.output}
+    groups: list[tuple[str, ...]] = []
+    current: list[str] = []
+    used = 0
+    for name in sorted(sizes, key=lambda n: (order.get(n, -1), n)):
+        if current and used + sizes[name] > budget:
+            groups.append(tuple(current))
+            current, used = [], 0
+        current.append(name)
+        used += sizes[name]
+    groups.append(tuple(current))
+    return tuple(groups)
+
+
+def sample_bytes(view: GraphView, tensor: str) -> int:
+    """Bytes of one sample of ``tensor``: symbolic dims (the batch axis) count as 1."""
+    info = view.value_infos.get(tensor)
+    tt = info.type.tensor_type if info is not None and info.type.HasField("tensor_type") else None
+    if tt is None or not tt.elem_type:
+        return 0  # shape inference found no type: rare, and nothing to plan with
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    return int(np.prod(dims, dtype=np.int64)) * itemsize
+
+
+def liveness_peak(view: GraphView) -> int:
+    """Most bytes per sample of non-constant tensors alive at once, nodes run in graph order."""
+    last_use = {name: i for i, node in enumerate(view.nodes) for name in node.input}
+    last_use.update(dict.fromkeys(view.outputs, len(view.nodes)))
+    live = {name: sample_bytes(view, name) for name in view.inputs if not view.is_const(name)}
+    peak = sum(live.values())
+    for i, node in enumerate(view.nodes):
+        live.update({out: sample_bytes(view, out) for out in node.output if out})
+        peak = max(peak, sum(live.values()))
+        live = {name: size for name, size in live.items() if last_use.get(name, -1) > i}
+    return peak
