@@ -372,3 +372,27 @@ def conv_gemm(dead_channel: bool = False) -> onnx.ModelProto:
     ]
     tensors = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
     return _model(nodes, tensors, out_shape=("batch", 16))
+
+
+def constant_branch() -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► MatMul w ─► h ──────────────────────────────► Add ─► y
+        x ─► Shape ─► ConstantOfShape(0) ─► Log (-inf) ─► Mul 0.5 ─► Max -1 ─┘
+    The lower branch depends on x's shape only (T5's relative-position buckets take a log(0) so):
+    the same for every input, with -inf inside; nothing there to calibrate or quantize.
+    """
+    consts = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(-1.0, np.float32), "floor"),
+    ]
+    zero = numpy_helper.from_array(np.zeros(1, np.float32))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("ConstantOfShape", ["shape"], ["zeros"], name="zeros", value=zero),
+        helper.make_node("Log", ["zeros"], ["log"], name="log"),
+        helper.make_node("Mul", ["log", "half"], ["scaled"], name="scale"),
+        helper.make_node("Max", ["scaled", "floor"], ["bias"], name="clamp"),
+        helper.make_node("Add", ["h", "bias"], ["y"], name="add"),
+    ]
+    return _model(nodes, [_w("w", 32, 32), *consts], in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))

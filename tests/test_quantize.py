@@ -316,3 +316,17 @@ def test_cpu_graph_quantizes_a_tied_weight_as_a_weight():
     )
     assert rules.violations(w8a8, "onnxruntime-cpu") == []
     assert_close_to_fp32(model, w8a8, min_cosine=0.999)
+
+
+def test_what_depends_on_shapes_only_is_neither_calibrated_nor_quantized():
+    from pipeline.quantize.placement import GraphView
+
+    model = graphs.constant_branch()
+    view = GraphView(model)
+    assert view.input_dependent() >= {"x", "h", "y"} and not view.input_dependent() & {"log", "scaled", "bias"}
+    assert ort_cpu.tensors_to_calibrate(view) == {"x", "h", "y"}  # no -inf to calibrate
+    w8a8 = _cpu_graph(model)  # calibration would have stopped on the -inf
+    quantized = {n.input[0] for n in w8a8.graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized & {"log", "scaled", "bias"}
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999)

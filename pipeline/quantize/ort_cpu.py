@@ -84,12 +84,13 @@ def tensors_to_calibrate(model: onnx.ModelProto | GraphView, fused: onnx.ModelPr
     view = GraphView.of(model)
     float_tensors = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     folded = relu_folded(view)
+    varying = view.input_dependent()
     return {
         t
         for n in (fused if fused is not None else fuse_gelu(view.model)).graph.node
         if n.op_type in OP_TYPES
         for t in (*n.input, *n.output)
-        if t and t in float_tensors and not view.is_const(t) and t not in folded
+        if t and t in float_tensors and t in varying and t not in folded
     }
 
 
@@ -113,10 +114,18 @@ def relu_folded(model: onnx.ModelProto | GraphView) -> dict[str, str]:
 
 
 def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
-    """The nodes [quantize] excludes, by the same rules as the TensorRT plan, and the residual-stream
-    Adds, which stay float on the CPU as they do in the TensorRT graph."""
+    """The nodes [quantize] excludes, by the same rules as the TensorRT plan; nodes reading a tensor
+    computed from constants and shapes only (the same for every input: nothing to quantize); and the
+    residual-stream Adds, which stay float on the CPU as they do in the TensorRT graph."""
     patterns = [re.compile(p) for p in settings.exclude_patterns]
-    return [n.name for n in view.nodes if excluded_reason(n, settings, patterns)] + residual_stream_adds(view)
+    varying = view.input_dependent()
+    constant = [  # a node reading a computed constant: such tensors get no range (they may hold -inf)
+        n.name
+        for n in view.nodes
+        if n.op_type in OP_TYPES and any(t and not view.is_weight(t) and t not in varying for t in n.input)
+    ]
+    excluded = [n.name for n in view.nodes if excluded_reason(n, settings, patterns)]
+    return excluded + constant + residual_stream_adds(view)
 
 
 def residual_stream_adds(view: GraphView) -> list[str]:

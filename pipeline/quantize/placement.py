@@ -134,6 +134,18 @@ class GraphView:
             and all(self.is_weight(t) for t in node.input if t)
         )
 
+    def input_dependent(self) -> set[str]:
+        """Tensors whose values depend on the graph inputs' values. A Shape or Size output depends on
+        shapes only, and what is computed from constants and shapes is the same for every input
+        (T5's relative-position buckets, with a log(0) = -inf inside): nothing to calibrate or quantize."""
+        if not hasattr(self, "_input_dependent"):
+            found = set(self.inputs)
+            for node in self.nodes:  # topologically sorted
+                if node.op_type not in ("Shape", "Size") and any(i in found for i in node.input if i):
+                    found.update(node.output)
+            self._input_dependent = found
+        return self._input_dependent
+
     def depth(self) -> dict[str, int]:
         """Longest path (in nodes) from a graph input to each tensor."""
         depth: dict[str, int] = {}
@@ -221,6 +233,8 @@ def excluded_reason(node: onnx.NodeProto, settings: QuantizeSection, patterns: l
 def _too_small(node: onnx.NodeProto, view: GraphView, minimum: int) -> str | None:
     """Why a weighted layer would not gain from INT8, or None."""
     op = node.op_type
+    if not any(t in view.input_dependent() for t in node.input[:2] if t):
+        return "computes on constants and shapes only, the same for every input: nothing to quantize"
     if op in ("Conv", "ConvTranspose"):
         shape = view.shape(node.input[1]) if view.is_weight(node.input[1]) else None
         if shape is None or None in shape:
