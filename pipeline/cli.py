@@ -168,8 +168,9 @@ def report(config_path: Path) -> None:
 @click.option("--precision", type=click.Choice(["w8a8", "fp16"]), default="w8a8", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["triton", "plain"]), default="triton", show_default=True)
 @click.option("--force", is_flag=True, help="Deploy despite a failed accuracy gate (recorded in the manifest).")
+@click.option("--replace", is_flag=True, help="Replace a folder at the target that trtpipe deploy did not write.")
 @_user_errors
-def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool) -> None:
+def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool, replace: bool) -> None:
     """Deploy an engine (or, without TensorRT, the ONNX graph) with its manifest.
 
     \b
@@ -181,7 +182,7 @@ def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool) -
     """
     from pipeline import stages
 
-    stages.deploy(_load(config_path), to, precision=precision, fmt=fmt, force=force)
+    stages.deploy(_load(config_path), to, precision=precision, fmt=fmt, force=force, replace=replace)
 
 
 if __name__ == "__main__":

@@ -211,11 +211,14 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     from pipeline.evaluate.accuracy import accuracy_table
     from pipeline.evaluate.compare import compare as run_compare
     from pipeline.evaluate.compare import results_path
-    from pipeline.fileio import write_json
+    from pipeline.fileio import sha256_file, write_json
+    from pipeline.runners import artifacts
 
     out = Artifacts.of(cfg, root)
+    measured = {a.label: sha256_file(a.path) for a in artifacts(cfg, out)}  # deploy gates these bytes only
     rows = run_compare(cfg, out)
-    write_json(results_path(out), {"rows": [r.as_dict() for r in rows], "passed": not any(r.failures for r in rows)})
+    passed = not any(r.failures for r in rows)
+    write_json(results_path(out), {"rows": [r.as_dict() for r in rows], "passed": passed, "sha256": measured})
     info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
     info(table(*accuracy_table(rows)))
     failed = [r for r in rows if r.failures]
@@ -305,7 +308,13 @@ def report(cfg: Config, root: Path | None = None) -> Path:
 
 
 def deploy(
-    cfg: Config, to: Path, precision: str = "w8a8", fmt: str = "triton", force: bool = False, root: Path | None = None
+    cfg: Config,
+    to: Path,
+    precision: str = "w8a8",
+    fmt: str = "triton",
+    force: bool = False,
+    root: Path | None = None,
+    replace: bool = False,
 ) -> Path:
     """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
     from pipeline.deploy.checks import select
@@ -318,6 +327,6 @@ def deploy(
             f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
             f"the manifest records it"
         )
-    path = write_triton(cfg, out, chosen, to) if fmt == "triton" else write_plain(cfg, chosen, to)
+    path = write_triton(cfg, out, chosen, to, replace) if fmt == "triton" else write_plain(cfg, chosen, to, replace)
     info(f"{cfg.name}: deployed {chosen.artifact.label} ({chosen.device}) to {path}")
     return path

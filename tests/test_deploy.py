@@ -112,3 +112,51 @@ def test_tensorrt_config_for_an_engine(make_config):
 def test_config_text_with_an_unknown_field_is_refused():
     with pytest.raises(PipelineError, match="does not parse against Triton's model config schema"):
         triton.parse('name: "x"\nmax_batch_sise: 8\n')
+
+
+def test_refuses_bytes_compare_did_not_measure_even_after_a_new_build(pipeline_run, tmp_path):
+    """Re-quantized (other bytes) and rebuilt, so the build record matches: compare measured the old graph."""
+    cfg, path, out = pipeline_run
+    _compared(cfg)
+    import dataclasses
+
+    other = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, method="max"))
+    stages.quantize(other)
+    stages.build(other, backend="onnxruntime")
+    with pytest.raises(PipelineError, match=r"w8a8-cpu \(ONNX Runtime\) was not compared as it is now"):
+        stages.deploy(cfg, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "tiny").exists()
+    stages.compare(other)
+    assert (stages.deploy(other, tmp_path / "repo") / "1" / "model.onnx").is_file()
+
+
+def test_a_folder_deploy_did_not_write_is_kept_unless_replace(pipeline_run, tmp_path):
+    cfg, _, _ = pipeline_run
+    _compared(cfg)
+    mine = tmp_path / "repo" / "tiny"
+    (mine / "2").mkdir(parents=True)
+    (mine / "config.pbtxt").write_text("# hand-tuned\n")
+    (mine / "2" / "model.onnx").write_bytes(b"old model")
+    with pytest.raises(PipelineError, match="was not written by trtpipe deploy .* pass --replace"):
+        stages.deploy(cfg, tmp_path / "repo")
+    assert (mine / "config.pbtxt").read_text() == "# hand-tuned\n" and (mine / "2" / "model.onnx").is_file()
+    stages.deploy(cfg, tmp_path / "repo", replace=True)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()) == [
+        "1/model.onnx",
+        "config.pbtxt",
+        "manifest.json",
+    ]  # no version 2 left for the new config to serve
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["tiny"]  # no staging or old folder left
+
+
+def test_redeploy_replaces_its_own_folder_whole(pipeline_run, tmp_path):
+    cfg, _, _ = pipeline_run
+    _compared(cfg)
+    model_dir = stages.deploy(cfg, tmp_path / "repo")
+    (model_dir / "2").mkdir()
+    (model_dir / "2" / "model.onnx").write_bytes(b"stale")
+    (tmp_path / "repo" / ".tiny.deploy.killed").mkdir()  # a deploy killed midway
+    stages.deploy(cfg, tmp_path / "repo", precision="fp16")
+    assert not (model_dir / "2").exists()
+    assert json.loads((model_dir / "manifest.json").read_text())["precision"] == "fp16"
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["tiny"]

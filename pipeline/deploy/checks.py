@@ -68,7 +68,13 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
     compare = results_path(out)
     if not compare.is_file():
         raise PipelineError(f"{compare}: no compare results; run trtpipe compare before deploying")
-    rows = [r for r in read_json(compare)["rows"] if r["artifact"] == artifact.label]
+    saved = read_json(compare)
+    measured = saved.get("sha256", {}).get(artifact.label) if isinstance(saved, dict) else None
+    if measured != sha:  # accuracy measured on other bytes (or by an older compare) says nothing of these
+        raise PipelineError(
+            f"{compare}: {artifact.label} was not compared as it is now (sha256 {sha[:12]}…); re-run trtpipe compare"
+        )
+    rows = [r for r in saved["rows"] if r["artifact"] == artifact.label]
     if not rows:
         raise PipelineError(f"{compare}: {artifact.label} was not compared; re-run trtpipe compare")
     failures = tuple(f"batch {r['batch']} {r['output']!r}: {'; '.join(r['failures'])}" for r in rows if r["failures"])

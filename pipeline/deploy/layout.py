@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -43,7 +48,61 @@ def manifest_for(cfg: Config, d: Deployable, file_name: str, fmt: str) -> dict:
     }
 
 
-def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path) -> Path:
+@contextlib.contextmanager
+def model_folder(to: Path, name: str, replace: bool) -> Iterator[Path]:
+    """A hidden sibling of ``to/name`` to fill; once the block succeeds it takes that name, so Triton
+    never sees half a model, nor the old model's version folders beside the new config. A folder deploy
+    did not write is replaced only with ``replace``."""
+    dest = to / name
+    if to.exists() and not to.is_dir():
+        raise PipelineError(f"--to {to}: is a file, not a folder")
+    _sweep(to, name)
+    if dest.exists() and any(dest.iterdir()) and not replace and not _ours(dest, name):
+        raise PipelineError(
+            f"{dest}: exists and was not written by trtpipe deploy (no manifest.json of {name!r}); "
+            f"move it away or pass --replace"
+        )
+    try:
+        to.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=to, prefix=f".{name}.deploy."))
+        try:
+            yield staging
+            old = to / f".{name}.old.{os.getpid()}"
+            if dest.exists():
+                os.rename(dest, old)
+            os.rename(staging, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:  # a full disk, a read-only folder: the old deployment stays as it was
+        raise PipelineError(
+            f"--to {to}: cannot write the deployment ({exc.strerror or exc}); nothing was replaced"
+        ) from None
+
+
+def _ours(folder: Path, name: str) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("model") == name and "sha256" in manifest
+
+
+def _sweep(to: Path, name: str) -> None:
+    """Leftovers of a deploy killed midway: an unfinished staging folder goes; an old deployment moved
+    aside just before the kill comes back."""
+    if not to.is_dir():
+        return
+    for staging in to.glob(f".{name}.deploy.*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in to.glob(f".{name}.old.*"):
+        if (to / name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, to / name)
+
+
+def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path, replace: bool = False) -> Path:
     graph = onnx.load(
         str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
         load_external_data=False,
@@ -52,21 +111,21 @@ def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path) -> Path:
     config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema
-    model_dir = to / cfg.name
     file_name = "model.plan" if d.backend == "tensorrt" else "model.onnx"
-    copy_verified(d.artifact.path, model_dir / "1" / file_name, d.sha256)
-    write_json(model_dir / "manifest.json", manifest_for(cfg, d, f"1/{file_name}", "triton"))
-    write_text(model_dir / "config.pbtxt", text)  # last: Triton only sees a model once its config exists
-    return model_dir
+    with model_folder(to, cfg.name, replace) as model_dir:
+        copy_verified(d.artifact.path, model_dir / "1" / file_name, d.sha256)
+        write_json(model_dir / "manifest.json", manifest_for(cfg, d, f"1/{file_name}", "triton"))
+        write_text(model_dir / "config.pbtxt", text)
+    return to / cfg.name
 
 
-def write_plain(cfg: Config, d: Deployable, to: Path) -> Path:
-    folder = to / cfg.name
+def write_plain(cfg: Config, d: Deployable, to: Path, replace: bool = False) -> Path:
     file_name = f"{d.artifact.name}.plan" if d.backend == "tensorrt" else f"model.{d.artifact.name}.onnx"
-    copy_verified(d.artifact.path, folder / file_name, d.sha256)
-    write_json(folder / "manifest.json", manifest_for(cfg, d, file_name, "plain"))
-    write_text(folder / "README.md", _plain_readme(cfg, d, file_name))
-    return folder
+    with model_folder(to, cfg.name, replace) as folder:
+        copy_verified(d.artifact.path, folder / file_name, d.sha256)
+        write_json(folder / "manifest.json", manifest_for(cfg, d, file_name, "plain"))
+        write_text(folder / "README.md", _plain_readme(cfg, d, file_name))
+    return to / cfg.name
 
 
 def _plain_readme(cfg: Config, d: Deployable, file_name: str) -> str:
