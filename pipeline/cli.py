@@ -30,6 +30,9 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except PipelineError as exc:
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT, no traceback
+            click.echo("interrupted", err=True)
+            raise SystemExit(130) from None
 
     return wrapper
 

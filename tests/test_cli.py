@@ -29,3 +29,19 @@ def test_cli_import_loads_no_heavy_backend():
 def test_build_help_explains_where_and_why():
     text = CliRunner().invoke(main, ["build", "--help"]).output
     assert "<gpu>-sm<cc>-trt<version>" in text and "compute capability" in text and "manifest.json" in text
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, user_model, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline import stages
+    from pipeline.cli import main
+    from tests.conftest import write_config
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "export", interrupted)
+    result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines() == ["interrupted"]

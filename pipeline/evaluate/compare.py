@@ -32,6 +32,9 @@ def compare(cfg: Config, out: Artifacts) -> list[AccuracyRow]:
 
 
 def _compare_at(cfg: Config, out: Artifacts, found: list[Artifact], batch: int) -> list[AccuracyRow]:
+    # Polygraphy first imports torch inside a bare `except:` (is_importable, on every array check): a
+    # Ctrl-C during that import was swallowed, then hung or crashed. Imported here, it raises as usual.
+    import torch  # noqa: F401
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
