@@ -330,3 +330,34 @@ def test_what_depends_on_shapes_only_is_neither_calibrated_nor_quantized():
     assert not quantized & {"log", "scaled", "bias"}
     assert rules.violations(w8a8, "onnxruntime-cpu") == []
     assert_close_to_fp32(model, w8a8, min_cosine=0.999)
+
+
+def test_cpu_graph_takes_constant_nodes_as_initializers():
+    """
+        x [batch, 16, 32] ─► MatMul w ─► h ─► Mul ─► y        (the scale is a Constant node, as the
+                                              ▲                TorchScript exporter writes constants)
+                               Constant 0.5 ──┘
+    ONNX Runtime's quantizer wants a range for a Constant node's output; as an initializer it needs none.
+    """
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node(
+            "Constant", [], ["half"], name="half", value=numpy_helper.from_array(np.array(0.5, np.float32))
+        ),
+        helper.make_node("Mul", ["h", "half"], ["y"], name="scale"),
+    ]
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 32])],
+        [w],
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    w8a8 = _cpu_graph(model)
+    assert not any(n.op_type == "Constant" for n in w8a8.graph.node)
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999)

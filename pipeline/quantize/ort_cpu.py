@@ -151,7 +151,8 @@ def residual_stream_adds(view: GraphView) -> list[str]:
 def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelProto:
     """``fp32`` itself, or a copy where each weight made from constants through a Transpose or
     Reshape (a tied LM head) is an initializer, so ONNX Runtime's quantizer sees a weight (int8, per
-    channel) rather than an activation."""
+    channel) rather than an activation; and where each Constant node (the TorchScript exporter's
+    constants) is an initializer, which the quantizer needs no range for."""
     folded = {
         t: view.constant(t)
         for n in view.nodes
@@ -159,7 +160,8 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
         for t in n.input[:2]
         if t and not view.is_const(t) and view.is_weight(t)  # is_weight reads no data: cheap for activations
     }
-    if not folded:
+    constants = [n for n in fp32.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
+    if not folded and not constants:
         return fp32
     copy = onnx.ModelProto()
     copy.CopyFrom(fp32)
@@ -167,6 +169,12 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
         if node.op_type in WEIGHTED:
             node.input[:] = [f"{t}.folded" if t in folded else t for t in node.input]
     copy.graph.initializer.extend(numpy_helper.from_array(v, f"{t}.folded") for t, v in folded.items())
+    kept = [n for n in copy.graph.node if not (n.op_type == "Constant" and n.attribute[0].name == "value")]
+    copy.graph.initializer.extend(
+        numpy_helper.from_array(numpy_helper.to_array(n.attribute[0].t), n.output[0]) for n in constants
+    )
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
     return copy
 
 
