@@ -33,12 +33,15 @@ def session(
     cpu_only: bool = False,
     fuse_qdq: bool = True,
     spin: bool = True,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session.
 
     ``fuse_qdq=False`` runs Q/DQ unfused (basic graph optimizations only): for the
     TensorRT-target w8a8 graph, whose FP16 Q/DQ ONNX Runtime's CPU fusions
     (QLinearConcat, ...) have no kernels for; on CPU it is a numerical simulation.
+    ``arena=False`` returns a run's activations to the system after it: for several
+    sessions alive at once, each of whose CPU arena would otherwise keep its own peak.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,6 +50,7 @@ def session(
     opts.log_severity_level = 3
     if not fuse_qdq:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.enable_cpu_mem_arena = arena
     if not spin:  # idle ONNX Runtime threads sleep instead of spinning, leaving the cores to our own work
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
@@ -60,7 +64,11 @@ CPU_GRAPHS = ("fp32", "w8a8-cpu")  # what deploys on a CPU
 
 
 def session_for(
-    path: str | os.PathLike[str], precision: str, threads: int | None = None, cpu_only: bool | None = None
+    path: str | os.PathLike[str],
+    precision: str,
+    threads: int | None = None,
+    cpu_only: bool | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """A session with the options an artifact needs: the CPU graphs on the CPU EP (unless
     ``cpu_only`` says otherwise), the TensorRT-target w8a8 graph with Q/DQ unfused."""
@@ -69,6 +77,7 @@ def session_for(
         threads=threads,
         cpu_only=precision in CPU_GRAPHS if cpu_only is None else cpu_only,
         fuse_qdq=precision != "w8a8",
+        arena=arena,
     )
 
 

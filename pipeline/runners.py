@@ -78,15 +78,16 @@ def _feeding_declared_dtypes(runner_class: type) -> type:
     return FeedingDeclaredDtypes
 
 
-def reference_runner(out: Artifacts, threads: int | None = None):
+def reference_runner(out: Artifacts, threads: int | None = None, arena: bool = True):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     path = out.graph("fp32")
-    return OnnxrtRunner(lambda: ortsession.session_for(path, "fp32", threads), name="fp32 (ONNX Runtime)")
+    return OnnxrtRunner(lambda: ortsession.session_for(path, "fp32", threads, arena=arena), name="fp32 (ONNX Runtime)")
 
 
-def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None):
-    """A Polygraphy runner; engines are checked against their manifest before they load."""
+def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None, arena: bool = True):
+    """A Polygraphy runner; engines are checked against their manifest before they load.
+    ``arena`` is ONNX Runtime's CPU arena (see ``ortsession.session``)."""
     if artifact.backend == "tensorrt":
         from polygraphy.backend.trt import TrtRunner
 
@@ -102,5 +103,5 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None)
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     return _feeding_declared_dtypes(OnnxrtRunner)(
-        lambda: ortsession.session_for(artifact.path, artifact.name, threads), name=artifact.label
+        lambda: ortsession.session_for(artifact.path, artifact.name, threads, arena=arena), name=artifact.label
     )
