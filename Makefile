@@ -16,7 +16,7 @@ CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
 QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: deploy setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
+.PHONY: deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -27,6 +27,7 @@ help:
 	@echo "make report                 rewrite reports from saved results"
 	@echo "make gpu-check              on a GPU machine: build engines, check INT8 coverage and parity"
 	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
+	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -84,6 +85,9 @@ deploy: $(if $(MODEL),engines/$(MODEL)/reports/report.md)
 
 bench-quant: export
 	$(BIN)/python -m benchmarks.quant_peers $(foreach m,$(MODELS),models/$(m).toml)
+
+bench-memory: export
+	$(BIN)/python -m benchmarks.calib_memory $(foreach m,$(MODELS),models/$(m).toml)
 
 # For GPU machines (see README, GPU setup): builds both example models' engines, checks
 # INT8 coverage and parity against FP32. Fails here with the probe's reason.
