@@ -16,7 +16,7 @@ CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
 QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -28,6 +28,7 @@ help:
 	@echo "make gpu-check              on a GPU machine, first: engines, INT8 coverage, accuracy, speed -> engines/gpu-check.json"
 	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
+	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -85,6 +86,9 @@ deploy: $(if $(MODEL),engines/$(MODEL)/reports/report.md)
 
 bench-quant: export
 	$(BIN)/python -m benchmarks.quant_peers $(foreach m,$(MODELS),models/$(m).toml)
+
+bench-memory: export
+	$(BIN)/python -m benchmarks.calib_memory $(foreach m,$(MODELS),models/$(m).toml)
 
 # The first command on a GPU machine (see README, GPU setup): every stage of both examples on
 # TensorRT, INT8 coverage >= 90% of quantized layers, accuracy gates, w8a8 vs FP16 speed (or the

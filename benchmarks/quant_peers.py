@@ -218,6 +218,7 @@ def bench_model(config: str, batch: int, threads: int, repeat: int) -> tuple[lis
             lambda f: ortsession.run(ref, f),
             {f"{k[0]}@{k[1]}": (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()},
             {},
+            cfg.nearest_batch(batch),
         )
         acc_by = {r.artifact: r for r in acc}
         fp32_top1 = acc[0].reference_metric

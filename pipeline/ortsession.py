@@ -46,7 +46,9 @@ def runs_as_written(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _QDQ and len(n.input) > 1 and n.input[1] in fp16 for n in model.graph.node)
 
 
-def options(model: onnx.ModelProto, threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+def options(
+    model: onnx.ModelProto, threads: int | None = None, spin: bool = True, arena: bool = True
+) -> ort.SessionOptions:
     """Session options for ``model``: the one place that decides how a graph is optimized.
 
     A TensorRT-target Q/DQ graph runs exactly as written: no graph optimizations, and
@@ -57,12 +59,15 @@ def options(model: onnx.ModelProto, threads: int | None = None, spin: bool = Tru
     typed as the bias, so in an FP16 graph a quotient above 65504 is inf and the bias
     becomes -2^31 * s_x * s_w. Running as written measured no slower than the basic level.
     Every other graph, the CPU w8a8 graph included, is fully optimized: that is how it deploys.
+    ``arena=False`` returns a run's activations to the system after it: for several sessions alive
+    at once, each of whose CPU arena would otherwise keep its own peak.
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if runs_as_written(model):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    opts.enable_cpu_mem_arena = arena
     if not spin:  # idle ONNX Runtime threads sleep instead of spinning, leaving the cores to our own work
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
@@ -77,6 +82,7 @@ def session(
     threads: int | None = None,
     cpu_only: bool = False,
     spin: bool = True,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``."""
     if isinstance(graph, onnx.ModelProto):
@@ -86,7 +92,7 @@ def session(
         if not path.is_file():
             raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
         model, source = onnx.load(str(path), load_external_data=False), str(path)
-    opts = options(model, threads, spin)
+    opts = options(model, threads, spin, arena)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 
@@ -94,11 +100,16 @@ CPU_GRAPHS = ("fp32", "w8a8-cpu")  # what deploys on a CPU
 
 
 def session_for(
-    path: str | os.PathLike[str], precision: str, threads: int | None = None, cpu_only: bool | None = None
+    path: str | os.PathLike[str],
+    precision: str,
+    threads: int | None = None,
+    cpu_only: bool | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """A session on the EP an artifact needs: the CPU graphs on the CPU EP (unless ``cpu_only``
     says otherwise), the others on CUDA where present. ``options`` picks the optimizations."""
-    return session(path, threads=threads, cpu_only=precision in CPU_GRAPHS if cpu_only is None else cpu_only)
+    cpu = precision in CPU_GRAPHS if cpu_only is None else cpu_only
+    return session(path, threads=threads, cpu_only=cpu, arena=arena)
 
 
 def feed_for(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

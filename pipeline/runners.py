@@ -105,15 +105,16 @@ def engine_to_run(artifact: Artifact) -> Path:
     return verify_engine(artifact.manifest, artifact.name, cap.trt_version, cap.compute_capability)
 
 
-def reference_runner(out: Artifacts, threads: int | None = None):
+def reference_runner(out: Artifacts, threads: int | None = None, arena: bool = True):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     path = out.graph("fp32")
-    return OnnxrtRunner(lambda: ortsession.session_for(path, "fp32", threads), name="fp32 (ONNX Runtime)")
+    return OnnxrtRunner(lambda: ortsession.session_for(path, "fp32", threads, arena=arena), name="fp32 (ONNX Runtime)")
 
 
-def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None):
-    """A Polygraphy runner; engines are checked against their manifest before they load."""
+def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None, arena: bool = True):
+    """A Polygraphy runner; engines are checked against their manifest before they load.
+    ``arena`` is ONNX Runtime's CPU arena (see ``ortsession.session``)."""
     if artifact.backend == "tensorrt":
         from polygraphy.backend.trt import TrtRunner
 
@@ -126,5 +127,5 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None)
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     return _feeding_declared_dtypes(OnnxrtRunner, artifact.path)(
-        lambda: ortsession.session_for(artifact.path, artifact.name, threads), name=artifact.label
+        lambda: ortsession.session_for(artifact.path, artifact.name, threads, arena=arena), name=artifact.label
     )

@@ -144,8 +144,9 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     for s in plan.skipped:
         info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
 
-    ref = ortsession.session_for(out.graph("fp32"), "fp32")
-    sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True) for name in graphs}
+    # Three sessions alive at once: without arenas each holds only its weights between runs.
+    ref = ortsession.session_for(out.graph("fp32"), "fp32", arena=False)
+    sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True, arena=False) for name in graphs}
     gates = {name: cfg.accuracy.gate(name) for name in graphs}
     batch = cfg.nearest_batch(cfg.calibration.batch_size)  # the batch calibration ran, inside the profiles
     rows = evaluate(

@@ -236,7 +236,7 @@ def _exact(ranges) -> dict:
     return {name: (r.min, r.max, r.amax) for name, r in ranges.tensors.items()}
 
 
-def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config):
+def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, capsys):
     """The histograms are exact sums: runs of any size, and tensors captured in several passes
     over the data, give the same numbers as whole batches in one pass."""
     from pipeline.calibrate.calibrator import value_sources
@@ -255,6 +255,7 @@ def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config):
     assert plan.micro_batch == 1 and len(plan.groups) > 1
     split = RangesFromOnnx(tensors, 2048, 99.99)(model, rebatch(batches, cfg, 3), groups=plan.groups)
     assert _exact(split) == _exact(whole)
+    assert f"calibrating (pass {len(plan.groups)}/{len(plan.groups)})" in capsys.readouterr().err
 
 
 def test_capture_plan_fits_runs_in_half_the_inference_floor():

@@ -23,9 +23,12 @@ from tests import reference
 from tests.test_ortsession import bias_overflows
 
 
-def test_compare_passes_and_saves_only_the_statistics(pipeline_run):
+def test_compare_passes_and_saves_only_the_statistics(pipeline_run, capsys):
     cfg, _, out = pipeline_run
+    capsys.readouterr()
     rows = stages.compare(cfg)
+    err = capsys.readouterr().err
+    assert "compare at batch 1" in err and "compare at batch 32" in err  # a progress bar per batch size
     assert {r.artifact for r in rows} == {"fp16 (ONNX Runtime)", "w8a8 (ONNX Runtime)", "w8a8-cpu (ONNX Runtime)"}
     assert {r.batch for r in rows} == {1, 32}  # the default 1 and 64, moved into the profile [1, 32]
     assert all(r.stats.cosine > 0.99 for r in rows)
@@ -199,6 +202,7 @@ def test_quantize_accuracy_pass_runs_inside_the_profile(make_config, user_model,
     cfg = make_config(calibration=f'[calibration]\nsource = "{user_model}:calibration"\nsamples = 64\nbatch_size = 48')
     stages.export(cfg, root=tmp_path)
     summary = stages.quantize(cfg, root=tmp_path, targets=("onnxruntime-cpu",))
-    assert "held-out data at batch 32" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "held-out data at batch 32" in err and "accuracy at batch 32" in err  # its progress bar
     (row,) = summary["accuracy"]
     assert row["top1_agreement"] is not None and row["metric"] is not None and row["cosine"] > 0.99

@@ -38,8 +38,9 @@ def _compare_at(cfg: Config, out: Artifacts, found: list[Artifact], batch: int) 
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
-    reference = reference_runner(out)
-    runners = {a.label: runner_for(a, profile=_profile(cfg, a, batch)) for a in found}
+    # All runners are active at once: without ONNX Runtime's arenas each holds only its weights between runs.
+    reference = reference_runner(out, arena=False)
+    runners = {a.label: runner_for(a, profile=_profile(cfg, a, batch), arena=False) for a in found}
     scorer = Scorer(cfg, runners)
     labels: deque[np.ndarray | None] = deque()
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-iteration lines would drown the progress bar
