@@ -65,11 +65,21 @@ def run_model(config: Path, root: Path, logs: Path, timeout: float) -> list[Stag
             continue
         runs[stage] = run_stage(stage, config, root, logs / f"{name}.{stage}.log", timeout)
         print(f"  {name} {stage}: {_brief(runs[stage])}", flush=True)
+        if stage == "export" and runs[stage].status == "ok":
+            # The memory rule's yardstick: plain FP32 inference over the same calibration batches.
+            cmd = [sys.executable, "-m", "benchmarks.calib_memory", "--infer", str(config)]
+            runs[INFERENCE] = run_stage(INFERENCE, config, root, logs / f"{name}.{INFERENCE}.log", timeout, cmd)
+            print(f"  {name} {INFERENCE}: {_brief(runs[INFERENCE])}", flush=True)
     return list(runs.values())
 
 
-def run_stage(stage: str, config: Path, root: Path, log: Path, timeout: float) -> StageRun:
-    cmd = [sys.executable, "-m", "pipeline", stage, "-c", str(config)]
+INFERENCE = "fp32-inference"  # measured beside the stages, not one of them
+
+
+def run_stage(
+    stage: str, config: Path, root: Path, log: Path, timeout: float, cmd: list[str] | None = None
+) -> StageRun:
+    cmd = cmd or [sys.executable, "-m", "pipeline", stage, "-c", str(config)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never reach for a hub
     start = time.perf_counter()
     with log.open("w") as out:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.zoo.driver import STAGES, StageRun
+from benchmarks.zoo.driver import INFERENCE, STAGES, StageRun
 from benchmarks.zoo.graphstats import GraphStats, graph_stats
 
 # The graph each quantization target writes, and the runtime whose rules it is checked against.
@@ -114,6 +114,8 @@ def markdown(records: list[dict]) -> str:
         "w8a8-cpu speedup",
         "calibrate s",
         "calibrate peak RSS MB",
+        "FP32 inference peak RSS MB",
+        "calibrate / inference",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in records]
@@ -153,7 +155,9 @@ LEGEND = (
     "(highest, of the output's spread) of the first output against FP32 over compare's batch sizes "
     "(from quantize's check when compare did not run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX "
     "Runtime CPU at the largest bench batch. "
-    "Calibrate: wall time and peak RSS of the calibrate stage's process, start-up included."
+    "Calibrate: wall time and peak RSS of the calibrate stage's process, start-up included; FP32 "
+    "inference: peak RSS of a process running the FP32 graph on ONNX Runtime over the same calibration "
+    "batches (benchmarks/calib_memory.py), the memory rule's yardstick (calibrate at most 1.5x)."
 )
 
 
@@ -173,7 +177,15 @@ def _cells(r: dict) -> list[str]:
         "-" if speedup is None else f"{speedup['w8a8_cpu']:.2f}x (b{speedup['batch']})",
         f"{calib['seconds']:.1f}" if measured else "-",
         f"{calib['peak_rss_mb']:.0f}" if measured else "-",
+        *_inference_cells(stages.get(INFERENCE), calib if measured else None),
     ]
+
+
+def _inference_cells(infer: dict | None, calib: dict | None) -> list[str]:
+    if infer is None or infer["status"] != "ok":
+        return ["-", "-"]
+    ratio = f"{calib['peak_rss_mb'] / infer['peak_rss_mb']:.2f}x" if calib and calib["status"] == "ok" else "-"
+    return [f"{infer['peak_rss_mb']:.0f}", ratio]
 
 
 def _pair(r: dict, fmt) -> str:
