@@ -68,3 +68,23 @@ def test_quantize_names_the_layers_when_a_graph_misses_its_cosine(pipeline_run):
     assert set(worst) == {"w8a8"}  # w8a8-cpu keeps its default gate, which it meets
     added = [e["added"] for e in worst["w8a8"]]
     assert added == sorted(added, reverse=True) and {e["op_type"] for e in worst["w8a8"]} <= {"Conv", "Gemm"}
+
+
+def test_a_wide_range_over_tiny_values_is_named():
+    """
+        x (mostly ~1e-3, one token of 10s) ─► fc1 ─► GELU ─► fc2 ─► y   (graphs.mlp_gelu)
+    With the max range, one int8 step is 10/127: nearly every value of x rounds to 0.
+    """
+    model = graphs.mlp_gelu()
+    view = GraphView(model)
+
+    def spiky(seed):
+        x = 1e-3 * graphs.inputs_for(model, 4, seed)["x"]
+        x[:, seed % 16, :] = 10.0  # one token spikes in every channel: no channel stands out
+        return {"x": x}
+
+    ranges = RangesFromOnnx(ort_cpu.tensors_to_calibrate(view) | {"x", "g"}, 2048, 99.99)(
+        model, [spiky(s) for s in range(4)]
+    )
+    (worst,) = worst_layers(view, quantize(model)[1], spiky(7), ranges, "max", top=1)
+    assert worst.node == "fc1" and "of its non-zero values are under half an int8 step" in worst.reason

@@ -20,11 +20,14 @@ from pipeline.calibrate.cache import Ranges
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.data import Feed
-from pipeline.quantize.placement import WEIGHTED, GraphView
+from pipeline.quantize.placement import WEIGHTED, GraphView, weight_axis
+from pipeline.quantize.qdq import INT8_MAX, quantize_weight
 
 # An input channel this many times wider than the median one leaves the others a handful of int8 levels.
 OUTLIER_RATIO = 10.0
 CLIPPED_SHARE = 1e-3
+FLUSHED_SHARE = 0.2  # of an input's non-zero values under half an int8 step
+WEIGHT_LOSS = 0.02  # relative error of a weight under per-channel int8 (typically ~1%)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def worst_layers(
         worst_in = max(inputs, key=lambda t: err[t], default=None)
         e_in = err[worst_in] if worst_in else 0.0
         e_out = err[node.output[0]]
-        reason = _reason(node, inputs, ref, ranges, method)
+        reason = _reason(node, fp32, inputs, ref, ranges, method)
         found.append(LayerError(node.name, node.op_type, e_in, e_out, e_out - e_in, reason))
     return sorted(found, key=lambda e: e.added, reverse=True)[:top]
 
@@ -91,7 +94,9 @@ def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(got - ref)) / norm if norm > 0 else float(np.linalg.norm(got))
 
 
-def _reason(node: onnx.NodeProto, inputs: list[str], ref: dict[str, np.ndarray], ranges: Ranges, method: str) -> str:
+def _reason(
+    node: onnx.NodeProto, fp32: GraphView, inputs: list[str], ref: dict[str, np.ndarray], ranges: Ranges, method: str
+) -> str:
     notes = []
     for t in inputs:
         if t not in ranges.tensors:
@@ -109,7 +114,31 @@ def _reason(node: onnx.NodeProto, inputs: list[str], ref: dict[str, np.ndarray],
             )
         elif clipped > CLIPPED_SHARE:
             notes.append(f"input {t} clipped at +-{amax:.3g} for {100 * clipped:.2f}% of its values")
-    return "; ".join(notes) or "int8 rounding of its input and weights"
+        else:
+            flushed = float(np.mean((x > 0) & (x < amax / (2 * INT8_MAX))))
+            if flushed > FLUSHED_SHARE:  # a wide range over mostly tiny values: they round to zero
+                notes.append(
+                    f"input {t}: {100 * flushed:.0f}% of its non-zero values are under half an int8 step "
+                    f"(range +-{amax:.3g}) and round to 0"
+                )
+    weight = _weight_note(node, fp32)
+    return "; ".join([*notes, *([weight] if weight else [])]) or "int8 rounding of its input and weights"
+
+
+def _weight_note(node: onnx.NodeProto, fp32: GraphView) -> str | None:
+    """How much the weight loses to per-channel int8, when that is large enough to matter."""
+    tensor = node.input[1] if len(node.input) > 1 else ""
+    if not tensor or not fp32.is_weight(tensor):
+        return None
+    w = fp32.constant(tensor)
+    if w is None or w.ndim < 2:
+        return None
+    axis = weight_axis(node.op_type, node, w.ndim)
+    q, scale = quantize_weight(w.astype(np.float32), axis, np.dtype(np.float32))
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    loss = _relative_error(q.astype(np.float64) * scale.reshape(shape), w)
+    return f"its weights lose {100 * loss:.1f}% (relative) to per-channel int8" if loss > WEIGHT_LOSS else None
 
 
 def _channel_amax(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
