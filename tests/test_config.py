@@ -124,3 +124,10 @@ def test_a_set_batch_size_outside_the_profile_is_one_error_line(tmp_path, user_m
     msg = _error(tmp_path, user_model, top=f'name = "tiny"\n{section}')
     assert f"key '{key}' = [1, 64]: batch 64 is outside every [batch] profile ([1, 32])" in msg
     assert "widen a profile or drop that batch size" in msg
+
+
+def test_setting_one_key_of_a_gate_keeps_its_other_defaults(tmp_path, user_model):
+    cfg = load_config(write_config(tmp_path, user_model, top='name = "tiny"\n[accuracy.fp16]\nmin_cosine = 0.9999'))
+    assert cfg.accuracy.fp16.min_cosine == 0.9999
+    assert cfg.accuracy.fp16.centered is False and cfg.accuracy.fp16.max_rel_error == 0.05  # fp16's, not Gate's
+    assert cfg.accuracy.w8a8.min_top1_agreement == 0.97

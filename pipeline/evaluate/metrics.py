@@ -41,7 +41,8 @@ class ErrorStats:
     mean_rel: float
     cosine: float
     centered_cosine: float
-    rel_error: float
+    rel_error: float  # of the output's spread (the centered measure)
+    norm_rel_error: float  # of the output's norm (the raw measure)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -100,6 +101,7 @@ class ErrorAccumulator:
                 centered = _cosine(float(dot), float(out_sq), varying_sq, self.diff_sq)
                 spread_sq = varying_sq
         rel_error = float(np.sqrt(self.diff_sq / spread_sq)) if spread_sq > 0 else float(self.diff_sq > 0)
+        norm_rel = float(np.sqrt(self.diff_sq / self.ref_sq)) if self.ref_sq > 0 else float(self.diff_sq > 0)
         return ErrorStats(
             self.max_abs,
             self.sum_abs / max(self.values, 1),
@@ -108,6 +110,7 @@ class ErrorAccumulator:
             cosine,
             centered,
             rel_error,
+            norm_rel,
         )
 
 
@@ -157,10 +160,12 @@ def gate_failures(
 ) -> list[str]:
     """Human-readable reasons a result fails ``gate`` (empty when it passes)."""
     problems = []
-    if stats.centered_cosine < gate.min_cosine:
-        problems.append(f"centered cosine {stats.centered_cosine:.6f} < {gate.min_cosine}")
-    if gate.max_rel_error is not None and stats.rel_error > gate.max_rel_error:
-        problems.append(f"relative error {stats.rel_error:.4g} > {gate.max_rel_error} (of the output's spread)")
+    kind, cosine = ("centered cosine", stats.centered_cosine) if gate.centered else ("cosine", stats.cosine)
+    if cosine < gate.min_cosine:
+        problems.append(f"{kind} {cosine:.6f} < {gate.min_cosine}")
+    rel, of = (stats.rel_error, "spread") if gate.centered else (stats.norm_rel_error, "norm")
+    if gate.max_rel_error is not None and rel > gate.max_rel_error:
+        problems.append(f"relative error {rel:.4g} > {gate.max_rel_error} (of the output's {of})")
     if gate.max_abs is not None and stats.max_abs > gate.max_abs:
         problems.append(f"max abs error {stats.max_abs:.3g} > {gate.max_abs}")
     if gate.min_top1_agreement is not None and agreement is not None and agreement < gate.min_top1_agreement:
