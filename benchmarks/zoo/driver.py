@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config import load_config
@@ -42,13 +42,7 @@ class StageRun:
     peak_rss_mb: float = 0.0
 
     def as_dict(self) -> dict:
-        return {
-            "stage": self.stage,
-            "status": self.status,
-            "error": self.error,
-            "seconds": self.seconds,
-            "peak_rss_mb": self.peak_rss_mb,
-        }
+        return asdict(self)
 
 
 def run_model(config: Path, root: Path, logs: Path, timeout: float) -> list[StageRun]:

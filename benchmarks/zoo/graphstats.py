@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,7 @@ class GraphStats:
         return self.quantized_nodes / self.compute_nodes if self.compute_nodes else 0.0
 
     def as_dict(self) -> dict:
-        return {
-            "violations": self.violations,
-            "compute_nodes": self.compute_nodes,
-            "quantized_nodes": self.quantized_nodes,
-            "coverage": self.coverage,
-            "int8_weight_share": self.int8_weight_share,
-        }
+        return {**asdict(self), "coverage": self.coverage}
 
 
 def graph_stats(path: Path, target: str) -> GraphStats:
