@@ -47,7 +47,7 @@ from pipeline.data import Feed
 from pipeline.quantize.placement import WEIGHTED, GraphView, weight_axis
 from pipeline.quantize.qdq import INT8_MAX, activation_scale, quantize_weight
 
-AUTO_ROWS = 16  # calibration rows the consumers' outputs are compared on
+AUTO_ROWS = 8  # calibration rows the readers' outputs are compared on: 16 or 32 chose no more stably
 OWN_ERROR = "mse"  # the choice for a tensor no weighted layer reads
 Use = tuple[onnx.NodeProto, int]  # a weighted layer and which of its inputs the tensor is
 
@@ -113,9 +113,11 @@ class AutoRanges:
         uses = {src: consumers(view, m.tensors) for src, m in found.items()}
         judged = [src for src, m in found.items() if uses[src] and len(set(m.amax.values())) > 1]
         choices = {src: _without_layers(m.amax) for src, m in found.items() if src not in judged}
-        sizes = {src: _job_bytes(view, uses[src], self.count) for src in judged}
+        # A group holds its captures while one tensor at a time is judged: the budget takes both.
+        held = {src: _held_bytes(view, uses[src], self.count) for src in judged}
+        working = max((_working_bytes(view, uses[src], self.count) for src in judged), default=0)
         kernels = _Kernels(view)
-        for group in memory.split(view, sizes, self.budget) if judged else ():
+        for group in memory.split(view, held, max(self.budget - working, 1)) if judged else ():
             values = _capture(fp32, view, [u for src in group for u in uses[src]], feed, session_with_outputs)
             for src in group:
                 choices[src] = _by_layers(view, uses[src], values, found[src], kernels)
@@ -155,12 +157,18 @@ def _by_layers(
     return AutoChoice(best, f"least output error of {where}: {scores}", errors)
 
 
-def _job_bytes(view: GraphView, uses: list[Use], rows: int) -> int:
-    """What choosing for one tensor holds: its layers' inputs, plus three copies of each output (the
-    FP32 reference, one candidate's, their difference)."""
-    held = {t for node, _ in uses for t in node.input if t}
-    outputs = sum(3 * rows * memory.sample_bytes(view, node.output[0]) for node, _ in uses)
-    return sum(_bytes(view, t, rows) for t in held) + outputs
+def _held_bytes(view: GraphView, uses: list[Use], rows: int) -> int:
+    """The captured inputs (weights included) of the layers reading one tensor."""
+    return sum(_bytes(view, t, rows) for t in {t for node, _ in uses for t in node.input if t})
+
+
+def _working_bytes(view: GraphView, uses: list[Use], rows: int) -> int:
+    """What judging one tensor adds: per layer its FP32 output and int8 weights dequantized, then
+    one quantized input, output and difference at a time."""
+    outputs = [rows * memory.sample_bytes(view, node.output[0]) for node, _ in uses]
+    weights = sum(_bytes(view, t, rows) for node, _ in uses for t in node.input[:2] if t and view.is_weight(t))
+    inputs = max(_bytes(view, node.input[i], rows) for node, i in uses)
+    return sum(outputs) + weights + inputs + 2 * max(outputs)
 
 
 def _bytes(view: GraphView, tensor: str, rows: int) -> int:
