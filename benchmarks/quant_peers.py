@@ -2,7 +2,7 @@
 
     python -m benchmarks.quant_peers models/resnet_digits.toml models/vit_digits.toml
 
-For each model: our calibration (entropy, 256, 512 and 2048 samples) and ONNX
+For each model: our calibration (the config's method, 256, 512 and 2048 samples) and ONNX
 Runtime's ``quantize_static`` (QDQ, U8S8 per-channel, MinMax and Entropy) on
 the same calibration data and the same FP32 graph. Each calibration runs in a
 child process so its peak memory (max RSS) is its own, ``--repeat`` times
@@ -239,7 +239,7 @@ def bench_model(config: str, batch: int, threads: int, repeat: int) -> tuple[lis
             ]
         )
         names = {
-            "ours": "trtpipe (entropy)",
+            "ours": f"trtpipe ({cfg.calibration.method})",
             "ort-minmax": "ORT quantize_static MinMax",
             "ort-entropy": "ORT quantize_static Entropy",
         }

@@ -19,7 +19,9 @@ from typing import Any, Literal
 from pipeline.errors import PipelineError
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
-CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse")
+# The ranges the histogram pass computes for every tensor; ``auto`` picks one of them per tensor.
+RANGE_METHODS = ("max", "percentile", "entropy", "mse")
+CALIBRATION_METHODS = ("auto", *RANGE_METHODS)
 BATCH_AXIS = "batch"
 
 
@@ -111,7 +113,7 @@ class CalibrationSection:
     source: str
     samples: int = 512
     batch_size: int = 32
-    method: str = "entropy"
+    method: str = "auto"
     percentile: float = 99.99
     # Histogram bins over (0, R], R the power-of-two ceiling of |x|max: fine enough that
     # entropy/MSE can pick thresholds down to R/64.

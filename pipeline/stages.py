@@ -57,6 +57,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``;
     ``view`` is its GraphView, made once for the plans, the CPU tensor list and the capture plan (and, in
     quantize, the Q/DQ graphs)."""
+    from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibrate.histogram import STATS_VERSION
@@ -67,6 +68,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
 
     section = cfg.calibration
     tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
+    auto_rows = min(AUTO_ROWS, section.batch_size)  # no more rows than a batch: memory stays the batch's
     settings = {
         "source": section.source,
         "data": source_fingerprint(cfg),
@@ -75,6 +77,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
         "batch_size": section.batch_size,
         "bins": section.bins,
         "percentile": section.percentile,
+        "auto_rows": auto_rows,
         "stats_version": STATS_VERSION,
     }
     cached = load_ranges(out.ranges)
@@ -94,6 +97,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
         view=view,
         graph_sha256=graph_sha256,
         groups=plan.groups,
+        auto=AutoRanges(auto_rows, plan.budget, {spec.name: spec.batch_axis for spec in cfg.inputs}),
     )
     ranges.save(out.ranges)
     info(f"{cfg.name}: wrote {out.ranges}")
@@ -106,6 +110,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     ``targets`` narrows ``[quantize] targets`` (both by default).
     """
     from pipeline import onnxutil, ortsession
+    from pipeline.calibrate.auto import summary as auto_summary
     from pipeline.console import table
     from pipeline.errors import PipelineError
     from pipeline.evaluate.accuracy import accuracy_table, evaluate
@@ -122,6 +127,11 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     view = GraphView(fp32)
     ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32))  # rebuilds a stale cache, reuses a fresh one
     method = cfg.calibration.method
+    if method == "auto":
+        headline, *cuts = auto_summary(ranges)
+        info(f"{cfg.name}: {headline}")
+        for line in cuts:
+            info(line)
     plan = plan_tensorrt(view, cfg.quantize)
     targets = targets or cfg.quantize.targets
     graphs = {}

@@ -396,3 +396,33 @@ def constant_branch() -> onnx.ModelProto:
         helper.make_node("Add", ["h", "bias"], ["y"], name="add"),
     ]
     return _model(nodes, [_w("w", 32, 32), *consts], in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
+def two_distributions() -> onnx.ModelProto:
+    """
+        outliers [batch, 64]     ─► MatMul (W [64, 32])              ─► y_outliers
+        laplace  [batch, 8, 4, 4] ─► Conv 3x3 (8 -> 16, pads 1, bias) ─► y_laplace
+    Two activations for ``method = "auto"`` to choose a range for, each read by one
+    weighted layer; the test feeds them data with different distributions.
+    """
+    inits = [_w("w_outliers", 64, 32), _w("w_laplace", 16, 8, 3, 3), _w("b_laplace", 16)]
+    nodes = [
+        helper.make_node("MatMul", ["outliers", "w_outliers"], ["y_outliers"], name="matmul"),
+        helper.make_node("Conv", ["laplace", "w_laplace", "b_laplace"], ["y_laplace"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_distributions",
+        [
+            helper.make_tensor_value_info("outliers", TensorProto.FLOAT, ["batch", 64]),
+            helper.make_tensor_value_info("laplace", TensorProto.FLOAT, ["batch", 8, 4, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("y_outliers", TensorProto.FLOAT, ["batch", 32]),
+            helper.make_tensor_value_info("y_laplace", TensorProto.FLOAT, ["batch", 16, 4, 4]),
+        ],
+        inits,
+    )
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    )

@@ -14,7 +14,7 @@ def test_valid_config_loads_typed_and_frozen(tmp_path, user_model):
     assert cfg.name == "tiny"
     assert cfg.inputs[0].shape == ("batch", 3, 8, 8)
     assert cfg.batch[0].opt == 8
-    assert cfg.calibration.method == "entropy"
+    assert cfg.calibration.method == "auto"
     with pytest.raises(AttributeError):
         cfg.name = "other"  # frozen
 

@@ -2,27 +2,61 @@
 
 It records the hash of the graph it was computed on and the settings that
 shape the statistics; a cache whose graph, settings or tensor set differ is
-stale and gets rebuilt. Thresholds of every method are stored, so switching
-``calibration.method`` needs no new pass over the data.
+stale and gets rebuilt. Thresholds of every method are stored, ``auto``'s
+choice with its reason too, so switching ``calibration.method`` needs no new
+pass over the data.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import CALIBRATION_METHODS, RANGE_METHODS
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """Which range ``auto`` took for a tensor, and why."""
+
+    method: str  # one of RANGE_METHODS
+    reason: str
+    # Relative error of the consuming layers' outputs under each method's range, summed over
+    # those layers; empty where no weighted layer reads the tensor (chosen by its own error).
+    errors: dict[str, float]
+
+    def __post_init__(self) -> None:
+        if self.method not in RANGE_METHODS:
+            raise ValueError(f"auto chose {self.method!r}, not one of {', '.join(RANGE_METHODS)}")
+        if not self.errors:
+            return
+        if set(self.errors) != set(RANGE_METHODS) or not all(map(math.isfinite, self.errors.values())):
+            raise ValueError(f"auto errors must be finite, one per method, got {sorted(self.errors)}")
+        if self.errors[self.method] > 2 * min(self.errors.values()):
+            raise ValueError(f"auto chose {self.method!r} but another method has a smaller error")
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "reason": self.reason, "errors": self.errors}
 
 
 @dataclass(frozen=True)
 class TensorRange:
     min: float
     max: float
-    amax: dict[str, float]  # per method: max, percentile, entropy, mse
+    amax: dict[str, float]  # per method: max, percentile, entropy, mse, and auto (one of the four)
+    auto: AutoChoice
+
+    def __post_init__(self) -> None:
+        if set(self.amax) != set(CALIBRATION_METHODS):
+            raise ValueError(f"amax must have one value per method ({', '.join(CALIBRATION_METHODS)})")
+        if self.amax["auto"] != self.amax[self.auto.method]:
+            raise ValueError(f"amax['auto'] is not the range of the method auto chose ({self.auto.method})")
 
 
 @dataclass(frozen=True)
@@ -39,7 +73,10 @@ class Ranges:
             "version": CACHE_VERSION,
             "graph_sha256": self.graph_sha256,
             "settings": self.settings,
-            "tensors": {k: {"min": v.min, "max": v.max, "amax": v.amax} for k, v in sorted(self.tensors.items())},
+            "tensors": {
+                k: {"min": v.min, "max": v.max, "amax": v.amax, "auto": v.auto.to_json()}
+                for k, v in sorted(self.tensors.items())
+            },
         }
 
     def save(self, path: Path) -> None:
@@ -65,10 +102,13 @@ def load_ranges(path: Path) -> Ranges | None:
         raw = json.loads(path.read_text())
         if raw.get("version") != CACHE_VERSION:
             return None  # another format: rebuilt like a stale cache
-        tensors = {
-            name: TensorRange(float(t["min"]), float(t["max"]), {k: float(v) for k, v in t["amax"].items()})
-            for name, t in raw["tensors"].items()
-        }
+        tensors = {name: _tensor_range(t) for name, t in raw["tensors"].items()}
         return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PipelineError(f"{path}: calibration cache is corrupt ({exc}); delete it and run calibrate") from None
+
+
+def _tensor_range(raw: dict) -> TensorRange:
+    auto = raw["auto"]
+    choice = AutoChoice(str(auto["method"]), str(auto["reason"]), {k: float(v) for k, v in auto["errors"].items()})
+    return TensorRange(float(raw["min"]), float(raw["max"]), {k: float(v) for k, v in raw["amax"].items()}, choice)

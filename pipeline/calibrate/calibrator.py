@@ -5,7 +5,8 @@ of tensors holding the same values), and their statistics are updated run by run
 while ONNX Runtime runs the next one, so peak memory is two runs' captured tensors
 plus fixed-size histograms, whatever the number of samples. How many samples a run
 takes, and whether the tensors are captured in several passes, is ``memory.capture_plan``'s
-call; the statistics are exact sums, so neither changes the ranges.
+call; the statistics are exact sums, so neither changes the ranges. Then ``auto.AutoRanges``
+chooses each tensor's ``auto`` range on the first rows it kept from the stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 
 from pipeline import onnxutil, ortsession
+from pipeline.calibrate.auto import AutoRanges, Measured
 from pipeline.calibrate.cache import Ranges, TensorRange
 from pipeline.calibrate.histogram import TensorStats
 from pipeline.console import progress
@@ -44,13 +46,17 @@ class RangesFromOnnx:
         view: GraphView | None = None,
         graph_sha256: str | None = None,
         groups: Sequence[Sequence[str]] = (),
+        auto: AutoRanges | None = None,
     ) -> Ranges:
         """``fp32`` is the graph or its file; given its file, ``view`` and ``graph_sha256``, no copy
         of its weights is held here (ONNX Runtime holds its own).
 
         ``groups`` splits the measured tensors (``value_sources``) into passes over the data,
-        each capturing one group; one pass captures all of them by default.
+        each capturing one group; one pass captures all of them by default. ``auto`` keeps the
+        first rows as they stream and then chooses each tensor's ``auto`` range.
         """
+        auto = auto or AutoRanges()
+        batches = auto.tap(batches)
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
             path, view, graph_sha256 = _graph_file(fp32, view, graph_sha256, Path(tmp))
             source = value_sources(view, self.tensors)
@@ -65,11 +71,15 @@ class RangesFromOnnx:
                 session = _session(path, new_outputs(view, group), Path(tmp))
                 self._fold(session, {n: stats[n] for n in group}, progress(runs, label, length=total_batches))
                 del session  # one pass's session alive at a time
-        found = {
-            name: TensorRange(s.min if s.count else 0.0, s.max if s.count else 0.0, s.thresholds(self.percentile))
-            for name, s in stats.items()
-        }
-        ranges = {name: found[source[name]] for name in self.tensors}
+            holders: dict[str, list[str]] = {}
+            for tensor, src in sorted(source.items()):
+                holders.setdefault(src, []).append(tensor)
+            found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
+            choices = auto(path, view, found, lambda graph, outputs: _session(graph, outputs, Path(tmp)))
+        ranges = {}
+        for name in self.tensors:
+            m, choice = found[source[name]], choices[source[name]]
+            ranges[name] = TensorRange(m.min, m.max, {**m.amax, "auto": m.amax[choice.method]}, choice)
         return Ranges(graph_sha256, dict(settings or {}), ranges)
 
     def _fold(self, sess, stats: dict[str, TensorStats], runs: Iterable[Feed]) -> None:
@@ -99,6 +109,11 @@ class RangesFromOnnx:
                 raise PipelineError(
                     f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
                 ) from None
+
+
+def _measured(stats: TensorStats, percentile: float, holders: list[str]) -> Measured:
+    extremes = (stats.min, stats.max) if stats.count else (0.0, 0.0)
+    return Measured(*extremes, stats.thresholds(percentile), tuple(holders))
 
 
 def _graph_file(

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.config import RANGE_METHODS
+
 # Bump when the statistics change: caches record it and are rebuilt on a mismatch.
-STATS_VERSION = 5
+STATS_VERSION = 6
 CHUNK = 1 << 20  # values binned at a time
 QUANT_LEVELS = 128  # int8 symmetric: 127 positive steps plus zero, TensorRT's entropy calibrator's 128 bins
 
@@ -81,7 +83,7 @@ class TensorStats:
     def thresholds(self, percentile: float) -> dict[str, float]:
         """amax per method, each capped at the observed abs-max."""
         if self.count == 0 or self.absmax == 0.0:
-            return dict.fromkeys(("max", "percentile", "entropy", "mse"), 0.0)
+            return dict.fromkeys(RANGE_METHODS, 0.0)
         return {
             "max": self.absmax,
             "percentile": min(self.absmax, percentile_amax(self.hist, self.range, percentile)),

@@ -53,13 +53,13 @@ def capture_plan(
     per_sample = max(sum(sizes.values()), 1)
     fits = max(1, min(batch_size, budget // per_sample))
     micro = -(-batch_size // -(-batch_size // fits))  # the batch in equal parts of at most ``fits``
-    groups = _groups(view, sizes, budget) if per_sample > budget else (tuple(sizes),)
+    groups = split(view, sizes, budget) if per_sample > budget else (tuple(sizes),)
     return CapturePlan(batch_size, micro, groups, budget, floor)
 
 
-def _groups(view: GraphView, sizes: dict[str, int], budget: int) -> tuple[tuple[str, ...], ...]:
-    """Tensors in graph order, cut into groups of at most ``budget`` bytes a sample (a larger
-    tensor is a group of its own)."""
+def split(view: GraphView, sizes: dict[str, int], budget: int) -> tuple[tuple[str, ...], ...]:
+    """Tensors in graph order, cut into groups whose ``sizes`` add up to at most ``budget``
+    (a larger tensor is a group of its own)."""
     order = {name: i for i, node in enumerate(view.nodes) for name in node.output}
     groups: list[tuple[str, ...]] = []
     current: list[str] = []

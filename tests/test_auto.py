@@ -1,0 +1,126 @@
+"""``method = "auto"``: each tensor's range chosen by the output error of the layers reading it.
+
+The errors are recomputed here independently (numpy and torch, float64) from the ranges the
+histogram pass gave, with int8 weights per output channel as the Q/DQ graphs store them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from onnx import numpy_helper
+
+from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges
+from pipeline.calibrate.cache import load_ranges
+from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.config import RANGE_METHODS
+from pipeline.errors import PipelineError
+from tests import graphs
+
+ROWS, BATCH = 1024, 64
+
+
+def _batches() -> list[dict[str, np.ndarray]]:
+    """``outliers``: N(0, 1) with four values of +-30 in feature 3, all within the rows auto compares
+    on; 6e-5 of the values, so the 99.99th percentile and entropy clip them. ``laplace``: Laplacian
+    values, whose rare largest ones matter little beside the rounding of all the others."""
+    rng = np.random.default_rng(7)
+    outliers = rng.standard_normal((ROWS, 64)).astype(np.float32)
+    outliers[[0, 2, 5, 7], 3] = [30, -30, 30, -30]
+    laplace = rng.laplace(size=(ROWS, 8, 4, 4)).astype(np.float32)
+    return [{"outliers": outliers[i : i + BATCH], "laplace": laplace[i : i + BATCH]} for i in range(0, ROWS, BATCH)]
+
+
+def _int8(x: np.ndarray, amax: float) -> np.ndarray:
+    scale = amax / 127
+    return np.clip(np.round(x / scale), -128, 127) * scale
+
+
+def _uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """ONNX Runtime's asymmetric uint8 over [lo, hi] widened to hold 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255
+    zero = np.round(-lo / scale)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _int8_per_channel(w: np.ndarray, axis: int) -> np.ndarray:
+    other = tuple(a for a in range(w.ndim) if a != axis)
+    scale = np.abs(w).max(axis=other, keepdims=True) / 127
+    return np.clip(np.round(w / scale), -127, 127) * scale
+
+
+def _layer(tensor: str, x: np.ndarray, weights: dict[str, np.ndarray], quantized: bool) -> np.ndarray:
+    if tensor == "outliers":
+        w = weights["w_outliers"].astype(np.float64)
+        return x @ (_int8_per_channel(w, 1) if quantized else w)  # MatMul: output channels on axis 1
+    w = weights["w_laplace"].astype(np.float64)
+    w = _int8_per_channel(w, 0) if quantized else w
+    b = torch.from_numpy(weights["b_laplace"].astype(np.float64))
+    return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), b, padding=1).numpy()
+
+
+def _output_errors(tensor: str, found, weights: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per method: ||y_q - y||^2 / ||y||^2 with the input as the TensorRT graph quantizes it plus
+    as the ONNX Runtime CPU graph does, on the rows auto compares on."""
+    x = np.concatenate([b[tensor] for b in _batches()])[:AUTO_ROWS].astype(np.float64)
+    ref = _layer(tensor, x, weights, quantized=False)
+    errors = {}
+    for method in RANGE_METHODS:
+        amax = found.amax[method]
+        inputs = (_int8(x, amax), _uint8(x, max(found.min, -amax), min(found.max, amax)))
+        errors[method] = sum(np.sum((_layer(tensor, q, weights, True) - ref) ** 2) / np.sum(ref**2) for q in inputs)
+    return errors
+
+
+def test_auto_keeps_outliers_that_matter_and_clips_tails_that_do_not():
+    model = graphs.two_distributions()
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    ranges = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(model, _batches())
+    outliers, laplace = ranges.tensors["outliers"], ranges.tensors["laplace"]
+    # Entropy and the percentile clip the four outliers; the MatMul's output pays for it.
+    assert outliers.amax["entropy"] < 5 and outliers.amax["percentile"] < 5
+    assert outliers.auto.method == "max" and outliers.amax["auto"] == 30.0
+    # The Laplacian's largest values are rarer than its rounding is costly: a clipping range wins.
+    assert laplace.auto.method == "percentile" and laplace.amax["auto"] < laplace.amax["max"]
+    for name, found in (("outliers", outliers), ("laplace", laplace)):
+        expected = _output_errors(name, found, weights)
+        assert found.auto.errors == pytest.approx(expected, rel=1e-3)
+        assert all(expected[found.auto.method] <= e for e in expected.values())
+        assert found.auto.reason.startswith(
+            f"least output error of {'MatMul matmul' if name == 'outliers' else 'Conv conv'}"
+        )
+    assert expected["max"] > 1.3 * expected["percentile"]  # the laplace tensor: a clear margin, not a tie
+    assert outliers.auto.errors["entropy"] > 100 * outliers.auto.errors["max"]
+
+
+def test_auto_captures_in_groups_within_the_budget_to_the_same_choice():
+    model = graphs.two_distributions()
+    whole = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(model, _batches())
+    split = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(model, _batches(), auto=AutoRanges(budget=1))
+    for name in ("outliers", "laplace"):
+        assert split.tensors[name].auto == whole.tensors[name].auto
+
+
+def test_a_tensor_no_weighted_layer_reads_takes_its_own_error():
+    model = graphs.residual()  # c2 feeds only the residual Add
+    batches = [graphs.inputs_for(model, 8, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(["x", "r1", "c2"], 2048, 99.99)(model, batches)
+    assert ranges.tensors["c2"].auto.method == "mse" and ranges.tensors["c2"].auto.errors == {}
+    assert "no Conv, ConvTranspose, Gemm or MatMul reads it" in ranges.tensors["c2"].auto.reason
+    assert ranges.tensors["x"].auto.reason.startswith("least output error of Conv conv1")
+
+
+def test_a_cache_whose_auto_range_is_not_its_methods_is_refused(tmp_path):
+    ranges = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(graphs.two_distributions(), _batches())
+    path = tmp_path / "ranges.json"
+    ranges.save(path)
+    assert load_ranges(path) == ranges
+    raw = json.loads(path.read_text())
+    raw["tensors"]["outliers"]["amax"]["auto"] = raw["tensors"]["outliers"]["amax"]["entropy"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(PipelineError, match=r"calibration cache is corrupt \(amax\['auto'\] is not the range"):
+        load_ranges(path)
