@@ -75,12 +75,17 @@ def run_stage(
 ) -> StageRun:
     cmd = cmd or [sys.executable, "-m", "pipeline", stage, "-c", str(config)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never reach for a hub
+    peak = log.with_suffix(".rss")
+    peak.unlink(missing_ok=True)
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        launched = [sys.executable, "-m", "benchmarks.zoo.peak", str(peak), "--", *cmd]  # see peak.py: why
+        proc = subprocess.Popen(
+            launched, cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         status, usage, timed_out = _wait(proc, timeout)
     seconds = time.perf_counter() - start
-    rss_mb = usage.ru_maxrss / 1024.0  # Linux reports KiB
+    rss_mb = (int(peak.read_text()) if peak.is_file() else usage.ru_maxrss) / 1024.0  # Linux reports KiB
     code = os.waitstatus_to_exitcode(status)
     if timed_out:
         return StageRun(stage, "FAIL", f"timed out after {timeout:.0f} s", seconds, rss_mb)
