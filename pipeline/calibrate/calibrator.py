@@ -75,7 +75,9 @@ class RangesFromOnnx:
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
             found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
-            choices = auto(path, view, found, lambda graph, outputs: _session(graph, outputs, Path(tmp)))
+            # One session per capture group, one after another: without arenas, each one's activations
+            # go back to the system with it instead of stacking up (ResNet-50: 1.2 GB -> see README).
+            choices = auto(path, view, found, lambda graph, outputs: _session(graph, outputs, Path(tmp), arena=False))
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]
@@ -127,7 +129,7 @@ def _graph_file(
     return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
 
 
-def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path):
+def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):
     """A session on ``fp32`` with ``outputs`` added, from a file copy: weights are never parsed here."""
     # External weights are found relative to the graph file: a graph that has them is copied beside itself.
     folder = fp32.parent if (fp32.parent / (fp32.name + ".data")).exists() else tmp
@@ -137,7 +139,7 @@ def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path):
         onnxutil.copy_with_outputs(fp32, Path(name), outputs)
         # One core folds histograms; ONNX Runtime gets the others (measured: on 2 cores, one
         # ORT thread beside the histograms beats two ORT threads competing with them).
-        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False)
+        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False, arena=arena)
     finally:
         os.unlink(name)
 
