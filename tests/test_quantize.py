@@ -361,3 +361,34 @@ def test_cpu_graph_takes_constant_nodes_as_initializers():
     assert not any(n.op_type == "Constant" for n in w8a8.graph.node)
     assert rules.violations(w8a8, "onnxruntime-cpu") == []
     assert_close_to_fp32(model, w8a8, min_cosine=0.999)
+
+
+def test_cpu_graph_folds_a_weight_shared_through_identity():
+    """
+    x [batch, 16, 32] ─► MatMul w ─► h ─► Mul ─► y        (T5's RMSNorm scale: the TorchScript
+                                          ▲                 exporter shares equal weights this way)
+              scale [32] ─► Identity ─────┘
+    """
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w"),
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(32)).astype(np.float32), "scale"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Identity", ["scale"], ["shared_scale"], name="share"),
+        helper.make_node("Mul", ["shared_scale", "h"], ["y"], name="rms_scale"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 32])],
+        inits,
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    w8a8 = _cpu_graph(model)  # ONNX Runtime's quantizer asked for a range of "shared_scale" and stopped
+    assert rules.violations(w8a8, "onnxruntime-cpu") == []
+    assert_close_to_fp32(model, w8a8, min_cosine=0.999)

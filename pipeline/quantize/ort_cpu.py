@@ -23,7 +23,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_ten
 from pipeline.calibrate.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
-from pipeline.quantize.placement import WEIGHTED, GraphView, excluded_reason
+from pipeline.quantize.placement import GraphView, excluded_reason
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -149,15 +149,14 @@ def residual_stream_adds(view: GraphView) -> list[str]:
 
 
 def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelProto:
-    """``fp32`` itself, or a copy where each weight made from constants through a Transpose or
-    Reshape (a tied LM head) is an initializer, so ONNX Runtime's quantizer sees a weight (int8, per
-    channel) rather than an activation; and where each Constant node (the TorchScript exporter's
-    constants) is an initializer, which the quantizer needs no range for."""
-    folded = {
+    """``fp32`` itself, or a copy where each tensor made from constants through a Transpose, Reshape
+    or Identity (a tied LM head, weights the TorchScript exporter shares) is an initializer, so ONNX
+    Runtime's quantizer sees a weight (int8, per channel) rather than an activation it wants a range
+    for; and where each Constant node (the TorchScript exporter's constants) is an initializer too."""
+    folded = {  # any reader: the TorchScript exporter shares equal weights through Identity nodes (T5)
         t: view.constant(t)
         for n in view.nodes
-        if n.op_type in WEIGHTED
-        for t in n.input[:2]
+        for t in n.input
         if t and not view.is_const(t) and view.is_weight(t)  # is_weight reads no data: cheap for activations
     }
     constants = [n for n in fp32.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
@@ -166,8 +165,7 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
     copy = onnx.ModelProto()
     copy.CopyFrom(fp32)
     for node in copy.graph.node:
-        if node.op_type in WEIGHTED:
-            node.input[:] = [f"{t}.folded" if t in folded else t for t in node.input]
+        node.input[:] = [f"{t}.folded" if t in folded else t for t in node.input]
     copy.graph.initializer.extend(numpy_helper.from_array(v, f"{t}.folded") for t, v in folded.items())
     kept = [n for n in copy.graph.node if not (n.op_type == "Constant" and n.attribute[0].name == "value")]
     copy.graph.initializer.extend(
@@ -176,6 +174,11 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
     del copy.graph.node[:]
     copy.graph.node.extend(kept)
     return copy
+
+
+def _tensor_data(lo: float, hi: float) -> TensorData:
+    """ONNX Runtime's range record; uint8 with a zero point needs 0 inside the range."""
+    return TensorData(lowest=np.array(min(lo, 0.0), np.float32), highest=np.array(max(hi, 0.0), np.float32))
 
 
 class OrtCpuQdqFromOnnx:
@@ -199,9 +202,7 @@ class OrtCpuQdqFromOnnx:
             amax = r.amax[self.method]
             # Asymmetric uint8: the observed range, clipped by the method's threshold.
             lo, hi = max(r.min, -amax), min(r.max, amax)
-            data[name] = TensorData(
-                lowest=np.array(min(lo, 0.0), np.float32), highest=np.array(max(hi, 0.0), np.float32)
-            )
+            data[name] = _tensor_data(lo, hi)
         for relu_input, relu_output in relu_folded(view).items():
             if relu_input not in data and relu_output in data:
                 data[relu_input] = data[relu_output]
