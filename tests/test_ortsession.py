@@ -147,7 +147,11 @@ def test_which_graphs_run_as_written():
     ranges = RangesFromOnnx(needed, 2048, 99.99)(model, [graphs.inputs_for(model, 4, seed) for seed in range(4)])
     cpu = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
     fully_optimized = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for graph, expected in [(w8a8, True), (peer, True), (cpu, False), (model, False)]:
+    from pipeline.export.fp16 import fp16_graph
+
+    fp16 = fp16_graph(model, keep_fp32=())
+    onnx.helper.set_model_props(fp16, {"trtpipe.precision": "fp16"})  # as Fp16OnnxFromOnnx marks it
+    for graph, expected in [(w8a8, True), (peer, True), (fp16, True), (cpu, False), (model, False)]:
         assert ortsession.runs_as_written(graph) is expected
         sess = ortsession.session(graph, cpu_only=True)
         assert as_written(sess) is expected
