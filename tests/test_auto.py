@@ -124,3 +124,14 @@ def test_a_cache_whose_auto_range_is_not_its_methods_is_refused(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(PipelineError, match=r"calibration cache is corrupt \(amax\['auto'\] is not the range"):
         load_ranges(path)
+
+
+def test_summary_survives_a_range_that_reproduces_fp32_exactly():
+    """A zero error for the chosen range (MobileViT-XS had one) is no division by zero."""
+    from pipeline.calibrate.auto import summary
+    from pipeline.calibrate.cache import AutoChoice, Ranges, TensorRange
+
+    exact = AutoChoice("max", "least output error of conv", {"max": 0.0, "percentile": 0.1, "entropy": 0.2, "mse": 0.3})
+    amax = {"max": 1.0, "percentile": 0.9, "entropy": 0.8, "mse": 0.7, "auto": 1.0}
+    lines = summary(Ranges("0" * 64, {}, {"t": TensorRange(-1.0, 1.0, amax, exact)}))
+    assert lines[0].startswith("auto ranges: max 1 tensor(s)") and "inf" in lines[1]

@@ -29,6 +29,7 @@ alpha, beta) and no torch is imported (1.5 s of CPU time, more than calibrating 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -317,7 +318,9 @@ def summary(ranges: Ranges, top: int = 3) -> list[str]:
     cuts = {}  # by reason: tensors sharing statistics share one choice
     for name, r in sorted(ranges.tensors.items()):
         if r.auto.errors and r.auto.method != "entropy":
-            cuts.setdefault(r.auto.reason, (r.auto.errors["entropy"] / r.auto.errors[r.auto.method], name))
+            chosen = r.auto.errors[r.auto.method]  # 0 where the chosen range reproduces FP32 exactly
+            ratio = r.auto.errors["entropy"] / chosen if chosen > 0 else math.inf
+            cuts.setdefault(r.auto.reason, (ratio, name))
     for ratio, name in sorted(cuts.values(), reverse=True)[:top]:
         c = ranges.tensors[name].auto
         lines.append(
