@@ -64,15 +64,15 @@ def test_w8a8_verdicts_agree_with_the_reference_on_a_near_dead_channel(make_conf
         assert cosine == pytest.approx(expected.cosine, abs=1e-4)
 
 
-def test_runners_run_the_tensorrt_graph_as_written_and_the_cpu_graphs_optimized(pipeline_run):
+def test_runners_run_the_tensorrt_graphs_as_written_and_the_cpu_graphs_optimized(pipeline_run):
     cfg, _, out = pipeline_run
     levels = {}
     for artifact in artifacts(cfg, out):
         runner = runner_for(artifact)
         with runner:
             levels[artifact.name] = runner.sess.get_session_options().graph_optimization_level
-    assert levels == {
-        "fp16": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    assert levels == {  # the FP16 graph is TensorRT's too: ORT's fusions crashed on ViT-B/16's
+        "fp16": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "w8a8": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "w8a8-cpu": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
