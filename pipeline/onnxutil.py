@@ -165,6 +165,13 @@ def consumer_map(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
+def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node holds as its ``value`` (the form exporters write), else None."""
+    if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return node.attribute[0].t
+    return None
+
+
 def attribute(node: onnx.NodeProto, name: str, default=None):
     for attr in node.attribute:
         if attr.name == name:

@@ -23,6 +23,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_ten
 from pipeline.calibrate.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
+from pipeline.onnxutil import constant_value
 from pipeline.quantize.placement import GraphView, excluded_reason
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
@@ -159,7 +160,7 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
         for t in n.input
         if t and not view.is_const(t) and view.is_weight(t)  # is_weight reads no data: cheap for activations
     }
-    constants = [n for n in fp32.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
+    constants = {n.output[0]: v for n in fp32.graph.node if (v := constant_value(n)) is not None}
     if not folded and not constants:
         return fp32
     copy = onnx.ModelProto()
@@ -167,10 +168,11 @@ def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelPro
     for node in copy.graph.node:
         node.input[:] = [f"{t}.folded" if t in folded else t for t in node.input]
     copy.graph.initializer.extend(numpy_helper.from_array(v, f"{t}.folded") for t, v in folded.items())
-    kept = [n for n in copy.graph.node if not (n.op_type == "Constant" and n.attribute[0].name == "value")]
-    copy.graph.initializer.extend(
-        numpy_helper.from_array(numpy_helper.to_array(n.attribute[0].t), n.output[0]) for n in constants
-    )
+    kept = [n for n in copy.graph.node if constant_value(n) is None]
+    for name, value in constants.items():
+        init = copy.graph.initializer.add()
+        init.CopyFrom(value)
+        init.name = name
     del copy.graph.node[:]
     copy.graph.node.extend(kept)
     return copy

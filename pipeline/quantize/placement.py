@@ -27,7 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from pipeline.config import QuantizeSection
-from pipeline.onnxutil import attribute, consumer_map, infer_shapes_lean, producer_map
+from pipeline.onnxutil import attribute, constant_value, consumer_map, infer_shapes_lean, producer_map
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -80,8 +80,8 @@ class GraphView:
         self.consumers = consumer_map(self.graph)
         self.initializers = {i.name: i for i in model.graph.initializer}
         for node in self.nodes:  # Constant nodes count as initializers
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.initializers[node.output[0]] = node.attribute[0].t
+            if (value := constant_value(node)) is not None:
+                self.initializers[node.output[0]] = value
         self.shapes: dict[str, list[int | None]] = {}
         for v in (*self.graph.value_info, *self.graph.input, *self.graph.output):
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):

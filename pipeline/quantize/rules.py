@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.onnxutil import attribute, consumer_map
+from pipeline.onnxutil import attribute, constant_value, consumer_map
 from pipeline.quantize.placement import WEIGHTED, weight_axis
 
 TARGETS = ("tensorrt", "onnxruntime-cpu")
@@ -41,8 +41,8 @@ def violations(model: onnx.ModelProto, target: str = "tensorrt") -> list[Violati
     graph = onnx.shape_inference.infer_shapes(model).graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        if (value := constant_value(node)) is not None:
+            consts[node.output[0]] = numpy_helper.to_array(value)
     elem: dict[str, int] = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input)}
     elem.update({i.name: i.data_type for i in graph.initializer})
     consumers = consumer_map(graph)
