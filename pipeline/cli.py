@@ -47,6 +47,9 @@ def _load(config_path: Path):
 @click.version_option(package_name="trtpipe")
 def main() -> None:
     """PyTorch model -> FP32/FP16 ONNX -> calibrated w8a8 Q/DQ graph -> TensorRT engines, checked and benchmarked."""
+    from pipeline.allocator import return_large_blocks
+
+    return_large_blocks()
 
 
 @main.command()

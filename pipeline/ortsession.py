@@ -96,6 +96,7 @@ def session(
             raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
         model, source = onnx.load(str(path), load_external_data=False), str(path)
     opts = options(model, threads, spin, arena)
+    del model  # a file's parsed copy goes before ONNX Runtime reads its own: the weights held once, not twice
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 

@@ -57,7 +57,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``;
     ``view`` is its GraphView, made once for the plans, the CPU tensor list and the capture plan (and, in
     quantize, the Q/DQ graphs)."""
-    from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges
+    from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges, layer_activations
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibrate.histogram import STATS_VERSION
@@ -85,8 +85,9 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     if cached is not None and reason is None and not force:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
         return cached
-    sources = set(value_sources(view, tensors).values())
-    plan = capture_plan(view, sources, section.batch_size)
+    # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
+    captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
+    plan = capture_plan(view, captured, section.batch_size)
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
     info(f"{cfg.name}: {plan.describe()}")
     ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
@@ -97,7 +98,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
         view=view,
         graph_sha256=graph_sha256,
         groups=plan.groups,
-        auto=AutoRanges(auto_rows, plan.budget, {spec.name: spec.batch_axis for spec in cfg.inputs}),
+        auto=AutoRanges(auto_rows, {spec.name: spec.batch_axis for spec in cfg.inputs}),
     )
     ranges.save(out.ranges)
     info(f"{cfg.name}: wrote {out.ranges}")

@@ -398,17 +398,23 @@ def constant_branch() -> onnx.ModelProto:
     return _model(nodes, [_w("w", 32, 32), *consts], in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
 
 
-def two_distributions() -> onnx.ModelProto:
+def two_distributions(behind_identity: bool = False) -> onnx.ModelProto:
     """
         outliers [batch, 64]     ─► MatMul (W [64, 32])              ─► y_outliers
         laplace  [batch, 8, 4, 4] ─► Conv 3x3 (8 -> 16, pads 1, bias) ─► y_laplace
     Two activations for ``method = "auto"`` to choose a range for, each read by one
-    weighted layer; the test feeds them data with different distributions.
+    weighted layer; the test feeds them data with different distributions. With
+    ``behind_identity`` each input passes an Identity first (``outliers ─► Identity ─► o``),
+    so the layers read activations the calibration passes must keep, not graph inputs.
     """
     inits = [_w("w_outliers", 64, 32), _w("w_laplace", 16, 8, 3, 3), _w("b_laplace", 16)]
-    nodes = [
-        helper.make_node("MatMul", ["outliers", "w_outliers"], ["y_outliers"], name="matmul"),
-        helper.make_node("Conv", ["laplace", "w_laplace", "b_laplace"], ["y_laplace"], name="conv", pads=[1, 1, 1, 1]),
+    read = {"outliers": "o", "laplace": "l"} if behind_identity else {"outliers": "outliers", "laplace": "laplace"}
+    nodes = [helper.make_node("Identity", [src], [dst]) for src, dst in read.items() if src != dst]
+    nodes += [
+        helper.make_node("MatMul", [read["outliers"], "w_outliers"], ["y_outliers"], name="matmul"),
+        helper.make_node(
+            "Conv", [read["laplace"], "w_laplace", "b_laplace"], ["y_laplace"], name="conv", pads=[1, 1, 1, 1]
+        ),
     ]
     graph = helper.make_graph(
         nodes,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges
+from pipeline.calibrate.auto import AUTO_ROWS
 from pipeline.calibrate.cache import load_ranges
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.config import RANGE_METHODS
@@ -97,12 +97,17 @@ def test_auto_keeps_outliers_that_matter_and_clips_tails_that_do_not():
     assert outliers.auto.errors["entropy"] > 100 * outliers.auto.errors["max"]
 
 
-def test_auto_captures_in_groups_within_the_budget_to_the_same_choice():
-    model = graphs.two_distributions()
-    whole = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(model, _batches())
-    split = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(model, _batches(), auto=AutoRanges(budget=1))
-    for name in ("outliers", "laplace"):
-        assert split.tensors[name].auto == whole.tensors[name].auto
+def test_auto_keeps_layer_inputs_from_the_passes_across_groups_and_micro_batches():
+    """Layers reading activations (here behind an Identity) are judged on the rows the calibration
+    passes keep: captured in separate passes over the data, in runs of 3 rows (the kept 8 cut
+    from the third), they give the same errors as layers reading the graph inputs."""
+    direct = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(graphs.two_distributions(), _batches())
+    model = graphs.two_distributions(behind_identity=True)
+    small = [{k: v[i : i + 3] for k, v in b.items()} for b in _batches() for i in range(0, BATCH, 3)]
+    kept = RangesFromOnnx(["o", "l"], 2048, 99.99)(model, small, groups=[["outliers", "o"], ["laplace", "l"]])
+    for name, inner in (("outliers", "o"), ("laplace", "l")):
+        assert kept.tensors[inner].auto.method == direct.tensors[name].auto.method
+        assert kept.tensors[inner].auto.errors == pytest.approx(direct.tensors[name].auto.errors, rel=1e-6)
 
 
 def test_a_tensor_no_weighted_layer_reads_takes_its_own_error():

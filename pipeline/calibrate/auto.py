@@ -1,30 +1,28 @@
 """``method = "auto"``: per tensor, the range under which the layers reading it stay closest to FP32.
 
-The histogram pass gives four ranges per tensor (max, percentile, entropy, mse). The ones
-best for a tensor's own values (entropy, mse) can clip rare large values a layer's output
-depends on (softmax peaks, a few outlier channels); max keeps them but rounds everything
-else coarser. Which costs more shows in the output of the layer reading the tensor, not in
-the tensor's histogram. So the first ``AUTO_ROWS`` rows of the calibration stream run the
-FP32 graph once more, with the consumed tensors and their layers' weights and other inputs
-as extra outputs (ONNX Runtime returns an initializer asked for as an output, so no copy of
-the weights is parsed here). For each distinct range, each layer's output is recomputed with
-the tensor quantized and dequantized and its weights quantized as the Q/DQ graphs quantize
-them (per channel, symmetric int8, ``qdq.quantize_weight``); another activation input
-(attention's second MatMul operand) stays FP32. The range with the least sum over the layers
-of ||y_q - y||^2 / ||y||^2 wins, the error counted once for each graph the range serves:
-symmetric int8 over +-amax (TensorRT) plus uint8 over the observed [min, max] clipped to
-+-amax (ONNX Runtime CPU, see ``ort_cpu``). Against the TensorRT term alone, the sum cut the
-CPU graph's output error by 10-17% on both examples at the same or lower TensorRT error (uint8
-halves the step on one-sided tensors, so the CPU graph wants less clipping), and moved either
-graph's by under 0.002 on two random-weight nets.
+The histogram pass gives four ranges per tensor (max, percentile, entropy, mse). The ones best
+for a tensor's own values (entropy, mse) can clip rare large values a layer's output depends on
+(softmax peaks, a few outlier channels); max keeps them but rounds everything else coarser.
+Which costs more shows in the output of the layer reading the tensor, not in the tensor's
+histogram. So the calibration passes also keep the first ``AUTO_ROWS`` rows of the activations
+those layers read (written to disk as each run is folded: no extra session, no extra run of the
+graph), and their weights come from the graph file. For each distinct range, each layer's
+output is recomputed with the tensor quantized and dequantized and its weights quantized as the
+Q/DQ graphs quantize them (per channel, symmetric int8, ``qdq.quantize_weight``); another
+activation input (attention's second MatMul operand) stays FP32. The range with the least sum
+over the layers of ||y_q - y||^2 / ||y||^2 wins, the error counted once for each graph the
+range serves: symmetric int8 over +-amax (TensorRT) plus uint8 over the observed [min, max]
+clipped to +-amax (ONNX Runtime CPU, see ``ort_cpu``). Against the TensorRT term alone, the sum
+cut the CPU graph's output error by 10-17% on both examples at the same or lower TensorRT error
+(uint8 halves the step on one-sided tensors, so the CPU graph wants less clipping), and moved
+either graph's by under 0.002 on two random-weight nets.
 
 A tensor no Conv, ConvTranspose, Gemm or MatMul reads (pooling and Concat inputs, residual
 skips, the CPU graph's Add/Mul/... tensors) takes ``mse``: its own int8 error.
 
-The captures are cut into groups by ``memory.split`` within the calibration's run budget,
-one ONNX Runtime run per group. Each layer runs as a one-node graph on ONNX Runtime, so its
-ONNX attributes apply as written (Conv's auto_pad and asymmetric pads, Gemm's transA/transB,
-alpha, beta) and no torch is imported (1.5 s of CPU time, more than calibrating either example).
+Each layer runs as a one-node graph on ONNX Runtime, so its ONNX attributes apply as
+written (Conv's auto_pad and asymmetric pads, Gemm's transA/transB, alpha, beta) and no torch
+is imported (1.5 s of CPU time, more than calibrating either example).
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ import onnx
 from onnx import helper
 
 from pipeline import ortsession
-from pipeline.calibrate import memory
 from pipeline.calibrate.cache import AutoChoice, Ranges
 from pipeline.config import RANGE_METHODS
 from pipeline.console import info
@@ -64,37 +61,39 @@ class Measured:
 
 
 class AutoRanges:
-    """Keeps the first rows of the calibration stream (``tap``), then chooses every tensor's range.
+    """Keeps the first rows of the calibration stream, then chooses every tensor's range.
 
-    ``budget`` bounds the bytes one group's captures and layer outputs take; ``batch_axes``
-    names each input's batch axis (0 where not given, None for an input without one).
+    ``tap`` keeps the graph inputs of the first runs (up to ``rows`` rows); ``start`` names the
+    tensors the calibration passes must capture for the layers auto judges (their activation
+    inputs), and ``keep`` writes those tensors' kept rows to a folder as the passes fold each
+    run, so no ONNX Runtime session or graph run is added for auto and only one tensor's layers
+    are in memory at a time. ``batch_axes`` names each input's batch axis (0 where not given,
+    None for an input without one).
     """
 
-    def __init__(
-        self,
-        rows: int = AUTO_ROWS,
-        budget: int = memory.MIN_RUN_BYTES,
-        batch_axes: Mapping[str, int | None] | None = None,
-    ) -> None:
+    def __init__(self, rows: int = AUTO_ROWS, batch_axes: Mapping[str, int | None] | None = None) -> None:
         self.rows = rows
-        self.budget = budget
         self.batch_axes = dict(batch_axes or {})
         self.kept: list[Feed] = []
+        self.takes: list[tuple[int, int]] = []  # per kept run: its rows, and how many of them are kept
         self.count = 0
+        self.folder: Path | None = None
+        self.files: dict[str, str] = {}  # captured tensor -> its files' stem in ``folder``
 
     def tap(self, batches: Iterable[Feed]) -> Iterator[Feed]:
         for feed in batches:
             if self.count < self.rows:
-                self._keep(feed)
+                self._keep_inputs(feed)
             yield feed
 
-    def _keep(self, feed: Feed) -> None:
+    def _keep_inputs(self, feed: Feed) -> None:
         axes = {name: self.batch_axes.get(name, 0) for name in feed}
         sizes = [feed[n].shape[a] for n, a in axes.items() if a is not None]
         take = min(sizes[0], self.rows - self.count) if sizes else self.rows
         # Copies (np.take copies): a view would keep the whole batch alive.
         rows = lambda n, a: feed[n].copy() if a is None else np.take(feed[n], range(take), a)  # noqa: E731
         self.kept.append({n: rows(n, a) for n, a in axes.items()})
+        self.takes.append((sizes[0] if sizes else take, take))
         self.count += take
 
     def feed(self) -> Feed:
@@ -104,25 +103,50 @@ class AutoRanges:
         joined = lambda n, a: self.kept[0][n] if a is None else np.concatenate([k[n] for k in self.kept], a)  # noqa: E731
         return {n: joined(n, a) for n, a in axes.items()}
 
-    def __call__(
-        self, fp32: Path, view: GraphView, found: dict[str, Measured], session_with_outputs
-    ) -> dict[str, AutoChoice]:
-        """The choice for each key of ``found``, judged on every layer reading any of its ``tensors``.
-        ``session_with_outputs(fp32, value_infos)`` opens a session on ``fp32`` with those extra outputs."""
+    def start(self, view: GraphView, measured: Iterable[str], folder: Path) -> set[str]:
+        """The tensors to capture for judging the ``measured`` tensors; their rows go to ``folder``."""
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = sorted(layer_activations(view, measured))
+        self.files = {name: str(i) for i, name in enumerate(wanted)}
+        return set(wanted)
+
+    def keep(self, run: int, names: Iterable[str], values: Iterable[np.ndarray], view: GraphView) -> None:
+        """Write the kept rows of run ``run`` of the captured ``names`` (run numbers count from 0
+        in every pass over the data, which replays the same runs)."""
+        if run >= len(self.takes) or self.folder is None:
+            return
+        rows, take = self.takes[run]
+        varying = view.input_dependent()
+        for name, value in zip(names, values, strict=True):
+            if name in self.files and (run == 0 or name in varying):
+                np.save(self.folder / f"{self.files[name]}.{run}.npy", _first_rows(np.asarray(value), rows, take))
+
+    def _captured(self, tensor: str, view: GraphView) -> np.ndarray:
+        if tensor not in view.input_dependent():
+            return np.load(self.folder / f"{self.files[tensor]}.0.npy")
+        runs = [np.load(self.folder / f"{self.files[tensor]}.{r}.npy") for r in range(len(self.takes))]
+        return np.concatenate(runs) if len(runs) > 1 else runs[0]
+
+    def values(self, view: GraphView, uses: list[Use], feed: Feed) -> dict[str, np.ndarray]:
+        """Every input of the ``uses`` layers on the kept rows: graph inputs from ``feed``, weights
+        from ``view`` (one with the weights' data), the rest as captured."""
+        needed = {t for node, _ in uses for t in node.input if t}
+        value = lambda t: feed[t] if t in feed else view.constant(t) if view.is_weight(t) else self._captured(t, view)  # noqa: E731
+        return {t: np.asarray(value(t), np.float32) for t in needed}
+
+    def __call__(self, view: GraphView, found: dict[str, Measured], weights: GraphView) -> dict[str, AutoChoice]:
+        """The choice for each key of ``found``, judged on every layer reading any of its ``tensors``;
+        ``weights`` is ``view`` with its weights' data (``GraphView.with_weights``)."""
         start = time.perf_counter()
         feed = self.feed()
         uses = {src: consumers(view, m.tensors) for src, m in found.items()}
         judged = [src for src, m in found.items() if uses[src] and len(set(m.amax.values())) > 1]
         choices = {src: _without_layers(m.amax) for src, m in found.items() if src not in judged}
-        # A group holds its captures while one tensor at a time is judged: the budget takes both.
-        held = {src: _held_bytes(view, uses[src], self.count) for src in judged}
-        working = max((_working_bytes(view, uses[src], self.count) for src in judged), default=0)
         kernels = _Kernels(view)
-        for group in memory.split(view, held, max(self.budget - working, 1)) if judged else ():
-            layers = [u for src in group for u in uses[src]]
-            values = _capture(fp32, view, layers, feed, self.kept, session_with_outputs)
-            for src in group:
-                choices[src] = _by_layers(view, uses[src], values, found[src], kernels)
+        for src in judged:
+            values = self.values(weights, uses[src], feed)
+            choices[src] = _by_layers(view, uses[src], values, found[src], kernels)
         info(
             f"auto: {len(judged)} of {len(found)} ranges chosen by the output error of the layers reading "
             f"them, on {self.count} calibration rows, in {time.perf_counter() - start:.2f} s"
@@ -130,10 +154,29 @@ class AutoRanges:
         return choices
 
 
+def _first_rows(value: np.ndarray, rows: int, take: int) -> np.ndarray:
+    """The first ``take`` of a run's ``rows`` rows: the leading axis is the batch, or the batch
+    merged with another axis batch-major (attention's B*heads); any other layout is kept whole."""
+    if take == rows or value.ndim == 0 or value.shape[0] % rows:
+        return value
+    return value[: take * (value.shape[0] // rows)]
+
+
 def consumers(view: GraphView, tensors: Iterable[str]) -> list[Use]:
     """The weighted layers reading any of ``tensors`` as input 0 or 1 (the inputs Q/DQ go on)."""
     wanted = set(tensors)
     return [(node, i) for node in view.nodes if node.op_type in WEIGHTED for i in (0, 1) if node.input[i] in wanted]
+
+
+def layer_activations(view: GraphView, tensors: Iterable[str]) -> set[str]:
+    """What auto needs captured to recompute the layers reading ``tensors``: their inputs that are
+    neither graph inputs nor weights."""
+    return {
+        t
+        for node, _ in consumers(view, tensors)
+        for t in node.input
+        if t and t not in view.inputs and not view.is_weight(t)
+    }
 
 
 def _without_layers(amax: dict[str, float]) -> AutoChoice:
@@ -157,66 +200,6 @@ def _by_layers(
     where = ", ".join(names[:2]) + (f" (+{len(names) - 2} more)" if len(names) > 2 else "")
     scores = ", ".join(f"{m} {errors[m]:.3g}" for m in RANGE_METHODS)
     return AutoChoice(best, f"least output error of {where}: {scores}", errors)
-
-
-def _held_bytes(view: GraphView, uses: list[Use], rows: int) -> int:
-    """The captured inputs (weights included) of the layers reading one tensor."""
-    return sum(_bytes(view, t, rows) for t in {t for node, _ in uses for t in node.input if t})
-
-
-def _working_bytes(view: GraphView, uses: list[Use], rows: int) -> int:
-    """What judging one tensor adds: per layer its FP32 output and int8 weights dequantized, then
-    one quantized input, output and difference at a time."""
-    outputs = [rows * memory.sample_bytes(view, node.output[0]) for node, _ in uses]
-    weights = sum(_bytes(view, t, rows) for node, _ in uses for t in node.input[:2] if t and view.is_weight(t))
-    inputs = max(_bytes(view, node.input[i], rows) for node, i in uses)
-    return sum(outputs) + weights + inputs + 2 * max(outputs)
-
-
-def _bytes(view: GraphView, tensor: str, rows: int) -> int:
-    if tensor in view.initializers:
-        init = view.initializers[tensor]
-        return int(np.prod(init.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-    per_row = memory.sample_bytes(view, tensor)
-    return per_row * rows if tensor in view.input_dependent() else per_row
-
-
-def _capture(
-    fp32: Path, view: GraphView, uses: list[Use], feed: Feed, runs: list[Feed], session_with_outputs
-) -> dict[str, np.ndarray]:
-    """Every input of the ``uses`` layers on ``feed``: graph inputs from the feed, the rest from one run
-    per kept calibration run (``runs``, which make up ``feed``), joined along the batch axis. Run by
-    run, ONNX Runtime holds one calibration run's activations, as calibration itself does, not all
-    the kept rows' at once (ResNet-50: 1.1 GB against 0.5 GB for plain inference, run whole)."""
-    needed = {t for node, _ in uses for t in node.input if t}
-    wanted = sorted(needed - set(feed))
-    session = session_with_outputs(fp32, [_value_info(view, t) for t in wanted if t not in view.outputs])
-    outputs = [session.run(wanted, ortsession.feed_for(session, run)) for run in runs]
-    varying = [i for i, t in enumerate(wanted) if t in view.input_dependent()]
-    rows = [_rows(run) for run in runs]
-    if len(runs) > 1 and not all(o[i].shape[:1] == (n,) for o, n in zip(outputs, rows, strict=True) for i in varying):
-        outputs = [session.run(wanted, ortsession.feed_for(session, feed))]  # a batch axis not first: run whole
-    values = {
-        t: np.concatenate([o[i] for o in outputs]) if i in varying and len(outputs) > 1 else outputs[0][i]
-        for i, t in enumerate(wanted)
-    }
-    values.update({t: feed[t] for t in needed & set(feed)})
-    return {t: np.asarray(v, np.float32) for t, v in values.items()}
-
-
-def _rows(feed: Feed) -> int:
-    """Rows of a kept run: its first input's leading dimension (the kept runs are cut along it)."""
-    first = next(iter(feed.values()))
-    return first.shape[0] if first.ndim else 1
-
-
-def _value_info(view: GraphView, tensor: str) -> onnx.ValueInfoProto:
-    if tensor in view.value_infos:
-        return view.value_infos[tensor]
-    if tensor in view.initializers:  # a weight: ONNX Runtime returns it as an output too
-        init = view.initializers[tensor]
-        return helper.make_tensor_value_info(tensor, init.data_type, list(init.dims))
-    return helper.make_empty_tensor_value_info(tensor)  # untyped by shape inference: ONNX Runtime accepts it
 
 
 def fake_quant(x: np.ndarray, amax: float) -> np.ndarray:

@@ -61,56 +61,74 @@ class RangesFromOnnx:
             path, view, graph_sha256 = _graph_file(fp32, view, graph_sha256, Path(tmp))
             source = value_sources(view, self.tensors)
             stats = {name: TensorStats(self.bins) for name in sorted(set(source.values()))}
-            groups = [list(g) for g in groups] or [list(stats)]
-            if sorted(n for g in groups for n in g) != sorted(stats):
-                raise ValueError("groups must split the measured tensors (value_sources) exactly")
+            kept = auto.start(view, self.tensors, Path(tmp) / "auto")
+            groups = _groups(groups, stats, kept)
             replay = _Replay(Path(tmp) / "runs")
             for i, group in enumerate(groups):
                 runs = batches if len(groups) == 1 else replay.play() if i else replay.record(batches)
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
                 session = _session(path, new_outputs(view, group), Path(tmp))
-                self._fold(session, {n: stats[n] for n in group}, progress(runs, label, length=total_batches))
+                keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
+                self._fold(session, group, stats, progress(runs, label, length=total_batches), keep)
                 del session  # one pass's session alive at a time
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
             found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
-            # One session per capture group, one after another: without arenas, each one's activations
-            # go back to the system with it instead of stacking up (ResNet-50: 1.2 GB -> see README).
-            choices = auto(path, view, found, lambda graph, outputs: _session(graph, outputs, Path(tmp), arena=False))
+            choices = auto(view, found, view.with_weights(onnxutil.load(path, "FP32 graph")))
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]
             ranges[name] = TensorRange(m.min, m.max, {**m.amax, "auto": m.amax[choice.method]}, choice)
         return Ranges(graph_sha256, dict(settings or {}), ranges)
 
-    def _fold(self, sess, stats: dict[str, TensorStats], runs: Iterable[Feed]) -> None:
-        wanted = [o.name for o in sess.get_outputs() if o.name in stats]
+    def _fold(self, sess, group: Sequence[str], stats: dict[str, TensorStats], runs: Iterable[Feed], keep) -> None:
+        """Run ``group``'s tensors over ``runs``: each run's values are folded into ``stats`` (those
+        it has) and handed, with the run's number, to ``keep``."""
+        captured = set(group)
+        wanted = [o.name for o in sess.get_outputs() if o.name in captured]
 
         def run(feed: Feed) -> list:
             return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+
+        def fold(number: int, values: list) -> None:
+            self._update(stats, wanted, values)
+            keep(number, wanted, values)
 
         # ONNX Runtime (which releases the GIL) runs k+1 while this thread folds k into the
         # histograms: two runs' outputs alive at most.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
             pending = None
-            for feed in runs:
+            for number, feed in enumerate(runs):
                 nxt = pool.submit(run, feed)
                 if pending is not None:
-                    self._update(stats, wanted, pending.result())
-                pending = nxt
+                    fold(pending[0], pending[1].result())
+                pending = (number, nxt)
             if pending is not None:
-                self._update(stats, wanted, pending.result())
+                fold(pending[0], pending[1].result())
 
     @staticmethod
     def _update(stats: dict[str, TensorStats], names: list[str], values: list) -> None:
         for name, value in zip(names, values, strict=True):
+            if name not in stats:
+                continue  # captured for auto only
             try:
                 stats[name].update(value)
             except ValueError:
                 raise PipelineError(
                     f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
                 ) from None
+
+
+def _groups(groups: Sequence[Sequence[str]], stats: dict[str, TensorStats], kept: set[str]) -> list[list[str]]:
+    """The passes over the data: ``groups`` (one pass capturing everything by default), which must
+    split the measured tensors; what auto keeps that no group captures is one more pass."""
+    groups = [list(g) for g in groups] or [sorted(set(stats) | kept)]
+    covered = {n for g in groups for n in g}
+    if sorted(n for g in groups for n in g if n in stats) != sorted(stats) or not covered <= set(stats) | kept:
+        raise ValueError("groups must split the measured tensors (value_sources) exactly")
+    rest = sorted(kept - covered)
+    return groups + [rest] if rest else groups
 
 
 def _measured(stats: TensorStats, percentile: float, holders: list[str]) -> Measured:
@@ -129,7 +147,7 @@ def _graph_file(
     return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
 
 
-def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):
+def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path):
     """A session on ``fp32`` with ``outputs`` added, from a file copy: weights are never parsed here."""
     # External weights are found relative to the graph file: a graph that has them is copied beside itself.
     folder = fp32.parent if (fp32.parent / (fp32.name + ".data")).exists() else tmp
@@ -139,7 +157,7 @@ def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: b
         onnxutil.copy_with_outputs(fp32, Path(name), outputs)
         # One core folds histograms; ONNX Runtime gets the others (measured: on 2 cores, one
         # ORT thread beside the histograms beats two ORT threads competing with them).
-        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False, arena=arena)
+        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False)
     finally:
         os.unlink(name)
 

@@ -18,6 +18,7 @@ whose nodes keep their names even where the converter inserted Casts.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -96,6 +97,13 @@ class GraphView:
     def of(cls, model: onnx.ModelProto | GraphView) -> GraphView:
         """Shape inference is the costly part on large graphs: callers that already have a view pass it."""
         return model if isinstance(model, GraphView) else cls(model)
+
+    def with_weights(self, model: onnx.ModelProto) -> GraphView:
+        """This view (of ``model``'s skeleton) reading its weights' data from ``model``: no second
+        shape inference."""
+        view = copy.copy(self)
+        view.initializers = {**self.initializers, **{i.name: i for i in model.graph.initializer}}
+        return view
 
     def is_const(self, tensor: str) -> bool:
         return tensor in self.initializers
