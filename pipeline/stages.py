@@ -40,29 +40,102 @@ def export(cfg: Config, root: Path | None = None) -> list:
 
 
 def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
-    """Activation ranges for every tensor either quantization target needs, cached in calib/NAME."""
+    """Activation ranges for every tensor either quantization target needs, cached in calib/NAME
+    (with [quantize] smoothquant: of the smoothed graph, from per-channel maxima cached beside them)."""
     from pipeline import onnxutil
     from pipeline.quantize.placement import GraphView
 
     out = Artifacts.of(cfg, root)
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    graph, _ = _smoothed(cfg, out, fp32, force)
+    graph_sha256 = onnxutil.graph_hash(graph)
+    # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own
+    # (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
+    view = GraphView(onnxutil.skeleton(graph))
+    smoothed = graph if graph is not fp32 else None
+    del fp32, graph
+    return _ranges(cfg, out, view, graph_sha256, force, smoothed)
+
+
+def _calibration_settings(cfg: Config) -> dict[str, object]:
+    """What shapes the statistics besides the graph: a cache made under other settings is stale."""
+    from pipeline.data import source_fingerprint
+
+    section = cfg.calibration
+    return {
+        "source": section.source,
+        "data": source_fingerprint(cfg),
+        "args": dict(section.args),
+        "samples": section.samples,
+        "batch_size": section.batch_size,
+    }
+
+
+def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
+    """``(graph, what was smoothed)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy
+    with each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported
+    FP32 graph (cached in calib/NAME/channels.json, measured when stale)."""
+    from pipeline import onnxutil
+    from pipeline.calibrate.calibrator import batches_needed
+    from pipeline.calibrate.channels import ChannelMaxima, best_alpha, load_channel_maxima, measure_channels
+    from pipeline.calibrate.memory import capture_plan
+    from pipeline.data import calibration_batches, rebatch
+    from pipeline.quantize import smooth
+    from pipeline.quantize.placement import GraphView
+
+    setting = cfg.quantize.smoothquant
+    if setting is None:
+        return fp32, None
+    view = GraphView(fp32)
+    found, skipped = smooth.targets(view)
+    for norm, reason in skipped:
+        info(f"  SmoothQuant skips LayerNorm {norm}: {reason}")
+    if not found:
+        info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
+        return fp32, {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped]}
     graph_sha256 = onnxutil.graph_hash(fp32)
-    # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own.
-    view = GraphView(onnxutil.skeleton(fp32))
-    del fp32
-    return _ranges(cfg, out, view, graph_sha256, force)
+    settings = _calibration_settings(cfg)
+    tensors = [t.tensor for t in found]
+    cached = load_channel_maxima(out.channels)
+    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
+    if reason is None and not force:
+        maxima = cached
+    else:
+        plan = capture_plan(view, tensors, cfg.calibration.batch_size)
+        info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason or 'forced'})")
+        records = measure_channels(
+            out.graph("fp32"),
+            view,
+            found,
+            lambda: rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
+            plan.groups,
+            batches_needed(cfg.calibration.samples, plan.micro_batch),
+        )
+        maxima = ChannelMaxima(graph_sha256, settings, records)
+        maxima.save(out.channels)
+    alphas = {t: best_alpha(maxima.tensors[t].errors) if setting == "auto" else setting for t in tensors}
+    absmax = {t: maxima.tensors[t].absmax for t in tensors}
+    graph, done = smooth.smooth(fp32, view, alphas, absmax)
+    worst = max(done, key=lambda d: d.outlier_ratio_before)
+    info(
+        f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
+        f"LayerNorm outputs; widest channel over the median one, worst: {worst.outlier_ratio_before:.1f}x -> "
+        f"{worst.outlier_ratio_after:.1f}x ({worst.tensor})"
+    )
+    record = {"alpha": setting, "layers": [d.as_dict() for d in done], "skipped": [list(s) for s in skipped]}
+    return graph, record
 
 
-def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False):
-    """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``;
-    ``view`` is its GraphView, made once for the plans, the CPU tensor list and the capture plan (and, in
-    quantize, the Q/DQ graphs)."""
+def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None):
+    """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``
+    (``graph``, the smoothed graph, or the exported one's file by default); ``view`` is its GraphView,
+    made once for the plans, the CPU tensor list and the capture plan (and, in quantize, the Q/DQ graphs)."""
     from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibrate.histogram import STATS_VERSION
     from pipeline.calibrate.memory import capture_plan
-    from pipeline.data import calibration_batches, rebatch, source_fingerprint
+    from pipeline.data import calibration_batches, rebatch
     from pipeline.quantize import ort_cpu
     from pipeline.quantize.placement import plan_tensorrt
 
@@ -70,11 +143,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
     auto_rows = min(AUTO_ROWS, section.batch_size)  # no more rows than a batch: memory stays the batch's
     settings = {
-        "source": section.source,
-        "data": source_fingerprint(cfg),
-        "args": dict(section.args),
-        "samples": section.samples,
-        "batch_size": section.batch_size,
+        **_calibration_settings(cfg),
         "bins": section.bins,
         "percentile": section.percentile,
         "auto_rows": auto_rows,
@@ -90,7 +159,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
     info(f"{cfg.name}: {plan.describe()}")
     ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
-        out.graph("fp32"),
+        out.graph("fp32") if graph is None else graph,
         rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
         batches_needed(section.samples, plan.micro_batch),
         settings,
@@ -120,12 +189,18 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
     from pipeline.quantize.placement import GraphView, plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
+    from pipeline.quantize.smooth import smoothed_values, with_initializers
 
     out = Artifacts.of(cfg, root)
-    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    fp32, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
     fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
     view = GraphView(fp32)
-    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32))  # rebuilds a stale cache, reuses a fresh one
+    if fp32 is not exported:  # the FP16 graph takes the smoothed LayerNorm parameters and weights
+        fp16 = with_initializers(fp16, smoothed_values(fp32, view, [d["tensor"] for d in smoothing["layers"]]))
+    del exported
+    # Rebuilds a stale cache, reuses a fresh one.
+    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
     method = cfg.calibration.method
     if method == "auto":
         headline, *cuts = auto_summary(ranges)
@@ -174,6 +249,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         "accuracy": [r.as_dict() for r in rows],
         "skipped": [s.__dict__ for s in plan.skipped],
         "int8_layers": len(plan.quantized),
+        "smoothquant": smoothing,
         "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
     }
     write_json(out.results_dir / "quantize.json", summary)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -68,8 +69,8 @@ class RangesFromOnnx:
             for i, group in enumerate(groups):
                 runs = batches if len(groups) == 1 else replay.play() if i else replay.record(batches)
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
-                session = _session(path, new_outputs(view, group), Path(tmp))
-                self._fold(session, {n: stats[n] for n in group}, progress(runs, label, length=total_batches))
+                session = capture_session(path, new_outputs(view, group), Path(tmp))
+                fold(session, {n: stats[n] for n in group}, progress(runs, label, length=total_batches))
                 del session  # one pass's session alive at a time
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
@@ -77,40 +78,48 @@ class RangesFromOnnx:
             found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
             # One session per capture group, one after another: without arenas, each one's activations
             # go back to the system with it instead of stacking up (ResNet-50: 1.2 GB -> see README).
-            choices = auto(path, view, found, lambda graph, outputs: _session(graph, outputs, Path(tmp), arena=False))
+            choices = auto(path, view, found, lambda g, outputs: capture_session(g, outputs, Path(tmp), arena=False))
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]
             ranges[name] = TensorRange(m.min, m.max, {**m.amax, "auto": m.amax[choice.method]}, choice)
         return Ranges(graph_sha256, dict(settings or {}), ranges)
 
-    def _fold(self, sess, stats: dict[str, TensorStats], runs: Iterable[Feed]) -> None:
-        wanted = [o.name for o in sess.get_outputs() if o.name in stats]
 
-        def run(feed: Feed) -> list:
-            return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+class Folding(Protocol):
+    """Statistics of one tensor, folded run by run (``TensorStats``, ``channels.ChannelStats``)."""
 
-        # ONNX Runtime (which releases the GIL) runs k+1 while this thread folds k into the
-        # histograms: two runs' outputs alive at most.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
-            pending = None
-            for feed in runs:
-                nxt = pool.submit(run, feed)
-                if pending is not None:
-                    self._update(stats, wanted, pending.result())
-                pending = nxt
+    def update(self, x: np.ndarray) -> None: ...
+
+
+def fold(sess, stats: Mapping[str, Folding], runs: Iterable[Feed]) -> None:
+    """Run ``sess`` on each of ``runs`` and fold its outputs named in ``stats`` into them."""
+    wanted = [o.name for o in sess.get_outputs() if o.name in stats]
+
+    def run(feed: Feed) -> list:
+        return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+
+    # ONNX Runtime (which releases the GIL) runs k+1 while this thread folds k into the
+    # statistics: two runs' outputs alive at most.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
+        pending = None
+        for feed in runs:
+            nxt = pool.submit(run, feed)
             if pending is not None:
-                self._update(stats, wanted, pending.result())
+                _update(stats, wanted, pending.result())
+            pending = nxt
+        if pending is not None:
+            _update(stats, wanted, pending.result())
 
-    @staticmethod
-    def _update(stats: dict[str, TensorStats], names: list[str], values: list) -> None:
-        for name, value in zip(names, values, strict=True):
-            try:
-                stats[name].update(value)
-            except ValueError:
-                raise PipelineError(
-                    f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
-                ) from None
+
+def _update(stats: Mapping[str, Folding], names: list[str], values: list) -> None:
+    for name, value in zip(names, values, strict=True):
+        try:
+            stats[name].update(value)
+        except ValueError:
+            raise PipelineError(
+                f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
+            ) from None
 
 
 def _measured(stats: TensorStats, percentile: float, holders: list[str]) -> Measured:
@@ -129,7 +138,7 @@ def _graph_file(
     return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
 
 
-def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):
+def capture_session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):
     """A session on ``fp32`` with ``outputs`` added, from a file copy: weights are never parsed here."""
     # External weights are found relative to the graph file: a graph that has them is copied beside itself.
     folder = fp32.parent if (fp32.parent / (fp32.name + ".data")).exists() else tmp
