@@ -47,7 +47,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
 
     out = Artifacts.of(cfg, root)
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    graph, _ = _smoothed(cfg, out, fp32, force)
+    graph, _, _ = _smoothed(cfg, out, fp32, force)
     graph_sha256 = onnxutil.graph_hash(graph)
     # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own
     # (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
@@ -72,9 +72,10 @@ def _calibration_settings(cfg: Config) -> dict[str, object]:
 
 
 def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
-    """``(graph, what was smoothed)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy
-    with each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported
-    FP32 graph (cached in calib/NAME/channels.json, measured when stale)."""
+    """``(graph, edits, record)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
+    each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
+    graph (cached in calib/NAME/channels.json, measured when stale); the edits made (the FP16 graph
+    takes them too) and what was smoothed, for the quantize record."""
     from pipeline import onnxutil
     from pipeline.calibrate.calibrator import batches_needed
     from pipeline.calibrate.channels import ChannelMaxima, best_alpha, load_channel_maxima, measure_channels
@@ -85,14 +86,14 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
 
     setting = cfg.quantize.smoothquant
     if setting is None:
-        return fp32, None
+        return fp32, [], None
     view = GraphView(fp32)
     found, skipped = smooth.targets(view)
     for norm, reason in skipped:
         info(f"  SmoothQuant skips LayerNorm {norm}: {reason}")
     if not found:
         info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
-        return fp32, {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped]}
+        return fp32, [], {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped]}
     graph_sha256 = onnxutil.graph_hash(fp32)
     settings = _calibration_settings(cfg)
     tensors = [t.tensor for t in found]
@@ -115,7 +116,7 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
         maxima.save(out.channels)
     alphas = {t: best_alpha(maxima.tensors[t].errors) if setting == "auto" else setting for t in tensors}
     absmax = {t: maxima.tensors[t].absmax for t in tensors}
-    graph, done = smooth.smooth(fp32, view, alphas, absmax)
+    graph, edits, done = smooth.smooth(fp32, view, alphas, absmax)
     worst = max(done, key=lambda d: d.outlier_ratio_before)
     info(
         f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
@@ -123,7 +124,7 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
         f"{worst.outlier_ratio_after:.1f}x ({worst.tensor})"
     )
     record = {"alpha": setting, "layers": [d.as_dict() for d in done], "skipped": [list(s) for s in skipped]}
-    return graph, record
+    return graph, edits, record
 
 
 def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None):
@@ -185,20 +186,18 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.evaluate.accuracy import accuracy_table, evaluate
     from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
-    from pipeline.quantize import rules
+    from pipeline.quantize import rules, smooth
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
     from pipeline.quantize.placement import GraphView, plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
-    from pipeline.quantize.smooth import smoothed_values, with_initializers
 
     out = Artifacts.of(cfg, root)
     exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    fp32, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
-    fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
-    view = GraphView(fp32)
-    if fp32 is not exported:  # the FP16 graph takes the smoothed LayerNorm parameters and weights
-        fp16 = with_initializers(fp16, smoothed_values(fp32, view, [d["tensor"] for d in smoothing["layers"]]))
+    fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
     del exported
+    # The FP16 graph takes the smoothed LayerNorm parameters and weights too.
+    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
+    view = GraphView(fp32)
     # Rebuilds a stale cache, reuses a fresh one.
     ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
     method = cfg.calibration.method

@@ -91,8 +91,8 @@ def _target(view: GraphView, node: onnx.NodeProto) -> tuple[Target | None, str]:
     if shape is None or attribute(node, "axis", -1) not in (-1, len(shape) - 1):
         return None, "normalizes over more than the last axis: no per-channel scale to fold"
     gamma, beta = node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if any(t not in view.initializers or _readers_of(view, t) != 1 for t in (gamma, beta) if t):
-        return None, "gamma or beta is not an initializer of its own"
+    if any(t not in view.initializers for t in (gamma, beta) if t):
+        return None, "gamma or beta is not an initializer"
     if out in view.outputs:
         return None, "its output is a graph output"
     readers = []
@@ -139,69 +139,82 @@ def scales(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarr
     return np.clip(s, *SCALE_LIMITS)
 
 
+@dataclass(frozen=True)
+class Edit:
+    """Input ``index`` of node ``node`` reads a new value: initializer ``new`` (``old`` replaced when
+    the names agree; a parameter other nodes share gets a name of its own instead)."""
+
+    node: str
+    index: int
+    old: str
+    new: str
+    value: np.ndarray  # float32: each graph stores it in the dtype it holds ``old`` in
+
+
 def smooth(
     fp32: onnx.ModelProto, view: GraphView, alphas: Mapping[str, float | None], x_absmax: Mapping[str, np.ndarray]
-) -> tuple[onnx.ModelProto, list[Smoothed]]:
-    """A copy of ``fp32`` with each target named in ``alphas`` (by its tensor) smoothed at its alpha
-    (None: left alone), from the per-channel maxima ``x_absmax``; and what was done."""
+) -> tuple[onnx.ModelProto, list[Edit], list[Smoothed]]:
+    """``fp32`` with each target named in ``alphas`` (by its tensor) smoothed at its alpha (None: left
+    alone), from the per-channel maxima ``x_absmax``; the edits (to give the FP16 graph); what was done."""
     by_tensor = {t.tensor: t for t in targets(view)[0]}
-    new: dict[str, np.ndarray] = {}
+    edits: list[Edit] = []
     done = []
     for tensor, alpha in sorted(alphas.items()):
         target = by_tensor[tensor]
         x = np.asarray(x_absmax[tensor], np.float64)
         s = np.ones_like(x) if alpha is None else scales(x, weight_absmax(view, target), alpha)
-        new[target.gamma] = view.array(target.gamma) / s.astype(np.float32)
-        if target.beta is not None:
-            new[target.beta] = view.array(target.beta) / s.astype(np.float32)
-        for r in target.readers:
-            shape = [1, 1]
-            shape[r.axis] = -1
-            new[r.weight] = view.array(r.weight) * s.astype(np.float32).reshape(shape)
-        done.append(
-            Smoothed(
-                target.norm,
-                tensor,
-                tuple(r.node for r in target.readers),
-                alpha,
-                float(s.min()),
-                float(s.max()),
-                outlier_ratio(x),
-                outlier_ratio(x / s),
-            )
-        )
-    return with_initializers(fp32, new), done
+        if alpha is not None:
+            edits.extend(_edits(view, target, s.astype(np.float32)))
+        ratios = outlier_ratio(x), outlier_ratio(x / s)
+        readers = tuple(r.node for r in target.readers)
+        done.append(Smoothed(target.norm, tensor, readers, alpha, float(s.min()), float(s.max()), *ratios))
+    return apply(fp32, edits), edits, done
+
+
+def _edits(view: GraphView, target: Target, s: np.ndarray) -> list[Edit]:
+    """gamma and beta over s, each reader's weight rows times s."""
+    out = []
+    for index, name in ((1, target.gamma), (2, target.beta)):
+        if name is not None:
+            own = name if _readers_of(view, name) == 1 else f"{name}.smoothed.{target.norm}"
+            out.append(Edit(target.norm, index, name, own, view.array(name) / s))
+    for r in target.readers:
+        shape = [1, 1]
+        shape[r.axis] = -1
+        out.append(Edit(r.node, 1, r.weight, r.weight, view.array(r.weight) * s.reshape(shape)))
+    return out
+
+
+def apply(model: onnx.ModelProto, edits: list[Edit]) -> onnx.ModelProto:
+    """A copy of ``model`` (the FP32 graph or the FP16 graph made from it: same node names) with
+    ``edits`` applied, each value in the dtype ``model`` holds the old one in (the FP16 graph keeps
+    FP16 weights and FP32 LayerNorm parameters)."""
+    from pipeline.export.fp16 import to_fp16
+
+    if not edits:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {i.name: i for i in copy.graph.initializer}
+    nodes = {n.name: n for n in copy.graph.node}
+    for e in edits:
+        node, old = nodes.get(e.node), inits.get(e.old)
+        if node is None or old is None or node.input[e.index] != e.old:
+            raise ValueError(f"{e.node} input {e.index} is not {e.old!r} in this graph")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
+        value = numpy_helper.from_array(to_fp16(e.value) if dtype == np.float16 else e.value.astype(dtype), e.new)
+        if e.new == e.old:
+            old.CopyFrom(value)
+        else:
+            copy.graph.initializer.append(value)
+            node.input[e.index] = e.new
+    read = {t for n in copy.graph.node for t in n.input}
+    unread = [i for i in copy.graph.initializer if i.name in {e.old for e in edits} and i.name not in read]
+    for init in unread:  # a shared parameter every LayerNorm now has its own copy of
+        copy.graph.initializer.remove(init)
+    return copy
 
 
 def outlier_ratio(x_absmax: np.ndarray) -> float:
     median = float(np.median(x_absmax))
     return float(np.max(x_absmax)) / median if median > 0 else float("inf")
-
-
-def with_initializers(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named in ``values`` hold those values, each in the
-    dtype it has in ``model`` (the FP16 graph keeps FP16 weights and FP32 LayerNorm parameters)."""
-    from pipeline.export.fp16 import to_fp16
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for init in copy.graph.initializer:
-        if init.name in values:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-            value = to_fp16(values[init.name]) if dtype == np.float16 else values[init.name].astype(dtype)
-            init.CopyFrom(numpy_helper.from_array(value, init.name))
-    missing = set(values) - {i.name for i in copy.graph.initializer}
-    if missing:
-        raise ValueError(f"initializers {sorted(missing)} are not in the graph")
-    return copy
-
-
-def smoothed_values(smoothed: onnx.ModelProto, view: GraphView, tensors: list[str]) -> dict[str, np.ndarray]:
-    """The initializers smoothing ``tensors`` changed, as ``smoothed`` (``view`` is its view) holds
-    them: what the FP16 graph takes."""
-    by_tensor = {t.tensor: t for t in targets(view)[0]}
-    names = set()
-    for tensor in tensors:
-        t = by_tensor[tensor]
-        names.update([t.gamma, *([t.beta] if t.beta else []), *(r.weight for r in t.readers)])
-    return {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer if i.name in names}
