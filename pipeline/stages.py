@@ -14,6 +14,10 @@ from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info
 
+# Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
+# exported graph's (1e-6 of their range on the hard example).
+SMOOTH_PARITY = 1e-4
+
 
 def export(cfg: Config, root: Path | None = None) -> list:
     """FP32 and FP16 ONNX graphs from the PyTorch model; written only once they pass parity with it."""
@@ -117,14 +121,38 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
     alphas = {t: best_alpha(maxima.tensors[t].errors) if setting == "auto" else setting for t in tensors}
     absmax = {t: maxima.tensors[t].absmax for t in tensors}
     graph, edits, done = smooth.smooth(fp32, view, alphas, absmax)
+    parity = _same_function(cfg, fp32, graph)
     worst = max(done, key=lambda d: d.outlier_ratio_before)
     info(
         f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
         f"LayerNorm outputs; widest channel over the median one, worst: {worst.outlier_ratio_before:.1f}x -> "
-        f"{worst.outlier_ratio_after:.1f}x ({worst.tensor})"
+        f"{worst.outlier_ratio_after:.1f}x ({worst.tensor}); FP32 outputs moved {parity:.1e} of their range"
     )
-    record = {"alpha": setting, "layers": [d.as_dict() for d in done], "skipped": [list(s) for s in skipped]}
+    record = {
+        "alpha": setting,
+        "layers": [d.as_dict() for d in done],
+        "skipped": [list(s) for s in skipped],
+        "fp32_max_rel_diff": parity,
+    }
     return graph, edits, record
+
+
+def _same_function(cfg: Config, fp32, smoothed) -> float:
+    """max |smoothed - fp32| / max |fp32| over the outputs on 8 held-out rows; smoothing is exact
+    algebra, so a difference beyond FP32 rounding is a bug in it (raised with its traceback)."""
+    import numpy as np
+
+    from pipeline import ortsession
+    from pipeline.data import sample_inputs
+
+    feed = sample_inputs(cfg, cfg.nearest_batch(8))
+    refs, outs = (ortsession.run(ortsession.session(g, cpu_only=True, arena=False), feed) for g in (fp32, smoothed))
+    diff = max(
+        float(np.max(np.abs(o - r)) / max(float(np.max(np.abs(r))), 1e-30)) for r, o in zip(refs, outs, strict=True)
+    )
+    if diff > SMOOTH_PARITY:
+        raise RuntimeError(f"SmoothQuant changed the FP32 graph's outputs by {diff:.2e} of their range: a bug")
+    return diff
 
 
 def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None):
