@@ -11,7 +11,6 @@ readers' output error (``errors``), which ``smoothquant = "auto"`` picks from. C
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.calibrate.auto import AUTO_ROWS, dequantized_weight, fake_quant
+from pipeline.calibrate.cache import read_cache, stale_reason
 from pipeline.calibrate.calibrator import capture_session, fold, new_outputs
 from pipeline.console import progress
 from pipeline.data import Feed
@@ -86,31 +86,20 @@ class ChannelMaxima:
         write_json(path, self.to_json())
 
     def stale_reason(self, graph_sha256: str, settings: dict[str, object], tensors: Iterable[str]) -> str | None:
-        if self.graph_sha256 != graph_sha256:
-            return "the FP32 graph changed since the channels were measured"
-        if self.settings != settings:
-            return "calibration settings changed"
-        missing = set(tensors) - set(self.tensors)
-        return f"{len(missing)} tensor(s) to smooth were not measured" if missing else None
+        return stale_reason(self, graph_sha256, settings, tensors)
 
 
 def load_channel_maxima(path: Path) -> ChannelMaxima | None:
     """The cache at ``path``, or None if there is none (or of another version); unreadable is an error."""
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text())
-        if raw.get("version") != CHANNELS_VERSION:
-            return None
+
+    def parse(raw: dict) -> ChannelMaxima:
         tensors = {
             name: ChannelRecord(tuple(float(v) for v in t["absmax"]), {k: float(e) for k, e in t["errors"].items()})
             for name, t in raw["tensors"].items()
         }
         return ChannelMaxima(str(raw["graph_sha256"]), dict(raw["settings"]), tensors)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PipelineError(
-            f"{path}: per-channel calibration cache is corrupt ({exc}); delete it and run calibrate"
-        ) from None
+
+    return read_cache(path, CHANNELS_VERSION, parse, "per-channel calibration cache")
 
 
 def measure_channels(
