@@ -16,6 +16,7 @@ from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.calibrate.channels import ChannelStats, best_alpha, measure_channels
 from pipeline.config import QuantizeSection, load_config
 from pipeline.errors import PipelineError
+from pipeline.evaluate import report
 from pipeline.export.fp16 import fp16_graph
 from pipeline.quantize import smooth
 from pipeline.quantize.placement import GraphView, plan_tensorrt
@@ -197,6 +198,9 @@ def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model,
     assert "measuring per-channel maxima" not in capsys.readouterr().out.split("wrote")[-1]  # reused
     written = json.loads((out.results_dir / "quantize.json").read_text())
     assert written["smoothquant"]["alpha"] == 0.5
+    assert written["smoothquant"]["fp32_max_rel_diff"] < 1e-5
+    lines = report._smoothing_lines(written["smoothquant"])  # the report's section, from the record
+    assert sum("alpha 0.5, widest channel" in line for line in lines) == 2
     # The FP16 graph took the smoothed LayerNorm parameters: the w8a8 graph's gamma is the smoothed one.
     w8a8 = onnxutil.load(out.graph("w8a8"))
     (norm,) = [n for n in w8a8.graph.node if n.name == target.norm]
