@@ -78,13 +78,8 @@ def _calibration_settings(cfg: Config) -> dict[str, object]:
 def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
     """``(graph, edits, record)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
     each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
-    graph (cached in calib/NAME/channels.json, measured when stale); the edits made (the FP16 graph
-    takes them too) and what was smoothed, for the quantize record."""
-    from pipeline import onnxutil
-    from pipeline.calibrate.calibrator import batches_needed
-    from pipeline.calibrate.channels import ChannelMaxima, best_alpha, load_channel_maxima, measure_channels
-    from pipeline.calibrate.memory import capture_plan
-    from pipeline.data import calibration_batches, rebatch
+    graph; the edits made (the FP16 graph takes them too) and what was smoothed, for the quantize record."""
+    from pipeline.calibrate.channels import best_alpha
     from pipeline.quantize import smooth
     from pipeline.quantize.placement import GraphView
 
@@ -95,46 +90,51 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
     found, skipped = smooth.targets(view)
     for norm, reason in skipped:
         info(f"  SmoothQuant skips LayerNorm {norm}: {reason}")
+    record = {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped], "fp32_max_rel_diff": 0.0}
     if not found:
         info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
-        return fp32, [], {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped]}
-    graph_sha256 = onnxutil.graph_hash(fp32)
-    settings = _calibration_settings(cfg)
-    tensors = [t.tensor for t in found]
-    cached = load_channel_maxima(out.channels)
-    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
-    if reason is None and not force:
-        maxima = cached
-    else:
-        plan = capture_plan(view, tensors, cfg.calibration.batch_size)
-        info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason or 'forced'})")
-        records = measure_channels(
-            out.graph("fp32"),
-            view,
-            found,
-            lambda: rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
-            plan.groups,
-            batches_needed(cfg.calibration.samples, plan.micro_batch),
-        )
-        maxima = ChannelMaxima(graph_sha256, settings, records)
-        maxima.save(out.channels)
-    alphas = {t: best_alpha(maxima.tensors[t].errors) if setting == "auto" else setting for t in tensors}
-    absmax = {t: maxima.tensors[t].absmax for t in tensors}
-    graph, edits, done = smooth.smooth(fp32, view, alphas, absmax)
-    parity = _same_function(cfg, fp32, graph)
+        return fp32, [], record
+    maxima = _channel_maxima(cfg, out, view, found, force)
+    alphas = {t.tensor: best_alpha(maxima[t.tensor].errors) if setting == "auto" else setting for t in found}
+    graph, edits, done = smooth.smooth(fp32, view, alphas, {t: maxima[t].absmax for t in alphas})
+    record.update(layers=[d.as_dict() for d in done], fp32_max_rel_diff=_same_function(cfg, fp32, graph))
     worst = max(done, key=lambda d: d.outlier_ratio_before)
     info(
         f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
         f"LayerNorm outputs; widest channel over the median one, worst: {worst.outlier_ratio_before:.1f}x -> "
-        f"{worst.outlier_ratio_after:.1f}x ({worst.tensor}); FP32 outputs moved {parity:.1e} of their range"
+        f"{worst.outlier_ratio_after:.1f}x ({worst.tensor}); FP32 outputs moved "
+        f"{record['fp32_max_rel_diff']:.1e} of their range"
     )
-    record = {
-        "alpha": setting,
-        "layers": [d.as_dict() for d in done],
-        "skipped": [list(s) for s in skipped],
-        "fp32_max_rel_diff": parity,
-    }
     return graph, edits, record
+
+
+def _channel_maxima(cfg: Config, out: Artifacts, view, found: list, force: bool = False) -> dict:
+    """Per-channel maxima of the ``found`` targets' tensors in the exported FP32 graph (``view``):
+    calib/NAME/channels.json if fresh, else measured on the calibration data and cached."""
+    from pipeline import onnxutil
+    from pipeline.calibrate.calibrator import batches_needed
+    from pipeline.calibrate.channels import ChannelMaxima, load_channel_maxima, measure_channels
+    from pipeline.calibrate.memory import capture_plan
+    from pipeline.data import calibration_batches, rebatch
+
+    graph_sha256, settings = onnxutil.graph_hash(view.model), _calibration_settings(cfg)
+    tensors = [t.tensor for t in found]
+    cached = load_channel_maxima(out.channels)
+    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
+    if reason is None and not force:
+        return cached.tensors
+    plan = capture_plan(view, tensors, cfg.calibration.batch_size)
+    info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason or 'forced'})")
+    records = measure_channels(
+        out.graph("fp32"),
+        view,
+        found,
+        lambda: rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
+        plan.groups,
+        batches_needed(cfg.calibration.samples, plan.micro_batch),
+    )
+    ChannelMaxima(graph_sha256, settings, records).save(out.channels)
+    return records
 
 
 def _same_function(cfg: Config, fp32, smoothed) -> float:
