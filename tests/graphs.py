@@ -439,16 +439,20 @@ def _layernorm_with_outliers(channels: int, outliers: tuple[int, ...], factor: f
     return [numpy_helper.from_array(gamma, "ln.gamma"), numpy_helper.from_array(beta, "ln.beta")]
 
 
-def layernorm_matmul(factor: float = 60.0) -> onnx.ModelProto:
+def layernorm_matmul(factor: float = 60.0, constant_nodes: bool = False) -> onnx.ModelProto:
     """
         x [batch, 8, 32] ─► LN (channels 3 and 17 x factor) ─► n ─► MatMul fc [32, 48] ─► y
     An MLP's first Linear after a pre-norm: SmoothQuant folds 1/s into gamma and beta, s into fc's rows.
+    ``constant_nodes``: gamma, beta and fc's weight are Constant nodes, as the TorchScript exporter writes.
     """
     nodes = [
         helper.make_node("LayerNormalization", ["x", "ln.gamma", "ln.beta"], ["n"], name="ln", axis=-1),
         helper.make_node("MatMul", ["n", "fc.w"], ["y"], name="fc"),
     ]
     inits = [*_layernorm_with_outliers(32, (3, 17), factor), _damped(_w("fc.w", 32, 48), (3, 17), 0, factor)]
+    if constant_nodes:
+        nodes[:0] = [helper.make_node("Constant", [], [i.name], name=f"{i.name}.const", value=i) for i in inits]
+        inits = []
     return _model(nodes, inits, in_shape=("batch", 8, 32), out_shape=("batch", 8, 48))
 
 

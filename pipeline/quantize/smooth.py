@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pipeline.onnxutil import attribute
+from pipeline.onnxutil import attribute, constant_value
 from pipeline.quantize.placement import GraphView
 
 # alpha judged by ``errors`` for ``smoothquant = "auto"``; "off" is the graph left as it is.
@@ -172,16 +172,19 @@ def smooth(
 
 
 def _edits(view: GraphView, target: Target, s: np.ndarray) -> list[Edit]:
-    """gamma and beta over s, each reader's weight rows times s."""
-    out = []
-    for index, name in ((1, target.gamma), (2, target.beta)):
-        if name is not None:
-            own = name if _readers_of(view, name) == 1 else f"{name}.smoothed.{target.norm}"
-            out.append(Edit(target.norm, index, name, own, view.array(name) / s))
+    """gamma and beta over s, each reader's weight rows times s. A value other nodes share, or a
+    Constant node's (the TorchScript exporter's), becomes a new initializer for this node alone."""
+    stored = {i.name for i in view.model.graph.initializer}
+
+    def edit(node: str, index: int, name: str, value: np.ndarray) -> Edit:
+        own = name in stored and _readers_of(view, name) == 1
+        return Edit(node, index, name, name if own else f"{name}.smoothed.{node}", value)
+
+    out = [edit(target.norm, i, t, view.array(t) / s) for i, t in ((1, target.gamma), (2, target.beta)) if t]
     for r in target.readers:
         shape = [1, 1]
         shape[r.axis] = -1
-        out.append(Edit(r.node, 1, r.weight, r.weight, view.array(r.weight) * s.reshape(shape)))
+        out.append(edit(r.node, 1, r.weight, view.array(r.weight) * s.reshape(shape)))
     return out
 
 
@@ -196,22 +199,26 @@ def apply(model: onnx.ModelProto, edits: list[Edit]) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     inits = {i.name: i for i in copy.graph.initializer}
+    consts = {n.output[0]: v for n in copy.graph.node if (v := constant_value(n)) is not None}
     nodes = {n.name: n for n in copy.graph.node}
     for e in edits:
-        node, old = nodes.get(e.node), inits.get(e.old)
+        node, old = nodes.get(e.node), inits.get(e.old, consts.get(e.old))
         if node is None or old is None or node.input[e.index] != e.old:
             raise ValueError(f"{e.node} input {e.index} is not {e.old!r} in this graph")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
         value = numpy_helper.from_array(to_fp16(e.value) if dtype == np.float16 else e.value.astype(dtype), e.new)
         if e.new == e.old:
-            old.CopyFrom(value)
+            inits[e.old].CopyFrom(value)
         else:
             copy.graph.initializer.append(value)
             node.input[e.index] = e.new
-    read = {t for n in copy.graph.node for t in n.input}
-    unread = [i for i in copy.graph.initializer if i.name in {e.old for e in edits} and i.name not in read]
-    for init in unread:  # a shared parameter every LayerNorm now has its own copy of
+    # An old value no node reads any more (every LayerNorm sharing it has its own copy now) goes.
+    read, old = {t for n in copy.graph.node for t in n.input}, {e.old for e in edits} - {e.new for e in edits}
+    for init in [i for i in copy.graph.initializer if i.name in old and i.name not in read]:
         copy.graph.initializer.remove(init)
+    for name in old - read:
+        if name in consts:
+            copy.graph.node.remove(next(n for n in copy.graph.node if n.output and n.output[0] == name))
     return copy
 
 
