@@ -95,12 +95,12 @@ bench-memory: export
 bench-smooth: $(STAMP)
 	$(BIN)/python -m benchmarks.smoothquant models/vit_outliers_digits.toml models/vit_digits.toml
 
-# The first command on a GPU machine (see README, GPU setup): every stage of both examples on
+# The first command on a GPU machine (see README, GPU setup): every stage of the three examples on
 # TensorRT, INT8 coverage >= 90% of quantized layers, accuracy gates, w8a8 vs FP16 speed (or the
 # verdict's reason), written to engines/gpu-check.json; then the GPU tests. Without TensorRT or a
 # GPU it stops with the probe's one-line reason.
 gpu-check: $(STAMP)
-	$(BIN)/python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml
+	$(BIN)/python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml models/vit_outliers_digits.toml
 	$(BIN)/pytest -q -m gpu tests/gpu
 
 # The model zoo has its own environment (.zoovenv): torchvision, timm and transformers beside
