@@ -16,7 +16,7 @@ CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
 EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
 QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth gpu-check test clean help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
+	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -90,12 +91,16 @@ bench-quant: export
 bench-memory: export
 	$(BIN)/python -m benchmarks.calib_memory $(foreach m,$(MODELS),models/$(m).toml)
 
-# The first command on a GPU machine (see README, GPU setup): every stage of both examples on
+# Exports, calibrates and quantizes in a temporary folder of its own (engines/ is left alone).
+bench-smooth: $(STAMP)
+	$(BIN)/python -m benchmarks.smoothquant models/vit_outliers_digits.toml models/vit_digits.toml
+
+# The first command on a GPU machine (see README, GPU setup): every stage of the three examples on
 # TensorRT, INT8 coverage >= 90% of quantized layers, accuracy gates, w8a8 vs FP16 speed (or the
 # verdict's reason), written to engines/gpu-check.json; then the GPU tests. Without TensorRT or a
 # GPU it stops with the probe's one-line reason.
 gpu-check: $(STAMP)
-	$(BIN)/python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml
+	$(BIN)/python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml models/vit_outliers_digits.toml
 	$(BIN)/pytest -q -m gpu tests/gpu
 
 # The model zoo has its own environment (.zoovenv): torchvision, timm and transformers beside

@@ -36,6 +36,11 @@ class Artifacts:
         return self.root / "calib" / self.name / "ranges.json"
 
     @property
+    def channels(self) -> Path:
+        """Per-channel activation maxima of the tensors SmoothQuant smooths."""
+        return self.root / "calib" / self.name / "channels.json"
+
+    @property
     def trt_root(self) -> Path:
         return self.model_dir / "trt"
 

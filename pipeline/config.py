@@ -152,6 +152,10 @@ class QuantizeSection:
     exclude_op_types: tuple[str, ...] = ()
     # Channels (Conv) or K/N (GEMM) below this stay FP16: too small to gain.
     min_channels: int = 16
+    # SmoothQuant's migration strength alpha in (0, 1] for LayerNorm -> MatMul/Gemm (see
+    # pipeline/quantize/smooth.py), "auto" to pick it per LayerNorm by the readers' int8 error;
+    # unset: off.
+    smoothquant: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.targets if t not in QUANTIZE_TARGETS]
@@ -162,6 +166,8 @@ class QuantizeSection:
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"exclude_patterns: {pattern!r} is not a valid regex ({exc})") from None
+        if isinstance(self.smoothquant, float) and not 0.0 < self.smoothquant <= 1.0:
+            raise ValueError(f'smoothquant = {self.smoothquant:g}: alpha must be in (0, 1], or "auto"')
 
 
 @dataclass(frozen=True)

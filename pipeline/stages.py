@@ -14,6 +14,10 @@ from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info
 
+# Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
+# exported graph's (1e-6 of their range on the hard example).
+SMOOTH_PARITY = 1e-4
+
 
 def export(cfg: Config, root: Path | None = None) -> list:
     """FP32 and FP16 ONNX graphs from the PyTorch model; written only once they pass parity with it."""
@@ -40,29 +44,127 @@ def export(cfg: Config, root: Path | None = None) -> list:
 
 
 def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
-    """Activation ranges for every tensor either quantization target needs, cached in calib/NAME."""
+    """Activation ranges for every tensor either quantization target needs, cached in calib/NAME
+    (with [quantize] smoothquant: of the smoothed graph, from per-channel maxima cached beside them)."""
     from pipeline import onnxutil
     from pipeline.quantize.placement import GraphView
 
     out = Artifacts.of(cfg, root)
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    graph_sha256 = onnxutil.graph_hash(fp32)
-    # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own.
-    view = GraphView(onnxutil.skeleton(fp32))
-    del fp32
-    return _ranges(cfg, out, view, graph_sha256, force)
+    graph, _, _ = _smoothed(cfg, out, fp32, force)
+    graph_sha256 = onnxutil.graph_hash(graph)
+    # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own
+    # (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
+    view = GraphView(onnxutil.skeleton(graph))
+    smoothed = graph if graph is not fp32 else None
+    del fp32, graph
+    return _ranges(cfg, out, view, graph_sha256, force, smoothed)
 
 
-def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False):
-    """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``;
-    ``view`` is its GraphView, made once for the plans, the CPU tensor list and the capture plan (and, in
-    quantize, the Q/DQ graphs)."""
+def _calibration_settings(cfg: Config) -> dict[str, object]:
+    """What shapes the statistics besides the graph: a cache made under other settings is stale."""
+    from pipeline.data import source_fingerprint
+
+    section = cfg.calibration
+    return {
+        "source": section.source,
+        "data": source_fingerprint(cfg),
+        "args": dict(section.args),
+        "samples": section.samples,
+        "batch_size": section.batch_size,
+    }
+
+
+def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
+    """``(graph, edits, record)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
+    each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
+    graph; the edits made (the FP16 graph takes them too) and what was smoothed, for the quantize record."""
+    from pipeline.calibrate.channels import best_alpha
+    from pipeline.quantize import smooth
+    from pipeline.quantize.placement import GraphView
+
+    setting = cfg.quantize.smoothquant
+    if setting is None:
+        return fp32, [], None
+    view = GraphView(fp32)
+    found, skipped = smooth.targets(view)
+    for norm, reason in skipped:
+        info(f"  SmoothQuant skips LayerNorm {norm}: {reason}")
+    record = {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped], "fp32_max_rel_diff": 0.0}
+    if not found:
+        info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
+        return fp32, [], record
+    maxima = _channel_maxima(cfg, out, view, found, force)
+    alphas = {t.tensor: best_alpha(maxima[t.tensor].errors) if setting == "auto" else setting for t in found}
+    graph, edits, done = smooth.smooth(fp32, view, alphas, {t: maxima[t].absmax for t in alphas})
+    record.update(layers=[d.as_dict() for d in done], fp32_max_rel_diff=_same_function(cfg, fp32, graph))
+    worst = max(done, key=lambda d: d.outlier_ratio_before)
+    info(
+        f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
+        f"LayerNorm outputs; widest channel over the median one, worst: {worst.outlier_ratio_before:.1f}x -> "
+        f"{worst.outlier_ratio_after:.1f}x ({worst.tensor}); FP32 outputs moved "
+        f"{record['fp32_max_rel_diff']:.1e} of their range"
+    )
+    return graph, edits, record
+
+
+def _channel_maxima(cfg: Config, out: Artifacts, view, found: list, force: bool = False) -> dict:
+    """Per-channel maxima of the ``found`` targets' tensors in the exported FP32 graph (``view``):
+    calib/NAME/channels.json if fresh, else measured on the calibration data and cached."""
+    from pipeline import onnxutil
+    from pipeline.calibrate.calibrator import batches_needed
+    from pipeline.calibrate.channels import ChannelMaxima, load_channel_maxima, measure_channels
+    from pipeline.calibrate.memory import capture_plan
+    from pipeline.data import calibration_batches, rebatch
+
+    graph_sha256, settings = onnxutil.graph_hash(view.model), _calibration_settings(cfg)
+    tensors = [t.tensor for t in found]
+    cached = load_channel_maxima(out.channels)
+    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
+    if reason is None and not force:
+        return cached.tensors
+    plan = capture_plan(view, tensors, cfg.calibration.batch_size)
+    info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason or 'forced'})")
+    records = measure_channels(
+        out.graph("fp32"),
+        view,
+        found,
+        lambda: rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
+        plan.groups,
+        batches_needed(cfg.calibration.samples, plan.micro_batch),
+    )
+    ChannelMaxima(graph_sha256, settings, records).save(out.channels)
+    return records
+
+
+def _same_function(cfg: Config, fp32, smoothed) -> float:
+    """max |smoothed - fp32| / max |fp32| over the outputs on 8 held-out rows; smoothing is exact
+    algebra, so a difference beyond FP32 rounding is a bug in it (raised with its traceback)."""
+    import numpy as np
+
+    from pipeline import ortsession
+    from pipeline.data import sample_inputs
+
+    feed = sample_inputs(cfg, cfg.nearest_batch(8))
+    refs, outs = (ortsession.run(ortsession.session(g, cpu_only=True, arena=False), feed) for g in (fp32, smoothed))
+    diff = max(
+        float(np.max(np.abs(o - r)) / max(float(np.max(np.abs(r))), 1e-30)) for r, o in zip(refs, outs, strict=True)
+    )
+    if diff > SMOOTH_PARITY:
+        raise RuntimeError(f"SmoothQuant changed the FP32 graph's outputs by {diff:.2e} of their range: a bug")
+    return diff
+
+
+def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None):
+    """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``
+    (``graph``, the smoothed graph, or the exported one's file by default); ``view`` is its GraphView,
+    made once for the plans, the CPU tensor list and the capture plan (and, in quantize, the Q/DQ graphs)."""
     from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges, layer_activations
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibrate.histogram import STATS_VERSION
     from pipeline.calibrate.memory import capture_plan
-    from pipeline.data import calibration_batches, rebatch, source_fingerprint
+    from pipeline.data import calibration_batches, rebatch
     from pipeline.quantize import ort_cpu
     from pipeline.quantize.placement import plan_tensorrt
 
@@ -70,11 +172,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
     auto_rows = min(AUTO_ROWS, section.batch_size)  # no more rows than a batch: memory stays the batch's
     settings = {
-        "source": section.source,
-        "data": source_fingerprint(cfg),
-        "args": dict(section.args),
-        "samples": section.samples,
-        "batch_size": section.batch_size,
+        **_calibration_settings(cfg),
         "bins": section.bins,
         "percentile": section.percentile,
         "auto_rows": auto_rows,
@@ -91,7 +189,7 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
     info(f"{cfg.name}: {plan.describe()}")
     ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
-        out.graph("fp32"),
+        out.graph("fp32") if graph is None else graph,
         rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
         batches_needed(section.samples, plan.micro_batch),
         settings,
@@ -117,16 +215,20 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.evaluate.accuracy import accuracy_table, evaluate
     from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
-    from pipeline.quantize import rules
+    from pipeline.quantize import rules, smooth
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
     from pipeline.quantize.placement import GraphView, plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)
-    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
+    exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
+    del exported
+    # The FP16 graph takes the smoothed LayerNorm parameters and weights too.
+    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
     view = GraphView(fp32)
-    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32))  # rebuilds a stale cache, reuses a fresh one
+    # Rebuilds a stale cache, reuses a fresh one.
+    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
     method = cfg.calibration.method
     if method == "auto":
         headline, *cuts = auto_summary(ranges)
@@ -175,6 +277,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         "accuracy": [r.as_dict() for r in rows],
         "skipped": [s.__dict__ for s in plan.skipped],
         "int8_layers": len(plan.quantized),
+        "smoothquant": smoothing,
         "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
     }
     write_json(out.results_dir / "quantize.json", summary)

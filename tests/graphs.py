@@ -432,3 +432,64 @@ def two_distributions(behind_identity: bool = False) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
     )
+
+
+def _layernorm_with_outliers(channels: int, outliers: tuple[int, ...], factor: float) -> list[onnx.TensorProto]:
+    """LayerNorm parameters whose ``outliers`` channels come out ``factor`` times wider, as in a
+    trained transformer (gamma and beta both scaled; the readers' rows for them ``_damped``)."""
+    rng = np.random.default_rng(7)
+    gamma = (1.0 + 0.2 * rng.standard_normal(channels)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(channels)).astype(np.float32)
+    gamma[list(outliers)] *= factor
+    beta[list(outliers)] *= factor
+    return [numpy_helper.from_array(gamma, "ln.gamma"), numpy_helper.from_array(beta, "ln.beta")]
+
+
+def layernorm_matmul(factor: float = 60.0, constant_nodes: bool = False) -> onnx.ModelProto:
+    """
+        x [batch, 8, 32] ─► LN (channels 3 and 17 x factor) ─► n ─► MatMul fc [32, 48] ─► y
+    An MLP's first Linear after a pre-norm: SmoothQuant folds 1/s into gamma and beta, s into fc's rows.
+    ``constant_nodes``: gamma, beta and fc's weight are Constant nodes, as the TorchScript exporter writes.
+    """
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "ln.gamma", "ln.beta"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "fc.w"], ["y"], name="fc"),
+    ]
+    inits = [*_layernorm_with_outliers(32, (3, 17), factor), _damped(_w("fc.w", 32, 48), (3, 17), 0, factor)]
+    if constant_nodes:
+        nodes[:0] = [helper.make_node("Constant", [], [i.name], name=f"{i.name}.const", value=i) for i in inits]
+        inits = []
+    return _model(nodes, inits, in_shape=("batch", 8, 32), out_shape=("batch", 8, 48))
+
+
+def layernorm_qkv(factor: float = 60.0) -> onnx.ModelProto:
+    """
+                                  ┌─► MatMul q [32, 24] ──────────────┐
+        x [batch, 32] ─► LN ─► n ─┼─► Gemm k (transB, [24, 32]) ──────┼─► Concat ─► y [batch, 72]
+                                  └─► Gemm v ([32, 24], bias) ────────┘
+    Q, K and V read one LayerNorm output: one s for all three (max|W_j| over their rows j),
+    whichever axis each weight keeps its input channels on.
+    """
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "ln.gamma", "ln.beta"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "q.w"], ["q"], name="q"),
+        helper.make_node("Gemm", ["n", "k.w"], ["k"], name="k", transB=1),
+        helper.make_node("Gemm", ["n", "v.w", "v.b"], ["v"], name="v"),
+        helper.make_node("Concat", ["q", "k", "v"], ["y"], name="qkv", axis=-1),
+    ]
+    bias = numpy_helper.from_array(np.linspace(-1, 1, 24).astype(np.float32), "v.b")
+    rows = (5, 20, 31)
+    weights = [_damped(_w("q.w", 32, 24), rows, 0, factor), _damped(_w("k.w", 24, 32), rows, 1, factor)]
+    weights.append(_damped(_w("v.w", 32, 24), rows, 0, factor))
+    inits = [*_layernorm_with_outliers(32, rows, factor), *weights, bias]
+    return _model(nodes, inits, in_shape=("batch", 32), out_shape=("batch", 72))
+
+
+def _damped(weight: onnx.TensorProto, channels: tuple[int, ...], axis: int, factor: float) -> onnx.TensorProto:
+    """``weight`` with its input ``channels`` (along ``axis``) divided by ``factor``: a trained layer
+    reading outlier channels gives them small weights, so they do not swamp its output."""
+    w = numpy_helper.to_array(weight).copy()
+    index = [slice(None)] * w.ndim
+    index[axis] = list(channels)
+    w[tuple(index)] /= factor
+    return numpy_helper.from_array(w, weight.name)

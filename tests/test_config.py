@@ -81,9 +81,10 @@ def test_missing_file_and_bad_toml(tmp_path):
 
 
 def test_bundled_configs_load():
-    for name in ("resnet_digits", "vit_digits"):
+    for name in ("resnet_digits", "vit_digits", "vit_outliers_digits"):
         cfg = load_config(f"models/{name}.toml")
         assert cfg.resolve(cfg.model.weights).is_file()
+    assert load_config("models/vit_outliers_digits.toml").quantize.smoothquant == 0.5
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "-x", "a/b", "a\\\\b", ""])

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from pipeline.config import CALIBRATION_METHODS, RANGE_METHODS
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
 
 CACHE_VERSION = 2
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,29 +86,51 @@ class Ranges:
         write_json(path, self.to_json())
 
     def stale_reason(self, graph_sha256: str, settings: dict[str, object], tensors: set[str]) -> str | None:
-        if self.graph_sha256 != graph_sha256:
-            return "the FP32 graph changed since calibration"
-        if self.settings != settings:
-            changed = sorted(k for k in set(settings) | set(self.settings) if settings.get(k) != self.settings.get(k))
-            return f"calibration settings changed ({', '.join(changed)})"
-        missing = tensors - set(self.tensors)
-        if missing:
-            return f"{len(missing)} tensor(s) to quantize have no range (e.g. {sorted(missing)[0]!r})"
-        return None
+        return stale_reason(self, graph_sha256, settings, tensors)
+
+
+class Cached(Protocol):
+    """A calibration cache: what it was computed on and for which tensors."""
+
+    graph_sha256: str
+    settings: dict[str, object]
+    tensors: Mapping[str, object]
+
+
+def stale_reason(cached: Cached, graph_sha256: str, settings: dict[str, object], tensors: Iterable[str]) -> str | None:
+    """Why ``cached`` does not hold the statistics of ``tensors`` of graph ``graph_sha256`` under
+    ``settings``, or None when it does."""
+    if cached.graph_sha256 != graph_sha256:
+        return "the FP32 graph changed since calibration"
+    if cached.settings != settings:
+        changed = sorted(k for k in set(settings) | set(cached.settings) if settings.get(k) != cached.settings.get(k))
+        return f"calibration settings changed ({', '.join(changed)})"
+    missing = set(tensors) - set(cached.tensors)
+    if missing:
+        return f"{len(missing)} tensor(s) have no statistics yet (e.g. {sorted(missing)[0]!r})"
+    return None
 
 
 def load_ranges(path: Path) -> Ranges | None:
     """The cache at ``path``, or None if there is none; an unreadable cache is an error."""
+
+    def parse(raw: dict) -> Ranges:
+        tensors = {name: _tensor_range(t) for name, t in raw["tensors"].items()}
+        return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors)
+
+    return read_cache(path, CACHE_VERSION, parse, "calibration cache")
+
+
+def read_cache(path: Path, version: int, parse: Callable[[dict], T], what: str) -> T | None:
+    """``parse`` of the JSON cache at ``path``; None if there is none or it has another ``version``
+    (rebuilt like a stale cache); a cache that does not parse is an error naming it."""
     if not path.is_file():
         return None
     try:
         raw = json.loads(path.read_text())
-        if raw.get("version") != CACHE_VERSION:
-            return None  # another format: rebuilt like a stale cache
-        tensors = {name: _tensor_range(t) for name, t in raw["tensors"].items()}
-        return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors)
+        return parse(raw) if raw.get("version") == version else None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PipelineError(f"{path}: calibration cache is corrupt ({exc}); delete it and run calibrate") from None
+        raise PipelineError(f"{path}: {what} is corrupt ({exc}); delete it and run calibrate") from None
 
 
 def _tensor_range(raw: dict) -> TensorRange:

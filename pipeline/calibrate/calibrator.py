@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -67,9 +68,10 @@ class RangesFromOnnx:
             for i, group in enumerate(groups):
                 runs = batches if len(groups) == 1 else replay.play() if i else replay.record(batches)
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
-                session = _session(path, new_outputs(view, group), Path(tmp))
+                session = capture_session(path, new_outputs(view, group), Path(tmp))
                 keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
-                self._fold(session, group, stats, progress(runs, label, length=total_batches), keep)
+                measured = {n: stats[n] for n in group if n in stats}
+                fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
                 del session  # one pass's session alive at a time
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
@@ -82,42 +84,56 @@ class RangesFromOnnx:
             ranges[name] = TensorRange(m.min, m.max, {**m.amax, "auto": m.amax[choice.method]}, choice)
         return Ranges(graph_sha256, dict(settings or {}), ranges)
 
-    def _fold(self, sess, group: Sequence[str], stats: dict[str, TensorStats], runs: Iterable[Feed], keep) -> None:
-        """Run ``group``'s tensors over ``runs``: each run's values are folded into ``stats`` (those
-        it has) and handed, with the run's number, to ``keep``."""
-        captured = set(group)
-        wanted = [o.name for o in sess.get_outputs() if o.name in captured]
 
-        def run(feed: Feed) -> list:
-            return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+class Folding(Protocol):
+    """Statistics of one tensor, folded run by run (``TensorStats``, ``channels.ChannelStats``)."""
 
-        def fold(number: int, values: list) -> None:
-            self._update(stats, wanted, values)
+    def update(self, x: np.ndarray) -> None: ...
+
+
+def fold(
+    sess,
+    stats: Mapping[str, Folding],
+    runs: Iterable[Feed],
+    keep: Callable[[int, list[str], list], None] | None = None,
+    also: Iterable[str] = (),
+) -> None:
+    """Run ``sess`` on each of ``runs`` and fold its outputs named in ``stats`` into them; with
+    ``keep``, those and the outputs named in ``also`` go to it with the run's number."""
+    extra = set(also) if keep else set()
+    wanted = [o.name for o in sess.get_outputs() if o.name in stats or o.name in extra]
+
+    def run(feed: Feed) -> list:
+        return sess.run(wanted, ortsession.feed_for(sess, feed)) if wanted else []  # [] means "all"
+
+    def done(number: int, values: list) -> None:
+        _update(stats, wanted, values)
+        if keep:
             keep(number, wanted, values)
 
-        # ONNX Runtime (which releases the GIL) runs k+1 while this thread folds k into the
-        # histograms: two runs' outputs alive at most.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
-            pending = None
-            for number, feed in enumerate(runs):
-                nxt = pool.submit(run, feed)
-                if pending is not None:
-                    fold(pending[0], pending[1].result())
-                pending = (number, nxt)
+    # ONNX Runtime (which releases the GIL) runs k+1 while this thread folds k into the
+    # statistics: two runs' outputs alive at most.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtpipe-calib") as pool:
+        pending = None
+        for number, feed in enumerate(runs):
+            nxt = pool.submit(run, feed)
             if pending is not None:
-                fold(pending[0], pending[1].result())
+                done(pending[0], pending[1].result())
+            pending = (number, nxt)
+        if pending is not None:
+            done(pending[0], pending[1].result())
 
-    @staticmethod
-    def _update(stats: dict[str, TensorStats], names: list[str], values: list) -> None:
-        for name, value in zip(names, values, strict=True):
-            if name not in stats:
-                continue  # captured for auto only
-            try:
-                stats[name].update(value)
-            except ValueError:
-                raise PipelineError(
-                    f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
-                ) from None
+
+def _update(stats: Mapping[str, Folding], names: list[str], values: list) -> None:
+    for name, value in zip(names, values, strict=True):
+        if name not in stats:
+            continue  # captured for auto only
+        try:
+            stats[name].update(value)
+        except ValueError:
+            raise PipelineError(
+                f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
+            ) from None
 
 
 def _groups(groups: Sequence[Sequence[str]], stats: dict[str, TensorStats], kept: set[str]) -> list[list[str]]:
@@ -147,7 +163,7 @@ def _graph_file(
     return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
 
 
-def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path):
+def capture_session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):
     """A session on ``fp32`` with ``outputs`` added, from a file copy: weights are never parsed here."""
     # External weights are found relative to the graph file: a graph that has them is copied beside itself.
     folder = fp32.parent if (fp32.parent / (fp32.name + ".data")).exists() else tmp
@@ -157,7 +173,7 @@ def _session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path):
         onnxutil.copy_with_outputs(fp32, Path(name), outputs)
         # One core folds histograms; ONNX Runtime gets the others (measured: on 2 cores, one
         # ORT thread beside the histograms beats two ORT threads competing with them).
-        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False)
+        return ortsession.session(name, threads=max(1, _cores() - 1), spin=False, arena=arena)
     finally:
         os.unlink(name)
 

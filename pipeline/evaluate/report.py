@@ -131,6 +131,26 @@ def _slow_evidence(bench: dict[str, Any], build: dict[str, Any]) -> str:
     return "no layer or op profile saved to explain it"
 
 
+def _smoothing_lines(smoothing: dict[str, Any] | None) -> list[str]:
+    """What SmoothQuant did, from the quantize record: per LayerNorm output, alpha and the widest
+    channel's max over the median channel's, before and after."""
+    if not smoothing:
+        return []
+    lines = ["", f"SmoothQuant (`[quantize] smoothquant = {smoothing['alpha']}`):", ""]
+    lines += [
+        f"- `{d['tensor']}` ({d['norm']} -> {', '.join(d['readers'])}): "
+        + (
+            "left alone (auto)"
+            if d["alpha"] is None
+            else f"alpha {d['alpha']:g}, widest channel {d['outlier_ratio_before']:.1f}x the median -> "
+            f"{d['outlier_ratio_after']:.1f}x"
+        )
+        for d in smoothing["layers"]
+    ]
+    lines += [f"- not smoothed: {norm}: {reason}" for norm, reason in smoothing["skipped"]]
+    return lines
+
+
 def write_report(out: Artifacts, model: str) -> Path:
     bench = read_json(out.results_dir / "bench.json", "bench")
     compare = read_json(out.results_dir / "compare.json")  # optional: the report says to run compare
@@ -228,6 +248,7 @@ def write_report(out: Artifacts, model: str) -> Path:
             f"Calibration method `{quant['method']}`; {quant['int8_layers']} layers quantized for TensorRT.",
         ]
         parts += [f"- kept FP16: {s['op_type']} `{s['node']}`: {s['reason']}" for s in quant["skipped"]]
+        parts += _smoothing_lines(quant.get("smoothquant"))  # None: SmoothQuant off, or a record from before it
     path = out.reports_dir / "report.md"
     write_text(path, "\n".join(parts) + "\n")
     return path

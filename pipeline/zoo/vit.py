@@ -3,6 +3,11 @@
 Patch embedding, multi-head self-attention written out as MatMul/Softmax/MatMul
 (so the exported graph shows the batched MatMuls a quantizer must handle),
 LayerNorm and GELU.
+
+``build(outliers=k)`` is the same trained network with the activation outliers
+trained transformers carry: ``k`` LayerNorm output channels scaled up and the
+next layer's input weights scaled down by the same factor (``add_outliers``),
+so it computes the same function but per-tensor int8 loses the other channels.
 """
 
 from __future__ import annotations
@@ -58,5 +63,35 @@ class DigitViT(nn.Module):
         return self.head(x[:, 0])
 
 
-def build(dim: int = 192, depth: int = 4, heads: int = 3, mlp: int = 768) -> nn.Module:
-    return DigitViT(dim, depth, heads, mlp)
+def build(
+    dim: int = 192, depth: int = 4, heads: int = 3, mlp: int = 768, outliers: int = 0, factor: float = 50.0
+) -> nn.Module:
+    """The ViT; with ``outliers``, ``add_outliers`` runs on the weights each time they are loaded
+    (the pipeline builds the model first and loads the checkpoint into it after)."""
+    model = DigitViT(dim, depth, heads, mlp)
+    if outliers:
+        model.register_load_state_dict_post_hook(lambda module, _keys: add_outliers(module, outliers, factor))
+    return model
+
+
+def outlier_channels(dim: int, count: int) -> list[int]:
+    """The same ``count`` channels in every block, as trained transformers' outliers sit in a few
+    fixed dimensions of the residual stream; seeded, so the model is reproducible."""
+    if not 0 < count <= dim:
+        raise ValueError(f"outliers must be in 1..{dim}, got {count}")
+    return sorted(torch.randperm(dim, generator=torch.Generator().manual_seed(0))[:count].tolist())
+
+
+@torch.no_grad()
+def add_outliers(model: DigitViT, count: int, factor: float) -> None:
+    """Scale ``count`` output channels of every block's two LayerNorms (gamma and beta) by ``factor``
+    and the matching input columns of the Linear reading each (qkv, the MLP's first) by 1/``factor``:
+    the same function, with those channels ``factor`` times wider than the rest."""
+    if factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor}")
+    channels = outlier_channels(model.norm.normalized_shape[0], count)
+    for block in model.blocks:
+        for norm, linear in ((block.norm1, block.attn.qkv), (block.norm2, block.mlp[0])):
+            norm.weight[channels] *= factor
+            norm.bias[channels] *= factor
+            linear.weight[:, channels] /= factor
