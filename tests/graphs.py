@@ -300,6 +300,28 @@ def pre_norm_blocks() -> onnx.ModelProto:
     return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
 
 
+def position_embedding() -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► Add (pos [16, 32]) ─► e ─► LN ─► MatMul w ─► y
+    A ViT's embedding: row 0 of x is the class token (zero at initialisation), so row 0 of e is
+    the small position embedding alone, beside patch rows many times larger; the LayerNorm then
+    normalizes each row on its own scale.
+    """
+    rng = np.random.default_rng(5)
+    inits = [
+        numpy_helper.from_array((0.02 * rng.standard_normal((16, 32))).astype(np.float32), "pos"),
+        numpy_helper.from_array(np.ones(32, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "beta"),
+        _w("w", 32, 32),
+    ]
+    nodes = [
+        helper.make_node("Add", ["x", "pos"], ["e"], name="embed"),
+        helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["y"], name="fc"),
+    ]
+    return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
 def fp16_qdq_conv_bias() -> onnx.ModelProto:
     """A TensorRT-target Q/DQ graph as our quantizer writes one, cut to one 1x1 conv:
 

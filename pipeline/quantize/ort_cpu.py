@@ -130,11 +130,14 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
 
 
 def residual_stream_adds(view: GraphView) -> list[str]:
-    """Adds of two activations whose sum feeds a LayerNormalization or another such Add: a
-    transformer's residual stream. It carries the outlier channels per-tensor uint8 cannot hold (a
-    ViT-B/16 CPU graph fell to cosine 0.963 with them quantized, 0.9985 without), and an Add gains
-    little on a CPU. A CNN's residual Add (into a Relu or a Conv) stays quantized: QLinearAdd."""
-    adds = {n.output[0]: n for n in view.nodes if n.op_type == "Add" and not any(view.is_const(i) for i in n.input)}
+    """Adds whose sum feeds a LayerNormalization or another such Add: a transformer's residual
+    stream. It carries the outlier channels per-tensor uint8 cannot hold (a ViT-B/16 CPU graph fell
+    to cosine 0.963 with them quantized, 0.9985 without), rows of very different scales that the
+    LayerNorm then normalizes one by one (ViT's class-token row, zero plus a small position
+    embedding, lost to one uint8 step of the patch rows' range: centered cosine 0.49), and an Add
+    gains little on a CPU. A CNN's residual Add (into a Relu or a Conv) stays quantized: QLinearAdd."""
+    varying = view.input_dependent()
+    adds = {n.output[0]: n for n in view.nodes if n.op_type == "Add" and any(i in varying for i in n.input)}
     stream: set[str] = set()
     changed = True
     while changed:
