@@ -31,6 +31,10 @@ class Artifacts:
         """``fp32``, ``fp16``, ``w8a8`` or ``w8a8-cpu``."""
         return self.onnx_dir / f"model.{precision}.onnx"
 
+    def failed_graph(self, precision: str) -> Path:
+        """A quantized graph that missed its accuracy gate, kept aside for inspection, never used."""
+        return self.onnx_dir / f"model.{precision}.failed.onnx"
+
     @property
     def ranges(self) -> Path:
         return self.root / "calib" / self.name / "ranges.json"
@@ -52,6 +56,10 @@ class Artifacts:
     @property
     def results_dir(self) -> Path:
         return self.model_dir / "results"
+
+    def result(self, stage: str) -> Path:
+        """``quantize``, ``compare`` or ``bench``: what the stage measured."""
+        return self.results_dir / f"{stage}.json"
 
     @property
     def reports_dir(self) -> Path:

@@ -82,12 +82,22 @@ def calibrate(config_path: Path, force: bool) -> None:
     type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
     help="Only these targets (repeatable); default: [quantize] targets, both unless narrowed.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write a graph that fails its accuracy gate as the artifact anyway (quantize.json records it).",
+)
 @_user_errors
-def quantize(config_path: Path, targets: tuple[str, ...]) -> None:
-    """w8a8 Q/DQ graphs: model.w8a8.onnx (TensorRT, FP16 graph) and model.w8a8-cpu.onnx (ONNX Runtime CPU)."""
+def quantize(config_path: Path, targets: tuple[str, ...], force: bool) -> None:
+    """w8a8 Q/DQ graphs: model.w8a8.onnx (TensorRT, FP16 graph) and model.w8a8-cpu.onnx (ONNX Runtime CPU).
+
+    \b
+    A graph that fails its [accuracy] gate is kept aside as model.NAME.failed.onnx
+    and quantize exits non-zero, unless --force.
+    """
     from pipeline import stages
 
-    stages.quantize(_load(config_path), targets=targets)
+    stages.quantize(_load(config_path), targets=targets, force=force)
 
 
 @main.command()

@@ -70,25 +70,31 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[list[Path]]:
-    """Save each graph under a hidden folder beside its destination and yield those paths; only when
-    the block succeeds do they move into place. A check that fails (or a kill) leaves no graph that
-    looks complete."""
+def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]:
+    """Save each graph under a hidden folder beside its destination and yield {destination: staged
+    path}; only when the block succeeds do they move into place, except those the block popped from
+    that mapping. A check that fails (or a kill) leaves no graph that looks complete."""
     folders: list[Path] = []
-    moves: list[tuple[Path, Path]] = []
+    moves: dict[Path, Path] = {}
     try:
         for dest, model in graphs.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
             folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.staged.")))
-            moves.append((save(model, folders[-1] / dest.name), dest))
-        yield [src for src, _ in moves]
-        for src, dest in moves:
-            for data in src.parent.glob(src.name + ".data"):  # external weights move with their graph
-                os.replace(data, dest.parent / data.name)
-            os.replace(src, dest)
+            moves[dest] = save(model, folders[-1] / dest.name)
+        yield moves
+        for dest, src in moves.items():
+            place(src, dest)
     finally:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def place(src: Path, dest: Path) -> Path:
+    """Move a graph saved under ``dest``'s name (the name its external weights, moved first, carry)."""
+    for data in src.parent.glob(src.name + ".data"):
+        os.replace(data, dest.parent / data.name)
+    os.replace(src, dest)
+    return dest
 
 
 def exporter(model: onnx.ModelProto) -> str:

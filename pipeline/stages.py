@@ -37,7 +37,7 @@ def export(cfg: Config, root: Path | None = None) -> list:
     fp16 = Fp16OnnxFromOnnx(cfg)(fp32)
     graphs = {"fp32": fp32, "fp16": fp16}
     with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:
-        rows = check_parity(cfg, model, dict(zip(graphs, staged, strict=True)))
+        rows = check_parity(cfg, model, dict(zip(graphs, staged.values(), strict=True)))
     info(f"{cfg.name}: wrote {out.graph('fp32')} and {out.graph('fp16')} ({onnxutil.exporter(fp32)} exporter)")
     info(format_parity(rows))
     return rows
@@ -203,16 +203,16 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     return ranges
 
 
-def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = ()) -> dict:
+def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (), force: bool = False) -> dict:
     """w8a8 graphs: TensorRT Q/DQ on the FP16 graph, ONNX Runtime CPU Q/DQ on the FP32 graph.
 
-    ``targets`` narrows ``[quantize] targets`` (both by default).
+    ``targets`` narrows ``[quantize] targets`` (both by default). A graph that fails its accuracy
+    gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``.
     """
-    from pipeline import onnxutil, ortsession
+    from pipeline import onnxutil
     from pipeline.calibrate.auto import summary as auto_summary
     from pipeline.console import table
     from pipeline.errors import PipelineError
-    from pipeline.evaluate.accuracy import accuracy_table, evaluate
     from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
     from pipeline.quantize import rules, smooth
@@ -249,17 +249,53 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
                 f"{name} graph breaks a {target} quantization rule at {broken[0]} (+{len(broken) - 1} more); "
                 f"the quantizer made this graph, not your model: please report it"
             )
-    for name, (model, _) in graphs.items():
-        onnxutil.save(model, out.graph(name))
-        info(f"{cfg.name}: wrote {out.graph(name)}")
-
     info(table(["op type", "INT8 layers", "kept FP16", "Q/DQ inputs"], summary_rows(plan, fp32)))
     for s in plan.skipped:
         info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
 
+    models = {n: g for n, (g, _) in graphs.items()}
+    with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
+        rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
+        failed = {r.artifact for r in rows if r.failures}
+        _set_aside(cfg, out, models, set() if force else failed, staged)
+    worst = explain_losses(cfg, view, models, rows, ranges, method)
+    summary = {
+        "method": method,
+        "passed": not failed,
+        "accuracy": [r.as_dict() for r in rows],
+        "skipped": [s.__dict__ for s in plan.skipped],
+        "int8_layers": len(plan.quantized),
+        "smoothquant": smoothing,
+        "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
+    }
+    write_json(out.result("quantize"), summary)
+    if failed:
+        _gate_verdict(cfg, out, [r for r in rows if r.failures], force)
+    return summary
+
+
+def _set_aside(cfg: Config, out: Artifacts, models: dict, failed: set[str], staged: dict[Path, Path]) -> None:
+    """Graphs in ``failed`` are saved as model.NAME.failed.onnx, not as their artifact (withdrawn from
+    ``staged``); the other name of each graph goes, so nothing stale passes for this run's result."""
+    from pipeline import onnxutil
+
+    for name, model in models.items():
+        (out.graph(name) if name in failed else out.failed_graph(name)).unlink(missing_ok=True)
+        if name in failed:
+            onnxutil.save(model, out.failed_graph(name))
+            del staged[out.graph(name)]
+        info(f"{cfg.name}: wrote {out.failed_graph(name) if name in failed else out.graph(name)}")
+
+
+def _quantized_accuracy(cfg: Config, out: Artifacts, graphs: dict[str, Path]) -> list:
+    """The w8a8 graphs at ``graphs`` against FP32 on ONNX Runtime (CPU), held-out data, with their gates."""
+    from pipeline import ortsession
+    from pipeline.console import table
+    from pipeline.evaluate.accuracy import accuracy_table, evaluate
+
     # Three sessions alive at once: without arenas each holds only its weights between runs.
     ref = ortsession.session_for(out.graph("fp32"), "fp32", arena=False)
-    sessions = {name: ortsession.session_for(out.graph(name), name, cpu_only=True, arena=False) for name in graphs}
+    sessions = {n: ortsession.session_for(p, n, cpu_only=True, arena=False) for n, p in graphs.items()}
     gates = {name: cfg.accuracy.gate(name) for name in graphs}
     batch = cfg.nearest_batch(cfg.calibration.batch_size)  # the batch calibration ran, inside the profiles
     rows = evaluate(
@@ -269,19 +305,25 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         gates,
         batch,
     )
+    method = cfg.calibration.method
     info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data at batch {batch}, method={method}")
     info(table(*accuracy_table(rows)))
-    worst = explain_losses(cfg, view, {n: g for n, (g, _) in graphs.items()}, rows, ranges, method)
-    summary = {
-        "method": method,
-        "accuracy": [r.as_dict() for r in rows],
-        "skipped": [s.__dict__ for s in plan.skipped],
-        "int8_layers": len(plan.quantized),
-        "smoothquant": smoothing,
-        "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
-    }
-    write_json(out.results_dir / "quantize.json", summary)
-    return summary
+    return rows
+
+
+def _gate_verdict(cfg: Config, out: Artifacts, failed: list, force: bool) -> None:
+    """A failed gate stops quantize (its graphs kept aside), or with ``force`` is only announced."""
+    from pipeline.errors import PipelineError
+
+    first = failed[0]
+    why = f"{first.artifact}, output {first.output!r}: {'; '.join(first.failures)}"
+    if force:
+        info(f"WARNING: {cfg.name}: accuracy gate failed for {why}; written as the artifact anyway (--force)")
+        return
+    raise PipelineError(
+        f"{cfg.name}: accuracy gate failed for {why}; the graph is kept aside as {out.failed_graph(first.artifact)} "
+        f"(gates in [accuracy] of {cfg.path}; --force writes it as the artifact)"
+    )
 
 
 def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:

@@ -57,13 +57,19 @@ def test_error_is_measured_against_the_fp32_values():
     }
 
 
-@pytest.mark.parametrize("pipeline_run", ["[accuracy.w8a8]\nmin_cosine = 0.999999"], indirect=True)
-def test_quantize_names_the_layers_when_a_graph_misses_its_cosine(pipeline_run):
+def test_quantize_names_the_layers_when_a_graph_misses_its_cosine(make_config, tmp_path):
     """A gate set above what int8 reaches: quantize names the worst layers, in order, and saves them."""
     import json
 
-    cfg, _, out = pipeline_run
-    summary = json.loads((out.results_dir / "quantize.json").read_text())
+    from pipeline import stages
+    from pipeline.artifacts import Artifacts
+    from pipeline.errors import PipelineError
+
+    cfg = make_config(top='name = "tiny"\n[accuracy.w8a8]\nmin_cosine = 0.999999')
+    stages.export(cfg, root=tmp_path)
+    with pytest.raises(PipelineError, match="accuracy gate failed for w8a8"):
+        stages.quantize(cfg, root=tmp_path)
+    summary = json.loads(Artifacts.of(cfg, tmp_path).result("quantize").read_text())
     worst = summary["worst_layers"]
     assert set(worst) == {"w8a8"}  # w8a8-cpu keeps its default gate, which it meets
     added = [e["added"] for e in worst["w8a8"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -144,6 +145,30 @@ def test_quantize_stage_writes_both_graphs_that_pass_the_rules(make_config, tmp_
     by_artifact = {row["artifact"]: row for row in summary["accuracy"]}
     assert by_artifact["w8a8"]["cosine"] > 0.99 and by_artifact["w8a8-cpu"]["cosine"] > 0.99
     assert (out.results_dir / "quantize.json").is_file()
+
+
+def test_a_graph_missing_its_gate_is_kept_aside_and_quantize_fails(make_config, tmp_path, monkeypatch):
+    """w8a8's gate set above what int8 reaches: its graph goes to model.w8a8.failed.onnx (a stale
+    model.w8a8.onnx of an earlier run is removed), w8a8-cpu passes and is written; exit status 1.
+    With --force it is written as the artifact and the graph kept aside goes."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(top='name = "tiny"\n[accuracy.w8a8]\nmin_cosine = 0.999999')
+    stages.export(cfg)
+    out = Artifacts.of(cfg)
+    out.graph("w8a8").write_bytes(b"an earlier run's graph")
+    failed = CliRunner().invoke(main, ["quantize", "-c", str(cfg.path)])
+    assert failed.exit_code == 1
+    assert re.search(r"accuracy gate failed for w8a8, .*kept aside as .*model\.w8a8\.failed\.onnx", failed.output)
+    assert not out.graph("w8a8").exists() and out.graph("w8a8-cpu").is_file()
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(out.failed_graph("w8a8")).graph.node}
+    assert json.loads(out.result("quantize").read_text())["passed"] is False
+    forced = CliRunner().invoke(main, ["quantize", "--force", "-c", str(cfg.path)])
+    assert forced.exit_code == 0 and "written as the artifact anyway (--force)" in forced.output
+    assert out.graph("w8a8").is_file() and not out.failed_graph("w8a8").exists()
 
 
 def _entropy_reference(hist: np.ndarray, rng: float) -> float:

@@ -148,6 +148,8 @@ def markdown(records: list[dict]) -> str:
 
 CULPRITS = "Where a w8a8 graph missed its cosine, the layer adding the most error (quantize's attribution):"
 LEGEND = (
+    "Stage cells: `gate` = quantize's accuracy gate missed (its graphs written anyway with --force, "
+    "so the later stages still measure them). "
     "Pairs are `w8a8 / w8a8-cpu` (TensorRT Q/DQ graph / ONNX Runtime CPU graph). Rule violations: "
     "the runtime's quantization rules broken in the written graph. Q/DQ coverage: Conv/Gemm/MatMul "
     "nodes fed by a DequantizeLinear over all of them. int8 weights: int8 elements over all weight "
@@ -168,7 +170,7 @@ def _cells(r: dict) -> list[str]:
     speedup = r["speedup"]
     return [
         r["name"],
-        *({"ok": "ok", "FAIL": "**FAIL**", "skip": "-"}[stages[s]["status"]] for s in STAGES),
+        *({"ok": "ok", "gate failed": "gate", "FAIL": "**FAIL**", "skip": "-"}[stages[s]["status"]] for s in STAGES),
         _pair(r, lambda g: str(g["violations"])),
         _pair(r, lambda g: f"{g['quantized_nodes']}/{g['compute_nodes']}"),
         _pair(r, lambda g: f"{100 * g['int8_weight_share']:.1f}%"),
