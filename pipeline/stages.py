@@ -51,14 +51,14 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
 
     out = Artifacts.of(cfg, root)
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    graph, _, _ = _smoothed(cfg, out, fp32, force)
+    graph, _, _ = _smoothed(cfg, out, fp32, force, rebuild_invalid=True)
     graph_sha256 = onnxutil.graph_hash(graph)
     # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own
     # (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
     view = GraphView(onnxutil.skeleton(graph))
     smoothed = graph if graph is not fp32 else None
     del fp32, graph
-    return _ranges(cfg, out, view, graph_sha256, force, smoothed)
+    return _ranges(cfg, out, view, graph_sha256, force, smoothed, rebuild_invalid=True)
 
 
 def _calibration_settings(cfg: Config) -> dict[str, object]:
@@ -75,7 +75,7 @@ def _calibration_settings(cfg: Config) -> dict[str, object]:
     }
 
 
-def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
+def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False, rebuild_invalid: bool = False) -> tuple:
     """``(graph, edits, record)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
     each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
     graph; the edits made (the FP16 graph takes them too) and what was smoothed, for the quantize record."""
@@ -94,7 +94,7 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
     if not found:
         info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
         return fp32, [], record
-    maxima = _channel_maxima(cfg, out, view, found, force)
+    maxima = _channel_maxima(cfg, out, view, found, force, rebuild_invalid)
     alphas = {t.tensor: best_alpha(maxima[t.tensor].errors) if setting == "auto" else setting for t in found}
     graph, edits, done = smooth.smooth(fp32, view, alphas, {t: maxima[t].absmax for t in alphas})
     record.update(layers=[d.as_dict() for d in done], fp32_max_rel_diff=_same_function(cfg, fp32, graph))
@@ -108,7 +108,9 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False) -> tuple:
     return graph, edits, record
 
 
-def _channel_maxima(cfg: Config, out: Artifacts, view, found: list, force: bool = False) -> dict:
+def _channel_maxima(
+    cfg: Config, out: Artifacts, view, found: list, force: bool = False, rebuild_invalid: bool = False
+) -> dict:
     """Per-channel maxima of the ``found`` targets' tensors in the exported FP32 graph (``view``):
     calib/NAME/channels.json if fresh, else measured on the calibration data and cached."""
     from pipeline import onnxutil
@@ -119,12 +121,13 @@ def _channel_maxima(cfg: Config, out: Artifacts, view, found: list, force: bool 
 
     graph_sha256, settings = onnxutil.graph_hash(view.model), _calibration_settings(cfg)
     tensors = [t.tensor for t in found]
-    cached = load_channel_maxima(out.channels)
-    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
-    if reason is None and not force:
+    cached, reason = _cached(lambda: load_channel_maxima(out.channels), force, rebuild_invalid)
+    if cached is not None:
+        reason = cached.stale_reason(graph_sha256, settings, tensors)
+    if reason is None:
         return cached.tensors
     plan = capture_plan(view, tensors, cfg.calibration.batch_size)
-    info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason or 'forced'})")
+    info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason})")
     records = measure_channels(
         out.graph("fp32"),
         view,
@@ -155,10 +158,14 @@ def _same_function(cfg: Config, fp32, smoothed) -> float:
     return diff
 
 
-def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None):
+def _ranges(
+    cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None, rebuild_invalid: bool = False
+):
     """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``
     (``graph``, the smoothed graph, or the exported one's file by default); ``view`` is its GraphView,
-    made once for the plans, the CPU tensor list and the capture plan (and, in quantize, the Q/DQ graphs)."""
+    made once for the plans, the CPU tensor list and the capture plan (and, in quantize, the Q/DQ graphs).
+    A cache that cannot be trusted is rebuilt by calibrate (``rebuild_invalid``) and refused elsewhere;
+    ``force`` does not read it at all."""
     from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges, layer_activations
     from pipeline.calibrate.cache import load_ranges
     from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
@@ -178,15 +185,17 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
         "auto_rows": auto_rows,
         "stats_version": STATS_VERSION,
     }
-    cached = load_ranges(out.ranges)
-    reason = "no cache yet" if cached is None else cached.stale_reason(graph_sha256, settings, tensors)
-    if cached is not None and reason is None and not force:
+    names = view.inputs | set(view.producer) | set(view.initializers)
+    cached, reason = _cached(lambda: load_ranges(out.ranges, names), force, rebuild_invalid)
+    if cached is not None:
+        reason = cached.stale_reason(graph_sha256, settings, tensors)
+    if cached is not None and reason is None:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
         return cached
     # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
     captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
     plan = capture_plan(view, captured, section.batch_size)
-    info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason or 'forced'})")
+    info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason})")
     info(f"{cfg.name}: {plan.describe()}")
     ranges = RangesFromOnnx(tensors, section.bins, section.percentile)(
         out.graph("fp32") if graph is None else graph,
@@ -201,6 +210,23 @@ def _ranges(cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = 
     ranges.save(out.ranges)
     info(f"{cfg.name}: wrote {out.ranges}")
     return ranges
+
+
+def _cached(load, force: bool, rebuild_invalid: bool) -> tuple:
+    """(the cache ``load`` reads, None) or (None, why it is made anew): ``force`` reads none (so it
+    replaces a corrupt one), and one that cannot be trusted raises unless ``rebuild_invalid``."""
+    from pipeline.calibrate.cache import InvalidCache
+
+    if force:
+        return None, "forced"
+    try:
+        cached = load()
+    except InvalidCache as exc:
+        if not rebuild_invalid:
+            raise
+        info(f"rebuilding: {exc}")
+        return None, "the cache was invalid"
+    return cached, "no cache yet" if cached is None else None
 
 
 def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (), force: bool = False) -> dict:

@@ -127,7 +127,7 @@ def test_a_cache_whose_auto_range_is_not_its_methods_is_refused(tmp_path):
     raw = json.loads(path.read_text())
     raw["tensors"]["outliers"]["amax"]["auto"] = raw["tensors"]["outliers"]["amax"]["entropy"]
     path.write_text(json.dumps(raw))
-    with pytest.raises(PipelineError, match=r"calibration cache is corrupt \(amax\['auto'\] is not the range"):
+    with pytest.raises(PipelineError, match=r"ranges.json: tensor 'outliers': amax\['auto'\] is not the range"):
         load_ranges(path)
 
 

@@ -132,6 +132,47 @@ def test_cache_is_reused_then_rebuilt_when_the_graph_changes(make_config, tmp_pa
     assert json.loads(out.ranges.read_text())["graph_sha256"] == rebuilt.graph_sha256
 
 
+def _first_tensor(raw: dict) -> dict:
+    return raw["tensors"][sorted(raw["tensors"])[0]]
+
+
+# Each edit makes a cache that must not be trusted, and the words the one-line refusal uses for it.
+CORRUPTIONS = {
+    "negative amax": (lambda raw: _first_tensor(raw)["amax"].update(entropy=-1.0), r"amax\['entropy'\] = -1.0"),
+    "zero amax": (lambda raw: _first_tensor(raw)["amax"].update(max=0.0), r"amax\['max'\] = 0.0 is not in"),
+    "NaN min": (lambda raw: _first_tensor(raw).update(min=float("nan")), r"min nan and max .* not a finite range"),
+    "missing key": (lambda raw: _first_tensor(raw).pop("min"), r"has no key 'min'"),
+    "unknown tensor": (lambda raw: raw["tensors"].update(typo=_first_tensor(raw)), r"tensor 'typo' is not in the FP32"),
+    "old version": (lambda raw: raw.update(version=1), r"cache version 1, this trtpipe reads 2"),
+    "no tensors": (lambda raw: raw.pop("tensors"), r"has no 'tensors'"),
+}
+
+
+def test_an_untrustworthy_cache_is_refused_by_quantize_and_rebuilt_by_calibrate(make_config, tmp_path):
+    from pipeline.calibrate.cache import InvalidCache
+
+    cfg = make_config()
+    stages.export(cfg, root=tmp_path)
+    out = Artifacts.of(cfg, tmp_path)
+    good = stages.calibrate(cfg, root=tmp_path)
+    saved = out.ranges.read_text()
+    for case, (edit, words) in CORRUPTIONS.items():
+        raw = json.loads(saved)
+        edit(raw)
+        out.ranges.write_text(json.dumps(raw))
+        with pytest.raises(InvalidCache, match=rf"ranges\.json: .*{words}.*calibrate --force") as caught:
+            stages.quantize(cfg, root=tmp_path)
+        assert "\n" not in str(caught.value), case
+        assert stages.calibrate(cfg, root=tmp_path).tensors == good.tensors, case  # rebuilt, not trusted
+        out.ranges.write_text(json.dumps(raw))
+        assert stages.calibrate(cfg, root=tmp_path, force=True).tensors == good.tensors, case
+    out.ranges.write_text(saved[: len(saved) // 2])  # truncated by a full disk or an editor
+    with pytest.raises(InvalidCache, match="not readable JSON"):
+        stages.quantize(cfg, root=tmp_path)
+    stages.calibrate(cfg, root=tmp_path, force=True)
+    assert json.loads(out.ranges.read_text()) == json.loads(saved)
+
+
 def test_quantize_stage_writes_both_graphs_that_pass_the_rules(make_config, tmp_path, capsys):
     from pipeline.quantize import rules
 

@@ -111,29 +111,76 @@ def stale_reason(cached: Cached, graph_sha256: str, settings: dict[str, object],
     return None
 
 
-def load_ranges(path: Path) -> Ranges | None:
-    """The cache at ``path``, or None if there is none; an unreadable cache is an error."""
+class InvalidCache(PipelineError):
+    """A cache that cannot be trusted: calibrate rebuilds it, quantize refuses it."""
+
+
+REBUILD = "run trtpipe calibrate --force to rebuild it"
+
+
+def load_ranges(path: Path, names: set[str] | None = None) -> Ranges | None:
+    """The cache at ``path``, or None if there is none. Anything that cannot be trusted (unreadable,
+    another version, a missing key, a range that is not finite and positive, a tensor not among
+    ``names``, the graph's) raises ``InvalidCache`` naming the file, the tensor and the fix."""
 
     def parse(raw: dict) -> Ranges:
-        tensors = {name: _tensor_range(t) for name, t in raw["tensors"].items()}
+        _check_header(path, raw)
+        tensors = {name: _tensor_range(path, name, t) for name, t in raw["tensors"].items()}
+        unknown = sorted(set(tensors) - names) if names is not None else []
+        if unknown:
+            raise InvalidCache(f"{path}: tensor {unknown[0]!r} is not in the FP32 graph; {REBUILD}")
         return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors)
 
     return read_cache(path, CACHE_VERSION, parse, "calibration cache")
 
 
 def read_cache(path: Path, version: int, parse: Callable[[dict], T], what: str) -> T | None:
-    """``parse`` of the JSON cache at ``path``; None if there is none or it has another ``version``
-    (rebuilt like a stale cache); a cache that does not parse is an error naming it."""
+    """``parse`` of the JSON cache at ``path``, None if there is none; a cache that is unreadable,
+    of another ``version`` or does not parse raises ``InvalidCache`` naming it and the fix."""
     if not path.is_file():
         return None
     try:
         raw = json.loads(path.read_text())
-        return parse(raw) if raw.get("version") == version else None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise PipelineError(f"{path}: {what} is corrupt ({exc}); delete it and run calibrate") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidCache(f"{path}: {what} is not readable JSON ({exc}); {REBUILD}") from None
+    if not isinstance(raw, dict) or raw.get("version") != version:
+        found = raw.get("version") if isinstance(raw, dict) else type(raw).__name__
+        raise InvalidCache(f"{path}: {what} version {found!r}, this trtpipe reads {version}; {REBUILD}")
+    try:
+        return parse(raw)
+    except KeyError as exc:
+        raise InvalidCache(f"{path}: {what} has no key {exc}; {REBUILD}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidCache(f"{path}: {what} is corrupt ({exc}); {REBUILD}") from None
 
 
-def _tensor_range(raw: dict) -> TensorRange:
-    auto = raw["auto"]
-    choice = AutoChoice(str(auto["method"]), str(auto["reason"]), {k: float(v) for k, v in auto["errors"].items()})
-    return TensorRange(float(raw["min"]), float(raw["max"]), {k: float(v) for k, v in raw["amax"].items()}, choice)
+def _check_header(path: Path, raw: dict) -> None:
+    for key, kind in (("graph_sha256", str), ("settings", dict), ("tensors", dict)):
+        if not isinstance(raw.get(key), kind):
+            raise InvalidCache(f"{path}: calibration cache has no {key!r} ({kind.__name__}); {REBUILD}")
+
+
+def _tensor_range(path: Path, name: str, raw: object) -> TensorRange:
+    try:
+        auto = raw["auto"]  # type: ignore[index]
+        errors = {k: float(v) for k, v in auto["errors"].items()}
+        choice = AutoChoice(str(auto["method"]), str(auto["reason"]), errors)
+        amax = {k: float(v) for k, v in raw["amax"].items()}  # type: ignore[index]
+        found = TensorRange(float(raw["min"]), float(raw["max"]), amax, choice)  # type: ignore[index]
+        _check_numbers(found)
+    except KeyError as exc:
+        raise InvalidCache(f"{path}: tensor {name!r} has no key {exc}; {REBUILD}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidCache(f"{path}: tensor {name!r}: {exc}; {REBUILD}") from None
+    return found
+
+
+def _check_numbers(r: TensorRange) -> None:
+    """Finite, min <= max, and each amax positive up to the observed abs-max (0 only for a tensor
+    that was always 0), as the calibrator writes them."""
+    if not (math.isfinite(r.min) and math.isfinite(r.max) and r.min <= r.max):
+        raise ValueError(f"min {r.min} and max {r.max} are not a finite range")
+    absmax = max(-r.min, r.max)
+    for method, amax in r.amax.items():
+        if not (math.isfinite(amax) and (0.0 < amax <= absmax * (1 + 1e-6) or amax == absmax == 0.0)):
+            raise ValueError(f"amax[{method!r}] = {amax} is not in (0, {absmax:g}], the observed abs-max")

@@ -90,7 +90,7 @@ class ChannelMaxima:
 
 
 def load_channel_maxima(path: Path) -> ChannelMaxima | None:
-    """The cache at ``path``, or None if there is none (or of another version); unreadable is an error."""
+    """The cache at ``path``, or None if there is none; one that cannot be trusted raises ``InvalidCache``."""
 
     def parse(raw: dict) -> ChannelMaxima:
         tensors = {
