@@ -72,7 +72,7 @@ def measure(config: str, stages: list[str]) -> list[object]:
     """One table row: peak RSS and seconds of FP32 inference, calibrate and each of ``stages``."""
     cfg = load_config(config)
     src = Artifacts.of(cfg)
-    graphs = ("fp32", "fp16") if stages else ("fp32",)
+    graphs = ("fp32", "fp16")  # both: the export record that vouches for them names both
     for precision in graphs:
         if not src.graph(precision).is_file():
             raise SystemExit(f"{src.graph(precision)} missing: run `trtpipe export -c {config}` first")
@@ -83,6 +83,8 @@ def measure(config: str, stages: list[str]) -> list[object]:
         dst.onnx_dir.mkdir(parents=True)
         for precision in graphs:
             shutil.copy(src.graph(precision), dst.graph(precision))
+        dst.record("export").parent.mkdir(parents=True)
+        shutil.copy(src.record("export"), dst.record("export"))  # calibrate trusts the graphs through it
         infer = [sys.executable, "-m", "benchmarks.calib_memory", "--infer", path]
         infer_mb, infer_s = peak_of(infer, work)
         alike_mb, _ = peak_of([*infer, "--same-allocator"], work)

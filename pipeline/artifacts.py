@@ -62,8 +62,22 @@ class Artifacts:
         return self.results_dir / f"{stage}.json"
 
     @property
+    def bench_csv(self) -> Path:
+        return self.results_dir / "bench.csv"
+
+    @property
     def reports_dir(self) -> Path:
         return self.model_dir / "reports"
+
+    def record(self, stage: str) -> Path:
+        """What a stage consumed and wrote, by sha256 (``pipeline.records``)."""
+        return self.model_dir / "records" / f"{stage}.json"
+
+    def key(self, path: Path) -> str:
+        """How records name a file: relative to ``root`` when inside it, else absolute."""
+        path = Path(path).absolute()
+        root = self.root.absolute()
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
     def log(self, stage: str) -> Path:
         """A stage's full log (e.g. every exporter's traceback), named in its one-line errors."""

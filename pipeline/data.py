@@ -18,7 +18,8 @@ import numpy as np
 
 from pipeline.config import Config, TensorSpec
 from pipeline.errors import PipelineError
-from pipeline.sources import load_callable
+from pipeline.fileio import sha256_file
+from pipeline.sources import load_callable, source_file
 
 Feed = dict[str, np.ndarray]
 
@@ -130,18 +131,18 @@ def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
         yield str(path), feed
 
 
-def source_fingerprint(cfg: Config) -> str | None:
-    """For a folder of .npz files: a hash of their names, sizes and modification times.
-
-    The calibration cache records it, so new or edited data makes the cache stale.
-    """
-    folder = cfg.resolve(cfg.calibration.source)
+def source_fingerprint(cfg: Config, source: str | None = None) -> str | None:
+    """sha256 of what a data source reads: a folder's .npz files (names and bytes), or the file
+    defining the callable. The calibration cache and the stage records keep it, so new or edited
+    data, or an edited callable, is seen as a change. ``source`` defaults to the calibration's."""
+    source = cfg.calibration.source if source is None else source
+    folder = cfg.resolve(source)
     if not folder.is_dir():
-        return None
+        path = source_file(source, cfg.root)
+        return None if path is None else sha256_file(path)
     h = hashlib.sha256()
     for path in sorted(folder.glob("*.npz")):
-        stat = path.stat()
-        h.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        h.update(f"{path.name}\0{sha256_file(path)}\n".encode())
     return h.hexdigest()
 
 

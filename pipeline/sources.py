@@ -33,6 +33,23 @@ def load_callable(spec: str, base: Path, key: str) -> Callable[..., Any]:
     return fn
 
 
+def source_file(spec: str, base: Path) -> Path | None:
+    """The file defining the callable ``spec`` names (a module's file or ``file.py``), found without
+    running it; None where there is none (a built-in, a namespace package, a bad spec)."""
+    target, sep, _ = spec.rpartition(":")
+    if not sep or not target:
+        return None
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        path = (path if path.is_absolute() else base / path).resolve()
+        return path if path.is_file() else None
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    return Path(found.origin) if found is not None and found.origin and Path(found.origin).is_file() else None
+
+
 def _module_from_file(target: str, base: Path, key: str) -> Any:
     path = Path(target).expanduser()
     path = path if path.is_absolute() else (base / path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import records
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info
@@ -30,6 +31,7 @@ def export(cfg: Config, root: Path | None = None) -> list:
     from pipeline.export.torch_model import model_from_config
 
     out = Artifacts.of(cfg, root)
+    records.begin(cfg, out, "export")
     model = BoundModel(model_from_config(cfg), cfg)
     example = sample_inputs(cfg, 2)  # batch 2: torch.export specializes axes of size 0 and 1
     torch_outputs(model, example, cfg)  # outputs must match [[outputs]] before exporting
@@ -38,6 +40,7 @@ def export(cfg: Config, root: Path | None = None) -> list:
     graphs = {"fp32": fp32, "fp16": fp16}
     with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:
         rows = check_parity(cfg, model, dict(zip(graphs, staged.values(), strict=True)))
+    records.finish(cfg, out, "export", [out.graph(p) for p in graphs])
     info(f"{cfg.name}: wrote {out.graph('fp32')} and {out.graph('fp16')} ({onnxutil.exporter(fp32)} exporter)")
     info(format_parity(rows))
     return rows
@@ -50,6 +53,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     from pipeline.quantize.placement import GraphView
 
     out = Artifacts.of(cfg, root)
+    records.begin(cfg, out, "calibrate")
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     graph, _, _ = _smoothed(cfg, out, fp32, force, rebuild_invalid=True)
     graph_sha256 = onnxutil.graph_hash(graph)
@@ -191,6 +195,7 @@ def _ranges(
         reason = cached.stale_reason(graph_sha256, settings, tensors)
     if cached is not None and reason is None:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
+        records.finish(cfg, out, "calibrate", records.calibration_files(cfg, out))
         return cached
     # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
     captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
@@ -208,6 +213,7 @@ def _ranges(
         auto=AutoRanges(auto_rows, {spec.name: spec.batch_axis for spec in cfg.inputs}),
     )
     ranges.save(out.ranges)
+    records.finish(cfg, out, "calibrate", records.calibration_files(cfg, out))
     info(f"{cfg.name}: wrote {out.ranges}")
     return ranges
 
@@ -247,6 +253,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)
+    records.begin(cfg, out, "quantize")
     exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
     fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
     del exported
@@ -297,6 +304,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     write_json(out.result("quantize"), summary)
     if failed:
         _gate_verdict(cfg, out, [r for r in rows if r.failures], force)
+    records.finish(cfg, out, "quantize", [*(out.graph(n) for n in models), out.result("quantize")], not failed)
     return summary
 
 
@@ -355,13 +363,14 @@ def _gate_verdict(cfg: Config, out: Artifacts, failed: list, force: bool) -> Non
 def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     """TensorRT FP16 and INT8 engines with a manifest and layer report, or a record of why not."""
     from pipeline import onnxutil, ortsession
-    from pipeline.build.engines import build_engines, graph_hashes
+    from pipeline.build.engines import build_engines, built_files
     from pipeline.build.probe import probe
     from pipeline.build.profiles import profiles_for
     from pipeline.errors import PipelineError
     from pipeline.fileio import write_json
 
     out = Artifacts.of(cfg, root)
+    records.begin(cfg, out, "build")
     graphs = {"fp16": out.graph("fp16")}
     if "tensorrt" in cfg.quantize.targets:
         graphs["w8a8"] = out.graph("w8a8")
@@ -382,8 +391,8 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
             f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
         )
         record = {"backend": "onnxruntime", "reason": reason, "providers": providers}
-    record["graphs"] = graph_hashes(out)
     write_json(out.build_record, record)
+    records.finish(cfg, out, "build", [out.build_record, *built_files(record)])
     return record
 
 
@@ -393,15 +402,14 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     from pipeline.errors import PipelineError
     from pipeline.evaluate.accuracy import accuracy_table
     from pipeline.evaluate.compare import compare as run_compare
-    from pipeline.evaluate.compare import results_path
-    from pipeline.fileio import sha256_file, write_json
-    from pipeline.runners import artifacts
+    from pipeline.fileio import write_json
 
     out = Artifacts.of(cfg, root)
-    measured = {a.label: sha256_file(a.path) for a in artifacts(cfg, out)}  # deploy gates these bytes only
+    records.begin(cfg, out, "compare")
     rows = run_compare(cfg, out)
     passed = not any(r.failures for r in rows)
-    write_json(results_path(out), {"rows": [r.as_dict() for r in rows], "passed": passed, "sha256": measured})
+    write_json(out.result("compare"), {"rows": [r.as_dict() for r in rows], "passed": passed})
+    records.finish(cfg, out, "compare", [out.result("compare")], passed)  # deploy gates the bytes it names
     info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
     info(table(*accuracy_table(rows)))
     failed = [r for r in rows if r.failures]
@@ -421,6 +429,7 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
     from pipeline.fileio import write_json, write_text
 
     out = Artifacts.of(cfg, root)
+    records.begin(cfg, out, "bench")
     plan = bench_mod.plan_bench(cfg, out)
     if plan.backend == "tensorrt":
         from pipeline.build.profiles import check_bench_batches
@@ -451,8 +460,9 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
         largest = max(plan.batches)
         result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
         result["profiled_batch"] = largest
-    write_json(out.results_dir / "bench.json", result)
-    write_text(out.results_dir / "bench.csv", bench_mod.to_csv([r for run in runs for r in run]))
+    write_json(out.result("bench"), result)
+    write_text(out.bench_csv, bench_mod.to_csv([r for run in runs for r in run]))
+    records.finish(cfg, out, "bench", [out.result("bench"), out.bench_csv])
     info(
         f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
         f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch"
@@ -485,7 +495,9 @@ def report(cfg: Config, root: Path | None = None) -> Path:
     from pipeline.evaluate.report import write_report
 
     out = Artifacts.of(cfg, root)
+    records.begin(cfg, out, "report")
     path = write_report(out, cfg.name)
+    records.finish(cfg, out, "report", [path, path.parent / "latency.png"])
     info(f"{cfg.name}: wrote {path} and {path.parent / 'latency.png'}")
     return path
 

@@ -121,12 +121,18 @@ def test_cache_is_reused_then_rebuilt_when_the_graph_changes(make_config, tmp_pa
     mtime = out.ranges.stat().st_mtime_ns
     assert stages.calibrate(cfg, root=tmp_path).graph_sha256 == first.graph_sha256
     assert out.ranges.stat().st_mtime_ns == mtime  # up to date: not rewritten
-    # Change the FP32 graph (new weights): the cache is stale and rebuilt.
+    # A graph edited by hand is not the one export wrote: refused, naming the command that remakes it.
     model = onnx.load(out.graph("fp32"))
     init = model.graph.initializer[0]
     arr = onnx.numpy_helper.to_array(init) * 2
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(model, out.graph("fp32"))
+    refused = r"model\.fp32\.onnx changed since trtpipe export wrote it; re-run trtpipe export"
+    with pytest.raises(PipelineError, match=refused):
+        stages.calibrate(cfg, root=tmp_path)
+    # A new export (another model): the cache is stale and rebuilt.
+    cfg = make_config(model=f'[model]\nsource = "{cfg.model.source}"\n[model.args]\nchannels = 12')
+    stages.export(cfg, root=tmp_path)
     rebuilt = stages.calibrate(cfg, root=tmp_path)
     assert rebuilt.graph_sha256 != first.graph_sha256
     assert json.loads(out.ranges.read_text())["graph_sha256"] == rebuilt.graph_sha256

@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import bench as bench_mod
 from pipeline.fileio import sha256_file
 from tests import graphs
-from tests.conftest import write_config
+from tests.conftest import rerecord, write_config
 from tests.test_trt_standin import POLYGRAPHY_PROBES
 from tests.trt_standin import plan as standin_plan
 from tests.trt_standin import standin
@@ -117,6 +117,7 @@ def test_onnx_parse_failure_names_the_graph_and_node(tiny, gpu_machine):
         q.input[2] = "nonzero_zero_point"
 
     _edit_graph(out.graph("w8a8"), asymmetric)
+    rerecord(cfg, out, "quantize")
     line = _one_line_error(_cli("build", "-c", str(path)))
     q = next(n for n in onnx.load(str(out.graph("w8a8"))).graph.node if n.op_type == "QuantizeLinear")
     assert f"{out.graph('w8a8')}: TensorRT's ONNX parser refuses it: In node" in line
@@ -134,6 +135,7 @@ def test_failed_build_names_the_graph_and_layer(tiny, gpu_machine):
         q.input[1] = "negative_scale"
 
     _edit_graph(out.graph("w8a8"), negative_scale)
+    rerecord(cfg, out, "quantize")
     q = next(n for n in onnx.load(str(out.graph("w8a8"))).graph.node if n.op_type == "QuantizeLinear")
     line = _one_line_error(_cli("build", "-c", str(path)))
     assert f"{out.graph('w8a8')}: TensorRT could not build an engine from it: " in line
@@ -150,6 +152,7 @@ def test_engine_that_does_not_deserialize_names_the_engine(tiny, gpu_machine):
     manifest = json.loads(Path(record["manifest"]).read_text())
     manifest["engines"]["w8a8"]["sha256"] = sha256_file(engine)
     Path(record["manifest"]).write_text(json.dumps(manifest))
+    rerecord(cfg, out, "build")
     line = _one_line_error(_cli("compare", "-c", str(path)))
     assert f"{engine}: TensorRT cannot deserialize this engine (" in line and "Version tag does not match" in line
     assert "rebuild it with trtpipe build" in line

@@ -17,13 +17,12 @@ from pipeline.console import info
 from pipeline.fileio import sha256_file, write_bytes, write_json
 
 
-def graph_hashes(out: Artifacts) -> dict[str, dict[str, str]]:
-    """sha256 of every ONNX graph the model has: deploy checks graphs against these."""
-    return {
-        precision: {"file": str(path), "sha256": sha256_file(path)}
-        for precision in ("fp32", "fp16", "w8a8", "w8a8-cpu")
-        if (path := out.graph(precision)).is_file()
-    }
+def built_files(record: dict) -> list[Path]:
+    """The engines and manifest a build record names (none when TensorRT was skipped)."""
+    if record["backend"] != "tensorrt":
+        return []
+    manifest = Path(record["manifest"])
+    return [manifest, *sorted(manifest.parent.glob("*.plan"))]
 
 
 def build_engines(

@@ -49,7 +49,7 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
 
     layers = record["layers"]["w8a8"]
     coverage = layers["quantized_coverage"]
-    lines = verdict(bench, read_json(out.results_dir / "compare.json"), record)
+    lines = verdict(bench, read_json(out.result("compare")), record)
     speed = {}
     for batch, line in zip(bench["batches"], lines, strict=True):
         speedup = bench["speedup"][str(batch)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline import records
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.evaluate.compare import results_path
-from pipeline.fileio import read_json, sha256_file
+from pipeline.fileio import read_json
 from pipeline.runners import Artifact, artifacts
 
 
@@ -31,56 +31,59 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
     if name not in found:
         raise PipelineError(f"{cfg.name}: no {precision} artifact to deploy (have: {', '.join(found)})")
     artifact = found[name]  # artifacts() has refused missing files
-
+    sha = measured_sha256(cfg, out, artifact)
     if artifact.backend == "tensorrt":
-        from pipeline.build.manifest import Manifest, verify_engine
-        from pipeline.build.probe import probe
-
-        cap = probe()  # where a GPU is present, also refuse engines built for another GPU or TensorRT
-        verify_engine(
-            artifact.manifest,
-            name,
-            cap.trt_version if cap.available else None,
-            cap.compute_capability if cap.available else None,
-        )
-        manifest = Manifest.load(artifact.manifest)
-        entry = manifest.engines[name]
-        info = {
-            "tensorrt_version": manifest.tensorrt_version,
-            "gpu_name": manifest.gpu_name,
-            "compute_capability": manifest.compute_capability,
-            "profiles": manifest.profiles,
-            "source_graph_sha256": entry.source_graph_sha256,
-        }
-        sha = entry.sha256
+        info = _engine_info(artifact, name)
     else:
-        recorded = record.get("graphs", {}).get(name)
-        if recorded is None:
-            raise PipelineError(f"{out.build_record}: no hash recorded for {name}; re-run trtpipe build")
-        sha = sha256_file(artifact.path)
-        if sha != recorded["sha256"]:
-            raise PipelineError(
-                f"{artifact.path}: sha256 {sha[:12]}… differs from the build record's "
-                f"{recorded['sha256'][:12]}… (changed since build); re-run trtpipe build"
-            )
         info = {"onnxruntime_providers": record.get("providers", [])}
-
-    compare = results_path(out)
-    if not compare.is_file():
-        raise PipelineError(f"{compare}: no compare results; run trtpipe compare before deploying")
-    saved = read_json(compare)
-    measured = saved.get("sha256", {}).get(artifact.label) if isinstance(saved, dict) else None
-    if measured != sha:  # accuracy measured on other bytes (or by an older compare) says nothing of these
-        raise PipelineError(
-            f"{compare}: {artifact.label} was not compared as it is now (sha256 {sha[:12]}…); re-run trtpipe compare"
-        )
-    rows = [r for r in saved["rows"] if r["artifact"] == artifact.label]
-    if not rows:
-        raise PipelineError(f"{compare}: {artifact.label} was not compared; re-run trtpipe compare")
-    failures = tuple(f"batch {r['batch']} {r['output']!r}: {'; '.join(r['failures'])}" for r in rows if r["failures"])
+    failures = _gate_failures(cfg, out, artifact)
     if failures and not force:
         raise PipelineError(
             f"{cfg.name}: {artifact.label} failed its accuracy gate ({failures[0]}); "
             f"fix it or pass --force to deploy anyway"
         )
     return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
+
+
+def measured_sha256(cfg: Config, out: Artifacts, artifact: Artifact) -> str:
+    """The artifact's sha256, once the records show compare measured these very bytes, on graphs and
+    engines that are what their stages wrote from the current config, weights and data."""
+    if not out.result("compare").is_file():
+        raise PipelineError(f"{out.result('compare')}: no compare results; run trtpipe compare before deploying")
+    compared = records.verify_stage(cfg, out, "compare")
+    sha = records.sha256(artifact.path)
+    if compared.inputs.get(out.key(artifact.path)) != sha:  # accuracy of other bytes says nothing of these
+        raise PipelineError(
+            f"{artifact.path}: compare did not measure it as it is now (sha256 {sha[:12]}…); "
+            f"re-run trtpipe compare -c {cfg.path}"
+        )
+    return sha
+
+
+def _engine_info(artifact: Artifact, name: str) -> dict:
+    from pipeline.build.manifest import Manifest, verify_engine
+    from pipeline.build.probe import probe
+
+    cap = probe()  # where a GPU is present, also refuse engines built for another GPU or TensorRT
+    verify_engine(
+        artifact.manifest,
+        name,
+        cap.trt_version if cap.available else None,
+        cap.compute_capability if cap.available else None,
+    )
+    manifest = Manifest.load(artifact.manifest)
+    return {
+        "tensorrt_version": manifest.tensorrt_version,
+        "gpu_name": manifest.gpu_name,
+        "compute_capability": manifest.compute_capability,
+        "profiles": manifest.profiles,
+        "source_graph_sha256": manifest.engines[name].source_graph_sha256,
+    }
+
+
+def _gate_failures(cfg: Config, out: Artifacts, artifact: Artifact) -> tuple[str, ...]:
+    saved = read_json(out.result("compare"))
+    rows = [r for r in saved["rows"] if r["artifact"] == artifact.label]
+    if not rows:
+        raise PipelineError(f"{out.result('compare')}: {artifact.label} was not compared; re-run trtpipe compare")
+    return tuple(f"batch {r['batch']} {r['output']!r}: {'; '.join(r['failures'])}" for r in rows if r["failures"])

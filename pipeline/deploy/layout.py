@@ -107,7 +107,7 @@ def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path, replace: 
         str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
         load_external_data=False,
     )
-    bench = read_json(out.results_dir / "bench.json")  # optional: no preferred batch sizes without it
+    bench = read_json(out.result("bench"))  # optional: no preferred batch sizes without it
     config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema

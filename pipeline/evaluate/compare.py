@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -72,7 +71,3 @@ def _profile(cfg: Config, artifact: Artifact, batch: int) -> int:
     from pipeline.build.profiles import profile_index_for
 
     return profile_index_for(cfg, batch)
-
-
-def results_path(out: Artifacts) -> Path:
-    return out.results_dir / "compare.json"

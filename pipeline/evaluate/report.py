@@ -152,10 +152,10 @@ def _smoothing_lines(smoothing: dict[str, Any] | None) -> list[str]:
 
 
 def write_report(out: Artifacts, model: str) -> Path:
-    bench = read_json(out.results_dir / "bench.json", "bench")
-    compare = read_json(out.results_dir / "compare.json")  # optional: the report says to run compare
+    bench = read_json(out.result("bench"), "bench")
+    compare = read_json(out.result("compare"))  # optional: the report says to run compare
     build = read_json(out.build_record, "build")
-    quant = read_json(out.results_dir / "quantize.json")
+    quant = read_json(out.result("quantize"))
     latency_chart(bench, out.reports_dir / "latency.png", model)
 
     m = medians(bench)

@@ -1,0 +1,249 @@
+"""Provenance: what each stage consumed and wrote, by sha256, checked before a file is trusted.
+
+``engines/NAME/records/STAGE.json`` holds a ``StageRecord``: its ``inputs`` are the config
+sections the stage reads, the weights, the model's source file, the data's fingerprint, the
+pipeline's code and the files of earlier stages; its ``outputs`` are the files it wrote. A stage
+removes its record when it starts and writes it once its outputs are complete, so a failed or
+killed run leaves none. Before a stage reads a file, ``verify`` walks the records upstream: each
+file is the one its stage wrote, and nothing that stage was made from has changed since (the
+code aside: ``trtpipe engines`` re-runs stages on a code change, single stages do not refuse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.artifacts import Artifacts
+from pipeline.config import Config
+from pipeline.data import source_fingerprint
+from pipeline.errors import PipelineError
+from pipeline.fileio import sha256_file, write_json
+from pipeline.sources import source_file
+
+RECORD_VERSION = 1
+STAGES = ("export", "calibrate", "quantize", "build", "compare", "bench", "report")
+CODE = "code (the pipeline package's source files)"
+# The config sections each stage reads: an edit elsewhere in the file does not make it stale.
+CONFIG_SECTIONS = {
+    "export": ("name", "model", "inputs", "outputs", "batch", "axes", "export"),
+    "calibrate": ("inputs", "calibration", "quantize"),
+    "quantize": ("batch", "calibration", "quantize", "accuracy", "evaluation"),
+    "build": ("batch", "axes", "quantize", "build"),
+    "compare": ("batch", "quantize", "accuracy", "evaluation"),
+    "bench": ("batch", "quantize", "bench"),
+    "report": ("name", "quantize"),
+}
+# Files a stage makes itself when they are missing or stale (quantize recalibrates): recorded as
+# its inputs, not verified before it runs.
+MAKES_ITSELF = {"quantize": {"calibrate"}}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    stage: str
+    inputs: dict[str, str]  # what (a file's path, "config ...", "weights ...", CODE) -> sha256
+    outputs: dict[str, str]  # file path (Artifacts.key) -> sha256
+    passed: bool = True  # False: a gate failed and the outputs were written anyway (compare, quantize --force)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        for what, sha in {**self.inputs, **self.outputs}.items():
+            if not (isinstance(what, str) and isinstance(sha, str) and _SHA256.fullmatch(sha)):
+                raise ValueError(f"{what!r}: {sha!r} is not a sha256")
+        if not isinstance(self.passed, bool):
+            raise ValueError(f"passed must be true or false, got {self.passed!r}")
+
+    def to_json(self) -> dict:
+        return {"version": RECORD_VERSION, **dataclasses.asdict(self)}
+
+
+def load_record(out: Artifacts, stage: str) -> StageRecord | None:
+    """The stage's record, None if it has none; a damaged one is an error naming the fix."""
+    path = out.record(stage)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        if raw["version"] != RECORD_VERSION or raw["stage"] != stage:
+            raise ValueError(f"version {raw['version']!r} of stage {raw['stage']!r}")
+        return StageRecord(stage, dict(raw["inputs"]), dict(raw["outputs"]), raw["passed"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a record of trtpipe {stage} ({exc}); re-run trtpipe {stage}") from None
+
+
+def begin(cfg: Config, out: Artifacts, stage: str) -> None:
+    """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes."""
+    verify(cfg, out, stage)
+    out.record(stage).unlink(missing_ok=True)
+
+
+def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
+    """The record of a run whose ``outputs`` are complete."""
+    record = StageRecord(stage, current_inputs(cfg, out, stage), {out.key(p): sha256(p) for p in outputs}, passed)
+    write_json(out.record(stage), record.to_json())
+    return record
+
+
+def verify(cfg: Config, out: Artifacts, stage: str) -> None:
+    """Every file ``stage`` reads from an earlier stage is the one that stage wrote, and that stage's
+    record (and each before it) is current; else one line naming the change and the command."""
+    checked: set[str] = set()
+    for producer, path in upstream(cfg, out, stage):
+        if producer in MAKES_ITSELF.get(stage, ()) or not path.is_file():
+            continue  # a missing file is the stage's own one-line error
+        record = verify_stage(cfg, out, producer, checked)
+        if out.key(path) not in record.outputs:
+            raise PipelineError(f"{path}: trtpipe {producer} did not write it; re-run {_command(cfg, producer)}")
+
+
+def verify_stage(cfg: Config, out: Artifacts, stage: str, checked: set[str] | None = None) -> StageRecord:
+    """``stage``'s record: its outputs are on disk as written, its inputs are as they are now (code
+    aside), and so for every stage before it."""
+    checked = set() if checked is None else checked
+    record = load_record(out, stage)
+    if record is None:
+        raise PipelineError(f"{out.record(stage)}: no record of trtpipe {stage}; run {_command(cfg, stage)}")
+    if stage in checked:
+        return record
+    for producer, path in upstream(cfg, out, stage):
+        if out.key(path) in record.inputs:
+            verify_stage(cfg, out, producer, checked)
+    for key, sha in record.outputs.items():
+        if not (out.root / key).is_file() or sha256(out.root / key) != sha:
+            raise PipelineError(f"{key} changed since trtpipe {stage} wrote it; re-run {_command(cfg, stage)}")
+    changed = changed_inputs(record, current_inputs(cfg, out, stage), code=False)
+    if changed:
+        what = _named(cfg, changed[0])
+        raise PipelineError(f"{what} changed since trtpipe {stage} ran; re-run {_command(cfg, stage)}")
+    checked.add(stage)
+    return record
+
+
+def changed_inputs(record: StageRecord, now: dict[str, str], code: bool = True) -> list[str]:
+    """What differs between the recorded inputs and ``now`` (added, removed or other bytes)."""
+    keys = sorted(set(record.inputs) | set(now), key=lambda k: (k == CODE, k))
+    return [k for k in keys if record.inputs.get(k) != now.get(k) and (code or k != CODE)]
+
+
+def current_inputs(cfg: Config, out: Artifacts, stage: str) -> dict[str, str]:
+    sections = CONFIG_SECTIONS[stage]
+    # The config by its sections, not its path: a project copied elsewhere is the same project.
+    found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: code_version()}
+    for what, path in _source_files(cfg, stage):
+        found[f"{what} {path}"] = sha256(path)
+    for what, source in _data_sources(cfg, stage):
+        fingerprint = source_fingerprint(cfg, source)
+        if fingerprint is not None:
+            found[f"{what} {source}"] = fingerprint
+    for _, path in upstream(cfg, out, stage):
+        if path.is_file():
+            found[out.key(path)] = sha256(path)
+    return found
+
+
+def upstream(cfg: Config, out: Artifacts, stage: str) -> list[tuple[str, Path]]:
+    """(the stage that writes it, file) for each file ``stage`` reads from an earlier stage."""
+    if stage == "export":
+        return []
+    if stage == "calibrate":
+        return [("export", out.graph("fp32"))]
+    if stage == "quantize":
+        made = [("calibrate", path) for path in calibration_files(cfg, out)]
+        return [("export", out.graph("fp32")), ("export", out.graph("fp16")), *made]
+    if stage == "build":
+        w8a8 = [("quantize", out.graph("w8a8"))] if "tensorrt" in cfg.quantize.targets else []
+        return [("export", out.graph("fp16")), *w8a8]
+    if stage in ("compare", "bench"):
+        return [("export", out.graph("fp32")), ("build", out.build_record), *_artifact_files(cfg, out)]
+    reads = [("build", out.build_record), ("bench", out.result("bench")), ("compare", out.result("compare"))]
+    return [*reads, ("quantize", out.result("quantize"))]
+
+
+def calibration_files(cfg: Config, out: Artifacts) -> list[Path]:
+    """What calibrate writes: the ranges, and with [quantize] smoothquant the per-channel maxima."""
+    channels = [out.channels] if cfg.quantize.smoothquant is not None and out.channels.is_file() else []
+    return [out.ranges, *channels]
+
+
+def _artifact_files(cfg: Config, out: Artifacts) -> list[tuple[str, Path]]:
+    """The deployable artifacts (as ``runners.artifacts`` lists them) with the stage writing each."""
+    from pipeline.runners import artifacts
+
+    if not out.build_record.is_file():
+        return []
+    found = []
+    for a in artifacts(cfg, out):
+        found.append(
+            ("build" if a.backend == "tensorrt" else "quantize" if a.name.startswith("w8a8") else "export", a.path)
+        )
+    return found
+
+
+def _source_files(cfg: Config, stage: str) -> list[tuple[str, Path]]:
+    if stage != "export":
+        return []
+    found = []
+    model = source_file(cfg.model.source, cfg.root)
+    if model is not None:
+        found.append(("model source", model))
+    if cfg.model.weights is not None and cfg.resolve(cfg.model.weights).is_file():
+        found.append(("weights", cfg.resolve(cfg.model.weights)))
+    return found
+
+
+def _data_sources(cfg: Config, stage: str) -> list[tuple[str, str]]:
+    calibration = ("calibration data", cfg.calibration.source)
+    evaluation = [("held-out data", cfg.evaluation.source)] if cfg.evaluation is not None else [calibration]
+    return {"calibrate": [calibration], "quantize": [calibration, *evaluation], "compare": evaluation}.get(stage, [])
+
+
+def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
+    values = {s: getattr(cfg, s) for s in sections}
+    text = json.dumps({k: _plain(v) for k, v in values.items()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: object) -> object:
+    return (
+        dataclasses.asdict(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type)
+        else ([_plain(v) for v in value] if isinstance(value, tuple) else value)
+    )
+
+
+def _named(cfg: Config, what: str) -> str:
+    return f"config {cfg.path} {what.removeprefix('config ')}" if what.startswith("config [") else what
+
+
+def _command(cfg: Config, stage: str) -> str:
+    return f"trtpipe {stage} -c {cfg.path}"
+
+
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256(path: Path) -> str:
+    """A file's sha256, once per version of it in this process (weights and graphs are read by several checks)."""
+    st = os.stat(path)
+    key = (str(Path(path).absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def code_version() -> str:
+    """sha256 over the pipeline package's Python files (names and bytes)."""
+    package = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(f"{path.relative_to(package).as_posix()}\0{sha256(path)}\n".encode())
+    return h.hexdigest()

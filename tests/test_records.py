@@ -1,0 +1,91 @@
+"""Stage records: what each stage read and wrote by sha256, and the refusals they give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import records, stages
+from pipeline.artifacts import Artifacts
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.fileio import sha256_file
+from pipeline.sources import load_callable
+from tests.conftest import FAST_BENCH, write_config
+
+AFTER_EXPORT = ["calibrate", "quantize", "build", "compare", "bench", "report"]
+
+
+def _project(tmp_path: Path, user_model: Path, bench: str = FAST_BENCH):
+    """The tiny model with a weights file and a folder of .npz calibration data, run from tmp_path."""
+    weights, data = tmp_path / "weights.pt", tmp_path / "calib"
+    if not weights.exists():
+        torch.save(load_callable(f"{user_model}:build", tmp_path, "model")().state_dict(), weights)
+        data.mkdir()
+        images = load_callable(f"{user_model}:images", tmp_path, "data")
+        for i in range(4):
+            np.savez(data / f"{i}.npz", x=images(16, 16 * i))
+    model = f'[model]\nsource = "{user_model}:build"\nweights = "{weights}"\n[model.args]\nchannels = 16'
+    calibration = f'[calibration]\nsource = "{data}"\nsamples = 64\nbatch_size = 16'
+    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{bench}', model=model, calibration=calibration)
+    return load_config(path), weights, data
+
+
+def _new_weights(weights: Path) -> None:
+    state = torch.load(weights, weights_only=True)
+    state["conv1.weight"] = state["conv1.weight"] * 1.5
+    torch.save(state, weights)
+
+
+def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg, weights, data = _project(tmp_path, user_model)
+    out = Artifacts.of(cfg)
+    stages.export(cfg)
+    stages.quantize(cfg)  # calibrates first, and records that too
+    export, calibrate, quantize = (records.load_record(out, s) for s in ("export", "calibrate", "quantize"))
+    assert export.inputs[f"weights {weights}"] == sha256_file(weights)
+    assert export.inputs[f"model source {user_model}"] == sha256_file(user_model)
+    assert export.inputs[records.CODE] == records.code_version()
+    assert any(k.startswith("config [name, model,") for k in export.inputs)
+    assert export.outputs == {out.key(out.graph(p)): sha256_file(out.graph(p)) for p in ("fp32", "fp16")}
+    assert calibrate.inputs[out.key(out.graph("fp32"))] == export.outputs["engines/tiny/onnx/model.fp32.onnx"]
+    assert f"calibration data {data}" in calibrate.inputs
+    assert calibrate.outputs == {"calib/tiny/ranges.json": sha256_file(out.ranges)}
+    assert quantize.inputs["calib/tiny/ranges.json"] == sha256_file(out.ranges) and quantize.passed
+    assert set(quantize.outputs) == {
+        "engines/tiny/onnx/model.w8a8.onnx",
+        "engines/tiny/onnx/model.w8a8-cpu.onnx",
+        "engines/tiny/results/quantize.json",
+    }
+    # New weights: no stage after export trusts the old graphs; the line names the file and the command.
+    _new_weights(weights)
+    for stage in (stages.calibrate, stages.quantize, stages.build):
+        with pytest.raises(
+            PipelineError,
+            match=rf"^weights {weights} changed since trtpipe export ran; re-run trtpipe export -c {cfg.path}$",
+        ):
+            stage(cfg)
+    # A damaged record is one line too.
+    out.record("export").write_text('{"version": 1, "stage": "export"')
+    with pytest.raises(
+        PipelineError, match=r"records/export\.json: not a record of trtpipe export .*re-run trtpipe export"
+    ):
+        stages.calibrate(cfg)
+
+
+def test_deploy_refuses_after_an_upstream_change(tmp_path, user_model, monkeypatch):
+    """Accuracy measured on graphs exported from other weights says nothing of the model as it is now."""
+    monkeypatch.chdir(tmp_path)
+    cfg, weights, _ = _project(tmp_path, user_model)
+    stages.export(cfg)
+    stages.quantize(cfg)
+    stages.build(cfg, backend="onnxruntime")
+    stages.compare(cfg)
+    _new_weights(weights)
+    with pytest.raises(PipelineError, match=rf"weights {weights} changed since trtpipe export ran"):
+        stages.deploy(cfg, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
