@@ -1,6 +1,6 @@
 # trtpipe: `make engines` sets itself up and runs every stage on every models/*.toml
 # (or MODEL=name); `make test` runs the CPU test suite. Stages re-run only when
-# their inputs (config, graphs, package code) changed.
+# their recorded inputs (config, weights, data, graphs, package code) changed.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,13 +12,8 @@ EXTRAS ?= examples,dev,deploy
 ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
-CORE_SRC   := $(wildcard pipeline/*.py pipeline/evaluate/*.py) pyproject.toml
-EXPORT_SRC := $(CORE_SRC) $(wildcard pipeline/export/*.py pipeline/zoo/*.py pipeline/zoo/checkpoints/*.pt)
-QUANT_SRC  := $(CORE_SRC) $(wildcard pipeline/calibrate/*.py pipeline/quantize/*.py)
 
 .PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth gpu-check test clean help
-.DELETE_ON_ERROR:
-.SECONDARY:
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
@@ -41,47 +36,24 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[$(EXTRAS)]'
 	touch $@
 
+# Each model's stages through `trtpipe engines`, which re-runs a stage whenever an input it recorded
+# changed (config sections, weights, model source, data, code, earlier stages' files; by sha256).
+CONFIGS := $(foreach m,$(MODELS),models/$(m).toml)
+
 engines: report-files
 
-export: $(foreach m,$(MODELS),engines/$(m)/onnx/model.fp16.onnx)
-calibrate: $(foreach m,$(MODELS),calib/$(m)/ranges.json)
-quantize: $(foreach m,$(MODELS),engines/$(m)/onnx/model.w8a8.onnx)
-build: $(foreach m,$(MODELS),engines/$(m)/build.json)
-compare: $(foreach m,$(MODELS),engines/$(m)/results/compare.json)
-bench: $(foreach m,$(MODELS),engines/$(m)/results/bench.json)
-report-files: $(foreach m,$(MODELS),engines/$(m)/reports/report.md)
+calibrate quantize build compare bench export: $(STAMP)
+	@for c in $(CONFIGS); do $(TRTPIPE) engines -c $$c --until $@ || exit 1; done
+
+report-files: $(STAMP)
+	@for c in $(CONFIGS); do $(TRTPIPE) engines -c $$c || exit 1; done
 
 # Rewrite the reports from saved results, running no model.
 report:
 	@for m in $(MODELS); do $(TRTPIPE) report -c models/$$m.toml || exit 1; done
 
-engines/%/onnx/model.fp32.onnx engines/%/onnx/model.fp16.onnx: models/%.toml $(EXPORT_SRC) | $(STAMP)
-	$(TRTPIPE) export -c $<
-
-calib/%/ranges.json: engines/%/onnx/model.fp32.onnx models/%.toml $(QUANT_SRC) | $(STAMP)
-	$(TRTPIPE) calibrate -c models/$*.toml && touch $@
-
-engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.w8a8-cpu.onnx: calib/%/ranges.json engines/%/onnx/model.fp16.onnx models/%.toml
-	$(TRTPIPE) quantize -c models/$*.toml
-
-# TensorRT engines when TensorRT and a GPU are present; otherwise one line says why and the
-# record points later stages at the ONNX graphs on ONNX Runtime.
-engines/%/build.json: engines/%/onnx/model.w8a8.onnx engines/%/onnx/model.fp16.onnx models/%.toml $(wildcard pipeline/build/*.py)
-	$(TRTPIPE) build -c models/$*.toml
-
-EVAL_SRC := $(CORE_SRC) pipeline/runners.py
-
-engines/%/results/compare.json: engines/%/build.json models/%.toml $(EVAL_SRC)
-	$(TRTPIPE) compare -c models/$*.toml
-
-engines/%/results/bench.json: engines/%/build.json models/%.toml $(EVAL_SRC)
-	$(TRTPIPE) bench -c models/$*.toml
-
-engines/%/reports/report.md: engines/%/results/compare.json engines/%/results/bench.json models/%.toml $(CORE_SRC)
-	$(TRTPIPE) report -c models/$*.toml
-
 # make deploy MODEL=name TO=dir [PRECISION=w8a8|fp16] [FORMAT=triton|plain]
-deploy: $(if $(MODEL),engines/$(MODEL)/reports/report.md)
+deploy: $(if $(MODEL),report-files)
 	@test -n "$(MODEL)" -a -n "$(TO)" || { echo "usage: make deploy MODEL=name TO=dir [PRECISION=w8a8] [FORMAT=triton]"; exit 2; }
 	$(TRTPIPE) deploy -c models/$(MODEL).toml --to $(TO) --precision $(or $(PRECISION),w8a8) --format $(or $(FORMAT),triton)
 

@@ -54,6 +54,25 @@ def main() -> None:
 
 @main.command()
 @config_option
+@click.option(
+    "--until",
+    type=click.Choice(["export", "calibrate", "quantize", "build", "compare", "bench", "report"]),
+    default="report",
+    show_default=True,
+    help="The last stage to bring up to date.",
+)
+@_user_errors
+def engines(config_path: Path, until: str) -> None:
+    """Run each stage whose record is missing or whose inputs changed since it ran: config
+    sections, weights, model source, calibration and held-out data, code, earlier stages' files
+    (by sha256, not modification times). What make engines calls."""
+    from pipeline import stages
+
+    stages.engines(_load(config_path), until=until)
+
+
+@main.command()
+@config_option
 @_user_errors
 def export(config_path: Path) -> None:
     """Export engines/NAME/onnx/model.fp32.onnx and model.fp16.onnx, checked against PyTorch."""

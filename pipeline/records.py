@@ -128,6 +128,24 @@ def verify_stage(cfg: Config, out: Artifacts, stage: str, checked: set[str] | No
     return record
 
 
+def rerun_reason(cfg: Config, out: Artifacts, stage: str) -> str | None:
+    """Why ``stage`` must run again (no record, an output gone or changed, an input changed, code
+    included), or None when its record is current."""
+    try:
+        record = load_record(out, stage)
+    except PipelineError:
+        return "its record is damaged"
+    if record is None:
+        return "not run yet"
+    for key, sha in record.outputs.items():
+        if not (out.root / key).is_file() or sha256(out.root / key) != sha:
+            return f"{key} changed since it was written"
+    changed = changed_inputs(record, current_inputs(cfg, out, stage))
+    if changed:
+        return f"{_named(cfg, changed[0])} changed" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+    return None
+
+
 def changed_inputs(record: StageRecord, now: dict[str, str], code: bool = True) -> list[str]:
     """What differs between the recorded inputs and ``now`` (added, removed or other bytes)."""
     keys = sorted(set(record.inputs) | set(now), key=lambda k: (k == CODE, k))

@@ -502,6 +502,35 @@ def report(cfg: Config, root: Path | None = None) -> Path:
     return path
 
 
+def engines(cfg: Config, root: Path | None = None, until: str = "report") -> list[str]:
+    """Every stage up to ``until`` whose record is missing or whose inputs changed since it ran (config
+    sections, weights, model source, data, code, earlier stages' files); returns the stages run."""
+    out = Artifacts.of(cfg, root)
+    ran = []
+    for stage in records.STAGES[: records.STAGES.index(until) + 1]:
+        reason = records.rerun_reason(cfg, out, stage)
+        if reason is None:
+            info(f"{cfg.name}: {stage} is up to date")
+            _recorded_gate(cfg, out, stage)
+            continue
+        info(f"{cfg.name}: {stage}: {reason}")
+        _STAGES[stage](cfg, root)
+        ran.append(stage)
+    return ran
+
+
+def _recorded_gate(cfg: Config, out: Artifacts, stage: str) -> None:
+    """A compare whose gate failed stays a failure on every run, not only the one that measured it."""
+    from pipeline.errors import PipelineError
+
+    record = records.load_record(out, stage)
+    if stage == "compare" and record is not None and not record.passed:
+        raise PipelineError(
+            f"{cfg.name}: an accuracy gate failed when compare ran (rows in {out.result('compare')}); "
+            f"fix the model or the gates in [accuracy] of {cfg.path}"
+        )
+
+
 def deploy(
     cfg: Config,
     to: Path,
@@ -525,3 +554,14 @@ def deploy(
     path = write_triton(cfg, out, chosen, to, replace) if fmt == "triton" else write_plain(cfg, chosen, to, replace)
     info(f"{cfg.name}: deployed {chosen.artifact.label} ({chosen.device}) to {path}")
     return path
+
+
+_STAGES = {
+    "export": export,
+    "calibrate": calibrate,
+    "quantize": quantize,
+    "build": build,
+    "compare": compare,
+    "bench": bench,
+    "report": report,
+}

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 
-COMMANDS = ["export", "calibrate", "quantize", "build", "compare", "bench", "report", "deploy"]
+COMMANDS = ["engines", "export", "calibrate", "quantize", "build", "compare", "bench", "report", "deploy"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,7 +1,9 @@
-"""Stage records: what each stage read and wrote by sha256, and the refusals they give."""
+"""Stage records: what each stage read and wrote by sha256, the refusals they give, and
+``trtpipe engines`` re-running exactly the stages a change reaches."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,14 +79,37 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
         stages.calibrate(cfg)
 
 
+def test_engines_reruns_exactly_what_depends_on_a_change(tmp_path, user_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg, weights, data = _project(tmp_path, user_model)
+    out = Artifacts.of(cfg)
+    assert stages.engines(cfg) == list(records.STAGES)
+    assert stages.engines(cfg) == []
+    # Calibration data only, with the same names, sizes and modification times: its bytes are what count.
+    first = data / "0.npz"
+    stat = first.stat()
+    with np.load(first) as npz:
+        np.savez(first, x=npz["x"] * 1.5)
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert first.stat().st_size == stat.st_size
+    assert stages.engines(cfg) == AFTER_EXPORT
+    # One config section: only the stages reading [bench].
+    cfg, _, _ = _project(tmp_path, user_model, FAST_BENCH.replace("warmup = 1", "warmup = 2"))
+    assert stages.engines(cfg) == ["bench", "report"]
+    # New weights: everything from export on.
+    _new_weights(weights)
+    assert records.rerun_reason(cfg, out, "export") == f"weights {weights} changed"
+    assert stages.engines(cfg) == list(records.STAGES)
+    # Other code: every stage is out of date (not run here: the reason is enough).
+    monkeypatch.setattr(records, "code_version", lambda: "0" * 64)
+    assert records.rerun_reason(cfg, out, "report") == f"{records.CODE} changed"
+
+
 def test_deploy_refuses_after_an_upstream_change(tmp_path, user_model, monkeypatch):
     """Accuracy measured on graphs exported from other weights says nothing of the model as it is now."""
     monkeypatch.chdir(tmp_path)
     cfg, weights, _ = _project(tmp_path, user_model)
-    stages.export(cfg)
-    stages.quantize(cfg)
-    stages.build(cfg, backend="onnxruntime")
-    stages.compare(cfg)
+    stages.engines(cfg, until="compare")
     _new_weights(weights)
     with pytest.raises(PipelineError, match=rf"weights {weights} changed since trtpipe export ran"):
         stages.deploy(cfg, tmp_path / "repo")
