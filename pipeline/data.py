@@ -11,6 +11,7 @@ inputs; nothing ever falls back to random data.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -84,10 +85,8 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
         batches = _npz_batches(source, cfg)
     elif ":" in section.source:
         fn = load_callable(section.source, cfg.root, key)
-        batches = (
-            (f"{key} {section.source!r} batch {i}", feed)
-            for i, feed in enumerate(fn(samples=samples, batch_size=section.batch_size, **section.args))
-        )
+        made = _iterable(fn(samples=samples, batch_size=section.batch_size, **section.args), key, section.source)
+        batches = ((f"{key} {section.source!r} batch {i}", feed) for i, feed in enumerate(made))
     else:
         raise PipelineError(
             f"{cfg.path}: {key} = {section.source!r}: folder {source} does not exist "
@@ -126,7 +125,7 @@ def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
             raise PipelineError(
                 f"{path}: cannot read without pickle ({exc}); save plain arrays with np.savez"
             ) from None
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
         yield str(path), feed
 
@@ -154,12 +153,33 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
         return
     key = "evaluation.source"
     fn = load_callable(cfg.evaluation.source, cfg.root, key)
-    for i, item in enumerate(fn(batch_size=batch_size, **cfg.evaluation.args)):
+    i = -1
+    for i, item in enumerate(_iterable(fn(batch_size=batch_size, **cfg.evaluation.args), key, cfg.evaluation.source)):
         where = f"{key} {cfg.evaluation.source!r} batch {i}"
         if not (isinstance(item, tuple) and len(item) == 2):
             raise PipelineError(f"{where}: expected (feed_dict, labels) tuples")
         feed = validate_feed(item[0], cfg.inputs, where)
-        yield feed, np.asarray(item[1])
+        yield feed, _labels(item[1], batch_size_of(feed, cfg), where)
+    if i < 0:  # an accuracy check over no data would pass having checked nothing
+        raise PipelineError(f"{cfg.path}: {key} = {cfg.evaluation.source!r} yielded no batches")
+
+
+def _iterable(made: object, key: str, source: str) -> Iterable:
+    if made is None or isinstance(made, (str, bytes, dict)) or not hasattr(made, "__iter__"):
+        kind = type(made).__name__
+        raise PipelineError(f"{key} = {source!r} returned {kind}, not an iterable of batches (yield them)")
+    return made
+
+
+def _labels(labels: object, rows: int, where: str) -> np.ndarray | None:
+    """One class index per row: a (B, 1) array would broadcast against (B,) predictions silently."""
+    if labels is None:
+        return None
+    found = np.asarray(labels)
+    if found.shape != (rows,):
+        expected = f"one class index per row, shape ({rows},)"
+        raise PipelineError(f"{where}: labels of shape {found.shape}; expected {expected}")
+    return found
 
 
 def rebatch(batches: Iterable[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:

@@ -74,7 +74,11 @@ def read_json(path: str | os.PathLike[str], stage: str | None = None) -> Any:
         if stage is None:
             return None
         raise PipelineError(f"{path}: no saved {stage}; run trtpipe {stage} first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # truncated by a kill or a full disk
+        rerun = f"re-run trtpipe {stage}" if stage else "re-run the stage that writes it"
+        raise PipelineError(f"{path}: not readable JSON ({exc}); {rerun}") from None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -24,9 +25,12 @@ def load(path: str | os.PathLike[str], what: str = "graph") -> onnx.ModelProto:
     if not path.is_file():
         raise PipelineError(f"{path}: {what} not found; run the stage that makes it first")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise PipelineError(f"{path}: not a readable ONNX file ({exc}); delete it and re-run its stage") from None
+    if not model.graph.node:  # protobuf reads an empty (0-byte) file as an empty model
+        raise PipelineError(f"{path}: an ONNX file without a graph (empty?); delete it and re-run its stage")
+    return model
 
 
 def check(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
@@ -95,6 +99,17 @@ def place(src: Path, dest: Path) -> Path:
         os.replace(data, dest.parent / data.name)
     os.replace(src, dest)
     return dest
+
+
+def unknown_op_types(names: Iterable[str], model: onnx.ModelProto) -> list[str]:
+    """Op types among ``names`` that neither the graph uses nor ONNX defines: typos, most likely."""
+    used = {node.op_type for node in model.graph.node}
+    return [n for n in names if n not in used and n not in _onnx_op_types()]
+
+
+@functools.cache
+def _onnx_op_types() -> frozenset[str]:
+    return frozenset(schema.name for schema in onnx.defs.get_all_schemas_with_history())
 
 
 def exporter(model: onnx.ModelProto) -> str:

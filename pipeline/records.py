@@ -196,8 +196,10 @@ def _artifact_files(cfg: Config, out: Artifacts) -> list[tuple[str, Path]]:
     """The deployable artifacts (as ``runners.artifacts`` lists them) with the stage writing each."""
     from pipeline.runners import artifacts
 
-    if not out.build_record.is_file():
-        return []
+    build = load_record(out, "build")
+    key = out.key(out.build_record)
+    if build is None or not out.build_record.is_file() or build.outputs.get(key) != sha256(out.build_record):
+        return []  # not read before its own record vouches for it: verify names the change
     found = []
     for a in artifacts(cfg, out):
         found.append(

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import onnxutil
 from pipeline.config import Config
+from pipeline.errors import PipelineError
 
 FP16_MAX = 65504.0
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -42,6 +43,12 @@ class Fp16OnnxFromOnnx:
 
     def __call__(self, fp32: onnx.ModelProto) -> onnx.ModelProto:
         cfg = self.cfg
+        unknown = onnxutil.unknown_op_types(cfg.export.keep_fp32, fp32)
+        if unknown:
+            raise PipelineError(
+                f"{cfg.path}: export.keep_fp32 names {unknown[0]!r}, which is no ONNX op type (spelled as ONNX "
+                f"does, e.g. LayerNormalization)"
+            )
         model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype)
         onnx.helper.set_model_props(
             model,

@@ -28,7 +28,15 @@ import onnx
 from onnx import numpy_helper
 
 from pipeline.config import QuantizeSection
-from pipeline.onnxutil import attribute, constant_value, consumer_map, infer_shapes_lean, producer_map
+from pipeline.errors import PipelineError
+from pipeline.onnxutil import (
+    attribute,
+    constant_value,
+    consumer_map,
+    infer_shapes_lean,
+    producer_map,
+    unknown_op_types,
+)
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -200,6 +208,7 @@ def weight_axis(op_type: str, node: onnx.NodeProto, rank: int, input_index: int 
 
 def plan_tensorrt(model: onnx.ModelProto | GraphView, settings: QuantizeSection) -> Plan:
     view = GraphView.of(model)
+    check_exclusions(view, settings)
     plan = Plan()
     patterns = [re.compile(p) for p in settings.exclude_patterns]
     quantized_nodes: set[str] = set()
@@ -353,3 +362,15 @@ def summary_rows(plan: Plan, model: onnx.ModelProto) -> list[list[object]]:
     for w in plan.weights:
         by_type[w.op_type][2] += 1
     return [[op, *counts] for op, counts in sorted(by_type.items())]
+
+
+def check_exclusions(view: GraphView, settings: QuantizeSection) -> None:
+    """A node name the graph does not have, or an op type neither it nor ONNX knows, is a typo that
+    would otherwise exclude nothing, silently."""
+    names = {node.name for node in view.nodes}
+    missing = [n for n in settings.exclude_nodes if n not in names]
+    if missing:
+        raise PipelineError(f"quantize.exclude_nodes names {missing[0]!r}, which is no node of the FP32 graph")
+    unknown = unknown_op_types(settings.exclude_op_types, view.model)
+    if unknown:
+        raise PipelineError(f"quantize.exclude_op_types names {unknown[0]!r}, which is no ONNX op type")

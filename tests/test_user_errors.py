@@ -1,0 +1,140 @@
+"""Inputs a user can get wrong that used to end in a traceback or pass silently: each is one line
+naming the file, key or tensor and the fix."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from pipeline import data, onnxutil
+from pipeline.config import QuantizeSection, load_config
+from pipeline.errors import PipelineError
+from pipeline.fileio import read_json
+from pipeline.quantize.placement import plan_tensorrt
+from tests import graphs
+from tests.conftest import USER_MODEL, config_text
+
+EXTRA = textwrap.dedent(
+    """
+    def returns_none(samples, batch_size):
+        return None
+
+    def labels_as_a_column(batch_size):
+        for start in range(0, 40, batch_size):
+            x = images(min(batch_size, 40 - start), 1000 + start)
+            yield {"x": x}, (np.arange(len(x)) % 4)[:, None]
+
+    def nothing_held_out(batch_size):
+        return iter(())
+    """
+)
+
+
+@pytest.fixture
+def config(tmp_path):
+    net = tmp_path / "net.py"
+    net.write_text(USER_MODEL + EXTRA)
+
+    def make(**sections: str):
+        path = tmp_path / "tiny.toml"
+        path.write_text(config_text(str(net), **sections))
+        return load_config(path)
+
+    make.net = net
+    return make
+
+
+def _one_line(excinfo) -> str:
+    text = str(excinfo.value)
+    assert "\n" not in text
+    return text
+
+
+def test_an_empty_graph_file_is_not_an_empty_model(tmp_path):
+    (tmp_path / "model.fp32.onnx").write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"model\.fp32\.onnx: an ONNX file without a graph .*re-run its stage"):
+        onnxutil.load(tmp_path / "model.fp32.onnx")
+
+
+def test_a_truncated_result_file_names_the_stage(tmp_path):
+    (tmp_path / "build.json").write_text('{"backend": "onnxrun')
+    with pytest.raises(PipelineError, match=r"build\.json: not readable JSON .*; re-run trtpipe build") as caught:
+        read_json(tmp_path / "build.json", "build")
+    _one_line(caught)
+
+
+def test_a_truncated_npz_file(config, tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    np.savez(folder / "a.npz", x=np.zeros((16, 3, 8, 8), np.float32))
+    whole = (folder / "a.npz").read_bytes()
+    (folder / "a.npz").write_bytes(whole[: len(whole) // 2])
+    cfg = config(calibration=f'[calibration]\nsource = "{folder}"\nsamples = 16\nbatch_size = 16')
+    with pytest.raises(PipelineError, match=r"a\.npz: not a readable \.npz file"):
+        list(data.calibration_batches(cfg))
+
+
+def test_a_calibration_callable_returning_none(config):
+    cfg = config(calibration=f'[calibration]\nsource = "{config.net}:returns_none"\nsamples = 16\nbatch_size = 16')
+    with pytest.raises(PipelineError, match=r"returns_none' returned NoneType, not an iterable of batches"):
+        list(data.calibration_batches(cfg))
+
+
+def test_labels_shaped_as_a_column_are_refused(config):
+    """(B, 1) labels broadcast against (B,) predictions: perfect logits scored 25% top-1."""
+    cfg = config(evaluation=f'[evaluation]\nsource = "{config.net}:labels_as_a_column"')
+    with pytest.raises(PipelineError, match=r"batch 0: labels of shape \(8, 1\); expected .* shape \(8,\)"):
+        list(data.heldout_batches(cfg, 8))
+
+
+def test_held_out_data_without_a_batch_is_refused(config):
+    """An accuracy check over no data would pass having checked nothing."""
+    cfg = config(evaluation=f'[evaluation]\nsource = "{config.net}:nothing_held_out"')
+    with pytest.raises(PipelineError, match=r"nothing_held_out' yielded no batches"):
+        list(data.heldout_batches(cfg, 8))
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        (QuantizeSection(exclude_nodes=("conv9",)), r"exclude_nodes names 'conv9', which is no node"),
+        (QuantizeSection(exclude_op_types=("Comv",)), r"exclude_op_types names 'Comv', which is no ONNX op type"),
+    ],
+)
+def test_a_typo_in_an_exclusion_is_refused(settings, words):
+    with pytest.raises(PipelineError, match=words):
+        plan_tensorrt(graphs.residual(), settings)
+
+
+def test_exclusions_of_ops_the_graph_lacks_are_fine():
+    plan = plan_tensorrt(graphs.residual(), QuantizeSection(exclude_nodes=("conv2",), exclude_op_types=("MatMul",)))
+    assert [s.node for s in plan.skipped if "excluded" in s.reason] == ["conv2"]
+
+
+def test_a_typo_in_keep_fp32_is_refused(config):
+    from pipeline.export.fp16 import Fp16OnnxFromOnnx
+
+    cfg = config(top='name = "tiny"\n[export]\nkeep_fp32 = ["LayerNormalisation"]')
+    with pytest.raises(PipelineError, match=r"export\.keep_fp32 names 'LayerNormalisation', which is no ONNX op"):
+        Fp16OnnxFromOnnx(cfg)(graphs.residual())
+
+
+@pytest.mark.parametrize(("stage", "damaged"), [("compare", "build.json"), ("report", "bench.json")])
+def test_a_damaged_result_of_an_earlier_stage_is_named_not_a_key_error(pipeline_run, stage, damaged):
+    """Valid JSON without the keys a stage reads (an edit, another version): its record no longer
+    vouches for it, and the line says which stage writes it again."""
+    from pipeline import stages
+
+    cfg, _, out = pipeline_run
+    if stage == "report":
+        stages.compare(cfg)
+        stages.bench(cfg)
+    path = out.build_record if damaged == "build.json" else out.result("bench")
+    path.write_text("{}")
+    writer = {"build.json": "build", "bench.json": "bench"}[damaged]
+    with pytest.raises(
+        PipelineError, match=rf"{damaged} changed since trtpipe {writer} wrote it; re-run trtpipe {writer}"
+    ):
+        getattr(stages, stage)(cfg)
