@@ -50,7 +50,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     """Activation ranges for every tensor either quantization target needs, cached in calib/NAME
     (with [quantize] smoothquant: of the smoothed graph, from per-channel maxima cached beside them)."""
     from pipeline import onnxutil
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     out = Artifacts.of(cfg, root)
     records.begin(cfg, out, "calibrate")
@@ -84,8 +84,8 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False, rebuild_in
     each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
     graph; the edits made (the FP16 graph takes them too) and what was smoothed, for the quantize record."""
     from pipeline.calibrate.channels import best_alpha
+    from pipeline.graphview import GraphView
     from pipeline.quantize import smooth
-    from pipeline.quantize.placement import GraphView
 
     setting = cfg.quantize.smoothquant
     if setting is None:
@@ -247,9 +247,10 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.errors import PipelineError
     from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
+    from pipeline.graphview import GraphView
     from pipeline.quantize import rules, smooth
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
-    from pipeline.quantize.placement import GraphView, plan_tensorrt, summary_rows
+    from pipeline.quantize.placement import plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)

@@ -7,8 +7,8 @@ import pytest
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.attribution import worst_layers
+from pipeline.graphview import GraphView
 from pipeline.quantize import ort_cpu
-from pipeline.quantize.placement import GraphView
 from tests import graphs
 from tests.test_quantize import quantize
 

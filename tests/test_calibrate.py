@@ -299,7 +299,7 @@ def test_value_preserving_ops_share_their_input_statistics():
     """flat and y hold c's values: one histogram (on c) serves all three, and the
     numbers equal a calibration of c on its own."""
     from pipeline.calibrate.calibrator import value_sources
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     model = graphs.reshape_transpose()
     assert value_sources(GraphView(model), ["x", "c", "flat", "y"]) == {"x": "x", "c": "c", "flat": "c", "y": "c"}
@@ -320,7 +320,7 @@ def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, caps
     from pipeline.calibrate.calibrator import value_sources
     from pipeline.calibrate.memory import capture_plan
     from pipeline.data import rebatch
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     cfg = make_config(inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]\ndtype = "float32"')
     model = graphs.downsample_residual()
@@ -338,7 +338,7 @@ def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, caps
 
 def test_capture_plan_fits_runs_in_half_the_inference_floor():
     from pipeline.calibrate.memory import capture_plan, liveness_peak, sample_bytes
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     view = GraphView(graphs.residual())
     # x, c1 and r1 are alive at once before conv2 (c1 dies there): 3 x 16x8x8 floats a sample.

@@ -289,7 +289,7 @@ def _cpu_graph(model):
 
 
 def test_cpu_graph_keeps_the_residual_stream_float_but_not_a_cnns_residual_add():
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     model = graphs.pre_norm_blocks()
     assert ort_cpu.residual_stream_adds(GraphView(model)) == ["add1", "add2"]
@@ -340,7 +340,7 @@ def test_cpu_graph_quantizes_a_tied_weight_as_a_weight():
 
 
 def test_what_depends_on_shapes_only_is_neither_calibrated_nor_quantized():
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     model = graphs.constant_branch()
     view = GraphView(model)

@@ -18,8 +18,9 @@ from pipeline.config import QuantizeSection, load_config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import report
 from pipeline.export.fp16 import fp16_graph
+from pipeline.graphview import GraphView
 from pipeline.quantize import smooth
-from pipeline.quantize.placement import GraphView, plan_tensorrt
+from pipeline.quantize.placement import plan_tensorrt
 from pipeline.quantize.qdq import QdqOnnxFromOnnx
 from pipeline.zoo import vit
 from tests import graphs

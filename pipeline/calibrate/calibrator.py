@@ -29,7 +29,7 @@ from pipeline.calibrate.histogram import TensorStats
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
-from pipeline.quantize.placement import GraphView
+from pipeline.graphview import GraphView
 
 
 class RangesFromOnnx:

@@ -26,7 +26,7 @@ from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
-from pipeline.quantize.placement import GraphView
+from pipeline.graphview import GraphView
 from pipeline.quantize.smooth import ALPHA_GRID, OFF, Target, scales, weight_absmax
 
 CHANNELS_VERSION = 1

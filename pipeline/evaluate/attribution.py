@@ -20,7 +20,8 @@ from pipeline.calibrate.cache import Ranges
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.data import Feed
-from pipeline.quantize.placement import WEIGHTED, GraphView, weight_axis
+from pipeline.graphview import GraphView
+from pipeline.quantize.placement import WEIGHTED, weight_axis
 from pipeline.quantize.qdq import INT8_MAX, quantize_weight
 
 # An input channel this many times wider than the median one leaves the others a handful of int8 levels.

@@ -23,8 +23,9 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_ten
 from pipeline.calibrate.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
+from pipeline.graphview import GraphView
 from pipeline.onnxutil import constant_value
-from pipeline.quantize.placement import GraphView, excluded_reason
+from pipeline.quantize.placement import excluded_reason
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from pipeline.graphview import GraphView
 from pipeline.onnxutil import attribute, constant_value
-from pipeline.quantize.placement import GraphView
 
 # alpha judged by ``errors`` for ``smoothquant = "auto"``; "off" is the graph left as it is.
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
