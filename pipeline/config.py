@@ -186,6 +186,16 @@ class Gate:
     min_top1_agreement: float | None = None
     max_metric_drop: float | None = None
 
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine {self.min_cosine} must be in [-1, 1]")
+        if self.min_top1_agreement is not None and not 0.0 <= self.min_top1_agreement <= 1.0:
+            raise ValueError(f"min_top1_agreement {self.min_top1_agreement} must be in [0, 1]")
+        for key in ("max_rel_error", "max_abs", "max_metric_drop"):
+            value = getattr(self, key)
+            if value is not None and not value >= 0.0:  # NaN too
+                raise ValueError(f"{key} {value} must be 0 or more")
+
 
 # Batch sizes used when a config sets none, each moved into the [batch] profiles.
 ACCURACY_BATCHES = (1, 64)
@@ -222,6 +232,10 @@ class BenchSection:
     iterations: int = 20  # at least this many timed runs ...
     min_seconds: float = 1.0  # ... and at least this long per artifact and batch size
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.iterations < 1 or self.threads < 1 or not self.min_seconds >= 0.0:
+            raise ValueError("warmup and min_seconds must be 0 or more, iterations and threads 1 or more")
 
 
 @dataclass(frozen=True)

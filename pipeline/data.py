@@ -11,6 +11,7 @@ inputs; nothing ever falls back to random data.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config, TensorSpec
+from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
 from pipeline.sources import load_callable, source_file
@@ -85,7 +87,8 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
         batches = _npz_batches(source, cfg)
     elif ":" in section.source:
         fn = load_callable(section.source, cfg.root, key)
-        made = _iterable(fn(samples=samples, batch_size=section.batch_size, **section.args), key, section.source)
+        kwargs = {"samples": samples, "batch_size": section.batch_size, **section.args}
+        made = _iterable(_call(fn, kwargs, key, section.source), key, section.source)
         batches = ((f"{key} {section.source!r} batch {i}", feed) for i, feed in enumerate(made))
     else:
         raise PipelineError(
@@ -101,6 +104,8 @@ def _first_rows(batches: Iterator[tuple[str, object]], cfg: Config, samples: int
     for where, raw in batches:
         feed = validate_feed(raw, cfg.inputs, where)
         n = batch_size_of(feed, cfg)
+        if n == 0:  # endless empty batches would never reach ``samples``
+            raise PipelineError(f"{where}: a batch without rows")
         if seen + n > samples:
             feed = slice_rows(feed, cfg, 0, samples - seen)
             n = samples - seen
@@ -108,9 +113,10 @@ def _first_rows(batches: Iterator[tuple[str, object]], cfg: Config, samples: int
         yield feed
         if seen >= samples:
             return
+    section = cfg.calibration
     if seen == 0:
-        section = cfg.calibration
         raise PipelineError(f"{cfg.path}: calibration.source = {section.source!r} produced no calibration data")
+    info(f"{cfg.name}: calibration.source {section.source!r} ran out after {seen} of the {samples} samples asked for")
 
 
 def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
@@ -154,7 +160,8 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
     key = "evaluation.source"
     fn = load_callable(cfg.evaluation.source, cfg.root, key)
     i = -1
-    for i, item in enumerate(_iterable(fn(batch_size=batch_size, **cfg.evaluation.args), key, cfg.evaluation.source)):
+    kwargs = {"batch_size": batch_size, **cfg.evaluation.args}
+    for i, item in enumerate(_iterable(_call(fn, kwargs, key, cfg.evaluation.source), key, cfg.evaluation.source)):
         where = f"{key} {cfg.evaluation.source!r} batch {i}"
         if not (isinstance(item, tuple) and len(item) == 2):
             raise PipelineError(f"{where}: expected (feed_dict, labels) tuples")
@@ -162,6 +169,20 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
         yield feed, _labels(item[1], batch_size_of(feed, cfg), where)
     if i < 0:  # an accuracy check over no data would pass having checked nothing
         raise PipelineError(f"{cfg.path}: {key} = {cfg.evaluation.source!r} yielded no batches")
+
+
+def _call(fn, kwargs: dict, key: str, source: str) -> object:
+    """``fn(**kwargs)``, once its signature takes them (a TypeError inside the user's code keeps its traceback)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (a builtin): it is called as it is
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise PipelineError(f"{key} = {source!r} cannot be called with {', '.join(kwargs)}: {exc}") from None
+    return fn(**kwargs)
 
 
 def _iterable(made: object, key: str, source: str) -> Iterable:

@@ -28,6 +28,16 @@ EXTRA = textwrap.dedent(
 
     def nothing_held_out(batch_size):
         return iter(())
+
+    def wrong_signature(n):
+        yield {"x": images(n)}
+
+    def empty_batches_forever(samples, batch_size):
+        while True:
+            yield {"x": np.zeros((0, 3, 8, 8), np.float32)}
+
+    def short(samples, batch_size):
+        yield {"x": images(8)}
     """
 )
 
@@ -138,3 +148,68 @@ def test_a_damaged_result_of_an_earlier_stage_is_named_not_a_key_error(pipeline_
         PipelineError, match=rf"{damaged} changed since trtpipe {writer} wrote it; re-run trtpipe {writer}"
     ):
         getattr(stages, stage)(cfg)
+
+
+def _calibration(config, fn: str):
+    return config(calibration=f'[calibration]\nsource = "{config.net}:{fn}"\nsamples = 64\nbatch_size = 16')
+
+
+def test_a_data_callable_with_another_signature(config):
+    with pytest.raises(PipelineError, match=r"wrong_signature' cannot be called with samples, batch_size: .*'n'"):
+        list(data.calibration_batches(_calibration(config, "wrong_signature")))
+
+
+def test_endless_empty_batches_stop_at_the_first(config):
+    with pytest.raises(PipelineError, match=r"empty_batches_forever' batch 0: a batch without rows"):
+        list(data.calibration_batches(_calibration(config, "empty_batches_forever")))
+
+
+def test_fewer_samples_than_asked_for_are_said(config, capsys):
+    assert sum(len(f["x"]) for f in data.calibration_batches(_calibration(config, "short"))) == 8
+    assert "ran out after 8 of the 64 samples asked for" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ("[bench]\nwarmup = -1", r"bench: warmup and min_seconds must be 0 or more"),
+        ("[bench]\nthreads = 0", r"bench: .*iterations and threads 1 or more"),
+        ("[accuracy.w8a8]\nmin_cosine = 2.0", r"accuracy\.w8a8: min_cosine 2\.0 must be in \[-1, 1\]"),
+        ("[accuracy.fp16]\nmax_rel_error = -0.1", r"accuracy\.fp16: max_rel_error -0\.1 must be 0 or more"),
+        ("[accuracy.w8a8_cpu]\nmin_top1_agreement = 97.0", r"w8a8_cpu: min_top1_agreement 97\.0 must be in \[0, 1\]"),
+    ],
+)
+def test_bench_and_gate_values_are_checked(config, section, words):
+    with pytest.raises(PipelineError, match=rf"tiny\.toml: \S*{words}"):
+        config(top=f'name = "tiny"\n{section}')
+
+
+def test_a_checkpoint_holding_code_is_named_so(config, tmp_path):
+    """torch's advice (weights_only=False) would run the pickled code: it is not quoted."""
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo never",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"conv1.weight": Payload()}, protocol=2))
+    from pipeline.export.torch_model import model_from_config
+
+    cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "{tmp_path / "evil.pt"}"')
+    with pytest.raises(
+        PipelineError, match=r"evil\.pt: holds objects other than tensors, which trtpipe never"
+    ) as caught:
+        model_from_config(cfg)
+    assert "weights_only" not in str(caught.value)
+
+
+def test_a_state_dict_with_a_value_that_is_no_tensor(config, tmp_path):
+    import torch
+
+    from pipeline.export.torch_model import model_from_config
+
+    torch.save({"conv1.weight": 3}, tmp_path / "odd.pt")
+    cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "{tmp_path / "odd.pt"}"')
+    with pytest.raises(PipelineError, match=r"odd\.pt: 'conv1\.weight' is a int; a state_dict maps names to tensors"):
+        model_from_config(cfg)

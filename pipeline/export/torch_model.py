@@ -34,13 +34,21 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
     try:
         # weights_only: never unpickle arbitrary objects from a user file.
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+    except pickle.UnpicklingError:  # torch's weights_only refused an object: its advice would run pickled code
+        raise PipelineError(
+            f"{path}: holds objects other than tensors, which trtpipe never unpickles; "
+            f"save the weights with torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{path}: not a readable state_dict (truncated or corrupt?): {first}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise PipelineError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    odd = next(((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise PipelineError(f"{path}: {odd[0]!r} is a {type(odd[1]).__name__}; a state_dict maps names to tensors")
     expected = model.state_dict()
     wrong = [
         f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
