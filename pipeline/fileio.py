@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,42 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def temp_prefix(name: str) -> str:
+    """A hidden temporary name beside ``name``, tagged with this process's id: ``sweep`` removes it
+    once its writer is gone (killed), never while it runs."""
+    return f".{name}.trtpipe-{os.getpid()}."
+
+
+_WRITER = re.compile(r"\.trtpipe-(\d+)\.")
+
+
+def sweep(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders in ``folder`` whose writing process has died."""
+    gone = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        found = _WRITER.search(entry.name)
+        if entry.name.startswith(".") and found and not _alive(int(found[1])):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            gone.append(entry)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix + ".tmp")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest.name), suffix=suffix + ".tmp")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, temp_prefix
 
 # Protobuf cannot serialize a single message past 2 GiB; leave headroom.
 _EXTERNAL_DATA_THRESHOLD = 1800 << 20
@@ -83,7 +83,7 @@ def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]
     try:
         for dest, model in graphs.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.staged.")))
+            folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name) + "staged.")))
             moves[dest] = save(model, folders[-1] / dest.name)
         yield moves
         for dest, src in moves.items():

@@ -24,7 +24,7 @@ from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
 from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file, write_json
+from pipeline.fileio import sha256_file, sweep, write_json
 from pipeline.sources import source_file
 
 RECORD_VERSION = 1
@@ -84,6 +84,9 @@ def begin(cfg: Config, out: Artifacts, stage: str) -> None:
     """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes."""
     verify(cfg, out, stage)
     out.record(stage).unlink(missing_ok=True)
+    for folder in (out.model_dir, out.onnx_dir, out.results_dir, out.reports_dir, out.ranges.parent):
+        sweep(folder)  # what killed runs left behind
+    sweep(out.record(stage).parent)
 
 
 def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:

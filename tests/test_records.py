@@ -114,3 +114,28 @@ def test_deploy_refuses_after_an_upstream_change(tmp_path, user_model, monkeypat
     with pytest.raises(PipelineError, match=rf"weights {weights} changed since trtpipe export ran"):
         stages.deploy(cfg, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_what_a_killed_run_left_is_swept_by_the_next(tmp_path, user_model, monkeypatch):
+    """Temporary names carry their writer's process id: the next stage removes those whose writer died
+    (a full-size graph among them), never those of a run still going."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    cfg, _, _ = _project(tmp_path, user_model)
+    out = Artifacts.of(cfg)
+    stages.export(cfg)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    killed = [
+        out.onnx_dir / f".model.fp32.onnx.trtpipe-{pid}.x1.calib.onnx",
+        out.onnx_dir / f".model.w8a8.onnx.trtpipe-{pid}.staged.x2",
+        out.results_dir / f".quantize.json.trtpipe-{pid}.x3.tmp",
+    ]
+    running = out.onnx_dir / f".model.w8a8.onnx.trtpipe-{os.getpid()}.x4.tmp"
+    for path in (*killed, running):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if "staged" in path.name else path.write_bytes(out.graph("fp32").read_bytes())
+    stages.calibrate(cfg)
+    assert [p for p in killed if p.exists()] == [] and running.exists()

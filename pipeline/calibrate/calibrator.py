@@ -29,6 +29,7 @@ from pipeline.calibrate.histogram import TensorStats
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
+from pipeline.fileio import temp_prefix
 from pipeline.graphview import GraphView
 
 
@@ -167,7 +168,7 @@ def capture_session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, a
     """A session on ``fp32`` with ``outputs`` added, from a file copy: weights are never parsed here."""
     # External weights are found relative to the graph file: a graph that has them is copied beside itself.
     folder = fp32.parent if (fp32.parent / (fp32.name + ".data")).exists() else tmp
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{fp32.name}.", suffix=".calib.onnx")
+    fd, name = tempfile.mkstemp(dir=folder, prefix=temp_prefix(fp32.name), suffix=".calib.onnx")
     os.close(fd)
     try:
         onnxutil.copy_with_outputs(fp32, Path(name), outputs)
