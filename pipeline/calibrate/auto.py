@@ -42,7 +42,8 @@ from pipeline.calibrate.cache import AutoChoice, Ranges
 from pipeline.config import RANGE_METHODS
 from pipeline.console import info
 from pipeline.data import Feed
-from pipeline.quantize.placement import WEIGHTED, GraphView, weight_axis
+from pipeline.graphview import GraphView
+from pipeline.quantize.placement import WEIGHTED, weight_axis
 from pipeline.quantize.qdq import INT8_MAX, activation_scale, quantize_weight
 
 AUTO_ROWS = 8  # calibration rows the readers' outputs are compared on: 16 or 32 chose no more stably

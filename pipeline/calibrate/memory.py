@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from pipeline.quantize.placement import GraphView
+from pipeline.graphview import GraphView
 
 # A run may always take this much: a Python process running ONNX Runtime is ~150 MB
 # before any activation, and smaller runs only add per-run overhead on small graphs.
