@@ -66,6 +66,11 @@ class Artifacts:
         return self.results_dir / "bench.csv"
 
     @property
+    def sensitivity(self) -> Path:
+        """Per-layer sensitivity of each w8a8 graph (trtpipe sensitivity, or quantize under a budget)."""
+        return self.results_dir / "sensitivity.json"
+
+    @property
     def reports_dir(self) -> Path:
         return self.model_dir / "reports"
 

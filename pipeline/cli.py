@@ -122,6 +122,30 @@ def quantize(config_path: Path, targets: tuple[str, ...], force: bool) -> None:
 @main.command()
 @config_option
 @click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
+    help="Only these targets (repeatable); default: [quantize] targets.",
+)
+@_user_errors
+def sensitivity(config_path: Path, targets: tuple[str, ...]) -> None:
+    """Per-layer sensitivity of each w8a8 graph into results/sensitivity.json.
+
+    \b
+    For every quantized Conv/ConvTranspose/Gemm/MatMul: the output against FP32
+    (centered cosine, relative error, top-1 where labels exist) with only that
+    layer quantized, and with only that layer left in FP16, on [accuracy]
+    sensitivity_rows held-out rows. The report draws it as a table and a chart.
+    """
+    from pipeline import stages
+
+    stages.sensitivity(_load(config_path), targets=targets)
+
+
+@main.command()
+@config_option
+@click.option(
     "--backend",
     type=click.Choice(["auto", "tensorrt", "onnxruntime"]),
     default="auto",

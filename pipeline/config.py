@@ -8,6 +8,7 @@ expected, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -197,6 +198,36 @@ class Gate:
                 raise ValueError(f"{key} {value} must be 0 or more")
 
 
+@dataclass(frozen=True)
+class Budget:
+    """``[accuracy.budget]``: quantize keeps the fewest layers in FP16 that bring each w8a8 graph within
+    it, against FP32 on held-out data. ``min_cosine`` is judged centered, as the gates judge it;
+    ``max_metric_drop`` in top-1 points. At most ``max_fp16_layers`` (when set) and at most
+    ``max_fp16_share`` of the quantized layers may fall back."""
+
+    min_cosine: float | None = None
+    max_metric_drop: float | None = None
+    max_fp16_layers: int | None = None
+    max_fp16_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.min_cosine is None and self.max_metric_drop is None:
+            raise ValueError("needs min_cosine, max_metric_drop or both")
+        if self.min_cosine is not None and not 0.0 < self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine {self.min_cosine} must be in (0, 1]")
+        if self.max_metric_drop is not None and self.max_metric_drop < 0:
+            raise ValueError(f"max_metric_drop {self.max_metric_drop} must be 0 or more (top-1 points)")
+        if self.max_fp16_layers is not None and self.max_fp16_layers < 0:
+            raise ValueError(f"max_fp16_layers {self.max_fp16_layers} must be 0 or more")
+        if not 0.0 < self.max_fp16_share <= 1.0:
+            raise ValueError(f"max_fp16_share {self.max_fp16_share} must be in (0, 1]")
+
+    def cap(self, layers: int) -> int:
+        """How many of ``layers`` quantized layers may fall back to FP16."""
+        by_share = math.ceil(self.max_fp16_share * layers - 1e-9)  # rounded up: a small net may keep one
+        return by_share if self.max_fp16_layers is None else min(by_share, self.max_fp16_layers)
+
+
 # Batch sizes used when a config sets none, each moved into the [batch] profiles.
 ACCURACY_BATCHES = (1, 64)
 BENCH_GPU_BATCHES = (128, 256, 512, 1024)
@@ -217,6 +248,13 @@ class AccuracySection:
     # int8 on every GEMM: a cosine of 0.99 is ~14% error of the spread; top-1 may move 1 point.
     w8a8: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
     w8a8_cpu: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
+    budget: Budget | None = None
+    # Held-out rows per-layer sensitivity and the budget loop score each candidate graph on.
+    sensitivity_rows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.sensitivity_rows < 1:
+            raise ValueError(f"sensitivity_rows {self.sensitivity_rows} must be 1 or more")
 
     def gate(self, precision: str) -> Gate:
         """The gate of an artifact: ``fp32``, ``fp16``, ``w8a8`` or ``w8a8-cpu``."""
@@ -281,6 +319,12 @@ class Config:
         names = [t.name for t in (*self.inputs, *self.outputs)]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
+        budget = self.accuracy.budget
+        if budget is not None and budget.max_metric_drop is not None and self.evaluation is None:
+            raise ValueError(
+                "key 'accuracy.budget.max_metric_drop' needs labelled held-out data: add [evaluation] "
+                "or budget by min_cosine"
+            )
         # Frozen: the batch sizes left unset are filled in once, here, from the profiles.
         accuracy = self._fit("accuracy.batches", self.accuracy.batches, ACCURACY_BATCHES)
         object.__setattr__(self, "accuracy", dataclasses.replace(self.accuracy, batches=accuracy))
@@ -374,6 +418,9 @@ def _convert(tp: Any, value: Any, file: str, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, file, key + ".")
     if origin in (typing.Union, types.UnionType):
+        tables = [a for a in args if dataclasses.is_dataclass(a)]
+        if len(tables) == 1 and all(a is type(None) for a in args if a is not tables[0]):
+            return _build(tables[0], value, file, key + ".")  # an optional table: its own errors, not "should be"
         for arg in args:
             if arg is type(None):
                 continue

@@ -8,6 +8,7 @@ affect the stage that needs them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pipeline import records
@@ -250,7 +251,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.graphview import GraphView
     from pipeline.quantize import rules, smooth
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
-    from pipeline.quantize.placement import plan_tensorrt, summary_rows
+    from pipeline.quantize.placement import Skipped, plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)
@@ -276,6 +277,13 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         graphs["w8a8"] = (QdqOnnxFromOnnx(plan, ranges, method)(fp16, view), "tensorrt")
     if "onnxruntime-cpu" in targets:
         graphs["w8a8-cpu"] = (OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32, view), "onnxruntime-cpu")
+    fits = _within_budget(cfg, out, view, fp32, fp16, ranges, graphs) if cfg.accuracy.budget is not None else {}
+    if "w8a8" in fits:  # the table and the skipped list show the layers the budget keeps in FP16
+        kept = tuple(k.node for k in fits["w8a8"].kept)
+        plan = plan_tensorrt(view, dataclasses.replace(cfg.quantize, exclude_nodes=cfg.quantize.exclude_nodes + kept))
+        plan.skipped = [s for s in plan.skipped if s.node not in kept] + [
+            Skipped(k.node, k.op_type, f"kept by [accuracy.budget]: {k.reason()}") for k in fits["w8a8"].kept
+        ]
     for name, (model, target) in graphs.items():
         broken = rules.violations(model, target)
         if broken:  # our placement or ONNX Runtime's quantizer made it: not the user's model
@@ -301,6 +309,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         "int8_layers": len(plan.quantized),
         "smoothquant": smoothing,
         "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
+        "budget": {n: r.as_dict() for n, r in fits.items()},
     }
     write_json(out.result("quantize"), summary)
     if failed:
@@ -359,6 +368,66 @@ def _gate_verdict(cfg: Config, out: Artifacts, failed: list, force: bool) -> Non
         f"{cfg.name}: accuracy gate failed for {why}; the graph is kept aside as {out.failed_graph(first.artifact)} "
         f"(gates in [accuracy] of {cfg.path}; --force writes it as the artifact)"
     )
+
+
+def _within_budget(cfg: Config, out: Artifacts, view, fp32, fp16, ranges, graphs: dict) -> dict:
+    """Replace each graph in ``graphs`` by the one with the fewest layers in FP16 that meets
+    ``[accuracy.budget]``; the budget results by graph name. The sensitivity tables the loop needed
+    are saved for the report."""
+    from pipeline.evaluate import budget, sensitivity
+    from pipeline.evaluate.variants import held_out
+
+    heldout = held_out(cfg, out.graph("fp32"), cfg.accuracy.sensitivity_rows)
+    method = cfg.calibration.method
+    targets = sensitivity.targets_for(tuple(graphs), fp32, fp16, view, ranges, method, cfg.quantize)
+    fits, tables = {}, {}
+    for name, target in targets.items():
+        info(f"{cfg.name}: {name}: fitting [accuracy.budget] on {heldout.rows} held-out rows")
+        fit, model, table = budget.fit(
+            target, cfg.accuracy.budget, heldout, sensitivity.weighted_layers(view), str(cfg.path)
+        )
+        graphs[name] = (model, graphs[name][1])
+        fits[name] = fit
+        if table is not None:
+            tables[name] = table
+        info(
+            f"{cfg.name}: {name} within budget: {budget.describe(fit.after, fit.reference_metric)}; "
+            f"{fit.coverage()}; {fit.evaluations} graph(s) scored in {fit.seconds:.1f} s"
+        )
+        for k in fit.kept:
+            info(f"  kept FP16: {k.op_type} {k.node}: {k.reason()}")
+    if tables:
+        sensitivity.save(tables, out.sensitivity)
+    return fits
+
+
+def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = ()) -> dict:
+    """Per-layer sensitivity of each w8a8 graph into results/sensitivity.json (the report draws it)."""
+    from pipeline import onnxutil
+    from pipeline.console import table
+    from pipeline.evaluate import sensitivity as sens
+    from pipeline.evaluate.variants import held_out
+    from pipeline.graphview import GraphView
+
+    out = Artifacts.of(cfg, root)
+    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
+    view = GraphView(fp32)
+    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32))
+    names = tuple({"tensorrt": "w8a8", "onnxruntime-cpu": "w8a8-cpu"}[t] for t in targets or cfg.quantize.targets)
+    heldout = held_out(cfg, out.graph("fp32"), cfg.accuracy.sensitivity_rows)
+    found = sens.targets_for(names, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)
+    tables = {}
+    for name, target in found.items():
+        tables[name] = t = sens.measure(target, heldout)
+        info(
+            f"{cfg.name}: {name}: {len(t.layers)} layers on {t.rows} held-out rows in {t.seconds:.1f} s; all INT8: "
+            f"centered cosine {t.quantized.centered_cosine:.5f}; most sensitive first:"
+        )
+        info(table(*sens.table_rows(t)))
+    sens.save(tables, out.sensitivity)
+    info(f"{cfg.name}: wrote {out.sensitivity}")
+    return tables
 
 
 def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:

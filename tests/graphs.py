@@ -515,3 +515,31 @@ def _damped(weight: onnx.TensorProto, channels: tuple[int, ...], axis: int, fact
     index[axis] = list(channels)
     w[tuple(index)] /= factor
     return numpy_helper.from_array(w, weight.name)
+
+
+def outlier_chain(scale: float = 1000.0) -> onnx.ModelProto:
+    """
+        x ─► conv1 ─► relu1 ─► conv2 ─► relu2 ─► conv3 ─► y
+    conv1's output channel 3 is ``scale`` times larger (its weights and bias) and conv2's weights
+    reading channel 3 are ``scale`` times smaller: the same function as without, but conv2's input
+    range is set by channel 3 alone, so per-tensor int8 leaves its other 15 channels at a level or
+    two. conv2 is the one layer int8 wrecks; conv1 and conv3 read well-spread tensors.
+    """
+    n1, i1 = conv("conv1", "x", "c1")
+    n2, i2 = conv("conv2", "r1", "c2")
+    n3, i3 = conv("conv3", "r2", "y")
+    w1, b1, w2 = (numpy_helper.to_array(t).copy() for t in (i1[0], i1[1], i2[0]))
+    b1 += 0.1  # a positive bias keeps channel 3 alive through relu1
+    w1[3] *= scale
+    b1[3] *= scale
+    w2[:, 3] /= scale
+    i1 = [numpy_helper.from_array(w1, "conv1.w"), numpy_helper.from_array(b1, "conv1.b")]
+    i2 = [numpy_helper.from_array(w2, "conv2.w"), i2[1]]
+    nodes = [
+        n1,
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        n2,
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        n3,
+    ]
+    return _model(nodes, i1 + i2 + i3)

@@ -132,3 +132,31 @@ def test_setting_one_key_of_a_gate_keeps_its_other_defaults(tmp_path, user_model
     assert cfg.accuracy.fp16.min_cosine == 0.9999
     assert cfg.accuracy.fp16.centered is False and cfg.accuracy.fp16.max_rel_error == 0.05  # fp16's, not Gate's
     assert cfg.accuracy.w8a8.min_top1_agreement == 0.97
+
+
+def test_accuracy_budget_loads_typed(tmp_path, user_model):
+    cfg = load_config(write_config(tmp_path, user_model, accuracy="[accuracy.budget]\nmin_cosine = 0.999"))
+    budget = cfg.accuracy.budget
+    assert budget.min_cosine == 0.999 and budget.max_metric_drop is None
+    assert budget.cap(10) == 3 and budget.cap(3) == 1  # a quarter, rounded up
+    assert load_config(write_config(tmp_path, user_model)).accuracy.budget is None
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        ("max_fp16_layers = 2", "accuracy.budget: needs min_cosine, max_metric_drop or both"),
+        ("min_cosine = 1.5", "accuracy.budget: min_cosine 1.5 must be in (0, 1]"),
+        ("min_cosine = 0.99\nmax_fp16_share = 0", "max_fp16_share 0.0 must be in (0, 1]"),
+        ("min_cosine = 0.99\nmax_fp16_layers = -1", "max_fp16_layers -1 must be 0 or more"),
+        ('min_cosine = "high"', "key 'accuracy.budget.min_cosine' should be a number"),
+        ("min_cosin = 0.99", "unknown key 'accuracy.budget.min_cosin'"),
+    ],
+)
+def test_bad_accuracy_budget_is_named(tmp_path, user_model, budget, expected):
+    assert expected in _error(tmp_path, user_model, accuracy=f"[accuracy.budget]\n{budget}")
+
+
+def test_metric_budget_needs_labelled_data(tmp_path, user_model):
+    msg = _error(tmp_path, user_model, evaluation="", accuracy="[accuracy.budget]\nmax_metric_drop = 0.5")
+    assert "'accuracy.budget.max_metric_drop' needs labelled held-out data" in msg

@@ -151,6 +151,38 @@ def _smoothing_lines(smoothing: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> list[str]:
+    """The budget's choices (quantize.json) and the per-layer sensitivity table and chart, when saved."""
+    from pipeline.evaluate import sensitivity
+
+    parts = []
+    for graph, fit in ((quant or {}).get("budget") or {}).items():
+        parts += [
+            "",
+            f"### {graph} under [accuracy.budget]",
+            "",
+            f"INT8 layers {fit['int8_before']} -> {fit['int8_after']} of {fit['weighted_layers']}; "
+            f"centered cosine {fit['before']['centered_cosine']:.5f} -> {fit['after']['centered_cosine']:.5f}, "
+            f"relative error {fit['before']['rel_error']:.4g} -> {fit['after']['rel_error']:.4g}.",
+        ]
+        parts += [f"- kept FP16: {k['op_type']} `{k['node']}`: {k['reason']}" for k in fit["kept_fp16"]]
+    tables = sensitivity.load(out.sensitivity)
+    if not tables:
+        return parts
+    sensitivity.chart(tables, out.reports_dir / "sensitivity.png", model)
+    parts += ["", "## Per-layer sensitivity", "", "![sensitivity](sensitivity.png)"]
+    for graph, t in tables.items():
+        parts += [
+            "",
+            f"{graph}: {len(t.layers)} layers on {t.rows} held-out rows ({t.seconds:.1f} s); all INT8: centered cosine "
+            f"{t.quantized.centered_cosine:.5f}, none: {t.unquantized.centered_cosine:.5f}. Most sensitive first "
+            f"(all layers in `{out.sensitivity.name}`):",
+            "",
+            table(*sensitivity.table_rows(t)),
+        ]
+    return parts
+
+
 def write_report(out: Artifacts, model: str) -> Path:
     bench = read_json(out.result("bench"), "bench")
     compare = read_json(out.result("compare"))  # optional: the report says to run compare
@@ -249,6 +281,7 @@ def write_report(out: Artifacts, model: str) -> Path:
         ]
         parts += [f"- kept FP16: {s['op_type']} `{s['node']}`: {s['reason']}" for s in quant["skipped"]]
         parts += _smoothing_lines(quant.get("smoothquant"))  # None: SmoothQuant off, or a record from before it
+    parts += _sensitivity_section(out, model, quant)
     path = out.reports_dir / "report.md"
     write_text(path, "\n".join(parts) + "\n")
     return path

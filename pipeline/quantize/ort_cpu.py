@@ -239,3 +239,48 @@ class OrtCpuQdqFromOnnx:
             model = onnx.load(str(out))
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "onnxruntime-cpu"})
         return model
+
+
+def float_layers(view: GraphView, nodes: tuple[str, ...]) -> tuple[str, ...]:
+    """The nodes to exclude so that each of ``nodes`` computes in float from float inputs: each, and
+    the Relu or Clip producing one of its inputs, which ONNX Runtime's quantizer would otherwise fold
+    into the quantized op before it (and so drop from the graph)."""
+    names = set(nodes)
+    found = list(nodes)
+    for node in view.nodes:
+        if node.name not in names:
+            continue
+        for t in node.input:
+            src = view.producer.get(t)
+            if src is not None and src.op_type in ("Relu", "Clip") and src.name not in names:
+                found.append(src.name)
+                names.add(src.name)
+    return tuple(found)
+
+
+def float_inputs(model: onnx.ModelProto, nodes: tuple[str, ...]) -> onnx.ModelProto:
+    """``model`` where ``nodes`` (excluded from quantization) read their activation inputs unquantized.
+
+    ONNX Runtime's QDQ quantizer leaves an excluded node in float but still feeds it the DequantizeLinear
+    of a tensor its producer's quantized output made (a Conv's output is quantized for the next
+    QLinearConv): the excluded layer would still see int8 values. Each such input is taken from before
+    its QuantizeLinear instead, and Q/DQ pairs nothing reads any more are dropped.
+    """
+    from pipeline.onnxutil import producer_map
+    from pipeline.quantize.qdq import drop_dead_nodes, drop_unused_initializers
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    producer = producer_map(out.graph)
+    names = set(nodes)
+    for node in out.graph.node:
+        if node.name not in names:
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    drop_dead_nodes(out)
+    drop_unused_initializers(out)
+    return out

@@ -141,8 +141,8 @@ class QdqOnnxFromOnnx:
             ordered.append(node)
         del model.graph.node[:]
         model.graph.node.extend(ordered)
-        _drop_dead_nodes(model)
-        _drop_unused_initializers(model)
+        drop_dead_nodes(model)
+        drop_unused_initializers(model)
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "tensorrt"})
         return onnxutil.check(model, "w8a8 graph")
 
@@ -177,7 +177,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_." else "_" for c in name)
 
 
-def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+def drop_dead_nodes(model: onnx.ModelProto) -> None:
     """Remove nodes none of whose outputs is read (Casts left without consumers)."""
     while True:
         used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
@@ -188,7 +188,7 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
         model.graph.node.extend(live)
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]

@@ -1,0 +1,178 @@
+"""The fewest layers to keep in FP16 so a w8a8 graph meets ``[accuracy.budget]``.
+
+Greedy by sensitivity: the layer whose fallback recovers the most goes first, and the graph quantize
+would write with the layers kept so far is scored after each step; the loop stops at the first
+graph within the budget. Greedy steps can leave a layer that a later one made unnecessary, so each
+kept layer is then tried without, least sensitive first, and dropped if the budget still holds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import onnx
+
+from pipeline.config import Budget
+from pipeline.console import info
+from pipeline.errors import PipelineError
+from pipeline.evaluate.sensitivity import Sensitivity, Target, measure
+from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
+
+
+@dataclass(frozen=True)
+class KeptLayer:
+    node: str
+    op_type: str
+    recovers: float  # centered cosine its fallback alone recovers (sensitivity)
+    recovers_metric: float  # top-1 points, 0 without labels
+    alone_centered_cosine: float  # with only it quantized
+
+    def reason(self) -> str:
+        points = f", {self.recovers_metric:+.2f} top-1 points" if self.recovers_metric else ""
+        return (
+            f"in FP16 alone it recovers {self.recovers:+.5f} centered cosine{points}; "
+            f"quantized alone the output reaches {self.alone_centered_cosine:.5f}"
+        )
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    graph: str
+    weighted: int  # Conv/ConvTranspose/Gemm/MatMul nodes in the graph
+    quantized: int  # of them quantized without a budget
+    cap: int
+    before: Score
+    after: Score
+    reference_metric: float | None
+    kept: tuple[KeptLayer, ...]
+    evaluations: int  # graphs scored by the loop (sensitivity's not counted)
+    seconds: float  # the loop's, sensitivity's included
+
+    def coverage(self) -> str:
+        after = self.quantized - len(self.kept)
+        return (
+            f"INT8 {self.quantized}/{self.weighted} ({100 * self.quantized / self.weighted:.0f}%) -> "
+            f"{after}/{self.weighted} ({100 * after / self.weighted:.0f}%)"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "graph": self.graph,
+            "weighted_layers": self.weighted,
+            "int8_before": self.quantized,
+            "int8_after": self.quantized - len(self.kept),
+            "cap": self.cap,
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "fp32_metric": self.reference_metric,
+            "kept_fp16": [{"node": k.node, "op_type": k.op_type, "reason": k.reason()} for k in self.kept],
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+        }
+
+
+def meets(score: Score, budget: Budget, reference_metric: float | None) -> bool:
+    if budget.min_cosine is not None and score.centered_cosine < budget.min_cosine:
+        return False
+    if budget.max_metric_drop is not None and score.metric is not None and reference_metric is not None:
+        return reference_metric - score.metric <= budget.max_metric_drop
+    return True
+
+
+def describe(score: Score, reference_metric: float | None) -> str:
+    text = f"centered cosine {score.centered_cosine:.5f}, relative error {score.rel_error:.4g}"
+    if score.metric is not None and reference_metric is not None:
+        text += f", top-1 {score.metric:.2f}% ({reference_metric - score.metric:.2f} points under FP32)"
+    return text
+
+
+def _closeness(score: Score, reference_metric: float | None) -> tuple[float, float]:
+    metric = score.metric if score.metric is not None and reference_metric is not None else 0.0
+    return metric, score.centered_cosine
+
+
+def fit(
+    target: Target, budget: Budget, heldout: HeldOut, weighted: int, where: str, table: Sensitivity | None = None
+) -> tuple[BudgetResult, onnx.ModelProto, Sensitivity | None]:
+    """The graph with the fewest layers in FP16 within ``budget``, what it cost, and the sensitivity
+    table when one was needed (the fully quantized graph may meet the budget already); ``table``, when
+    given, is used instead of measuring one. ``where`` names the config in the error when the budget
+    cannot be met within the cap."""
+    start = time.perf_counter()
+    full = target.with_fp16(frozenset())
+    runner = VariantRunner(full, heldout, delta=False)  # the figures of the graphs as written, exactly
+    ref_metric = heldout.reference_metric()
+    before = runner.scores([full])[0]
+    cap = budget.cap(len(target.layers))
+    if meets(before, budget, ref_metric):
+        result = BudgetResult(
+            target.graph,
+            weighted,
+            len(target.layers),
+            cap,
+            before,
+            before,
+            ref_metric,
+            (),
+            1,
+            time.perf_counter() - start,
+        )
+        return result, full, None
+    table = table or measure(target, heldout)
+    info(
+        f"  {target.graph}: sensitivity of {len(target.layers)} layers in {table.seconds:.1f} s; "
+        f"all INT8: {describe(before, ref_metric)}"
+    )
+    scored: dict[frozenset[str], Score] = {frozenset(): before}
+
+    def score(kept: frozenset[str]) -> Score:
+        if kept not in scored:
+            scored[kept] = runner.scores([target.with_fp16(kept)])[0]
+            info(f"  {target.graph}: {len(kept)} layer(s) in FP16: {describe(scored[kept], ref_metric)}")
+        return scored[kept]
+
+    ranked = table.ranked()
+    kept: list[str] = []
+    for layer in ranked:
+        if meets(score(frozenset(kept)), budget, ref_metric) or len(kept) == cap:
+            break
+        kept.append(layer.node)
+    if not meets(score(frozenset(kept)), budget, ref_metric):
+        best = max(scored, key=lambda k: _closeness(scored[k], ref_metric))
+        raise PipelineError(
+            f"{where}: {target.graph} cannot meet [accuracy.budget] ({_spell(budget)}) with at most {cap} of "
+            f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric)} with {len(best)} "
+            f"in FP16; raise max_fp16_share/max_fp16_layers or relax the budget"
+        )
+    for node in reversed(kept):  # least sensitive first: drop what a later step made unnecessary
+        trial = frozenset(kept) - {node}
+        if meets(score(trial), budget, ref_metric):
+            kept.remove(node)
+    by_node = {s.node: s for s in ranked}
+    kept_layers = tuple(
+        KeptLayer(n, by_node[n].op_type, *reversed(table.gain(by_node[n])), by_node[n].alone.centered_cosine)
+        for n in kept
+    )
+    result = BudgetResult(
+        target.graph,
+        weighted,
+        len(target.layers),
+        cap,
+        before,
+        score(frozenset(kept)),
+        ref_metric,
+        kept_layers,
+        len(scored),
+        time.perf_counter() - start,
+    )
+    return result, target.with_fp16(frozenset(kept)), table
+
+
+def _spell(budget: Budget) -> str:
+    parts = []
+    if budget.min_cosine is not None:
+        parts.append(f"min_cosine = {budget.min_cosine}")
+    if budget.max_metric_drop is not None:
+        parts.append(f"max_metric_drop = {budget.max_metric_drop}")
+    return ", ".join(parts)

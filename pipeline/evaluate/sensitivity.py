@@ -1,0 +1,293 @@
+"""Per-layer sensitivity of a w8a8 graph: how far the model's output moves from FP32 when only one
+layer is quantized, and when only that layer is left in FP16 (float on the CPU graph).
+
+Each variant is the graph quantize itself writes with that layer in ``[quantize] exclude_nodes``
+(or with every other layer there), so the figures are those of a graph quantize can make, Q/DQ
+moved at residual Adds, pooling and Concats included. ``VariantRunner`` scores them on held-out
+rows, running only what changed where the graphs run as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from pipeline.calibrate.cache import Ranges
+from pipeline.config import QuantizeSection
+from pipeline.console import progress
+from pipeline.errors import PipelineError
+from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
+from pipeline.quantize.placement import WEIGHTED, GraphView, plan_tensorrt
+
+SENSITIVITY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Target:
+    """The layers one w8a8 graph quantizes and how to make it with some of them in FP16."""
+
+    graph: str  # "w8a8" or "w8a8-cpu"
+    layers: tuple[tuple[str, str], ...]  # (node, op type) of the weighted layers it quantizes
+    make: Callable[[tuple[str, ...]], onnx.ModelProto]  # the graph with these nodes also excluded
+    alone: Callable[[str], onnx.ModelProto]  # the graph with only this layer quantized
+    unquantized: onnx.ModelProto  # the graph with nothing quantized (FP16 graph, or FP32)
+
+    def with_fp16(self, kept: frozenset[str] | set[str]) -> onnx.ModelProto:
+        return self.make(tuple(sorted(kept)))
+
+
+def tensorrt_target(
+    fp16: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
+) -> Target:
+    from pipeline.quantize.qdq import QdqOnnxFromOnnx
+
+    def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
+        s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + excluded)
+        return QdqOnnxFromOnnx(plan_tensorrt(view, s), ranges, method)(fp16, view)
+
+    layers = tuple((n, op) for n, op in plan_tensorrt(view, settings).quantized if op in WEIGHTED)
+
+    def alone(node: str) -> onnx.ModelProto:
+        return make(tuple(n for n, _ in layers if n != node))
+
+    return Target("w8a8", layers, make, alone, fp16)
+
+
+def cpu_target(
+    fp32: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
+) -> Target:
+    """A layer left float is excluded from ONNX Runtime's quantizer by name, with the Relu before it, and
+    reads its inputs unquantized (``ort_cpu.float_inputs``); a layer alone quantized has every other
+    node so treated, Add, Relu and pooling too (they are quantized on this graph)."""
+    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx, excluded_nodes, float_inputs, float_layers
+
+    def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
+        floats = float_layers(view, excluded)
+        s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + floats)
+        model = OrtCpuQdqFromOnnx(ranges, method, s)(fp32, view)
+        return float_inputs(model, floats) if floats else model
+
+    skip = set(excluded_nodes(view, settings))
+    layers = tuple((n.name, n.op_type) for n in view.nodes if n.op_type in WEIGHTED and n.name not in skip)
+
+    def alone(node: str) -> onnx.ModelProto:
+        return make(tuple(n.name for n in view.nodes if n.name != node))
+
+    return Target("w8a8-cpu", layers, make, alone, fp32)
+
+
+def targets_for(
+    graphs: tuple[str, ...],
+    fp32: onnx.ModelProto,
+    fp16: onnx.ModelProto,
+    view: GraphView,
+    ranges: Ranges,
+    method: str,
+    settings: QuantizeSection,
+) -> dict[str, Target]:
+    """``graphs``: some of "w8a8" and "w8a8-cpu"."""
+    made = {}
+    if "w8a8" in graphs:
+        made["w8a8"] = tensorrt_target(fp16, view, ranges, method, settings)
+    if "w8a8-cpu" in graphs:
+        made["w8a8-cpu"] = cpu_target(fp32, view, ranges, method, settings)
+    return made
+
+
+def weighted_layers(view: GraphView) -> int:
+    return sum(n.op_type in WEIGHTED for n in view.nodes)
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    node: str
+    op_type: str
+    alone: Score  # only this layer quantized
+    fallback: Score  # every layer quantized but this one
+
+    def as_dict(self) -> dict:
+        return {
+            "node": self.node,
+            "op_type": self.op_type,
+            "alone": self.alone.as_dict(),
+            "fallback": self.fallback.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """One graph's table: its layers with both scores, and the two ends (nothing, everything quantized)."""
+
+    graph: str
+    rows: int
+    seconds: float
+    reference_metric: float | None  # FP32 top-1 % on the same rows
+    unquantized: Score
+    quantized: Score
+    layers: tuple[LayerSensitivity, ...]
+
+    def gain(self, layer: LayerSensitivity) -> tuple[float, float]:
+        """What leaving ``layer`` in FP16 recovers: top-1 points (0 without labels), then centered cosine."""
+        metric = 0.0
+        if layer.fallback.metric is not None and self.quantized.metric is not None:
+            metric = layer.fallback.metric - self.quantized.metric
+        return metric, layer.fallback.centered_cosine - self.quantized.centered_cosine
+
+    def cost(self, layer: LayerSensitivity) -> tuple[float, float]:
+        """What quantizing ``layer`` costs: lost alone plus recovered by its fallback, in top-1 points
+        (0 without labels), then in centered cosine. Both: the fallback's gain is the true marginal cost
+        but small against the rest's noise on a net with many similar layers; the loss alone is clean."""
+        metric = 0.0
+        if layer.alone.metric is not None and self.unquantized.metric is not None:
+            metric = self.unquantized.metric - layer.alone.metric
+        gain_metric, gain_cosine = self.gain(layer)
+        alone_cosine = self.unquantized.centered_cosine - layer.alone.centered_cosine
+        return metric + gain_metric, alone_cosine + gain_cosine
+
+    def ranked(self) -> list[LayerSensitivity]:
+        """Most sensitive first (see ``cost``)."""
+        return sorted(self.layers, key=self.cost, reverse=True)
+
+    def as_dict(self) -> dict:
+        return {
+            "graph": self.graph,
+            "rows": self.rows,
+            "seconds": self.seconds,
+            "reference_metric": self.reference_metric,
+            "unquantized": self.unquantized.as_dict(),
+            "quantized": self.quantized.as_dict(),
+            "layers": [s.as_dict() for s in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Sensitivity:
+        return cls(
+            str(raw["graph"]),
+            int(raw["rows"]),
+            float(raw["seconds"]),
+            None if raw["reference_metric"] is None else float(raw["reference_metric"]),
+            Score.from_dict(raw["unquantized"]),
+            Score.from_dict(raw["quantized"]),
+            tuple(
+                LayerSensitivity(
+                    str(s["node"]), str(s["op_type"]), Score.from_dict(s["alone"]), Score.from_dict(s["fallback"])
+                )
+                for s in raw["layers"]
+            ),
+        )
+
+
+def measure(target: Target, heldout: HeldOut) -> Sensitivity:
+    """Both scores for every layer of ``target``, on ``heldout``."""
+    start = time.perf_counter()
+    full = target.with_fp16(frozenset())
+    names = [n for n, _ in target.layers]
+    quantized, unquantized = VariantRunner(full, heldout).scores([full, target.unquantized])
+    fallback = _scores(VariantRunner(full, heldout), [lambda n=n: target.with_fp16({n}) for n in names], target, "FP16")
+    alone = _scores(
+        VariantRunner(target.unquantized, heldout), [lambda n=n: target.alone(n) for n in names], target, "alone"
+    )
+    layers = tuple(LayerSensitivity(n, op, a, f) for (n, op), a, f in zip(target.layers, alone, fallback, strict=True))
+    seconds = time.perf_counter() - start
+    return Sensitivity(target.graph, heldout.rows, seconds, heldout.reference_metric(), unquantized, quantized, layers)
+
+
+def _scores(
+    runner: VariantRunner, makers: list[Callable[[], onnx.ModelProto]], target: Target, what: str
+) -> list[Score]:
+    """Scores of the graphs ``makers`` make, built a chunk at a time so few are in memory at once."""
+    from pipeline.evaluate.variants import CHUNK
+
+    found: list[Score] = []
+    chunks = range(0, len(makers), CHUNK)
+    for start in progress(chunks, f"{target.graph}: each layer {what}", length=len(chunks)):
+        found += runner.scores([make() for make in makers[start : start + CHUNK]])
+    return found
+
+
+def save(tables: dict[str, Sensitivity], path: Path) -> None:
+    from pipeline.fileio import write_json
+
+    write_json(path, {"version": SENSITIVITY_VERSION, "graphs": {g: t.as_dict() for g, t in tables.items()}})
+
+
+def load(path: Path) -> dict[str, Sensitivity] | None:
+    """The saved tables, or None when there are none; a file of another version or shape is an error."""
+    from pipeline.fileio import read_json
+
+    raw = read_json(path)
+    if raw is None:
+        return None
+    try:
+        if raw["version"] != SENSITIVITY_VERSION:
+            raise ValueError(f"version {raw['version']}, expected {SENSITIVITY_VERSION}")
+        return {str(g): Sensitivity.from_dict(t) for g, t in raw["graphs"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a sensitivity table ({exc}); run trtpipe sensitivity again") from None
+
+
+TOP = 12  # layers the printed table and the chart show
+
+
+def table_rows(table: Sensitivity, top: int = TOP) -> tuple[list[str], list[list[object]]]:
+    labels = table.reference_metric is not None
+    headers = ["layer", "op", "alone: centered cos", "alone: rel err", "FP16: centered cos", "FP16: rel err"]
+    headers += ["alone: top-1 %", "FP16: top-1 %"] if labels else []
+    rows = []
+    for s in table.ranked()[:top]:
+        row: list[object] = [s.node, s.op_type, f"{s.alone.centered_cosine:.5f}", s.alone.rel_error]
+        row += [f"{s.fallback.centered_cosine:.5f}", s.fallback.rel_error]
+        if labels:
+            row += [_pct(s.alone.metric), _pct(s.fallback.metric)]
+        rows.append(row)
+    return headers, rows
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def chart(tables: dict[str, Sensitivity], path: Path, model: str, top: int = TOP) -> None:
+    """Per graph, horizontal bars for its most sensitive layers: the error of the output (1 - centered
+    cosine) with only that layer quantized, and what leaving only that layer in FP16 recovers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
+    from pipeline.fileio import atomic_path
+
+    fig, axes = plt.subplots(len(tables), 1, figsize=(8.0, 1.2 + 0.32 * top * len(tables)), dpi=120, squeeze=False)
+    for ax, (graph, table) in zip(axes[:, 0], tables.items(), strict=True):
+        ranked = table.ranked()[:top][::-1]
+        y = np.arange(len(ranked))
+        alone = [1.0 - s.alone.centered_cosine for s in ranked]
+        recovered = [table.gain(s)[1] for s in ranked]
+        ax.barh(y + 0.2, alone, 0.4, color=W8A8_COLOUR, label="only this layer INT8: 1 - centered cosine")
+        ax.barh(
+            y - 0.2,
+            recovered,
+            0.4,
+            color=BASELINE_COLOUR,
+            edgecolor="#9e9e9e",
+            label="only this layer FP16: cosine recovered",
+        )
+        ax.set_yticks(y, [f"{s.op_type} {s.node}"[-40:] for s in ranked], fontsize=7)
+        ax.set_title(
+            f"{model} {graph}: all INT8 centered cosine {table.quantized.centered_cosine:.4f} "
+            f"({table.rows} held-out rows)",
+            fontsize=9,
+        )
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(frameon=False, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,163 @@
+"""Per-layer sensitivity and the accuracy budget on a graph made to have one sensitive layer
+(``graphs.outlier_chain``: conv2's input range is set by one outlier channel)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipeline import ortsession
+from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.config import BatchProfile, Budget, CalibrationSection, Config, ModelSection, QuantizeSection, TensorSpec
+from pipeline.errors import PipelineError
+from pipeline.evaluate import budget, sensitivity
+from pipeline.evaluate.variants import HeldOut, VariantRunner
+from pipeline.export.fp16 import fp16_graph
+from pipeline.quantize import ort_cpu
+from pipeline.quantize.placement import GraphView, plan_tensorrt
+from tests import graphs
+
+LAYERS = ["conv1", "conv2", "conv3"]
+
+
+def _config() -> Config:
+    return Config(
+        name="outlier_chain",
+        model=ModelSection("unused:build"),
+        inputs=(TensorSpec("x", ("batch", 16, 8, 8)),),
+        outputs=(TensorSpec("y", ("batch", 16, 8, 8)),),
+        batch=(BatchProfile(1, 8, 16),),
+        calibration=CalibrationSection("unused:calibration"),
+    )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Both targets of the outlier chain, calibrated with max ranges, and 32 held-out rows with FP32's outputs."""
+    return _targets(graphs.outlier_chain())
+
+
+def _targets(model):
+    view = GraphView(model)
+    tensors = plan_tensorrt(view, QuantizeSection()).tensors | ort_cpu.tensors_to_calibrate(view)
+    ranges = RangesFromOnnx(tensors, 2048, 99.99)(model, [graphs.inputs_for(model, 8, s) for s in range(4)])
+    targets = sensitivity.targets_for(
+        ("w8a8", "w8a8-cpu"), model, fp16_graph(model, keep_fp32=()), view, ranges, "max", QuantizeSection()
+    )
+    ref = ortsession.session(model, cpu_only=True)
+    feeds = [graphs.inputs_for(model, 8, seed) for seed in range(10, 14)]
+    heldout = HeldOut(_config(), tuple((f, None) for f in feeds), tuple(tuple(ortsession.run(ref, f)) for f in feeds))
+    return targets, heldout
+
+
+@pytest.mark.parametrize("graph", ["w8a8", "w8a8-cpu"])
+def test_sensitivity_ranks_the_outlier_layer_first(setup, graph):
+    targets, heldout = setup
+    table = sensitivity.measure(targets[graph], heldout)
+    assert [s.node for s in table.layers] == LAYERS
+    by = {s.node: s for s in table.layers}
+    assert table.ranked()[0].node == "conv2"
+    assert table.quantized.centered_cosine < 0.99  # int8 wrecks the chain ...
+    assert by["conv2"].fallback.centered_cosine > 0.999  # ... and conv2 in FP16 alone restores it
+    assert by["conv2"].alone.centered_cosine < 0.99  # conv2 alone quantized loses it
+    assert min(by[n].alone.centered_cosine for n in ("conv1", "conv3")) > 0.999
+    assert sensitivity.Sensitivity.from_dict(table.as_dict()) == table  # the saved record reads back equal
+
+
+def test_a_variant_runs_only_what_changed_and_scores_as_the_whole_graph(setup):
+    targets, heldout = setup
+    target = targets["w8a8"]
+    full = target.with_fp16(frozenset())
+    runner = VariantRunner(full, heldout)
+    variant = target.with_fp16({"conv3"})
+    region = runner._region(variant)
+    # conv3 on r2 with its FP16 weight, and the Cast of y to the graph's float32 output
+    assert [n.op_type for n in region.model.graph.node] == ["Conv", "Cast"]
+    assert region.boundary == ("r2",)  # everything before conv3 comes from the base's run
+    whole = VariantRunner(full, heldout, delta=False).scores([variant])[0]
+    part = runner.scores([variant])[0]
+    assert part.centered_cosine == pytest.approx(whole.centered_cosine, abs=1e-6)
+    assert part.rel_error == pytest.approx(whole.rel_error, rel=1e-3)
+
+
+@pytest.mark.parametrize("graph", ["w8a8", "w8a8-cpu"])
+def test_budget_keeps_exactly_the_sensitive_layer_and_stops_when_met(setup, graph):
+    targets, heldout = setup
+    result, model, table = budget.fit(targets[graph], Budget(min_cosine=0.999), heldout, 3, "cfg.toml")
+    assert [k.node for k in result.kept] == ["conv2"]
+    assert result.before.centered_cosine < 0.99 <= 0.999 <= result.after.centered_cosine
+    # the full graph, then conv2 in FP16: met, no third graph (without conv2 is the full graph, known)
+    assert result.evaluations == 2
+    assert table is not None and table.ranked()[0].node == "conv2"
+    assert (result.quantized, result.weighted) == (3, 3)
+    assert result.coverage() == "INT8 3/3 (100%) -> 2/3 (67%)"
+    assert "recovers" in result.kept[0].reason()
+    score = VariantRunner(model, heldout, delta=False).scores([model])[0]
+    assert score == result.after  # the graph returned is the one scored
+
+
+def test_budget_drops_a_layer_a_later_step_made_unnecessary(setup):
+    """A ranking that puts conv1 first (a saved table from other data, say): the loop keeps conv1,
+    fails, keeps conv2, meets the budget, then finds conv1 was not needed and drops it."""
+    targets, heldout = setup
+    table = sensitivity.measure(targets["w8a8"], heldout)
+    by = {s.node: s for s in table.layers}
+    misleading = dataclasses.replace(
+        table,
+        layers=(dataclasses.replace(by["conv1"], fallback=by["conv2"].fallback, alone=by["conv2"].alone),)
+        + tuple(
+            dataclasses.replace(by[n], fallback=table.quantized, alone=table.unquantized) for n in ("conv2", "conv3")
+        ),
+    )
+    assert misleading.ranked()[0].node == "conv1"
+    two = Budget(min_cosine=0.999, max_fp16_share=1.0)
+    result, _, _ = budget.fit(targets["w8a8"], two, heldout, 3, "cfg.toml", table=misleading)
+    assert [k.node for k in result.kept] == ["conv2"]
+    assert result.after.centered_cosine >= 0.999
+
+
+def test_a_budget_the_full_graph_meets_keeps_nothing_and_measures_nothing():
+    targets, heldout = _targets(graphs.outlier_chain(scale=1.0))  # no outlier channel
+    result, _, table = budget.fit(targets["w8a8"], Budget(min_cosine=0.999), heldout, 3, "cfg.toml")
+    assert result.kept == () and table is None and result.evaluations == 1
+
+
+def test_a_budget_out_of_reach_fails_in_one_line_saying_how_close(setup):
+    targets, heldout = setup
+    with pytest.raises(PipelineError) as info:
+        budget.fit(targets["w8a8"], Budget(min_cosine=0.99999999, max_fp16_layers=1), heldout, 3, "cfg.toml")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("cfg.toml: w8a8 cannot meet [accuracy.budget] (min_cosine = 0.99999999)")
+    assert "at most 1 of 3 layers in FP16" in msg and "closest: centered cosine 0.99" in msg and "with 1 in FP16" in msg
+
+
+@pytest.mark.parametrize("pipeline_run", ["[accuracy.budget]\nmin_cosine = 0.9"], indirect=True)
+def test_quantize_under_a_budget_then_sensitivity_and_the_report(pipeline_run, tmp_path, user_model):
+    from click.testing import CliRunner
+
+    from pipeline import stages
+    from pipeline.cli import main
+    from tests.conftest import FAST_BENCH, write_config
+
+    cfg, path, out = pipeline_run
+    quant = json.loads((out.results_dir / "quantize.json").read_text())
+    assert set(quant["budget"]) == {"w8a8", "w8a8-cpu"}
+    for fit in quant["budget"].values():
+        assert fit["after"]["centered_cosine"] >= 0.9 and fit["int8_after"] <= fit["int8_before"]
+    result = CliRunner().invoke(main, ["sensitivity", "-c", str(path), "--target", "tensorrt"])
+    assert result.exit_code == 0, result.output
+    tables = sensitivity.load(out.sensitivity)
+    assert list(tables) == ["w8a8"] and tables["w8a8"].layers
+    stages.bench(cfg)
+    report = stages.report(cfg).read_text()
+    assert "## Per-layer sensitivity" in report and (out.reports_dir / "sensitivity.png").is_file()
+
+    strict = "[accuracy.budget]\nmin_cosine = 0.99999999\nmax_fp16_layers = 0"
+    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST_BENCH}\n{strict}')
+    result = CliRunner().invoke(main, ["quantize", "-c", str(path)])
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: {path}: w8a8 cannot meet [accuracy.budget] (min_cosine = 0.99999999)")
+    assert "closest: centered cosine" in line and "Traceback" not in result.output
