@@ -13,7 +13,7 @@ ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth bench-budget gpu-check test clean help
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
@@ -25,6 +25,7 @@ help:
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
+	@echo "make bench-budget           plain w8a8 vs w8a8 under [accuracy.budget] min_cosine = 0.99, sensitivity timed"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -66,6 +67,11 @@ bench-memory: export
 # Exports, calibrates and quantizes in a temporary folder of its own (engines/ is left alone).
 bench-smooth: $(STAMP)
 	$(BIN)/python -m benchmarks.smoothquant models/vit_outliers_digits.toml models/vit_digits.toml
+
+# Plain w8a8 against w8a8 under min_cosine = 0.99 on the examples and a random-weight MobileNetV2-style
+# CNN; graphs cached under engines/bench-budget.
+bench-budget: $(STAMP)
+	$(BIN)/python -m benchmarks.budget
 
 # The first command on a GPU machine (see README, GPU setup): every stage of the three examples on
 # TensorRT, INT8 coverage >= 90% of quantized layers, accuracy gates, w8a8 vs FP16 speed (or the

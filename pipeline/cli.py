@@ -20,6 +20,14 @@ config_option = click.option(
     help="Model config, e.g. models/resnet_digits.toml.",
 )
 
+targets_option = click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
+    help="Only these targets (repeatable); default: [quantize] targets, both unless narrowed.",
+)
+
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Show PipelineError as one line with exit status 1; other exceptions are bugs and keep tracebacks."""
@@ -94,13 +102,7 @@ def calibrate(config_path: Path, force: bool) -> None:
 
 @main.command()
 @config_option
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
-    help="Only these targets (repeatable); default: [quantize] targets, both unless narrowed.",
-)
+@targets_option
 @click.option(
     "--force",
     is_flag=True,
@@ -121,13 +123,7 @@ def quantize(config_path: Path, targets: tuple[str, ...], force: bool) -> None:
 
 @main.command()
 @config_option
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
-    help="Only these targets (repeatable); default: [quantize] targets.",
-)
+@targets_option
 @_user_errors
 def sensitivity(config_path: Path, targets: tuple[str, ...]) -> None:
     """Per-layer sensitivity of each w8a8 graph into results/sensitivity.json.

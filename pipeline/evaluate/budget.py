@@ -105,20 +105,15 @@ def fit(
     ref_metric = heldout.reference_metric()
     before = runner.scores([full])[0]
     cap = budget.cap(len(target.layers))
-    if meets(before, budget, ref_metric):
-        result = BudgetResult(
-            target.graph,
-            weighted,
-            len(target.layers),
-            cap,
-            before,
-            before,
-            ref_metric,
-            (),
-            1,
-            time.perf_counter() - start,
+
+    def result(after: Score, kept: tuple[KeptLayer, ...], evaluations: int) -> BudgetResult:
+        seconds = time.perf_counter() - start
+        return BudgetResult(
+            target.graph, weighted, len(target.layers), cap, before, after, ref_metric, kept, evaluations, seconds
         )
-        return result, full, None
+
+    if meets(before, budget, ref_metric):
+        return result(before, (), 1), full, None
     table = table or measure(target, heldout)
     info(
         f"  {target.graph}: sensitivity of {len(target.layers)} layers in {table.seconds:.1f} s; "
@@ -145,7 +140,7 @@ def fit(
             f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric)} with {len(best)} "
             f"in FP16; raise max_fp16_share/max_fp16_layers or relax the budget"
         )
-    for node in reversed(kept):  # least sensitive first: drop what a later step made unnecessary
+    for node in kept[::-1]:  # least sensitive first: drop what a later step made unnecessary
         trial = frozenset(kept) - {node}
         if meets(score(trial), budget, ref_metric):
             kept.remove(node)
@@ -154,19 +149,8 @@ def fit(
         KeptLayer(n, by_node[n].op_type, *reversed(table.gain(by_node[n])), by_node[n].alone.centered_cosine)
         for n in kept
     )
-    result = BudgetResult(
-        target.graph,
-        weighted,
-        len(target.layers),
-        cap,
-        before,
-        score(frozenset(kept)),
-        ref_metric,
-        kept_layers,
-        len(scored),
-        time.perf_counter() - start,
-    )
-    return result, target.with_fp16(frozenset(kept)), table
+    after = score(frozenset(kept))
+    return result(after, kept_layers, len(scored)), target.with_fp16(frozenset(kept)), table
 
 
 def _spell(budget: Budget) -> str:
