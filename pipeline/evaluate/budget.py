@@ -127,23 +127,19 @@ def fit(
             info(f"  {target.graph}: {len(kept)} layer(s) in FP16: {describe(scored[kept], ref_metric)}")
         return scored[kept]
 
+    def ok(kept: list[str]) -> bool:
+        return meets(score(frozenset(kept)), budget, ref_metric)
+
     ranked = table.ranked()
-    kept: list[str] = []
-    for layer in ranked:
-        if meets(score(frozenset(kept)), budget, ref_metric) or len(kept) == cap:
-            break
-        kept.append(layer.node)
-    if not meets(score(frozenset(kept)), budget, ref_metric):
+    kept = _greedy([s.node for s in ranked], ok, cap)
+    if not ok(kept):
         best = max(scored, key=lambda k: _closeness(scored[k], ref_metric))
         raise PipelineError(
             f"{where}: {target.graph} cannot meet [accuracy.budget] ({_spell(budget)}) with at most {cap} of "
             f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric)} with {len(best)} "
             f"in FP16; raise max_fp16_share/max_fp16_layers or relax the budget"
         )
-    for node in kept[::-1]:  # least sensitive first: drop what a later step made unnecessary
-        trial = frozenset(kept) - {node}
-        if meets(score(trial), budget, ref_metric):
-            kept.remove(node)
+    kept = _pruned(kept, ok)
     by_node = {s.node: s for s in ranked}
     kept_layers = tuple(
         KeptLayer(n, by_node[n].op_type, *reversed(table.gain(by_node[n])), by_node[n].alone.centered_cosine)
@@ -151,6 +147,26 @@ def fit(
     )
     after = score(frozenset(kept))
     return result(after, kept_layers, len(scored)), target.with_fp16(frozenset(kept)), table
+
+
+def _greedy(ranked: list[str], ok, cap: int) -> list[str]:
+    """Layers in ``ranked`` order until ``ok`` holds or ``cap`` are kept: stops at the first set that meets it."""
+    kept: list[str] = []
+    for node in ranked:
+        if ok(kept) or len(kept) == cap:
+            break
+        kept.append(node)
+    return kept
+
+
+def _pruned(kept: list[str], ok) -> list[str]:
+    """``kept`` less each layer ``ok`` holds without, least sensitive (last added) first."""
+    kept = list(kept)
+    for node in kept[::-1]:
+        trial = [k for k in kept if k != node]
+        if ok(trial):
+            kept = trial
+    return kept
 
 
 def _spell(budget: Budget) -> str:
