@@ -175,3 +175,11 @@ def test_quantize_under_a_budget_then_sensitivity_and_the_report(pipeline_run, t
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"Error: {path}: w8a8 cannot meet [accuracy.budget] (min_cosine = 0.99999999)")
     assert "closest: centered cosine" in line and "Traceback" not in result.output
+
+
+def test_a_sensitivity_file_of_another_shape_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "sensitivity.json"
+    path.write_text('{"version": 1, "graphs": {"w8a8": {"graph": "w8a8"}}}')
+    with pytest.raises(PipelineError, match="not a sensitivity table .*'rows'.*run trtpipe sensitivity again"):
+        sensitivity.load(path)
+    assert sensitivity.load(tmp_path / "missing.json") is None

@@ -17,6 +17,7 @@ reports is the written graph's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -47,13 +48,19 @@ class Score:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Score:
+        """A saved score; ValueError when a figure is out of its range. (A graph whose output overflows
+        scores NaN when measured; such a score is saved as NaN and read back as NaN.)"""
         metric = raw["metric"]
-        return cls(
+        score = cls(
             float(raw["cosine"]),
             float(raw["centered_cosine"]),
             float(raw["rel_error"]),
             None if metric is None else float(metric),
         )
+        cosines = [c for c in (score.cosine, score.centered_cosine) if not math.isnan(c)]
+        if any(abs(c) > 1.0 for c in cosines) or score.rel_error < 0 or not 0 <= (score.metric or 0) <= 100:
+            raise ValueError(f"a score out of range: {raw}")
+        return score
 
 
 @dataclass(frozen=True)
