@@ -408,12 +408,14 @@ def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] 
     from pipeline.evaluate import sensitivity as sens
     from pipeline.evaluate.variants import held_out
     from pipeline.graphview import GraphView
+    from pipeline.quantize import smooth
 
     out = Artifacts.of(cfg, root)
-    fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    fp16 = onnxutil.load(out.graph("fp16"), "FP16 graph")
+    # The graphs quantize makes: smoothed (and calibrated smoothed) when [quantize] smoothquant is set.
+    fp32, edits, smoothing = _smoothed(cfg, out, onnxutil.load(out.graph("fp32"), "FP32 graph"))
+    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
     view = GraphView(fp32)
-    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32))
+    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
     names = tuple({"tensorrt": "w8a8", "onnxruntime-cpu": "w8a8-cpu"}[t] for t in targets or cfg.quantize.targets)
     heldout = held_out(cfg, out.graph("fp32"), cfg.accuracy.sensitivity_rows)
     found = sens.targets_for(names, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)
