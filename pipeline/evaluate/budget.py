@@ -1,10 +1,9 @@
 """The fewest layers to keep in FP16 so a w8a8 graph meets ``[accuracy.budget]``.
 
-Greedy by sensitivity: the most sensitive layer goes first, and the graph quantize would write with
-it and the layers kept so far is scored; the layer stays only if that graph is closer to the budget.
-The loop stops at the first graph within the budget. Greedy steps can leave a layer that a later
-one made unnecessary, so each kept layer is then tried without, least sensitive first, and dropped
-if the budget still holds.
+Greedy by sensitivity: the layer whose fallback recovers the most goes first, and the graph quantize
+would write with the layers kept so far is scored after each step; the loop stops at the first
+graph within the budget. Greedy steps can leave a layer that a later one made unnecessary, so each
+kept layer is then tried without, least sensitive first, and dropped if the budget still holds.
 """
 
 from __future__ import annotations
@@ -88,13 +87,9 @@ def describe(score: Score, reference_metric: float | None) -> str:
     return text
 
 
-def closeness(score: Score, budget: Budget, reference_metric: float | None) -> tuple[float, float]:
-    """Larger is closer to ``budget``: top-1 points short of it (negated; 0 when met or not budgeted),
-    then the centered cosine."""
-    short = 0.0
-    if budget.max_metric_drop is not None and score.metric is not None and reference_metric is not None:
-        short = max(0.0, reference_metric - score.metric - budget.max_metric_drop)
-    return -short, score.centered_cosine
+def _closeness(score: Score, reference_metric: float | None) -> tuple[float, float]:
+    metric = score.metric if score.metric is not None and reference_metric is not None else 0.0
+    return metric, score.centered_cosine
 
 
 def fit(
@@ -135,15 +130,10 @@ def fit(
     def ok(kept: list[str]) -> bool:
         return meets(score(frozenset(kept)), budget, ref_metric)
 
-    def better(trial: list[str], kept: list[str]) -> bool:
-        return closeness(score(frozenset(trial)), budget, ref_metric) > closeness(
-            score(frozenset(kept)), budget, ref_metric
-        )
-
     ranked = table.ranked()
-    kept = _greedy([s.node for s in ranked], ok, better, cap)
+    kept = _greedy([s.node for s in ranked], ok, cap)
     if not ok(kept):
-        best = max(scored, key=lambda k: closeness(scored[k], budget, ref_metric))
+        best = max(scored, key=lambda k: _closeness(scored[k], ref_metric))
         raise PipelineError(
             f"{where}: {target.graph} cannot meet [accuracy.budget] ({_spell(budget)}) with at most {cap} of "
             f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric)} with {len(best)} "
@@ -159,16 +149,13 @@ def fit(
     return result(after, kept_layers, len(scored)), target.with_fp16(frozenset(kept)), table
 
 
-def _greedy(ranked: list[str], ok, better, cap: int) -> list[str]:
-    """Layers in ``ranked`` order, each kept only if the graph with it is ``better`` than without (layers
-    interact: one that recovered alone can cost with others in FP16), until ``ok`` holds, ``cap`` are
-    kept or every layer was tried: stops at the first set that meets the budget."""
+def _greedy(ranked: list[str], ok, cap: int) -> list[str]:
+    """Layers in ``ranked`` order until ``ok`` holds or ``cap`` are kept: stops at the first set that meets it."""
     kept: list[str] = []
     for node in ranked:
         if ok(kept) or len(kept) == cap:
             break
-        if better([*kept, node], kept):
-            kept.append(node)
+        kept.append(node)
     return kept
 
 
