@@ -98,6 +98,19 @@ def test_budget_keeps_exactly_the_sensitive_layer_and_stops_when_met(setup, grap
     assert score == result.after  # the graph returned is the one scored
 
 
+def test_pruning_drops_what_a_later_step_made_unnecessary():
+    """Kept in the order a, b, c where b alone meets the budget: c, then a, are dropped."""
+    scored = []
+
+    def ok(kept):
+        scored.append(tuple(kept))
+        return "b" in kept
+
+    assert budget._pruned(["a", "b", "c"], ok) == ["b"]
+    # least sensitive (last kept) first: without c holds; without b fails, so b stays; without a holds
+    assert scored == [("a", "b"), ("a",), ("b",)]
+
+
 def test_budget_drops_a_layer_a_later_step_made_unnecessary(setup):
     """A ranking that puts conv1 first (a saved table from other data, say): the loop keeps conv1,
     fails, keeps conv2, meets the budget, then finds conv1 was not needed and drops it."""
