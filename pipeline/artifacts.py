@@ -68,7 +68,7 @@ class Artifacts:
     @property
     def sensitivity(self) -> Path:
         """Per-layer sensitivity of each w8a8 graph (trtpipe sensitivity, or quantize under a budget)."""
-        return self.results_dir / "sensitivity.json"
+        return self.result("sensitivity")
 
     @property
     def reports_dir(self) -> Path:

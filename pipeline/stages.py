@@ -411,6 +411,7 @@ def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] 
     from pipeline.quantize import smooth
 
     out = Artifacts.of(cfg, root)
+    records.verify(cfg, out, "quantize")  # the graphs and ranges quantize would read, as their stages wrote them
     # The graphs quantize makes: smoothed (and calibrated smoothed) when [quantize] smoothquant is set.
     fp32, edits, smoothing = _smoothed(cfg, out, onnxutil.load(out.graph("fp32"), "FP32 graph"))
     fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
