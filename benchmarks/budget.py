@@ -27,7 +27,7 @@ from pipeline.console import table
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import held_out
-from pipeline.quantize.placement import GraphView
+from pipeline.graphview import GraphView
 
 BUDGET = Budget(min_cosine=0.99)
 EXAMPLES = ("models/resnet_digits.toml", "models/vit_digits.toml")

@@ -15,8 +15,9 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import HeldOut, VariantRunner
 from pipeline.export.fp16 import fp16_graph
+from pipeline.graphview import GraphView
 from pipeline.quantize import ort_cpu
-from pipeline.quantize.placement import GraphView, plan_tensorrt
+from pipeline.quantize.placement import plan_tensorrt
 from tests import graphs
 
 LAYERS = ["conv1", "conv2", "conv3"]

@@ -22,7 +22,8 @@ from pipeline.config import QuantizeSection
 from pipeline.console import progress
 from pipeline.errors import PipelineError
 from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
-from pipeline.quantize.placement import WEIGHTED, GraphView, plan_tensorrt
+from pipeline.graphview import GraphView
+from pipeline.quantize.placement import WEIGHTED, plan_tensorrt
 
 SENSITIVITY_VERSION = 1
 
