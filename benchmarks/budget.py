@@ -121,7 +121,12 @@ CNN_CONFIG = textwrap.dedent(
 
 def run(config: Path, root: Path, rows: int, graphs: tuple[str, ...], within: Budget) -> list[list[object]]:
     cfg = load_config(config)
-    cfg = dataclasses.replace(cfg, accuracy=dataclasses.replace(cfg.accuracy, sensitivity_rows=rows))
+    # Plain w8a8 against the budget: SmoothQuant off here (benchmarks/smoothquant.py measures it).
+    cfg = dataclasses.replace(
+        cfg,
+        accuracy=dataclasses.replace(cfg.accuracy, sensitivity_rows=rows),
+        quantize=dataclasses.replace(cfg.quantize, smoothquant=None),
+    )
     out = Artifacts.of(cfg, root)
     stages.export(cfg, root)  # always: a cached graph could be of an older model
     fp32, fp16 = onnxutil.load(out.graph("fp32")), onnxutil.load(out.graph("fp16"))
