@@ -21,7 +21,7 @@ help:
 	@echo "make deploy MODEL=name TO=dir  Triton model repository (or FORMAT=plain) with manifest"
 	@echo "make report                 rewrite reports from saved results"
 	@echo "make gpu-check              on a GPU machine, first: engines, INT8 coverage, accuracy, speed -> engines/gpu-check.json"
-	@echo "make bench-quant            our calibration/quantization vs ONNX Runtime's quantize_static"
+	@echo "make bench-quant            our quantization vs NVIDIA ModelOpt's and ONNX Runtime's (sets up .modeloptvenv)"
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
@@ -57,9 +57,6 @@ report:
 deploy: $(if $(MODEL),report-files)
 	@test -n "$(MODEL)" -a -n "$(TO)" || { echo "usage: make deploy MODEL=name TO=dir [PRECISION=w8a8] [FORMAT=triton]"; exit 2; }
 	$(TRTPIPE) deploy -c models/$(MODEL).toml --to $(TO) --precision $(or $(PRECISION),w8a8) --format $(or $(FORMAT),triton)
-
-bench-quant: export
-	$(BIN)/python -m benchmarks.quant_peers $(foreach m,$(MODELS),models/$(m).toml)
 
 bench-memory: export
 	$(BIN)/python -m benchmarks.calib_memory $(foreach m,$(MODELS),models/$(m).toml)
@@ -100,6 +97,32 @@ $(ZOO_STAMP): pyproject.toml constraints-cpu.txt
 # A benchmark, not a test: engines/zoo.md (one table), engines/zoo.json, logs in engines/zoo-logs/.
 zoo: $(ZOO_STAMP)
 	$(ZOO_VENV)/bin/python -m benchmarks.zoo $(ZOO)
+
+# NVIDIA ModelOpt (make bench-quant) has its own environment (.modeloptvenv): its [onnx] extra installs
+# onnxruntime-gpu, which owns the same onnxruntime/ package as our onnxruntime. Without CUDA libraries
+# onnxruntime-gpu still imports and its CPU execution provider runs, the one the benchmark calibrates on.
+MODELOPT_VENV ?= .modeloptvenv
+MODELOPT_STAMP := $(MODELOPT_VENV)/.installed
+
+$(MODELOPT_STAMP): constraints-cpu.txt
+	$(PYTHON) -m venv $(MODELOPT_VENV)
+	$(MODELOPT_VENV)/bin/pip install -q --upgrade pip
+	$(MODELOPT_VENV)/bin/pip install -q -c constraints-cpu.txt 'nvidia-modelopt[onnx]==0.47.0'
+	$(MODELOPT_VENV)/bin/python -c "import torch; v = torch.__version__; raise SystemExit(None if v.endswith('+cpu') else 'modelopt venv: torch ' + v + ' is not the CPU build')"
+	$(MODELOPT_VENV)/bin/python -c "import onnxruntime as o, modelopt.onnx.quantization; raise SystemExit(None if 'CPUExecutionProvider' in o.get_available_providers() else 'modelopt venv: onnxruntime has no CPU execution provider')"
+	touch $@
+
+# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...']: both examples (or MODEL) and the
+# peer configs (zoo architectures at small sizes, exported with the zoo's environment).
+PEERS ?= $(wildcard benchmarks/peers/*.toml)
+PEER_GRAPHS := $(foreach c,$(PEERS),engines/$(basename $(notdir $(c)))/onnx/model.fp16.onnx)
+
+bench-quant: export $(PEER_GRAPHS) | $(MODELOPT_STAMP)
+	$(BIN)/python -m benchmarks.quant_peers --modelopt-python $(MODELOPT_VENV)/bin/python \
+		$(foreach m,$(MODELS),models/$(m).toml) $(PEERS)
+
+engines/%/onnx/model.fp32.onnx engines/%/onnx/model.fp16.onnx: benchmarks/peers/%.toml $(EXPORT_SRC) | $(ZOO_STAMP)
+	$(ZOO_VENV)/bin/python -m pipeline export -c $<
 
 # Line coverage of pipeline/build (TensorRT code included, run on tests/trt_standin) is printed
 # and must stay at 90% or more.

@@ -1,52 +1,117 @@
 """Quantization against its peers, side by side in one run.
 
-    python -m benchmarks.quant_peers models/resnet_digits.toml models/vit_digits.toml
+    python -m benchmarks.quant_peers [--modelopt-python .modeloptvenv/bin/python] CONFIG...
 
-For each model: our calibration (the config's method, 256, 512 and 2048 samples) and ONNX
-Runtime's ``quantize_static`` (QDQ, U8S8 per-channel, MinMax and Entropy) on
-the same calibration data and the same FP32 graph. Each calibration runs in a
-child process so its peak memory (max RSS) is its own, ``--repeat`` times
-round-robin across tools (median time reported). Then accuracy of every
-resulting graph against FP32 on the held-out split, and ONNX Runtime CPU
-latency at batch 64 on one thread. Sessions come from ``pipeline.ortsession``:
-the CPU graphs (ours and quantize_static's) fully optimized, a TensorRT-target
-Q/DQ graph (FP16 scales, as ModelOpt writes) run as written.
+For each model, on the same FP32 graph and the same calibration samples in the same batches
+(``[calibration] samples`` and ``batch_size``), each quantizer in its own child process:
+
+* trtpipe (the config's ``method``): calibration, then the TensorRT-target graph (``w8a8``, on the
+  FP16 graph) or the ONNX Runtime CPU graph (``w8a8-cpu``); one process each;
+* NVIDIA ModelOpt's ONNX PTQ (``modelopt.onnx.quantization.quantize``, int8, FP16 high precision,
+  calibration ``max`` and ``entropy``), run by ``benchmarks.modelopt_ptq`` in ModelOpt's own
+  environment (its onnxruntime-gpu cannot live beside our onnxruntime);
+* ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights): S8S8 MinMax, S8S8 Entropy,
+  U8S8 MinMax.
+
+Each child's peak RSS comes from ``os.wait4`` (its own, imports included); its calibration and
+quantization seconds from its own clock, imports and data loading excluded. Then, per graph:
+rule violations (``pipeline.quantize.rules`` for the runtime the graph is for), Q/DQ coverage,
+int8-weight share, file size, error against FP32 on the held-out data (sessions from
+``pipeline.ortsession``: TensorRT-target Q/DQ graphs, ours and ModelOpt's, run as written, with no
+graph optimizations; the CPU graphs fully optimized, as they deploy) and ONNX Runtime CPU latency
+of the CPU graphs, timed round-robin. One table per model, then who wins.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.calib_memory import peak_of
+from benchmarks.zoo.graphstats import graph_stats
 from pipeline import ortsession
 from pipeline.artifacts import Artifacts
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.console import table
-from pipeline.data import calibration_batches, rebatch, sample_inputs
+from pipeline.data import calibration_batches, concat, rebatch, sample_inputs
 from pipeline.evaluate.accuracy import evaluate
 from pipeline.evaluate.timing import measure_interleaved
 
-ROUNDS, PER_ROUND = 10, 10
+REPO = Path(__file__).resolve().parent.parent
+ROUNDS, PER_ROUND = 8, 5
+LATENCY_BATCH = 64  # unless the config's [bench] cpu_batches says otherwise
+
+
+@dataclass(frozen=True)
+class Tool:
+    label: str
+    target: str  # the runtime whose quantization rules apply: "tensorrt" or "onnxruntime-cpu"
+    modelopt: bool = False
+
+
+TOOLS = {
+    "ours-w8a8": Tool("trtpipe w8a8", "tensorrt"),
+    "modelopt-max": Tool("ModelOpt int8 max", "tensorrt", modelopt=True),
+    "modelopt-entropy": Tool("ModelOpt int8 entropy", "tensorrt", modelopt=True),
+    "ours-cpu": Tool("trtpipe w8a8-cpu", "onnxruntime-cpu"),
+    "ort-u8s8-minmax": Tool("quantize_static U8S8 MinMax", "onnxruntime-cpu"),
+    "ort-s8s8-minmax": Tool("quantize_static S8S8 MinMax", "onnxruntime-cpu"),
+    "ort-s8s8-entropy": Tool("quantize_static S8S8 Entropy", "onnxruntime-cpu"),
+}
+CHILD_TOOLS = [k for k, t in TOOLS.items() if not t.modelopt]
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def child(args: argparse.Namespace) -> None:
-    """One calibration and quantization in this process; prints a JSON line with times and memory."""
-    import onnx
+def child(tool: str, config: str, work: Path) -> None:
+    """One calibration and quantization in this process; writes work/result.json."""
+    import onnx  # noqa: F401  imported before timing, for every tool
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: F401
+
+    from pipeline import onnxutil, stages
+    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
+    from pipeline.quantize.placement import GraphView, plan_tensorrt
+    from pipeline.quantize.qdq import QdqOnnxFromOnnx
+
+    cfg = load_config(config)
+    graphs = Artifacts.of(cfg, work)
+    next(iter(calibration_batches(cfg, samples=1)))  # load the data source before timing, for every tool
+    baseline = _rss_mb()
+    start = time.perf_counter()
+    if tool.startswith("ours"):
+        ranges = stages.calibrate(cfg, root=work, force=True)
+        calib_s = time.perf_counter() - start
+        fp32 = onnxutil.load(graphs.graph("fp32"))
+        view = GraphView(fp32)
+        method = cfg.calibration.method
+        if tool == "ours-w8a8":
+            fp16 = onnxutil.load(graphs.graph("fp16"))
+            out, model = (
+                graphs.graph("w8a8"),
+                QdqOnnxFromOnnx(plan_tensorrt(view, cfg.quantize), ranges, method)(fp16, view),
+            )
+        else:
+            out, model = graphs.graph("w8a8-cpu"), OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32, view)
+        onnxutil.save(model, out)
+    else:
+        calib_s, out = _quantize_static(tool, cfg, graphs.graph("fp32"), work, start)
+    record = {"calib_s": calib_s, "total_s": time.perf_counter() - start, "baseline_rss_mb": baseline}
+    (work / "result.json").write_text(json.dumps({**record, "graph": str(out)}))
+
+
+def _quantize_static(tool: str, cfg: Config, fp32: Path, work: Path, start: float) -> tuple[float, Path]:
+    """ONNX Runtime's calibration step as quantize_static runs it, then quantize_static from its cache."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -57,256 +122,315 @@ def child(args: argparse.Namespace) -> None:
     )
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from pipeline import onnxutil, stages
-    from pipeline.calibrate import cache, calibrator, histogram  # noqa: F401  imported before timing, like ORT's
-    from pipeline.quantize import placement  # noqa: F401
-    from pipeline.quantize.ort_cpu import OP_TYPES, OrtCpuQdqFromOnnx
+    from pipeline.quantize.ort_cpu import OP_TYPES
 
-    cfg = load_config(args.config)
-    cfg = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, samples=args.samples))
-    work = Path(args.work)
-    fp32_path = Artifacts.of(cfg, work).graph("fp32")
-    next(iter(calibration_batches(cfg, samples=1)))  # load the data source before timing, for every tool
-    baseline = _rss_mb()
-    start = time.perf_counter()
-    if args.tool == "ours":
-        ranges = stages.calibrate(cfg, root=work, force=True)
-        calib_s = time.perf_counter() - start
-        graph = OrtCpuQdqFromOnnx(ranges, cfg.calibration.method, cfg.quantize)(onnx.load(str(fp32_path)))
-        out = Artifacts.of(cfg, work).graph("w8a8-cpu")
-        onnxutil.save(graph, out)
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            # Same samples, regrouped into equal batches: ORT's histogram calibrators fail on
+            # ragged batches (onnxruntime#18792), ours take any batch size.
+            self.it = rebatch(calibration_batches(cfg), cfg, cfg.calibration.batch_size)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    method = CalibrationMethod.Entropy if tool.endswith("entropy") else CalibrationMethod.MinMax
+    activations = QuantType.QUInt8 if "u8s8" in tool else QuantType.QInt8
+    cache = work / "ort-cache.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        calibrator = create_calibrator(
+            fp32, list(OP_TYPES), augmented_model_path=f"{tmp}/aug.onnx", calibrate_method=method
+        )
+        calibrator.collect_data(Reader())
+        save_tensors_data(calibrator.compute_data(), cache)
+        del calibrator
+    calib_s = time.perf_counter() - start
+    out = work / f"{tool}.onnx"
+    quantize_static(
+        fp32,
+        out,
+        None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(OP_TYPES),
+        per_channel=True,
+        activation_type=activations,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        calibration_cache_path=cache,
+    )
+    return calib_s, out
+
+
+def modelopt_data(cfg: Config, folder: Path) -> tuple[Path, str]:
+    """Every calibration sample per input in one .npz, and one calibration step's shapes
+    (``name:BxD1x...``): ModelOpt splits the arrays into batches of that shape itself."""
+    batches = list(rebatch(calibration_batches(cfg), cfg, cfg.calibration.batch_size))
+    whole = concat(batches, cfg)
+    path = folder / "calibration.npz"
+    np.savez(path, **whole)
+    step = ",".join(
+        f"{name}:" + "x".join(str(d) for d in (cfg.calibration.batch_size, *value.shape[1:]))
+        for name, value in whole.items()
+    )
+    return path, step
+
+
+def run_tool(key: str, config: str, src: Artifacts, root: Path, data: tuple[Path, str], python: str) -> dict:
+    """One tool in its own process, from a fresh copy of the graphs; its record with peak RSS."""
+    cfg = load_config(config)
+    work = root / key
+    dst = Artifacts(cfg.name, work)
+    dst.onnx_dir.mkdir(parents=True)
+    for precision in ("fp32", "fp16"):
+        shutil.copy(src.graph(precision), dst.graph(precision))
+    config_path = str(Path(config).resolve())
+    if TOOLS[key].modelopt:
+        out = work / f"{key}.onnx"
+        method = key.removeprefix("modelopt-")
+        cmd = [python, "-m", "benchmarks.modelopt_ptq", str(dst.graph("fp32")), str(data[0]), data[1], method]
+        cmd += [str(out), str(work / "result.json")]
     else:
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                # Same samples, regrouped into equal batches: ORT's histogram calibrators fail on
-                # ragged batches (onnxruntime#18792), ours take any batch size.
-                self.it = rebatch(calibration_batches(cfg), cfg, cfg.calibration.batch_size)
-
-            def get_next(self):
-                return next(self.it, None)
-
-        method = CalibrationMethod.MinMax if args.tool == "ort-minmax" else CalibrationMethod.Entropy
-        cache = work / "ort-cache.json"
-        with tempfile.TemporaryDirectory() as tmp:  # ORT's calibration step, as quantize_static runs it
-            calibrator = create_calibrator(
-                fp32_path, list(OP_TYPES), augmented_model_path=f"{tmp}/aug.onnx", calibrate_method=method
-            )
-            calibrator.collect_data(Reader())
-            save_tensors_data(calibrator.compute_data(), cache)
-            del calibrator
-        calib_s = time.perf_counter() - start
-        out = work / f"ort-{args.tool}.onnx"
-        quantize_static(
-            fp32_path,
-            out,
-            None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(OP_TYPES),
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            calibration_cache_path=cache,
-        )
-    total_s = time.perf_counter() - start
-    print(
-        json.dumps(
-            {
-                "calib_s": calib_s,
-                "total_s": total_s,
-                "peak_rss_mb": _rss_mb(),
-                "baseline_rss_mb": baseline,
-                "graph": str(out),
-            }
-        )
-    )
+        cmd = [sys.executable, "-m", "benchmarks.quant_peers", "--child", key, "--work", str(work), config_path]
+    try:
+        peak_mb, wall_s = peak_of(cmd, REPO)
+    except SystemExit as failed:  # a peer failing on a model is a result: its row says why
+        if key.startswith("ours"):
+            raise
+        reason = str(failed).strip().splitlines()[-1]
+        print(f"  {cfg.name}: {key} failed: {reason}", file=sys.stderr, flush=True)
+        return {"failed": reason}
+    record = json.loads((work / "result.json").read_text())
+    if TOOLS[key].modelopt:
+        record = {**record, "calib_s": None, "graph": str(out)}  # one call: calibration is not timed apart
+    return {**record, "peak_rss_mb": peak_mb, "wall_s": wall_s}
 
 
-def run_child(config: str, tool: str, samples: int, work: Path) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.quant_peers",
-        "--child",
-        tool,
-        "--samples",
-        str(samples),
-        "--work",
-        str(work),
-        config,
+def quantized_layers(path: Path) -> tuple[int, int]:
+    """Quantized layers with a constant weight (activation input and weight both dequantized, the
+    weight from an initializer, directly or through a QuantizeLinear), and how many of them store
+    it as int8; a fake-quantized float weight (QuantizeLinear -> DequantizeLinear) does not count."""
+    import onnx
+    from onnx import TensorProto
+
+    graph = onnx.load(str(path)).graph
+    dtype = {i.name: i.data_type for i in graph.initializer}
+    made_by = {o: n for n in graph.node for o in n.output}
+    dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    layers = [
+        n
+        for n in graph.node
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input[0] in dq and n.input[1] in dq
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{tool} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    stored = [dq[n.input[1]].input[0] for n in layers]
+    stored = [made_by[t].input[0] if t in made_by and made_by[t].op_type == "QuantizeLinear" else t for t in stored]
+    weighted = [t for t in stored if t in dtype]
+    return len(weighted), sum(1 for t in weighted if dtype[t] == TensorProto.INT8)
 
 
-def figures(name: str, results: dict, latency: dict, fp32_ms: float) -> list[str]:
-    """The issue's "done when" figures, each beside its peer from the same run."""
-    ours = {n: results[("ours", n)] for n in (256, 512, 2048)}
-    growth = ours[2048]["peak_rss_mb"] / ours[256]["peak_rss_mb"] - 1
-    lines = [f"{name}: calibration peak RSS 256 -> 2048 samples {100 * growth:+.1f}% (needs < +10%)"]
-    for n in (512, 2048):
-        peer = results[("ort-entropy", n)]
-        ratio = peer["calib_s"] / ours[n]["calib_s"]
-        worst = peer["calib_range"][0] / ours[n]["calib_range"][1]  # our slowest run against its fastest
-        lines.append(
-            f"{name}: calibration at {n} samples {ratio:.1f}x faster than quantize_static Entropy "
-            f"(median of runs; {worst:.1f}x our slowest against its fastest) (needs 3x)"
+def rule_breakdown(path: Path, target: str) -> str:
+    """Violations counted per rule, e.g. ``22 per-channel-on-constants``."""
+    import onnx
+
+    from pipeline.quantize.rules import violations
+
+    counts: dict[str, int] = {}
+    for v in violations(onnx.load(str(path)), target):
+        counts[v.rule] = counts.get(v.rule, 0) + 1
+    return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "0"
+
+
+def bench_model(config: str, threads: int, python: str) -> tuple[str, list[str]]:
+    cfg = load_config(config)
+    src = Artifacts.of(cfg)
+    for precision in ("fp32", "fp16"):
+        if not src.graph(precision).is_file():
+            raise SystemExit(f"{src.graph(precision)} missing: run `trtpipe export -c {config}` first")
+    batch = cfg.nearest_batch(max(cfg.bench.cpu_batches or (LATENCY_BATCH,)))
+    with tempfile.TemporaryDirectory(prefix="trtpipe.peers.") as tmp:
+        root = Path(tmp)
+        data = modelopt_data(cfg, root)
+        results = {}
+        for key in TOOLS:
+            print(f"  {cfg.name}: {key} ...", file=sys.stderr, flush=True)
+            results[key] = run_tool(key, config, src, root, data, python)
+        scores = _scores(cfg, src, results, threads, batch)
+    return _report(cfg, results, scores, batch, threads)
+
+
+def _scores(cfg: Config, src: Artifacts, results: dict, threads: int, batch: int) -> dict:
+    """Per tool: graph figures, accuracy against FP32, CPU latency (CPU graphs)."""
+    scores: dict[str, dict] = {}
+    results = {k: r for k, r in results.items() if "failed" not in r}
+    for key, r in results.items():
+        path = Path(r["graph"])
+        stats = graph_stats(path, TOOLS[key].target)
+        layers, int8_layers = quantized_layers(path)
+        scores[key] = {
+            "violations": rule_breakdown(path, TOOLS[key].target) if stats.violations else "0",
+            "coverage": stats.coverage,
+            "int8_share": stats.int8_weight_share,
+            "layers": (layers, int8_layers),
+            "mb": path.stat().st_size / 2**20,
+        }
+    ref = ortsession.session(src.graph("fp32"), threads=threads, cpu_only=True, arena=False)
+    sessions = {
+        k: ortsession.session(r["graph"], threads=threads, cpu_only=True, arena=False) for k, r in results.items()
+    }
+    rows = evaluate(
+        cfg,
+        lambda f: ortsession.run(ref, f),
+        {k: (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()},
+        {},
+        cfg.nearest_batch(cfg.calibration.batch_size),
+    )
+    first = {r.artifact: r for r in rows if r.output == cfg.outputs[0].name}
+    for key in results:
+        scores[key]["accuracy"] = first[key]
+    scores["fp32"] = {"top1": rows[0].reference_metric}
+    feed = sample_inputs(cfg, batch)
+    cpu = {"fp32": ref, **{k: s for k, s in sessions.items() if TOOLS[k].target == "onnxruntime-cpu"}}
+    feeds = {k: ortsession.feed_for(s, feed) for k, s in cpu.items()}
+    latency = measure_interleaved(
+        {k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in cpu.items()},
+        warmup=2,
+        rounds=ROUNDS,
+        per_round=PER_ROUND,
+    )
+    for key, lat in latency.items():
+        scores.setdefault(key, {})["latency"] = lat
+    return scores
+
+
+def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) -> tuple[str, list[str]]:
+    fp32_ms = scores["fp32"]["latency"].median_ms
+    top1 = scores["fp32"]["top1"]
+    rows = [["FP32 (reference)", *["-"] * 8, _pct(top1), *["-"] * 4]]
+    rows[0] += [f"{fp32_ms:.2f}", "1.00x"]
+    for key, tool in TOOLS.items():
+        label = tool.label + ("" if tool.modelopt or key.startswith("ort") else f" ({cfg.calibration.method})")
+        target = "TensorRT" if tool.target == "tensorrt" else "ORT CPU"
+        if "failed" in results[key]:
+            rows.append([label, target, "failed: " + results[key]["failed"][:80], *["-"] * 13])
+            continue
+        s, r, a = scores[key], results[key], scores[key]["accuracy"]
+        layers, int8_layers = s["layers"]
+        lat = s.get("latency")
+        rows.append(
+            [
+                label,
+                target,
+                s["violations"],
+                f"{100 * s['coverage']:.0f}%",
+                f"{100 * s['int8_share']:.0f}% ({int8_layers}/{layers})",
+                f"{s['mb']:.2f}",
+                f"{a.stats.rel_error:.4f}",
+                f"{a.stats.cosine:.5f}",
+                f"{a.stats.centered_cosine:.5f}",
+                _pct(a.metric),
+                "-" if a.agreement is None else f"{100 * a.agreement:.1f}%",
+                "-" if r["calib_s"] is None else f"{r['calib_s']:.2f}",
+                f"{r['total_s']:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+            ]
         )
-    ours = latency[("ours", 512)]
-    peers = ", ".join(
-        f"{latency[(t, 512)].median_ms / ours.median_ms:.2f}x {t} (IQR {latency[(t, 512)].iqr_ms:.2f} ms)"
-        for t in ("ort-minmax", "ort-entropy")
-    )
-    lines.append(
-        f"{name}: w8a8-cpu {fp32_ms / ours.median_ms:.2f}x FP32 (needs 2x); vs quantize_static U8S8 "
-        f"{peers}, ours {ours.median_ms:.2f} ms (IQR {ours.iqr_ms:.2f}) (needs >= 1x)"
-    )
+        rows[-1] += ["-", "-"] if lat is None else [f"{lat.median_ms:.2f}", f"{fp32_ms / lat.median_ms:.2f}x"]
+    headers = ["quantizer", "for", "rule violations", "Q/DQ coverage", "int8 weights (layers)", "file MB"]
+    headers += ["rel error", "cosine", "centered cos", "top-1 %", "top-1 agree", "calibrate s"]
+    headers += ["calib+quant s", "peak RSS MB", f"ORT CPU ms (b{batch}, {threads} thr)", "vs FP32"]
+    return f"{cfg.name}\n" + table(headers, rows), verdicts(cfg.name, results, scores)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+MODELOPT = ("modelopt-max", "modelopt-entropy")
+QUANTIZE_STATIC = ("ort-u8s8-minmax", "ort-s8s8-minmax", "ort-s8s8-entropy")
+
+
+def verdicts(name: str, results: dict, scores: dict) -> list[str]:
+    """Who wins, and the issue's "done when" figures, each against its peers from the same run
+    (a peer that failed on the model is left out, and said so)."""
+    err = {k: scores[k]["accuracy"].stats.rel_error for k in TOOLS if "failed" not in results[k]}
+    fastest = min((k for k in TOOLS if "latency" in scores.get(k, {})), key=lambda k: scores[k]["latency"].median_ms)
+    lines = [
+        f"{name}: TensorRT graph: {_winner(err, 'ours-w8a8', MODELOPT)}",
+        f"{name}: CPU graph: {_winner(err, 'ours-cpu', QUANTIZE_STATIC)}; fastest: {TOOLS[fastest].label}",
+    ]
+    ours = results["ours-w8a8"]
+    checks = [
+        ("w8a8 rel error <= better ModelOpt", _yes(err, "ours-w8a8", MODELOPT)),
+        ("w8a8-cpu rel error <= U8S8 MinMax", _yes(err, "ours-cpu", ("ort-u8s8-minmax",))),
+        ("0 violations", "yes" if all(scores[k]["violations"] == "0" for k in ("ours-w8a8", "ours-cpu")) else "NO"),
+        (
+            "int8 weights on every quantized layer",
+            "yes" if all(_all_int8(scores[k]) for k in ("ours-w8a8", "ours-cpu")) else "NO",
+        ),
+        ("calib+quant faster than ModelOpt entropy", _speed(ours, results["modelopt-entropy"], "total_s")),
+        ("calibration faster than quantize_static Entropy", _speed(ours, results["ort-s8s8-entropy"], "calib_s")),
+    ]
+    lines.append(f"{name}: done-when: " + "; ".join(f"{what}: {verdict}" for what, verdict in checks))
     return lines
 
 
-def bench_model(config: str, batch: int, threads: int, repeat: int) -> tuple[list[list[object]], list[str]]:
-    cfg = load_config(config)
-    src = Artifacts.of(cfg)
-    if not src.graph("fp32").is_file():
-        raise SystemExit(f"{src.graph('fp32')} missing: run `make engines` (or trtpipe export) first")
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="trtpipe.bench.") as tmp:
-        results = {}
-        runs = [
-            ("ours", 256),
-            ("ours", 512),
-            ("ours", 2048),
-            ("ort-minmax", 512),
-            ("ort-entropy", 512),
-            ("ort-entropy", 2048),
-        ]
-        each: dict[tuple[str, int], list[dict]] = {key: [] for key in runs}
-        for rep in range(repeat):  # round-robin, so drift on a shared machine touches every tool alike
-            for tool, samples in runs:
-                work = Path(tmp) / f"{tool}-{samples}-{rep}"
-                dst = Artifacts(cfg.name, work)
-                dst.onnx_dir.mkdir(parents=True)
-                for p in ("fp32", "fp16"):
-                    shutil.copy(src.graph(p), dst.graph(p))
-                each[(tool, samples)].append(run_child(config, tool, samples, work))
-        for key, done in each.items():
-            results[key] = {
-                "calib_s": statistics.median(r["calib_s"] for r in done),
-                "calib_range": (min(r["calib_s"] for r in done), max(r["calib_s"] for r in done)),
-                "total_s": statistics.median(r["total_s"] for r in done),
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
-                "growth_mb": max(r["peak_rss_mb"] - r["baseline_rss_mb"] for r in done),
-                "graph": done[-1]["graph"],
-            }
+def _winner(err: dict[str, float], ours: str, peers: tuple[str, ...]) -> str:
+    ran = [p for p in peers if p in err]
+    failed = [TOOLS[p].label for p in peers if p not in err]
+    note = f" ({', '.join(failed)} failed)" if failed else ""
+    if not ran:
+        return f"trtpipe {err[ours]:.4f}, no peer ran{note}"
+    best = min(ran, key=err.__getitem__)
+    who = "trtpipe" if err[ours] <= err[best] else TOOLS[best].label
+    return (
+        f"{who} wins on error (trtpipe {err[ours]:.4f}, best peer {TOOLS[best].label} {err[best]:.4f}, "
+        f"ratio {err[ours] / err[best]:.2f}){note}"
+    )
 
-        feed = sample_inputs(cfg, batch)
-        ref = ortsession.session(src.graph("fp32"), threads=threads, cpu_only=True)
-        sessions = {key: ortsession.session(r["graph"], threads=threads, cpu_only=True) for key, r in results.items()}
-        timed = {"fp32": ref, **sessions}
-        latency = measure_interleaved(
-            {k: (lambda s=s: s.run(None, feed)) for k, s in timed.items()},
-            warmup=cfg.bench.warmup,
-            rounds=ROUNDS,
-            per_round=PER_ROUND,
-        )
-        fp32_lat = latency["fp32"]
-        acc = evaluate(
-            cfg,
-            lambda f: ortsession.run(ref, f),
-            {f"{k[0]}@{k[1]}": (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()},
-            {},
-            cfg.nearest_batch(batch),
-        )
-        acc_by = {r.artifact: r for r in acc}
-        fp32_top1 = acc[0].reference_metric
-        rows.append(
-            [
-                cfg.name,
-                "FP32 (reference)",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                f"{fp32_top1:.2f}",
-                "-",
-                "-",
-                f"{fp32_lat.median_ms:.2f}",
-                "1.00x",
-            ]
-        )
-        names = {
-            "ours": f"trtpipe ({cfg.calibration.method})",
-            "ort-minmax": "ORT quantize_static MinMax",
-            "ort-entropy": "ORT quantize_static Entropy",
-        }
-        for key in runs:
-            r = results[key]
-            a = acc_by[f"{key[0]}@{key[1]}"]
-            lat = latency[key]
-            rows.append(
-                [
-                    cfg.name,
-                    names[key[0]],
-                    key[1],
-                    f"{r['calib_s']:.2f}",
-                    f"{r['total_s']:.2f}",
-                    f"{r['peak_rss_mb']:.0f}",
-                    f"{r['growth_mb']:.0f}",
-                    f"{a.metric:.2f}",
-                    "-" if a.agreement is None else f"{100 * a.agreement:.2f}%",
-                    f"{a.stats.cosine:.5f}",
-                    f"{lat.median_ms:.2f}",
-                    f"{fp32_lat.median_ms / lat.median_ms:.2f}x",
-                ]
-            )
-    return rows, figures(cfg.name, results, latency, fp32_lat.median_ms)
+
+def _yes(err: dict[str, float], ours: str, peers: tuple[str, ...]) -> str:
+    ran = [p for p in peers if p in err]
+    if not ran:
+        return "n/a (peer failed)"
+    return "yes" if err[ours] <= min(err[p] for p in ran) else "NO"
+
+
+def _speed(ours: dict, peer: dict, key: str) -> str:
+    if "failed" in peer:
+        return "n/a (peer failed)"
+    ratio = peer[key] / ours[key]
+    return f"{'yes' if ratio > 1 else 'NO'} ({ratio:.1f}x)"
+
+
+def _all_int8(score: dict) -> bool:
+    layers, int8_layers = score["layers"]
+    return layers == int8_layers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+")
-    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3, help="calibration runs per tool and sample count (median)")
-    parser.add_argument("--child", choices=["ours", "ort-minmax", "ort-entropy"])
-    parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--work")
+    parser.add_argument("--modelopt-python", default=str(REPO / ".modeloptvenv" / "bin" / "python"))
+    parser.add_argument("--child", choices=CHILD_TOOLS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.tool, args.config = args.child, args.configs[0]
-        child(args)
+        child(args.child, args.configs[0], Path(args.work))
         return
-    rows, lines = [], []
+    if not Path(args.modelopt_python).is_file():
+        raise SystemExit(f"{args.modelopt_python} not found: `make bench-quant` sets up ModelOpt's environment first")
+    tables, lines = [], []
     for config in args.configs:
-        model_rows, model_lines = bench_model(config, args.batch, args.threads, args.repeat)
-        rows.extend(model_rows)
+        model_table, model_lines = bench_model(config, args.threads, args.modelopt_python)
+        print(model_table + "\n" + "\n".join(model_lines) + "\n", flush=True)
+        tables.append(model_table)
         lines.extend(model_lines)
-    headers = [
-        "model",
-        "quantizer",
-        "calib samples",
-        "calibrate s",
-        "calibrate+quantize s",
-        "peak RSS MB",
-        "RSS growth MB",
-        "top-1 %",
-        "top-1 agree",
-        "cosine",
-        f"ORT CPU ms (b{args.batch}, {args.threads} thr)",
-        "speedup vs FP32",
-    ]
-    print(table(headers, rows))
+    print("\n".join(lines))
     print(
-        f"\nLatency: median of {ROUNDS * PER_ROUND} runs per graph, timed round-robin across graphs after "
-        f"warm-up, ONNX Runtime {__import__('onnxruntime').__version__} "
-        f"CPU EP, batch {args.batch}, {args.threads} thread(s), host arrays in and out. Peak RSS is each "
-        "calibration process's max resident set (imports included); growth is peak minus RSS before calibration."
+        f"\nLatency: median of {ROUNDS * PER_ROUND} runs per CPU graph, timed round-robin after warm-up, "
+        f"ONNX Runtime {__import__('onnxruntime').__version__} CPU EP. Peak RSS: each tool's own process "
+        "(os.wait4), imports included. calibrate s / calib+quant s: the tool's own clock, imports and data "
+        "loading excluded; ModelOpt calibrates and quantizes in one call."
     )
-    print("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":
