@@ -1,0 +1,63 @@
+"""The peer benchmark's count of quantized layers with int8 weights, on a tiny graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from benchmarks.quant_peers import quantized_layers
+
+
+def _scalar(name: str, value, dtype) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+
+def _mixed_weights() -> onnx.ModelProto:
+    """
+        x ─► Q ─► DQ ─► conv_a ─► Q ─► DQ ─► conv_b ─► Q ─► DQ ──► MatMul(a, a) ─► y
+                          ▲                    ▲                 (both inputs the same activation)
+               DQ ◄─ w_a (int8)     DQ ◄─ Q ◄─ w_b (float: ModelOpt's fake-quantized weight)
+    Expected: 2 quantized layers with a constant weight (the MatMul of two activations has
+    none), 1 of them stored as int8.
+    """
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (4, 4, 1, 1)).astype(np.int8), "w_a"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w_b"),
+        _scalar("s", 0.05, np.float32),
+        _scalar("z", 0, np.int8),
+    ]
+
+    def qdq(src: str) -> list[onnx.NodeProto]:
+        return [
+            helper.make_node("QuantizeLinear", [src, "s", "z"], [f"{src}.q"], name=f"{src}.Q"),
+            helper.make_node("DequantizeLinear", [f"{src}.q", "s", "z"], [f"{src}.dq"], name=f"{src}.DQ"),
+        ]
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_a", "s", "z"], ["w_a.dq"], name="w_a.DQ"),
+        *qdq("w_b"),
+        *qdq("x"),
+        helper.make_node("Conv", ["x.dq", "w_a.dq"], ["a"], name="conv_a"),
+        *qdq("a"),
+        helper.make_node("Conv", ["a.dq", "w_b.dq"], ["b"], name="conv_b"),
+        *qdq("b"),
+        helper.make_node("MatMul", ["b.dq", "b.dq"], ["y"], name="matmul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+def test_only_int8_initializers_count_as_int8_weights(tmp_path):
+    path = tmp_path / "mixed.onnx"
+    model = _mixed_weights()
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    assert quantized_layers(path) == (2, 1)
