@@ -13,7 +13,8 @@ For each model, on the same FP32 graph and the same calibration samples in the s
 * ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights): S8S8 MinMax, S8S8 Entropy,
   U8S8 MinMax.
 
-Each child's peak RSS comes from ``os.wait4`` (its own, imports included); its calibration and
+Each child reports its own peak RSS (VmHWM, imports included: ``os.wait4`` would report at least
+this process's RSS, see ``benchmarks.modelopt_ptq.own_peak_mb``); its calibration and
 quantization seconds from its own clock, imports and data loading excluded. Then, per graph:
 rule violations (``pipeline.quantize.rules`` for the runtime the graph is for), Q/DQ coverage,
 int8-weight share, file size, error against FP32 on the held-out data (sessions from
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.calib_memory import peak_of
+from benchmarks.modelopt_ptq import own_peak_mb
 from benchmarks.zoo.graphstats import graph_stats
 from pipeline import ortsession
 from pipeline.artifacts import Artifacts
@@ -70,10 +71,6 @@ TOOLS = {
 CHILD_TOOLS = [k for k, t in TOOLS.items() if not t.modelopt]
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
 def child(tool: str, config: str, work: Path) -> None:
     """One calibration and quantization in this process; writes work/result.json."""
     import onnx  # noqa: F401  imported before timing, for every tool
@@ -87,7 +84,7 @@ def child(tool: str, config: str, work: Path) -> None:
     cfg = load_config(config)
     graphs = Artifacts.of(cfg, work)
     next(iter(calibration_batches(cfg, samples=1)))  # load the data source before timing, for every tool
-    baseline = _rss_mb()
+    baseline = own_peak_mb()
     start = time.perf_counter()
     if tool.startswith("ours"):
         ranges = stages.calibrate(cfg, root=work, force=True)
@@ -107,6 +104,7 @@ def child(tool: str, config: str, work: Path) -> None:
     else:
         calib_s, out = _quantize_static(tool, cfg, graphs.graph("fp32"), work, start)
     record = {"calib_s": calib_s, "total_s": time.perf_counter() - start, "baseline_rss_mb": baseline}
+    record["peak_rss_mb"] = own_peak_mb()
     (work / "result.json").write_text(json.dumps({**record, "graph": str(out)}))
 
 
@@ -191,7 +189,7 @@ def run_tool(key: str, config: str, src: Artifacts, root: Path, data: tuple[Path
     else:
         cmd = [sys.executable, "-m", "benchmarks.quant_peers", "--child", key, "--work", str(work), config_path]
     try:
-        peak_mb, wall_s = peak_of(cmd, REPO)
+        _, wall_s = peak_of(cmd, REPO)  # its wait4 peak would carry this process's RSS: see own_peak_mb
     except SystemExit as failed:  # a peer failing on a model is a result: its row says why
         if key.startswith("ours"):
             raise
@@ -201,7 +199,7 @@ def run_tool(key: str, config: str, src: Artifacts, root: Path, data: tuple[Path
     record = json.loads((work / "result.json").read_text())
     if TOOLS[key].modelopt:
         record = {**record, "calib_s": None, "graph": str(out)}  # one call: calibration is not timed apart
-    return {**record, "peak_rss_mb": peak_mb, "wall_s": wall_s}
+    return {**record, "wall_s": wall_s}
 
 
 def quantized_layers(path: Path) -> tuple[int, int]:
@@ -428,7 +426,7 @@ def main() -> None:
     print(
         f"\nLatency: median of {ROUNDS * PER_ROUND} runs per CPU graph, timed round-robin after warm-up, "
         f"ONNX Runtime {__import__('onnxruntime').__version__} CPU EP. Peak RSS: each tool's own process "
-        "(os.wait4), imports included. calibrate s / calib+quant s: the tool's own clock, imports and data "
+        "(VmHWM), imports included. calibrate s / calib+quant s: the tool's own clock, imports and data "
         "loading excluded; ModelOpt calibrates and quantizes in one call."
     )
 
