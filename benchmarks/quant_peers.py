@@ -77,6 +77,7 @@ def child(tool: str, config: str, work: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: F401
 
     from pipeline import onnxutil, stages
+    from pipeline.quantize import smooth
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
     from pipeline.quantize.placement import GraphView, plan_tensorrt
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
@@ -89,11 +90,12 @@ def child(tool: str, config: str, work: Path) -> None:
     if tool.startswith("ours"):
         ranges = stages.calibrate(cfg, root=work, force=True)
         calib_s = time.perf_counter() - start
-        fp32 = onnxutil.load(graphs.graph("fp32"))
+        # As the quantize stage does: with [quantize] smoothquant, the smoothed graphs (maxima cached).
+        fp32, edits, _ = stages._smoothed(cfg, graphs, onnxutil.load(graphs.graph("fp32")))
         view = GraphView(fp32)
         method = cfg.calibration.method
         if tool == "ours-w8a8":
-            fp16 = onnxutil.load(graphs.graph("fp16"))
+            fp16 = smooth.apply(onnxutil.load(graphs.graph("fp16")), edits)
             out, model = (
                 graphs.graph("w8a8"),
                 QdqOnnxFromOnnx(plan_tensorrt(view, cfg.quantize), ranges, method)(fp16, view),
