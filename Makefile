@@ -112,17 +112,14 @@ $(MODELOPT_STAMP): constraints-cpu.txt
 	$(MODELOPT_VENV)/bin/python -c "import onnxruntime as o, modelopt.onnx.quantization; raise SystemExit(None if 'CPUExecutionProvider' in o.get_available_providers() else 'modelopt venv: onnxruntime has no CPU execution provider')"
 	touch $@
 
-# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...']: both examples (or MODEL) and the
+# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...']: the examples (or MODEL) and the
 # peer configs (zoo architectures at small sizes, exported with the zoo's environment).
 PEERS ?= $(wildcard benchmarks/peers/*.toml)
-PEER_GRAPHS := $(foreach c,$(PEERS),engines/$(basename $(notdir $(c)))/onnx/model.fp16.onnx)
 
-bench-quant: export $(PEER_GRAPHS) | $(MODELOPT_STAMP)
+bench-quant: export | $(MODELOPT_STAMP) $(if $(PEERS),$(ZOO_STAMP))
+	@for c in $(PEERS); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
 	$(BIN)/python -m benchmarks.quant_peers --modelopt-python $(MODELOPT_VENV)/bin/python \
-		$(foreach m,$(MODELS),models/$(m).toml) $(PEERS)
-
-engines/%/onnx/model.fp32.onnx engines/%/onnx/model.fp16.onnx: benchmarks/peers/%.toml $(EXPORT_SRC) | $(ZOO_STAMP)
-	$(ZOO_VENV)/bin/python -m pipeline export -c $<
+		$(CONFIGS) $(PEERS)
 
 # Line coverage of pipeline/build (TensorRT code included, run on tests/trt_standin) is printed
 # and must stay at 90% or more.

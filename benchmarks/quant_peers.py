@@ -77,9 +77,10 @@ def child(tool: str, config: str, work: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: F401
 
     from pipeline import onnxutil, stages
+    from pipeline.graphview import GraphView
     from pipeline.quantize import smooth
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
-    from pipeline.quantize.placement import GraphView, plan_tensorrt
+    from pipeline.quantize.placement import plan_tensorrt
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     cfg = load_config(config)
@@ -182,6 +183,8 @@ def run_tool(key: str, config: str, src: Artifacts, root: Path, data: tuple[Path
     dst.onnx_dir.mkdir(parents=True)
     for precision in ("fp32", "fp16"):
         shutil.copy(src.graph(precision), dst.graph(precision))
+    dst.record("export").parent.mkdir(parents=True)
+    shutil.copy(src.record("export"), dst.record("export"))  # calibrate checks the graphs against it
     config_path = str(Path(config).resolve())
     if TOOLS[key].modelopt:
         out = work / f"{key}.onnx"
@@ -241,9 +244,9 @@ def rule_breakdown(path: Path, target: str) -> str:
 def bench_model(config: str, threads: int, python: str) -> tuple[str, list[str]]:
     cfg = load_config(config)
     src = Artifacts.of(cfg)
-    for precision in ("fp32", "fp16"):
-        if not src.graph(precision).is_file():
-            raise SystemExit(f"{src.graph(precision)} missing: run `trtpipe export -c {config}` first")
+    for path in (src.graph("fp32"), src.graph("fp16"), src.record("export")):
+        if not path.is_file():
+            raise SystemExit(f"{path} missing: run `trtpipe engines -c {config} --until export` first")
     batch = cfg.nearest_batch(max(cfg.bench.cpu_batches or (LATENCY_BATCH,)))
     with tempfile.TemporaryDirectory(prefix="trtpipe.peers.") as tmp:
         root = Path(tmp)
