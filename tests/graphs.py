@@ -322,6 +322,33 @@ def position_embedding() -> onnx.ModelProto:
     return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
 
 
+def masked_attention_scores() -> onnx.ModelProto:
+    """
+        x [batch, 8, 16] ─► MatMul w [16, 8] ─► s ─► Add ◄─ mask [batch, 1, 8] ─► a ─► Softmax ─► MatMul v [8, 16] ─► y
+    Attention scores plus a padding mask (0 where a position is kept, float32's lowest where it
+    is padding, as transformers builds it), into a Softmax.
+    """
+    inits = [_w("w", 16, 8), _w("v", 8, 16)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
+        helper.make_node("Add", ["s", "mask"], ["a"], name="masked"),
+        helper.make_node("Softmax", ["a"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"], name="mix"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "masked_attention_scores",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 16]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 1, 8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def fp16_qdq_conv_bias() -> onnx.ModelProto:
     """A TensorRT-target Q/DQ graph as our quantizer writes one, cut to one 1x1 conv:
 

@@ -325,6 +325,27 @@ def test_cpu_graph_keeps_an_embedding_add_into_a_layernorm_float():
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05  # the class-token row survives
 
 
+def test_cpu_graph_keeps_the_add_of_a_padding_mask_into_softmax_float():
+    """A T5 encoder's CPU graph fell to cosine 0.965 with its score + mask Adds in uint8: the mask's
+    float32-lowest values and the scores share one range, and every score rounds to the same step."""
+    from pipeline.graphview import GraphView
+
+    model = graphs.masked_attention_scores()
+    assert ort_cpu.softmax_input_adds(GraphView(model)) == ["masked"]
+    rng = np.random.default_rng(4)
+    batches = []
+    for _ in range(4):
+        mask = np.zeros((8, 1, 8), np.float32)
+        mask[:, :, 6:] = np.finfo(np.float32).min  # the last two positions are padding
+        batches.append({"x": rng.standard_normal((8, 8, 16)).astype(np.float32), "mask": mask})
+    ranges = RangesFromOnnx(ort_cpu.tensors_to_calibrate(model), 2048, 99.99)(model, batches)
+    w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    readers = {i: n.op_type for n in w8a8.graph.node for i in n.input}
+    assert readers["a"] == "Softmax"  # no Q/DQ between the Add and the Softmax
+    ref, out = run(model, batches[0]).ravel(), run(w8a8, batches[0]).ravel()
+    assert ref @ out / (np.linalg.norm(ref) * np.linalg.norm(out)) > 0.999
+
+
 def test_cpu_graph_quantizes_a_tied_weight_as_a_weight():
     model = graphs.tied_lm_head()
     w8a8 = _cpu_graph(model)
