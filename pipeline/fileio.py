@@ -7,6 +7,7 @@ into place, so an interrupted run never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -63,16 +64,35 @@ def _alive(pid: int) -> bool:
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest.name), suffix=suffix + ".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    with disk_full_is_user_error(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest.name), suffix=suffix + ".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+        try:
+            yield Path(tmp)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+# No space (ENOSPC), a quota (EDQUOT), a file size limit (EFBIG): the user frees space and re-runs.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def disk_full_is_user_error(dest: Path) -> Iterator[None]:
+    """A write to ``dest`` that runs out of space is one line naming the file, not a traceback."""
     try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        shown = Path(
+            *(part for part in dest.parts if not _WRITER.search(part))
+        )  # a staging folder's file: its final name
+        raise PipelineError(f"{shown}: disk full ({exc.strerror}); free space there and re-run") from None
 
 
 @contextlib.contextmanager

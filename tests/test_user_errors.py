@@ -3,7 +3,10 @@ naming the file, key or tensor and the fix."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from pipeline.quantize.placement import plan_tensorrt
 from tests import graphs
 from tests.conftest import USER_MODEL, config_text
 
+REPO = Path(__file__).resolve().parent.parent
 EXTRA = textwrap.dedent(
     """
     def returns_none(samples, batch_size):
@@ -213,3 +217,41 @@ def test_a_state_dict_with_a_value_that_is_no_tensor(config, tmp_path):
     cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "{tmp_path / "odd.pt"}"')
     with pytest.raises(PipelineError, match=r"odd\.pt: 'conv1\.weight' is a int; a state_dict maps names to tensors"):
         model_from_config(cfg)
+
+
+# Writes under a file size limit (SIGXFSZ ignored) fail with EFBIG, as they fail with ENOSPC on a
+# full disk: the child prints what the write raised.
+_FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from pipeline import onnxutil
+    from pipeline.fileio import write_bytes
+    from tests import graphs
+
+    folder = Path(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    for write in (
+        lambda: write_bytes(folder / "big.bin", bytes(100_000)),
+        lambda: onnxutil.staged({folder / "model.onnx": graphs.residual()}).__enter__(),
+    ):
+        try:
+            write()
+            print("written")
+        except Exception as exc:
+            print(type(exc).__name__, str(exc).splitlines()[0])
+    """
+)
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    child = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == [
+        f"PipelineError {tmp_path / 'big.bin'}: disk full (File too large); free space there and re-run",
+        f"PipelineError {tmp_path / 'model.onnx'}: disk full (File too large); free space there and re-run",
+    ]
+    assert list(tmp_path.iterdir()) == []  # no temp file, no staging folder, nothing that looks complete
