@@ -13,7 +13,7 @@ ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth bench-budget gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth bench-budget bench-faults gpu-check test clean help
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
 	@echo "make bench-budget           plain w8a8 vs w8a8 under [accuracy.budget] min_cosine = 0.99, sensitivity timed"
+	@echo "make bench-faults           SIGKILL at 0.5/2/5 s and a full disk in each stage of resnet_digits, one table"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -69,6 +70,11 @@ bench-smooth: $(STAMP)
 # CNN; graphs cached under engines/bench-budget.
 bench-budget: $(STAMP)
 	$(BIN)/python -m benchmarks.budget
+
+# In a scratch folder of its own (engines/ and calib/ are left alone): each stage killed at 0.5, 2
+# and 5 s and run on a full disk (a tmpfs when root, else a file size limit), then re-run.
+bench-faults: $(STAMP)
+	$(BIN)/python -m benchmarks.faults models/resnet_digits.toml
 
 # The first command on a GPU machine (see README, GPU setup): every stage of the three examples on
 # TensorRT, INT8 coverage >= 90% of quantized layers, accuracy gates, w8a8 vs FP16 speed (or the
