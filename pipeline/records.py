@@ -90,9 +90,16 @@ def begin(cfg: Config, out: Artifacts, stage: str) -> None:
 
 
 def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
-    """The record of a run whose ``outputs`` are complete."""
+    """The record of a run whose ``outputs`` are complete. If it cannot be written (a full disk),
+    the outputs go too: complete-looking files that no record vouches for would only be refused."""
+    outputs = list(outputs)
     record = StageRecord(stage, current_inputs(cfg, out, stage), {out.key(p): sha256(p) for p in outputs}, passed)
-    write_json(out.record(stage), record.to_json())
+    try:
+        write_json(out.record(stage), record.to_json())
+    except BaseException:
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
     return record
 
 

@@ -139,3 +139,17 @@ def test_what_a_killed_run_left_is_swept_by_the_next(tmp_path, user_model, monke
         path.mkdir() if "staged" in path.name else path.write_bytes(out.graph("fp32").read_bytes())
     stages.calibrate(cfg)
     assert [p for p in killed if p.exists()] == [] and running.exists()
+
+
+def test_outputs_go_when_their_record_cannot_be_written(tmp_path, user_model, monkeypatch):
+    """A full disk after the outputs but before the record: no output stays that nothing vouches for."""
+    monkeypatch.chdir(tmp_path)
+    cfg, _, _ = _project(tmp_path, user_model)
+    out = Artifacts.of(cfg)
+    stages.export(cfg)
+    stages.calibrate(cfg)
+    out.record("calibrate").unlink()
+    (out.record("calibrate") / "in the way").mkdir(parents=True)  # the record's rename fails
+    with pytest.raises(OSError):
+        records.finish(cfg, out, "calibrate", [out.ranges])
+    assert not out.ranges.exists()
