@@ -11,12 +11,13 @@ code aside: ``trtpipe engines`` re-runs stages on a code change, single stages d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +95,20 @@ def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], pas
     the outputs go too: complete-looking files that no record vouches for would only be refused."""
     outputs = list(outputs)
     record = StageRecord(stage, current_inputs(cfg, out, stage), {out.key(p): sha256(p) for p in outputs}, passed)
-    try:
+    with all_or_none(outputs):
         write_json(out.record(stage), record.to_json())
+    return record
+
+
+@contextlib.contextmanager
+def all_or_none(outputs: list[Path]) -> Iterator[None]:
+    """If the block fails (a full disk midway), none of ``outputs`` stays: a stage's files come as a set."""
+    try:
+        yield
     except BaseException:
         for path in outputs:
             path.unlink(missing_ok=True)
         raise
-    return record
 
 
 def verify(cfg: Config, out: Artifacts, stage: str) -> None:

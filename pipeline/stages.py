@@ -533,8 +533,9 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
         largest = max(plan.batches)
         result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
         result["profiled_batch"] = largest
-    write_json(out.result("bench"), result)
-    write_text(out.bench_csv, bench_mod.to_csv([r for run in runs for r in run]))
+    with records.all_or_none([out.result("bench"), out.bench_csv]):
+        write_json(out.result("bench"), result)
+        write_text(out.bench_csv, bench_mod.to_csv([r for run in runs for r in run]))
     records.finish(cfg, out, "bench", [out.result("bench"), out.bench_csv])
     info(
         f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "

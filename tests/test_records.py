@@ -153,3 +153,13 @@ def test_outputs_go_when_their_record_cannot_be_written(tmp_path, user_model, mo
     with pytest.raises(OSError):
         records.finish(cfg, out, "calibrate", [out.ranges])
     assert not out.ranges.exists()
+
+
+def test_a_stage_writes_all_of_its_outputs_or_none(tmp_path):
+    first, second = tmp_path / "bench.json", tmp_path / "bench.csv"
+    second.mkdir()
+    (second / "in the way").mkdir()  # the second write fails, as on a disk that filled after the first
+    with pytest.raises(OSError), records.all_or_none([first, second]):
+        first.write_text("{}")
+        os.replace(tmp_path / "bench.json", second)
+    assert not first.exists()
