@@ -78,7 +78,9 @@ class RangesFromOnnx:
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
             found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
-            choices = auto(view, found, view.with_weights(onnxutil.load(path, "FP32 graph")))
+            # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
+            model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
+            choices = auto(view, found, view.with_weights(model))
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]
