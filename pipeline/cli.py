@@ -46,9 +46,14 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(config_path: Path):
+    """The config; from here on this process's temporary files go inside the model's engines folder."""
+    from pipeline.artifacts import Artifacts
     from pipeline.config import load_config
+    from pipeline.fileio import keep_temporaries_in
 
-    return load_config(config_path)
+    cfg = load_config(config_path)
+    keep_temporaries_in(Artifacts.of(cfg).model_dir)
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,6 +6,7 @@ into place, so an interrupted run never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -48,6 +49,21 @@ def sweep(folder: Path) -> list[Path]:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             gone.append(entry)
     return gone
+
+
+def keep_temporaries_in(folder: Path) -> Path:
+    """Point this process's temporary files (ours, and those ONNX Runtime's quantizer, onnx and
+    Polygraphy make through ``tempfile``) at a folder of its own inside ``folder``, removed at
+    exit: a run may write only inside its output folders. A killed run's folder is swept by the
+    next run (its name carries this process's id)."""
+    with disk_full_is_user_error(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep(folder)
+        scratch = Path(tempfile.mkdtemp(dir=folder, prefix=temp_prefix("scratch")))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    tempfile.tempdir = str(scratch)
+    os.environ["TMPDIR"] = str(scratch)  # for any child process
+    return scratch
 
 
 def _alive(pid: int) -> bool:
