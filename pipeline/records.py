@@ -2,11 +2,12 @@
 
 ``engines/NAME/records/STAGE.json`` holds a ``StageRecord``: its ``inputs`` are the config
 sections the stage reads, the weights, the model's source file, the data's fingerprint, the
-pipeline's code and the files of earlier stages; its ``outputs`` are the files it wrote. A stage
-removes its record when it starts and writes it once its outputs are complete, so a failed or
-killed run leaves none. Before a stage reads a file, ``verify`` walks the records upstream: each
-file is the one its stage wrote, and nothing that stage was made from has changed since (the
-code aside: ``trtpipe engines`` re-runs stages on a code change, single stages do not refuse).
+pipeline source the stage runs (``pipeline.codehash``) and the files of earlier stages; its
+``outputs`` are the files it wrote. A stage removes its record when it starts and writes it once
+its outputs are complete, so a failed or killed run leaves none. Before a stage reads a file,
+``verify`` walks the records upstream: each file is the one its stage wrote, and nothing that
+stage was made from has changed since (the code aside: ``trtpipe engines`` re-runs the stages
+whose code changed, single stages do not refuse).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.artifacts import Artifacts
+from pipeline.codehash import stage_code_version
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
 from pipeline.errors import PipelineError
@@ -30,7 +32,7 @@ from pipeline.sources import source_file
 
 RECORD_VERSION = 1
 STAGES = ("export", "calibrate", "quantize", "build", "compare", "bench", "report")
-CODE = "code (the pipeline package's source files)"
+CODE = "code (the pipeline source the stage runs)"
 # The config sections each stage reads: an edit elsewhere in the file does not make it stale.
 CONFIG_SECTIONS = {
     "export": ("name", "model", "inputs", "outputs", "batch", "axes", "export"),
@@ -173,7 +175,7 @@ def changed_inputs(record: StageRecord, now: dict[str, str], code: bool = True) 
 def current_inputs(cfg: Config, out: Artifacts, stage: str) -> dict[str, str]:
     sections = CONFIG_SECTIONS[stage]
     # The config by its sections, not its path: a project copied elsewhere is the same project.
-    found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: code_version()}
+    found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: stage_code_version(stage)}
     for what, path in _source_files(cfg, stage):
         found[f"{what} {path}"] = sha256(path)
     for what, source in _data_sources(cfg, stage):
@@ -276,12 +278,3 @@ def sha256(path: Path) -> str:
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]
-
-
-def code_version() -> str:
-    """sha256 over the pipeline package's Python files (names and bytes)."""
-    package = Path(__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        h.update(f"{path.relative_to(package).as_posix()}\0{sha256(path)}\n".encode())
-    return h.hexdigest()
