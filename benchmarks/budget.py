@@ -1,10 +1,13 @@
 """Plain w8a8 against w8a8 under ``[accuracy.budget] min_cosine = 0.99``, both graphs.
 
-    python -m benchmarks.budget [--rows N] [--root DIR] [CONFIG ...]
+    python -m benchmarks.budget [--rows N] [--root DIR] [--max-fp16-share S] [--smoothquant A] [CONFIG ...]
 
-For each model: export and calibrate (cached in ``--root``), then per w8a8 graph the per-layer
-sensitivity (timed) and the budget loop given that table: INT8 coverage, cosine, centered cosine
-and relative error against FP32 before and after, on the same held-out rows. Without configs it
+For each model: export and calibrate (cached in ``--root``), then per w8a8 graph the budget loop
+(``pipeline.evaluate.budget.fit``: the per-layer sensitivity only when the fully quantized graph
+misses, then the shortest prefix of the ranking that meets the budget, pruned): INT8 coverage,
+cosine, centered cosine and relative error against FP32 before and after, on the same held-out
+rows, beside the FP16 graph's centered cosine. ``--smoothquant A``: the same on the graph smoothed
+at alpha A (w8a8 + SmoothQuant, and under the budget). Without configs it
 runs the two examples (scored on their held-out split, top-1 too) and a MobileNetV2-style CNN with
 random weights built here in plain torch (depthwise blocks, the kind int8 hurts most; 64x64 inputs
 so it runs in minutes on 2 cores; no labels, so it is scored on its first calibration rows).
@@ -26,8 +29,9 @@ from pipeline.config import Budget, load_config
 from pipeline.console import table
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
-from pipeline.evaluate.variants import held_out
+from pipeline.evaluate.variants import VariantRunner, held_out
 from pipeline.graphview import GraphView
+from pipeline.quantize import smooth
 
 BUDGET = Budget(min_cosine=0.99)
 EXAMPLES = ("models/resnet_digits.toml", "models/vit_digits.toml")
@@ -119,44 +123,50 @@ CNN_CONFIG = textwrap.dedent(
 )
 
 
-def run(config: Path, root: Path, rows: int, graphs: tuple[str, ...], within: Budget) -> list[list[object]]:
+def run(
+    config: Path, root: Path, rows: int, graphs: tuple[str, ...], within: Budget, smoothquant: float | None = None
+) -> list[list[object]]:
     cfg = load_config(config)
-    # Plain w8a8 against the budget: SmoothQuant off here (benchmarks/smoothquant.py measures it).
+    # Plain w8a8 against the budget, or with ``smoothquant`` (an alpha) w8a8 + SmoothQuant against it.
     cfg = dataclasses.replace(
         cfg,
         accuracy=dataclasses.replace(cfg.accuracy, sensitivity_rows=rows),
-        quantize=dataclasses.replace(cfg.quantize, smoothquant=None),
+        quantize=dataclasses.replace(cfg.quantize, smoothquant=smoothquant),
     )
     out = Artifacts.of(cfg, root)
     stages.export(cfg, root)  # always: a cached graph could be of an older model
-    fp32, fp16 = onnxutil.load(out.graph("fp32")), onnxutil.load(out.graph("fp16"))
+    fp16 = onnxutil.load(out.graph("fp16"))
+    fp32, edits, _ = stages._smoothed(cfg, out, onnxutil.load(out.graph("fp32")))
+    fp16 = smooth.apply(fp16, edits)
     view = GraphView(fp32)
     ranges = stages.calibrate(cfg, root)
     data = held_out(cfg, out.graph("fp32"), rows)
     targets = sensitivity.targets_for(graphs, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)
+    label = "" if smoothquant is None else f" + SmoothQuant {smoothquant}"
     found = []
     for name, target in targets.items():
         start = time.perf_counter()
-        tab = sensitivity.measure(target, data)
+        unquantized = VariantRunner(target.unquantized, data, delta=False).scores([target.unquantized])[0]
         try:
-            fit, _, _ = budget.fit(target, within, data, sensitivity.weighted_layers(view), str(config), table=tab)
+            fit, _, tab = budget.fit(target, within, data, sensitivity.weighted_layers(view), str(config))
         except PipelineError as exc:  # a budget out of reach is a result here, printed as such
             closest = str(exc).split("closest: ")[-1].split(";")[0]
-            found.append([cfg.name, name, "-", "-", "-", "-", "-", f"{tab.seconds:.1f}", "-", f"not met: {closest}"])
+            row = [cfg.name, name + label, "-", "-", "-", "-", "-", f"{unquantized.centered_cosine:.5f}"]
+            found.append([*row, "-", f"{time.perf_counter() - start:.1f}", f"not met: {closest}"])
             continue
-        total = time.perf_counter() - start
         b, a = fit.before, fit.after
         found.append(
             [
                 cfg.name,
-                name,
+                name + label,
                 f"{fit.quantized}/{fit.weighted} -> {fit.quantized - len(fit.kept)}/{fit.weighted}",
                 f"{b.cosine:.5f} -> {a.cosine:.5f}",
                 f"{b.centered_cosine:.5f} -> {a.centered_cosine:.5f}",
                 f"{b.rel_error:.4f} -> {a.rel_error:.4f}",
                 _top1(b, a, fit.reference_metric),
-                f"{tab.seconds:.1f} ({len(tab.layers)} layers)",
-                f"{total:.1f}",
+                f"{unquantized.centered_cosine:.5f}",
+                "not needed" if tab is None else f"{tab.seconds:.1f} ({len(tab.layers)} layers)",
+                f"{time.perf_counter() - start:.1f} ({fit.evaluations} graphs)",
                 ", ".join(k.node for k in fit.kept) or "-",
             ]
         )
@@ -178,6 +188,7 @@ HEADERS = [
     "centered cosine",
     "rel error",
     "top-1 % (FP32)",
+    "FP16 centered cosine",
     "sensitivity s",
     "sensitivity + budget s",
     "kept FP16",
@@ -192,6 +203,7 @@ def main() -> None:
         "--target", dest="graphs", action="append", choices=["w8a8", "w8a8-cpu"], help="only these graphs"
     )
     parser.add_argument("--max-fp16-share", type=float, default=BUDGET.max_fp16_share, help="the budget's cap")
+    parser.add_argument("--smoothquant", type=float, help="w8a8 + SmoothQuant at this alpha against the budget")
     parser.add_argument("--root", type=Path, default=Path("engines/bench-budget"), help="where graphs are cached")
     args = parser.parse_args()
     configs = list(args.configs)
@@ -203,7 +215,8 @@ def main() -> None:
     rows = []
     cap = dataclasses.replace(BUDGET, max_fp16_share=args.max_fp16_share)
     for config in configs:
-        rows += run(config, args.root.resolve(), args.rows, tuple(args.graphs or ("w8a8", "w8a8-cpu")), cap)
+        graphs = tuple(args.graphs or ("w8a8", "w8a8-cpu"))
+        rows += run(config, args.root.resolve(), args.rows, graphs, cap, args.smoothquant)
     print(f"\nbudget: min_cosine = {cap.min_cosine} (centered), at most {cap.max_fp16_share:.0%} of layers FP16;")
     print(f"{args.rows} held-out rows per graph, before -> after\n")
     print(table(HEADERS, rows))

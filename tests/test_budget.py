@@ -112,6 +112,22 @@ def test_pruning_drops_what_a_later_step_made_unnecessary():
     assert scored == [("a", "b"), ("a",), ("b",)]
 
 
+def test_the_shortest_prefix_is_found_by_doubling_then_halving():
+    """12 layers ranked, the budget met once the first 5 are in FP16: lengths 1, 2, 4, 8 (met), then
+    6 and 5 (met), not one graph per layer."""
+    ranked = [f"l{i}" for i in range(12)]
+    tried = []
+
+    def ok(kept):
+        tried.append(len(kept))
+        return len(kept) >= 5
+
+    assert budget._shortest_prefix(ranked, ok, cap=12) == ranked[:5]
+    assert tried == [1, 2, 4, 8, 8, 6, 5]  # the loop's second look at 8 is a cached score in fit
+    assert budget._shortest_prefix(ranked, ok, cap=3) == ranked[:3]  # out of reach: the longest tried
+    assert budget._shortest_prefix(ranked, ok, cap=0) == []
+
+
 def test_budget_drops_a_layer_a_later_step_made_unnecessary(setup):
     """A ranking that puts conv1 first (a saved table from other data, say): the loop keeps conv1,
     fails, keeps conv2, meets the budget, then finds conv1 was not needed and drops it."""

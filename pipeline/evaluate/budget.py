@@ -131,7 +131,7 @@ def fit(
         return meets(score(frozenset(kept)), budget, ref_metric)
 
     ranked = table.ranked()
-    kept = _greedy([s.node for s in ranked], ok, cap)
+    kept = _shortest_prefix([s.node for s in ranked], ok, cap)
     if not ok(kept):
         best = max(scored, key=lambda k: _closeness(scored[k], ref_metric))
         raise PipelineError(
@@ -149,14 +149,24 @@ def fit(
     return result(after, kept_layers, len(scored)), target.with_fp16(frozenset(kept)), table
 
 
-def _greedy(ranked: list[str], ok, cap: int) -> list[str]:
-    """Layers in ``ranked`` order until ``ok`` holds or ``cap`` are kept: stops at the first set that meets it."""
-    kept: list[str] = []
-    for node in ranked:
-        if ok(kept) or len(kept) == cap:
-            break
-        kept.append(node)
-    return kept
+def _shortest_prefix(ranked: list[str], ok, cap: int) -> list[str]:
+    """The shortest prefix of ``ranked`` (at most ``cap`` long) that ``ok`` holds for, found by doubling
+    its length, then halving the last gap: about 2 log2(cap) graphs scored instead of one per layer kept
+    (a net that needs 40 layers in FP16 costs 11, not 40). Keeping more layers in FP16 almost always
+    helps; where it does not, the prefix found may be longer than needed, and pruning drops the rest.
+    The longest prefix tried when none holds."""
+    cap = min(cap, len(ranked))
+    if cap == 0:
+        return []
+    failed, length = 0, 1
+    while length < cap and not ok(ranked[:length]):
+        failed, length = length, min(2 * length, cap)
+    if not ok(ranked[:length]):
+        return ranked[:length]
+    while length - failed > 1:
+        middle = (failed + length) // 2
+        failed, length = (failed, middle) if ok(ranked[:middle]) else (middle, length)
+    return ranked[:length]
 
 
 def _pruned(kept: list[str], ok) -> list[str]:
