@@ -52,7 +52,7 @@ def _load(config_path: Path):
     from pipeline.fileio import keep_temporaries_in
 
     cfg = load_config(config_path)
-    keep_temporaries_in(Artifacts.of(cfg).model_dir)
+    click.get_current_context().call_on_close(keep_temporaries_in(Artifacts.of(cfg).model_dir))
     return cfg
 
 

@@ -6,7 +6,6 @@ into place, so an interrupted run never leaves a file that looks complete.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import hashlib
@@ -15,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,19 +50,28 @@ def sweep(folder: Path) -> list[Path]:
     return gone
 
 
-def keep_temporaries_in(folder: Path) -> Path:
+def keep_temporaries_in(folder: Path) -> Callable[[], None]:
     """Point this process's temporary files (ours, and those ONNX Runtime's quantizer, onnx and
-    Polygraphy make through ``tempfile``) at a folder of its own inside ``folder``, removed at
-    exit: a run may write only inside its output folders. A killed run's folder is swept by the
-    next run (its name carries this process's id)."""
+    Polygraphy make through ``tempfile``) at a folder of its own inside ``folder``: a run may write
+    only inside its output folders. Returns what removes it and points them back; a killed run's
+    folder is swept by the next run (its name carries this process's id)."""
     with disk_full_is_user_error(folder):
         folder.mkdir(parents=True, exist_ok=True)
         sweep(folder)
         scratch = Path(tempfile.mkdtemp(dir=folder, prefix=temp_prefix("scratch")))
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    before = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = str(scratch)
     os.environ["TMPDIR"] = str(scratch)  # for any child process
-    return scratch
+
+    def restore() -> None:
+        tempfile.tempdir = before[0]
+        if before[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before[1]
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    return restore
 
 
 def _alive(pid: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -45,3 +46,32 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, user_model, monkeypatch):
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
     assert result.exit_code == 130
     assert result.output.strip().splitlines() == ["interrupted"]
+
+
+def test_a_command_keeps_its_temporaries_under_engines_and_removes_them(tmp_path, user_model, monkeypatch):
+    """While a command runs, tempfile (and child processes' TMPDIR) point inside engines/NAME; after
+    it, the folder is gone and the caller's settings are back, even when the command failed."""
+    import os
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from pipeline import stages
+    from pipeline.cli import main
+    from tests.conftest import write_config
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def export(cfg, *args, **kwargs):
+        seen.append((Path(tempfile.gettempdir()), os.environ["TMPDIR"]))
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stages, "export", export)
+    before = tempfile.gettempdir(), os.environ.get("TMPDIR")
+    result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
+    assert isinstance(result.exception, RuntimeError)  # a bug keeps its traceback
+    ((scratch, env),) = seen
+    assert scratch.parent == tmp_path / "engines" / "tiny" and str(scratch) == env
+    assert not scratch.exists()
+    assert (tempfile.gettempdir(), os.environ.get("TMPDIR")) == before
