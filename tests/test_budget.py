@@ -199,3 +199,25 @@ def test_a_sensitivity_file_of_another_shape_is_refused_in_one_line(tmp_path):
     with pytest.raises(PipelineError, match="not a sensitivity table .*'rows'.*run trtpipe sensitivity again"):
         sensitivity.load(path)
     assert sensitivity.load(tmp_path / "missing.json") is None
+
+
+def test_a_cpu_layer_kept_float_takes_the_ops_after_it_up_to_the_next_layer():
+    """``graphs.residual``: conv2's epilogue is the residual Add and the Relu after it (the CPU graph
+    quantizes both); conv1's is its Relu, up to conv2."""
+    view = GraphView(graphs.residual())
+    assert ort_cpu.with_epilogues(view, ("conv2",)) == ("conv2", "add", "relu2")
+    assert ort_cpu.with_epilogues(view, ("conv1",)) == ("conv1", "relu1")
+
+
+def test_the_cpu_graph_with_every_layer_float_is_the_fp32_graph():
+    """Every weighted layer of ``graphs.residual`` kept float: nothing is quantized any more (the
+    residual Add and the Relu after it stayed uint8 before), and the outputs are FP32's."""
+    model = graphs.residual()
+    targets, heldout = _targets(model)
+    cpu = targets["w8a8-cpu"]
+    every = cpu.with_fp16({n for n, _ in cpu.layers})
+    assert not [n.name for n in every.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    feed = graphs.inputs_for(model, 4, seed=3)
+    ours = ortsession.run(ortsession.session(every, cpu_only=True), feed)
+    ref = ortsession.run(ortsession.session(model, cpu_only=True), feed)
+    assert max(float(abs(a - b).max()) for a, b in zip(ours, ref, strict=True)) < 1e-5

@@ -62,13 +62,14 @@ def tensorrt_target(
 def cpu_target(
     fp32: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
 ) -> Target:
-    """A layer left float is excluded from ONNX Runtime's quantizer by name, with the Relu before it, and
-    reads its inputs unquantized (``ort_cpu.float_inputs``); a layer alone quantized has every other
-    node so treated, Add, Relu and pooling too (they are quantized on this graph)."""
-    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx, excluded_nodes, float_inputs, float_layers
+    """A layer left float is excluded from ONNX Runtime's quantizer by name, with the Relu before it and
+    the ops after it up to the next layers (``ort_cpu.with_epilogues``), and reads its inputs
+    unquantized (``ort_cpu.float_inputs``); a layer alone quantized has every other node so treated,
+    Add, Relu and pooling too (they are quantized on this graph)."""
+    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx, excluded_nodes, float_inputs, float_layers, with_epilogues
 
     def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
-        floats = float_layers(view, excluded)
+        floats = float_layers(view, with_epilogues(view, excluded))
         s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + floats)
         model = OrtCpuQdqFromOnnx(ranges, method, s)(fp32, view)
         return float_inputs(model, floats) if floats else model
