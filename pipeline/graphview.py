@@ -47,6 +47,7 @@ class GraphView:
         """This view (of ``model``'s skeleton) reading its weights' data from ``model``: no second
         shape inference."""
         view = copy.copy(self)
+        view.model = model
         view.initializers = {**self.initializers, **{i.name: i for i in model.graph.initializer}}
         return view
 

@@ -33,12 +33,13 @@ def providers() -> list[str]:
 
 
 def runs_as_written(model: onnx.ModelProto) -> bool:
-    """Is this a TensorRT-target graph: our FP16 graph, a TensorRT-target Q/DQ graph? Ours say so in
-    their metadata; a peer's (ModelOpt's) is known by its FP16 Q/DQ scales, which ONNX Runtime's own
+    """Is this a TensorRT-target graph: our FP16 graph, a TensorRT-target Q/DQ graph, or auto's
+    simulation of either target (whose scales are inputs: nothing to fuse)? Ours say so in their
+    metadata; a peer's (ModelOpt's) is known by its FP16 Q/DQ scales, which ONNX Runtime's own
     CPU Q/DQ graphs never have. (ONNX Runtime 1.32's CPU fusions crashed the process on ViT-B/16's
     FP16 graph; TensorRT, not they, decides how an FP16 graph runs.)"""
     props = {p.key: p.value for p in model.metadata_props}
-    if props.get("trtpipe.target") == "tensorrt" or props.get("trtpipe.precision") == "fp16":
+    if props.get("trtpipe.target") in ("tensorrt", "simulation") or props.get("trtpipe.precision") == "fp16":
         return True
     fp16 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     fp16 |= {

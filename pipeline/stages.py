@@ -181,7 +181,8 @@ def _ranges(
     from pipeline.quantize.placement import plan_tensorrt
 
     section = cfg.calibration
-    tensors = plan_tensorrt(view, cfg.quantize).tensors | ort_cpu.tensors_to_calibrate(view)
+    tensorrt = plan_tensorrt(view, cfg.quantize)
+    tensors = tensorrt.tensors | ort_cpu.tensors_to_calibrate(view)
     auto_rows = min(AUTO_ROWS, section.batch_size)  # no more rows than a batch: memory stays the batch's
     settings = {
         **_calibration_settings(cfg),
@@ -200,6 +201,7 @@ def _ranges(
         return cached
     # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
     captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
+    placements = (tensorrt.simulated(), ort_cpu.placement(view, cfg.quantize))  # auto's whole-graph check
     plan = capture_plan(view, captured, section.batch_size)
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason})")
     info(f"{cfg.name}: {plan.describe()}")
@@ -211,7 +213,7 @@ def _ranges(
         view=view,
         graph_sha256=graph_sha256,
         groups=plan.groups,
-        auto=AutoRanges(auto_rows, {spec.name: spec.batch_axis for spec in cfg.inputs}),
+        auto=AutoRanges(auto_rows, {spec.name: spec.batch_axis for spec in cfg.inputs}, placements),
     )
     ranges.save(out.ranges)
     records.finish(cfg, out, "calibrate", records.calibration_files(cfg, out))

@@ -115,7 +115,7 @@ def test_cache_is_reused_then_rebuilt_when_the_graph_changes(make_config, tmp_pa
     out = Artifacts.of(cfg, tmp_path)
     first = stages.calibrate(cfg, root=tmp_path)
     cache = json.loads(out.ranges.read_text())
-    assert cache["version"] == 2 and cache["graph_sha256"] == first.graph_sha256
+    assert cache["version"] == 3 and cache["graph_sha256"] == first.graph_sha256
     assert set(cache["tensors"]["x"]["amax"]) == {"auto", "max", "percentile", "entropy", "mse"}
     assert cache["tensors"]["x"]["auto"]["reason"].startswith("least output error of Conv")
     mtime = out.ranges.stat().st_mtime_ns
@@ -149,7 +149,8 @@ CORRUPTIONS = {
     "NaN min": (lambda raw: _first_tensor(raw).update(min=float("nan")), r"min nan and max .* not a finite range"),
     "missing key": (lambda raw: _first_tensor(raw).pop("min"), r"has no key 'min'"),
     "unknown tensor": (lambda raw: raw["tensors"].update(typo=_first_tensor(raw)), r"tensor 'typo' is not in the FP32"),
-    "old version": (lambda raw: raw.update(version=1), r"cache version 1, this trtpipe reads 2"),
+    "old version": (lambda raw: raw.update(version=1), r"cache version 1, this trtpipe reads 3"),
+    "whole-graph choice": (lambda raw: raw["whole_graph"].update(chosen="minmax"), r"check chose 'minmax'"),
     "no tensors": (lambda raw: raw.pop("tensors"), r"has no 'tensors'"),
 }
 

@@ -20,6 +20,10 @@ either graph's by under 0.002 on two random-weight nets.
 A tensor no Conv, ConvTranspose, Gemm or MatMul reads (pooling and Concat inputs, residual
 skips, the CPU graph's Add/Mul/... tensors) takes ``mse``: its own int8 error.
 
+The first rows rarely hold the largest values a clipping range cuts, so these choices are then
+checked on the whole graph's output, on those rows and on the samples that do hold them
+(``wholegraph``): one method on every tensor replaces them where that is clearly better.
+
 Each layer runs as a one-node graph on ONNX Runtime, so its ONNX attributes apply as
 written (Conv's auto_pad and asymmetric pads, Gemm's transA/transB, alpha, beta) and no torch
 is imported (1.5 s of CPU time, more than calibrating either example).
@@ -27,9 +31,10 @@ is imported (1.5 s of CPU time, more than calibrating either example).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +43,13 @@ import onnx
 from onnx import helper
 
 from pipeline import ortsession
-from pipeline.calibrate.cache import AutoChoice, Ranges
+from pipeline.calibrate.cache import AutoChoice, Ranges, WholeGraphCheck
+from pipeline.calibrate.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation
 from pipeline.config import RANGE_METHODS
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
-from pipeline.quantize.placement import WEIGHTED, weight_axis
+from pipeline.quantize.placement import WEIGHTED, Placement, weight_axis
 from pipeline.quantize.qdq import INT8_MAX, activation_scale, quantize_weight
 
 AUTO_ROWS = 8  # calibration rows the readers' outputs are compared on: 16 or 32 chose no more stably
@@ -69,12 +75,23 @@ class AutoRanges:
     inputs), and ``keep`` writes those tensors' kept rows to a folder as the passes fold each
     run, so no ONNX Runtime session or graph run is added for auto and only one tensor's layers
     are in memory at a time. ``batch_axes`` names each input's batch axis (0 where not given,
-    None for an input without one).
+    None for an input without one). With ``placements`` (each target's, as ``Placement``), the
+    choices are checked on the whole graph: ``hold`` streams every pass's runs for ``ExtremeRows``,
+    and ``reference`` runs the FP32 graph on the rows the check runs on.
     """
 
-    def __init__(self, rows: int = AUTO_ROWS, batch_axes: Mapping[str, int | None] | None = None) -> None:
+    def __init__(
+        self,
+        rows: int = AUTO_ROWS,
+        batch_axes: Mapping[str, int | None] | None = None,
+        placements: Sequence[Placement] = (),
+    ) -> None:
         self.rows = rows
         self.batch_axes = dict(batch_axes or {})
+        self.placements = tuple(placements)
+        self.extremes = ExtremeRows(self.batch_axes)
+        self.checked: tuple[Feed, list[np.ndarray], int] | None = None  # rows, FP32 outputs, first rows among them
+        self.simulations: list[tuple[Path, Placement]] = []
         self.kept: list[Feed] = []
         self.takes: list[tuple[int, int]] = []  # per kept run: its rows, and how many of them are kept
         self.count = 0
@@ -97,6 +114,10 @@ class AutoRanges:
         self.takes.append((sizes[0] if sizes else take, take))
         self.count += take
 
+    def hold(self, runs: Iterable[Feed]) -> Iterable[Feed]:
+        """A pass's runs, as the whole-graph check follows them (every pass: each captures other tensors)."""
+        return self.extremes.hold(runs) if self.placements else runs
+
     def feed(self) -> Feed:
         if not self.kept:
             return {}
@@ -112,9 +133,11 @@ class AutoRanges:
         self.files = {name: str(i) for i, name in enumerate(wanted)}
         return set(wanted)
 
-    def keep(self, run: int, names: Iterable[str], values: Iterable[np.ndarray], view: GraphView) -> None:
+    def keep(self, run: int, names: Sequence[str], values: Sequence[np.ndarray], view: GraphView) -> None:
         """Write the kept rows of run ``run`` of the captured ``names`` (run numbers count from 0
         in every pass over the data, which replays the same runs)."""
+        if self.placements:
+            self.extremes.update(run, list(names), list(values))
         if run >= len(self.takes) or self.folder is None:
             return
         rows, take = self.takes[run]
@@ -136,9 +159,30 @@ class AutoRanges:
         value = lambda t: feed[t] if t in feed else view.constant(t) if view.is_weight(t) else self._captured(t, view)  # noqa: E731
         return {t: np.asarray(value(t), np.float32) for t in needed}
 
-    def __call__(self, view: GraphView, found: dict[str, Measured], weights: GraphView) -> dict[str, AutoChoice]:
+    def reference(self, fp32: Path, threads: int) -> None:
+        """The FP32 graph's outputs on the rows the whole-graph check runs on: the first rows that are
+        no extreme sample, then the extreme samples. Run before the weights are parsed in Python, so
+        they are held once (by ONNX Runtime here)."""
+        extreme = self.extremes.top(self.rows) if self.placements else []
+        first = [r for r in range(self.count) if r not in extreme]
+        if len(first) < 2:  # no standard error from fewer: the check cannot say anything is clearly better
+            return
+        kept = self.feed()
+        rows = {}
+        for name, value in kept.items():
+            axis = self.batch_axes.get(name, 0)
+            parts = [np.take(value, first, axis), *(self.extremes.inputs[s][name] for s in extreme)]
+            rows[name] = value if axis is None else np.concatenate(parts, axis)
+        session = ortsession.session(fp32, threads=threads, cpu_only=True, spin=False, arena=False)
+        self.checked = (rows, ortsession.run(session, rows), len(first))
+
+    def __call__(
+        self, view: GraphView, found: dict[str, Measured], weights: GraphView, folder: Path | None = None
+    ) -> dict[str, AutoChoice]:
         """The choice for each key of ``found``, judged on every layer reading any of its ``tensors``;
-        ``weights`` is ``view`` with its weights' data (``GraphView.with_weights``)."""
+        ``weights`` is ``view`` with its weights' data (``GraphView.with_weights``). After
+        ``reference``, each target's simulation for ``check`` is written to ``folder`` too, so the
+        weights are not needed once this returns."""
         start = time.perf_counter()
         feed = self.feed()
         uses = {src: consumers(view, m.tensors) for src, m in found.items()}
@@ -152,7 +196,58 @@ class AutoRanges:
             f"auto: {len(judged)} of {len(found)} ranges chosen by the output error of the layers reading "
             f"them, on {self.count} calibration rows, in {time.perf_counter() - start:.2f} s"
         )
+        if self.checked is not None and folder is not None:
+            measured = {t for m in found.values() for t in m.tensors}
+            for i, placement in enumerate(self.placements):
+                placement = _ranged(placement, measured)
+                path = save_simulation(simulation(weights, placement), folder / f"simulation{i}.onnx")
+                self.simulations.append((path, placement))
         return choices
+
+    def check(
+        self, found: dict[str, Measured], choices: dict[str, AutoChoice], threads: int = 1
+    ) -> tuple[dict[str, AutoChoice], WholeGraphCheck | None]:
+        """``choices`` checked on the whole graph (``wholegraph``), and the check's record; unchanged,
+        with no record, where it cannot run (no placements, fewer than 2 first rows)."""
+        if self.checked is None or not self.simulations:
+            return choices, None
+        start = time.perf_counter()
+        candidates = {
+            c: {
+                t: Range(m.min, m.max, m.amax[choices[src].method if c == AUTO else c])
+                for src, m in found.items()
+                for t in m.tensors
+            }
+            for c in (AUTO, *RANGE_METHODS)
+        }
+        feed, reference, first = self.checked
+        whole = judge(self.simulations, candidates, feed, reference, first, self.extremes.samples, threads)
+        if whole.chosen != AUTO:
+            choices = {src: dataclasses.replace(c, method=whole.chosen, local=c.method) for src, c in choices.items()}
+        info(f"auto: {whole_graph_line(whole)}, in {time.perf_counter() - start:.2f} s")
+        return choices, whole
+
+
+def _ranged(placement: Placement, measured: set[str]) -> Placement:
+    """``placement`` on the tensors that have a range (the quantizers refuse a graph missing one)."""
+    known = {t: e for t, e in placement.activations.items() if placement.range_of.get(t, t) in measured}
+    return dataclasses.replace(placement, activations=known)
+
+
+def whole_graph_line(whole: WholeGraphCheck) -> str:
+    """One line: what the whole-graph check kept, and the estimates it compared."""
+    est = whole.estimates
+    others = ", ".join(f"{m} {est[m]:.3g}" for m in RANGE_METHODS)
+    rows = f"{whole.rows} first rows and {whole.extremes} extreme sample(s) standing for {whole.samples}"
+    if whole.chosen == AUTO:
+        return (
+            f"whole graph: per-tensor ranges kept (output error {est[AUTO]:.3g}; "
+            f"one method on every tensor: {others}; {rows})"
+        )
+    return (
+        f"whole graph: {whole.chosen} on every tensor, output error {est[whole.chosen]:.3g} against the per-tensor "
+        f"ranges' {est[AUTO]:.3g} ({others}; {rows})"
+    )
 
 
 def _first_rows(value: np.ndarray, rows: int, take: int) -> np.ndarray:
@@ -289,16 +384,28 @@ class _Kernels:
 
 
 def summary(ranges: Ranges, top: int = 3) -> list[str]:
-    """How many tensors took each method and why, then the ``top`` largest cuts in their readers'
-    output error against entropy (the previous default)."""
+    """How many tensors took each method and why, the whole-graph check's verdict, then (where the
+    per-tensor ranges were kept) the ``top`` largest cuts in their readers' output error against
+    entropy (the previous default)."""
     choices = [r.auto for r in ranges.tensors.values()]
-    counts = ", ".join(f"{m} {n}" for m in RANGE_METHODS if (n := sum(c.method == m for c in choices)))
+    local = lambda c: c.local or c.method  # noqa: E731  the tensor's own choice
+    counts = ", ".join(f"{m} {n}" for m in RANGE_METHODS if (n := sum(local(c) == m for c in choices)))
     by_layers = sum(bool(c.errors) for c in choices)
     agree = sum(c.reason.startswith("every method gives") for c in choices)
-    lines = [
-        f"auto ranges: {counts} tensor(s); {by_layers} by the output error of the layers reading them, "
+    why = (
+        f"{by_layers} by the output error of the layers reading them, "
         f"{len(choices) - by_layers - agree} by their own error ({OWN_ERROR}), {agree} where every method agrees"
-    ]
+    )
+    whole = ranges.whole_graph
+    if whole is not None and whole.chosen != AUTO:
+        return [
+            f"auto ranges: {whole.chosen} on all {len(choices)} tensors, by the whole graph's output error; "
+            f"per tensor they would have been {counts} ({why})",
+            f"  {whole_graph_line(whole)}",
+        ]
+    lines = [f"auto ranges: {counts} tensor(s); {why}"]
+    if whole is not None:
+        lines.append(f"  {whole_graph_line(whole)}")
     cuts = {}  # by reason: tensors sharing statistics share one choice
     for name, r in sorted(ranges.tensors.items()):
         if r.auto.errors and r.auto.method != "entropy":

@@ -20,7 +20,7 @@ from pipeline.config import CALIBRATION_METHODS, RANGE_METHODS
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 T = TypeVar("T")
 
 
@@ -28,24 +28,64 @@ T = TypeVar("T")
 class AutoChoice:
     """Which range ``auto`` took for a tensor, and why."""
 
-    method: str  # one of RANGE_METHODS
-    reason: str
+    method: str  # one of RANGE_METHODS: the range taken
+    reason: str  # why the tensor's own choice (``local``) is what it is
     # Relative error of the consuming layers' outputs under each method's range, summed over
     # those layers; empty where no weighted layer reads the tensor (chosen by its own error).
     errors: dict[str, float]
+    # The tensor's own choice where the whole-graph check put one method on every tensor instead.
+    local: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in RANGE_METHODS:
-            raise ValueError(f"auto chose {self.method!r}, not one of {', '.join(RANGE_METHODS)}")
+        for method in (self.method, self.local or self.method):
+            if method not in RANGE_METHODS:
+                raise ValueError(f"auto chose {method!r}, not one of {', '.join(RANGE_METHODS)}")
         if not self.errors:
             return
         if set(self.errors) != set(RANGE_METHODS) or not all(map(math.isfinite, self.errors.values())):
             raise ValueError(f"auto errors must be finite, one per method, got {sorted(self.errors)}")
-        if self.errors[self.method] > 2 * min(self.errors.values()):
-            raise ValueError(f"auto chose {self.method!r} but another method has a smaller error")
+        if self.errors[self.local or self.method] > 2 * min(self.errors.values()):
+            raise ValueError(f"auto chose {self.local or self.method!r} but another method has a smaller error")
 
     def to_json(self) -> dict:
-        return {"method": self.method, "reason": self.reason, "errors": self.errors}
+        return {"method": self.method, "local": self.local, "reason": self.reason, "errors": self.errors}
+
+
+@dataclass(frozen=True)
+class WholeGraphCheck:
+    """auto's per-tensor ranges against each single method on every tensor, judged by the simulated
+    graphs' output (``wholegraph``): per candidate, the estimated squared output error relative to
+    each output's spread, summed over outputs and both targets, over all calibration samples."""
+
+    chosen: str  # "auto" (the per-tensor ranges kept) or the method every tensor took
+    estimates: dict[str, float]  # per candidate: "auto" and each of RANGE_METHODS
+    standard_errors: dict[str, float]  # per method: of its estimate's difference to auto's
+    rows: int  # first calibration rows checked, standing for the samples that are not extremes
+    extremes: int  # samples checked for holding tensors' largest values
+    samples: int  # calibration samples the estimate is over
+
+    def __post_init__(self) -> None:
+        candidates = {"auto", *RANGE_METHODS}
+        if self.chosen not in candidates or set(self.estimates) != candidates:
+            raise ValueError(f"whole-graph check chose {self.chosen!r} among {sorted(self.estimates)}")
+        if set(self.standard_errors) != set(RANGE_METHODS):
+            raise ValueError(
+                f"whole-graph check needs one standard error per method, got {sorted(self.standard_errors)}"
+            )
+        if not all(math.isfinite(v) and v >= 0 for v in (*self.estimates.values(), *self.standard_errors.values())):
+            raise ValueError("whole-graph check estimates and standard errors must be finite and non-negative")
+        if min(self.rows, self.extremes) < 0 or self.rows + self.extremes > self.samples:
+            raise ValueError(f"whole-graph check on {self.rows} + {self.extremes} rows of {self.samples} samples")
+
+    def to_json(self) -> dict:
+        return {
+            "chosen": self.chosen,
+            "estimates": self.estimates,
+            "standard_errors": self.standard_errors,
+            "rows": self.rows,
+            "extremes": self.extremes,
+            "samples": self.samples,
+        }
 
 
 @dataclass(frozen=True)
@@ -67,6 +107,7 @@ class Ranges:
     graph_sha256: str
     settings: dict[str, object]  # bins, percentile, samples, source
     tensors: dict[str, TensorRange]
+    whole_graph: WholeGraphCheck | None = None  # None where auto's whole-graph check did not run
 
     def amax(self, tensor: str, method: str) -> float:
         return self.tensors[tensor].amax[method]
@@ -80,6 +121,7 @@ class Ranges:
                 k: {"min": v.min, "max": v.max, "amax": v.amax, "auto": v.auto.to_json()}
                 for k, v in sorted(self.tensors.items())
             },
+            "whole_graph": None if self.whole_graph is None else self.whole_graph.to_json(),
         }
 
     def save(self, path: Path) -> None:
@@ -129,7 +171,8 @@ def load_ranges(path: Path, names: set[str] | None = None) -> Ranges | None:
         unknown = sorted(set(tensors) - names) if names is not None else []
         if unknown:
             raise InvalidCache(f"{path}: tensor {unknown[0]!r} is not in the FP32 graph; {REBUILD}")
-        return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors)
+        whole = raw["whole_graph"]
+        return Ranges(raw["graph_sha256"], dict(raw["settings"]), tensors, None if whole is None else _whole(whole))
 
     return read_cache(path, CACHE_VERSION, parse, "calibration cache")
 
@@ -154,6 +197,14 @@ def read_cache(path: Path, version: int, parse: Callable[[dict], T], what: str) 
         raise InvalidCache(f"{path}: {what} is corrupt ({exc}); {REBUILD}") from None
 
 
+def _whole(raw: dict) -> WholeGraphCheck:
+    floats = lambda d: {str(k): float(v) for k, v in d.items()}  # noqa: E731
+    counts = [raw[k] for k in ("rows", "extremes", "samples")]
+    if not all(isinstance(c, int) for c in counts):
+        raise ValueError(f"whole-graph check's rows, extremes and samples must be integers, got {counts}")
+    return WholeGraphCheck(str(raw["chosen"]), floats(raw["estimates"]), floats(raw["standard_errors"]), *counts)
+
+
 def _check_header(path: Path, raw: dict) -> None:
     for key, kind in (("graph_sha256", str), ("settings", dict), ("tensors", dict)):
         if not isinstance(raw.get(key), kind):
@@ -164,7 +215,8 @@ def _tensor_range(path: Path, name: str, raw: object) -> TensorRange:
     try:
         auto = raw["auto"]  # type: ignore[index]
         errors = {k: float(v) for k, v in auto["errors"].items()}
-        choice = AutoChoice(str(auto["method"]), str(auto["reason"]), errors)
+        local = None if auto["local"] is None else str(auto["local"])
+        choice = AutoChoice(str(auto["method"]), str(auto["reason"]), errors, local)
         amax = {k: float(v) for k, v in raw["amax"].items()}  # type: ignore[index]
         found = TensorRange(float(raw["min"]), float(raw["max"]), amax, choice)  # type: ignore[index]
         _check_numbers(found)

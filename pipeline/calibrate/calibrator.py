@@ -67,7 +67,7 @@ class RangesFromOnnx:
             groups = _groups(groups, stats, kept)
             replay = _Replay(Path(tmp) / "runs")
             for i, group in enumerate(groups):
-                runs = batches if len(groups) == 1 else replay.play() if i else replay.record(batches)
+                runs = auto.hold(batches if len(groups) == 1 else replay.play() if i else replay.record(batches))
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
                 session = capture_session(path, new_outputs(view, group), Path(tmp))
                 keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
@@ -78,14 +78,17 @@ class RangesFromOnnx:
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
             found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
+            auto.reference(path, _cores())
             # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
             model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
-            choices = auto(view, found, view.with_weights(model))
+            choices = auto(view, found, view.with_weights(model), Path(tmp))
+            del model  # the whole-graph check reads the simulations auto wrote: the weights are not held twice
+            choices, whole = auto.check(found, choices, _cores())
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]
             ranges[name] = TensorRange(m.min, m.max, {**m.amax, "auto": m.amax[choice.method]}, choice)
-        return Ranges(graph_sha256, dict(settings or {}), ranges)
+        return Ranges(graph_sha256, dict(settings or {}), ranges, whole)
 
 
 class Folding(Protocol):

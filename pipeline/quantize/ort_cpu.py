@@ -25,7 +25,7 @@ from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import constant_value
-from pipeline.quantize.placement import excluded_reason
+from pipeline.quantize.placement import WEIGHTED, Placement, excluded_reason, weight_axis
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -94,6 +94,28 @@ def tensors_to_calibrate(model: onnx.ModelProto | GraphView, fused: onnx.ModelPr
         for t in (*n.input, *n.output)
         if t and t in float_tensors and t in varying and t not in folded
     }
+
+
+def placement(view: GraphView, settings: QuantizeSection) -> Placement:
+    """Where ``quantize_static`` puts Q/DQ, as auto's whole-graph check simulates it: on every float
+    activation in or out of an op of ``OP_TYPES`` it quantizes (in the GELU-fused graph, less the
+    ``excluded_nodes``), read through them by every reader; a folded Relu's input with the Relu
+    output's range; Conv/Gemm/MatMul weights int8 per output channel. Constants that op reads
+    (biases, which it stores int32 or uint8) stay float: their rounding is the same under any range."""
+    excluded = set(excluded_nodes(view, settings))
+    varying = view.input_dependent()
+    floats = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    activations: dict[str, None] = {}
+    weights = []
+    for node in fuse_gelu(view.model).graph.node:
+        if node.op_type not in OP_TYPES or node.name in excluded:
+            continue
+        activations.update({t: None for t in (*node.input, *node.output) if t in varying and t in floats})
+        for i, t in enumerate(node.input[:2]):
+            if node.op_type in WEIGHTED and view.is_weight(t):
+                weights.append((node.name, i, t, weight_axis(node.op_type, node, len(view.shape(t)), i)))
+    folded = {t: out for t, out in relu_folded(view).items() if view.producer[out].name not in excluded}
+    return Placement(False, activations, tuple(weights), (), {t: folded[t] for t in activations if t in folded})
 
 
 def relu_folded(model: onnx.ModelProto | GraphView) -> dict[str, str]:

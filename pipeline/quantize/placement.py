@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,23 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one target's graph quantizes, as the check simulates it.
+
+    ``activations`` maps each quantized tensor to the edges that read it through Q/DQ (None: every
+    reader, and the graph output it may be); ``weights`` are (node, input index, weight tensor,
+    per-channel axis); ``shared`` are tensors given one scale (a Concat's inputs and output);
+    ``range_of`` names the tensor whose range a tensor takes (a folded Relu's input, its output's).
+    """
+
+    symmetric: bool  # int8 over +-amax, zero point 0 (TensorRT); else uint8 over [min, max] clipped to +-amax
+    activations: Mapping[str, tuple[Edge, ...] | None]
+    weights: tuple[tuple[str, int, str, int], ...]
+    shared: tuple[tuple[str, ...], ...] = ()
+    range_of: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Plan:
     activations: dict[str, list[Edge]] = field(default_factory=dict)  # tensor -> edges to quantize
@@ -71,6 +89,12 @@ class Plan:
     @property
     def tensors(self) -> set[str]:
         return set(self.activations)
+
+    def simulated(self) -> Placement:
+        """This plan as auto's whole-graph check simulates it: int8 on exactly these edges."""
+        edges = {tensor: tuple(e) for tensor, e in self.activations.items()}
+        weights = tuple((w.node, w.input_index, w.tensor, w.axis) for w in self.weights)
+        return Placement(True, edges, weights, tuple(self.shared_scale))
 
 
 def weight_axis(op_type: str, node: onnx.NodeProto, rank: int, input_index: int = 1) -> int:
