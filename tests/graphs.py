@@ -447,34 +447,36 @@ def constant_branch() -> onnx.ModelProto:
     return _model(nodes, [_w("w", 32, 32), *consts], in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
 
 
-def two_distributions(behind_identity: bool = False) -> onnx.ModelProto:
+def two_distributions(
+    behind_identity: bool = False, names: tuple[str, str] = ("outliers", "laplace")
+) -> onnx.ModelProto:
     """
         outliers [batch, 64]     ─► MatMul (W [64, 32])              ─► y_outliers
         laplace  [batch, 8, 4, 4] ─► Conv 3x3 (8 -> 16, pads 1, bias) ─► y_laplace
     Two activations for ``method = "auto"`` to choose a range for, each read by one
-    weighted layer; the test feeds them data with different distributions. With
-    ``behind_identity`` each input passes an Identity first (``outliers ─► Identity ─► o``),
-    so the layers read activations the calibration passes must keep, not graph inputs.
+    weighted layer; the test feeds them data with different distributions (``names`` renames
+    the two inputs, their weights and outputs follow). With ``behind_identity`` each input
+    passes an Identity first (``outliers ─► Identity ─► o``), so the layers read activations
+    the calibration passes must keep, not graph inputs.
     """
-    inits = [_w("w_outliers", 64, 32), _w("w_laplace", 16, 8, 3, 3), _w("b_laplace", 16)]
-    read = {"outliers": "o", "laplace": "l"} if behind_identity else {"outliers": "outliers", "laplace": "laplace"}
+    mm, cv = names
+    inits = [_w(f"w_{mm}", 64, 32), _w(f"w_{cv}", 16, 8, 3, 3), _w(f"b_{cv}", 16)]
+    read = {mm: "o", cv: "l"} if behind_identity else {mm: mm, cv: cv}
     nodes = [helper.make_node("Identity", [src], [dst]) for src, dst in read.items() if src != dst]
     nodes += [
-        helper.make_node("MatMul", [read["outliers"], "w_outliers"], ["y_outliers"], name="matmul"),
-        helper.make_node(
-            "Conv", [read["laplace"], "w_laplace", "b_laplace"], ["y_laplace"], name="conv", pads=[1, 1, 1, 1]
-        ),
+        helper.make_node("MatMul", [read[mm], f"w_{mm}"], [f"y_{mm}"], name="matmul"),
+        helper.make_node("Conv", [read[cv], f"w_{cv}", f"b_{cv}"], [f"y_{cv}"], name="conv", pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
         nodes,
         "two_distributions",
         [
-            helper.make_tensor_value_info("outliers", TensorProto.FLOAT, ["batch", 64]),
-            helper.make_tensor_value_info("laplace", TensorProto.FLOAT, ["batch", 8, 4, 4]),
+            helper.make_tensor_value_info(mm, TensorProto.FLOAT, ["batch", 64]),
+            helper.make_tensor_value_info(cv, TensorProto.FLOAT, ["batch", 8, 4, 4]),
         ],
         [
-            helper.make_tensor_value_info("y_outliers", TensorProto.FLOAT, ["batch", 32]),
-            helper.make_tensor_value_info("y_laplace", TensorProto.FLOAT, ["batch", 16, 4, 4]),
+            helper.make_tensor_value_info(f"y_{mm}", TensorProto.FLOAT, ["batch", 32]),
+            helper.make_tensor_value_info(f"y_{cv}", TensorProto.FLOAT, ["batch", 16, 4, 4]),
         ],
         inits,
     )
