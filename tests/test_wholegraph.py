@@ -1,0 +1,204 @@
+"""auto's per-tensor ranges checked on the whole graph's output (``pipeline.calibrate.wholegraph``).
+
+The graphs the check simulates are held to the real quantizers' graphs, and its verdicts to the
+real graphs' output error over every calibration sample, not to its own estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+
+from pipeline import ortsession
+from pipeline.calibrate.auto import AutoRanges, summary
+from pipeline.calibrate.cache import AutoChoice, Ranges, TensorRange, load_ranges
+from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.calibrate.wholegraph import MARGIN, ExtremeRows, Range, scales, simulation, verdict
+from pipeline.config import QuantizeSection
+from pipeline.evaluate.metrics import ErrorAccumulator
+from pipeline.graphview import GraphView
+from pipeline.quantize import ort_cpu
+from pipeline.quantize.placement import plan_tensorrt
+from pipeline.quantize.qdq import QdqOnnxFromOnnx
+from tests import graphs
+
+SETTINGS = QuantizeSection()
+
+
+def _calibrate(model: onnx.ModelProto, x: np.ndarray, batch: int = 16) -> Ranges:
+    view = GraphView(model)
+    placements = (plan_tensorrt(view, SETTINGS).simulated(), ort_cpu.placement(view, SETTINGS))
+    tensors = plan_tensorrt(view, SETTINGS).tensors | ort_cpu.tensors_to_calibrate(view)
+    batches = [{"x": x[i : i + batch]} for i in range(0, len(x), batch)]
+    return RangesFromOnnx(tensors, 2048, 99.99)(model, batches, auto=AutoRanges(8, {"x": 0}, placements))
+
+
+def _per_tensor(ranges: Ranges) -> Ranges:
+    """``ranges`` with each tensor at its own choice, as before the whole-graph check."""
+    local = {}
+    for name, r in ranges.tensors.items():
+        method = r.auto.local or r.auto.method
+        local[name] = dataclasses.replace(
+            r, amax={**r.amax, "auto": r.amax[method]}, auto=dataclasses.replace(r.auto, method=method, local=None)
+        )
+    return Ranges(ranges.graph_sha256, ranges.settings, local)
+
+
+def _errors(model: onnx.ModelProto, ranges: Ranges, x: np.ndarray) -> tuple[float, float]:
+    """Relative output error (of the spread) of both real w8a8 graphs over every sample."""
+    view = GraphView(model)
+    ref = ortsession.run(ortsession.session(model), {"x": x})[0]
+    graphs_ = (
+        QdqOnnxFromOnnx(plan_tensorrt(view, SETTINGS), ranges, "auto")(model, view),
+        ort_cpu.OrtCpuQdqFromOnnx(ranges, "auto", SETTINGS)(model, view),
+    )
+    outs = [ortsession.run(ortsession.session(g), {"x": x})[0] for g in graphs_]
+    return tuple(ErrorAccumulator().update(o, ref).result().rel_error for o in outs)
+
+
+def test_a_rare_sample_the_per_tensor_ranges_clip_turns_the_check_to_one_method(tmp_path):
+    """256 images of N(0, 1) values, one (sample 100) 8x larger: it holds every tensor's largest
+    value, and the first 8 rows, on which each tensor's readers judge its range, hold none of it.
+    So they pick the tightest ranges (entropy for the Relu outputs) and clip that image hard. The
+    check sees it: mse on every tensor estimates 0.022 against 0.031, and the real graphs agree over
+    all 256 samples: relative error 0.102 against 0.118 (TensorRT) and 0.096 against 0.117 (CPU)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 16, 8, 8)).astype(np.float32)
+    x[100] *= 8
+    model = graphs.outlier_chain(scale=1.0)  # conv1 -> relu1 -> conv2 -> relu2 -> conv3
+    ranges = _calibrate(model, x)
+    whole = ranges.whole_graph
+    assert whole is not None and whole.chosen == "mse" and (whole.rows, whole.extremes, whole.samples) == (8, 1, 256)
+    assert whole.estimates["mse"] == pytest.approx(0.0220, rel=0.01)
+    assert whole.estimates["auto"] == pytest.approx(0.0310, rel=0.01)
+    assert whole.estimates["auto"] - whole.estimates["mse"] > MARGIN * whole.standard_errors["mse"]
+    assert {r.auto.method for r in ranges.tensors.values()} == {"mse"}
+    assert (
+        ranges.tensors["r1"].auto.local == "entropy"
+        and ranges.tensors["r1"].amax["auto"] == ranges.tensors["r1"].amax["mse"]
+    )
+    checked, per_tensor = _errors(model, ranges, x), _errors(model, _per_tensor(ranges), x)
+    assert checked == pytest.approx((0.1019, 0.0963), abs=5e-4) and per_tensor == pytest.approx(
+        (0.1182, 0.1172), abs=5e-4
+    )
+    lines = summary(ranges)
+    assert lines[0].startswith("auto ranges: mse on all 4 tensors, by the whole graph's output error")
+    assert "mse on every tensor, output error 0.022 against the per-tensor ranges' 0.031" in lines[1]
+    ranges.save(tmp_path / "ranges.json")
+    assert load_ranges(tmp_path / "ranges.json") == ranges
+
+
+def test_ordinary_samples_keep_the_per_tensor_ranges():
+    """The same graph and data without the large image: no single method is clearly better (the
+    best, mse, estimates 0.00155 against 0.00159), the per-tensor ranges stay."""
+    x = np.random.default_rng(0).standard_normal((256, 16, 8, 8)).astype(np.float32)
+    ranges = _calibrate(graphs.outlier_chain(scale=1.0), x)
+    assert ranges.whole_graph.chosen == "auto" and ranges.whole_graph.estimates["auto"] == pytest.approx(
+        0.00159, rel=0.01
+    )
+    assert all(r.auto.local is None for r in ranges.tensors.values())
+
+
+def _measured_ranges(view: GraphView, x: np.ndarray, tensors) -> dict[str, Range]:
+    """Each tensor's observed [min, max] on ``x``, amax a power of two times 127 (exact in FP16, so
+    the TensorRT scale is the same in FP16 and FP32)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(view.model)
+    model.graph.output.extend(view.value_infos[t] for t in tensors if t not in view.outputs)
+    outs = dict(
+        zip([o.name for o in model.graph.output], ortsession.run(ortsession.session(model), {"x": x}), strict=True)
+    )
+    out = {}
+    for t in tensors:
+        v = outs[t] if t in outs else x
+        out[t] = Range(float(v.min()), float(v.max()), 127.0 * 2.0 ** np.ceil(np.log2(np.abs(v).max() / 127)))
+    return out
+
+
+def test_the_simulations_compute_what_the_real_graphs_compute():
+    """On the residual graph (x -> conv1 -> relu -> conv2 -> Add(x) -> relu): the TensorRT simulation
+    has a Q/DQ pair on exactly the plan's edges (x into conv1 and the Add's skip input, relu1's output
+    into conv2) and int8 weights per output channel; the CPU one on every tensor quantize_static
+    quantizes. Fed the same ranges, each gives the real quantizer's graph's output (run as written)."""
+    model = graphs.residual()
+    view = GraphView(model)
+    x = graphs.inputs_for(model, 4)["x"]
+    plan = plan_tensorrt(view, SETTINGS)
+    cpu = ort_cpu.placement(view, SETTINGS)
+    ranges = _measured_ranges(view, x, sorted({*plan.tensors, *ort_cpu.tensors_to_calibrate(view)}))
+    cache = Ranges("0" * 64, {}, {})
+    for t, r in ranges.items():  # as the calibration cache would hold them: every method the same range
+        amax = dict.fromkeys(("auto", "max", "percentile", "entropy", "mse"), r.amax)
+        cache.tensors[t] = TensorRange(r.min, r.max, amax, AutoChoice("max", "test", {}))
+    for placement, real in (
+        (plan.simulated(), QdqOnnxFromOnnx(plan, cache, "auto")(model, view)),
+        (cpu, ort_cpu.OrtCpuQdqFromOnnx(cache, "auto", SETTINGS)(model, view)),
+    ):
+        sim = simulation(view.with_weights(model), placement)
+        quantize = [n for n in sim.graph.node if n.op_type == "QuantizeLinear"]
+        assert sorted(n.input[0] for n in quantize) == sorted(placement.activations)
+        weights = [n for n in sim.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(":int8")]
+        assert sorted(n.output[0] for n in weights) == ["conv1:1:weight", "conv2:1:weight"]
+        got = ortsession.session(sim).run(None, {"x": x, **scales(placement, ranges)})[0]
+        want = ortsession.run(_as_written(real), {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    assert sorted(plan.simulated().activations) == ["r1", "x"]
+    assert sorted(cpu.activations) == ["c1", "c2", "r1", "s", "x", "y"] and cpu.range_of == {"c1": "r1", "s": "y"}
+
+
+def _as_written(model: onnx.ModelProto):
+    """A session on ``model`` with no graph optimizations, as the simulations run (the CPU graph
+    deploys optimized: its fused QLinear kernels round the same values in integers)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.helper.set_model_props(copy, {"trtpipe.target": "simulation"})
+    return ortsession.session(copy)
+
+
+def test_extreme_rows_follow_every_pass_and_batch_merged_tensors():
+    """Runs of 4 samples, two passes (the second replays the first): tensor ``a`` ([batch, 3]) has
+    its largest |x| in sample 9, ``h`` ([batch x heads, 2], heads = 2) in sample 2, ``c`` in sample
+    9 too; the inputs held are those samples' rows, and the samples rank by how many tensors they
+    hold the largest value of. A cap of one held sample keeps the one holding more."""
+    x = np.arange(12 * 5, dtype=np.float32).reshape(12, 5)
+    runs = [{"x": x[i : i + 4]} for i in range(0, 12, 4)]
+    a = np.zeros((12, 3), np.float32)
+    a[9, 1] = -7.0
+    h = np.zeros((24, 2), np.float32)
+    h[2 * 2 + 1, 0] = 5.0  # sample 2, head 1
+    c = np.zeros((12, 3), np.float32)
+    c[9] = 1.0
+    for held, expected in ((32, [9, 2]), (1, [9])):
+        rows = ExtremeRows({"x": 0}, held=held)
+        for tensors in (("a", "h"), ("c",)):  # one pass each, over the same runs
+            for run, _ in enumerate(rows.hold(runs)):
+                values = {"a": a[4 * run : 4 * run + 4], "h": h[8 * run : 8 * run + 8], "c": c[4 * run : 4 * run + 4]}
+                rows.update(run, list(tensors), [values[t] for t in tensors])
+        assert rows.samples == 12 and rows.top(8) == expected
+        for sample in expected:
+            np.testing.assert_array_equal(rows.inputs[sample]["x"], x[sample : sample + 1])
+
+
+def test_the_verdict_weighs_first_rows_for_the_samples_they_stand_for():
+    """4 first rows standing for 98 samples each (400 less 8 extremes, over 4), 8 extremes for
+    themselves. max is worse on the first rows by 0.1 (+-0.01) and better on the extremes by 10
+    each: its estimate is lower by (80 - 0.1 x 392) / 400 = 0.102, far beyond 3 standard errors.
+    entropy's first rows are better by 0.05 on average but scatter (one by 0.2, three worse): not
+    clearly better."""
+    first, extremes = 4, 8
+    auto = np.concatenate([np.full(first, 1.0), np.full(extremes, 20.0)])
+    max_ = auto + np.concatenate([[0.09, 0.11, 0.1, 0.1], np.full(extremes, -10.0)])
+    entropy = auto + np.concatenate([[-0.35, 0.1, 0.05, 0.0], np.zeros(extremes)])
+    errors = {"auto": auto, "max": max_, "percentile": auto, "entropy": entropy, "mse": auto + 0.5}
+    found = verdict(errors, first, 400)
+    assert found.chosen == "max"
+    assert found.estimates["auto"] == pytest.approx((98 * 4 + 160) / 400)
+    assert found.estimates["auto"] - found.estimates["max"] == pytest.approx((80 - 0.1 * 392) / 400)
+    assert found.standard_errors["max"] == pytest.approx(98 * np.std([0.09, 0.11, 0.1, 0.1], ddof=1) * 2 / 400)
+    errors["max"] = auto
+    assert verdict(errors, first, 400).chosen == "auto"  # entropy: -0.049 estimated, 3 s.e. = 0.11
+    with pytest.raises(ValueError, match="at least 2 first rows"):
+        verdict(errors, 1, 400)
