@@ -44,7 +44,7 @@ from onnx import helper
 
 from pipeline import ortsession
 from pipeline.calibrate.cache import AutoChoice, Ranges, WholeGraphCheck
-from pipeline.calibrate.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation
+from pipeline.calibrate.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation, uint8_scale
 from pipeline.config import RANGE_METHODS
 from pipeline.console import info
 from pipeline.data import Feed
@@ -308,12 +308,10 @@ def fake_quant(x: np.ndarray, amax: float) -> np.ndarray:
 def fake_quant_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Asymmetric uint8 quantize-dequantize over [lo, hi] widened to hold 0, with ONNX Runtime's
     scale and zero point (``quant_utils.compute_scale_zp``)."""
-    lo, hi = float(np.float32(min(lo, 0.0))), float(np.float32(max(hi, 0.0)))  # as saved for its quantizer
-    wide = (hi - lo) / 255.0
-    if wide < np.finfo(np.float32).tiny:
+    found = uint8_scale(lo, hi)
+    if found is None:
         return np.zeros_like(x)
-    zero = np.round(-lo / wide)  # from the float64 scale, as ONNX Runtime does: 127.5 rounds to 128
-    scale = np.float32(wide)
+    scale, zero = found[0], float(found[1])
     return ((np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
 
 

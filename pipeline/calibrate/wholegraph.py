@@ -208,19 +208,19 @@ def scales(placement: Placement, ranges: Mapping[str, Range]) -> dict[str, np.nd
             scale, zero = activation_scale(amax[tensor], np.dtype(np.float16)), np.int8(0)
         else:
             r = ranges[placement.range_of.get(tensor, tensor)]
-            scale, zero = uint8_scale(max(r.min, -amax[tensor]), min(r.max, amax[tensor]))
+            scale, zero = uint8_scale(max(r.min, -amax[tensor]), min(r.max, amax[tensor])) or (1.0, np.uint8(0))
         feed[f"scale:{tensor}"], feed[f"zero:{tensor}"] = np.array(scale, np.float32), np.array(zero)
     return feed
 
 
-def uint8_scale(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
+def uint8_scale(lo: float, hi: float) -> tuple[np.float32, np.uint8] | None:
     """ONNX Runtime's asymmetric uint8 scale and zero point (``quant_utils.compute_scale_zp``) over
-    [lo, hi] widened to hold 0; scale 1 for a range of nothing but 0."""
+    [lo, hi] widened to hold 0; None for a range of nothing but 0."""
     lo, hi = float(np.float32(min(lo, 0.0))), float(np.float32(max(hi, 0.0)))  # as saved for its quantizer
     wide = (hi - lo) / 255.0
     if wide < np.finfo(np.float32).tiny:
-        return np.float32(1.0), np.uint8(0)
-    return np.float32(wide), np.uint8(np.round(-lo / wide))  # from the float64 scale, as ONNX Runtime does
+        return None
+    return np.float32(wide), np.uint8(np.round(-lo / wide))  # from the float64 scale: 127.5 rounds to 128
 
 
 def row_errors(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
