@@ -159,25 +159,26 @@ def _as_written(model: onnx.ModelProto):
 
 
 def test_extreme_rows_follow_every_pass_and_batch_merged_tensors():
-    """Runs of 4 samples, two passes (the second replays the first): tensor ``a`` ([batch, 3]) has
-    its largest |x| in sample 9, ``h`` ([batch x heads, 2], heads = 2) in sample 2, ``c`` in sample
-    9 too; the inputs held are those samples' rows, and the samples rank by how many tensors they
-    hold the largest value of. A cap of one held sample keeps the one holding more."""
+    """Runs of 4 samples, two passes (the second replays the first): tensors ``a`` and ``c``
+    ([batch, 3]) have their largest |x| in sample 9, ``h`` ([batch x heads, 2], heads = 2, seen in
+    the second pass) in sample 2; the inputs held are those samples' rows, and the samples rank by
+    how many tensors they hold the largest value of. Held to one sample, the one holding more stays.
+    A tensor that is all zeros holds nothing."""
     x = np.arange(12 * 5, dtype=np.float32).reshape(12, 5)
     runs = [{"x": x[i : i + 4]} for i in range(0, 12, 4)]
-    a = np.zeros((12, 3), np.float32)
-    a[9, 1] = -7.0
+    a, c, zeros = (np.zeros((12, 3), np.float32) for _ in range(3))
+    a[9, 1], c[9] = -7.0, 1.0
+    a[3, 0] = 6.0  # the largest until sample 9 comes
     h = np.zeros((24, 2), np.float32)
     h[2 * 2 + 1, 0] = 5.0  # sample 2, head 1
-    c = np.zeros((12, 3), np.float32)
-    c[9] = 1.0
+    per_run = lambda t, run: t[len(t) // 3 * run : len(t) // 3 * (run + 1)]  # noqa: E731  a run's rows
     for held, expected in ((32, [9, 2]), (1, [9])):
         rows = ExtremeRows({"x": 0}, held=held)
-        for tensors in (("a", "h"), ("c",)):  # one pass each, over the same runs
+        for tensors in ({"a": a, "c": c, "zeros": zeros}, {"h": h}):  # one pass each, over the same runs
             for run, _ in enumerate(rows.hold(runs)):
-                values = {"a": a[4 * run : 4 * run + 4], "h": h[8 * run : 8 * run + 8], "c": c[4 * run : 4 * run + 4]}
-                rows.update(run, list(tensors), [values[t] for t in tensors])
-        assert rows.samples == 12 and rows.top(8) == expected
+                rows.update(run, list(tensors), [per_run(t, run) for t in tensors.values()])
+        assert rows.samples == 12 and rows.top(8) == expected and rows.holds[9] == 2
+        assert sorted(rows.inputs) == sorted(expected)  # sample 3 held a's largest until sample 9
         for sample in expected:
             np.testing.assert_array_equal(rows.inputs[sample]["x"], x[sample : sample + 1])
 

@@ -90,7 +90,9 @@ class AutoRanges:
         self.batch_axes = dict(batch_axes or {})
         self.placements = tuple(placements)
         self.extremes = ExtremeRows(self.batch_axes)
-        self.checked: tuple[Feed, list[np.ndarray], int] | None = None  # rows, FP32 outputs, first rows among them
+        self.checked: tuple[Feed, list[np.ndarray], tuple[int, int]] | None = (
+            None  # rows, FP32 outputs, (first, extremes)
+        )
         self.simulations: list[tuple[Path, Placement]] = []
         self.kept: list[Feed] = []
         self.takes: list[tuple[int, int]] = []  # per kept run: its rows, and how many of them are kept
@@ -174,7 +176,7 @@ class AutoRanges:
             parts = [np.take(value, first, axis), *(self.extremes.inputs[s][name] for s in extreme)]
             rows[name] = value if axis is None else np.concatenate(parts, axis)
         session = ortsession.session(fp32, threads=threads, cpu_only=True, spin=False, arena=False)
-        self.checked = (rows, ortsession.run(session, rows), len(first))
+        self.checked = (rows, ortsession.run(session, rows), (len(first), len(extreme)))
 
     def __call__(
         self, view: GraphView, found: dict[str, Measured], weights: GraphView, folder: Path | None = None
@@ -220,8 +222,8 @@ class AutoRanges:
             }
             for c in (AUTO, *RANGE_METHODS)
         }
-        feed, reference, first = self.checked
-        whole = judge(self.simulations, candidates, feed, reference, first, self.extremes.samples, threads)
+        feed, reference, rows = self.checked
+        whole = judge(self.simulations, candidates, feed, reference, rows, self.extremes.samples, threads)
         if whole.chosen != AUTO:
             choices = {src: dataclasses.replace(c, method=whole.chosen, local=c.method) for src, c in choices.items()}
         info(f"auto: {whole_graph_line(whole)}, in {time.perf_counter() - start:.2f} s")

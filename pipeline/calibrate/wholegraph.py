@@ -68,6 +68,7 @@ class ExtremeRows:
         self.recent: dict[int, Feed] = {}  # the last runs' feeds, by run number
         self.best: dict[str, tuple[float, int | None]] = {}  # tensor -> (largest |x|, sample or None if dropped)
         self.inputs: dict[int, Feed] = {}  # sample -> its inputs (one row)
+        self.holds: dict[int, int] = {}  # held sample -> how many tensors' largest |x| it holds
 
     @property
     def samples(self) -> int:
@@ -96,33 +97,30 @@ class ExtremeRows:
             flat = value.reshape(rows, -1)
             per_row = np.maximum(flat.max(axis=1), -flat.min(axis=1))
             row = int(np.argmax(per_row))
-            if name not in self.best or per_row[row] > self.best[name][0]:
+            if per_row[row] > self.best.get(name, (0.0, None))[0]:
                 self._take(name, float(per_row[row]), run, row)
+        while len(self.inputs) > self.held:  # drop the one holding the fewest (the earliest of those)
+            gone = min(self.holds, key=lambda s: (self.holds[s], s))
+            del self.holds[gone], self.inputs[gone]
+            self.best = {t: (v, None if s == gone else s) for t, (v, s) in self.best.items()}
 
     def _take(self, tensor: str, value: float, run: int, row: int) -> None:
         sample = self.starts[run] + row
+        old = self.best.get(tensor, (0.0, None))[1]
         self.best[tensor] = (value, sample)
+        self.holds[sample] = self.holds.get(sample, 0) + 1
+        if old is not None:
+            self.holds[old] -= 1
+            if not self.holds[old]:  # it holds no tensor's largest value any more
+                del self.holds[old], self.inputs[old]
         if sample not in self.inputs:
             feed = self.recent[run]
             take = lambda n, a: feed[n].copy() if a is None else np.take(feed[n], [row], a)  # noqa: E731  a copy
             self.inputs[sample] = {n: take(n, self.batch_axes.get(n, 0)) for n in feed}
-        counts = self.counts()
-        for gone in sorted(self.inputs, key=lambda s: (counts.get(s, 0), -s))[: max(0, len(self.inputs) - self.held)]:
-            del self.inputs[gone]
-            self.best = {t: (v, None if s == gone else s) for t, (v, s) in self.best.items()}
-
-    def counts(self) -> dict[int, int]:
-        """Per held sample, how many tensors' largest |x| it holds."""
-        counts: dict[int, int] = {}
-        for _, sample in self.best.values():
-            if sample is not None:
-                counts[sample] = counts.get(sample, 0) + 1
-        return counts
 
     def top(self, k: int) -> list[int]:
         """The ``k`` samples holding the most tensors' largest values (at least one each), most first."""
-        counts = self.counts()
-        return sorted(counts, key=lambda s: (-counts[s], s))[:k]
+        return sorted(self.holds, key=lambda s: (-self.holds[s], s))[:k]
 
 
 def simulation(view: GraphView, placement: Placement) -> onnx.ModelProto:
@@ -230,6 +228,8 @@ def row_errors(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], w
     total = np.zeros(len(weights))
     w = weights / weights.sum()
     for out, ref in zip(outputs, reference, strict=True):
+        if np.ndim(ref) == 0 or len(ref) != len(weights) or not np.issubdtype(np.asarray(ref).dtype, np.floating):
+            continue  # not one row per sample: no part in the per-row errors
         ref = np.asarray(ref, np.float64).reshape(len(weights), -1)
         diff = np.square(np.asarray(out, np.float64).reshape(ref.shape) - ref).sum(axis=1)
         norm = w @ np.square(ref).sum(axis=1)
@@ -267,14 +267,15 @@ def judge(
     candidates: Mapping[str, Mapping[str, Range]],
     feed: Feed,
     reference: Sequence[np.ndarray],
-    first: int,
+    rows: tuple[int, int],
     samples: int,
     threads: int = 1,
 ) -> WholeGraphCheck:
     """Each candidate's ranges (per tensor) on each placement's simulation (one session at a time),
-    scored against ``reference`` on ``feed`` (its first ``first`` rows, then the extremes)."""
+    scored against ``reference`` on ``feed``, whose ``rows`` are (first rows, extremes after them)."""
+    first, extremes = rows
     errors = {c: 0.0 for c in candidates}
-    weights = stands_for(len(reference[0]), first, samples)
+    weights = stands_for(first + extremes, first, samples)
     for path, placement in simulations:
         session = ortsession.session(path, threads=threads, cpu_only=True, spin=False, arena=False)
         runs: dict[tuple, np.ndarray] = {}  # candidates with the same scales run once
