@@ -177,7 +177,7 @@ def current_inputs(cfg: Config, out: Artifacts, stage: str) -> dict[str, str]:
     # The config by its sections, not its path: a project copied elsewhere is the same project.
     found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: stage_code_version(stage)}
     for what, path in _source_files(cfg, stage):
-        found[f"{what} {path}"] = sha256(path)
+        found[f"{what} {out.key(path)}"] = sha256(path)  # by its path in the project: a moved project is the same
     for what, source in _data_sources(cfg, stage):
         fingerprint = source_fingerprint(cfg, source)
         if fingerprint is not None:

@@ -17,7 +17,7 @@ from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
 from pipeline.sources import load_callable
-from tests.conftest import FAST_BENCH, write_config
+from tests.conftest import FAST_BENCH, config_text, write_config
 
 AFTER_EXPORT = ["calibrate", "quantize", "build", "compare", "bench", "report"]
 
@@ -50,8 +50,9 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
     stages.export(cfg)
     stages.quantize(cfg)  # calibrates first, and records that too
     export, calibrate, quantize = (records.load_record(out, s) for s in ("export", "calibrate", "quantize"))
-    assert export.inputs[f"weights {weights}"] == sha256_file(weights)
-    assert export.inputs[f"model source {user_model}"] == sha256_file(user_model)
+    # Files inside the project by their path in it (a moved project is the same one), others by their absolute path.
+    assert export.inputs["weights weights.pt"] == sha256_file(weights)
+    assert export.inputs[f"model source {user_model.relative_to(tmp_path)}"] == sha256_file(user_model)
     assert export.inputs[records.CODE] == stage_code_version("export")
     assert any(k.startswith("config [name, model,") for k in export.inputs)
     assert export.outputs == {out.key(out.graph(p)): sha256_file(out.graph(p)) for p in ("fp32", "fp16")}
@@ -69,7 +70,7 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
     for stage in (stages.calibrate, stages.quantize, stages.build):
         with pytest.raises(
             PipelineError,
-            match=rf"^weights {weights} changed since trtpipe export ran; re-run trtpipe export -c {cfg.path}$",
+            match=rf"^weights weights\.pt changed since trtpipe export ran; re-run trtpipe export -c {cfg.path}$",
         ):
             stage(cfg)
     # A damaged record is one line too.
@@ -99,7 +100,7 @@ def test_engines_reruns_exactly_what_depends_on_a_change(tmp_path, user_model, m
     assert stages.engines(cfg) == ["bench", "report"]
     # New weights: everything from export on.
     _new_weights(weights)
-    assert records.rerun_reason(cfg, out, "export") == f"weights {weights} changed"
+    assert records.rerun_reason(cfg, out, "export") == "weights weights.pt changed"
     assert stages.engines(cfg) == list(records.STAGES)
     # Other code in bench (pipeline.codehash tells which stages run a file): bench, and report on its new timings.
     real = records.stage_code_version
@@ -114,7 +115,7 @@ def test_deploy_refuses_after_an_upstream_change(tmp_path, user_model, monkeypat
     cfg, weights, _ = _project(tmp_path, user_model)
     stages.engines(cfg, until="compare")
     _new_weights(weights)
-    with pytest.raises(PipelineError, match=rf"weights {weights} changed since trtpipe export ran"):
+    with pytest.raises(PipelineError, match=r"weights weights\.pt changed since trtpipe export ran"):
         stages.deploy(cfg, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 
@@ -166,3 +167,23 @@ def test_a_stage_writes_all_of_its_outputs_or_none(tmp_path):
         first.write_text("{}")
         os.replace(tmp_path / "bench.json", second)
     assert not first.exists()
+
+
+def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_model, monkeypatch):
+    """Files inside the project are recorded by their path in it: moved elsewhere (another checkout,
+    a CI runner), nothing changed and no stage is stale."""
+    import shutil
+
+    first = tmp_path / "first"
+    (first / "cfg").mkdir(parents=True)
+    shutil.copy(user_model, first / "net.py")
+    torch.save(load_callable(f"{user_model}:build", tmp_path, "model")().state_dict(), first / "weights.pt")
+    model = '[model]\nsource = "../net.py:build"\nweights = "../weights.pt"\n[model.args]\nchannels = 16'
+    (first / "cfg" / "tiny.toml").write_text(config_text("../net.py", model=model))
+    monkeypatch.chdir(first)
+    stages.export(load_config(first / "cfg" / "tiny.toml"))
+    shutil.copytree(first, tmp_path / "second")
+    monkeypatch.chdir(tmp_path / "second")
+    cfg = load_config(tmp_path / "second" / "cfg" / "tiny.toml")
+    assert records.rerun_reason(cfg, Artifacts.of(cfg), "export") is None
+    stages.calibrate(cfg)
