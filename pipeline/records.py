@@ -236,7 +236,7 @@ def _source_files(cfg: Config, stage: str) -> list[tuple[str, Path]]:
     if model is not None:
         found.append(("model source", model))
     if cfg.model.weights is not None and cfg.resolve(cfg.model.weights).is_file():
-        found.append(("weights", cfg.resolve(cfg.model.weights)))
+        found.append(("weights", cfg.resolve(cfg.model.weights).resolve()))  # "models/../x.pt" is x.pt
     return found
 
 

@@ -182,6 +182,7 @@ def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_mo
     (first / "cfg" / "tiny.toml").write_text(config_text("../net.py", model=model))
     monkeypatch.chdir(first)
     stages.export(load_config(first / "cfg" / "tiny.toml"))
+    assert "weights weights.pt" in records.load_record(Artifacts("tiny", first), "export").inputs
     shutil.copytree(first, tmp_path / "second")
     monkeypatch.chdir(tmp_path / "second")
     cfg = load_config(tmp_path / "second" / "cfg" / "tiny.toml")
