@@ -20,8 +20,13 @@ class Artifacts:
         return cls(cfg.name, Path(root) if root is not None else Path.cwd())
 
     @property
+    def output_roots(self) -> tuple[Path, Path]:
+        """engines/ and calib/: where the stages write, for every model."""
+        return self.root / "engines", self.root / "calib"
+
+    @property
     def model_dir(self) -> Path:
-        return self.root / "engines" / self.name
+        return self.output_roots[0] / self.name
 
     @property
     def onnx_dir(self) -> Path:
@@ -37,12 +42,12 @@ class Artifacts:
 
     @property
     def ranges(self) -> Path:
-        return self.root / "calib" / self.name / "ranges.json"
+        return self.output_roots[1] / self.name / "ranges.json"
 
     @property
     def channels(self) -> Path:
         """Per-channel activation maxima of the tensors SmoothQuant smooths."""
-        return self.root / "calib" / self.name / "channels.json"
+        return self.output_roots[1] / self.name / "channels.json"
 
     @property
     def trt_root(self) -> Path:

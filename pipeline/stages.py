@@ -617,11 +617,12 @@ def deploy(
     replace: bool = False,
 ) -> Path:
     """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
-    from pipeline.deploy.checks import select
+    from pipeline.deploy.checks import check_destination, select
     from pipeline.deploy.layout import write_plain, write_triton
 
     out = Artifacts.of(cfg, root)
-    chosen = select(cfg, out, precision, force)  # every check before anything is written
+    check_destination(out, to)  # every check before anything is written
+    chosen = select(cfg, out, precision, force)
     if chosen.gate_failures:
         info(
             f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -162,3 +165,16 @@ def test_redeploy_replaces_its_own_folder_whole(pipeline_run, tmp_path):
     assert not (model_dir / "2").exists()
     assert json.loads((model_dir / "manifest.json").read_text())["precision"] == "fp16"
     assert [p.name for p in (tmp_path / "repo").iterdir()] == ["tiny"]
+
+
+@pytest.mark.parametrize("to", ["engines", "calib", "engines/tiny/onnx", ".."])
+def test_refuses_a_destination_over_the_stages_own_folders(pipeline_run, tmp_path, to):
+    """--to engines --replace would have swapped engines/tiny (every graph, every record) for the
+    deployment; --to .. (the project's own name) the whole project."""
+    cfg, _, out = pipeline_run
+    _compared(cfg)
+    graphs = sorted(out.onnx_dir.iterdir())
+    cfg = dataclasses.replace(cfg, name=tmp_path.name) if to == ".." else cfg
+    with pytest.raises(PipelineError, match=rf"^--to {re.escape(to)}: .*(engines|calib).* a folder of its own"):
+        stages.deploy(cfg, Path(to), replace=True)
+    assert sorted(out.onnx_dir.iterdir()) == graphs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline import records
 from pipeline.artifacts import Artifacts
@@ -20,6 +21,20 @@ class Deployable:
     device: str  # "GPU" or "CPU"
     gate_failures: tuple[str, ...]  # non-empty only when --force overrode the gate
     manifest: dict
+
+
+def check_destination(out: Artifacts, to: Path) -> None:
+    """The deployment's folder ``to/NAME`` must keep clear of engines/ and calib/: there (with --replace,
+    over a folder) it would take the place of the stages' own files, or of the whole project."""
+    dest = (to / out.name).resolve()
+    for folder in out.output_roots:
+        found = folder.resolve()
+        if dest.is_relative_to(found) or found.is_relative_to(dest):
+            where = "be inside" if dest.is_relative_to(found) else "hold"
+            raise PipelineError(
+                f"--to {to}: the deployment {to / out.name} would {where} {out.key(folder)}/, where the stages "
+                f"write; deploy to a folder of its own"
+            )
 
 
 def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployable:
