@@ -19,6 +19,8 @@ from pipeline.console import info
 # Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
 # exported graph's (1e-6 of their range on the hard example).
 SMOOTH_PARITY = 1e-4
+# The graph quantize makes for each [quantize] target.
+QUANTIZED = {"tensorrt": "w8a8", "onnxruntime-cpu": "w8a8-cpu"}
 
 
 def export(cfg: Config, root: Path | None = None) -> list:
@@ -314,9 +316,12 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         "budget": {n: r.as_dict() for n, r in fits.items()},
     }
     write_json(out.result("quantize"), summary)
+    # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
+    kept_aside = set() if force else failed
+    written = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
+    records.finish(cfg, out, "quantize", [*written, out.result("quantize")], not failed)
     if failed:
         _gate_verdict(cfg, out, [r for r in rows if r.failures], force)
-    records.finish(cfg, out, "quantize", [*(out.graph(n) for n in models), out.result("quantize")], not failed)
     return summary
 
 
@@ -419,7 +424,7 @@ def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] 
     fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
     view = GraphView(fp32)
     ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
-    names = tuple({"tensorrt": "w8a8", "onnxruntime-cpu": "w8a8-cpu"}[t] for t in targets or cfg.quantize.targets)
+    names = tuple(QUANTIZED[t] for t in targets or cfg.quantize.targets)
     heldout = held_out(cfg, out.graph("fp32"), cfg.accuracy.sensitivity_rows)
     found = sens.targets_for(names, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)
     tables = {}
@@ -596,14 +601,23 @@ def engines(cfg: Config, root: Path | None = None, until: str = "report") -> lis
 
 
 def _recorded_gate(cfg: Config, out: Artifacts, stage: str) -> None:
-    """A compare whose gate failed stays a failure on every run, not only the one that measured it."""
+    """A compare whose gate failed, or a quantize that kept its graphs aside for it, stays a failure on
+    every run, not only the one that measured it."""
     from pipeline.errors import PipelineError
 
     record = records.load_record(out, stage)
-    if stage == "compare" and record is not None and not record.passed:
+    if record is None or record.passed:
+        return
+    if stage == "compare":
         raise PipelineError(
             f"{cfg.name}: an accuracy gate failed when compare ran (rows in {out.result('compare')}); "
             f"fix the model or the gates in [accuracy] of {cfg.path}"
+        )
+    kept_aside = [n for n in QUANTIZED.values() if out.key(out.failed_graph(n)) in record.outputs]
+    if stage == "quantize" and kept_aside:
+        raise PipelineError(
+            f"{cfg.name}: an accuracy gate failed when quantize ran ({out.failed_graph(kept_aside[0])} kept aside, "
+            f"rows in {out.result('quantize')}); fix the gates in [accuracy] of {cfg.path} or quantize --force"
         )
 
 

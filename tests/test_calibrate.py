@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline import stages
+from pipeline import records, stages
 from pipeline.artifacts import Artifacts
 from pipeline.calibrate.calibrator import RangesFromOnnx
 from pipeline.calibrate.histogram import TensorStats
@@ -214,6 +214,13 @@ def test_a_graph_missing_its_gate_is_kept_aside_and_quantize_fails(make_config, 
     assert not out.graph("w8a8").exists() and out.graph("w8a8-cpu").is_file()
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(out.failed_graph("w8a8")).graph.node}
     assert json.loads(out.result("quantize").read_text())["passed"] is False
+    # What it wrote is vouched for by its record (nothing complete-looking without one), which keeps the failure.
+    record = records.load_record(out, "quantize")
+    assert not record.passed and set(record.outputs) == {
+        out.key(p) for p in (out.failed_graph("w8a8"), out.graph("w8a8-cpu"), out.result("quantize"))
+    }
+    with pytest.raises(PipelineError, match=r"an accuracy gate failed when quantize ran .*--force"):
+        stages.engines(cfg)
     forced = CliRunner().invoke(main, ["quantize", "--force", "-c", str(cfg.path)])
     assert forced.exit_code == 0 and "written as the artifact anyway (--force)" in forced.output
     assert out.graph("w8a8").is_file() and not out.failed_graph("w8a8").exists()
