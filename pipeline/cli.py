@@ -41,6 +41,13 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT, no traceback
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
+        except OSError as exc:  # a full disk where a library writes (ONNX Runtime's quantizer's temporaries)
+            from pipeline.fileio import disk_full
+
+            error = disk_full(exc)
+            if error is None:
+                raise
+            raise click.ClickException(str(error)) from None
 
     return wrapper
 

@@ -111,12 +111,21 @@ def disk_full_is_user_error(dest: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in _DISK_FULL:
+        error = disk_full(exc, dest)
+        if error is None:
             raise
-        shown = Path(
-            *(part for part in dest.parts if not _WRITER.search(part))
-        )  # a staging folder's file: its final name
-        raise PipelineError(f"{shown}: disk full ({exc.strerror}); free space there and re-run") from None
+        raise error from None
+
+
+def disk_full(exc: OSError, dest: Path | None = None) -> PipelineError | None:
+    """The one-line error for a write that ran out of space, naming ``dest``, else the file the error
+    names, else the folder holding this process's temporary folder (a library's temporary file);
+    None for any other error."""
+    if exc.errno not in _DISK_FULL:
+        return None
+    where = Path(dest or exc.filename or tempfile.gettempdir())
+    shown = Path(*(part for part in where.parts if not _WRITER.search(part)))  # a temporary's: its final name
+    return PipelineError(f"{shown}: disk full ({exc.strerror}); free space there and re-run")
 
 
 @contextlib.contextmanager

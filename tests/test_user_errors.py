@@ -255,3 +255,25 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
         f"PipelineError {tmp_path / 'model.onnx'}: disk full (File too large); free space there and re-run",
     ]
     assert list(tmp_path.iterdir()) == []  # no temp file, no staging folder, nothing that looks complete
+
+
+def test_a_full_disk_inside_a_library_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    """ONNX Runtime's quantizer saving its copy of the graph in our temporary folder: its OSError
+    (EFBIG, no file name) was a traceback. The line names the model's folder the temporaries live in."""
+    import errno
+    import tempfile
+
+    import click
+
+    from pipeline.cli import _user_errors
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "engines" / "tiny" / ".scratch.trtpipe-7.x1"))
+
+    @_user_errors
+    def quantize() -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    with pytest.raises(click.ClickException) as caught:
+        quantize()
+    folder = tmp_path / "engines" / "tiny"
+    assert caught.value.message == f"{folder}: disk full (File too large); free space there and re-run"
