@@ -72,21 +72,27 @@ def scratch_project(config: str, run: Path) -> str:
 
 def start(stage: str, config: str, run: Path, tmp: Path, fsize: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}  # this checkout's pipeline
+    cmd = [sys.executable, "-m", "pipeline", stage, "-c", config, *EXTRA.get(stage, [])]
+    return spawn(cmd, run, env, fsize)
+
+
+def spawn(cmd: list[str], cwd: Path, env: dict[str, str], fsize: int | None = None) -> subprocess.Popen:
+    """``cmd`` in a process group of its own (a kill reaches its children), stderr kept; with ``fsize``
+    a write past that many bytes fails with EFBIG, as one fails with ENOSPC on a full disk."""
 
     def limits() -> None:
         if fsize is not None:  # a write past the limit fails with EFBIG instead of killing the process
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    cmd = [sys.executable, "-m", "pipeline", stage, "-c", config, *EXTRA.get(stage, [])]
     return subprocess.Popen(
-        cmd, cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         preexec_fn=limits,
     )  # fmt: skip
 
 
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=TIMEOUT)
+def finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err.decode(errors="replace")
 
 
@@ -112,8 +118,8 @@ def _hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def is_output(rel: str) -> bool:
-    return rel.split(os.sep)[0] in OUTPUT_ROOTS
+def is_output(rel: str, roots: tuple[str, ...] = OUTPUT_ROOTS) -> bool:
+    return rel.split(os.sep)[0] in roots
 
 
 def is_leftover(rel: str, name: str) -> bool:
@@ -127,33 +133,38 @@ def git_status() -> str:
     return subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
 
 
-def unvouched(run: Path, config: str, before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
+def unvouched(
+    run: Path, name: str, before: dict[str, str], after: dict[str, str], roots: tuple[str, ...] = OUTPUT_ROOTS
+) -> tuple[list[str], list[str]]:
     """(files that look complete but nothing vouches for, leftovers of dead writers) among the
-    new or changed files under the output folders."""
-    cfg = load_config(run / config)
-    out = Artifacts(cfg.name, run)
+    new or changed files under the output folders ``roots`` of model ``name`` (engines/, calib/
+    and the deploy folders)."""
+    out = Artifacts(name, run)
     vouched: dict[str, str] = {}
-    bad = []
+    damaged = {}
     for stage in RECORDED:
+        key = out.key(out.record(stage))
         try:
             record = load_record(out, stage)
         except PipelineError as exc:
-            bad.append(f"{out.key(out.record(stage))} ({str(exc)[:60]})")
+            damaged[key] = f"{key} ({str(exc)[:60]})"
             continue
         if record is not None:
-            vouched[out.key(out.record(stage))] = after.get(out.key(out.record(stage)), "")
+            vouched[key] = after.get(key, "")
             vouched.update(record.outputs)
-    vouched.update(_deployed(run / TO / cfg.name, run))
-    leftovers = []
+    for root in roots:
+        if root not in ("engines", "calib"):  # a deploy folder
+            vouched.update(_deployed(run / root / name, run))
+    bad, leftovers = [], []
     for rel, sha in sorted(after.items()):
-        if not is_output(rel) or sha == "dir" or before.get(rel) == sha:
+        if not is_output(rel, roots) or sha == "dir" or before.get(rel) == sha:
             continue
-        if is_leftover(rel, cfg.name):
+        if is_leftover(rel, name):
             leftovers.append(rel)
         elif rel.split(os.sep)[-2:-1] == ["logs"]:
             continue  # a stage's log: text, never read as an artifact
-        elif vouched.get(rel) != sha and rel not in bad:
-            bad.append(rel)
+        elif vouched.get(rel) != sha:
+            bad.append(damaged.get(rel, rel))
     return bad, leftovers
 
 
@@ -170,9 +181,9 @@ def _deployed(folder: Path, run: Path) -> dict[str, str]:
     return {os.path.relpath(p, run): _hash(p) for p in folder.rglob("*") if p.is_file()}
 
 
-def outside(before: dict[str, str], after: dict[str, str]) -> list[str]:
+def outside(before: dict[str, str], after: dict[str, str], roots: tuple[str, ...] = OUTPUT_ROOTS) -> list[str]:
     keys = set(before) | set(after)
-    return sorted(k for k in keys if not is_output(k) and before.get(k) != after.get(k))
+    return sorted(k for k in keys if not is_output(k, roots) and before.get(k) != after.get(k))
 
 
 def one_line_error(code: int, err: str) -> str | None:
@@ -191,7 +202,7 @@ def check_after_fault(run: Path, config: str, tmp: Path, before: dict[str, str])
     """Problems and notes after a fault, then after a normal re-run of the same stage."""
     problems, notes = [], []
     after = tree(run)
-    bad, leftovers = unvouched(run, config, before, after)
+    bad, leftovers = unvouched(run, load_config(run / config).name, before, after)
     problems += [f"half-written {b}" for b in bad]
     problems += [f"write outside {w}" for w in outside(before, after)]
     if leftovers:
@@ -210,7 +221,7 @@ def rerun_checks(stage: str, run: Path, config: str, tmp: Path, before: dict[str
     if code != 0:
         problems.append(f"re-run exit {code}: {err.strip().splitlines()[-1][:120] if err.strip() else ''}")
     after = tree(run)
-    bad, leftovers = unvouched(run, config, before, after)
+    bad, leftovers = unvouched(run, load_config(run / config).name, before, after)
     problems += [f"after re-run: half-written {b}" for b in bad]
     problems += [f"after re-run: leftover {rel}" for rel in leftovers]
     problems += [f"after re-run: write outside {w}" for w in outside(before, after)]
