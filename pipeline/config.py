@@ -24,6 +24,9 @@ DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
 RANGE_METHODS = ("max", "percentile", "entropy", "mse")
 CALIBRATION_METHODS = ("auto", *RANGE_METHODS)
 BATCH_AXIS = "batch"
+# Stable ranges take hundreds to thousands of rows; beyond this an endless data callable would only
+# run for hours (10**20 rows: forever).
+MAX_CALIBRATION_SAMPLES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,11 @@ class CalibrationSection:
             raise ValueError(f"percentile {self.percentile} must be in (50, 100]")
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError("samples and batch_size must be positive")
+        if self.samples > MAX_CALIBRATION_SAMPLES:
+            raise ValueError(
+                f"samples {self.samples} is more than calibration needs (at most {MAX_CALIBRATION_SAMPLES}; "
+                f"a few hundred rows give stable ranges)"
+            )
         if not 128 <= self.bins <= 1 << 16 or self.bins & (self.bins - 1):
             raise ValueError(f"bins {self.bins} must be a power of two between 128 and 65536")
 
@@ -274,6 +282,8 @@ class BenchSection:
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.threads < 1 or not self.min_seconds >= 0.0:
             raise ValueError("warmup and min_seconds must be 0 or more, iterations and threads 1 or more")
+        if not math.isfinite(self.min_seconds):  # each artifact and batch would be timed forever
+            raise ValueError(f"min_seconds {self.min_seconds} must be a finite number of seconds")
 
 
 @dataclass(frozen=True)
@@ -282,6 +292,8 @@ class BuildSection:
     optimization_level: int = 3
 
     def __post_init__(self) -> None:
+        if self.workspace_mib < 1:
+            raise ValueError(f"workspace_mib {self.workspace_mib} must be 1 or more (TensorRT's workspace pool limit)")
         if not 0 <= self.optimization_level <= 5:
             raise ValueError("optimization_level must be 0..5 (TensorRT's builder_optimization_level)")
 

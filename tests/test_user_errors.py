@@ -181,11 +181,19 @@ def test_fewer_samples_than_asked_for_are_said(config, capsys):
         ("[accuracy.w8a8]\nmin_cosine = 2.0", r"accuracy\.w8a8: min_cosine 2\.0 must be in \[-1, 1\]"),
         ("[accuracy.fp16]\nmax_rel_error = -0.1", r"accuracy\.fp16: max_rel_error -0\.1 must be 0 or more"),
         ("[accuracy.w8a8_cpu]\nmin_top1_agreement = 97.0", r"w8a8_cpu: min_top1_agreement 97\.0 must be in \[0, 1\]"),
+        ("[bench]\nmin_seconds = inf", r"bench: min_seconds inf must be a finite number of seconds"),
+        ("[build]\nworkspace_mib = -1", r"build: workspace_mib -1 must be 1 or more"),  # TensorRT's pool limit
     ],
 )
 def test_bench_and_gate_values_are_checked(config, section, words):
     with pytest.raises(PipelineError, match=rf"tiny\.toml: \S*{words}"):
         config(top=f'name = "tiny"\n{section}')
+
+
+def test_more_samples_than_calibration_could_use_are_refused(config):
+    """An endless data callable would be read 10**20 rows long."""
+    with pytest.raises(PipelineError, match=r"tiny\.toml: calibration: samples 100000000000000000000 is more than "):
+        config(calibration=f'[calibration]\nsource = "{config.net}:calibration"\nsamples = {10**20}')
 
 
 def test_a_checkpoint_holding_code_is_named_so(config, tmp_path):
