@@ -79,6 +79,19 @@ def test_refuses_a_missing_precision(pipeline_run, tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize("pipeline_run", ['[quantize]\ntargets = ["tensorrt"]'], indirect=True)
+def test_w8a8_on_a_cpu_build_without_its_cpu_graph_names_the_target(pipeline_run, tmp_path):
+    """It said "no w8a8 artifact to deploy (have: fp16, w8a8)": the w8a8 there is TensorRT's graph."""
+    cfg, _, _ = pipeline_run
+    stages.compare(cfg)
+    with pytest.raises(
+        PipelineError,
+        match=r"tiny: no w8a8 artifact to deploy on this CPU-only build: \[quantize\] targets in \S+tiny\.toml "
+        r"lacks 'onnxruntime-cpu'; add it and run trtpipe engines, or deploy --precision fp16$",
+    ):
+        stages.deploy(cfg, tmp_path / "repo")
+
+
 def test_refuses_before_compare(pipeline_run, tmp_path):
     cfg, _, _ = pipeline_run
     with pytest.raises(PipelineError, match=r"no compare results; run trtpipe compare before deploying"):

@@ -43,8 +43,12 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
     cpu_only = record["backend"] == "onnxruntime" and "CUDAExecutionProvider" not in record.get("providers", [])
     # On a CPU-only deployment the w8a8 artifact that runs well is ONNX Runtime's CPU graph.
     name = "w8a8-cpu" if (precision == "w8a8" and cpu_only) else precision
-    if name not in found:
-        raise PipelineError(f"{cfg.name}: no {precision} artifact to deploy (have: {', '.join(found)})")
+    if name not in found:  # fp16 is always built: a w8a8 graph whose target is not in [quantize] targets
+        target, where = ("onnxruntime-cpu", " on this CPU-only build") if name == "w8a8-cpu" else ("tensorrt", "")
+        raise PipelineError(
+            f"{cfg.name}: no {precision} artifact to deploy{where}: [quantize] targets in {cfg.path} lacks "
+            f"{target!r}; add it and run trtpipe engines, or deploy --precision fp16"
+        )
     artifact = found[name]  # artifacts() has refused missing files
     sha = measured_sha256(cfg, out, artifact)
     if artifact.backend == "tensorrt":
