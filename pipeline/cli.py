@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,9 @@ def _load(config_path: Path):
 
     cfg = load_config(config_path)
     click.get_current_context().call_on_close(keep_temporaries_in(Artifacts.of(cfg).model_dir))
+    # Once the process exits (torch and ONNX Runtime torn down), a Ctrl-C finds the work done: it was
+    # death by SIGINT (exit -2) with the outputs complete. At exit only: an in-process caller keeps Ctrl-C.
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
     return cfg
 
 

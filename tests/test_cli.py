@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,25 @@ def test_a_command_keeps_its_temporaries_under_engines_and_removes_them(tmp_path
     assert scratch.parent == tmp_path / "engines" / "tiny" and str(scratch) == env
     assert not scratch.exists()
     assert (tempfile.gettempdir(), os.environ.get("TMPDIR")) == before
+
+
+def test_ctrl_c_after_the_work_is_done_changes_nothing(tmp_path, user_model):
+    """A Ctrl-C while the process exits (torch and ONNX Runtime torn down) is ignored: it was death by
+    SIGINT (exit -2), or here a KeyboardInterrupt in an exit handler, after the outputs were complete."""
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, user_model)
+    child = textwrap.dedent(
+        f"""
+        import atexit, os, signal, time
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))  # runs last
+        from pipeline import stages
+        stages.report = lambda cfg: None  # the work, done
+        from pipeline.cli import main
+        main(["report", "-c", {str(config)!r}])
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # this checkout's pipeline
+    run = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert not [p for p in (tmp_path / "engines" / "tiny").iterdir() if ".trtpipe-" in p.name]
