@@ -13,7 +13,7 @@ ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth bench-budget bench-faults gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth bench-budget bench-faults bench-catalogue gpu-check test clean help
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
 	@echo "make bench-budget           plain w8a8 vs w8a8 under [accuracy.budget] min_cosine = 0.99, sensitivity timed"
 	@echo "make bench-faults           SIGKILL at 0.5/2/5 s and a full disk in each stage of resnet_digits, one table"
+	@echo "make bench-catalogue        bad inputs and attacks (names, stale evidence, damaged files, pickles, Ctrl-C) judged, one table"
 	@echo "make setup | clean"
 
 setup: $(STAMP)
@@ -75,6 +76,12 @@ bench-budget: $(STAMP)
 # and 5 s and run on a full disk (a tmpfs when root, else a file size limit), then re-run.
 bench-faults: $(STAMP)
 	$(BIN)/python -m benchmarks.faults models/resnet_digits.toml
+
+# In a scratch folder of its own: each bad input or attack (a model named .., stale evidence, damaged
+# files and caches, malicious pickles, Ctrl-C, ...) set up in a copy of a small project, the trtpipe
+# commands a user would run under an audit hook of every write, each judged; exits 1 if any case fails.
+bench-catalogue: $(STAMP)
+	$(BIN)/python -m benchmarks.catalogue
 
 # The first command on a GPU machine (see README, GPU setup): every stage of the three examples on
 # TensorRT, INT8 coverage >= 90% of quantized layers, accuracy gates, w8a8 vs FP16 speed (or the
