@@ -48,7 +48,7 @@ import torch
 from benchmarks.audit import audited, written_outside
 from benchmarks.faults import finish, git_status, one_line_error, outside, spawn, tree, unvouched
 from pipeline.console import table
-from tests.conftest import FAST_BENCH, USER_MODEL, config_text
+from tests.conftest import BAD_DATA, FAST_BENCH, USER_MODEL, config_text
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "models/tiny.toml"
@@ -58,33 +58,16 @@ ROOTS = ("engines", "calib", TO)  # where a run may write
 TIMEOUT = 180.0
 SAID = 110  # characters of a command's last line in the table
 # The data callables the cases point [calibration] and [evaluation] at, beside the model's own.
-DATA = USER_MODEL + textwrap.dedent(
-    """
+DATA = (
+    USER_MODEL
+    + BAD_DATA
+    + textwrap.dedent(
+        """
     def calibration_dim(samples, batch_size):  # 100x below the held-out data: ranges that saturate
         for start in range(0, samples, batch_size):
             yield {"x": images(min(batch_size, samples - start), start) * 0.01}
-
-    def wrong_signature(n):
-        yield {"x": images(n)}
-
-    def returns_none(samples, batch_size):
-        return None
-
-    def empty_batches_forever(samples, batch_size):
-        while True:
-            yield {"x": np.zeros((0, 3, 8, 8), np.float32)}
-
-    def short(samples, batch_size):
-        yield {"x": images(8)}
-
-    def labels_as_a_column(batch_size):
-        for start in range(0, 40, batch_size):
-            x = images(min(batch_size, 40 - start), 1000 + start)
-            yield {"x": x}, (np.arange(len(x)) % 4)[:, None]
-
-    def nothing_held_out(batch_size):
-        return iter(())
     """
+    )
 )
 
 

@@ -76,6 +76,33 @@ USER_MODEL = textwrap.dedent(
 )
 
 
+# Data callables a user can get wrong, appended to USER_MODEL's file (they call its images()).
+BAD_DATA = textwrap.dedent(
+    """
+    def returns_none(samples, batch_size):
+        return None
+
+    def labels_as_a_column(batch_size):
+        for start in range(0, 40, batch_size):
+            x = images(min(batch_size, 40 - start), 1000 + start)
+            yield {"x": x}, (np.arange(len(x)) % 4)[:, None]
+
+    def nothing_held_out(batch_size):
+        return iter(())
+
+    def wrong_signature(n):
+        yield {"x": images(n)}
+
+    def empty_batches_forever(samples, batch_size):
+        while True:
+            yield {"x": np.zeros((0, 3, 8, 8), np.float32)}
+
+    def short(samples, batch_size):
+        yield {"x": images(8)}
+    """
+)
+
+
 def config_text(model_file: str, **sections: str) -> str:
     """A valid config for the user model; ``sections`` replace whole blocks by name."""
     blocks = {

@@ -17,39 +17,15 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
 from pipeline.quantize.placement import plan_tensorrt
 from tests import graphs
-from tests.conftest import USER_MODEL, config_text
+from tests.conftest import BAD_DATA, USER_MODEL, config_text
 
 REPO = Path(__file__).resolve().parent.parent
-EXTRA = textwrap.dedent(
-    """
-    def returns_none(samples, batch_size):
-        return None
-
-    def labels_as_a_column(batch_size):
-        for start in range(0, 40, batch_size):
-            x = images(min(batch_size, 40 - start), 1000 + start)
-            yield {"x": x}, (np.arange(len(x)) % 4)[:, None]
-
-    def nothing_held_out(batch_size):
-        return iter(())
-
-    def wrong_signature(n):
-        yield {"x": images(n)}
-
-    def empty_batches_forever(samples, batch_size):
-        while True:
-            yield {"x": np.zeros((0, 3, 8, 8), np.float32)}
-
-    def short(samples, batch_size):
-        yield {"x": images(8)}
-    """
-)
 
 
 @pytest.fixture
 def config(tmp_path):
     net = tmp_path / "net.py"
-    net.write_text(USER_MODEL + EXTRA)
+    net.write_text(USER_MODEL + BAD_DATA)
 
     def make(**sections: str):
         path = tmp_path / "tiny.toml"
