@@ -36,8 +36,11 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline.interrupts import imports_held
+
         try:
-            return fn(*args, **kwargs)
+            with imports_held():  # a Ctrl-C while torch, ONNX Runtime, ... initialise waits for them
+                return fn(*args, **kwargs)
         except PipelineError as exc:
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT, no traceback
