@@ -38,6 +38,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pipeline.interrupts import imports_held
 
+        over = _ctrl_c_ignored_once_over(click.get_current_context())
         try:
             with imports_held():  # a Ctrl-C while torch, ONNX Runtime, ... initialise waits for them
                 return fn(*args, **kwargs)
@@ -53,8 +54,21 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if error is None:
                 raise
             raise click.ClickException(str(error)) from None
+        finally:
+            over()
 
     return wrapper
+
+
+def _ctrl_c_ignored_once_over(ctx: click.Context) -> Callable[[], object]:
+    """What ignores Ctrl-C once the command's work is over (done, failed or interrupted), while its
+    context closes (its temporaries removed) and the process exits (torch and ONNX Runtime torn down):
+    a Ctrl-C then changed nothing but said "Aborted!" (exit 1) or killed the process (exit -2). An
+    in-process caller (a test) gets its handler back when the context closes."""
+    previous = signal.getsignal(signal.SIGINT)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGINT, previous))  # registered first: runs last
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load(config_path: Path):
@@ -65,9 +79,6 @@ def _load(config_path: Path):
 
     cfg = load_config(config_path)
     click.get_current_context().call_on_close(keep_temporaries_in(Artifacts.of(cfg).model_dir))
-    # Once the process exits (torch and ONNX Runtime torn down), a Ctrl-C finds the work done: it was
-    # death by SIGINT (exit -2) with the outputs complete. At exit only: an in-process caller keeps Ctrl-C.
-    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
     return cfg
 
 

@@ -62,3 +62,24 @@ def test_every_command_holds_the_extensions_imports(extension, tmp_path, user_mo
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
     assert (result.exit_code, result.output.strip()) == (130, "interrupted")
     assert extension.read_text() == "ran to the end"
+
+
+def test_ctrl_c_while_a_command_cleans_up_changes_nothing(tmp_path, user_model, monkeypatch):
+    """The work is over once the stage returned: a Ctrl-C while its temporaries are removed (click's
+    context closing) was "Aborted!", exit 1. In-process callers get their Ctrl-C back afterwards."""
+    import os
+
+    import click
+
+    from pipeline import stages
+    from pipeline.cli import main
+    from tests.conftest import write_config
+
+    def export(cfg, *args, **kwargs):
+        click.get_current_context().call_on_close(lambda: os.kill(os.getpid(), signal.SIGINT))
+
+    monkeypatch.setattr(stages, "export", export)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
+    assert (result.exit_code, result.output) == (0, "")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -257,7 +257,7 @@ def test_a_full_disk_inside_a_library_is_one_line_naming_the_folder(tmp_path, mo
     def quantize() -> None:
         raise OSError(errno.EFBIG, "File too large")
 
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(click.ClickException) as caught, click.Context(click.Command("quantize")):
         quantize()
     folder = tmp_path / "engines" / "tiny"
     assert caught.value.message == f"{folder}: disk full (File too large); free space there and re-run"
