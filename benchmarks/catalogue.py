@@ -562,12 +562,12 @@ def _cache() -> list[Case]:
 def _interrupts() -> list[Case]:
     return [
         Case(
-            f"Ctrl-C (SIGINT) {delay:g} s into compare",
+            f"Ctrl-C (SIGINT) {delay:g} s into {stage}",
             7,
             "done",
-            (Run("compare", "interrupted", interrupt_after=delay), Run("compare")),
+            (Run(stage, "interrupted", interrupt_after=delay), Run(stage)),
         )
-        for delay in (1.0, 2.5)
+        for stage, delay in (("export", 1.5), ("compare", 1.0), ("compare", 2.5))
     ]
 
 
