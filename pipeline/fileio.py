@@ -124,8 +124,13 @@ def disk_full(exc: OSError, dest: Path | None = None) -> PipelineError | None:
     if exc.errno not in _DISK_FULL:
         return None
     where = Path(dest or exc.filename or tempfile.gettempdir())
-    shown = Path(*(part for part in where.parts if not _WRITER.search(part)))  # a temporary's: its final name
-    return PipelineError(f"{shown}: disk full ({exc.strerror}); free space there and re-run")
+    return PipelineError(f"{outside_temporaries(where)}: disk full ({exc.strerror}); free space there and re-run")
+
+
+def outside_temporaries(path: Path) -> Path:
+    """``path`` without its temporary folders (``.NAME.trtpipe-PID.…``): a temporary's final name, or
+    the output folder this process's temporary folder lives in."""
+    return Path(*(part for part in Path(path).parts if not _WRITER.search(part)))
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ naming the file, key or tensor and the fix."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -261,3 +262,41 @@ def test_a_full_disk_inside_a_library_is_one_line_naming_the_folder(tmp_path, mo
         quantize()
     folder = tmp_path / "engines" / "tiny"
     assert caught.value.message == f"{folder}: disk full (File too large); free space there and re-run"
+
+
+# ONNX Runtime's profiler writes its JSON in C++: on a full disk (here a file size limit) the file is
+# cut short without an error; reading it was a JSONDecodeError traceback (bench on a full disk).
+_FULL_DISK_PROFILE_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys, tempfile
+    from pathlib import Path
+    import numpy as np
+    from pipeline import onnxutil
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate.profile import op_time_share
+    from tests import graphs
+
+    folder = Path(sys.argv[1])
+    graph = onnxutil.save(graphs.residual(), folder / "model.onnx")
+    tempfile.tempdir = str(folder)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+    try:
+        op_time_share(graph, {"x": np.ones((1, 16, 8, 8), np.float32)}, 1, runs=50)
+        print("read")
+    except PipelineError as exc:
+        print(str(exc))
+    """
+)
+
+
+def test_a_profile_cut_short_by_a_full_disk_is_one_line(tmp_path):
+    child = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_PROFILE_CHILD, str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert child.returncode == 0, child.stderr
+    assert re.fullmatch(
+        rf"{tmp_path}/trtpipe\.prof\.\w+/ort\S*\.json: ONNX Runtime's profile is cut short \(.*\); "
+        rf"as on a full disk: free space in {tmp_path} and re-run\n",
+        child.stdout,
+    ), child.stdout

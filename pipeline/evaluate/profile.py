@@ -10,6 +10,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from pipeline import ortsession
+from pipeline.errors import PipelineError
+from pipeline.fileio import outside_temporaries
 
 INT8_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # what INT8 can speed up
 
@@ -27,10 +29,21 @@ def op_time_share(graph: Path, feed: dict, threads: int | None, runs: int = 10) 
         inputs = ortsession.feed_for(sess, feed)
         for _ in range(runs):
             sess.run(None, inputs)
-        events = json.loads(Path(sess.end_profiling()).read_text())
+        events = _events(Path(sess.end_profiling()))
     totals: dict[str, float] = defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             totals[event.get("args", {}).get("op_name", "?")] += float(event.get("dur", 0))
     whole = sum(totals.values()) or 1.0
     return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def _events(profile: Path) -> list:
+    """The profile's events. ONNX Runtime writes it in C++, where a full disk cuts it short unsaid."""
+    try:
+        return json.loads(profile.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(
+            f"{profile}: ONNX Runtime's profile is cut short ({exc}); as on a full disk: free space in "
+            f"{outside_temporaries(Path(tempfile.gettempdir()))} and re-run"
+        ) from None
