@@ -258,7 +258,7 @@ LEFTOVERS = (
     "engines/tiny/.scratch.trtpipe-{pid}.b2/ort.quant.x/augmented.onnx",
     "calib/tiny/.ranges.json.trtpipe-{pid}.c3.tmp",
     "engines/tiny/results/.compare.json.trtpipe-{pid}.d4.tmp",
-    f"{TO}/.tiny.deploy.e5/1/model.onnx",
+    f"{TO}/.tiny.deploy.trtpipe-{{pid}}.e5/1/model.onnx",
     f"{TO}/tiny/1/.model.onnx.trtpipe-{{pid}}.f6.tmp",  # inside the Triton model folder
 )
 

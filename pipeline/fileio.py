@@ -74,6 +74,12 @@ def keep_temporaries_in(folder: Path) -> Callable[[], None]:
     return restore
 
 
+def writer_alive(name: str) -> bool:
+    """Whether the process that named ``name`` with ``temp_prefix`` still runs (False without a tag)."""
+    found = _WRITER.search(name)
+    return found is not None and _alive(int(found[1]))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

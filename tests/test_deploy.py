@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,11 +176,14 @@ def test_redeploy_replaces_its_own_folder_whole(pipeline_run, tmp_path):
     model_dir = stages.deploy(cfg, tmp_path / "repo")
     (model_dir / "2").mkdir()
     (model_dir / "2" / "model.onnx").write_bytes(b"stale")
-    (tmp_path / "repo" / ".tiny.deploy.killed").mkdir()  # a deploy killed midway
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "repo" / f".tiny.deploy.trtpipe-{int(dead.stdout)}.x").mkdir()  # a deploy killed midway
+    running = tmp_path / "repo" / f".tiny.deploy.trtpipe-{os.getpid()}.y"  # one still running beside it
+    running.mkdir()
     stages.deploy(cfg, tmp_path / "repo", precision="fp16")
     assert not (model_dir / "2").exists()
     assert json.loads((model_dir / "manifest.json").read_text())["precision"] == "fp16"
-    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["tiny"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [running.name, "tiny"]
 
 
 @pytest.mark.parametrize("to", ["engines", "calib", "engines/tiny/onnx", ".."])

@@ -18,7 +18,7 @@ from pipeline.config import Config
 from pipeline.deploy import triton
 from pipeline.deploy.checks import Deployable
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, read_json, sha256_file, write_json, write_text
+from pipeline.fileio import atomic_path, read_json, sha256_file, temp_prefix, write_json, write_text, writer_alive
 
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
@@ -64,10 +64,10 @@ def model_folder(to: Path, name: str, replace: bool) -> Iterator[Path]:
         )
     try:
         to.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=to, prefix=f".{name}.deploy."))
+        staging = Path(tempfile.mkdtemp(dir=to, prefix=temp_prefix(f"{name}.deploy")))
         try:
             yield staging
-            old = to / f".{name}.old.{os.getpid()}"
+            old = to / (temp_prefix(f"{name}.old") + "d")
             if dest.exists():
                 os.rename(dest, old)
             os.rename(staging, dest)
@@ -90,12 +90,16 @@ def _ours(folder: Path, name: str) -> bool:
 
 def _sweep(to: Path, name: str) -> None:
     """Leftovers of a deploy killed midway: an unfinished staging folder goes; an old deployment moved
-    aside just before the kill comes back."""
+    aside just before the kill comes back. A deploy still running keeps its own (its process id is in
+    their names)."""
     if not to.is_dir():
         return
     for staging in to.glob(f".{name}.deploy.*"):
-        shutil.rmtree(staging, ignore_errors=True)
+        if not writer_alive(staging.name):
+            shutil.rmtree(staging, ignore_errors=True)
     for old in to.glob(f".{name}.old.*"):
+        if writer_alive(old.name):
+            continue
         if (to / name).exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
