@@ -23,15 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import onnxutil, stages
+from pipeline import stages
 from pipeline.artifacts import Artifacts
 from pipeline.config import Budget, load_config
 from pipeline.console import table
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import VariantRunner, held_out
-from pipeline.graphview import GraphView
-from pipeline.quantize import smooth
 
 BUDGET = Budget(min_cosine=0.99)
 EXAMPLES = ("models/resnet_digits.toml", "models/vit_digits.toml")
@@ -135,11 +133,7 @@ def run(
     )
     out = Artifacts.of(cfg, root)
     stages.export(cfg, root)  # always: a cached graph could be of an older model
-    fp16 = onnxutil.load(out.graph("fp16"))
-    fp32, edits, _ = stages._smoothed(cfg, out, onnxutil.load(out.graph("fp32")))
-    fp16 = smooth.apply(fp16, edits)
-    view = GraphView(fp32)
-    ranges = stages.calibrate(cfg, root)
+    fp32, fp16, view, ranges, _ = stages.quantization_inputs(cfg, out)
     data = held_out(cfg, out.graph("fp32"), rows)
     targets = sensitivity.targets_for(graphs, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)
     label = "" if smoothquant is None else f" + SmoothQuant {smoothquant}"

@@ -43,8 +43,7 @@ def sweep(folder: Path) -> list[Path]:
     """Remove the temporary files and folders in ``folder`` whose writing process has died."""
     gone = []
     for entry in folder.iterdir() if folder.is_dir() else ():
-        found = _WRITER.search(entry.name)
-        if entry.name.startswith(".") and found and not _alive(int(found[1])):
+        if entry.name.startswith(".") and _WRITER.search(entry.name) and not writer_alive(entry.name):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             gone.append(entry)
     return gone

@@ -240,6 +240,24 @@ def _cached(load, force: bool, rebuild_invalid: bool) -> tuple:
     return cached, "no cache yet" if cached is None else None
 
 
+def quantization_inputs(cfg: Config, out: Artifacts) -> tuple:
+    """``(fp32, fp16, view, ranges, smoothing)``: the graphs quantize quantizes (with [quantize]
+    smoothquant the FP32 graph smoothed, and the FP16 graph given the same LayerNorm parameters and
+    weights), the FP32 one's GraphView, its ranges (a stale cache rebuilt, a fresh one reused) and
+    what was smoothed. What quantize, sensitivity and the budget benchmark start from."""
+    from pipeline import onnxutil
+    from pipeline.graphview import GraphView
+    from pipeline.quantize import smooth
+
+    exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
+    fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
+    del exported  # only the smoothed graph stays while calibration runs
+    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
+    view = GraphView(fp32)
+    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
+    return fp32, fp16, view, ranges, smoothing
+
+
 def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (), force: bool = False) -> dict:
     """w8a8 graphs: TensorRT Q/DQ on the FP16 graph, ONNX Runtime CPU Q/DQ on the FP32 graph.
 
@@ -252,22 +270,14 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     from pipeline.errors import PipelineError
     from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
-    from pipeline.graphview import GraphView
-    from pipeline.quantize import rules, smooth
+    from pipeline.quantize import rules
     from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
     from pipeline.quantize.placement import Skipped, plan_tensorrt, summary_rows
     from pipeline.quantize.qdq import QdqOnnxFromOnnx
 
     out = Artifacts.of(cfg, root)
     records.begin(cfg, out, "quantize")
-    exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
-    del exported
-    # The FP16 graph takes the smoothed LayerNorm parameters and weights too.
-    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
-    view = GraphView(fp32)
-    # Rebuilds a stale cache, reuses a fresh one.
-    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
+    fp32, fp16, view, ranges, smoothing = quantization_inputs(cfg, out)
     method = cfg.calibration.method
     if method == "auto":
         headline, *cuts = auto_summary(ranges)
@@ -410,20 +420,13 @@ def _within_budget(cfg: Config, out: Artifacts, view, fp32, fp16, ranges, graphs
 
 def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = ()) -> dict:
     """Per-layer sensitivity of each w8a8 graph into results/sensitivity.json (the report draws it)."""
-    from pipeline import onnxutil
     from pipeline.console import table
     from pipeline.evaluate import sensitivity as sens
     from pipeline.evaluate.variants import held_out
-    from pipeline.graphview import GraphView
-    from pipeline.quantize import smooth
 
     out = Artifacts.of(cfg, root)
     records.verify(cfg, out, "quantize")  # the graphs and ranges quantize would read, as their stages wrote them
-    # The graphs quantize makes: smoothed (and calibrated smoothed) when [quantize] smoothquant is set.
-    fp32, edits, smoothing = _smoothed(cfg, out, onnxutil.load(out.graph("fp32"), "FP32 graph"))
-    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
-    view = GraphView(fp32)
-    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
+    fp32, fp16, view, ranges, _ = quantization_inputs(cfg, out)  # the graphs quantize makes
     names = tuple(QUANTIZED[t] for t in targets or cfg.quantize.targets)
     heldout = held_out(cfg, out.graph("fp32"), cfg.accuracy.sensitivity_rows)
     found = sens.targets_for(names, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)

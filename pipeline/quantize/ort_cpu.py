@@ -303,8 +303,6 @@ def with_epilogues(view: GraphView, nodes: tuple[str, ...]) -> tuple[str, ...]:
     Keeping a layer float keeps these float too: without them, every weighted layer of
     RegNetY-400MF's CPU graph in float still left its SE Muls, pooling and residual Adds in uint8,
     at 0.938 centered cosine against FP32."""
-    from pipeline.quantize.placement import WEIGHTED
-
     by_name = {n.name: n for n in view.nodes}
     found = dict.fromkeys(nodes)
     for node in nodes:
