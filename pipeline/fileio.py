@@ -1,7 +1,10 @@
 """Atomic writes and content hashes.
 
 Every output goes to a temporary file in the destination folder and is renamed
-into place, so an interrupted run never leaves a file that looks complete.
+into place, so an interrupted run never leaves a file that looks complete. Inside
+``held()`` the renames wait: a stage writes its record (the sha256 of each output)
+first and then renames its outputs, so no output ever stands without a record
+that vouches for it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,9 +93,74 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Inside ``held()``: final path -> the complete temporary file waiting to be renamed onto it.
+_HELD: ContextVar[dict[Path, Path] | None] = ContextVar("held", default=None)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Files finished in the block keep their temporary names until ``release``; those not released
+    when the block ends (it failed) are removed, so the old outputs stay as they were."""
+    waiting: dict[Path, Path] = {}
+    token = _HELD.set(waiting)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+        for tmp in waiting.values():
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def unheld() -> Iterator[None]:
+    """Files finished in the block take their names at once, as outside ``held()``: scratch files
+    (a staging folder's, a temporary folder's) that the block reads back and no record names."""
+    token = _HELD.set(None)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+
+
+def release(first: Path) -> None:
+    """Rename the held files onto their final paths, ``first`` (the record naming them) before the
+    rest; outside ``held()`` there are none."""
+    waiting = _HELD.get() or {}
+    for dest in sorted(waiting, key=lambda d: d != _key(first)):
+        os.replace(waiting.pop(dest), dest)
+
+
+def current(path: str | os.PathLike[str]) -> Path:
+    """Where ``path``'s newest bytes are: its held temporary file inside ``held()``, else ``path``."""
+    waiting = _HELD.get()
+    return waiting.get(_key(path), Path(path)) if waiting else Path(path)
+
+
+def settle(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Rename a complete temporary file onto ``dest``, or inside ``held()`` hold it beside ``dest``."""
+    waiting = _HELD.get()
+    if waiting is None:
+        os.replace(tmp, dest)
+        return
+    if Path(tmp).parent.resolve() != Path(dest).parent.resolve():  # a rename must not cross folders later
+        fd, beside = tempfile.mkstemp(dir=Path(dest).parent, prefix=temp_prefix(Path(dest).name), suffix=".tmp")
+        os.close(fd)
+        os.replace(tmp, beside)
+        tmp = beside
+    previous = waiting.pop(_key(dest), None)
+    if previous is not None:
+        previous.unlink(missing_ok=True)
+    waiting[_key(dest)] = Path(tmp)
+
+
+def _key(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.abspath(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success (inside ``held()``,
+    at ``release``)."""
     dest = Path(path)
     with disk_full_is_user_error(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -100,10 +169,11 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         try:
             yield Path(tmp)
-            os.replace(tmp, dest)
+            settle(tmp, dest)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if current(dest) != Path(tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
 
 # No space (ENOSPC), a quota (EDQUOT), a file size limit (EFBIG): the user frees space and re-runs.
@@ -178,7 +248,7 @@ def read_json(path: str | os.PathLike[str], stage: str | None = None) -> Any:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(current(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

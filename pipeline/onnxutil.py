@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, temp_prefix
+from pipeline.fileio import atomic_path, current, settle, temp_prefix, unheld
 
 # Protobuf cannot serialize a single message past 2 GiB; leave headroom.
 _EXTERNAL_DATA_THRESHOLD = 1800 << 20
@@ -59,6 +59,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
         tmp_data = tmp.parent / (tmp.name + ".data")
         try:
             onnx.save(model, str(tmp), save_as_external_data=True, location=tmp_data.name)
+            onnx.checker.check_model(str(tmp), full_check=True)
             # Point the graph at the final data file name, then move the data first.
             m = onnx.load(str(tmp), load_external_data=False)
             for init in m.graph.initializer:
@@ -66,10 +67,10 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
                     if entry.key == "location":
                         entry.value = data_name
             onnx.save(m, str(tmp))
-            os.replace(tmp_data, path.parent / data_name)
+            settle(tmp_data, path.parent / data_name)
         finally:
-            tmp_data.unlink(missing_ok=True)
-    onnx.checker.check_model(str(path), full_check=True)
+            if current(path.parent / data_name) != tmp_data:
+                tmp_data.unlink(missing_ok=True)
     return path
 
 
@@ -84,7 +85,8 @@ def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]
         for dest, model in graphs.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
             folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name) + "staged.")))
-            moves[dest] = save(model, folders[-1] / dest.name)
+            with unheld():  # the block reads them there; ``place`` holds them if the stage holds its outputs
+                moves[dest] = save(model, folders[-1] / dest.name)
         yield moves
         for dest, src in moves.items():
             place(src, dest)
@@ -96,8 +98,8 @@ def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]
 def place(src: Path, dest: Path) -> Path:
     """Move a graph saved under ``dest``'s name (the name its external weights, moved first, carry)."""
     for data in src.parent.glob(src.name + ".data"):
-        os.replace(data, dest.parent / data.name)
-    os.replace(src, dest)
+        settle(data, dest.parent / data.name)
+    settle(src, dest)
     return dest
 
 

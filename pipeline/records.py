@@ -4,7 +4,8 @@
 sections the stage reads, the weights, the model's source file, the data's fingerprint, the
 pipeline source the stage runs (``pipeline.codehash``) and the files of earlier stages; its
 ``outputs`` are the files it wrote. A stage removes its record when it starts and writes it once
-its outputs are complete, so a failed or killed run leaves none. Before a stage reads a file,
+its outputs are complete, before they take their names (``fileio.held``): a failed or killed run
+leaves no output that no record vouches for. Before a stage reads a file,
 ``verify`` walks the records upstream: each file is the one its stage wrote, and nothing that
 stage was made from has changed since (the code aside: ``trtpipe engines`` re-runs the stages
 whose code changed, single stages do not refuse).
@@ -12,13 +13,12 @@ whose code changed, single stages do not refuse).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from pipeline.codehash import stage_code_version
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
 from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file, sweep, write_json
+from pipeline.fileio import current, release, sha256_file, sweep, write_json
 from pipeline.sources import source_file
 
 RECORD_VERSION = 1
@@ -93,24 +93,15 @@ def begin(cfg: Config, out: Artifacts, stage: str) -> None:
 
 
 def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
-    """The record of a run whose ``outputs`` are complete. If it cannot be written (a full disk),
-    the outputs go too: complete-looking files that no record vouches for would only be refused."""
+    """The record of a run whose ``outputs`` are complete. Inside ``fileio.held()`` the record takes
+    its name first and the outputs theirs after it: a kill in between leaves files that do not match
+    their record, which every check refuses, never an output that no record vouches for; a record
+    that cannot be written (a full disk) leaves the outputs of the run before as they were."""
     outputs = list(outputs)
     record = StageRecord(stage, current_inputs(cfg, out, stage), {out.key(p): sha256(p) for p in outputs}, passed)
-    with all_or_none(outputs):
-        write_json(out.record(stage), record.to_json())
+    write_json(out.record(stage), record.to_json())
+    release(first=out.record(stage))
     return record
-
-
-@contextlib.contextmanager
-def all_or_none(outputs: list[Path]) -> Iterator[None]:
-    """If the block fails (a full disk midway), none of ``outputs`` stays: a stage's files come as a set."""
-    try:
-        yield
-    except BaseException:
-        for path in outputs:
-            path.unlink(missing_ok=True)
-        raise
 
 
 def verify(cfg: Config, out: Artifacts, stage: str) -> None:
@@ -208,7 +199,8 @@ def upstream(cfg: Config, out: Artifacts, stage: str) -> list[tuple[str, Path]]:
 
 def calibration_files(cfg: Config, out: Artifacts) -> list[Path]:
     """What calibrate writes: the ranges, and with [quantize] smoothquant the per-channel maxima."""
-    channels = [out.channels] if cfg.quantize.smoothquant is not None and out.channels.is_file() else []
+    smoothed = cfg.quantize.smoothquant is not None and current(out.channels).is_file()  # held, if just measured
+    channels = [out.channels] if smoothed else []
     return [out.ranges, *channels]
 
 
@@ -273,6 +265,7 @@ _HASHES: dict[tuple[str, int, int, int], str] = {}
 
 def sha256(path: Path) -> str:
     """A file's sha256, once per version of it in this process (weights and graphs are read by several checks)."""
+    path = current(path)  # a held output's bytes
     st = os.stat(path)
     key = (str(Path(path).absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _HASHES:

@@ -15,6 +15,7 @@ from pipeline import records
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info
+from pipeline.fileio import held
 
 # Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
 # exported graph's (1e-6 of their range on the hard example).
@@ -41,9 +42,10 @@ def export(cfg: Config, root: Path | None = None) -> list:
     fp32 = OnnxFromTorch(cfg, example, out.log("export"))(model)
     fp16 = Fp16OnnxFromOnnx(cfg)(fp32)
     graphs = {"fp32": fp32, "fp16": fp16}
-    with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:
-        rows = check_parity(cfg, model, dict(zip(graphs, staged.values(), strict=True)))
-    records.finish(cfg, out, "export", [out.graph(p) for p in graphs])
+    with held():  # every stage: its outputs take their names after its record
+        with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:
+            rows = check_parity(cfg, model, dict(zip(graphs, staged.values(), strict=True)))
+        records.finish(cfg, out, "export", [out.graph(p) for p in graphs])
     info(f"{cfg.name}: wrote {out.graph('fp32')} and {out.graph('fp16')} ({onnxutil.exporter(fp32)} exporter)")
     info(format_parity(rows))
     return rows
@@ -58,14 +60,15 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     out = Artifacts.of(cfg, root)
     records.begin(cfg, out, "calibrate")
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    graph, _, _ = _smoothed(cfg, out, fp32, force, rebuild_invalid=True)
-    graph_sha256 = onnxutil.graph_hash(graph)
-    # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its own
-    # (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
-    view = GraphView(onnxutil.skeleton(graph))
-    smoothed = graph if graph is not fp32 else None
-    del fp32, graph
-    return _ranges(cfg, out, view, graph_sha256, force, smoothed, rebuild_invalid=True)
+    with held():
+        graph, _, _ = _smoothed(cfg, out, fp32, force, rebuild_invalid=True)
+        graph_sha256 = onnxutil.graph_hash(graph)
+        # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its
+        # own (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
+        view = GraphView(onnxutil.skeleton(graph))
+        smoothed = graph if graph is not fp32 else None
+        del fp32, graph
+        return _ranges(cfg, out, view, graph_sha256, force, smoothed, rebuild_invalid=True)
 
 
 def _calibration_settings(cfg: Config) -> dict[str, object]:
@@ -250,11 +253,12 @@ def quantization_inputs(cfg: Config, out: Artifacts) -> tuple:
     from pipeline.quantize import smooth
 
     exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
-    del exported  # only the smoothed graph stays while calibration runs
-    fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
-    view = GraphView(fp32)
-    ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
+    with held():  # a stale cache is calibrated anew, and recorded as calibrate's
+        fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
+        del exported  # only the smoothed graph stays while calibration runs
+        fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
+        view = GraphView(fp32)
+        ranges = _ranges(cfg, out, view, onnxutil.graph_hash(fp32), graph=fp32 if smoothing is not None else None)
     return fp32, fp16, view, ranges, smoothing
 
 
@@ -310,26 +314,27 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
 
     models = {n: g for n, (g, _) in graphs.items()}
-    with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
-        rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
-        failed = {r.artifact for r in rows if r.failures}
-        _set_aside(cfg, out, models, set() if force else failed, staged)
-    worst = explain_losses(cfg, view, models, rows, ranges, method)
-    summary = {
-        "method": method,
-        "passed": not failed,
-        "accuracy": [r.as_dict() for r in rows],
-        "skipped": [s.__dict__ for s in plan.skipped],
-        "int8_layers": len(plan.quantized),
-        "smoothquant": smoothing,
-        "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
-        "budget": {n: r.as_dict() for n, r in fits.items()},
-    }
-    write_json(out.result("quantize"), summary)
-    # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
-    kept_aside = set() if force else failed
-    written = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
-    records.finish(cfg, out, "quantize", [*written, out.result("quantize")], not failed)
+    with held():
+        with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
+            rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
+            failed = {r.artifact for r in rows if r.failures}
+            _set_aside(cfg, out, models, set() if force else failed, staged)
+        worst = explain_losses(cfg, view, models, rows, ranges, method)
+        summary = {
+            "method": method,
+            "passed": not failed,
+            "accuracy": [r.as_dict() for r in rows],
+            "skipped": [s.__dict__ for s in plan.skipped],
+            "int8_layers": len(plan.quantized),
+            "smoothquant": smoothing,
+            "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
+            "budget": {n: r.as_dict() for n, r in fits.items()},
+        }
+        write_json(out.result("quantize"), summary)
+        # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
+        kept_aside = set() if force else failed
+        written = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
+        records.finish(cfg, out, "quantize", [*written, out.result("quantize")], not failed)
     if failed:
         _gate_verdict(cfg, out, [r for r in rows if r.failures], force)
     return summary
@@ -445,7 +450,7 @@ def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] 
 
 def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     """TensorRT FP16 and INT8 engines with a manifest and layer report, or a record of why not."""
-    from pipeline import onnxutil, ortsession
+    from pipeline import onnxutil
     from pipeline.build.engines import build_engines, built_files
     from pipeline.build.probe import probe
     from pipeline.build.profiles import profiles_for
@@ -464,19 +469,27 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     profiles = profiles_for(cfg, onnxutil.load(graphs["fp16"]))  # checked on every machine, GPU or not
     if backend == "tensorrt" and not cap.available:
         raise PipelineError(f"--backend tensorrt: {cap.reason}")
-    if backend == "tensorrt" or (backend == "auto" and cap.available):
-        record = build_engines(cfg, out, cap, profiles, graphs)
-    else:
-        reason = "--backend onnxruntime" if backend == "onnxruntime" else cap.reason
-        providers = ortsession.providers()
-        info(
-            f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
-            f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
-        )
-        record = {"backend": "onnxruntime", "reason": reason, "providers": providers}
-    write_json(out.build_record, record)
-    records.finish(cfg, out, "build", [out.build_record, *built_files(record)])
+    with held():
+        if backend == "tensorrt" or (backend == "auto" and cap.available):
+            record = build_engines(cfg, out, cap, profiles, graphs)
+        else:
+            record = _skipped_build(cfg, backend, cap)
+        write_json(out.build_record, record)
+        records.finish(cfg, out, "build", [out.build_record, *built_files(record)])
     return record
+
+
+def _skipped_build(cfg: Config, backend: str, cap) -> dict:
+    """The build record when TensorRT is not used: why, and what compare and bench run instead."""
+    from pipeline import ortsession
+
+    reason = "--backend onnxruntime" if backend == "onnxruntime" else cap.reason
+    providers = ortsession.providers()
+    info(
+        f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
+        f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
+    )
+    return {"backend": "onnxruntime", "reason": reason, "providers": providers}
 
 
 def compare(cfg: Config, root: Path | None = None) -> list:
@@ -491,8 +504,9 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     records.begin(cfg, out, "compare")
     rows = run_compare(cfg, out)
     passed = not any(r.failures for r in rows)
-    write_json(out.result("compare"), {"rows": [r.as_dict() for r in rows], "passed": passed})
-    records.finish(cfg, out, "compare", [out.result("compare")], passed)  # deploy gates the bytes it names
+    with held():
+        write_json(out.result("compare"), {"rows": [r.as_dict() for r in rows], "passed": passed})
+        records.finish(cfg, out, "compare", [out.result("compare")], passed)  # deploy gates the bytes it names
     info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
     info(table(*accuracy_table(rows)))
     failed = [r for r in rows if r.failures]
@@ -543,10 +557,10 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
         largest = max(plan.batches)
         result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
         result["profiled_batch"] = largest
-    with records.all_or_none([out.result("bench"), out.bench_csv]):
+    with held():  # the two files come as a set
         write_json(out.result("bench"), result)
         write_text(out.bench_csv, bench_mod.to_csv([r for run in runs for r in run]))
-    records.finish(cfg, out, "bench", [out.result("bench"), out.bench_csv])
+        records.finish(cfg, out, "bench", [out.result("bench"), out.bench_csv])
     info(
         f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
         f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch"
@@ -580,8 +594,9 @@ def report(cfg: Config, root: Path | None = None) -> Path:
 
     out = Artifacts.of(cfg, root)
     records.begin(cfg, out, "report")
-    path = write_report(out, cfg.name)
-    records.finish(cfg, out, "report", [path, path.parent / "latency.png"])
+    with held():
+        path = write_report(out, cfg.name)
+        records.finish(cfg, out, "report", [path, path.parent / "latency.png"])
     info(f"{cfg.name}: wrote {path} and {path.parent / 'latency.png'}")
     return path
 

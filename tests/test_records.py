@@ -15,7 +15,7 @@ from pipeline.artifacts import Artifacts
 from pipeline.codehash import stage_code_version
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.fileio import sha256_file
+from pipeline.fileio import held, sha256_file, write_bytes
 from pipeline.sources import load_callable
 from tests.conftest import FAST_BENCH, config_text, write_config
 
@@ -145,28 +145,44 @@ def test_what_a_killed_run_left_is_swept_by_the_next(tmp_path, user_model, monke
     assert [p for p in killed if p.exists()] == [] and running.exists()
 
 
-def test_outputs_go_when_their_record_cannot_be_written(tmp_path, user_model, monkeypatch):
-    """A full disk after the outputs but before the record: no output stays that nothing vouches for."""
+def test_a_record_that_cannot_be_written_leaves_the_outputs_before_it(tmp_path, user_model, monkeypatch):
+    """A full disk at the record: the run's outputs never take their names (they wait for the record),
+    the previous run's stay as they were, and no temporary file is left."""
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
     out = Artifacts.of(cfg)
     stages.export(cfg)
     stages.calibrate(cfg)
+    before = out.ranges.read_bytes()
     out.record("calibrate").unlink()
     (out.record("calibrate") / "in the way").mkdir(parents=True)  # the record's rename fails
-    with pytest.raises(OSError):
+    with pytest.raises(OSError), held():
+        write_bytes(out.ranges, b"this run's ranges")
         records.finish(cfg, out, "calibrate", [out.ranges])
-    assert not out.ranges.exists()
+    assert out.ranges.read_bytes() == before
+    assert [p.name for p in out.ranges.parent.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_stage_writes_all_of_its_outputs_or_none(tmp_path):
-    first, second = tmp_path / "bench.json", tmp_path / "bench.csv"
-    second.mkdir()
-    (second / "in the way").mkdir()  # the second write fails, as on a disk that filled after the first
-    with pytest.raises(OSError), records.all_or_none([first, second]):
-        first.write_text("{}")
-        os.replace(tmp_path / "bench.json", second)
-    assert not first.exists()
+def test_outputs_take_their_names_only_after_the_record_naming_them(tmp_path, user_model, monkeypatch):
+    """Quantize stopped after its record but before its last output (its rename fails here, as a kill
+    could stop it there): every output on disk is one the record names with its bytes, and the one
+    missing makes the record stale, so nothing downstream trusts it and engines re-runs quantize."""
+    monkeypatch.chdir(tmp_path)
+    cfg, _, _ = _project(tmp_path, user_model)
+    out = Artifacts.of(cfg)
+    stages.export(cfg)
+    (out.result("quantize") / "in the way").mkdir(parents=True)
+    with pytest.raises(OSError):
+        stages.quantize(cfg, force=True)
+    record = records.load_record(out, "quantize")
+    graphs = [out.graph("w8a8"), out.graph("w8a8-cpu")]
+    assert sorted(record.outputs) == sorted(out.key(p) for p in [*graphs, out.result("quantize")])
+    assert [record.outputs[out.key(p)] == sha256_file(p) for p in graphs] == [True, True]
+    assert (
+        records.rerun_reason(cfg, out, "quantize") == f"{out.key(out.result('quantize'))} changed since it was written"
+    )
+    with pytest.raises(PipelineError, match="changed since trtpipe quantize wrote it"):
+        records.verify(cfg, out, "build")
 
 
 def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_model, monkeypatch):

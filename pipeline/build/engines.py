@@ -18,11 +18,12 @@ from pipeline.fileio import sha256_file, write_bytes, write_json
 
 
 def built_files(record: dict) -> list[Path]:
-    """The engines and manifest a build record names (none when TensorRT was skipped)."""
+    """The engines, layer reports and manifest a build record names (none when TensorRT was skipped)."""
     if record["backend"] != "tensorrt":
         return []
-    manifest = Path(record["manifest"])
-    return [manifest, *sorted(manifest.parent.glob("*.plan"))]
+    manifest = Path(record["manifest"])  # by the precisions built: a held engine is not on disk yet
+    folder, built = manifest.parent, sorted(record["layers"])
+    return [manifest, *(folder / f"{p}.plan" for p in built), *(folder / f"layers-{p}.json" for p in built)]
 
 
 def build_engines(

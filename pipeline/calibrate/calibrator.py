@@ -29,7 +29,7 @@ from pipeline.calibrate.histogram import TensorStats
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
-from pipeline.fileio import temp_prefix
+from pipeline.fileio import temp_prefix, unheld
 from pipeline.graphview import GraphView
 
 
@@ -165,7 +165,11 @@ def _graph_file(
     if isinstance(fp32, Path) and view is not None and graph_sha256 is not None:
         return fp32, view, graph_sha256
     model = onnxutil.load(fp32, "FP32 graph") if isinstance(fp32, Path) else fp32
-    path = fp32 if isinstance(fp32, Path) else onnxutil.save(model, tmp / "fp32.onnx")
+    if isinstance(fp32, Path):
+        path = fp32
+    else:
+        with unheld():  # scratch, read back at once
+            path = onnxutil.save(model, tmp / "fp32.onnx")
     return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
 
 
