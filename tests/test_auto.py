@@ -100,11 +100,11 @@ def test_auto_keeps_outliers_that_matter_and_clips_tails_that_do_not():
 def test_auto_clips_a_heavy_tailed_tensor_and_keeps_the_whole_range_of_a_uniform_one():
     """The issue's case: Student-t values (3 degrees of freedom: the largest of 65536 is 60.4 where
     most lie within 2) into a MatMul, uniform ones in [-1, 1] into a Conv. Max spends the heavy-tailed
-    tensor's 127 steps on a few values: its MatMul's output error is 0.0149 with max, 0.0087 with
-    mse (45.2), 0.0044 with the percentile (28.1) and 0.0021 with entropy (19.8), which auto takes.
+    tensor's 127 steps on a few values: its MatMul's output error is 0.0134 with max, 0.0077 with
+    mse (45.2), 0.0037 with the percentile (28.1) and 0.0018 with entropy (19.8), which auto takes.
     The uniform tensor has no tail: max, the percentile and entropy all give its whole range (1.0),
     mse one histogram bin less (0.996, the least expected rounding plus clipping error), and the
-    Conv's output error is 7.19e-5 with mse against 7.23e-5 with the others: auto keeps (nearly)
+    Conv's output error is 7.41e-5 with mse against 7.45e-5 with the others: auto keeps (nearly)
     the whole range there, where it cuts the heavy-tailed one to a third."""
     rng = np.random.default_rng(7)
     heavy = rng.standard_t(3, size=(ROWS, 64)).astype(np.float32)
@@ -124,17 +124,17 @@ def test_auto_clips_a_heavy_tailed_tensor_and_keeps_the_whole_range_of_a_uniform
         assert all(expected[found.auto.method] <= e for e in expected.values())
     heavy_errors = heavy_range.auto.errors
     assert heavy_errors == pytest.approx(
-        {"max": 0.0149, "percentile": 0.00443, "entropy": 0.00206, "mse": 0.00865}, rel=0.01
+        {"max": 0.0134, "percentile": 0.00367, "entropy": 0.00179, "mse": 0.00773}, rel=0.01
     )
     assert uniform_range.auto.errors == pytest.approx(
-        dict.fromkeys(RANGE_METHODS, 7.23e-5) | {"mse": 7.19e-5}, rel=0.003
+        dict.fromkeys(RANGE_METHODS, 7.45e-5) | {"mse": 7.41e-5}, rel=0.003
     )
 
 
 def test_auto_keeps_layer_inputs_from_the_passes_across_groups_and_micro_batches():
     """Layers reading activations (here behind an Identity) are judged on the rows the calibration
-    passes keep: captured in separate passes over the data, in runs of 3 rows (the kept 8 cut
-    from the third), they give the same errors as layers reading the graph inputs."""
+    passes keep: captured in separate passes over the data, in runs of 3 rows (the kept 32 cut
+    from the eleventh), they give the same errors as layers reading the graph inputs."""
     direct = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(graphs.two_distributions(), _batches())
     model = graphs.two_distributions(behind_identity=True)
     small = [{k: v[i : i + 3] for k, v in b.items()} for b in _batches() for i in range(0, BATCH, 3)]

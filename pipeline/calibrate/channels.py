@@ -4,7 +4,7 @@ The histogram pass keeps per-tensor statistics; SmoothQuant's scale needs each c
 (the last axis: a LayerNorm output's features). Only the tensors to smooth are captured,
 runs are sized by ``memory.capture_plan`` and folded as they stream (``calibrator.fold``), so
 memory is one running maximum per channel plus two runs' captures, whatever the sample count.
-The first ``AUTO_ROWS`` rows are kept to judge each alpha of ``smooth.ALPHA_GRID`` by the
+The first ``ALPHA_ROWS`` rows are kept to judge each alpha of ``smooth.ALPHA_GRID`` by the
 readers' output error (``errors``), which ``smoothquant = "auto"`` picks from. Cached in
 ``calib/NAME/channels.json`` under the hash of the FP32 graph they were measured on.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.calibrate.auto import AUTO_ROWS, dequantized_weight, fake_quant
+from pipeline.calibrate.auto import dequantized_weight, fake_quant
 from pipeline.calibrate.cache import read_cache, stale_reason
 from pipeline.calibrate.calibrator import capture_session, fold, new_outputs
 from pipeline.console import progress
@@ -30,13 +30,14 @@ from pipeline.graphview import GraphView
 from pipeline.quantize.smooth import ALPHA_GRID, OFF, Target, scales, weight_absmax
 
 CHANNELS_VERSION = 1
+ALPHA_ROWS = 8  # rows each alpha is judged on (held in memory while the maxima stream)
 
 
 @dataclass
 class ChannelStats:
     """Running max|x| per channel (last axis), and the first ``rows`` rows (first axis) as they came."""
 
-    rows: int = AUTO_ROWS
+    rows: int = ALPHA_ROWS
     absmax: np.ndarray | None = None
     kept: list[np.ndarray] = field(default_factory=list)
     count: int = 0
