@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks.calib_memory import peak_of
 from benchmarks.modelopt_ptq import own_peak_mb
 from benchmarks.zoo.graphstats import graph_stats
-from pipeline import ortsession
+from pipeline import ortsession, records
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config, load_config
 from pipeline.console import table
@@ -183,8 +183,10 @@ def run_tool(key: str, config: str, src: Artifacts, root: Path, data: tuple[Path
     dst.onnx_dir.mkdir(parents=True)
     for precision in ("fp32", "fp16"):
         shutil.copy(src.graph(precision), dst.graph(precision))
-    dst.record("export").parent.mkdir(parents=True)
-    shutil.copy(src.record("export"), dst.record("export"))  # calibrate checks the graphs against it
+    # Calibrate checks the graphs against export's record. The copy lives in another folder, where the
+    # model's source is no longer inside the project: the checked originals are recorded for it anew.
+    records.verify_stage(cfg, src, "export")
+    records.finish(cfg, dst, "export", [dst.graph("fp32"), dst.graph("fp16")])
     config_path = str(Path(config).resolve())
     if TOOLS[key].modelopt:
         out = work / f"{key}.onnx"
