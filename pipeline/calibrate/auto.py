@@ -56,6 +56,7 @@ from pipeline.quantize.qdq import INT8_MAX, activation_scale, quantize_weight
 # whole-graph check's first rows. On 8, the digits ViT's per-tensor choices were noisy: the check's
 # estimates ranked percentile 2x better than them on 8 rows and 1.5x worse on 32.
 AUTO_ROWS = 32
+EXTREMES = 8  # samples holding the most tensors' largest |x| that the whole-graph check also runs on
 OWN_ERROR = "mse"  # the choice for a tensor no weighted layer reads
 Use = tuple[onnx.NodeProto, int]  # a weighted layer and which of its inputs the tensor is
 
@@ -168,7 +169,7 @@ class AutoRanges:
         """The FP32 graph's outputs on the rows the whole-graph check runs on: the first rows that are
         no extreme sample, then the extreme samples. Run before the weights are parsed in Python, so
         they are held once (by ONNX Runtime here)."""
-        extreme = self.extremes.top(self.rows) if self.placements else []
+        extreme = self.extremes.top(EXTREMES) if self.placements else []
         first = [r for r in range(self.count) if r not in extreme]
         if len(first) < 2:  # no standard error from fewer: the check cannot say anything is clearly better
             return
