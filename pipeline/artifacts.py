@@ -79,6 +79,14 @@ class Artifacts:
     def reports_dir(self) -> Path:
         return self.model_dir / "reports"
 
+    @property
+    def report(self) -> Path:
+        return self.reports_dir / "report.md"
+
+    def chart(self, what: str) -> Path:
+        """``latency`` or ``sensitivity``: a picture the report shows."""
+        return self.reports_dir / f"{what}.png"
+
     def record(self, stage: str) -> Path:
         """What a stage consumed and wrote, by sha256 (``pipeline.records``)."""
         return self.model_dir / "records" / f"{stage}.json"

@@ -2,7 +2,7 @@
 
 Every output goes to a temporary file in the destination folder and is renamed
 into place, so an interrupted run never leaves a file that looks complete. Inside
-``held()`` the renames wait: a stage writes its record (the sha256 of each output)
+``after_record()`` the renames wait: a stage writes its record (the sha256 of each output)
 first and then renames its outputs, so no output ever stands without a record
 that vouches for it.
 """
@@ -93,58 +93,61 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# Inside ``held()``: final path -> the complete temporary file waiting to be renamed onto it.
-_HELD: ContextVar[dict[Path, Path] | None] = ContextVar("held", default=None)
+# Inside ``after_record()``: final path -> the complete temporary file waiting to be renamed onto it.
+_WAITING: ContextVar[dict[Path, Path] | None] = ContextVar("waiting", default=None)
 
 
 @contextlib.contextmanager
-def held() -> Iterator[None]:
-    """Files finished in the block keep their temporary names until ``release``; those not released
-    when the block ends (it failed) are removed, so the old outputs stay as they were."""
+def after_record() -> Iterator[None]:
+    """Files finished in the block keep their temporary names until ``place_held``, which the
+    stage's record calls once it is written. A failed block's files are removed, so the outputs of
+    the run before stay as they were; a block that ends with files still waiting is a bug."""
     waiting: dict[Path, Path] = {}
-    token = _HELD.set(waiting)
+    token = _WAITING.set(waiting)
     try:
         yield
     finally:
-        _HELD.reset(token)
+        _WAITING.reset(token)
         for tmp in waiting.values():
             tmp.unlink(missing_ok=True)
+    if waiting:
+        raise RuntimeError(f"{', '.join(map(str, waiting))}: written but never placed (no record called place_held)")
 
 
 @contextlib.contextmanager
-def unheld() -> Iterator[None]:
-    """Files finished in the block take their names at once, as outside ``held()``: scratch files
-    (a staging folder's, a temporary folder's) that the block reads back and no record names."""
-    token = _HELD.set(None)
+def at_once() -> Iterator[None]:
+    """Files finished in the block take their names at once, as outside ``after_record()``:
+    scratch files (a staging folder's, a temporary folder's) that the block reads back."""
+    token = _WAITING.set(None)
     try:
         yield
     finally:
-        _HELD.reset(token)
+        _WAITING.reset(token)
 
 
-def release(first: Path) -> None:
-    """Rename the held files onto their final paths, ``first`` (the record naming them) before the
-    rest; outside ``held()`` there are none."""
-    waiting = _HELD.get() or {}
-    for dest in sorted(waiting, key=lambda d: d != _key(first)):
-        os.replace(waiting.pop(dest), dest)
+def place_held(record: Path) -> None:
+    """Rename the held files onto their final paths, ``record`` (the record naming them) before the
+    rest; outside ``after_record()`` there are none."""
+    waiting = _WAITING.get() or {}
+    for dest in sorted(waiting, key=lambda d: d != _key(record)):
+        os.replace(waiting[dest], dest)
+        del waiting[dest]  # only once renamed: a failed rename leaves its temporary to the block's cleanup
 
 
-def current(path: str | os.PathLike[str]) -> Path:
-    """Where ``path``'s newest bytes are: its held temporary file inside ``held()``, else ``path``."""
-    waiting = _HELD.get()
+def newest(path: str | os.PathLike[str]) -> Path:
+    """Where ``path``'s newest bytes are: its held temporary file inside ``after_record()``, else ``path``."""
+    waiting = _WAITING.get()
     return waiting.get(_key(path), Path(path)) if waiting else Path(path)
 
 
 def settle(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
-    """Rename a complete temporary file onto ``dest``, or inside ``held()`` hold it beside ``dest``."""
-    waiting = _HELD.get()
+    """Rename a complete temporary file onto ``dest``, or inside ``after_record()`` hold it beside ``dest``."""
+    waiting = _WAITING.get()
     if waiting is None:
         os.replace(tmp, dest)
         return
     if Path(tmp).parent.resolve() != Path(dest).parent.resolve():  # a rename must not cross folders later
-        fd, beside = tempfile.mkstemp(dir=Path(dest).parent, prefix=temp_prefix(Path(dest).name), suffix=".tmp")
-        os.close(fd)
+        beside = _temporary_beside(Path(dest))
         os.replace(tmp, beside)
         tmp = beside
     previous = waiting.pop(_key(dest), None)
@@ -153,27 +156,36 @@ def settle(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     waiting[_key(dest)] = Path(tmp)
 
 
+def discard_unless_held(tmp: Path, dest: Path) -> None:
+    """Remove a temporary file that failed or is not waiting to become ``dest``."""
+    if newest(dest) != tmp:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary_beside(dest: Path, suffix: str = "") -> Path:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest.name), suffix=suffix + ".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
 def _key(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(path))
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success (inside ``held()``,
-    at ``release``)."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success (inside
+    ``after_record()``, at ``place_held``)."""
     dest = Path(path)
     with disk_full_is_user_error(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest.name), suffix=suffix + ".tmp")
-        os.close(fd)
+        tmp = _temporary_beside(dest, suffix)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         try:
-            yield Path(tmp)
+            yield tmp
             settle(tmp, dest)
         finally:
-            if current(dest) != Path(tmp):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            discard_unless_held(tmp, dest)
 
 
 # No space (ENOSPC), a quota (EDQUOT), a file size limit (EFBIG): the user frees space and re-runs.
@@ -248,7 +260,7 @@ def read_json(path: str | os.PathLike[str], stage: str | None = None) -> Any:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
-    with open(current(path), "rb") as f:
+    with open(newest(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

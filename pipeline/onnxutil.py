@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, current, settle, temp_prefix, unheld
+from pipeline.fileio import at_once, atomic_path, discard_unless_held, settle, temp_prefix
 
 # Protobuf cannot serialize a single message past 2 GiB; leave headroom.
 _EXTERNAL_DATA_THRESHOLD = 1800 << 20
@@ -69,8 +69,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             onnx.save(m, str(tmp))
             settle(tmp_data, path.parent / data_name)
         finally:
-            if current(path.parent / data_name) != tmp_data:
-                tmp_data.unlink(missing_ok=True)
+            discard_unless_held(tmp_data, path.parent / data_name)
     return path
 
 
@@ -85,7 +84,7 @@ def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]
         for dest, model in graphs.items():
             dest.parent.mkdir(parents=True, exist_ok=True)
             folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name) + "staged.")))
-            with unheld():  # the block reads them there; ``place`` holds them if the stage holds its outputs
+            with at_once():  # the block reads them there; ``place`` holds them if the stage holds its outputs
                 moves[dest] = save(model, folders[-1] / dest.name)
         yield moves
         for dest, src in moves.items():

@@ -4,7 +4,8 @@
 sections the stage reads, the weights, the model's source file, the data's fingerprint, the
 pipeline source the stage runs (``pipeline.codehash``) and the files of earlier stages; its
 ``outputs`` are the files it wrote. A stage removes its record when it starts and writes it once
-its outputs are complete, before they take their names (``fileio.held``): a failed or killed run
+its outputs are complete, before they take their names (``fileio.after_record``): a failed or
+killed run
 leaves no output that no record vouches for. Before a stage reads a file,
 ``verify`` walks the records upstream: each file is the one its stage wrote, and nothing that
 stage was made from has changed since (the code aside: ``trtpipe engines`` re-runs the stages
@@ -27,7 +28,7 @@ from pipeline.codehash import stage_code_version
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
 from pipeline.errors import PipelineError
-from pipeline.fileio import current, release, sha256_file, sweep, write_json
+from pipeline.fileio import newest, place_held, sha256_file, sweep, write_json
 from pipeline.sources import source_file
 
 RECORD_VERSION = 1
@@ -87,21 +88,29 @@ def begin(cfg: Config, out: Artifacts, stage: str) -> None:
     """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes."""
     verify(cfg, out, stage)
     out.record(stage).unlink(missing_ok=True)
-    for folder in (out.model_dir, out.onnx_dir, out.results_dir, out.reports_dir, out.ranges.parent):
+    engines = [p for p in out.trt_root.iterdir() if p.is_dir()] if out.trt_root.is_dir() else []
+    for folder in (out.model_dir, out.onnx_dir, out.results_dir, out.reports_dir, out.ranges.parent, *engines):
         sweep(folder)  # what killed runs left behind
     sweep(out.record(stage).parent)
 
 
 def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
-    """The record of a run whose ``outputs`` are complete. Inside ``fileio.held()`` the record takes
+    """The record of a run whose ``outputs`` are complete. Inside ``fileio.after_record()`` the record takes
     its name first and the outputs theirs after it: a kill in between leaves files that do not match
     their record, which every check refuses, never an output that no record vouches for; a record
     that cannot be written (a full disk) leaves the outputs of the run before as they were."""
     outputs = list(outputs)
+    outputs += _external_data(outputs)
     record = StageRecord(stage, current_inputs(cfg, out, stage), {out.key(p): sha256(p) for p in outputs}, passed)
     write_json(out.record(stage), record.to_json())
-    release(first=out.record(stage))
+    place_held(out.record(stage))
     return record
+
+
+def _external_data(outputs: Iterable[Path]) -> list[Path]:
+    """The weights file of each graph saved with external data (``onnxutil.save``): the graph holds
+    only where its weights lie, so two graphs with other weights can be the same bytes."""
+    return [data for p in outputs if newest(data := p.with_name(p.name + ".data")).is_file()]
 
 
 def verify(cfg: Config, out: Artifacts, stage: str) -> None:
@@ -199,7 +208,7 @@ def upstream(cfg: Config, out: Artifacts, stage: str) -> list[tuple[str, Path]]:
 
 def calibration_files(cfg: Config, out: Artifacts) -> list[Path]:
     """What calibrate writes: the ranges, and with [quantize] smoothquant the per-channel maxima."""
-    smoothed = cfg.quantize.smoothquant is not None and current(out.channels).is_file()  # held, if just measured
+    smoothed = cfg.quantize.smoothquant is not None and newest(out.channels).is_file()  # held, if just measured
     channels = [out.channels] if smoothed else []
     return [out.ranges, *channels]
 
@@ -265,7 +274,7 @@ _HASHES: dict[tuple[str, int, int, int], str] = {}
 
 def sha256(path: Path) -> str:
     """A file's sha256, once per version of it in this process (weights and graphs are read by several checks)."""
-    path = current(path)  # a held output's bytes
+    path = newest(path)  # a held output's bytes
     st = os.stat(path)
     key = (str(Path(path).absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _HASHES:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import records
 from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info
-from pipeline.fileio import held
+from pipeline.fileio import after_record
+
+if TYPE_CHECKING:
+    from pipeline.build.probe import Capability
 
 # Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
 # exported graph's (1e-6 of their range on the hard example).
@@ -42,7 +46,7 @@ def export(cfg: Config, root: Path | None = None) -> list:
     fp32 = OnnxFromTorch(cfg, example, out.log("export"))(model)
     fp16 = Fp16OnnxFromOnnx(cfg)(fp32)
     graphs = {"fp32": fp32, "fp16": fp16}
-    with held():  # every stage: its outputs take their names after its record
+    with after_record():  # every stage: its outputs take their names after its record
         with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:
             rows = check_parity(cfg, model, dict(zip(graphs, staged.values(), strict=True)))
         records.finish(cfg, out, "export", [out.graph(p) for p in graphs])
@@ -60,7 +64,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     out = Artifacts.of(cfg, root)
     records.begin(cfg, out, "calibrate")
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    with held():
+    with after_record():
         graph, _, _ = _smoothed(cfg, out, fp32, force, rebuild_invalid=True)
         graph_sha256 = onnxutil.graph_hash(graph)
         # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its
@@ -253,7 +257,7 @@ def quantization_inputs(cfg: Config, out: Artifacts) -> tuple:
     from pipeline.quantize import smooth
 
     exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
-    with held():  # a stale cache is calibrated anew, and recorded as calibrate's
+    with after_record():  # a stale cache is calibrated anew, and recorded as calibrate's
         fp32, edits, smoothing = _smoothed(cfg, out, exported)  # the graph calibrated and quantized
         del exported  # only the smoothed graph stays while calibration runs
         fp16 = smooth.apply(onnxutil.load(out.graph("fp16"), "FP16 graph"), edits)
@@ -314,7 +318,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
         info(f"  kept FP16: {s.op_type} {s.node}: {s.reason}")
 
     models = {n: g for n, (g, _) in graphs.items()}
-    with held():
+    with after_record():
         with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
             rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
             failed = {r.artifact for r in rows if r.failures}
@@ -342,7 +346,8 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
 
 def _set_aside(cfg: Config, out: Artifacts, models: dict, failed: set[str], staged: dict[Path, Path]) -> None:
     """Graphs in ``failed`` are saved as model.NAME.failed.onnx, not as their artifact (withdrawn from
-    ``staged``); the other name of each graph goes, so nothing stale passes for this run's result."""
+    ``staged``); the other name of each graph goes now, before the record, so nothing stale passes
+    for this run's result (the one output of a run before that does not wait for the record)."""
     from pipeline import onnxutil
 
     for name, model in models.items():
@@ -469,7 +474,7 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     profiles = profiles_for(cfg, onnxutil.load(graphs["fp16"]))  # checked on every machine, GPU or not
     if backend == "tensorrt" and not cap.available:
         raise PipelineError(f"--backend tensorrt: {cap.reason}")
-    with held():
+    with after_record():
         if backend == "tensorrt" or (backend == "auto" and cap.available):
             record = build_engines(cfg, out, cap, profiles, graphs)
         else:
@@ -479,7 +484,7 @@ def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     return record
 
 
-def _skipped_build(cfg: Config, backend: str, cap) -> dict:
+def _skipped_build(cfg: Config, backend: str, cap: Capability) -> dict:
     """The build record when TensorRT is not used: why, and what compare and bench run instead."""
     from pipeline import ortsession
 
@@ -504,7 +509,7 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     records.begin(cfg, out, "compare")
     rows = run_compare(cfg, out)
     passed = not any(r.failures for r in rows)
-    with held():
+    with after_record():
         write_json(out.result("compare"), {"rows": [r.as_dict() for r in rows], "passed": passed})
         records.finish(cfg, out, "compare", [out.result("compare")], passed)  # deploy gates the bytes it names
     info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
@@ -557,7 +562,7 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
         largest = max(plan.batches)
         result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
         result["profiled_batch"] = largest
-    with held():  # the two files come as a set
+    with after_record():  # the two files come as a set
         write_json(out.result("bench"), result)
         write_text(out.bench_csv, bench_mod.to_csv([r for run in runs for r in run]))
         records.finish(cfg, out, "bench", [out.result("bench"), out.bench_csv])
@@ -589,16 +594,16 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
 
 
 def report(cfg: Config, root: Path | None = None) -> Path:
-    """engines/NAME/reports/report.md and latency.png, from saved results only."""
+    """engines/NAME/reports/report.md and its charts, from saved results only."""
     from pipeline.evaluate.report import write_report
 
     out = Artifacts.of(cfg, root)
     records.begin(cfg, out, "report")
-    with held():
-        path = write_report(out, cfg.name)
-        records.finish(cfg, out, "report", [path, path.parent / "latency.png"])
-    info(f"{cfg.name}: wrote {path} and {path.parent / 'latency.png'}")
-    return path
+    with after_record():
+        written = write_report(out, cfg.name)
+        records.finish(cfg, out, "report", written)
+    info(f"{cfg.name}: wrote {', '.join(map(str, written))}")
+    return written[0]
 
 
 def engines(cfg: Config, root: Path | None = None, until: str = "report") -> list[str]:

@@ -15,7 +15,7 @@ from pipeline.artifacts import Artifacts
 from pipeline.codehash import stage_code_version
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
-from pipeline.fileio import held, sha256_file, write_bytes
+from pipeline.fileio import after_record, sha256_file, write_bytes
 from pipeline.sources import load_callable
 from tests.conftest import FAST_BENCH, config_text, write_config
 
@@ -156,11 +156,11 @@ def test_a_record_that_cannot_be_written_leaves_the_outputs_before_it(tmp_path, 
     before = out.ranges.read_bytes()
     out.record("calibrate").unlink()
     (out.record("calibrate") / "in the way").mkdir(parents=True)  # the record's rename fails
-    with pytest.raises(OSError), held():
+    with pytest.raises(OSError), after_record():
         write_bytes(out.ranges, b"this run's ranges")
         records.finish(cfg, out, "calibrate", [out.ranges])
     assert out.ranges.read_bytes() == before
-    assert [p.name for p in out.ranges.parent.iterdir() if p.name.startswith(".")] == []
+    assert [p for p in tmp_path.rglob("*") if ".trtpipe-" in p.name] == []
 
 
 def test_outputs_take_their_names_only_after_the_record_naming_them(tmp_path, user_model, monkeypatch):
@@ -178,11 +178,32 @@ def test_outputs_take_their_names_only_after_the_record_naming_them(tmp_path, us
     graphs = [out.graph("w8a8"), out.graph("w8a8-cpu")]
     assert sorted(record.outputs) == sorted(out.key(p) for p in [*graphs, out.result("quantize")])
     assert [record.outputs[out.key(p)] == sha256_file(p) for p in graphs] == [True, True]
-    assert (
-        records.rerun_reason(cfg, out, "quantize") == f"{out.key(out.result('quantize'))} changed since it was written"
-    )
+    stale = f"{out.key(out.result('quantize'))} changed since it was written"
+    assert records.rerun_reason(cfg, out, "quantize") == stale
     with pytest.raises(PipelineError, match="changed since trtpipe quantize wrote it"):
         records.verify(cfg, out, "build")
+    assert [p for p in tmp_path.rglob("*") if ".trtpipe-" in p.name] == []  # the failed rename's too
+
+
+def test_a_stage_that_never_records_its_held_outputs_is_a_bug(tmp_path):
+    with pytest.raises(RuntimeError, match="never placed"), after_record():
+        write_bytes(tmp_path / "out.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graphs_external_weights_are_recorded_with_it(tmp_path, user_model, monkeypatch):
+    """A graph saved with its weights beside it (model.NAME.onnx.data) holds only where they lie:
+    its record names the weights' bytes too, so other weights under the same graph bytes are seen."""
+    monkeypatch.chdir(tmp_path)
+    cfg, _, _ = _project(tmp_path, user_model)
+    out = Artifacts.of(cfg)
+    stages.export(cfg)
+    data = out.graph("fp32").with_name(out.graph("fp32").name + ".data")
+    data.write_bytes(b"weights")
+    record = records.finish(cfg, out, "export", [out.graph("fp32"), out.graph("fp16")])
+    assert record.outputs[out.key(data)] == sha256_file(data)
+    data.write_bytes(b"other weights")
+    assert records.rerun_reason(cfg, out, "export") == f"{out.key(data)} changed since it was written"
 
 
 def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_model, monkeypatch):

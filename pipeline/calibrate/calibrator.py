@@ -29,7 +29,7 @@ from pipeline.calibrate.histogram import TensorStats
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
-from pipeline.fileio import temp_prefix, unheld
+from pipeline.fileio import at_once, temp_prefix
 from pipeline.graphview import GraphView
 
 
@@ -168,7 +168,7 @@ def _graph_file(
     if isinstance(fp32, Path):
         path = fp32
     else:
-        with unheld():  # scratch, read back at once
+        with at_once():  # scratch, read back at once
             path = onnxutil.save(model, tmp / "fp32.onnx")
     return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
 

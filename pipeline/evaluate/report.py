@@ -151,8 +151,9 @@ def _smoothing_lines(smoothing: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> list[str]:
-    """The budget's choices (quantize.json) and the per-layer sensitivity table and chart, when saved."""
+def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> tuple[list[str], list[Path]]:
+    """The budget's choices (quantize.json) and the per-layer sensitivity table and chart, when
+    saved; and the chart drawn, if any."""
     from pipeline.evaluate import sensitivity
 
     parts = []
@@ -168,9 +169,9 @@ def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> list
         parts += [f"- kept FP16: {k['op_type']} `{k['node']}`: {k['reason']}" for k in fit["kept_fp16"]]
     tables = sensitivity.load(out.sensitivity)
     if not tables:
-        return parts
-    sensitivity.chart(tables, out.reports_dir / "sensitivity.png", model)
-    parts += ["", "## Per-layer sensitivity", "", "![sensitivity](sensitivity.png)"]
+        return parts, []
+    sensitivity.chart(tables, out.chart("sensitivity"), model)
+    parts += ["", "## Per-layer sensitivity", "", f"![sensitivity]({out.chart('sensitivity').name})"]
     for graph, t in tables.items():
         parts += [
             "",
@@ -180,15 +181,16 @@ def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> list
             "",
             table(*sensitivity.table_rows(t)),
         ]
-    return parts
+    return parts, [out.chart("sensitivity")]
 
 
-def write_report(out: Artifacts, model: str) -> Path:
+def write_report(out: Artifacts, model: str) -> list[Path]:
+    """The report, then the charts it shows: every file written."""
     bench = read_json(out.result("bench"), "bench")
     compare = read_json(out.result("compare"))  # optional: the report says to run compare
     build = read_json(out.build_record, "build")
     quant = read_json(out.result("quantize"))
-    latency_chart(bench, out.reports_dir / "latency.png", model)
+    latency_chart(bench, out.chart("latency"), model)
 
     m = medians(bench)
     base, quantized = bench["baseline"], bench["quantized"]
@@ -198,7 +200,7 @@ def write_report(out: Artifacts, model: str) -> Path:
     parts = [
         f"# {model}: {_NAMES[base]} vs w8a8 on {_BACKENDS[bench['backend']]}",
         "",
-        "![latency](latency.png)",
+        f"![latency]({out.chart('latency').name})",
         "",
         "## Latency",
         "",
@@ -281,7 +283,6 @@ def write_report(out: Artifacts, model: str) -> Path:
         ]
         parts += [f"- kept FP16: {s['op_type']} `{s['node']}`: {s['reason']}" for s in quant["skipped"]]
         parts += _smoothing_lines(quant.get("smoothquant"))  # None: SmoothQuant off, or a record from before it
-    parts += _sensitivity_section(out, model, quant)
-    path = out.reports_dir / "report.md"
-    write_text(path, "\n".join(parts) + "\n")
-    return path
+    section, charts = _sensitivity_section(out, model, quant)
+    write_text(out.report, "\n".join(parts + section) + "\n")
+    return [out.report, out.chart("latency"), *charts]
