@@ -5,11 +5,10 @@ sections the stage reads, the weights, the model's source file, the data's finge
 pipeline source the stage runs (``pipeline.codehash``) and the files of earlier stages; its
 ``outputs`` are the files it wrote. A stage removes its record when it starts and writes it once
 its outputs are complete, before they take their names (``fileio.after_record``): a failed or
-killed run
-leaves no output that no record vouches for. Before a stage reads a file,
-``verify`` walks the records upstream: each file is the one its stage wrote, and nothing that
-stage was made from has changed since (the code aside: ``trtpipe engines`` re-runs the stages
-whose code changed, single stages do not refuse).
+killed run leaves no output that no record vouches for. Before a stage reads a file, ``verify``
+walks the records upstream: each file is the one its stage wrote, and nothing that stage was made
+from has changed since (the code aside: ``trtpipe engines`` re-runs the stages whose code
+changed, single stages do not refuse).
 """
 
 from __future__ import annotations
