@@ -136,9 +136,9 @@ def verify_stage(cfg: Config, out: Artifacts, stage: str, checked: set[str] | No
     for producer, path in upstream(cfg, out, stage):
         if out.key(path) in record.inputs:
             verify_stage(cfg, out, producer, checked)
-    for key, sha in record.outputs.items():
-        if not (out.root / key).is_file() or sha256(out.root / key) != sha:
-            raise PipelineError(f"{key} changed since trtpipe {stage} wrote it; re-run {_command(cfg, stage)}")
+    key = changed_output(out, record)
+    if key is not None:
+        raise PipelineError(f"{key} changed since trtpipe {stage} wrote it; re-run {_command(cfg, stage)}")
     changed = changed_inputs(record, current_inputs(cfg, out, stage), code=False)
     if changed:
         what = _named(cfg, changed[0])
@@ -156,12 +156,20 @@ def rerun_reason(cfg: Config, out: Artifacts, stage: str) -> str | None:
         return "its record is damaged"
     if record is None:
         return "not run yet"
-    for key, sha in record.outputs.items():
-        if not (out.root / key).is_file() or sha256(out.root / key) != sha:
-            return f"{key} changed since it was written"
+    key = changed_output(out, record)
+    if key is not None:
+        return f"{key} changed since it was written"
     changed = changed_inputs(record, current_inputs(cfg, out, stage))
     if changed:
         return f"{_named(cfg, changed[0])} changed" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+    return None
+
+
+def changed_output(out: Artifacts, record: StageRecord) -> str | None:
+    """The first of ``record``'s outputs that is gone or holds other bytes than it wrote, or None."""
+    for key, sha in record.outputs.items():
+        if not (out.root / key).is_file() or sha256(out.root / key) != sha:
+            return key
     return None
 
 
