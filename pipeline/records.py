@@ -276,14 +276,16 @@ def _command(cfg: Config, stage: str) -> str:
     return f"trtpipe {stage} -c {cfg.path}"
 
 
-_HASHES: dict[tuple[str, int, int, int], str] = {}
+_HASHES: dict[tuple[int, int, int, int], str] = {}
 
 
 def sha256(path: Path) -> str:
-    """A file's sha256, once per version of it in this process (weights and graphs are read by several checks)."""
+    """A file's sha256, once per version of it in this process (weights and graphs are read by several checks).
+    A version is known by its inode, not its name: a held output hashed under its temporary name is not
+    hashed again once renamed into place."""
     path = newest(path)  # a held output's bytes
     st = os.stat(path)
-    key = (str(Path(path).absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]
