@@ -88,7 +88,7 @@ bench-catalogue: $(STAMP)
 # verdict's reason), written to engines/gpu-check.json; then the GPU tests. Without TensorRT or a
 # GPU it stops with the probe's one-line reason.
 gpu-check: $(STAMP)
-	$(BIN)/python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml models/vit_outliers_digits.toml
+	$(BIN)/python -m pipeline.targets.tensorrt.gpu_check models/resnet_digits.toml models/vit_digits.toml models/vit_outliers_digits.toml
 	$(BIN)/pytest -q -m gpu tests/gpu
 
 # The model zoo has its own environment (.zoovenv): torchvision, timm and transformers beside
@@ -134,11 +134,11 @@ bench-quant: export | $(MODELOPT_STAMP) $(if $(PEERS),$(ZOO_STAMP))
 	$(BIN)/python -m benchmarks.quant_peers --modelopt-python $(MODELOPT_VENV)/bin/python \
 		$(CONFIGS) $(PEERS)
 
-# Line coverage of pipeline/build (TensorRT code included, run on tests/trt_standin) is printed
+# Line coverage of pipeline/targets/tensorrt (TensorRT code included, run on tests/trt_standin) is printed
 # and must stay at 90% or more.
 test: $(STAMP)
 	$(BIN)/ruff check --quiet . && $(BIN)/ruff format --check --quiet .
-	$(BIN)/pytest -q --cov=pipeline.build --cov-report=term-missing --cov-fail-under=90
+	$(BIN)/pytest -q --cov=pipeline.targets.tensorrt --cov-report=term-missing --cov-fail-under=90
 
 clean:
 	rm -rf engines/*/ calib/*/

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
 from pipeline.config import Budget, load_config
 from pipeline.console import table
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import VariantRunner, held_out
+from pipeline.layout import Layout
 
 BUDGET = Budget(min_cosine=0.99)
 EXAMPLES = ("models/resnet_digits.toml", "models/vit_digits.toml")
@@ -131,7 +131,7 @@ def run(
         accuracy=dataclasses.replace(cfg.accuracy, sensitivity_rows=rows),
         quantize=dataclasses.replace(cfg.quantize, smoothquant=smoothquant),
     )
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     stages.export(cfg, root)  # always: a cached graph could be of an older model
     fp32, fp16, view, ranges, _ = stages.quantization_inputs(cfg, out)
     data = held_out(cfg, out.graph("fp32"), rows)

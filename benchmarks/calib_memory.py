@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.artifacts import Artifacts
 from pipeline.config import load_config
 from pipeline.console import table
+from pipeline.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = 1.5
@@ -48,7 +48,7 @@ def infer_child(config: str, same_allocator: bool = False) -> None:
         return_large_blocks()
 
     cfg = load_config(config)
-    sess = ortsession.session(Artifacts.of(cfg).graph("fp32"), cpu_only=True)
+    sess = ortsession.session(Layout.of(cfg).graph("fp32"), cpu_only=True)
     for feed in calibration_batches(cfg):
         sess.run(None, ortsession.feed_for(sess, feed))
 
@@ -71,7 +71,7 @@ def peak_of(cmd: list[str], cwd: Path) -> tuple[float, float]:
 def measure(config: str, stages: list[str]) -> list[object]:
     """One table row: peak RSS and seconds of FP32 inference, calibrate and each of ``stages``."""
     cfg = load_config(config)
-    src = Artifacts.of(cfg)
+    src = Layout.of(cfg)
     graphs = ("fp32", "fp16")  # both: the export record that vouches for them names both
     for precision in graphs:
         if not src.graph(precision).is_file():
@@ -79,7 +79,7 @@ def measure(config: str, stages: list[str]) -> list[object]:
     path = str(Path(config).resolve())
     with tempfile.TemporaryDirectory(prefix="trtpipe.calibmem.") as tmp:
         work = Path(tmp)
-        dst = Artifacts(cfg.name, work)
+        dst = Layout(cfg.name, work)
         dst.onnx_dir.mkdir(parents=True)
         for precision in graphs:
             shutil.copy(src.graph(precision), dst.graph(precision))

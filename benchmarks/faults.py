@@ -39,10 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.artifacts import Artifacts
 from pipeline.config import load_config
 from pipeline.console import table
 from pipeline.errors import PipelineError
+from pipeline.layout import Layout
 from pipeline.records import STAGES as RECORDED
 from pipeline.records import load_record, sha256
 
@@ -139,7 +139,7 @@ def unvouched(
     """(files that look complete but nothing vouches for, leftovers of dead writers) among the
     new or changed files under the output folders ``roots`` of model ``name`` (engines/, calib/
     and the deploy folders)."""
-    out = Artifacts(name, run)
+    out = Layout(name, run)
     vouched: dict[str, str] = {}
     damaged = {}
     for stage in RECORDED:

@@ -16,7 +16,7 @@ For each model, on the same FP32 graph and the same calibration samples in the s
 Each child reports its own peak RSS (VmHWM, imports included: ``os.wait4`` would report at least
 this process's RSS, see ``benchmarks.modelopt_ptq.own_peak_mb``); its calibration and
 quantization seconds from its own clock, imports and data loading excluded. Then, per graph:
-rule violations (``pipeline.quantize.rules`` for the runtime the graph is for), Q/DQ coverage,
+rule violations (``pipeline.targets.rules`` for the runtime the graph is for), Q/DQ coverage,
 int8-weight share, file size, error against FP32 on the held-out data (sessions from
 ``pipeline.ortsession``: TensorRT-target Q/DQ graphs, ours and ModelOpt's, run as written, with no
 graph optimizations; the CPU graphs fully optimized, as they deploy) and ONNX Runtime CPU latency
@@ -40,12 +40,12 @@ from benchmarks.calib_memory import peak_of
 from benchmarks.modelopt_ptq import own_peak_mb
 from benchmarks.zoo.graphstats import graph_stats
 from pipeline import ortsession, records
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config, load_config
 from pipeline.console import table
 from pipeline.data import calibration_batches, concat, rebatch, sample_inputs
 from pipeline.evaluate.accuracy import evaluate
 from pipeline.evaluate.timing import measure_interleaved
+from pipeline.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS, PER_ROUND = 8, 5
@@ -77,14 +77,14 @@ def child(tool: str, config: str, work: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: F401
 
     from pipeline import onnxutil, stages
+    from pipeline.calibration import smooth
     from pipeline.graphview import GraphView
-    from pipeline.quantize import smooth
-    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
-    from pipeline.quantize.placement import plan_tensorrt
-    from pipeline.quantize.qdq import QdqOnnxFromOnnx
+    from pipeline.targets.onnxruntime_cpu.quantize import OrtCpuQdqFromOnnx
+    from pipeline.targets.tensorrt.placement import plan_tensorrt
+    from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 
     cfg = load_config(config)
-    graphs = Artifacts.of(cfg, work)
+    graphs = Layout.of(cfg, work)
     next(iter(calibration_batches(cfg, samples=1)))  # load the data source before timing, for every tool
     baseline = own_peak_mb()
     start = time.perf_counter()
@@ -123,7 +123,7 @@ def _quantize_static(tool: str, cfg: Config, fp32: Path, work: Path, start: floa
     )
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from pipeline.quantize.ort_cpu import OP_TYPES
+    from pipeline.targets.onnxruntime_cpu.quantize import OP_TYPES
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -175,11 +175,11 @@ def modelopt_data(cfg: Config, folder: Path) -> tuple[Path, str]:
     return path, step
 
 
-def run_tool(key: str, config: str, src: Artifacts, root: Path, data: tuple[Path, str], python: str) -> dict:
+def run_tool(key: str, config: str, src: Layout, root: Path, data: tuple[Path, str], python: str) -> dict:
     """One tool in its own process, from a fresh copy of the graphs; its record with peak RSS."""
     cfg = load_config(config)
     work = root / key
-    dst = Artifacts(cfg.name, work)
+    dst = Layout(cfg.name, work)
     dst.onnx_dir.mkdir(parents=True)
     for precision in ("fp32", "fp16"):
         shutil.copy(src.graph(precision), dst.graph(precision))
@@ -235,7 +235,7 @@ def rule_breakdown(path: Path, target: str) -> str:
     """Violations counted per rule, e.g. ``22 per-channel-on-constants``."""
     import onnx
 
-    from pipeline.quantize.rules import violations
+    from pipeline.targets.rules import violations
 
     counts: dict[str, int] = {}
     for v in violations(onnx.load(str(path)), target):
@@ -245,7 +245,7 @@ def rule_breakdown(path: Path, target: str) -> str:
 
 def bench_model(config: str, threads: int, python: str) -> tuple[str, list[str]]:
     cfg = load_config(config)
-    src = Artifacts.of(cfg)
+    src = Layout.of(cfg)
     for path in (src.graph("fp32"), src.graph("fp16"), src.record("export")):
         if not path.is_file():
             raise SystemExit(f"{path} missing: run `trtpipe engines -c {config} --until export` first")
@@ -261,7 +261,7 @@ def bench_model(config: str, threads: int, python: str) -> tuple[str, list[str]]
     return _report(cfg, results, scores, batch, threads)
 
 
-def _scores(cfg: Config, src: Artifacts, results: dict, threads: int, batch: int) -> dict:
+def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -> dict:
     """Per tool: graph figures, accuracy against FP32, CPU latency (CPU graphs)."""
     scores: dict[str, dict] = {}
     results = {k: r for k, r in results.items() if "failed" not in r}

@@ -21,11 +21,11 @@ from pathlib import Path
 import onnx
 
 from pipeline import onnxutil, ortsession, stages
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config, load_config
 from pipeline.console import table
 from pipeline.evaluate.accuracy import evaluate
-from pipeline.quantize.placement import WEIGHTED
+from pipeline.layout import Layout
+from pipeline.placement import WEIGHTED
 
 DEFAULT_ALPHA = 0.5
 
@@ -44,7 +44,7 @@ def variants(cfg: Config) -> list[tuple[str, float | str | None]]:
 
 def measure(cfg: Config, root: Path) -> list[list[object]]:
     """The table's rows for one model, made in ``root``."""
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     stages.export(cfg, root)
     batch = cfg.nearest_batch(cfg.calibration.batch_size)
     ref = ortsession.session_for(out.graph("fp32"), "fp32", arena=False)

@@ -73,12 +73,12 @@ def _ctrl_c_ignored_once_over(ctx: click.Context) -> Callable[[], object]:
 
 def _load(config_path: Path):
     """The config; from here on this process's temporary files go inside the model's engines folder."""
-    from pipeline.artifacts import Artifacts
     from pipeline.config import load_config
     from pipeline.fileio import keep_temporaries_in
+    from pipeline.layout import Layout
 
     cfg = load_config(config_path)
-    click.get_current_context().call_on_close(keep_temporaries_in(Artifacts.of(cfg).model_dir))
+    click.get_current_context().call_on_close(keep_temporaries_in(Layout.of(cfg).model_dir))
     return cfg
 
 

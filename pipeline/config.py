@@ -162,7 +162,7 @@ class QuantizeSection:
     # Channels (Conv) or K/N (GEMM) below this stay FP16: too small to gain.
     min_channels: int = 16
     # SmoothQuant's migration strength alpha in (0, 1] for LayerNorm -> MatMul/Gemm (see
-    # pipeline/quantize/smooth.py), "auto" to pick it per LayerNorm by the readers' int8 error;
+    # pipeline/calibration/smooth.py), "auto" to pick it per LayerNorm by the readers' int8 error;
     # unset: off.
     smoothquant: float | Literal["auto"] | None = None
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.callables import load_callable, source_file
 from pipeline.config import Config, TensorSpec
 from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
-from pipeline.sources import load_callable, source_file
 
 Feed = dict[str, np.ndarray]
 

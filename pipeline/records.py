@@ -22,13 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifacts import Artifacts
+from pipeline.callables import source_file
 from pipeline.codehash import stage_code_version
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.fileio import newest, place_held, sha256_file, sweep, write_json
-from pipeline.sources import source_file
+from pipeline.layout import Layout
 
 RECORD_VERSION = 1
 STAGES = ("export", "calibrate", "quantize", "build", "compare", "bench", "report")
@@ -53,7 +53,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class StageRecord:
     stage: str
     inputs: dict[str, str]  # what (a file's path, "config ...", "weights ...", CODE) -> sha256
-    outputs: dict[str, str]  # file path (Artifacts.key) -> sha256
+    outputs: dict[str, str]  # file path (Layout.key) -> sha256
     passed: bool = True  # False: a gate failed and the outputs were written anyway (compare, quantize --force)
 
     def __post_init__(self) -> None:
@@ -69,7 +69,7 @@ class StageRecord:
         return {"version": RECORD_VERSION, **dataclasses.asdict(self)}
 
 
-def load_record(out: Artifacts, stage: str) -> StageRecord | None:
+def load_record(out: Layout, stage: str) -> StageRecord | None:
     """The stage's record, None if it has none; a damaged one is an error naming the fix."""
     path = out.record(stage)
     if not path.is_file():
@@ -83,7 +83,7 @@ def load_record(out: Artifacts, stage: str) -> StageRecord | None:
         raise PipelineError(f"{path}: not a record of trtpipe {stage} ({exc}); re-run trtpipe {stage}") from None
 
 
-def begin(cfg: Config, out: Artifacts, stage: str) -> None:
+def begin(cfg: Config, out: Layout, stage: str) -> None:
     """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes."""
     verify(cfg, out, stage)
     out.record(stage).unlink(missing_ok=True)
@@ -93,7 +93,7 @@ def begin(cfg: Config, out: Artifacts, stage: str) -> None:
     sweep(out.record(stage).parent)
 
 
-def finish(cfg: Config, out: Artifacts, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
+def finish(cfg: Config, out: Layout, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
     """The record of a run whose ``outputs`` are complete. Inside ``fileio.after_record()`` the record takes
     its name first and the outputs theirs after it: a kill in between leaves files that do not match
     their record, which every check refuses, never an output that no record vouches for; a record
@@ -112,7 +112,7 @@ def _external_data(outputs: Iterable[Path]) -> list[Path]:
     return [data for p in outputs if newest(data := p.with_name(p.name + ".data")).is_file()]
 
 
-def verify(cfg: Config, out: Artifacts, stage: str) -> None:
+def verify(cfg: Config, out: Layout, stage: str) -> None:
     """Every file ``stage`` reads from an earlier stage is the one that stage wrote, and that stage's
     record (and each before it) is current; else one line naming the change and the command."""
     checked: set[str] = set()
@@ -124,7 +124,7 @@ def verify(cfg: Config, out: Artifacts, stage: str) -> None:
             raise PipelineError(f"{path}: trtpipe {producer} did not write it; re-run {_command(cfg, producer)}")
 
 
-def verify_stage(cfg: Config, out: Artifacts, stage: str, checked: set[str] | None = None) -> StageRecord:
+def verify_stage(cfg: Config, out: Layout, stage: str, checked: set[str] | None = None) -> StageRecord:
     """``stage``'s record: its outputs are on disk as written, its inputs are as they are now (code
     aside), and so for every stage before it."""
     checked = set() if checked is None else checked
@@ -147,7 +147,7 @@ def verify_stage(cfg: Config, out: Artifacts, stage: str, checked: set[str] | No
     return record
 
 
-def rerun_reason(cfg: Config, out: Artifacts, stage: str) -> str | None:
+def rerun_reason(cfg: Config, out: Layout, stage: str) -> str | None:
     """Why ``stage`` must run again (no record, an output gone or changed, an input changed, code
     included), or None when its record is current."""
     try:
@@ -165,7 +165,7 @@ def rerun_reason(cfg: Config, out: Artifacts, stage: str) -> str | None:
     return None
 
 
-def changed_output(out: Artifacts, record: StageRecord) -> str | None:
+def changed_output(out: Layout, record: StageRecord) -> str | None:
     """The first of ``record``'s outputs that is gone or holds other bytes than it wrote, or None."""
     for key, sha in record.outputs.items():
         if not (out.root / key).is_file() or sha256(out.root / key) != sha:
@@ -179,7 +179,7 @@ def changed_inputs(record: StageRecord, now: dict[str, str], code: bool = True) 
     return [k for k in keys if record.inputs.get(k) != now.get(k) and (code or k != CODE)]
 
 
-def current_inputs(cfg: Config, out: Artifacts, stage: str) -> dict[str, str]:
+def current_inputs(cfg: Config, out: Layout, stage: str) -> dict[str, str]:
     sections = CONFIG_SECTIONS[stage]
     # The config by its sections, not its path: a project copied elsewhere is the same project.
     found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: stage_code_version(stage)}
@@ -195,7 +195,7 @@ def current_inputs(cfg: Config, out: Artifacts, stage: str) -> dict[str, str]:
     return found
 
 
-def upstream(cfg: Config, out: Artifacts, stage: str) -> list[tuple[str, Path]]:
+def upstream(cfg: Config, out: Layout, stage: str) -> list[tuple[str, Path]]:
     """(the stage that writes it, file) for each file ``stage`` reads from an earlier stage."""
     if stage == "export":
         return []
@@ -213,14 +213,14 @@ def upstream(cfg: Config, out: Artifacts, stage: str) -> list[tuple[str, Path]]:
     return [*reads, ("quantize", out.result("quantize"))]
 
 
-def calibration_files(cfg: Config, out: Artifacts) -> list[Path]:
+def calibration_files(cfg: Config, out: Layout) -> list[Path]:
     """What calibrate writes: the ranges, and with [quantize] smoothquant the per-channel maxima."""
     smoothed = cfg.quantize.smoothquant is not None and newest(out.channels).is_file()  # held, if just measured
     channels = [out.channels] if smoothed else []
     return [out.ranges, *channels]
 
 
-def _artifact_files(cfg: Config, out: Artifacts) -> list[tuple[str, Path]]:
+def _artifact_files(cfg: Config, out: Layout) -> list[tuple[str, Path]]:
     """The deployable artifacts (as ``runners.artifacts`` lists them) with the stage writing each."""
     from pipeline.runners import artifacts
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import ortsession
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
+from pipeline.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Artifact:
         return f"{self.name} ({'TensorRT' if self.backend == 'tensorrt' else 'ONNX Runtime'})"
 
 
-def artifacts(cfg: Config, out: Artifacts) -> list[Artifact]:
+def artifacts(cfg: Config, out: Layout) -> list[Artifact]:
     record = read_json(out.build_record, "build")
     found = []
     precisions = ("fp16", "w8a8") if "tensorrt" in cfg.quantize.targets else ("fp16",)
@@ -92,8 +92,8 @@ def _first_line(exc: Exception) -> str:
 
 def engine_to_run(artifact: Artifact) -> Path:
     """The engine file of a TensorRT artifact, once this machine can run it and its manifest agrees."""
-    from pipeline.build.manifest import verify_engine
-    from pipeline.build.probe import probe
+    from pipeline.targets.tensorrt.manifest import verify_engine
+    from pipeline.targets.tensorrt.probe import probe
 
     cap = probe()
     if not cap.available:
@@ -105,7 +105,7 @@ def engine_to_run(artifact: Artifact) -> Path:
     return verify_engine(artifact.manifest, artifact.name, cap.trt_version, cap.compute_capability)
 
 
-def reference_runner(out: Artifacts, threads: int | None = None, arena: bool = True):
+def reference_runner(out: Layout, threads: int | None = None, arena: bool = True):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     path = out.graph("fp32")
@@ -118,7 +118,7 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None,
     if artifact.backend == "tensorrt":
         from polygraphy.backend.trt import TrtRunner
 
-        from pipeline.build.trt import load_engine
+        from pipeline.targets.tensorrt.trt import load_engine
 
         engine_path = engine_to_run(artifact)
         return _feeding_declared_dtypes(TrtRunner, engine_path)(

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import records
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.fileio import after_record
+from pipeline.layout import Layout
 
 if TYPE_CHECKING:
-    from pipeline.build.probe import Capability
+    from pipeline.targets.tensorrt.probe import Capability
 
 # Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
 # exported graph's (1e-6 of their range on the hard example).
@@ -31,14 +31,14 @@ QUANTIZED = {"tensorrt": "w8a8", "onnxruntime-cpu": "w8a8-cpu"}
 def export(cfg: Config, root: Path | None = None) -> list:
     """FP32 and FP16 ONNX graphs from the PyTorch model; written only once they pass parity with it."""
     from pipeline import onnxutil
+    from pipeline.sources.parity import check_parity, format_parity
+    from pipeline.sources.torch.binding import BoundModel
+    from pipeline.sources.torch.onnx_from_torch import OnnxFromTorch, torch_outputs
+    from pipeline.sources.torch.torch_model import model_from_config
     from pipeline.data import sample_inputs
-    from pipeline.export.binding import BoundModel
-    from pipeline.export.fp16 import Fp16OnnxFromOnnx
-    from pipeline.export.onnx_from_torch import OnnxFromTorch, torch_outputs
-    from pipeline.export.parity import check_parity, format_parity
-    from pipeline.export.torch_model import model_from_config
+    from pipeline.fp16 import Fp16OnnxFromOnnx
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "export")
     model = BoundModel(model_from_config(cfg), cfg)
     example = sample_inputs(cfg, 2)  # batch 2: torch.export specializes axes of size 0 and 1
@@ -61,7 +61,7 @@ def calibrate(cfg: Config, root: Path | None = None, force: bool = False):
     from pipeline import onnxutil
     from pipeline.graphview import GraphView
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "calibrate")
     fp32 = onnxutil.load(out.graph("fp32"), "FP32 graph")
     with after_record():
@@ -89,13 +89,13 @@ def _calibration_settings(cfg: Config) -> dict[str, object]:
     }
 
 
-def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False, rebuild_invalid: bool = False) -> tuple:
+def _smoothed(cfg: Config, out: Layout, fp32, force: bool = False, rebuild_invalid: bool = False) -> tuple:
     """``(graph, edits, record)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
     each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
     graph; the edits made (the FP16 graph takes them too) and what was smoothed, for the quantize record."""
-    from pipeline.calibrate.channels import best_alpha
+    from pipeline.calibration import smooth
+    from pipeline.calibration.channels import best_alpha
     from pipeline.graphview import GraphView
-    from pipeline.quantize import smooth
 
     setting = cfg.quantize.smoothquant
     if setting is None:
@@ -123,14 +123,14 @@ def _smoothed(cfg: Config, out: Artifacts, fp32, force: bool = False, rebuild_in
 
 
 def _channel_maxima(
-    cfg: Config, out: Artifacts, view, found: list, force: bool = False, rebuild_invalid: bool = False
+    cfg: Config, out: Layout, view, found: list, force: bool = False, rebuild_invalid: bool = False
 ) -> dict:
     """Per-channel maxima of the ``found`` targets' tensors in the exported FP32 graph (``view``):
     calib/NAME/channels.json if fresh, else measured on the calibration data and cached."""
     from pipeline import onnxutil
-    from pipeline.calibrate.calibrator import batches_needed
-    from pipeline.calibrate.channels import ChannelMaxima, load_channel_maxima, measure_channels
-    from pipeline.calibrate.memory import capture_plan
+    from pipeline.calibration.calibrator import batches_needed
+    from pipeline.calibration.channels import ChannelMaxima, load_channel_maxima, measure_channels
+    from pipeline.calibration.memory import capture_plan
     from pipeline.data import calibration_batches, rebatch
 
     graph_sha256, settings = onnxutil.graph_hash(view.model), _calibration_settings(cfg)
@@ -173,21 +173,21 @@ def _same_function(cfg: Config, fp32, smoothed) -> float:
 
 
 def _ranges(
-    cfg: Config, out: Artifacts, view, graph_sha256: str, force: bool = False, graph=None, rebuild_invalid: bool = False
+    cfg: Config, out: Layout, view, graph_sha256: str, force: bool = False, graph=None, rebuild_invalid: bool = False
 ):
     """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``
     (``graph``, the smoothed graph, or the exported one's file by default); ``view`` is its GraphView,
     made once for the plans, the CPU tensor list and the capture plan (and, in quantize, the Q/DQ graphs).
     A cache that cannot be trusted is rebuilt by calibrate (``rebuild_invalid``) and refused elsewhere;
     ``force`` does not read it at all."""
-    from pipeline.calibrate.auto import AUTO_ROWS, AutoRanges, layer_activations
-    from pipeline.calibrate.cache import load_ranges
-    from pipeline.calibrate.calibrator import RangesFromOnnx, batches_needed, value_sources
-    from pipeline.calibrate.histogram import STATS_VERSION
-    from pipeline.calibrate.memory import capture_plan
+    from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, layer_activations
+    from pipeline.calibration.cache import load_ranges
+    from pipeline.calibration.calibrator import RangesFromOnnx, batches_needed, value_sources
+    from pipeline.calibration.histogram import STATS_VERSION
+    from pipeline.calibration.memory import capture_plan
     from pipeline.data import calibration_batches, rebatch
-    from pipeline.quantize import ort_cpu
-    from pipeline.quantize.placement import plan_tensorrt
+    from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
+    from pipeline.targets.tensorrt.placement import plan_tensorrt
 
     section = cfg.calibration
     tensorrt = plan_tensorrt(view, cfg.quantize)
@@ -233,7 +233,7 @@ def _ranges(
 def _cached(load, force: bool, rebuild_invalid: bool) -> tuple:
     """(the cache ``load`` reads, None) or (None, why it is made anew): ``force`` reads none (so it
     replaces a corrupt one), and one that cannot be trusted raises unless ``rebuild_invalid``."""
-    from pipeline.calibrate.cache import InvalidCache
+    from pipeline.calibration.cache import InvalidCache
 
     if force:
         return None, "forced"
@@ -247,14 +247,14 @@ def _cached(load, force: bool, rebuild_invalid: bool) -> tuple:
     return cached, "no cache yet" if cached is None else None
 
 
-def quantization_inputs(cfg: Config, out: Artifacts) -> tuple:
+def quantization_inputs(cfg: Config, out: Layout) -> tuple:
     """``(fp32, fp16, view, ranges, smoothing)``: the graphs quantize quantizes (with [quantize]
     smoothquant the FP32 graph smoothed, and the FP16 graph given the same LayerNorm parameters and
     weights), the FP32 one's GraphView, its ranges (a stale cache rebuilt, a fresh one reused) and
     what was smoothed. What quantize, sensitivity and the budget benchmark start from."""
     from pipeline import onnxutil
+    from pipeline.calibration import smooth
     from pipeline.graphview import GraphView
-    from pipeline.quantize import smooth
 
     exported = onnxutil.load(out.graph("fp32"), "FP32 graph")
     with after_record():  # a stale cache is calibrated anew, and recorded as calibrate's
@@ -273,17 +273,18 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``.
     """
     from pipeline import onnxutil
-    from pipeline.calibrate.auto import summary as auto_summary
+    from pipeline.calibration.auto import summary as auto_summary
     from pipeline.console import table
     from pipeline.errors import PipelineError
     from pipeline.evaluate.attribution import explain_losses
     from pipeline.fileio import write_json
-    from pipeline.quantize import rules
-    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx
-    from pipeline.quantize.placement import Skipped, plan_tensorrt, summary_rows
-    from pipeline.quantize.qdq import QdqOnnxFromOnnx
+    from pipeline.placement import Skipped, summary_rows
+    from pipeline.targets import rules
+    from pipeline.targets.onnxruntime_cpu.quantize import OrtCpuQdqFromOnnx
+    from pipeline.targets.tensorrt.placement import plan_tensorrt
+    from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "quantize")
     fp32, fp16, view, ranges, smoothing = quantization_inputs(cfg, out)
     method = cfg.calibration.method
@@ -344,7 +345,7 @@ def quantize(cfg: Config, root: Path | None = None, targets: tuple[str, ...] = (
     return summary
 
 
-def _set_aside(cfg: Config, out: Artifacts, models: dict, failed: set[str], staged: dict[Path, Path]) -> None:
+def _set_aside(cfg: Config, out: Layout, models: dict, failed: set[str], staged: dict[Path, Path]) -> None:
     """Graphs in ``failed`` are saved as model.NAME.failed.onnx, not as their artifact (withdrawn from
     ``staged``); the other name of each graph goes now, before the record, so nothing stale passes
     for this run's result (the one output of a run before that does not wait for the record)."""
@@ -358,7 +359,7 @@ def _set_aside(cfg: Config, out: Artifacts, models: dict, failed: set[str], stag
         info(f"{cfg.name}: wrote {out.failed_graph(name) if name in failed else out.graph(name)}")
 
 
-def _quantized_accuracy(cfg: Config, out: Artifacts, graphs: dict[str, Path]) -> list:
+def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> list:
     """The w8a8 graphs at ``graphs`` against FP32 on ONNX Runtime (CPU), held-out data, with their gates."""
     from pipeline import ortsession
     from pipeline.console import table
@@ -382,7 +383,7 @@ def _quantized_accuracy(cfg: Config, out: Artifacts, graphs: dict[str, Path]) ->
     return rows
 
 
-def _gate_verdict(cfg: Config, out: Artifacts, failed: list, force: bool) -> None:
+def _gate_verdict(cfg: Config, out: Layout, failed: list, force: bool) -> None:
     """A failed gate stops quantize (its graphs kept aside), or with ``force`` is only announced."""
     from pipeline.errors import PipelineError
 
@@ -397,7 +398,7 @@ def _gate_verdict(cfg: Config, out: Artifacts, failed: list, force: bool) -> Non
     )
 
 
-def _within_budget(cfg: Config, out: Artifacts, view, fp32, fp16, ranges, graphs: dict) -> dict:
+def _within_budget(cfg: Config, out: Layout, view, fp32, fp16, ranges, graphs: dict) -> dict:
     """Replace each graph in ``graphs`` by the one with the fewest layers in FP16 that meets
     ``[accuracy.budget]``; the budget results by graph name. The sensitivity tables the loop needed
     are saved for the report."""
@@ -434,7 +435,7 @@ def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] 
     from pipeline.evaluate import sensitivity as sens
     from pipeline.evaluate.variants import held_out
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.verify(cfg, out, "quantize")  # the graphs and ranges quantize would read, as their stages wrote them
     fp32, fp16, view, ranges, _ = quantization_inputs(cfg, out)  # the graphs quantize makes
     names = tuple(QUANTIZED[t] for t in targets or cfg.quantize.targets)
@@ -456,13 +457,13 @@ def sensitivity(cfg: Config, root: Path | None = None, targets: tuple[str, ...] 
 def build(cfg: Config, root: Path | None = None, backend: str = "auto") -> dict:
     """TensorRT FP16 and INT8 engines with a manifest and layer report, or a record of why not."""
     from pipeline import onnxutil
-    from pipeline.build.engines import build_engines, built_files
-    from pipeline.build.probe import probe
-    from pipeline.build.profiles import profiles_for
     from pipeline.errors import PipelineError
     from pipeline.fileio import write_json
+    from pipeline.targets.tensorrt.engines import build_engines, built_files
+    from pipeline.targets.tensorrt.probe import probe
+    from pipeline.targets.tensorrt.profiles import profiles_for
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "build")
     graphs = {"fp16": out.graph("fp16")}
     if "tensorrt" in cfg.quantize.targets:
@@ -505,7 +506,7 @@ def compare(cfg: Config, root: Path | None = None) -> list:
     from pipeline.evaluate.compare import compare as run_compare
     from pipeline.fileio import write_json
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "compare")
     rows = run_compare(cfg, out)
     passed = not any(r.failures for r in rows)
@@ -530,11 +531,11 @@ def bench(cfg: Config, root: Path | None = None, repeat: int = 1) -> dict:
     from pipeline.evaluate import bench as bench_mod
     from pipeline.fileio import write_json, write_text
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "bench")
     plan = bench_mod.plan_bench(cfg, out)
     if plan.backend == "tensorrt":
-        from pipeline.build.profiles import check_bench_batches
+        from pipeline.targets.tensorrt.profiles import check_bench_batches
 
         check_bench_batches(cfg, plan.batches, "bench.gpu_batches")
     runs = bench_mod.bench(cfg, out, plan, repeat)
@@ -597,7 +598,7 @@ def report(cfg: Config, root: Path | None = None) -> Path:
     """engines/NAME/reports/report.md and its charts, from saved results only."""
     from pipeline.evaluate.report import write_report
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     records.begin(cfg, out, "report")
     with after_record():
         written = write_report(out, cfg.name)
@@ -609,7 +610,7 @@ def report(cfg: Config, root: Path | None = None) -> Path:
 def engines(cfg: Config, root: Path | None = None, until: str = "report") -> list[str]:
     """Every stage up to ``until`` whose record is missing or whose inputs changed since it ran (config
     sections, weights, model source, data, code, earlier stages' files); returns the stages run."""
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     ran = []
     for stage in records.STAGES[: records.STAGES.index(until) + 1]:
         reason = records.rerun_reason(cfg, out, stage)
@@ -623,7 +624,7 @@ def engines(cfg: Config, root: Path | None = None, until: str = "report") -> lis
     return ran
 
 
-def _recorded_gate(cfg: Config, out: Artifacts, stage: str) -> None:
+def _recorded_gate(cfg: Config, out: Layout, stage: str) -> None:
     """A compare whose gate failed, or a quantize that kept its graphs aside for it, stays a failure on
     every run, not only the one that measured it."""
     from pipeline.errors import PipelineError
@@ -655,9 +656,9 @@ def deploy(
 ) -> Path:
     """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
     from pipeline.deploy.checks import check_destination, select
-    from pipeline.deploy.layout import write_plain, write_triton
+    from pipeline.deploy.repository import write_plain, write_triton
 
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     check_destination(out, to)  # every check before anything is written
     chosen = select(cfg, out, precision, force)
     if chosen.gate_failures:

@@ -161,13 +161,13 @@ def pipeline_run(tmp_path, user_model, monkeypatch, request):
     path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST_BENCH}\n{extra}')
     cfg = load_config(path)
     from pipeline import stages
-    from pipeline.artifacts import Artifacts
+    from pipeline.layout import Layout
 
     stages.export(cfg)
     # Quantize's own gate is tested on its own: here a test's stricter gate is for compare and deploy to judge.
     stages.quantize(cfg, force=True)
     stages.build(cfg, backend="onnxruntime")
-    return cfg, path, Artifacts.of(cfg)
+    return cfg, path, Layout.of(cfg)
 
 
 def rerecord(cfg: Config, out, stage: str) -> None:
@@ -184,7 +184,7 @@ def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
-    from pipeline.build.probe import probe
+    from pipeline.targets.tensorrt.probe import probe
 
     cap = probe()
     if not cap.available:

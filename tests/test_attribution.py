@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.attribution import worst_layers
 from pipeline.graphview import GraphView
-from pipeline.quantize import ort_cpu
+from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
 from tests import graphs
 from tests.test_quantize import quantize
 
@@ -62,14 +62,14 @@ def test_quantize_names_the_layers_when_a_graph_misses_its_cosine(make_config, t
     import json
 
     from pipeline import stages
-    from pipeline.artifacts import Artifacts
     from pipeline.errors import PipelineError
+    from pipeline.layout import Layout
 
     cfg = make_config(top='name = "tiny"\n[accuracy.w8a8]\nmin_cosine = 0.999999')
     stages.export(cfg, root=tmp_path)
     with pytest.raises(PipelineError, match="accuracy gate failed for w8a8"):
         stages.quantize(cfg, root=tmp_path)
-    summary = json.loads(Artifacts.of(cfg, tmp_path).result("quantize").read_text())
+    summary = json.loads(Layout.of(cfg, tmp_path).result("quantize").read_text())
     worst = summary["worst_layers"]
     assert set(worst) == {"w8a8"}  # w8a8-cpu keeps its default gate, which it meets
     added = [e["added"] for e in worst["w8a8"]]

@@ -13,9 +13,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pipeline.calibrate.auto import AUTO_ROWS
-from pipeline.calibrate.cache import load_ranges
-from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.calibration.auto import AUTO_ROWS
+from pipeline.calibration.cache import load_ranges
+from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import RANGE_METHODS
 from pipeline.errors import PipelineError
 from tests import graphs
@@ -167,8 +167,8 @@ def test_a_cache_whose_auto_range_is_not_its_methods_is_refused(tmp_path):
 
 def test_summary_survives_a_range_that_reproduces_fp32_exactly():
     """A zero error for the chosen range (MobileViT-XS had one) is no division by zero."""
-    from pipeline.calibrate.auto import summary
-    from pipeline.calibrate.cache import AutoChoice, Ranges, TensorRange
+    from pipeline.calibration.auto import summary
+    from pipeline.calibration.cache import AutoChoice, Ranges, TensorRange
 
     exact = AutoChoice("max", "least output error of conv", {"max": 0.0, "percentile": 0.1, "entropy": 0.2, "mse": 0.3})
     amax = {"max": 1.0, "percentile": 0.9, "entropy": 0.8, "mse": 0.7, "auto": 1.0}

@@ -9,15 +9,15 @@ import json
 import pytest
 
 from pipeline import ortsession
-from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import BatchProfile, Budget, CalibrationSection, Config, ModelSection, QuantizeSection, TensorSpec
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import HeldOut, VariantRunner
-from pipeline.export.fp16 import fp16_graph
+from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
-from pipeline.quantize import ort_cpu
-from pipeline.quantize.placement import plan_tensorrt
+from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
+from pipeline.targets.tensorrt.placement import plan_tensorrt
 from tests import graphs
 
 LAYERS = ["conv1", "conv2", "conv3"]

@@ -10,14 +10,14 @@ import onnx
 import pytest
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
-from pipeline.build import layers as layer_report
-from pipeline.build.manifest import EngineEntry, Manifest, verify_engine
-from pipeline.build.probe import engine_dir_name, probe
-from pipeline.build.profiles import check_bench_batches, profile_index_for, profiles_for
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
+from pipeline.layout import Layout
+from pipeline.targets.tensorrt import layers as layer_report
+from pipeline.targets.tensorrt.manifest import EngineEntry, Manifest, verify_engine
+from pipeline.targets.tensorrt.probe import engine_dir_name, probe
+from pipeline.targets.tensorrt.profiles import check_bench_batches, profile_index_for, profiles_for
 from tests import graphs
 from tests.conftest import write_config
 
@@ -189,6 +189,6 @@ def test_build_without_tensorrt_records_why_and_tensorrt_backend_refuses(make_co
     stages.quantize(cfg, root=tmp_path)
     record = stages.build(cfg, root=tmp_path)
     assert record["backend"] == "onnxruntime" and record["reason"] == probe().reason
-    assert json.loads(Artifacts.of(cfg, tmp_path).build_record.read_text())["backend"] == "onnxruntime"
+    assert json.loads(Layout.of(cfg, tmp_path).build_record.read_text())["backend"] == "onnxruntime"
     with pytest.raises(PipelineError, match=r"--backend tensorrt: .*trtpipe\[gpu\]"):
         stages.build(cfg, root=tmp_path, backend="tensorrt")

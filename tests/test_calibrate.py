@@ -10,11 +10,11 @@ import onnx
 import pytest
 
 from pipeline import records, stages
-from pipeline.artifacts import Artifacts
-from pipeline.calibrate.calibrator import RangesFromOnnx
-from pipeline.calibrate.histogram import TensorStats
+from pipeline.calibration.calibrator import RangesFromOnnx
+from pipeline.calibration.histogram import TensorStats
 from pipeline.config import RANGE_METHODS
 from pipeline.errors import PipelineError
+from pipeline.layout import Layout
 from tests import graphs
 
 
@@ -92,7 +92,7 @@ def test_nan_calibration_data_is_refused_naming_file_and_tensor(make_config, tmp
     stages.export(cfg, root=tmp_path)
     with pytest.raises(PipelineError, match=r"bad\.npz: tensor 'x' holds NaN or Inf"):
         stages.calibrate(cfg, root=tmp_path)
-    assert not Artifacts.of(cfg, tmp_path).ranges.exists()
+    assert not Layout.of(cfg, tmp_path).ranges.exists()
 
 
 def test_wrongly_shaped_and_pickled_data_are_refused(make_config, tmp_path):
@@ -112,7 +112,7 @@ def test_wrongly_shaped_and_pickled_data_are_refused(make_config, tmp_path):
 def test_cache_is_reused_then_rebuilt_when_the_graph_changes(make_config, tmp_path):
     cfg = make_config()
     stages.export(cfg, root=tmp_path)
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     first = stages.calibrate(cfg, root=tmp_path)
     cache = json.loads(out.ranges.read_text())
     assert cache["version"] == 3 and cache["graph_sha256"] == first.graph_sha256
@@ -156,11 +156,11 @@ CORRUPTIONS = {
 
 
 def test_an_untrustworthy_cache_is_refused_by_quantize_and_rebuilt_by_calibrate(make_config, tmp_path):
-    from pipeline.calibrate.cache import InvalidCache
+    from pipeline.calibration.cache import InvalidCache
 
     cfg = make_config()
     stages.export(cfg, root=tmp_path)
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     good = stages.calibrate(cfg, root=tmp_path)
     saved = out.ranges.read_text()
     for case, (edit, words) in CORRUPTIONS.items():
@@ -181,13 +181,13 @@ def test_an_untrustworthy_cache_is_refused_by_quantize_and_rebuilt_by_calibrate(
 
 
 def test_quantize_stage_writes_both_graphs_that_pass_the_rules(make_config, tmp_path, capsys):
-    from pipeline.quantize import rules
+    from pipeline.targets import rules
 
     cfg = make_config()
     stages.export(cfg, root=tmp_path)
     summary = stages.quantize(cfg, root=tmp_path)
     assert summary["method"] == "auto" and "tiny: auto ranges: " in capsys.readouterr().err
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     assert rules.violations(onnx.load(out.graph("w8a8"))) == []
     assert rules.violations(onnx.load(out.graph("w8a8-cpu")), "onnxruntime-cpu") == []
     by_artifact = {row["artifact"]: row for row in summary["accuracy"]}
@@ -206,7 +206,7 @@ def test_a_graph_missing_its_gate_is_kept_aside_and_quantize_fails(make_config, 
     monkeypatch.chdir(tmp_path)
     cfg = make_config(top='name = "tiny"\n[accuracy.w8a8]\nmin_cosine = 0.999999')
     stages.export(cfg)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     out.graph("w8a8").write_bytes(b"an earlier run's graph")
     failed = CliRunner().invoke(main, ["quantize", "-c", str(cfg.path)])
     assert failed.exit_code == 1
@@ -228,7 +228,7 @@ def test_a_graph_missing_its_gate_is_kept_aside_and_quantize_fails(make_config, 
 
 def _entropy_reference(hist: np.ndarray, rng: float) -> float:
     """The KL search written as a plain loop (as in TensorRT's calibrator), for cross-checking."""
-    from pipeline.calibrate.histogram import MAX_CLIPPED, QUANT_LEVELS
+    from pipeline.calibration.histogram import MAX_CLIPPED, QUANT_LEVELS
 
     h = hist.astype(np.float64)
     last = int(np.nonzero(h)[0][-1]) + 1
@@ -255,7 +255,7 @@ def _entropy_reference(hist: np.ndarray, rng: float) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_vectorised_entropy_matches_the_loop(seed):
-    from pipeline.calibrate.histogram import entropy_amax
+    from pipeline.calibration.histogram import entropy_amax
 
     rng = np.random.default_rng(seed)
     stats = TensorStats(1024)
@@ -267,7 +267,7 @@ def test_quantize_one_target_only(make_config, tmp_path):
     cfg = make_config()
     stages.export(cfg, root=tmp_path)
     stages.quantize(cfg, root=tmp_path, targets=("tensorrt",))
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     assert out.graph("w8a8").is_file() and not out.graph("w8a8-cpu").exists()
 
 
@@ -280,7 +280,7 @@ def test_exclusions_apply_to_the_onnxruntime_cpu_graph(make_config, tmp_path):
     cfg = make_config(top='name = "tiny"\n[quantize]\nexclude_op_types = ["Conv"]')
     stages.export(cfg, root=tmp_path)
     stages.quantize(cfg, root=tmp_path, targets=("onnxruntime-cpu",))
-    model = onnx.load(Artifacts.of(cfg, tmp_path).graph("w8a8-cpu"))
+    model = onnx.load(Layout.of(cfg, tmp_path).graph("w8a8-cpu"))
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     # Excluded Convs run in float: their weights stay float (a quantized neighbour may still hand them
@@ -306,7 +306,7 @@ def test_new_calibration_data_makes_the_cache_stale(make_config, tmp_path):
 def test_value_preserving_ops_share_their_input_statistics():
     """flat and y hold c's values: one histogram (on c) serves all three, and the
     numbers equal a calibration of c on its own."""
-    from pipeline.calibrate.calibrator import value_sources
+    from pipeline.calibration.calibrator import value_sources
     from pipeline.graphview import GraphView
 
     model = graphs.reshape_transpose()
@@ -325,8 +325,8 @@ def _exact(ranges) -> dict:
 def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, capsys):
     """The histograms are exact sums: runs of any size, and tensors captured in several passes
     over the data, give the same numbers as whole batches in one pass."""
-    from pipeline.calibrate.calibrator import value_sources
-    from pipeline.calibrate.memory import capture_plan
+    from pipeline.calibration.calibrator import value_sources
+    from pipeline.calibration.memory import capture_plan
     from pipeline.data import rebatch
     from pipeline.graphview import GraphView
 
@@ -345,7 +345,7 @@ def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, caps
 
 
 def test_capture_plan_fits_runs_in_half_the_inference_floor():
-    from pipeline.calibrate.memory import capture_plan, liveness_peak, sample_bytes
+    from pipeline.calibration.memory import capture_plan, liveness_peak, sample_bytes
     from pipeline.graphview import GraphView
 
     view = GraphView(graphs.residual())
@@ -367,7 +367,7 @@ def test_calibrate_stage_runs_micro_batches_of_the_configured_batch(make_config,
     stages.export(cfg, root=tmp_path)
     stages.calibrate(cfg, root=tmp_path)
     assert "16 sample(s) per run, captured tensors at most 16 MiB a run" in capsys.readouterr().err
-    assert not list(Artifacts.of(cfg, tmp_path).onnx_dir.glob(".*"))  # no copy of the graph left behind
+    assert not list(Layout.of(cfg, tmp_path).onnx_dir.glob(".*"))  # no copy of the graph left behind
 
 
 def test_npz_files_of_any_size_are_rebatched_to_batch_size(make_config, tmp_path):

@@ -58,9 +58,9 @@ def test_an_edit_to_a_private_helper_changes_the_stages_that_call_it(package):
 
 def test_an_edit_to_a_module_changes_the_stages_importing_it(package):
     assert _changed_by(package, _append("evaluate/timing.py")) == {"bench"}
-    assert _changed_by(package, _append("build/layers.py")) == {"build"}
-    assert _changed_by(package, _append("quantize/rules.py")) == {"quantize"}
-    assert _changed_by(package, _append("export/parity.py")) == {"export"}
+    assert _changed_by(package, _append("targets/tensorrt/layers.py")) == {"build"}
+    assert _changed_by(package, _append("targets/rules.py")) == {"quantize"}
+    assert _changed_by(package, _append("sources/parity.py")) == {"export"}
     assert _changed_by(package, _append("config.py")) == set(STAGES)  # every stage reads its config
 
 

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
 from pipeline.cli import main
 from pipeline.data import heldout_batches
 from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import error_stats
 from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR, verdict
+from pipeline.layout import Layout
 from pipeline.runners import artifacts, runner_for
 from tests import reference
 from tests.conftest import rerecord
@@ -48,7 +48,7 @@ def test_w8a8_verdicts_agree_with_the_reference_on_a_near_dead_channel(make_conf
     quantized = next(r for r in stages.quantize(cfg, tmp_path)["accuracy"] if r["artifact"] == "w8a8")
     stages.build(cfg, tmp_path, backend="onnxruntime")
     compared = [r for r in stages.compare(cfg, tmp_path) if r.artifact == "w8a8 (ONNX Runtime)"]
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     w8a8, fp32 = onnx.load(out.graph("w8a8")), onnx.load(out.graph("fp32"))
     assert len(bias_overflows(w8a8)) == 1  # conv1: the case that broke ONNX Runtime
     got, ref = [], []

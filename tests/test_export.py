@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
 from pipeline.cli import main
 from pipeline.errors import PipelineError
+from pipeline.layout import Layout
 from tests.conftest import write_config
 
 
@@ -21,7 +21,7 @@ def test_outside_model_exports_with_dynamic_batch_and_parity(make_config, tmp_pa
     assert cfg.export.parity_batches == (1, 7)  # 7 is not the profile's opt (8)
     rows = stages.export(cfg, root=tmp_path)
     assert {(r.precision, r.batch) for r in rows} == {("fp32", 1), ("fp32", 7), ("fp16", 1), ("fp16", 7)}
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     fp32 = onnx.load(out.graph("fp32"))
     fp16 = onnx.load(out.graph("fp16"))
     assert fp32.opset_import[0].version >= 19
@@ -40,7 +40,7 @@ def test_outside_model_exports_with_dynamic_batch_and_parity(make_config, tmp_pa
 def test_fp16_io_dtype_is_configurable(make_config, tmp_path):
     cfg = make_config(top='name = "tiny"\n[export]\nio_dtype = "float16"')
     stages.export(cfg, root=tmp_path)
-    fp16 = onnx.load(Artifacts.of(cfg, tmp_path).graph("fp16"))
+    fp16 = onnx.load(Layout.of(cfg, tmp_path).graph("fp16"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 
@@ -50,7 +50,7 @@ def _one_line_error(cfg, tmp_path) -> str:
         stages.export(cfg, root=tmp_path)
     message = str(info.value)
     assert "\n" not in message
-    assert not Artifacts.of(cfg, tmp_path).graph("fp32").exists()  # nothing half-written
+    assert not Layout.of(cfg, tmp_path).graph("fp32").exists()  # nothing half-written
     return message
 
 

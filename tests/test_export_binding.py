@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pipeline import onnxutil, stages
-from pipeline.artifacts import Artifacts
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
+from pipeline.layout import Layout
 
 # Two inputs of the same shape, so a swapped bind would still run and only the numbers tell.
 TWO_INPUTS = textwrap.dedent(
@@ -108,7 +108,7 @@ def test_inputs_bind_by_name_whatever_their_order_and_dict_outputs_by_key(tmp_pa
     cfg = _config(tmp_path, model_file, "Pair", SEQ_INPUTS.format(a="key", b="query"), outputs, "pairs")
     rows = stages.export(cfg, root=tmp_path)
     assert {(r.precision, r.batch) for r in rows} >= {("fp32", 1), ("fp32", 7)}
-    path = Artifacts.of(cfg, tmp_path).graph("fp32")
+    path = Layout.of(cfg, tmp_path).graph("fp32")
     graph = onnx.load(path)
     assert [i.name for i in graph.graph.input] == ["key", "query"]
     assert [o.name for o in graph.graph.output] == ["pooled", "hidden"]
@@ -133,7 +133,7 @@ def test_one_input_binds_to_the_one_parameter_whatever_its_name(tmp_path, model_
     )
     rows = stages.export(cfg, root=tmp_path)
     assert {r.batch for r in rows} == {1, 7} and not any(r.failures for r in rows)
-    graph = onnx.load(Artifacts.of(cfg, tmp_path).graph("fp32"))
+    graph = onnx.load(Layout.of(cfg, tmp_path).graph("fp32"))
     assert [i.name for i in graph.graph.input] == ["images"]
     assert onnxutil.exporter(graph) == "torch.export"
 
@@ -143,7 +143,7 @@ def test_a_misnamed_input_of_two_is_one_line_naming_both_sides(tmp_path, model_f
     cfg = _config(tmp_path, model_file, "Pair", SEQ_INPUTS.format(a="keys", b="query"), outputs, "pairs")
     with pytest.raises(PipelineError, match=r"Pair.forward\(query, key, scale\) has no parameter 'keys'"):
         stages.export(cfg, root=tmp_path)
-    assert not Artifacts.of(cfg, tmp_path).graph("fp32").exists()
+    assert not Layout.of(cfg, tmp_path).graph("fp32").exists()
 
 
 def test_a_dict_output_the_config_misnames(tmp_path, model_file):
@@ -160,7 +160,7 @@ def test_torchscript_exporter_takes_over_where_torch_export_fails(tmp_path, mode
     cfg = _config(tmp_path, model_file, "Traps", *VECTOR)
     rows = stages.export(cfg, root=tmp_path)
     assert not any(r.failures for r in rows)
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     assert onnxutil.exporter(onnx.load(out.graph("fp32"))) == "torchscript"
     err = capfd.readouterr().err
     assert "torch.export: RuntimeError: no torch.export for this model; exported with the torchscript exporter" in err
@@ -173,7 +173,7 @@ def test_export_failure_is_torchs_cause_and_the_log_path(tmp_path, model_file):
     with pytest.raises(PipelineError) as info:
         stages.export(cfg, root=tmp_path)
     message = str(info.value)
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     assert "\n" not in message and "step 1/3" not in message
     assert "torch.export: RuntimeError: this model refuses to be traced" in message
     assert "torchscript: RuntimeError: this model refuses to be traced" in message

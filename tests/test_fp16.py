@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.export.fp16 import Fp16OnnxFromOnnx
+from pipeline.fp16 import Fp16OnnxFromOnnx
 
 
 def _model(nodes, inits, inputs, outputs):

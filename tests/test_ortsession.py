@@ -12,10 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import ortsession
-from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.metrics import error_stats
-from pipeline.quantize import ort_cpu
+from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
 from tests import graphs, reference
 from tests.test_quantize import quantize
 
@@ -147,7 +147,7 @@ def test_which_graphs_run_as_written():
     ranges = RangesFromOnnx(needed, 2048, 99.99)(model, [graphs.inputs_for(model, 4, seed) for seed in range(4)])
     cpu = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
     fully_optimized = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    from pipeline.export.fp16 import fp16_graph
+    from pipeline.fp16 import fp16_graph
 
     fp16 = fp16_graph(model, keep_fp32=())
     onnx.helper.set_model_props(fp16, {"trtpipe.precision": "fp16"})  # as Fp16OnnxFromOnnx marks it

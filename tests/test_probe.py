@@ -6,9 +6,9 @@ import importlib
 import os
 
 import pytest
+from pipeline.targets.tensorrt import probe as probe_module
 
-from pipeline.build import probe as probe_module
-from pipeline.build.probe import probe
+from pipeline.targets.tensorrt.probe import probe
 from tests.trt_standin import standin
 from tests.trt_standin.cuda import Gpu
 

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.quant_peers import quantized_layers, run_tool
 from pipeline import stages
-from pipeline.artifacts import Artifacts
 from pipeline.config import load_config
+from pipeline.layout import Layout
 from tests.conftest import write_config
 
 
@@ -79,5 +79,5 @@ def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tmp_path, user_mod
     cfg = load_config(write_config(tmp_path, user_model))
     stages.export(cfg)
     (tmp_path / "peers").mkdir()
-    result = run_tool("ours-w8a8", str(cfg.path), Artifacts.of(cfg), tmp_path / "peers", (Path(), ""), sys.executable)
+    result = run_tool("ours-w8a8", str(cfg.path), Layout.of(cfg), tmp_path / "peers", (Path(), ""), sys.executable)
     assert onnx.load(result["graph"]).graph.node and result["calib_s"] > 0

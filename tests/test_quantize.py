@@ -8,12 +8,13 @@ import pytest
 from onnx import numpy_helper
 
 from pipeline import ortsession
-from pipeline.calibrate.calibrator import RangesFromOnnx
+from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
-from pipeline.export.fp16 import fp16_graph
-from pipeline.quantize import ort_cpu, rules
-from pipeline.quantize.placement import plan_tensorrt
-from pipeline.quantize.qdq import QdqOnnxFromOnnx
+from pipeline.fp16 import fp16_graph
+from pipeline.targets import rules
+from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
+from pipeline.targets.tensorrt.placement import plan_tensorrt
+from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 from tests import graphs
 
 
@@ -307,7 +308,7 @@ def test_cpu_graph_keeps_the_residual_stream_float_but_not_a_cnns_residual_add()
 def test_cpu_graph_keeps_an_embedding_add_into_a_layernorm_float():
     """ViT-B/16's CPU graph lost its class-token row (centered cosine 0.49) to a uint8 Add of a
     constant position embedding: one step of the patch rows' range is larger than the whole row."""
-    from pipeline.quantize.placement import GraphView
+    from pipeline.graphview import GraphView
 
     model = graphs.position_embedding()
     assert ort_cpu.residual_stream_adds(GraphView(model)) == ["embed"]

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pipeline import records, stages
-from pipeline.artifacts import Artifacts
+from pipeline.callables import load_callable
 from pipeline.codehash import stage_code_version
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.fileio import after_record, sha256_file, write_bytes
-from pipeline.sources import load_callable
+from pipeline.layout import Layout
 from tests.conftest import FAST_BENCH, config_text, write_config
 
 AFTER_EXPORT = ["calibrate", "quantize", "build", "compare", "bench", "report"]
@@ -46,7 +46,7 @@ def _new_weights(weights: Path) -> None:
 def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, weights, data = _project(tmp_path, user_model)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     stages.export(cfg)
     stages.quantize(cfg)  # calibrates first, and records that too
     export, calibrate, quantize = (records.load_record(out, s) for s in ("export", "calibrate", "quantize"))
@@ -84,7 +84,7 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
 def test_engines_reruns_exactly_what_depends_on_a_change(tmp_path, user_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, weights, data = _project(tmp_path, user_model)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     assert stages.engines(cfg) == list(records.STAGES)
     assert stages.engines(cfg) == []
     # Calibration data only, with the same names, sizes and modification times: its bytes are what count.
@@ -128,7 +128,7 @@ def test_what_a_killed_run_left_is_swept_by_the_next(tmp_path, user_model, monke
 
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     stages.export(cfg)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -150,7 +150,7 @@ def test_a_record_that_cannot_be_written_leaves_the_outputs_before_it(tmp_path, 
     the previous run's stay as they were, and no temporary file is left."""
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     stages.export(cfg)
     stages.calibrate(cfg)
     before = out.ranges.read_bytes()
@@ -169,7 +169,7 @@ def test_outputs_take_their_names_only_after_the_record_naming_them(tmp_path, us
     missing makes the record stale, so nothing downstream trusts it and engines re-runs quantize."""
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     stages.export(cfg)
     (out.result("quantize") / "in the way").mkdir(parents=True)
     with pytest.raises(OSError):
@@ -196,7 +196,7 @@ def test_a_graphs_external_weights_are_recorded_with_it(tmp_path, user_model, mo
     its record names the weights' bytes too, so other weights under the same graph bytes are seen."""
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
-    out = Artifacts.of(cfg)
+    out = Layout.of(cfg)
     stages.export(cfg)
     data = out.graph("fp32").with_name(out.graph("fp32").name + ".data")
     data.write_bytes(b"weights")
@@ -219,9 +219,9 @@ def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_mo
     (first / "cfg" / "tiny.toml").write_text(config_text("../net.py", model=model))
     monkeypatch.chdir(first)
     stages.export(load_config(first / "cfg" / "tiny.toml"))
-    assert "weights weights.pt" in records.load_record(Artifacts("tiny", first), "export").inputs
+    assert "weights weights.pt" in records.load_record(Layout("tiny", first), "export").inputs
     shutil.copytree(first, tmp_path / "second")
     monkeypatch.chdir(tmp_path / "second")
     cfg = load_config(tmp_path / "second" / "cfg" / "tiny.toml")
-    assert records.rerun_reason(cfg, Artifacts.of(cfg), "export") is None
+    assert records.rerun_reason(cfg, Layout.of(cfg), "export") is None
     stages.calibrate(cfg)

@@ -4,27 +4,30 @@ use of it (ranges calibrated on the smoothed graph, what was smoothed recorded).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from examples import vit
 from pipeline import onnxutil, ortsession, stages
-from pipeline.artifacts import Artifacts
-from pipeline.calibrate.calibrator import RangesFromOnnx
-from pipeline.calibrate.channels import ChannelStats, best_alpha, measure_channels
+from pipeline.calibration import smooth
+from pipeline.calibration.calibrator import RangesFromOnnx
+from pipeline.calibration.channels import ChannelStats, best_alpha, measure_channels
 from pipeline.config import QuantizeSection, load_config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import report
-from pipeline.export.fp16 import fp16_graph
+from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
-from pipeline.quantize import smooth
-from pipeline.quantize.placement import plan_tensorrt
-from pipeline.quantize.qdq import QdqOnnxFromOnnx
-from pipeline.zoo import vit
+from pipeline.layout import Layout
+from pipeline.targets.tensorrt.placement import plan_tensorrt
+from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 from tests import graphs
 from tests.conftest import write_config
+
+EXAMPLES = Path(vit.__file__).parent
 
 
 def _batches(model: onnx.ModelProto, n: int = 6) -> list[dict[str, np.ndarray]]:
@@ -155,8 +158,8 @@ def test_outlier_vit_computes_what_the_vit_computes():
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
-SMALL_VIT = """[model]
-source = "pipeline.zoo.vit:build"
+SMALL_VIT = f"""[model]
+source = "{EXAMPLES}/vit.py:build"
 [model.args]
 dim = 32
 depth = 1
@@ -166,11 +169,11 @@ VIT_IO = """[[inputs]]
 name = "image"
 shape = ["batch", 1, 16, 16]
 dtype = "float32\""""
-DIGITS = """[calibration]
-source = "pipeline.zoo.digits:calibration"
+DIGITS = f"""[calibration]
+source = "{EXAMPLES}/digits.py:calibration"
 samples = 64
 batch_size = 16"""
-HELDOUT = '[evaluation]\nsource = "pipeline.zoo.digits:heldout"'
+HELDOUT = f'[evaluation]\nsource = "{EXAMPLES}/digits.py:heldout"'
 
 
 def _vit_config(tmp_path, user_model, quantize: str):
@@ -185,7 +188,7 @@ def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model,
     cfg = _vit_config(tmp_path, user_model, "smoothquant = 0.5")
     stages.export(cfg, root=tmp_path)
     ranges = stages.calibrate(cfg, root=tmp_path)
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     channels = json.loads(out.channels.read_text())
     assert sorted(channels["tensors"]) == ["layer_norm", "layer_norm_1"]
     # The calibrated max of a smoothed tensor is the smoothed channels' max: max_j max|x_j| / s_j.
@@ -218,7 +221,7 @@ def test_auto_picks_an_alpha_per_layernorm(tmp_path, user_model):
     cfg = _vit_config(tmp_path, user_model, 'smoothquant = "auto"')
     stages.export(cfg, root=tmp_path)
     summary = stages.quantize(cfg, root=tmp_path, force=True)  # alpha choice, not the gate
-    channels = json.loads(Artifacts.of(cfg, tmp_path).channels.read_text())["tensors"]
+    channels = json.loads(Layout.of(cfg, tmp_path).channels.read_text())["tensors"]
     for layer in summary["smoothquant"]["layers"]:
         assert layer["alpha"] == best_alpha(channels[layer["tensor"]]["errors"])
 

@@ -18,14 +18,14 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
-from pipeline.build import layers as layer_report
-from pipeline.build.manifest import Manifest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import bench as bench_mod
 from pipeline.fileio import sha256_file
+from pipeline.layout import Layout
+from pipeline.targets.tensorrt import layers as layer_report
+from pipeline.targets.tensorrt.manifest import Manifest
 from tests import graphs
 from tests.conftest import rerecord, write_config
 from tests.test_trt_standin import POLYGRAPHY_PROBES
@@ -43,7 +43,7 @@ def tiny(tmp_path, user_model, monkeypatch):
     cfg = load_config(path)
     stages.export(cfg)
     stages.quantize(cfg)
-    return cfg, path, Artifacts.of(cfg)
+    return cfg, path, Layout.of(cfg)
 
 
 @pytest.fixture
@@ -206,9 +206,9 @@ def test_tensorrt_timing_runs_execute_async_v3_and_nothing_else(tiny, gpu_machin
 def test_timed_engine_computes_what_the_graph_does(tiny, gpu_machine):
     from polygraphy import cuda
 
-    from pipeline.build.trt import execution
     from pipeline.data import sample_inputs
     from pipeline.runners import artifacts, engine_to_run
+    from pipeline.targets.tensorrt.trt import execution
 
     cfg, _, out = tiny
     stages.build(cfg)
@@ -239,7 +239,7 @@ def exported_examples(tmp_path_factory):
     configs = {}
     for name in ("resnet_digits", "vit_digits"):
         text = (repo / "models" / f"{name}.toml").read_text()
-        text = text.replace('"../pipeline/', f'"{repo}/pipeline/')
+        text = text.replace('"../examples/', f'"{repo}/examples/')
         path = root / "models" / f"{name}.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(text + "\n" + FAST.replace("[1, 8]", "[4, 16]", 1) + "\n")
@@ -266,7 +266,7 @@ def test_example_build_compare_bench_report_deploy_on_tensorrt(model, exported_e
         for command in (["build"], ["compare"], ["bench"], ["report"], ["deploy", "--to", str(tmp_path / "repo")]):
             result = _cli(command[0], "-c", cfg_path, *command[1:])
             assert result.exit_code == 0, (command, result.output, result.exception)
-    out = Artifacts(model, work)
+    out = Layout(model, work)
     record = json.loads(out.build_record.read_text())
     w8a8 = record["layers"]["w8a8"]
     # Every quantized layer runs INT8, the ViT's attention GEMMs inside fused Myelin layers included.
@@ -293,7 +293,7 @@ def test_example_build_compare_bench_report_deploy_on_tensorrt(model, exported_e
 
 
 def test_gpu_check_writes_a_machine_readable_result(exported_examples, tmp_path):
-    from pipeline.build.gpu_check import gpu_check
+    from pipeline.targets.tensorrt.gpu_check import gpu_check
 
     work, configs = _fresh_copy(exported_examples, tmp_path)
     with standin(tmp_path / "gpu-machine"):
@@ -309,7 +309,7 @@ def test_gpu_check_writes_a_machine_readable_result(exported_examples, tmp_path)
 
 
 def test_gpu_check_stops_with_the_probe_reason_without_a_gpu(tmp_path):
-    from pipeline.build.gpu_check import main as gpu_check_main
+    from pipeline.targets.tensorrt.gpu_check import main as gpu_check_main
 
     assert gpu_check_main([str(tmp_path / "missing.toml")]) == 1
 

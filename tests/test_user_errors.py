@@ -16,7 +16,7 @@ from pipeline import data, onnxutil
 from pipeline.config import QuantizeSection, load_config
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
-from pipeline.quantize.placement import plan_tensorrt
+from pipeline.targets.tensorrt.placement import plan_tensorrt
 from tests import graphs
 from tests.conftest import BAD_DATA, USER_MODEL, config_text
 
@@ -105,7 +105,7 @@ def test_exclusions_of_ops_the_graph_lacks_are_fine():
 
 
 def test_a_typo_in_keep_fp32_is_refused(config):
-    from pipeline.export.fp16 import Fp16OnnxFromOnnx
+    from pipeline.fp16 import Fp16OnnxFromOnnx
 
     cfg = config(top='name = "tiny"\n[export]\nkeep_fp32 = ["LayerNormalisation"]')
     with pytest.raises(PipelineError, match=r"export\.keep_fp32 names 'LayerNormalisation', which is no ONNX op"):
@@ -183,7 +183,7 @@ def test_a_checkpoint_holding_code_is_named_so(config, tmp_path):
             return (os.system, ("echo never",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"conv1.weight": Payload()}, protocol=2))
-    from pipeline.export.torch_model import model_from_config
+    from pipeline.sources.torch.torch_model import model_from_config
 
     cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "{tmp_path / "evil.pt"}"')
     with pytest.raises(
@@ -195,8 +195,7 @@ def test_a_checkpoint_holding_code_is_named_so(config, tmp_path):
 
 def test_a_state_dict_with_a_value_that_is_no_tensor(config, tmp_path):
     import torch
-
-    from pipeline.export.torch_model import model_from_config
+    from pipeline.sources.torch.torch_model import model_from_config
 
     torch.save({"conv1.weight": 3}, tmp_path / "odd.pt")
     cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "{tmp_path / "odd.pt"}"')

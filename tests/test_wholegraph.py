@@ -1,4 +1,4 @@
-"""auto's per-tensor ranges checked on the whole graph's output (``pipeline.calibrate.wholegraph``).
+"""auto's per-tensor ranges checked on the whole graph's output (``pipeline.calibration.wholegraph``).
 
 The graphs the check simulates are held to the real quantizers' graphs, and its verdicts to the
 real graphs' output error over every calibration sample, not to its own estimate.
@@ -13,16 +13,16 @@ import onnx
 import pytest
 
 from pipeline import ortsession
-from pipeline.calibrate.auto import AutoRanges, summary
-from pipeline.calibrate.cache import AutoChoice, Ranges, TensorRange, load_ranges
-from pipeline.calibrate.calibrator import RangesFromOnnx
-from pipeline.calibrate.wholegraph import MARGIN, ExtremeRows, Range, scales, simulation, verdict
+from pipeline.calibration.auto import AutoRanges, summary
+from pipeline.calibration.cache import AutoChoice, Ranges, TensorRange, load_ranges
+from pipeline.calibration.calibrator import RangesFromOnnx
+from pipeline.calibration.wholegraph import MARGIN, ExtremeRows, Range, scales, simulation, verdict
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.metrics import ErrorAccumulator
 from pipeline.graphview import GraphView
-from pipeline.quantize import ort_cpu
-from pipeline.quantize.placement import plan_tensorrt
-from pipeline.quantize.qdq import QdqOnnxFromOnnx
+from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
+from pipeline.targets.tensorrt.placement import plan_tensorrt
+from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 from tests import graphs
 
 SETTINGS = QuantizeSection()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
 from pipeline.config import load_config
+from pipeline.layout import Layout
 
 MODELS = textwrap.dedent(
     """
@@ -207,7 +207,7 @@ def run_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> di
     stages.quantize(cfg)
     stages.build(cfg, backend="onnxruntime")
     stages.compare(cfg)
-    return json.loads((Artifacts.of(cfg).results_dir / "compare.json").read_text())
+    return json.loads((Layout.of(cfg).results_dir / "compare.json").read_text())
 
 
 def check_compared(result: dict, outputs: set[str]) -> None:
@@ -240,5 +240,5 @@ def test_driver_runs_on_past_a_missed_quantize_gate(make_config, tmp_path, monke
     logs.mkdir()
     run = run_stage("quantize", cfg.path, tmp_path, logs / "quantize.log", timeout=600)
     assert run.status == "gate failed" and run.error.startswith("tiny: accuracy gate failed for w8a8")
-    assert Artifacts.of(cfg).graph("w8a8").is_file()
+    assert Layout.of(cfg).graph("w8a8").is_file()
     assert run_stage("build", cfg.path, tmp_path, logs / "build.log", timeout=600).status == "ok"

@@ -1,6 +1,6 @@
 """Figures read off a written Q/DQ graph that the stages do not save (yet).
 
-- violations: TensorRT explicit-quantization rules broken (``pipeline.quantize.rules``);
+- violations: TensorRT explicit-quantization rules broken (``pipeline.targets.rules``);
 - coverage: share of Conv/ConvTranspose/Gemm/MatMul nodes whose first (activation) input
   comes out of a DequantizeLinear, i.e. that can run in INT8;
 - int8-weight share: elements of int8 initializers over elements of all weight-like
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from pipeline.quantize import rules
+from pipeline.targets import rules
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

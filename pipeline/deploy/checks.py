@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import records
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
+from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts
 
 
@@ -23,7 +23,7 @@ class Deployable:
     manifest: dict
 
 
-def check_destination(out: Artifacts, to: Path) -> None:
+def check_destination(out: Layout, to: Path) -> None:
     """The deployment's folder ``to/NAME`` must keep clear of engines/ and calib/: there (with --replace,
     over a folder) it would take the place of the stages' own files, or of the whole project."""
     dest = (to / out.name).resolve()
@@ -37,7 +37,7 @@ def check_destination(out: Artifacts, to: Path) -> None:
             )
 
 
-def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployable:
+def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
     record = read_json(out.build_record, "build")
     found = {a.name: a for a in artifacts(cfg, out)}
     cpu_only = record["backend"] == "onnxruntime" and "CUDAExecutionProvider" not in record.get("providers", [])
@@ -64,7 +64,7 @@ def select(cfg: Config, out: Artifacts, precision: str, force: bool) -> Deployab
     return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
 
 
-def measured_sha256(cfg: Config, out: Artifacts, artifact: Artifact) -> str:
+def measured_sha256(cfg: Config, out: Layout, artifact: Artifact) -> str:
     """The artifact's sha256, once the records show compare measured these very bytes, on graphs and
     engines that are what their stages wrote from the current config, weights and data."""
     if not out.result("compare").is_file():
@@ -80,8 +80,8 @@ def measured_sha256(cfg: Config, out: Artifacts, artifact: Artifact) -> str:
 
 
 def _engine_info(artifact: Artifact, name: str) -> dict:
-    from pipeline.build.manifest import Manifest, verify_engine
-    from pipeline.build.probe import probe
+    from pipeline.targets.tensorrt.manifest import Manifest, verify_engine
+    from pipeline.targets.tensorrt.probe import probe
 
     cap = probe()  # where a GPU is present, also refuse engines built for another GPU or TensorRT
     verify_engine(
@@ -100,7 +100,7 @@ def _engine_info(artifact: Artifact, name: str) -> dict:
     }
 
 
-def _gate_failures(cfg: Config, out: Artifacts, artifact: Artifact) -> tuple[str, ...]:
+def _gate_failures(cfg: Config, out: Layout, artifact: Artifact) -> tuple[str, ...]:
     saved = read_json(out.result("compare"))
     rows = [r for r in saved["rows"] if r["artifact"] == artifact.label]
     if not rows:

@@ -16,13 +16,13 @@ import numpy as np
 import onnx
 
 from pipeline import ortsession
-from pipeline.calibrate.cache import Ranges
+from pipeline.calibration.cache import Ranges
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
-from pipeline.quantize.placement import WEIGHTED, weight_axis
-from pipeline.quantize.qdq import INT8_MAX, quantize_weight
+from pipeline.placement import WEIGHTED, weight_axis
+from pipeline.targets.tensorrt.qdq import INT8_MAX, quantize_weight
 
 # An input channel this many times wider than the median one leaves the others a handful of int8 levels.
 OUTLIER_RATIO = 10.0

@@ -22,12 +22,12 @@ import io
 from dataclasses import dataclass
 
 from pipeline import ortsession
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import progress
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
 from pipeline.evaluate.timing import Latency, measure
+from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts
 
 
@@ -45,7 +45,7 @@ class BenchPlan:
         return self.baseline, self.quantized
 
 
-def plan_bench(cfg: Config, out: Artifacts) -> BenchPlan:
+def plan_bench(cfg: Config, out: Layout) -> BenchPlan:
     found = {a.name: a for a in artifacts(cfg, out)}
     if found["fp16"].backend == "tensorrt" and "w8a8" in found:
         return BenchPlan(
@@ -87,9 +87,9 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
     """A zero-argument callable running one inference at ``batch``, plus what to release after."""
     feed = sample_inputs(cfg, batch)
     if artifact.backend == "tensorrt":
-        from pipeline.build.profiles import profile_index_for
-        from pipeline.build.trt import execution
         from pipeline.runners import engine_to_run
+        from pipeline.targets.tensorrt.profiles import profile_index_for
+        from pipeline.targets.tensorrt.trt import execution
 
         run, release = execution(engine_to_run(artifact), profile_index_for(cfg, batch), feed)
         return run, (release,)
@@ -119,7 +119,7 @@ class BenchRow:
         }
 
 
-def bench(cfg: Config, out: Artifacts, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
+def bench(cfg: Config, out: Layout, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
     """``repeat`` full runs; each run times every (artifact, batch) after warm-up."""
     runs = []
     jobs = [(a, b) for b in plan.batches for a in plan.pair]

@@ -13,15 +13,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.console import info, progress
 from pipeline.data import Feed, heldout_batches
 from pipeline.evaluate.accuracy import AccuracyRow, Scorer
+from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts, reference_runner, runner_for
 
 
-def compare(cfg: Config, out: Artifacts) -> list[AccuracyRow]:
+def compare(cfg: Config, out: Layout) -> list[AccuracyRow]:
     found = artifacts(cfg, out)
     rows: list[AccuracyRow] = []
     for batch in cfg.accuracy.batches:
@@ -30,7 +30,7 @@ def compare(cfg: Config, out: Artifacts) -> list[AccuracyRow]:
     return rows
 
 
-def _compare_at(cfg: Config, out: Artifacts, found: list[Artifact], batch: int) -> list[AccuracyRow]:
+def _compare_at(cfg: Config, out: Layout, found: list[Artifact], batch: int) -> list[AccuracyRow]:
     # Polygraphy first imports torch inside a bare `except:` (is_importable, on every array check): a
     # Ctrl-C during that import was swallowed, then hung or crashed. Imported here, it raises as usual.
     import torch  # noqa: F401
@@ -68,6 +68,6 @@ def _outputs(results, runner: str, cfg: Config) -> list[np.ndarray]:
 def _profile(cfg: Config, artifact: Artifact, batch: int) -> int:
     if artifact.backend != "tensorrt":
         return 0
-    from pipeline.build.profiles import profile_index_for
+    from pipeline.targets.tensorrt.profiles import profile_index_for
 
     return profile_index_for(cfg, batch)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Artifacts
 from pipeline.console import table
 from pipeline.evaluate.profile import INT8_OPS
 from pipeline.fileio import atomic_path, read_json, write_text
+from pipeline.layout import Layout
 
 BASELINE_COLOUR = "#d3d3d3"  # light grey
 W8A8_COLOUR = "#8b0000"  # dark red
@@ -151,7 +151,7 @@ def _smoothing_lines(smoothing: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> tuple[list[str], list[Path]]:
+def _sensitivity_section(out: Layout, model: str, quant: dict | None) -> tuple[list[str], list[Path]]:
     """The budget's choices (quantize.json) and the per-layer sensitivity table and chart, when
     saved; and the chart drawn, if any."""
     from pipeline.evaluate import sensitivity
@@ -184,7 +184,7 @@ def _sensitivity_section(out: Artifacts, model: str, quant: dict | None) -> tupl
     return parts, [out.chart("sensitivity")]
 
 
-def write_report(out: Artifacts, model: str) -> list[Path]:
+def write_report(out: Layout, model: str) -> list[Path]:
     """The report, then the charts it shows: every file written."""
     bench = read_json(out.result("bench"), "bench")
     compare = read_json(out.result("compare"))  # optional: the report says to run compare

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.calibrate.cache import Ranges
+from pipeline.calibration.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.console import progress
 from pipeline.errors import PipelineError
 from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
 from pipeline.graphview import GraphView
-from pipeline.quantize.placement import WEIGHTED, plan_tensorrt
+from pipeline.placement import WEIGHTED
+from pipeline.targets.tensorrt.placement import plan_tensorrt
 
 SENSITIVITY_VERSION = 1
 
@@ -45,7 +46,7 @@ class Target:
 def tensorrt_target(
     fp16: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
 ) -> Target:
-    from pipeline.quantize.qdq import QdqOnnxFromOnnx
+    from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 
     def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
         s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + excluded)
@@ -66,7 +67,13 @@ def cpu_target(
     the ops after it up to the next layers (``ort_cpu.with_epilogues``), and reads its inputs
     unquantized (``ort_cpu.float_inputs``); a layer alone quantized has every other node so treated,
     Add, Relu and pooling too (they are quantized on this graph)."""
-    from pipeline.quantize.ort_cpu import OrtCpuQdqFromOnnx, excluded_nodes, float_inputs, float_layers, with_epilogues
+    from pipeline.targets.onnxruntime_cpu.quantize import (
+        OrtCpuQdqFromOnnx,
+        excluded_nodes,
+        float_inputs,
+        float_layers,
+        with_epilogues,
+    )
 
     def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
         floats = float_layers(view, with_epilogues(view, excluded))

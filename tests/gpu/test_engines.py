@@ -13,13 +13,13 @@ import onnx
 import pytest
 
 from pipeline import stages
-from pipeline.artifacts import Artifacts
-from pipeline.build.layers import quantized_compute_node_names
-from pipeline.build.manifest import Manifest
 from pipeline.config import load_config
 from pipeline.data import sample_inputs
 from pipeline.evaluate.metrics import error_stats, top1_agreement
+from pipeline.layout import Layout
 from pipeline.runners import artifacts, reference_runner, runner_for
+from pipeline.targets.tensorrt.layers import quantized_compute_node_names
+from pipeline.targets.tensorrt.manifest import Manifest
 
 pytestmark = pytest.mark.gpu
 
@@ -37,7 +37,7 @@ def test_example_engines(model, min_int8_coverage, tmp_path):
     record = stages.build(cfg, root=tmp_path, backend="tensorrt")
     manifest = Manifest.load(Path(record["manifest"]))
     assert set(manifest.engines) == {"fp16", "w8a8"}
-    out = Artifacts.of(cfg, tmp_path)
+    out = Layout.of(cfg, tmp_path)
     layers = record["layers"]["w8a8"]
     # Of the layers the Q/DQ graph quantizes, the share TensorRT really runs in INT8.
     assert layers["by_onnx_node"], "TensorRT 11's inspector gave no layer metadata: coverage is a guess"

@@ -74,7 +74,7 @@ def standin(
     """
     polygraphy_cuda = importlib.import_module("polygraphy.cuda.cuda")
 
-    from pipeline.build.probe import probe
+    from pipeline.targets.tensorrt.probe import probe
     from tests.trt_standin import tensorrt as trt_standin
 
     gpu = gpu or Gpu()

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.artifacts import Artifacts
-from pipeline.build import layers as layer_report
-from pipeline.build.manifest import EngineEntry, Manifest
-from pipeline.build.probe import Capability
-from pipeline.build.profiles import InputProfile, check_bench_batches
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.fileio import sha256_file, write_bytes, write_json
+from pipeline.layout import Layout
+from pipeline.targets.tensorrt import layers as layer_report
+from pipeline.targets.tensorrt.manifest import EngineEntry, Manifest
+from pipeline.targets.tensorrt.probe import Capability
+from pipeline.targets.tensorrt.profiles import InputProfile, check_bench_batches
 
 
 def built_files(record: dict) -> list[Path]:
@@ -27,9 +27,9 @@ def built_files(record: dict) -> list[Path]:
 
 
 def build_engines(
-    cfg: Config, out: Artifacts, cap: Capability, profiles: list[list[InputProfile]], graphs: dict[str, Path]
+    cfg: Config, out: Layout, cap: Capability, profiles: list[list[InputProfile]], graphs: dict[str, Path]
 ) -> dict:
-    from pipeline.build.trt import EngineFromOnnx, engine_information
+    from pipeline.targets.tensorrt.trt import EngineFromOnnx, engine_information
 
     check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
     target = out.trt_root / cap.target_dir_name

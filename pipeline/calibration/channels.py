@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.calibrate.auto import dequantized_weight, fake_quant
-from pipeline.calibrate.cache import read_cache, stale_reason
-from pipeline.calibrate.calibrator import capture_session, fold, new_outputs
+from pipeline.calibration.auto import dequantized_weight, fake_quant
+from pipeline.calibration.cache import read_cache, stale_reason
+from pipeline.calibration.calibrator import capture_session, fold, new_outputs
+from pipeline.calibration.smooth import ALPHA_GRID, OFF, Target, scales, weight_absmax
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
 from pipeline.graphview import GraphView
-from pipeline.quantize.smooth import ALPHA_GRID, OFF, Target, scales, weight_absmax
 
 CHANNELS_VERSION = 1
 ALPHA_ROWS = 8  # rows each alpha is judged on (held in memory while the maxima stream)

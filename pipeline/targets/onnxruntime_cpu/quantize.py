@@ -20,12 +20,12 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-from pipeline.calibrate.cache import Ranges
+from pipeline.calibration.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import constant_value
-from pipeline.quantize.placement import WEIGHTED, Placement, excluded_reason, weight_axis
+from pipeline.placement import WEIGHTED, Placement, excluded_reason, weight_axis
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -327,7 +327,7 @@ def float_inputs(model: onnx.ModelProto, nodes: tuple[str, ...]) -> onnx.ModelPr
     its QuantizeLinear instead, and Q/DQ pairs nothing reads any more are dropped.
     """
     from pipeline.onnxutil import producer_map
-    from pipeline.quantize.qdq import drop_dead_nodes, drop_unused_initializers
+    from pipeline.targets.tensorrt.qdq import drop_dead_nodes, drop_unused_initializers
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 
 from pipeline import onnxutil, ortsession
-from pipeline.calibrate.auto import AutoRanges, Measured
-from pipeline.calibrate.cache import Ranges, TensorRange
-from pipeline.calibrate.histogram import TensorStats
+from pipeline.calibration.auto import AutoRanges, Measured
+from pipeline.calibration.cache import Ranges, TensorRange
+from pipeline.calibration.histogram import TensorStats
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError

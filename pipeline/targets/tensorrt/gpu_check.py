@@ -10,7 +10,7 @@ For each config: export, quantize, build TensorRT engines, compare, bench, repor
 
 The result goes to ``engines/gpu-check.json``; the exit status is 0 only when every check passed.
 
-    python -m pipeline.build.gpu_check models/resnet_digits.toml models/vit_digits.toml
+    python -m pipeline.targets.tensorrt.gpu_check models/resnet_digits.toml models/vit_digits.toml
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Artifacts
 from pipeline.config import load_config
 from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json, write_json
+from pipeline.layout import Layout
 
 MIN_COVERAGE = 0.90
 _UNEXPLAINED = "no layer or op profile saved to explain it"
@@ -35,7 +35,7 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
     from pipeline.evaluate.report import verdict
 
     cfg = load_config(config_path)
-    out = Artifacts.of(cfg, root)
+    out = Layout.of(cfg, root)
     stages.export(cfg, root)
     stages.quantize(cfg, root)
     record = stages.build(cfg, root, backend="tensorrt")
@@ -77,7 +77,7 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
 
 
 def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, Any]:
-    from pipeline.build.probe import probe
+    from pipeline.targets.tensorrt.probe import probe
 
     root = Path(root) if root is not None else Path.cwd()
     cap = probe()
@@ -110,7 +110,7 @@ def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
     if not paths:
-        info("usage: python -m pipeline.build.gpu_check models/NAME.toml [...]")
+        info("usage: python -m pipeline.targets.tensorrt.gpu_check models/NAME.toml [...]")
         return 2
     try:
         return 0 if gpu_check(paths)["passed"] else 1

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.build.profiles import InputProfile
 from pipeline.config import BuildSection
 from pipeline.errors import PipelineError
+from pipeline.targets.tensorrt.profiles import InputProfile
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -1,6 +1,6 @@
 """Train the example models on digits and save small checkpoints.
 
-    python -m pipeline.zoo.train resnet_digits vit_digits
+    python -m examples.train resnet_digits vit_digits   (from the repository root)
 
 Deterministic (fixed seeds, fixed split); prints held-out top-1.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from examples import digits, resnet, vit
 from pipeline.fileio import atomic_path
-from pipeline.zoo import digits, resnet, vit
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 RECIPES = {

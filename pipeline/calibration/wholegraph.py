@@ -29,13 +29,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import ortsession
-from pipeline.calibrate.cache import WholeGraphCheck
+from pipeline.calibration.cache import WholeGraphCheck
 from pipeline.config import RANGE_METHODS
 from pipeline.data import Feed
 from pipeline.evaluate.metrics import SPREAD_FLOOR
 from pipeline.graphview import GraphView
-from pipeline.quantize.placement import Placement
-from pipeline.quantize.qdq import activation_scale, quantize_weight
+from pipeline.placement import Placement
+from pipeline.targets.tensorrt.qdq import activation_scale, quantize_weight
 
 AUTO = "auto"  # the candidate of auto's per-tensor choices; the others are one method on every tensor
 MARGIN = 3.0  # standard errors a single method's estimate must be lower by; four candidates, few rows

@@ -192,7 +192,7 @@ def apply(model: onnx.ModelProto, edits: list[Edit]) -> onnx.ModelProto:
     """A copy of ``model`` (the FP32 graph or the FP16 graph made from it: same node names) with
     ``edits`` applied, each value in the dtype ``model`` holds the old one in (the FP16 graph keeps
     FP16 weights and FP32 LayerNorm parameters)."""
-    from pipeline.export.fp16 import to_fp16
+    from pipeline.fp16 import to_fp16
 
     if not edits:
         return model

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import ortsession
+from pipeline.sources.torch.binding import BoundModel
+from pipeline.sources.torch.onnx_from_torch import torch_outputs
 from pipeline.config import Config
 from pipeline.console import info, table
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import ErrorStats, error_stats, gate_failures
-from pipeline.export.binding import BoundModel
-from pipeline.export.onnx_from_torch import torch_outputs
 
 
 @dataclass(frozen=True)

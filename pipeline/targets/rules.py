@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.onnxutil import attribute, constant_value, consumer_map
-from pipeline.quantize.placement import WEIGHTED, weight_axis
+from pipeline.placement import WEIGHTED, weight_axis
 
 TARGETS = ("tensorrt", "onnxruntime-cpu")
 BIAS_INPUT = 2  # Conv, ConvTranspose, Gemm: the bias is input 2

@@ -9,14 +9,14 @@ from pipeline.config import Config
 
 
 @dataclass(frozen=True)
-class Artifacts:
+class Layout:
     """Output paths of one model, under ``root`` (the working folder by default)."""
 
     name: str
     root: Path = Path(".")
 
     @classmethod
-    def of(cls, cfg: Config, root: Path | None = None) -> Artifacts:
+    def of(cls, cfg: Config, root: Path | None = None) -> Layout:
         return cls(cfg.name, Path(root) if root is not None else Path.cwd())
 
     @property

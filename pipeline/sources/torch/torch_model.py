@@ -7,9 +7,9 @@ import zipfile
 
 import torch
 
+from pipeline.callables import load_callable
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.sources import load_callable
 
 
 def model_from_config(cfg: Config) -> torch.nn.Module:

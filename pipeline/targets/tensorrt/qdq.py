@@ -14,11 +14,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import onnxutil
-from pipeline.calibrate.cache import Ranges
+from pipeline.calibration.cache import Ranges
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import producer_map
-from pipeline.quantize.placement import Plan
+from pipeline.placement import Plan
 
 INT8_MAX = 127.0
 FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal FP16: scales must stay positive

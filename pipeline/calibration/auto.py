@@ -43,14 +43,14 @@ import onnx
 from onnx import helper
 
 from pipeline import ortsession
-from pipeline.calibrate.cache import AutoChoice, Ranges, WholeGraphCheck
-from pipeline.calibrate.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation, uint8_scale
+from pipeline.calibration.cache import AutoChoice, Ranges, WholeGraphCheck
+from pipeline.calibration.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation, uint8_scale
 from pipeline.config import RANGE_METHODS
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
-from pipeline.quantize.placement import WEIGHTED, Placement, weight_axis
-from pipeline.quantize.qdq import INT8_MAX, activation_scale, quantize_weight
+from pipeline.placement import WEIGHTED, Placement, weight_axis
+from pipeline.targets.tensorrt.qdq import INT8_MAX, activation_scale, quantize_weight
 
 # Calibration rows (at most a calibration batch) the readers' outputs are compared on, and the
 # whole-graph check's first rows. On 8, the digits ViT's per-tensor choices were noisy: the check's

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.artifacts import Artifacts
 from pipeline.config import Config
 from pipeline.deploy import triton
 from pipeline.deploy.checks import Deployable
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, read_json, sha256_file, temp_prefix, write_json, write_text, writer_alive
+from pipeline.layout import Layout
 
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
@@ -106,7 +106,7 @@ def _sweep(to: Path, name: str) -> None:
             os.rename(old, to / name)
 
 
-def write_triton(cfg: Config, out: Artifacts, d: Deployable, to: Path, replace: bool = False) -> Path:
+def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: bool = False) -> Path:
     graph = onnx.load(
         str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
         load_external_data=False,

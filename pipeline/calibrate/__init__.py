@@ -1,1 +1,0 @@
-"""Calibration: activation ranges from real data, streamed with bounded memory."""
