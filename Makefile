@@ -88,7 +88,7 @@ bench-catalogue: $(STAMP)
 # verdict's reason), written to engines/gpu-check.json; then the GPU tests. Without TensorRT or a
 # GPU it stops with the probe's one-line reason.
 gpu-check: $(STAMP)
-	$(BIN)/python -m pipeline.targets.tensorrt.gpu_check models/resnet_digits.toml models/vit_digits.toml models/vit_outliers_digits.toml
+	$(TRTPIPE) gpu-check -c models/resnet_digits.toml -c models/vit_digits.toml -c models/vit_outliers_digits.toml
 	$(BIN)/pytest -q -m gpu tests/gpu
 
 # The model zoo has its own environment (.zoovenv): torchvision, timm and transformers beside

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import stages
+from pipeline.calibration.inputs import quantization_inputs
 from pipeline.config import Budget, load_config
 from pipeline.console import table
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import VariantRunner, held_out
 from pipeline.layout import Layout
+from pipeline.stages import STAGES
 
 BUDGET = Budget(min_cosine=0.99)
 EXAMPLES = ("models/resnet_digits.toml", "models/vit_digits.toml")
@@ -132,10 +134,11 @@ def run(
         quantize=dataclasses.replace(cfg.quantize, smoothquant=smoothquant),
     )
     out = Layout.of(cfg, root)
-    stages.export(cfg, root)  # always: a cached graph could be of an older model
-    fp32, fp16, view, ranges, _ = stages.quantization_inputs(cfg, out)
+    stages.run("export", cfg, root)  # always: a cached graph could be of an older model
+    inp = quantization_inputs(cfg, out, STAGES["calibrate"])
+    view = inp.view
     data = held_out(cfg, out.graph("fp32"), rows)
-    targets = sensitivity.targets_for(graphs, fp32, fp16, view, ranges, cfg.calibration.method, cfg.quantize)
+    targets = sensitivity.targets_for(graphs, inp)
     label = "" if smoothquant is None else f" + SmoothQuant {smoothquant}"
     found = []
     for name, target in targets.items():

@@ -46,6 +46,7 @@ from pipeline.data import calibration_batches, concat, rebatch, sample_inputs
 from pipeline.evaluate.accuracy import evaluate
 from pipeline.evaluate.timing import measure_interleaved
 from pipeline.layout import Layout
+from pipeline.stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS, PER_ROUND = 8, 5
@@ -78,6 +79,7 @@ def child(tool: str, config: str, work: Path) -> None:
 
     from pipeline import onnxutil, stages
     from pipeline.calibration import smooth
+    from pipeline.calibration.inputs import smoothed
     from pipeline.graphview import GraphView
     from pipeline.targets.onnxruntime_cpu.quantize import OrtCpuQdqFromOnnx
     from pipeline.targets.tensorrt.placement import plan_tensorrt
@@ -89,10 +91,10 @@ def child(tool: str, config: str, work: Path) -> None:
     baseline = own_peak_mb()
     start = time.perf_counter()
     if tool.startswith("ours"):
-        ranges = stages.calibrate(cfg, root=work, force=True)
+        ranges = stages.run("calibrate", cfg, root=work, force=True)
         calib_s = time.perf_counter() - start
         # As the quantize stage does: with [quantize] smoothquant, the smoothed graphs (maxima cached).
-        fp32, edits, _ = stages._smoothed(cfg, graphs, onnxutil.load(graphs.graph("fp32")))
+        fp32, edits, _ = smoothed(cfg, graphs, onnxutil.load(graphs.graph("fp32")))
         view = GraphView(fp32)
         method = cfg.calibration.method
         if tool == "ours-w8a8":
@@ -185,8 +187,8 @@ def run_tool(key: str, config: str, src: Layout, root: Path, data: tuple[Path, s
         shutil.copy(src.graph(precision), dst.graph(precision))
     # Calibrate checks the graphs against export's record. The copy lives in another folder, where the
     # model's source is no longer inside the project: the checked originals are recorded for it anew.
-    records.verify_stage(cfg, src, "export")
-    records.finish(cfg, dst, "export", [dst.graph("fp32"), dst.graph("fp16")])
+    records.verify_stage(cfg, src, STAGES["export"])
+    records.finish(cfg, dst, STAGES["export"], [dst.graph("fp32"), dst.graph("fp16")])
     config_path = str(Path(config).resolve())
     if TOOLS[key].modelopt:
         out = work / f"{key}.onnx"
@@ -235,10 +237,10 @@ def rule_breakdown(path: Path, target: str) -> str:
     """Violations counted per rule, e.g. ``22 per-channel-on-constants``."""
     import onnx
 
-    from pipeline.targets.rules import violations
+    from pipeline import targets
 
     counts: dict[str, int] = {}
-    for v in violations(onnx.load(str(path)), target):
+    for v in targets.get(target).violations(onnx.load(str(path))):
         counts[v.rule] = counts.get(v.rule, 0) + 1
     return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "0"
 

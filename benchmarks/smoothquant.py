@@ -45,10 +45,10 @@ def variants(cfg: Config) -> list[tuple[str, float | str | None]]:
 def measure(cfg: Config, root: Path) -> list[list[object]]:
     """The table's rows for one model, made in ``root``."""
     out = Layout.of(cfg, root)
-    stages.export(cfg, root)
+    stages.run("export", cfg, root)
     batch = cfg.nearest_batch(cfg.calibration.batch_size)
-    ref = ortsession.session_for(out.graph("fp32"), "fp32", arena=False)
-    fp16 = ortsession.session_for(out.graph("fp16"), "fp16", cpu_only=True, arena=False)
+    ref = ortsession.session_for(out.graph("fp32"), True, arena=False)
+    fp16 = ortsession.session_for(out.graph("fp16"), True, arena=False)
     (row,) = evaluate(cfg, lambda f: ortsession.run(ref, f), {"fp16": lambda f: ortsession.run(fp16, f)}, {}, batch)
     fp32_top1 = row.reference_metric
     rows = [
@@ -57,7 +57,7 @@ def measure(cfg: Config, root: Path) -> list[list[object]]:
     ]
     for label, setting in variants(cfg):
         variant = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, smoothquant=setting))
-        summary = stages.quantize(variant, root, force=True)  # a variant that misses its gate is measured too
+        summary = stages.run("quantize", variant, root, force=True)  # a variant that misses its gate is measured too
         smoothing = summary["smoothquant"]
         parity = f"{smoothing['fp32_max_rel_diff']:.1e}" if smoothing else "-"
         for r in summary["accuracy"]:

@@ -12,6 +12,9 @@ from typing import Any
 import click
 
 from pipeline.errors import PipelineError
+from pipeline.stages import NAMES as STAGE_NAMES
+from pipeline.stages.build import BACKENDS
+from pipeline.targets import REGISTRY as TARGETS
 
 config_option = click.option(
     "-c",
@@ -26,8 +29,8 @@ targets_option = click.option(
     "--target",
     "targets",
     multiple=True,
-    type=click.Choice(["tensorrt", "onnxruntime-cpu"]),
-    help="Only these targets (repeatable); default: [quantize] targets, both unless narrowed.",
+    type=click.Choice(list(TARGETS)),
+    help="Only these targets (repeatable); default: every one in [quantize] targets.",
 )
 
 
@@ -95,7 +98,7 @@ def main() -> None:
 @config_option
 @click.option(
     "--until",
-    type=click.Choice(["export", "calibrate", "quantize", "build", "compare", "bench", "report"]),
+    type=click.Choice(list(STAGE_NAMES)),
     default="report",
     show_default=True,
     help="The last stage to bring up to date.",
@@ -117,7 +120,7 @@ def export(config_path: Path) -> None:
     """Export engines/NAME/onnx/model.fp32.onnx and model.fp16.onnx, checked against PyTorch."""
     from pipeline import stages
 
-    stages.export(_load(config_path))
+    stages.run("export", _load(config_path))
 
 
 @main.command()
@@ -128,7 +131,7 @@ def calibrate(config_path: Path, force: bool) -> None:
     """Activation ranges from the calibration data into calib/NAME/ranges.json (rebuilt when stale)."""
     from pipeline import stages
 
-    stages.calibrate(_load(config_path), force=force)
+    stages.run("calibrate", _load(config_path), force=force)
 
 
 @main.command()
@@ -149,7 +152,7 @@ def quantize(config_path: Path, targets: tuple[str, ...], force: bool) -> None:
     """
     from pipeline import stages
 
-    stages.quantize(_load(config_path), targets=targets, force=force)
+    stages.run("quantize", _load(config_path), targets=targets, force=force)
 
 
 @main.command()
@@ -167,14 +170,14 @@ def sensitivity(config_path: Path, targets: tuple[str, ...]) -> None:
     """
     from pipeline import stages
 
-    stages.sensitivity(_load(config_path), targets=targets)
+    stages.sensitivity(_load(config_path), names=targets)
 
 
 @main.command()
 @config_option
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "tensorrt", "onnxruntime"]),
+    type=click.Choice(list(BACKENDS)),
     default="auto",
     show_default=True,
     help="auto: TensorRT when it imports and a CUDA GPU is visible, else ONNX Runtime.",
@@ -195,7 +198,7 @@ def build(config_path: Path, backend: str) -> None:
     """
     from pipeline import stages
 
-    stages.build(_load(config_path), backend=backend)
+    stages.run("build", _load(config_path), backend=backend)
 
 
 @main.command()
@@ -205,7 +208,7 @@ def compare(config_path: Path) -> None:
     """Accuracy of every deployable artifact against FP32 (Polygraphy Comparator); fails on a broken gate."""
     from pipeline import stages
 
-    stages.compare(_load(config_path))
+    stages.run("compare", _load(config_path))
 
 
 @main.command()
@@ -229,7 +232,7 @@ def bench(config_path: Path, repeat: int) -> None:
     """
     from pipeline import stages
 
-    stages.bench(_load(config_path), repeat=repeat)
+    stages.run("bench", _load(config_path), repeat=repeat)
 
 
 @main.command()
@@ -239,7 +242,7 @@ def report(config_path: Path) -> None:
     """Write engines/NAME/reports/report.md and latency.png from the saved compare/bench/build results."""
     from pipeline import stages
 
-    stages.report(_load(config_path))
+    stages.run("report", _load(config_path))
 
 
 @main.command()
@@ -269,6 +272,30 @@ def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool, r
     from pipeline import stages
 
     stages.deploy(_load(config_path), to, precision=precision, fmt=fmt, force=force, replace=replace)
+
+
+@main.command("gpu-check")
+@click.option(
+    "-c",
+    "--config",
+    "config_paths",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A model config (repeatable), e.g. models/resnet_digits.toml.",
+)
+@_user_errors
+def gpu_check(config_paths: tuple[Path, ...]) -> None:
+    """On a GPU machine, first: every stage on TensorRT, then INT8 coverage, accuracy and speed per model.
+
+    \b
+    Writes engines/gpu-check.json; exits non-zero unless every check passed.
+    Without TensorRT or a GPU it stops with the probe's one-line reason.
+    """
+    from pipeline.targets.tensorrt.gpu_check import gpu_check as check
+
+    if not check(list(config_paths))["passed"]:
+        raise PipelineError("gpu-check failed; see engines/gpu-check.json")
 
 
 if __name__ == "__main__":

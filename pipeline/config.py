@@ -8,6 +8,7 @@ expected, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 import tomllib
@@ -149,13 +150,18 @@ class EvaluationSection:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-QUANTIZE_TARGETS = ("tensorrt", "onnxruntime-cpu")
+def _targets():
+    """The target registry (``pipeline.targets``), for the names of targets and their artifacts. By
+    name, not an import statement: what a config's names are checked against is not code any stage's
+    outputs depend on (``pipeline.codehash`` follows import statements)."""
+    return importlib.import_module("pipeline.targets")
 
 
 @dataclass(frozen=True)
 class QuantizeSection:
-    # tensorrt: model.w8a8.onnx on the FP16 graph; onnxruntime-cpu: model.w8a8-cpu.onnx on the FP32 graph.
-    targets: tuple[str, ...] = QUANTIZE_TARGETS
+    # Names in pipeline.targets.REGISTRY; tensorrt: model.w8a8.onnx on the FP16 graph; onnxruntime-cpu:
+    # model.w8a8-cpu.onnx on the FP32 graph.
+    targets: tuple[str, ...] = ("tensorrt", "onnxruntime-cpu")
     exclude_nodes: tuple[str, ...] = ()
     exclude_patterns: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
@@ -167,9 +173,10 @@ class QuantizeSection:
     smoothquant: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.targets if t not in QUANTIZE_TARGETS]
+        known = list(_targets().REGISTRY)
+        unknown = [t for t in self.targets if t not in known]
         if unknown or not self.targets:
-            raise ValueError(f"targets {list(self.targets)} must be a non-empty subset of {list(QUANTIZE_TARGETS)}")
+            raise ValueError(f"targets {list(self.targets)} must be a non-empty subset of {known}")
         for pattern in self.exclude_patterns:
             try:
                 re.compile(pattern)
@@ -236,6 +243,9 @@ class Budget:
         return by_share if self.max_fp16_layers is None else min(by_share, self.max_fp16_layers)
 
 
+# int8 on every GEMM: a cosine of 0.99 is ~14% error of the spread; top-1 may move 1 point.
+QUANTIZED_GATE = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
+
 # Batch sizes used when a config sets none, each moved into the [batch] profiles.
 ACCURACY_BATCHES = (1, 64)
 BENCH_GPU_BATCHES = (128, 256, 512, 1024)
@@ -253,9 +263,9 @@ class AccuracySection:
     # (ResNet-50: cosine 0.9998, 5% of a random net's small spread). A broken conversion (an
     # overflow, a mistyped tensor) is far beyond.
     fp16: Gate = Gate(min_cosine=0.999, max_rel_error=0.05, centered=False)
-    # int8 on every GEMM: a cosine of 0.99 is ~14% error of the spread; top-1 may move 1 point.
-    w8a8: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
-    w8a8_cpu: Gate = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
+    # Each quantization target's artifact by name (``[accuracy.w8a8]``, ``[accuracy.w8a8-cpu]``); one a
+    # config leaves out has QUANTIZED_GATE.
+    gates: dict[str, Gate] = field(default_factory=dict)
     budget: Budget | None = None
     # Held-out rows per-layer sensitivity and the budget loop score each candidate graph on.
     sensitivity_rows: int = 64
@@ -264,9 +274,11 @@ class AccuracySection:
         if self.sensitivity_rows < 1:
             raise ValueError(f"sensitivity_rows {self.sensitivity_rows} must be 1 or more")
 
-    def gate(self, precision: str) -> Gate:
-        """The gate of an artifact: ``fp32``, ``fp16``, ``w8a8`` or ``w8a8-cpu``."""
-        return getattr(self, precision.replace("-", "_"))
+    def gate(self, artifact: str) -> Gate:
+        """The gate of an artifact: ``fp32``, ``fp16`` or a target's (``w8a8``, ``w8a8-cpu``, ...)."""
+        if artifact in ("fp32", "fp16"):
+            return getattr(self, artifact)
+        return self.gates.get(artifact, QUANTIZED_GATE)
 
 
 @dataclass(frozen=True)
@@ -391,8 +403,25 @@ def load_config(path: str | Path) -> Config:
         raise PipelineError(f"{path}: not valid TOML ({exc})") from None
     if isinstance(raw.get("batch"), dict):
         raw["batch"] = [raw["batch"]]  # one [batch] table is one profile
+    if isinstance(raw.get("accuracy"), dict):
+        raw["accuracy"] = _with_gates(raw["accuracy"], str(path))
     cfg = _build(Config, raw, str(path), "")
     return dataclasses.replace(cfg, path=path.resolve())
+
+
+def _with_gates(accuracy: dict, file: str) -> dict:
+    """``[accuracy]`` with each quantized artifact's gate table (``[accuracy.w8a8-cpu]``, also spelled
+    ``w8a8_cpu``) moved under ``gates``, built from QUANTIZED_GATE's values."""
+    artifacts = {t.artifact: t.artifact for t in _targets().everything()}
+    artifacts |= {a.replace("-", "_"): a for a in list(artifacts)}
+    fields = {f.name for f in dataclasses.fields(AccuracySection)} - {"gates"}
+    gates = {}
+    for key in [k for k in accuracy if k not in fields]:
+        if key not in artifacts:
+            expected = ", ".join(sorted(fields | set(artifacts)))
+            raise PipelineError(f"{file}: unknown key 'accuracy.{key}' (expected one of: {expected})")
+        gates[artifacts[key]] = _build(Gate, accuracy[key], file, f"accuracy.{key}.", base=QUANTIZED_GATE)
+    return {**{k: v for k, v in accuracy.items() if k in fields}, "gates": gates}
 
 
 def _build(cls: type, raw: Any, file: str, prefix: str, base: Any = None) -> Any:
@@ -455,6 +484,8 @@ def _convert(tp: Any, value: Any, file: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise bad
+        if args and args[1] is Gate:  # [accuracy] gates, built by _with_gates
+            return {k: v if isinstance(v, Gate) else _build(Gate, v, file, f"{key}.{k}.") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value

@@ -1,4 +1,8 @@
-"""Where each stage writes: one place that knows the output layout."""
+"""Where each stage writes: the one place that spells a path under engines/ and calib/.
+
+Every file a stage writes, a record names or a command reads has its name here, the TensorRT
+engine folder's included; records name files relative to the project root (``key``).
+"""
 
 from __future__ import annotations
 
@@ -32,9 +36,9 @@ class Layout:
     def onnx_dir(self) -> Path:
         return self.model_dir / "onnx"
 
-    def graph(self, precision: str) -> Path:
-        """``fp32``, ``fp16``, ``w8a8`` or ``w8a8-cpu``."""
-        return self.onnx_dir / f"model.{precision}.onnx"
+    def graph(self, artifact: str) -> Path:
+        """An exported graph (``fp32``, ``fp16``) or a target's quantized one (its ``artifact``)."""
+        return self.onnx_dir / f"model.{artifact}.onnx"
 
     def failed_graph(self, precision: str) -> Path:
         """A quantized graph that missed its accuracy gate, kept aside for inspection, never used."""
@@ -52,6 +56,34 @@ class Layout:
     @property
     def trt_root(self) -> Path:
         return self.model_dir / "trt"
+
+    def engine_dir(self, device: str) -> Path:
+        """The engines of one GPU family and TensorRT version (``Capability.target_dir_name``)."""
+        return self.trt_root / device
+
+    @staticmethod
+    def engine_file(precision: str, folder: Path = Path(".")) -> Path:
+        return folder / f"{precision}.plan"
+
+    @staticmethod
+    def layers_file(precision: str, folder: Path = Path(".")) -> Path:
+        """The engine inspector's per-layer report of one engine."""
+        return folder / f"layers-{precision}.json"
+
+    @staticmethod
+    def manifest_file(folder: Path) -> Path:
+        """What built the engines in ``folder`` (and a deployment's manifest): hashes, versions, GPU."""
+        return folder / "manifest.json"
+
+    @staticmethod
+    def timing_cache(folder: Path) -> Path:
+        """TensorRT's kernel timings, per GPU and TensorRT version: kept beside the engines."""
+        return folder / "timing.cache"
+
+    @property
+    def gpu_check(self) -> Path:
+        """``trtpipe gpu-check``'s machine-readable result, for every model it ran."""
+        return self.output_roots[0] / "gpu-check.json"
 
     @property
     def build_record(self) -> Path:

@@ -101,19 +101,11 @@ def session(
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 
-CPU_GRAPHS = ("fp32", "w8a8-cpu")  # what deploys on a CPU
-
-
 def session_for(
-    path: str | os.PathLike[str],
-    precision: str,
-    threads: int | None = None,
-    cpu_only: bool | None = None,
-    arena: bool = True,
+    path: str | os.PathLike[str], cpu: bool, threads: int | None = None, arena: bool = True
 ) -> ort.InferenceSession:
-    """A session on the EP an artifact needs: the CPU graphs on the CPU EP (unless ``cpu_only``
-    says otherwise), the others on CUDA where present. ``options`` picks the optimizations."""
-    cpu = precision in CPU_GRAPHS if cpu_only is None else cpu_only
+    """A session on the EP an artifact needs: a graph that deploys on a CPU (``cpu``) on the CPU EP,
+    the others on CUDA where present. ``options`` picks the optimizations."""
     return session(path, threads=threads, cpu_only=cpu, arena=arena)
 
 

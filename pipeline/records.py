@@ -1,8 +1,9 @@
 """Provenance: what each stage consumed and wrote, by sha256, checked before a file is trusted.
 
-``engines/NAME/records/STAGE.json`` holds a ``StageRecord``: its ``inputs`` are the config
-sections the stage reads, the weights, the model's source file, the data's fingerprint, the
-pipeline source the stage runs (``pipeline.codehash``) and the files of earlier stages; its
+``engines/NAME/records/STAGE.json`` holds a ``StageRecord``: its ``inputs`` are what the stage's
+declaration (``pipeline.stages.base.Stage``) says it reads: the config sections, the model's files
+(weights, source), the data's fingerprint, the pipeline source the stage runs (``pipeline.codehash``)
+and the files of earlier stages; its
 ``outputs`` are the files it wrote. A stage removes its record when it starts and writes it once
 its outputs are complete, before they take their names (``fileio.after_record``): a failed or
 killed run leaves no output that no record vouches for. Before a stage reads a file, ``verify``
@@ -21,8 +22,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.callables import source_file
 from pipeline.codehash import stage_code_version
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
@@ -30,22 +31,12 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import newest, place_held, sha256_file, sweep, write_json
 from pipeline.layout import Layout
 
+if TYPE_CHECKING:
+    from pipeline.stages.base import Stage
+
 RECORD_VERSION = 1
-STAGES = ("export", "calibrate", "quantize", "build", "compare", "bench", "report")
 CODE = "code (the pipeline source the stage runs)"
-# The config sections each stage reads: an edit elsewhere in the file does not make it stale.
-CONFIG_SECTIONS = {
-    "export": ("name", "model", "inputs", "outputs", "batch", "axes", "export"),
-    "calibrate": ("inputs", "calibration", "quantize"),
-    "quantize": ("batch", "calibration", "quantize", "accuracy", "evaluation"),
-    "build": ("batch", "axes", "quantize", "build"),
-    "compare": ("batch", "quantize", "accuracy", "evaluation"),
-    "bench": ("batch", "quantize", "bench"),
-    "report": ("name", "quantize"),
-}
-# Files a stage makes itself when they are missing or stale (quantize recalibrates): recorded as
-# its inputs, not verified before it runs.
-MAKES_ITSELF = {"quantize": {"calibrate"}}
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -57,8 +48,8 @@ class StageRecord:
     passed: bool = True  # False: a gate failed and the outputs were written anyway (compare, quantize --force)
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        if not (isinstance(self.stage, str) and _STAGE_NAME.fullmatch(self.stage)):
+            raise ValueError(f"stage {self.stage!r} is not a stage's name")
         for what, sha in {**self.inputs, **self.outputs}.items():
             if not (isinstance(what, str) and isinstance(sha, str) and _SHA256.fullmatch(sha)):
                 raise ValueError(f"{what!r}: {sha!r} is not a sha256")
@@ -83,26 +74,27 @@ def load_record(out: Layout, stage: str) -> StageRecord | None:
         raise PipelineError(f"{path}: not a record of trtpipe {stage} ({exc}); re-run trtpipe {stage}") from None
 
 
-def begin(cfg: Config, out: Layout, stage: str) -> None:
+def begin(cfg: Config, out: Layout, stage: Stage) -> None:
     """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes."""
     verify(cfg, out, stage)
-    out.record(stage).unlink(missing_ok=True)
+    out.record(stage.name).unlink(missing_ok=True)
     engines = [p for p in out.trt_root.iterdir() if p.is_dir()] if out.trt_root.is_dir() else []
     for folder in (out.model_dir, out.onnx_dir, out.results_dir, out.reports_dir, out.ranges.parent, *engines):
         sweep(folder)  # what killed runs left behind
-    sweep(out.record(stage).parent)
+    sweep(out.record(stage.name).parent)
 
 
-def finish(cfg: Config, out: Layout, stage: str, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
+def finish(cfg: Config, out: Layout, stage: Stage, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
     """The record of a run whose ``outputs`` are complete. Inside ``fileio.after_record()`` the record takes
     its name first and the outputs theirs after it: a kill in between leaves files that do not match
     their record, which every check refuses, never an output that no record vouches for; a record
     that cannot be written (a full disk) leaves the outputs of the run before as they were."""
     outputs = list(outputs)
     outputs += _external_data(outputs)
-    record = StageRecord(stage, current_inputs(cfg, out, stage), {out.key(p): sha256(p) for p in outputs}, passed)
-    write_json(out.record(stage), record.to_json())
-    place_held(out.record(stage))
+    outputs_sha256 = {out.key(p): sha256(p) for p in outputs}
+    record = StageRecord(stage.name, current_inputs(cfg, out, stage), outputs_sha256, passed)
+    write_json(out.record(stage.name), record.to_json())
+    place_held(out.record(stage.name))
     return record
 
 
@@ -112,46 +104,46 @@ def _external_data(outputs: Iterable[Path]) -> list[Path]:
     return [data for p in outputs if newest(data := p.with_name(p.name + ".data")).is_file()]
 
 
-def verify(cfg: Config, out: Layout, stage: str) -> None:
+def verify(cfg: Config, out: Layout, stage: Stage) -> None:
     """Every file ``stage`` reads from an earlier stage is the one that stage wrote, and that stage's
     record (and each before it) is current; else one line naming the change and the command."""
     checked: set[str] = set()
-    for producer, path in upstream(cfg, out, stage):
-        if producer in MAKES_ITSELF.get(stage, ()) or not path.is_file():
+    for producer, path in stage.reads(cfg, out):
+        if producer.name in stage.remakes or not path.is_file():
             continue  # a missing file is the stage's own one-line error
         record = verify_stage(cfg, out, producer, checked)
         if out.key(path) not in record.outputs:
-            raise PipelineError(f"{path}: trtpipe {producer} did not write it; re-run {_command(cfg, producer)}")
+            raise PipelineError(f"{path}: trtpipe {producer.name} did not write it; re-run {_command(cfg, producer)}")
 
 
-def verify_stage(cfg: Config, out: Layout, stage: str, checked: set[str] | None = None) -> StageRecord:
+def verify_stage(cfg: Config, out: Layout, stage: Stage, checked: set[str] | None = None) -> StageRecord:
     """``stage``'s record: its outputs are on disk as written, its inputs are as they are now (code
     aside), and so for every stage before it."""
     checked = set() if checked is None else checked
-    record = load_record(out, stage)
+    record = load_record(out, stage.name)
     if record is None:
-        raise PipelineError(f"{out.record(stage)}: no record of trtpipe {stage}; run {_command(cfg, stage)}")
-    if stage in checked:
+        raise PipelineError(f"{out.record(stage.name)}: no record of trtpipe {stage.name}; run {_command(cfg, stage)}")
+    if stage.name in checked:
         return record
-    for producer, path in upstream(cfg, out, stage):
+    for producer, path in stage.reads(cfg, out):
         if out.key(path) in record.inputs:
             verify_stage(cfg, out, producer, checked)
     key = changed_output(out, record)
     if key is not None:
-        raise PipelineError(f"{key} changed since trtpipe {stage} wrote it; re-run {_command(cfg, stage)}")
+        raise PipelineError(f"{key} changed since trtpipe {stage.name} wrote it; re-run {_command(cfg, stage)}")
     changed = changed_inputs(record, current_inputs(cfg, out, stage), code=False)
     if changed:
         what = _named(cfg, changed[0])
-        raise PipelineError(f"{what} changed since trtpipe {stage} ran; re-run {_command(cfg, stage)}")
-    checked.add(stage)
+        raise PipelineError(f"{what} changed since trtpipe {stage.name} ran; re-run {_command(cfg, stage)}")
+    checked.add(stage.name)
     return record
 
 
-def rerun_reason(cfg: Config, out: Layout, stage: str) -> str | None:
+def rerun_reason(cfg: Config, out: Layout, stage: Stage) -> str | None:
     """Why ``stage`` must run again (no record, an output gone or changed, an input changed, code
     included), or None when its record is current."""
     try:
-        record = load_record(out, stage)
+        record = load_record(out, stage.name)
     except PipelineError:
         return "its record is damaged"
     if record is None:
@@ -179,79 +171,28 @@ def changed_inputs(record: StageRecord, now: dict[str, str], code: bool = True) 
     return [k for k in keys if record.inputs.get(k) != now.get(k) and (code or k != CODE)]
 
 
-def current_inputs(cfg: Config, out: Layout, stage: str) -> dict[str, str]:
-    sections = CONFIG_SECTIONS[stage]
+def current_inputs(cfg: Config, out: Layout, stage: Stage) -> dict[str, str]:
+    """What ``stage`` reads now, by sha256: the config sections it declares, its code, the model's
+    files (a stage that reads the model), its data sources and the files of earlier stages."""
+    sections = stage.config
     # The config by its sections, not its path: a project copied elsewhere is the same project.
-    found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: stage_code_version(stage)}
-    for what, path in _source_files(cfg, stage):
+    found = {f"config [{', '.join(sections)}]": _config_hash(cfg, sections), CODE: stage_code_version(stage.module)}
+    for what, path in _source_files(cfg) if stage.source else ():
         found[f"{what} {out.key(path)}"] = sha256(path)  # by its path in the project: a moved project is the same
-    for what, source in _data_sources(cfg, stage):
+    for what, source in stage.data(cfg):
         fingerprint = source_fingerprint(cfg, source)
         if fingerprint is not None:
             found[f"{what} {source}"] = fingerprint
-    for _, path in upstream(cfg, out, stage):
+    for _, path in stage.reads(cfg, out):
         if path.is_file():
             found[out.key(path)] = sha256(path)
     return found
 
 
-def upstream(cfg: Config, out: Layout, stage: str) -> list[tuple[str, Path]]:
-    """(the stage that writes it, file) for each file ``stage`` reads from an earlier stage."""
-    if stage == "export":
-        return []
-    if stage == "calibrate":
-        return [("export", out.graph("fp32"))]
-    if stage == "quantize":
-        made = [("calibrate", path) for path in calibration_files(cfg, out)]
-        return [("export", out.graph("fp32")), ("export", out.graph("fp16")), *made]
-    if stage == "build":
-        w8a8 = [("quantize", out.graph("w8a8"))] if "tensorrt" in cfg.quantize.targets else []
-        return [("export", out.graph("fp16")), *w8a8]
-    if stage in ("compare", "bench"):
-        return [("export", out.graph("fp32")), ("build", out.build_record), *_artifact_files(cfg, out)]
-    reads = [("build", out.build_record), ("bench", out.result("bench")), ("compare", out.result("compare"))]
-    return [*reads, ("quantize", out.result("quantize"))]
+def _source_files(cfg: Config) -> list[tuple[str, Path]]:
+    from pipeline.sources import source_for
 
-
-def calibration_files(cfg: Config, out: Layout) -> list[Path]:
-    """What calibrate writes: the ranges, and with [quantize] smoothquant the per-channel maxima."""
-    smoothed = cfg.quantize.smoothquant is not None and newest(out.channels).is_file()  # held, if just measured
-    channels = [out.channels] if smoothed else []
-    return [out.ranges, *channels]
-
-
-def _artifact_files(cfg: Config, out: Layout) -> list[tuple[str, Path]]:
-    """The deployable artifacts (as ``runners.artifacts`` lists them) with the stage writing each."""
-    from pipeline.runners import artifacts
-
-    build = load_record(out, "build")
-    key = out.key(out.build_record)
-    if build is None or not out.build_record.is_file() or build.outputs.get(key) != sha256(out.build_record):
-        return []  # not read before its own record vouches for it: verify names the change
-    found = []
-    for a in artifacts(cfg, out):
-        found.append(
-            ("build" if a.backend == "tensorrt" else "quantize" if a.name.startswith("w8a8") else "export", a.path)
-        )
-    return found
-
-
-def _source_files(cfg: Config, stage: str) -> list[tuple[str, Path]]:
-    if stage != "export":
-        return []
-    found = []
-    model = source_file(cfg.model.source, cfg.root)
-    if model is not None:
-        found.append(("model source", model))
-    if cfg.model.weights is not None and cfg.resolve(cfg.model.weights).is_file():
-        found.append(("weights", cfg.resolve(cfg.model.weights).resolve()))  # "models/../x.pt" is x.pt
-    return found
-
-
-def _data_sources(cfg: Config, stage: str) -> list[tuple[str, str]]:
-    calibration = ("calibration data", cfg.calibration.source)
-    evaluation = [("held-out data", cfg.evaluation.source)] if cfg.evaluation is not None else [calibration]
-    return {"calibrate": [calibration], "quantize": [calibration, *evaluation], "compare": evaluation}.get(stage, [])
+    return source_for(cfg).files()
 
 
 def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
@@ -272,8 +213,8 @@ def _named(cfg: Config, what: str) -> str:
     return f"config {cfg.path} {what.removeprefix('config ')}" if what.startswith("config [") else what
 
 
-def _command(cfg: Config, stage: str) -> str:
-    return f"trtpipe {stage} -c {cfg.path}"
+def _command(cfg: Config, stage: Stage) -> str:
+    return f"trtpipe {stage.name} -c {cfg.path}"
 
 
 _HASHES: dict[tuple[int, int, int, int], str] = {}

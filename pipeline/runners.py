@@ -14,38 +14,37 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import ortsession
+from pipeline import ortsession, targets
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
 from pipeline.layout import Layout
+from pipeline.targets.base import ENGINE, FP16, FP32, ONNXRUNTIME
 
 
 @dataclass(frozen=True)
 class Artifact:
-    name: str  # "fp16", "w8a8", "w8a8-cpu"
-    backend: str  # "tensorrt" or "onnxruntime"
+    name: str  # "fp16", or a target's artifact
+    backend: str  # ENGINE (a TensorRT engine) or ONNXRUNTIME (an ONNX graph)
     path: Path  # engine or graph
     manifest: Path | None = None
+    cpu: bool = False  # a graph that deploys on a CPU: ONNX Runtime's CPU EP, fully optimized
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({'TensorRT' if self.backend == 'tensorrt' else 'ONNX Runtime'})"
+        return f"{self.name} ({'TensorRT' if self.backend == ENGINE else 'ONNX Runtime'})"
 
 
 def artifacts(cfg: Config, out: Layout) -> list[Artifact]:
+    """The FP16 artifact (an engine where build made one, else the graph) and each configured target's."""
     record = read_json(out.build_record, "build")
-    found = []
-    precisions = ("fp16", "w8a8") if "tensorrt" in cfg.quantize.targets else ("fp16",)
-    if record["backend"] == "tensorrt":
-        manifest = Path(record["manifest"])
-        for precision in precisions:
-            found.append(Artifact(precision, "tensorrt", manifest.parent / f"{precision}.plan", manifest))
+    if record["backend"] == ENGINE:
+        manifest = out.root / record["manifest"]  # relative to the project (absolute in older records)
+        found = [Artifact(FP16, ENGINE, manifest.parent / out.engine_file(FP16).name, manifest)]
     else:
-        for precision in precisions:
-            found.append(Artifact(precision, "onnxruntime", out.graph(precision)))
-    if "onnxruntime-cpu" in cfg.quantize.targets:
-        found.append(Artifact("w8a8-cpu", "onnxruntime", out.graph("w8a8-cpu")))
+        found = [Artifact(FP16, ONNXRUNTIME, out.graph(FP16))]
+    for target in targets.configured(cfg):
+        found += target.artifacts(cfg, out, record)
     missing = [a for a in found if not a.path.is_file()]
     if missing:
         raise PipelineError(f"{missing[0].path}: missing; re-run the stage that makes it")
@@ -108,14 +107,14 @@ def engine_to_run(artifact: Artifact) -> Path:
 def reference_runner(out: Layout, threads: int | None = None, arena: bool = True):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    path = out.graph("fp32")
-    return OnnxrtRunner(lambda: ortsession.session_for(path, "fp32", threads, arena=arena), name="fp32 (ONNX Runtime)")
+    path = out.graph(FP32)
+    return OnnxrtRunner(lambda: ortsession.session_for(path, True, threads, arena=arena), name="fp32 (ONNX Runtime)")
 
 
 def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None, arena: bool = True):
     """A Polygraphy runner; engines are checked against their manifest before they load.
     ``arena`` is ONNX Runtime's CPU arena (see ``ortsession.session``)."""
-    if artifact.backend == "tensorrt":
+    if artifact.backend == ENGINE:
         from polygraphy.backend.trt import TrtRunner
 
         from pipeline.targets.tensorrt.trt import load_engine
@@ -127,5 +126,5 @@ def runner_for(artifact: Artifact, profile: int = 0, threads: int | None = None,
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     return _feeding_declared_dtypes(OnnxrtRunner, artifact.path)(
-        lambda: ortsession.session_for(artifact.path, artifact.name, threads, arena=arena), name=artifact.label
+        lambda: ortsession.session_for(artifact.path, artifact.cpu, threads, arena=arena), name=artifact.label
     )

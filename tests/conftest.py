@@ -163,10 +163,10 @@ def pipeline_run(tmp_path, user_model, monkeypatch, request):
     from pipeline import stages
     from pipeline.layout import Layout
 
-    stages.export(cfg)
+    stages.run("export", cfg)
     # Quantize's own gate is tested on its own: here a test's stricter gate is for compare and deploy to judge.
-    stages.quantize(cfg, force=True)
-    stages.build(cfg, backend="onnxruntime")
+    stages.run("quantize", cfg, force=True)
+    stages.run("build", cfg, backend="onnxruntime")
     return cfg, path, Layout.of(cfg)
 
 
@@ -174,9 +174,10 @@ def rerecord(cfg: Config, out, stage: str) -> None:
     """Record a file a test changed as ``stage``'s own output, as if the stage had made it so (a
     quantizer bug, an engine copied in with its manifest): what is then tested is the next stage."""
     from pipeline import records
+    from pipeline.stages import STAGES
 
     written = records.load_record(out, stage).outputs
-    records.finish(cfg, out, stage, [out.root / key for key in written])
+    records.finish(cfg, out, STAGES[stage], [out.root / key for key in written])
 
 
 def pytest_collection_modifyitems(config, items):

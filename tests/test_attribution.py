@@ -66,9 +66,9 @@ def test_quantize_names_the_layers_when_a_graph_misses_its_cosine(make_config, t
     from pipeline.layout import Layout
 
     cfg = make_config(top='name = "tiny"\n[accuracy.w8a8]\nmin_cosine = 0.999999')
-    stages.export(cfg, root=tmp_path)
+    stages.run("export", cfg, root=tmp_path)
     with pytest.raises(PipelineError, match="accuracy gate failed for w8a8"):
-        stages.quantize(cfg, root=tmp_path)
+        stages.run("quantize", cfg, root=tmp_path)
     summary = json.loads(Layout.of(cfg, tmp_path).result("quantize").read_text())
     worst = summary["worst_layers"]
     assert set(worst) == {"w8a8"}  # w8a8-cpu keeps its default gate, which it meets

@@ -16,6 +16,7 @@ from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import HeldOut, VariantRunner
 from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
+from pipeline.targets.base import QuantizationInputs
 from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
 from pipeline.targets.tensorrt.placement import plan_tensorrt
 from tests import graphs
@@ -44,9 +45,8 @@ def _targets(model):
     view = GraphView(model)
     tensors = plan_tensorrt(view, QuantizeSection()).tensors | ort_cpu.tensors_to_calibrate(view)
     ranges = RangesFromOnnx(tensors, 2048, 99.99)(model, [graphs.inputs_for(model, 8, s) for s in range(4)])
-    targets = sensitivity.targets_for(
-        ("w8a8", "w8a8-cpu"), model, fp16_graph(model, keep_fp32=()), view, ranges, "max", QuantizeSection()
-    )
+    inputs = QuantizationInputs(model, fp16_graph(model, keep_fp32=()), view, ranges, "max", QuantizeSection())
+    targets = sensitivity.targets_for(("w8a8", "w8a8-cpu"), inputs)
     ref = ortsession.session(model, cpu_only=True)
     feeds = [graphs.inputs_for(model, 8, seed) for seed in range(10, 14)]
     heldout = HeldOut(_config(), tuple((f, None) for f in feeds), tuple(tuple(ortsession.run(ref, f)) for f in feeds))
@@ -180,8 +180,8 @@ def test_quantize_under_a_budget_then_sensitivity_and_the_report(pipeline_run, t
     assert result.exit_code == 0, result.output
     tables = sensitivity.load(out.sensitivity)
     assert list(tables) == ["w8a8"] and tables["w8a8"].layers
-    stages.bench(cfg)
-    report = stages.report(cfg).read_text()
+    stages.run("bench", cfg)
+    report = stages.run("report", cfg).read_text()
     assert "## Per-layer sensitivity" in report and (out.reports_dir / "sensitivity.png").is_file()
 
     strict = "[accuracy.budget]\nmin_cosine = 0.99999999\nmax_fp16_layers = 0"

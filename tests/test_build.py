@@ -185,10 +185,10 @@ def test_probe_explains_a_missing_tensorrt(monkeypatch):
 @pytest.mark.skipif(probe().available, reason="this machine has TensorRT and a GPU")
 def test_build_without_tensorrt_records_why_and_tensorrt_backend_refuses(make_config, tmp_path):
     cfg = make_config()
-    stages.export(cfg, root=tmp_path)
-    stages.quantize(cfg, root=tmp_path)
-    record = stages.build(cfg, root=tmp_path)
+    stages.run("export", cfg, root=tmp_path)
+    stages.run("quantize", cfg, root=tmp_path)
+    record = stages.run("build", cfg, root=tmp_path)
     assert record["backend"] == "onnxruntime" and record["reason"] == probe().reason
     assert json.loads(Layout.of(cfg, tmp_path).build_record.read_text())["backend"] == "onnxruntime"
     with pytest.raises(PipelineError, match=r"--backend tensorrt: .*trtpipe\[gpu\]"):
-        stages.build(cfg, root=tmp_path, backend="tensorrt")
+        stages.run("build", cfg, root=tmp_path, backend="tensorrt")

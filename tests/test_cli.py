@@ -44,7 +44,7 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, user_model, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages, "export", interrupted)
+    monkeypatch.setitem(stages.STAGES, "export", interrupted)
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
     assert result.exit_code == 130
     assert result.output.strip().splitlines() == ["interrupted"]
@@ -69,7 +69,7 @@ def test_a_command_keeps_its_temporaries_under_engines_and_removes_them(tmp_path
         seen.append((Path(tempfile.gettempdir()), os.environ["TMPDIR"]))
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(stages, "export", export)
+    monkeypatch.setitem(stages.STAGES, "export", export)
     before = tempfile.gettempdir(), os.environ.get("TMPDIR")
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
     assert isinstance(result.exception, RuntimeError)  # a bug keeps its traceback
@@ -90,7 +90,7 @@ def test_ctrl_c_after_the_work_is_done_changes_nothing(tmp_path, user_model):
         import atexit, os, signal, time
         atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))  # runs last
         from pipeline import stages
-        stages.report = lambda cfg: None  # the work, done
+        stages.STAGES["report"] = lambda cfg, *a, **k: None  # the work, done
         from pipeline.cli import main
         main(["report", "-c", {str(config)!r}])
         """

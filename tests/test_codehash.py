@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from pipeline import codehash
-from pipeline.records import STAGES
+from pipeline.stages import NAMES
 
 
 @pytest.fixture
@@ -19,49 +19,42 @@ def package(tmp_path):
 
 
 def _versions(package):
-    return {stage: codehash.stage_code_version(stage, package) for stage in STAGES}
+    return {stage: codehash.stage_code_version(f"pipeline.stages.{stage}", package) for stage in NAMES}
 
 
 def _changed_by(package, edit) -> set[str]:
     before = _versions(package)
     edit(package)
     after = _versions(package)
-    return {stage for stage in STAGES if before[stage] != after[stage]}
+    return {stage for stage in NAMES if before[stage] != after[stage]}
 
 
 def _append(relative: str):
     return lambda package: (package / relative).write_text((package / relative).read_text() + "\nSOMETHING_NEW = 1\n")
 
 
-def _edit_stage_function(name: str):
-    """A new first statement in stages.py's ``name`` function (after its docstring)."""
-
-    def edit(package):
-        path = package / "stages.py"
-        text = path.read_text()
-        head = f"\ndef {name}("
-        start = text.index(head)
-        body = text.index('"""', text.index('"""', start) + 3) + 3  # past the docstring
-        path.write_text(text[:body] + "\n    _ = None  # an edit" + text[body:])
-
-    return edit
+def test_an_edit_to_one_stage_module_changes_that_stage_only(package):
+    assert _changed_by(package, _append("stages/bench.py")) == {"bench"}
+    assert _changed_by(package, _append("stages/export.py")) == {"export"}
 
 
-def test_an_edit_to_one_stage_function_changes_that_stage_only(package):
-    assert _changed_by(package, _edit_stage_function("bench")) == {"bench"}
-
-
-def test_an_edit_to_a_private_helper_changes_the_stages_that_call_it(package):
-    # _ranges is calibrate's, and quantize's too (it recalibrates a stale cache).
-    assert _changed_by(package, _edit_stage_function("_ranges")) == {"calibrate", "quantize"}
+def test_an_edit_to_a_shared_helper_changes_the_stages_that_run_it(package):
+    # The calibration cache's policy is calibrate's, and quantize's too (it recalibrates a stale cache).
+    assert _changed_by(package, _append("calibration/inputs.py")) == {"calibrate", "quantize"}
 
 
 def test_an_edit_to_a_module_changes_the_stages_importing_it(package):
     assert _changed_by(package, _append("evaluate/timing.py")) == {"bench"}
-    assert _changed_by(package, _append("targets/tensorrt/layers.py")) == {"build"}
-    assert _changed_by(package, _append("targets/rules.py")) == {"quantize"}
     assert _changed_by(package, _append("sources/parity.py")) == {"export"}
-    assert _changed_by(package, _append("config.py")) == set(STAGES)  # every stage reads its config
+    # The torch source is reached through the sources' registry entry, not an import statement.
+    assert _changed_by(package, _append("sources/torch/binding.py")) == {"export"}
+    assert _changed_by(package, _append("config.py")) == set(NAMES)  # every stage reads its config
+
+
+def test_a_target_reached_through_its_registry_entry_is_the_code_of_the_stages_that_use_targets(package):
+    changed = _changed_by(package, _append("targets/tensorrt/qdq.py"))
+    assert {"calibrate", "quantize", "build", "compare", "bench"} <= changed
+    assert "export" not in changed  # export names the FP16 graph, it runs no target
 
 
 def test_the_bookkeeping_is_not_a_stage_input(package):
@@ -69,5 +62,5 @@ def test_the_bookkeeping_is_not_a_stage_input(package):
 
 
 def test_an_unknown_stage_is_a_bug():
-    with pytest.raises(ValueError, match="no stage function 'deploy2'"):
-        codehash.stage_code_version("deploy2")
+    with pytest.raises(ValueError, match="no such stage module"):
+        codehash.stage_code_version("pipeline.stages.deploy2")

@@ -131,7 +131,7 @@ def test_setting_one_key_of_a_gate_keeps_its_other_defaults(tmp_path, user_model
     cfg = load_config(write_config(tmp_path, user_model, top='name = "tiny"\n[accuracy.fp16]\nmin_cosine = 0.9999'))
     assert cfg.accuracy.fp16.min_cosine == 0.9999
     assert cfg.accuracy.fp16.centered is False and cfg.accuracy.fp16.max_rel_error == 0.05  # fp16's, not Gate's
-    assert cfg.accuracy.w8a8.min_top1_agreement == 0.97
+    assert cfg.accuracy.gate("w8a8").min_top1_agreement == 0.97
 
 
 def test_accuracy_budget_loads_typed(tmp_path, user_model):

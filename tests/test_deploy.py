@@ -23,8 +23,8 @@ from pipeline.errors import PipelineError
 
 
 def _compared(cfg):
-    stages.compare(cfg)
-    stages.bench(cfg)
+    stages.run("compare", cfg)
+    stages.run("bench", cfg)
 
 
 def test_triton_repository_on_cpu(pipeline_run, tmp_path):
@@ -86,7 +86,7 @@ def test_refuses_a_missing_precision(pipeline_run, tmp_path):
 def test_w8a8_on_a_cpu_build_without_its_cpu_graph_names_the_target(pipeline_run, tmp_path):
     """It said "no w8a8 artifact to deploy (have: fp16, w8a8)": the w8a8 there is TensorRT's graph."""
     cfg, _, _ = pipeline_run
-    stages.compare(cfg)
+    stages.run("compare", cfg)
     with pytest.raises(
         PipelineError,
         match=r"tiny: no w8a8 artifact to deploy on this CPU-only build: \[quantize\] targets in \S+tiny\.toml "
@@ -105,7 +105,7 @@ def test_refuses_before_compare(pipeline_run, tmp_path):
 def test_failed_gate_refuses_unless_forced(pipeline_run, tmp_path):
     cfg, path, _ = pipeline_run
     with pytest.raises(PipelineError, match=r"accuracy gate failed for w8a8-cpu"):
-        stages.compare(cfg)
+        stages.run("compare", cfg)
     result = CliRunner().invoke(main, ["deploy", "-c", str(path), "--to", str(tmp_path / "repo")])
     assert result.exit_code == 1 and "failed its accuracy gate" in result.output and "--force" in result.output
     assert not (tmp_path / "repo").exists()
@@ -141,13 +141,13 @@ def test_refuses_bytes_compare_did_not_measure_even_after_a_new_build(pipeline_r
     import dataclasses
 
     other = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, method="max"))
-    stages.quantize(other)
-    stages.build(other, backend="onnxruntime")
+    stages.run("quantize", other)
+    stages.run("build", other, backend="onnxruntime")
     changed = r"model\.w8a8\S*\.onnx changed since trtpipe compare ran; re-run trtpipe compare"
     with pytest.raises(PipelineError, match=changed):
         stages.deploy(other, tmp_path / "repo")
     assert not (tmp_path / "repo" / "tiny").exists()
-    stages.compare(other)
+    stages.run("compare", other)
     assert (stages.deploy(other, tmp_path / "repo") / "1" / "model.onnx").is_file()
 
 

@@ -27,7 +27,7 @@ from tests.test_ortsession import bias_overflows
 def test_compare_passes_and_saves_only_the_statistics(pipeline_run, capsys):
     cfg, _, out = pipeline_run
     capsys.readouterr()
-    rows = stages.compare(cfg)
+    rows = stages.run("compare", cfg)
     err = capsys.readouterr().err
     assert "compare at batch 1" in err and "compare at batch 32" in err  # a progress bar per batch size
     assert {r.artifact for r in rows} == {"fp16 (ONNX Runtime)", "w8a8 (ONNX Runtime)", "w8a8-cpu (ONNX Runtime)"}
@@ -44,10 +44,10 @@ def test_w8a8_verdicts_agree_with_the_reference_on_a_near_dead_channel(make_conf
     level its bias turned to garbage and quantize and compare printed FAIL (top-1 agreement 0%)
     for a correct graph. Both now report what the fake-quant reference computes."""
     cfg = make_config(model=f'[model]\nsource = "{user_model}:build_dead_channel"')
-    stages.export(cfg, tmp_path)
-    quantized = next(r for r in stages.quantize(cfg, tmp_path)["accuracy"] if r["artifact"] == "w8a8")
-    stages.build(cfg, tmp_path, backend="onnxruntime")
-    compared = [r for r in stages.compare(cfg, tmp_path) if r.artifact == "w8a8 (ONNX Runtime)"]
+    stages.run("export", cfg, tmp_path)
+    quantized = next(r for r in stages.run("quantize", cfg, tmp_path)["accuracy"] if r["artifact"] == "w8a8")
+    stages.run("build", cfg, tmp_path, backend="onnxruntime")
+    compared = [r for r in stages.run("compare", cfg, tmp_path) if r.artifact == "w8a8 (ONNX Runtime)"]
     out = Layout.of(cfg, tmp_path)
     w8a8, fp32 = onnx.load(out.graph("w8a8")), onnx.load(out.graph("fp32"))
     assert len(bias_overflows(w8a8)) == 1  # conv1: the case that broke ONNX Runtime
@@ -88,9 +88,9 @@ def test_broken_w8a8_graph_fails_compare_naming_the_output(pipeline_run):
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float16(100), init.name))
     onnx.save(model, out.graph("w8a8"))
     rerecord(cfg, out, "quantize")
-    stages.build(cfg, backend="onnxruntime")  # the build record names the graph it was given
+    stages.run("build", cfg, backend="onnxruntime")  # the build record names the graph it was given
     with pytest.raises(PipelineError, match=r"accuracy gate failed for w8a8 \(ONNX Runtime\), output 'logits'"):
-        stages.compare(cfg)
+        stages.run("compare", cfg)
     result = CliRunner().invoke(main, ["compare", "-c", str(path)])
     assert result.exit_code == 1
     assert "Error: tiny: accuracy gate failed for w8a8 (ONNX Runtime), output 'logits'" in result.output
@@ -99,8 +99,8 @@ def test_broken_w8a8_graph_fails_compare_naming_the_output(pipeline_run):
 
 def test_bench_and_report(pipeline_run):
     cfg, _, out = pipeline_run
-    stages.compare(cfg)
-    result = stages.bench(cfg, repeat=2)
+    stages.run("compare", cfg)
+    result = stages.run("bench", cfg, repeat=2)
     assert result["backend"] == "onnxruntime-cpu"
     assert (result["baseline"], result["quantized"]) == ("fp32", "w8a8-cpu")
     assert len(result["runs"]) == 2 and len(result["consistency"]) == 4
@@ -111,7 +111,7 @@ def test_bench_and_report(pipeline_run):
     assert sum(result["fp32_op_time_share"].values()) == pytest.approx(1.0)
     assert (out.results_dir / "bench.csv").read_text().splitlines()[0].startswith("artifact,precision,batch")
 
-    report = stages.report(cfg)
+    report = stages.run("report", cfg)
     text = report.read_text()
     assert "![latency](latency.png)" in text and "## Verdict" in text and "batch 8: deploy" in text
     assert "No TensorRT engines on this machine" in text
@@ -127,14 +127,14 @@ def test_bench_and_report(pipeline_run):
 def test_report_needs_saved_results(make_config, tmp_path):
     cfg = make_config()
     with pytest.raises(PipelineError, match=r"no saved bench; run trtpipe bench first"):
-        stages.report(cfg, root=tmp_path)
+        stages.run("report", cfg, root=tmp_path)
 
 
 @pytest.mark.parametrize("pipeline_run", ['[export]\nio_dtype = "float16"'], indirect=True)
 def test_compare_feeds_an_fp16_io_graph_in_float16(pipeline_run):
     cfg, _, out = pipeline_run
     assert onnx.load(out.graph("fp16")).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    rows = stages.compare(cfg)
+    rows = stages.run("compare", cfg)
     fp16 = [r for r in rows if r.artifact.startswith("fp16")]
     assert fp16 and all(r.stats.cosine > 0.999 for r in fp16)
 
@@ -203,8 +203,8 @@ def test_cosine_of_all_zero_outputs_streams_like_the_one_shot():
 def test_quantize_accuracy_pass_runs_inside_the_profile(make_config, user_model, tmp_path, capsys):
     # [calibration] batch_size 48 is past the profile's max 32: the accuracy pass runs at 32.
     cfg = make_config(calibration=f'[calibration]\nsource = "{user_model}:calibration"\nsamples = 64\nbatch_size = 48')
-    stages.export(cfg, root=tmp_path)
-    summary = stages.quantize(cfg, root=tmp_path, targets=("onnxruntime-cpu",))
+    stages.run("export", cfg, root=tmp_path)
+    summary = stages.run("quantize", cfg, root=tmp_path, targets=("onnxruntime-cpu",))
     err = capsys.readouterr().err
     assert "held-out data at batch 32" in err and "accuracy at batch 32" in err  # its progress bar
     (row,) = summary["accuracy"]

@@ -19,7 +19,7 @@ from tests.conftest import write_config
 def test_outside_model_exports_with_dynamic_batch_and_parity(make_config, tmp_path):
     cfg = make_config()
     assert cfg.export.parity_batches == (1, 7)  # 7 is not the profile's opt (8)
-    rows = stages.export(cfg, root=tmp_path)
+    rows = stages.run("export", cfg, root=tmp_path)
     assert {(r.precision, r.batch) for r in rows} == {("fp32", 1), ("fp32", 7), ("fp16", 1), ("fp16", 7)}
     out = Layout.of(cfg, tmp_path)
     fp32 = onnx.load(out.graph("fp32"))
@@ -39,7 +39,7 @@ def test_outside_model_exports_with_dynamic_batch_and_parity(make_config, tmp_pa
 
 def test_fp16_io_dtype_is_configurable(make_config, tmp_path):
     cfg = make_config(top='name = "tiny"\n[export]\nio_dtype = "float16"')
-    stages.export(cfg, root=tmp_path)
+    stages.run("export", cfg, root=tmp_path)
     fp16 = onnx.load(Layout.of(cfg, tmp_path).graph("fp16"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
@@ -47,7 +47,7 @@ def test_fp16_io_dtype_is_configurable(make_config, tmp_path):
 
 def _one_line_error(cfg, tmp_path) -> str:
     with pytest.raises(PipelineError) as info:
-        stages.export(cfg, root=tmp_path)
+        stages.run("export", cfg, root=tmp_path)
     message = str(info.value)
     assert "\n" not in message
     assert not Layout.of(cfg, tmp_path).graph("fp32").exists()  # nothing half-written

@@ -106,7 +106,7 @@ def test_inputs_bind_by_name_whatever_their_order_and_dict_outputs_by_key(tmp_pa
         '[[outputs]]\nname = "pooled"\nshape = ["batch", 8]\n[[outputs]]\nname = "hidden"\nshape = ["batch", 4, 8]'
     )
     cfg = _config(tmp_path, model_file, "Pair", SEQ_INPUTS.format(a="key", b="query"), outputs, "pairs")
-    rows = stages.export(cfg, root=tmp_path)
+    rows = stages.run("export", cfg, root=tmp_path)
     assert {(r.precision, r.batch) for r in rows} >= {("fp32", 1), ("fp32", 7)}
     path = Layout.of(cfg, tmp_path).graph("fp32")
     graph = onnx.load(path)
@@ -131,7 +131,7 @@ def test_one_input_binds_to_the_one_parameter_whatever_its_name(tmp_path, model_
         '[[outputs]]\nname = "features"\nshape = ["batch", 16]',
         "images",
     )
-    rows = stages.export(cfg, root=tmp_path)
+    rows = stages.run("export", cfg, root=tmp_path)
     assert {r.batch for r in rows} == {1, 7} and not any(r.failures for r in rows)
     graph = onnx.load(Layout.of(cfg, tmp_path).graph("fp32"))
     assert [i.name for i in graph.graph.input] == ["images"]
@@ -142,7 +142,7 @@ def test_a_misnamed_input_of_two_is_one_line_naming_both_sides(tmp_path, model_f
     outputs = '[[outputs]]\nname = "pooled"\nshape = ["batch", 8]'
     cfg = _config(tmp_path, model_file, "Pair", SEQ_INPUTS.format(a="keys", b="query"), outputs, "pairs")
     with pytest.raises(PipelineError, match=r"Pair.forward\(query, key, scale\) has no parameter 'keys'"):
-        stages.export(cfg, root=tmp_path)
+        stages.run("export", cfg, root=tmp_path)
     assert not Layout.of(cfg, tmp_path).graph("fp32").exists()
 
 
@@ -150,7 +150,7 @@ def test_a_dict_output_the_config_misnames(tmp_path, model_file):
     outputs = '[[outputs]]\nname = "pool"\nshape = ["batch", 8]'
     cfg = _config(tmp_path, model_file, "Pair", SEQ_INPUTS.format(a="key", b="query"), outputs, "pairs")
     with pytest.raises(PipelineError, match=r"dict without 'pool' \(keys: hidden, pooled, unused\)"):
-        stages.export(cfg, root=tmp_path)
+        stages.run("export", cfg, root=tmp_path)
 
 
 VECTOR = ('[[inputs]]\nname = "x"\nshape = ["batch", 8]', '[[outputs]]\nname = "y"\nshape = ["batch", 4]', "vectors")
@@ -158,7 +158,7 @@ VECTOR = ('[[inputs]]\nname = "x"\nshape = ["batch", 8]', '[[outputs]]\nname = "
 
 def test_torchscript_exporter_takes_over_where_torch_export_fails(tmp_path, model_file, capfd):
     cfg = _config(tmp_path, model_file, "Traps", *VECTOR)
-    rows = stages.export(cfg, root=tmp_path)
+    rows = stages.run("export", cfg, root=tmp_path)
     assert not any(r.failures for r in rows)
     out = Layout.of(cfg, tmp_path)
     assert onnxutil.exporter(onnx.load(out.graph("fp32"))) == "torchscript"
@@ -171,7 +171,7 @@ def test_torchscript_exporter_takes_over_where_torch_export_fails(tmp_path, mode
 def test_export_failure_is_torchs_cause_and_the_log_path(tmp_path, model_file):
     cfg = _config(tmp_path, model_file, "Refuses", *VECTOR)
     with pytest.raises(PipelineError) as info:
-        stages.export(cfg, root=tmp_path)
+        stages.run("export", cfg, root=tmp_path)
     message = str(info.value)
     out = Layout.of(cfg, tmp_path)
     assert "\n" not in message and "step 1/3" not in message

@@ -56,7 +56,7 @@ def test_every_command_holds_the_extensions_imports(extension, tmp_path, user_mo
     def export(cfg, *args, **kwargs):
         import fakeext  # noqa: F401
 
-    monkeypatch.setattr(stages, "export", export)
+    monkeypatch.setitem(stages.STAGES, "export", export)
     monkeypatch.setattr(interrupts, "HELD", interrupts.HELD | {"fakeext"})
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
@@ -78,7 +78,7 @@ def test_ctrl_c_while_a_command_cleans_up_changes_nothing(tmp_path, user_model, 
     def export(cfg, *args, **kwargs):
         click.get_current_context().call_on_close(lambda: os.kill(os.getpid(), signal.SIGINT))
 
-    monkeypatch.setattr(stages, "export", export)
+    monkeypatch.setitem(stages.STAGES, "export", export)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
     assert (result.exit_code, result.output) == (0, "")

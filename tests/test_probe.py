@@ -6,8 +6,8 @@ import importlib
 import os
 
 import pytest
-from pipeline.targets.tensorrt import probe as probe_module
 
+from pipeline.targets.tensorrt import probe as probe_module
 from pipeline.targets.tensorrt.probe import probe
 from tests.trt_standin import standin
 from tests.trt_standin.cuda import Gpu
@@ -89,8 +89,8 @@ def test_build_falls_back_with_the_runtime_reason(tmp_path, make_config):
     from pipeline import stages
 
     cfg = make_config()
-    stages.export(cfg, root=tmp_path)
-    stages.quantize(cfg, root=tmp_path, targets=("tensorrt",))
+    stages.run("export", cfg, root=tmp_path)
+    stages.run("quantize", cfg, root=tmp_path, targets=("tensorrt",))
     with standin(tmp_path / "machine", cudart="pip-cu13"):
-        record = stages.build(cfg, root=tmp_path)
+        record = stages.run("build", cfg, root=tmp_path)
     assert record["backend"] == "onnxruntime" and "LD_LIBRARY_PATH" in record["reason"]

@@ -77,7 +77,7 @@ def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tmp_path, user_mod
     changed since trtpipe export ran") when export's record was copied as it was."""
     monkeypatch.chdir(tmp_path)
     cfg = load_config(write_config(tmp_path, user_model))
-    stages.export(cfg)
+    stages.run("export", cfg)
     (tmp_path / "peers").mkdir()
     result = run_tool("ours-w8a8", str(cfg.path), Layout.of(cfg), tmp_path / "peers", (Path(), ""), sys.executable)
     assert onnx.load(result["graph"]).graph.node and result["calib_s"] > 0

@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.fileio import after_record, sha256_file, write_bytes
 from pipeline.layout import Layout
+from pipeline.stages import STAGES
 from tests.conftest import FAST_BENCH, config_text, write_config
 
 AFTER_EXPORT = ["calibrate", "quantize", "build", "compare", "bench", "report"]
@@ -47,13 +48,13 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
     monkeypatch.chdir(tmp_path)
     cfg, weights, data = _project(tmp_path, user_model)
     out = Layout.of(cfg)
-    stages.export(cfg)
-    stages.quantize(cfg)  # calibrates first, and records that too
+    stages.run("export", cfg)
+    stages.run("quantize", cfg)  # calibrates first, and records that too
     export, calibrate, quantize = (records.load_record(out, s) for s in ("export", "calibrate", "quantize"))
     # Files inside the project by their path in it (a moved project is the same one), others by their absolute path.
     assert export.inputs["weights weights.pt"] == sha256_file(weights)
     assert export.inputs[f"model source {user_model.relative_to(tmp_path)}"] == sha256_file(user_model)
-    assert export.inputs[records.CODE] == stage_code_version("export")
+    assert export.inputs[records.CODE] == stage_code_version("pipeline.stages.export")
     assert any(k.startswith("config [name, model,") for k in export.inputs)
     assert export.outputs == {out.key(out.graph(p)): sha256_file(out.graph(p)) for p in ("fp32", "fp16")}
     assert calibrate.inputs[out.key(out.graph("fp32"))] == export.outputs["engines/tiny/onnx/model.fp32.onnx"]
@@ -67,7 +68,7 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
     }
     # New weights: no stage after export trusts the old graphs; the line names the file and the command.
     _new_weights(weights)
-    for stage in (stages.calibrate, stages.quantize, stages.build):
+    for stage in (STAGES["calibrate"], STAGES["quantize"], STAGES["build"]):
         with pytest.raises(
             PipelineError,
             match=rf"^weights weights\.pt changed since trtpipe export ran; re-run trtpipe export -c {cfg.path}$",
@@ -78,14 +79,14 @@ def test_each_stage_records_the_sha256_of_what_it_read_and_wrote(tmp_path, user_
     with pytest.raises(
         PipelineError, match=r"records/export\.json: not a record of trtpipe export .*re-run trtpipe export"
     ):
-        stages.calibrate(cfg)
+        stages.run("calibrate", cfg)
 
 
 def test_engines_reruns_exactly_what_depends_on_a_change(tmp_path, user_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, weights, data = _project(tmp_path, user_model)
     out = Layout.of(cfg)
-    assert stages.engines(cfg) == list(records.STAGES)
+    assert stages.engines(cfg) == list(stages.NAMES)
     assert stages.engines(cfg) == []
     # Calibration data only, with the same names, sizes and modification times: its bytes are what count.
     first = data / "0.npz"
@@ -100,12 +101,12 @@ def test_engines_reruns_exactly_what_depends_on_a_change(tmp_path, user_model, m
     assert stages.engines(cfg) == ["bench", "report"]
     # New weights: everything from export on.
     _new_weights(weights)
-    assert records.rerun_reason(cfg, out, "export") == "weights weights.pt changed"
-    assert stages.engines(cfg) == list(records.STAGES)
+    assert records.rerun_reason(cfg, out, STAGES["export"]) == "weights weights.pt changed"
+    assert stages.engines(cfg) == list(stages.NAMES)
     # Other code in bench (pipeline.codehash tells which stages run a file): bench, and report on its new timings.
     real = records.stage_code_version
-    monkeypatch.setattr(records, "stage_code_version", lambda s: "0" * 64 if s == "bench" else real(s))
-    assert records.rerun_reason(cfg, out, "bench") == f"{records.CODE} changed"
+    monkeypatch.setattr(records, "stage_code_version", lambda s: "0" * 64 if s == "pipeline.stages.bench" else real(s))
+    assert records.rerun_reason(cfg, out, STAGES["bench"]) == f"{records.CODE} changed"
     assert stages.engines(cfg) == ["bench", "report"]
 
 
@@ -129,7 +130,7 @@ def test_what_a_killed_run_left_is_swept_by_the_next(tmp_path, user_model, monke
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
     out = Layout.of(cfg)
-    stages.export(cfg)
+    stages.run("export", cfg)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     killed = [
@@ -141,7 +142,7 @@ def test_what_a_killed_run_left_is_swept_by_the_next(tmp_path, user_model, monke
     for path in (*killed, running):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir() if "staged" in path.name else path.write_bytes(out.graph("fp32").read_bytes())
-    stages.calibrate(cfg)
+    stages.run("calibrate", cfg)
     assert [p for p in killed if p.exists()] == [] and running.exists()
 
 
@@ -151,14 +152,14 @@ def test_a_record_that_cannot_be_written_leaves_the_outputs_before_it(tmp_path, 
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
     out = Layout.of(cfg)
-    stages.export(cfg)
-    stages.calibrate(cfg)
+    stages.run("export", cfg)
+    stages.run("calibrate", cfg)
     before = out.ranges.read_bytes()
     out.record("calibrate").unlink()
     (out.record("calibrate") / "in the way").mkdir(parents=True)  # the record's rename fails
     with pytest.raises(OSError), after_record():
         write_bytes(out.ranges, b"this run's ranges")
-        records.finish(cfg, out, "calibrate", [out.ranges])
+        records.finish(cfg, out, STAGES["calibrate"], [out.ranges])
     assert out.ranges.read_bytes() == before
     assert [p for p in tmp_path.rglob("*") if ".trtpipe-" in p.name] == []
 
@@ -170,18 +171,18 @@ def test_outputs_take_their_names_only_after_the_record_naming_them(tmp_path, us
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
     out = Layout.of(cfg)
-    stages.export(cfg)
+    stages.run("export", cfg)
     (out.result("quantize") / "in the way").mkdir(parents=True)
     with pytest.raises(OSError):
-        stages.quantize(cfg, force=True)
+        stages.run("quantize", cfg, force=True)
     record = records.load_record(out, "quantize")
     graphs = [out.graph("w8a8"), out.graph("w8a8-cpu")]
     assert sorted(record.outputs) == sorted(out.key(p) for p in [*graphs, out.result("quantize")])
     assert [record.outputs[out.key(p)] == sha256_file(p) for p in graphs] == [True, True]
     stale = f"{out.key(out.result('quantize'))} changed since it was written"
-    assert records.rerun_reason(cfg, out, "quantize") == stale
+    assert records.rerun_reason(cfg, out, STAGES["quantize"]) == stale
     with pytest.raises(PipelineError, match="changed since trtpipe quantize wrote it"):
-        records.verify(cfg, out, "build")
+        records.verify(cfg, out, STAGES["build"])
     assert [p for p in tmp_path.rglob("*") if ".trtpipe-" in p.name] == []  # the failed rename's too
 
 
@@ -197,13 +198,13 @@ def test_a_graphs_external_weights_are_recorded_with_it(tmp_path, user_model, mo
     monkeypatch.chdir(tmp_path)
     cfg, _, _ = _project(tmp_path, user_model)
     out = Layout.of(cfg)
-    stages.export(cfg)
+    stages.run("export", cfg)
     data = out.graph("fp32").with_name(out.graph("fp32").name + ".data")
     data.write_bytes(b"weights")
-    record = records.finish(cfg, out, "export", [out.graph("fp32"), out.graph("fp16")])
+    record = records.finish(cfg, out, STAGES["export"], [out.graph("fp32"), out.graph("fp16")])
     assert record.outputs[out.key(data)] == sha256_file(data)
     data.write_bytes(b"other weights")
-    assert records.rerun_reason(cfg, out, "export") == f"{out.key(data)} changed since it was written"
+    assert records.rerun_reason(cfg, out, STAGES["export"]) == f"{out.key(data)} changed since it was written"
 
 
 def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_model, monkeypatch):
@@ -218,10 +219,10 @@ def test_a_project_moved_to_another_folder_is_the_same_project(tmp_path, user_mo
     model = '[model]\nsource = "../net.py:build"\nweights = "../weights.pt"\n[model.args]\nchannels = 16'
     (first / "cfg" / "tiny.toml").write_text(config_text("../net.py", model=model))
     monkeypatch.chdir(first)
-    stages.export(load_config(first / "cfg" / "tiny.toml"))
+    stages.run("export", load_config(first / "cfg" / "tiny.toml"))
     assert "weights weights.pt" in records.load_record(Layout("tiny", first), "export").inputs
     shutil.copytree(first, tmp_path / "second")
     monkeypatch.chdir(tmp_path / "second")
     cfg = load_config(tmp_path / "second" / "cfg" / "tiny.toml")
-    assert records.rerun_reason(cfg, Layout.of(cfg), "export") is None
-    stages.calibrate(cfg)
+    assert records.rerun_reason(cfg, Layout.of(cfg), STAGES["export"]) is None
+    stages.run("calibrate", cfg)

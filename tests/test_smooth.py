@@ -186,8 +186,8 @@ def _vit_config(tmp_path, user_model, quantize: str):
 
 def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model, capsys):
     cfg = _vit_config(tmp_path, user_model, "smoothquant = 0.5")
-    stages.export(cfg, root=tmp_path)
-    ranges = stages.calibrate(cfg, root=tmp_path)
+    stages.run("export", cfg, root=tmp_path)
+    ranges = stages.run("calibrate", cfg, root=tmp_path)
     out = Layout.of(cfg, tmp_path)
     channels = json.loads(out.channels.read_text())
     assert sorted(channels["tensors"]) == ["layer_norm", "layer_norm_1"]
@@ -199,7 +199,7 @@ def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model,
     s = smooth.scales(x_absmax, smooth.weight_absmax(view, target), 0.5)
     assert ranges.tensors["layer_norm"].amax["max"] == pytest.approx(float(np.max(x_absmax / s)), rel=1e-5)
     assert ranges.tensors["layer_norm"].amax["max"] < 0.5 * float(x_absmax.max())
-    summary = stages.quantize(cfg, root=tmp_path, force=True)  # the record is tested here, not the gate
+    summary = stages.run("quantize", cfg, root=tmp_path, force=True)  # the record is tested here, not the gate
     assert [(d["tensor"], d["alpha"]) for d in summary["smoothquant"]["layers"]] == [
         ("layer_norm", 0.5),
         ("layer_norm_1", 0.5),
@@ -219,8 +219,8 @@ def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model,
 
 def test_auto_picks_an_alpha_per_layernorm(tmp_path, user_model):
     cfg = _vit_config(tmp_path, user_model, 'smoothquant = "auto"')
-    stages.export(cfg, root=tmp_path)
-    summary = stages.quantize(cfg, root=tmp_path, force=True)  # alpha choice, not the gate
+    stages.run("export", cfg, root=tmp_path)
+    summary = stages.run("quantize", cfg, root=tmp_path, force=True)  # alpha choice, not the gate
     channels = json.loads(Layout.of(cfg, tmp_path).channels.read_text())["tensors"]
     for layer in summary["smoothquant"]["layers"]:
         assert layer["alpha"] == best_alpha(channels[layer["tensor"]]["errors"])

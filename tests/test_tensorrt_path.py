@@ -41,8 +41,8 @@ def tiny(tmp_path, user_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST}')
     cfg = load_config(path)
-    stages.export(cfg)
-    stages.quantize(cfg)
+    stages.run("export", cfg)
+    stages.run("quantize", cfg)
     return cfg, path, Layout.of(cfg)
 
 
@@ -77,7 +77,7 @@ def _edit_graph(path: Path, edit) -> None:
 def test_first_build_on_a_fresh_machine_keeps_its_engines_and_no_lock_file(tiny, gpu_machine):
     cfg, _, out = tiny
     assert not out.trt_root.exists()  # nothing made the engine folder before the build
-    record = stages.build(cfg)
+    record = stages.run("build", cfg)
     target = Path(record["dir"])
     assert record["backend"] == "tensorrt" and target.name == "stand-in-gpu-test-double-sm89-trt11.4.0.106"
     assert sorted(p.name for p in target.iterdir()) == [
@@ -90,14 +90,14 @@ def test_first_build_on_a_fresh_machine_keeps_its_engines_and_no_lock_file(tiny,
     ]
     assert set(Manifest.load(target / "manifest.json").engines) == {"fp16", "w8a8"}
     cached = (target / "timing.cache").read_bytes()
-    stages.build(cfg)  # a second build reads the timing cache (locking it too) and leaves no lock either
+    stages.run("build", cfg)  # a second build reads the timing cache (locking it too) and leaves no lock either
     assert not list(target.glob("*.lock")) and (target / "timing.cache").read_bytes() == cached
     assert set(gpu_machine.refused) <= POLYGRAPHY_PROBES
 
 
 def test_build_log_is_kept_per_engine(tiny, gpu_machine):
     cfg, _, out = tiny
-    stages.build(cfg)
+    stages.run("build", cfg)
     log = out.log("build-w8a8").read_text()
     assert "Building engine with configuration" in log and "Profiling Verbosity    | ProfilingVerbosity.DETAILED" in log
 
@@ -144,7 +144,7 @@ def test_failed_build_names_the_graph_and_layer(tiny, gpu_machine):
 
 def test_engine_that_does_not_deserialize_names_the_engine(tiny, gpu_machine):
     cfg, path, out = tiny
-    record = stages.build(cfg)
+    record = stages.run("build", cfg)
     engine = Path(record["dir"]) / "w8a8.plan"
     header, graph = standin_plan.deserialize(engine.read_bytes())
     # As if a plan from another TensorRT build had been copied in with a matching manifest.
@@ -161,7 +161,7 @@ def test_engine_that_does_not_deserialize_names_the_engine(tiny, gpu_machine):
 def test_compare_and_bench_without_tensorrt_given_an_engine_build_record(tiny, tmp_path):
     cfg, path, out = tiny
     with standin(tmp_path / "gpu-machine"):
-        stages.build(cfg)
+        stages.run("build", cfg)
     # Back on a machine without TensorRT, with the GPU machine's build record and engines.
     for command in ("compare", "bench"):
         line = _one_line_error(_cli(command, "-c", str(path)))
@@ -174,7 +174,7 @@ def test_missing_layers_in_the_inspector_json_is_an_error(tiny, tmp_path):
     cfg, _, out = tiny
     with standin(tmp_path / "gpu-machine", inspector_layers_key=None):
         with pytest.raises(PipelineError, match=r'layers-fp16.json: the engine inspector\'s JSON has no "Layers"'):
-            stages.build(cfg)
+            stages.run("build", cfg)
 
 
 def test_parse_layers_refuses_engine_json_without_layers():
@@ -187,7 +187,7 @@ def test_parse_layers_refuses_engine_json_without_layers():
 
 def test_tensorrt_timing_runs_execute_async_v3_and_nothing_else(tiny, gpu_machine):
     cfg, _, out = tiny
-    stages.build(cfg)
+    stages.run("build", cfg)
     plan = bench_mod.plan_bench(cfg, out)
     assert plan.backend == "tensorrt" and "execute_async_v3 + cudaStreamSynchronize" in plan.includes
     run, releases = bench_mod._timer(cfg, plan.quantized, 8, None)
@@ -211,7 +211,7 @@ def test_timed_engine_computes_what_the_graph_does(tiny, gpu_machine):
     from pipeline.targets.tensorrt.trt import execution
 
     cfg, _, out = tiny
-    stages.build(cfg)
+    stages.run("build", cfg)
     w8a8 = next(a for a in artifacts(cfg, out) if a.name == "w8a8")
     feed = sample_inputs(cfg, 4)
     run, release = execution(engine_to_run(w8a8), 0, feed)
@@ -244,8 +244,8 @@ def exported_examples(tmp_path_factory):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text + "\n" + FAST.replace("[1, 8]", "[4, 16]", 1) + "\n")
         cfg = load_config(path)
-        stages.export(cfg, root=root)
-        stages.quantize(cfg, root=root)
+        stages.run("export", cfg, root=root)
+        stages.run("quantize", cfg, root=root)
         configs[name] = path
     return root, configs
 
@@ -299,7 +299,7 @@ def test_gpu_check_writes_a_machine_readable_result(exported_examples, tmp_path)
     with standin(tmp_path / "gpu-machine"):
         result = gpu_check([configs["resnet_digits"]], root=work)
     saved = json.loads((work / "engines" / "gpu-check.json").read_text())
-    assert saved == result and saved["tensorrt"] == "11.4.0.106" and saved["compute_capability"] == "8.9"
+    assert saved == result and saved["tensorrt_version"] == "11.4.0.106" and saved["compute_capability"] == "8.9"
     (model,) = saved["models"]
     assert model["coverage"]["ok"] and model["coverage"]["share"] == 1.0 and model["accuracy"]["ok"]
     for batch, speed in model["speed"].items():
@@ -309,9 +309,14 @@ def test_gpu_check_writes_a_machine_readable_result(exported_examples, tmp_path)
 
 
 def test_gpu_check_stops_with_the_probe_reason_without_a_gpu(tmp_path):
-    from pipeline.targets.tensorrt.gpu_check import main as gpu_check_main
+    from click.testing import CliRunner
 
-    assert gpu_check_main([str(tmp_path / "missing.toml")]) == 1
+    from pipeline.cli import main
+    from pipeline.targets.tensorrt.probe import probe
+
+    result = CliRunner().invoke(main, ["gpu-check", "-c", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: gpu-check: {probe().reason}"
 
 
 def test_fused_attention_counts_each_quantized_gemm():

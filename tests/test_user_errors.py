@@ -120,15 +120,15 @@ def test_a_damaged_result_of_an_earlier_stage_is_named_not_a_key_error(pipeline_
 
     cfg, _, out = pipeline_run
     if stage == "report":
-        stages.compare(cfg)
-        stages.bench(cfg)
+        stages.run("compare", cfg)
+        stages.run("bench", cfg)
     path = out.build_record if damaged == "build.json" else out.result("bench")
     path.write_text("{}")
     writer = {"build.json": "build", "bench.json": "bench"}[damaged]
     with pytest.raises(
         PipelineError, match=rf"{damaged} changed since trtpipe {writer} wrote it; re-run trtpipe {writer}"
     ):
-        getattr(stages, stage)(cfg)
+        stages.run(stage, cfg)
 
 
 def _calibration(config, fn: str):
@@ -195,6 +195,7 @@ def test_a_checkpoint_holding_code_is_named_so(config, tmp_path):
 
 def test_a_state_dict_with_a_value_that_is_no_tensor(config, tmp_path):
     import torch
+
     from pipeline.sources.torch.torch_model import model_from_config
 
     torch.save({"conv1.weight": 3}, tmp_path / "odd.pt")

@@ -203,10 +203,10 @@ def run_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> di
     path.write_text(CONFIGS[model] + COMMON)
     monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
-    stages.export(cfg)
-    stages.quantize(cfg)
-    stages.build(cfg, backend="onnxruntime")
-    stages.compare(cfg)
+    stages.run("export", cfg)
+    stages.run("quantize", cfg)
+    stages.run("build", cfg, backend="onnxruntime")
+    stages.run("compare", cfg)
     return json.loads((Layout.of(cfg).results_dir / "compare.json").read_text())
 
 
@@ -235,7 +235,7 @@ def test_driver_runs_on_past_a_missed_quantize_gate(make_config, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))  # the stages run this checkout's code
     cfg = make_config(top='name = "tiny"\n[accuracy.w8a8]\nmin_cosine = 0.999999')
-    stages.export(cfg)
+    stages.run("export", cfg)
     logs = tmp_path / "logs"
     logs.mkdir()
     run = run_stage("quantize", cfg.path, tmp_path, logs / "quantize.log", timeout=600)

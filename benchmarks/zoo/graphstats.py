@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from pipeline.targets import rules
+from pipeline import targets
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -44,7 +44,7 @@ def graph_stats(path: Path, target: str) -> GraphStats:
     compute = [n for n in graph.node if n.op_type in COMPUTE_OPS]
     quantized = sum(1 for n in compute if n.input[0] in dq_outputs)
     return GraphStats(
-        violations=len(rules.violations(model, target)),
+        violations=len(targets.get(target).violations(model)),
         compute_nodes=len(compute),
         quantized_nodes=quantized,
         int8_weight_share=_int8_share(graph),

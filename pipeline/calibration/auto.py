@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +89,11 @@ class AutoRanges:
         rows: int = AUTO_ROWS,
         batch_axes: Mapping[str, int | None] | None = None,
         placements: Sequence[Placement] = (),
+        fake_quants: Sequence[FakeQuant] = (),
     ) -> None:
         self.rows = rows
+        # How each configured target quantizes an input: a range is judged by the sum of their errors.
+        self.fake_quants = tuple(fake_quants) or BOTH_SCHEMES
         self.batch_axes = dict(batch_axes or {})
         self.placements = tuple(placements)
         self.extremes = ExtremeRows(self.batch_axes)
@@ -197,7 +200,7 @@ class AutoRanges:
         kernels = _Kernels(view)
         for src in judged:
             values = self.values(weights, uses[src], feed)
-            choices[src] = _by_layers(view, uses[src], values, found[src], kernels)
+            choices[src] = _by_layers(view, uses[src], values, found[src], kernels, self.fake_quants)
         info(
             f"auto: {len(judged)} of {len(found)} ranges chosen by the output error of the layers reading "
             f"them, on {self.count} calibration rows, in {time.perf_counter() - start:.2f} s"
@@ -291,9 +294,14 @@ def _without_layers(amax: dict[str, float]) -> AutoChoice:
 
 
 def _by_layers(
-    view: GraphView, uses: list[Use], values: dict[str, np.ndarray], found: Measured, kernels: _Kernels
+    view: GraphView,
+    uses: list[Use],
+    values: dict[str, np.ndarray],
+    found: Measured,
+    kernels: _Kernels,
+    fake_quants: Sequence[FakeQuant],
 ) -> AutoChoice:
-    layers = [_Layer(view, node, index, values, kernels) for node, index in uses]
+    layers = [_Layer(view, node, index, values, kernels, fake_quants) for node, index in uses]
     amax = found.amax
     by_amax = {a: sum(layer.error(a, found.min, found.max) for layer in layers) for a in sorted(set(amax.values()))}
     errors = {m: by_amax[a] for m, a in amax.items()}
@@ -321,6 +329,22 @@ def fake_quant_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return ((np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
 
 
+# x, amax, lo, hi -> x as a target's graph quantizes an activation (``Target.fake_quant``)
+FakeQuant = Callable[[np.ndarray, float, float, float], np.ndarray]
+
+
+def _int8(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+    return fake_quant(x, amax)
+
+
+def _uint8(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+    return fake_quant_uint8(x, max(lo, -amax), min(hi, amax))
+
+
+# Where no target is named (a test, a benchmark): both schemes, symmetric int8 and asymmetric uint8.
+BOTH_SCHEMES: tuple[FakeQuant, ...] = (_int8, _uint8)
+
+
 def dequantized_weight(w: np.ndarray, axis: int) -> np.ndarray:
     q, scale = quantize_weight(w.astype(np.float32), axis, np.dtype(np.float32))
     shape = [1] * w.ndim
@@ -332,8 +356,17 @@ class _Layer:
     """One weighted layer reading the tensor as input ``index``: its FP32 output, and its output
     with that input fake-quantized to a given range and its weights int8."""
 
-    def __init__(self, view: GraphView, node: onnx.NodeProto, index: int, values: dict[str, np.ndarray], kernels):
+    def __init__(
+        self,
+        view: GraphView,
+        node: onnx.NodeProto,
+        index: int,
+        values: dict[str, np.ndarray],
+        kernels,
+        fake_quants: Sequence[FakeQuant],
+    ):
         self.index = index
+        self.fake_quants = fake_quants
         inputs = [values[t] for t in node.input if t]
         self.quantized = [
             dequantized_weight(v, weight_axis(node.op_type, node, v.ndim, i))
@@ -346,10 +379,11 @@ class _Layer:
         self.ref_sq = float(np.square(self.ref, dtype=np.float64).sum())
 
     def error(self, amax: float, lo: float, hi: float) -> float:
-        """Relative squared output error with the input as the TensorRT graph quantizes it (int8 over
-        +-amax) plus as the ONNX Runtime CPU graph does (uint8 over [lo, hi] clipped to +-amax)."""
+        """Relative squared output error, summed over the targets, with the input as each target's
+        graph quantizes it (``Target.fake_quant``: TensorRT's int8 over +-amax, ONNX Runtime CPU's
+        uint8 over [lo, hi] clipped to +-amax)."""
         x = self.quantized[self.index]
-        return self._error(fake_quant(x, amax)) + self._error(fake_quant_uint8(x, max(lo, -amax), min(hi, amax)))
+        return sum(self._error(quantize(x, amax, lo, hi)) for quantize in self.fake_quants)
 
     def _error(self, x: np.ndarray) -> float:
         inputs = list(self.quantized)

@@ -5,19 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import records
+from pipeline import records, targets
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
 from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts
+from pipeline.stages import compare
+from pipeline.targets.base import ENGINE, FP16, ONNXRUNTIME
 
 
 @dataclass(frozen=True)
 class Deployable:
     artifact: Artifact
     sha256: str
-    backend: str  # "tensorrt" or "onnxruntime"
+    backend: str  # ENGINE or ONNXRUNTIME
     device: str  # "GPU" or "CPU"
     gate_failures: tuple[str, ...]  # non-empty only when --force overrode the gate
     manifest: dict
@@ -40,18 +42,11 @@ def check_destination(out: Layout, to: Path) -> None:
 def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
     record = read_json(out.build_record, "build")
     found = {a.name: a for a in artifacts(cfg, out)}
-    cpu_only = record["backend"] == "onnxruntime" and "CUDAExecutionProvider" not in record.get("providers", [])
-    # On a CPU-only deployment the w8a8 artifact that runs well is ONNX Runtime's CPU graph.
-    name = "w8a8-cpu" if (precision == "w8a8" and cpu_only) else precision
-    if name not in found:  # fp16 is always built: a w8a8 graph whose target is not in [quantize] targets
-        target, where = ("onnxruntime-cpu", " on this CPU-only build") if name == "w8a8-cpu" else ("tensorrt", "")
-        raise PipelineError(
-            f"{cfg.name}: no {precision} artifact to deploy{where}: [quantize] targets in {cfg.path} lacks "
-            f"{target!r}; add it and run trtpipe engines, or deploy --precision fp16"
-        )
+    cpu_only = record["backend"] == ONNXRUNTIME and "CUDAExecutionProvider" not in record["providers"]
+    name = FP16 if precision == FP16 else _quantized_for(cfg, cpu_only, precision)
     artifact = found[name]  # artifacts() has refused missing files
     sha = measured_sha256(cfg, out, artifact)
-    if artifact.backend == "tensorrt":
+    if artifact.backend == ENGINE:
         info = _engine_info(artifact, name)
     else:
         info = {"onnxruntime_providers": record.get("providers", [])}
@@ -64,12 +59,26 @@ def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
     return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
 
 
+def _quantized_for(cfg: Config, cpu_only: bool, precision: str) -> str:
+    """The artifact of the first configured target that deploys where this build runs: on a CPU-only
+    deployment the 8-bit graph that runs well there (ONNX Runtime's CPU graph), else a GPU's."""
+    for target in targets.configured(cfg):
+        if target.deploys_on_cpu == cpu_only:
+            return target.artifact
+    wanted = [t.name for t in targets.everything() if t.deploys_on_cpu == cpu_only]
+    where = " on this CPU-only build" if cpu_only else ""
+    raise PipelineError(
+        f"{cfg.name}: no {precision} artifact to deploy{where}: [quantize] targets in {cfg.path} lacks "
+        f"{wanted[0]!r}; add it and run trtpipe engines, or deploy --precision {FP16}"
+    )
+
+
 def measured_sha256(cfg: Config, out: Layout, artifact: Artifact) -> str:
     """The artifact's sha256, once the records show compare measured these very bytes, on graphs and
     engines that are what their stages wrote from the current config, weights and data."""
     if not out.result("compare").is_file():
         raise PipelineError(f"{out.result('compare')}: no compare results; run trtpipe compare before deploying")
-    compared = records.verify_stage(cfg, out, "compare")
+    compared = records.verify_stage(cfg, out, compare.STAGE)
     sha = records.sha256(artifact.path)
     if compared.inputs.get(out.key(artifact.path)) != sha:  # accuracy of other bytes says nothing of these
         raise PipelineError(

@@ -19,6 +19,7 @@ from pipeline.deploy.checks import Deployable
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, read_json, sha256_file, temp_prefix, write_json, write_text, writer_alive
 from pipeline.layout import Layout
+from pipeline.targets.base import ENGINE
 
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
@@ -115,7 +116,7 @@ def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: boo
     config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema
-    file_name = "model.plan" if d.backend == "tensorrt" else "model.onnx"
+    file_name = "model.plan" if d.backend == ENGINE else "model.onnx"
     with model_folder(to, cfg.name, replace) as model_dir:
         copy_verified(d.artifact.path, model_dir / "1" / file_name, d.sha256)
         write_json(model_dir / "manifest.json", manifest_for(cfg, d, f"1/{file_name}", "triton"))
@@ -124,7 +125,7 @@ def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: boo
 
 
 def write_plain(cfg: Config, d: Deployable, to: Path, replace: bool = False) -> Path:
-    file_name = f"{d.artifact.name}.plan" if d.backend == "tensorrt" else f"model.{d.artifact.name}.onnx"
+    file_name = f"{d.artifact.name}.plan" if d.backend == ENGINE else f"model.{d.artifact.name}.onnx"
     with model_folder(to, cfg.name, replace) as folder:
         copy_verified(d.artifact.path, folder / file_name, d.sha256)
         write_json(folder / "manifest.json", manifest_for(cfg, d, file_name, "plain"))
@@ -135,7 +136,7 @@ def write_plain(cfg: Config, d: Deployable, to: Path, replace: bool = False) -> 
 def _plain_readme(cfg: Config, d: Deployable, file_name: str) -> str:
     names = ", ".join(f"`{s.name}` {list(s.shape)} {s.dtype}" for s in cfg.inputs)
     outs = ", ".join(f"`{s.name}` {list(s.shape)} {s.dtype}" for s in cfg.outputs)
-    if d.backend == "tensorrt":
+    if d.backend == ENGINE:
         load = f"""```python
 import tensorrt as trt
 # Check manifest.json first: sha256 of {file_name}, TensorRT {d.manifest.get("tensorrt_version")},

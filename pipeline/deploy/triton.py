@@ -10,6 +10,7 @@ import onnx
 
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.targets.base import ENGINE
 
 _TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -39,7 +40,7 @@ def build_config(cfg: Config, graph: onnx.ModelProto, backend: str, device: str,
     batch_first = all(spec.batch_axis == 0 for spec in (*cfg.inputs, *cfg.outputs))
     max_batch = max(p.max for p in cfg.batch) if batch_first else 0
     config = mc.ModelConfig(name=cfg.name, max_batch_size=max_batch)
-    if backend == "tensorrt":
+    if backend == ENGINE:
         config.platform = "tensorrt_plan"
     else:
         config.platform = "onnxruntime_onnx"

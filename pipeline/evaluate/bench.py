@@ -9,10 +9,11 @@ What a timing includes:
 * ONNX Runtime: host arrays in and out, explicit intra-op threads; on the CPU
   EP there is no copy to speak of, on the CUDA EP the host<->device copies are in.
 
-On a CPU-only machine the pair benched is what deploys there: the FP32 graph
-(baseline) and the ONNX Runtime CPU w8a8 graph. The FP16 graph and the
-TensorRT-target Q/DQ graph only simulate TensorRT's numbers on a CPU, so their
-CPU latency would mislead.
+The pair benched is what deploys on this machine: the first configured target
+whose artifact runs here as it deploys (``Target.bench_pair``). On a CPU-only
+machine that is the FP32 graph (baseline) and the ONNX Runtime CPU w8a8 graph;
+the FP16 graph and the TensorRT-target Q/DQ graph only simulate TensorRT's
+numbers on a CPU, so their CPU latency would mislead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import csv
 import io
 from dataclasses import dataclass
 
-from pipeline import ortsession
+from pipeline import ortsession, targets
 from pipeline.config import Config
 from pipeline.console import progress
 from pipeline.data import sample_inputs
@@ -29,57 +30,21 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.timing import Latency, measure
 from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts
+from pipeline.targets.base import BenchPair
 
-
-@dataclass(frozen=True)
-class BenchPlan:
-    backend: str  # "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"
-    baseline: Artifact  # light grey in the chart
-    quantized: Artifact  # dark red
-    batches: tuple[int, ...]
-    threads: int | None
-    includes: str
-
-    @property
-    def pair(self) -> tuple[Artifact, Artifact]:
-        return self.baseline, self.quantized
+BenchPlan = BenchPair
 
 
 def plan_bench(cfg: Config, out: Layout) -> BenchPlan:
+    """The pair of the first configured target that runs on this machine as it deploys."""
     found = {a.name: a for a in artifacts(cfg, out)}
-    if found["fp16"].backend == "tensorrt" and "w8a8" in found:
-        return BenchPlan(
-            "tensorrt",
-            found["fp16"],
-            found["w8a8"],
-            cfg.bench.gpu_batches,
-            None,
-            "TensorRT execute_async_v3 + cudaStreamSynchronize on device-resident inputs and outputs (profile, "
-            "shapes and addresses set once before timing), host perf_counter; no host copies, no Polygraphy "
-            "per-call checks",
-        )
-    if "CUDAExecutionProvider" in ortsession.providers() and "w8a8" in found:
-        return BenchPlan(
-            "onnxruntime-cuda",
-            found["fp16"],
-            found["w8a8"],
-            cfg.bench.gpu_batches,
-            None,
-            "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
-        )
-    if "w8a8-cpu" not in found:
-        raise PipelineError(
-            f"{cfg.path}: benchmarking on the CPU needs model.w8a8-cpu.onnx; add "
-            f"'onnxruntime-cpu' to [quantize] targets and re-run quantize"
-        )
-    fp32 = Artifact("fp32", "onnxruntime", out.graph("fp32"))
-    return BenchPlan(
-        "onnxruntime-cpu",
-        fp32,
-        found["w8a8-cpu"],
-        cfg.bench.cpu_batches,
-        cfg.bench.threads,
-        f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out",
+    for target in targets.configured(cfg):
+        pair = target.bench_pair(cfg, out, found)
+        if pair is not None:
+            return pair
+    raise PipelineError(
+        f"{cfg.path}: no target in [quantize] targets ({', '.join(cfg.quantize.targets)}) runs on this machine as "
+        f"it deploys; add one that does (on a CPU: onnxruntime-cpu) and re-run quantize"
     )
 
 
@@ -93,7 +58,7 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
 
         run, release = execution(engine_to_run(artifact), profile_index_for(cfg, batch), feed)
         return run, (release,)
-    sess = ortsession.session_for(artifact.path, artifact.name, threads)
+    sess = ortsession.session_for(artifact.path, artifact.cpu, threads)
     inputs = ortsession.feed_for(sess, feed)
     return (lambda: sess.run(None, inputs)), ()
 

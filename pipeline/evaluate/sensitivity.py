@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
 from pipeline.graphview import GraphView
 from pipeline.placement import WEIGHTED
+from pipeline.targets.base import QuantizationInputs
 from pipeline.targets.tensorrt.placement import plan_tensorrt
 
 SENSITIVITY_VERSION = 1
@@ -33,7 +34,7 @@ SENSITIVITY_VERSION = 1
 class Target:
     """The layers one w8a8 graph quantizes and how to make it with some of them in FP16."""
 
-    graph: str  # "w8a8" or "w8a8-cpu"
+    graph: str  # the quantized graph's artifact name
     layers: tuple[tuple[str, str], ...]  # (node, op type) of the weighted layers it quantizes
     make: Callable[[tuple[str, ...]], onnx.ModelProto]  # the graph with these nodes also excluded
     alone: Callable[[str], onnx.ModelProto]  # the graph with only this layer quantized
@@ -90,22 +91,11 @@ def cpu_target(
     return Target("w8a8-cpu", layers, make, alone, fp32)
 
 
-def targets_for(
-    graphs: tuple[str, ...],
-    fp32: onnx.ModelProto,
-    fp16: onnx.ModelProto,
-    view: GraphView,
-    ranges: Ranges,
-    method: str,
-    settings: QuantizeSection,
-) -> dict[str, Target]:
-    """``graphs``: some of "w8a8" and "w8a8-cpu"."""
-    made = {}
-    if "w8a8" in graphs:
-        made["w8a8"] = tensorrt_target(fp16, view, ranges, method, settings)
-    if "w8a8-cpu" in graphs:
-        made["w8a8-cpu"] = cpu_target(fp32, view, ranges, method, settings)
-    return made
+def targets_for(artifacts: tuple[str, ...], inputs: QuantizationInputs) -> dict[str, Target]:
+    """The sensitivity targets of the quantized graphs named ``artifacts`` (each a target's artifact)."""
+    from pipeline import targets
+
+    return {t.artifact: t.sensitivity(inputs) for t in targets.everything() if t.artifact in artifacts}
 
 
 def weighted_layers(view: GraphView) -> int:

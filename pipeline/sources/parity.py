@@ -1,16 +1,17 @@
-"""Parity of the exported graphs with PyTorch, on real inputs at several batch sizes."""
+"""Parity of the exported graphs with their source (PyTorch), on real inputs at several batch sizes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import ortsession
-from pipeline.sources.torch.binding import BoundModel
-from pipeline.sources.torch.onnx_from_torch import torch_outputs
 from pipeline.config import Config
 from pipeline.console import info, table
-from pipeline.data import sample_inputs
+from pipeline.data import Feed, sample_inputs
 from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import ErrorStats, error_stats, gate_failures
 
@@ -24,13 +25,16 @@ class ParityRow:
     failures: tuple[str, ...]
 
 
-def check_parity(cfg: Config, model: BoundModel, graphs: dict[str, Path]) -> list[ParityRow]:
-    """Compare each graph (``{precision: path}``) with PyTorch; raise listing every failure."""
+def check_parity(
+    cfg: Config, reference: Callable[[Feed], list[np.ndarray]], graphs: dict[str, Path]
+) -> list[ParityRow]:
+    """Compare each graph (``{precision: path}``) with the source's ``reference`` outputs; raise
+    listing every failure."""
     rows = []
     sessions = {p: ortsession.session(path, cpu_only=True) for p, path in graphs.items()}
     for batch in cfg.export.parity_batches:
         feed = sample_inputs(cfg, batch)
-        refs = torch_outputs(model, feed, cfg)
+        refs = reference(feed)
         for precision, sess in sessions.items():
             outs = ortsession.run(sess, feed)
             for spec, out, ref in zip(cfg.outputs, outs, refs, strict=True):

@@ -20,7 +20,6 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.onnxutil import attribute, constant_value, consumer_map
 from pipeline.placement import WEIGHTED, weight_axis
 
-TARGETS = ("tensorrt", "onnxruntime-cpu")
 BIAS_INPUT = 2  # Conv, ConvTranspose, Gemm: the bias is input 2
 
 
@@ -34,10 +33,9 @@ class Violation:
         return f"{self.node}: rule '{self.rule}': {self.detail}"
 
 
-def violations(model: onnx.ModelProto, target: str = "tensorrt") -> list[Violation]:
-    """Every rule of ``target`` broken in ``model``; empty when it is fine."""
-    if target not in TARGETS:
-        raise ValueError(f"target {target!r} is not one of {TARGETS}")
+def violations(model: onnx.ModelProto, symmetric: bool = True) -> list[Violation]:
+    """Every rule broken in ``model``; empty when it is fine. ``symmetric``: zero points must be int8
+    zeros (TensorRT); else a zero point is allowed (ONNX Runtime's uint8 activations)."""
     graph = onnx.shape_inference.infer_shapes(model).graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
@@ -49,11 +47,11 @@ def violations(model: onnx.ModelProto, target: str = "tensorrt") -> list[Violati
     problems: list[Violation] = []
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            problems.extend(_node_problems(node, target, consts, elem, consumers))
+            problems.extend(_node_problems(node, symmetric, consts, elem, consumers))
     return problems
 
 
-def _node_problems(node, target, consts, elem, consumers) -> list[Violation]:
+def _node_problems(node, symmetric, consts, elem, consumers) -> list[Violation]:
     where = f"{node.op_type} {node.name!r}"
     scale_name = node.input[1]
     zp_name = node.input[2] if len(node.input) > 2 else ""
@@ -76,7 +74,7 @@ def _node_problems(node, target, consts, elem, consumers) -> list[Violation]:
         )
     if zp_name and zp_name not in consts:
         out.append(Violation(where, "constant-zero-point", "zero point is not a constant"))
-    elif zp_name and target == "tensorrt":
+    elif zp_name and symmetric:
         zp = consts[zp_name]
         if zp.dtype != np.int8 or np.any(zp != 0):
             out.append(

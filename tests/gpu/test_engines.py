@@ -32,9 +32,9 @@ pytestmark = pytest.mark.gpu
 )
 def test_example_engines(model, min_int8_coverage, tmp_path):
     cfg = load_config(f"models/{model}.toml")
-    stages.export(cfg, root=tmp_path)
-    stages.quantize(cfg, root=tmp_path)
-    record = stages.build(cfg, root=tmp_path, backend="tensorrt")
+    stages.run("export", cfg, root=tmp_path)
+    stages.run("quantize", cfg, root=tmp_path)
+    record = stages.run("build", cfg, root=tmp_path, backend="tensorrt")
     manifest = Manifest.load(Path(record["manifest"]))
     assert set(manifest.engines) == {"fp16", "w8a8"}
     out = Layout.of(cfg, tmp_path)

@@ -22,12 +22,12 @@ import onnx
 import torch
 
 from pipeline import onnxutil
-from pipeline.sources.torch.binding import BoundModel
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_text
+from pipeline.sources.torch.binding import BoundModel
 
 EXPORTERS = ("torch.export", "torchscript")
 

@@ -11,19 +11,21 @@ from pipeline.config import Config
 from pipeline.console import info
 from pipeline.fileio import sha256_file, write_bytes, write_json
 from pipeline.layout import Layout
+from pipeline.targets.base import ENGINE
 from pipeline.targets.tensorrt import layers as layer_report
 from pipeline.targets.tensorrt.manifest import EngineEntry, Manifest
 from pipeline.targets.tensorrt.probe import Capability
 from pipeline.targets.tensorrt.profiles import InputProfile, check_bench_batches
+from pipeline.targets.tensorrt.target import ARTIFACT as QUANTIZED  # the engine built from the Q/DQ graph
 
 
-def built_files(record: dict) -> list[Path]:
+def built_files(out: Layout, record: dict) -> list[Path]:
     """The engines, layer reports and manifest a build record names (none when TensorRT was skipped)."""
-    if record["backend"] != "tensorrt":
+    if record["backend"] != ENGINE:
         return []
-    manifest = Path(record["manifest"])  # by the precisions built: a held engine is not on disk yet
+    manifest = out.root / record["manifest"]  # by the precisions built: a held engine is not on disk yet
     folder, built = manifest.parent, sorted(record["layers"])
-    return [manifest, *(folder / f"{p}.plan" for p in built), *(folder / f"layers-{p}.json" for p in built)]
+    return [manifest, *(out.engine_file(p, folder) for p in built), *(out.layers_file(p, folder) for p in built)]
 
 
 def build_engines(
@@ -32,8 +34,8 @@ def build_engines(
     from pipeline.targets.tensorrt.trt import EngineFromOnnx, engine_information
 
     check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
-    target = out.trt_root / cap.target_dir_name
-    timing_cache = target / "timing.cache"  # timings are per GPU and TensorRT version: kept beside the engines
+    target = out.engine_dir(cap.target_dir_name)
+    timing_cache = out.timing_cache(target)
     manifest = Manifest(
         cfg.name,
         cap.trt_version or "",
@@ -54,12 +56,14 @@ def build_engines(
         start = time.perf_counter()
         plan = build_engine(graph, log=out.log(f"build-{precision}"))
         seconds = time.perf_counter() - start
-        engine_path = target / f"{precision}.plan"
+        engine_path = out.engine_file(precision, target)
         write_bytes(engine_path, plan)
         inspector_json = engine_information(plan)
-        layers_path = target / f"layers-{precision}.json"
+        layers_path = out.layers_file(precision, target)
         write_json(layers_path, inspector_json)
-        quantized = layer_report.quantized_compute_node_names(onnx.load(str(graph))) if precision == "w8a8" else set()
+        quantized = (
+            layer_report.quantized_compute_node_names(onnx.load(str(graph))) if precision == QUANTIZED else set()
+        )
         summary = layer_report.summarize(layer_report.parse_layers(inspector_json, str(layers_path)), quantized)
         summaries[precision] = summary.as_dict()
         manifest.engines[precision] = EngineEntry(
@@ -69,11 +73,11 @@ def build_engines(
             graph.name,
             sha256_file(graph),
             round(seconds, 2),
-            summary.quantized_coverage if precision == "w8a8" else None,
+            summary.quantized_coverage if precision == QUANTIZED else None,
         )
         coverage = (
             f"{summary.int8_quantized_layers}/{summary.quantized_layers} quantized layers INT8, "
-            if precision == "w8a8"
+            if precision == QUANTIZED
             else ""
         )
         info(
@@ -81,11 +85,17 @@ def build_engines(
             f"layers INT8, {summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, "
             f"{seconds:.1f} s"
         )
-        if precision == "w8a8":
+        if precision == QUANTIZED:
             warning = layer_report.coverage_warning(summary)
             if warning:
                 info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
                 summaries[precision]["warning"] = warning
-    manifest.save(target / "manifest.json")
+    manifest.save(out.manifest_file(target))
     info(f"{cfg.name}: engines and manifest in {target}")
-    return {"backend": "tensorrt", "dir": str(target), "manifest": str(target / "manifest.json"), "layers": summaries}
+    # Relative to the project, as records name files: a moved project is the same project.
+    return {
+        "backend": ENGINE,
+        "dir": out.key(target),
+        "manifest": out.key(out.manifest_file(target)),
+        "layers": summaries,
+    }

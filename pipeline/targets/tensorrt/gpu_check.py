@@ -10,12 +10,11 @@ For each config: export, quantize, build TensorRT engines, compare, bench, repor
 
 The result goes to ``engines/gpu-check.json``; the exit status is 0 only when every check passed.
 
-    python -m pipeline.targets.tensorrt.gpu_check models/resnet_digits.toml models/vit_digits.toml
+    trtpipe gpu-check -c models/resnet_digits.toml -c models/vit_digits.toml
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json, write_json
 from pipeline.layout import Layout
+from pipeline.targets.base import ENGINE
+from pipeline.targets.tensorrt.target import ARTIFACT
 
 MIN_COVERAGE = 0.90
 _UNEXPLAINED = "no layer or op profile saved to explain it"
@@ -36,18 +37,18 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
 
     cfg = load_config(config_path)
     out = Layout.of(cfg, root)
-    stages.export(cfg, root)
-    stages.quantize(cfg, root)
-    record = stages.build(cfg, root, backend="tensorrt")
+    stages.run("export", cfg, root)
+    stages.run("quantize", cfg, root)
+    record = stages.run("build", cfg, root, backend=ENGINE)
     try:
-        stages.compare(cfg, root)
+        stages.run("compare", cfg, root)
         accuracy_error = None
     except PipelineError as exc:  # the gate failed; results are saved, the report still gets written
         accuracy_error = str(exc)
-    bench = stages.bench(cfg, root)
-    stages.report(cfg, root)
+    bench = stages.run("bench", cfg, root)
+    stages.run("report", cfg, root)
 
-    layers = record["layers"]["w8a8"]
+    layers = record["layers"][ARTIFACT]
     coverage = layers["quantized_coverage"]
     lines = verdict(bench, read_json(out.result("compare")), record)
     speed = {}
@@ -86,14 +87,14 @@ def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, A
     models = [check_model(Path(p), root) for p in config_paths]
     result = {
         "passed": all(m["passed"] for m in models),
-        "tensorrt": cap.trt_version,
+        "tensorrt_version": cap.trt_version,
         "gpu": cap.gpu_name,
         "compute_capability": cap.compute_capability,
         "cuda_runtime": cap.cuda_runtime,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "models": models,
     }
-    path = root / "engines" / "gpu-check.json"
+    path = Layout("gpu-check", root).gpu_check
     write_json(path, result)
     for m in models:
         c = m["coverage"]
@@ -105,19 +106,3 @@ def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, A
         )
     info(f"gpu-check: {'passed' if result['passed'] else 'FAILED'}; details in {path}")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
-    if not paths:
-        info("usage: python -m pipeline.targets.tensorrt.gpu_check models/NAME.toml [...]")
-        return 2
-    try:
-        return 0 if gpu_check(paths)["passed"] else 1
-    except PipelineError as exc:
-        info(f"Error: {str(exc).splitlines()[0]}")
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

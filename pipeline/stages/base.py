@@ -1,0 +1,84 @@
+"""A stage, declared once: what it reads (config sections, files of earlier stages, data, the model
+source), and how it runs. The runner does what every stage must: verify what it reads and drop its
+old record before it starts (``records.begin``), and write its record before its outputs take their
+names (``StageRun.writing``). Records and ``trtpipe engines`` read the same declaration, so a stage
+cannot read an input its record leaves out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.layout import Layout
+
+
+def _nothing(cfg: Config, out: Layout) -> list:
+    return []
+
+
+def _no_data(cfg: Config) -> list:
+    return []
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One recorded stage. ``reads`` gives (the stage that writes it, file) for each file it reads
+    from an earlier stage; ``data`` gives (what, config source) for each data source; ``source``:
+    it reads the model itself (its source files and weights); ``remakes``: earlier stages whose
+    files it makes itself when they are missing or stale (recorded as its inputs, not verified
+    before it runs). ``run(StageRun, **options)`` does the work."""
+
+    name: str
+    config: tuple[str, ...]
+    run: Callable[..., Any]
+    reads: Callable[[Config, Layout], list[tuple[Stage, Path]]] = _nothing
+    data: Callable[[Config], list[tuple[str, str]]] = _no_data
+    source: bool = False
+    remakes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def module(self) -> str:
+        """The module whose code (and what it imports) is this stage's code version."""
+        return f"pipeline.stages.{self.name}"
+
+    def __call__(self, cfg: Config, root: Path | str | None = None, **options: Any) -> Any:
+        from pipeline import records
+
+        out = Layout.of(cfg, root)
+        records.begin(cfg, out, self)
+        return self.run(StageRun(self, cfg, out), **options)
+
+    def __repr__(self) -> str:
+        return f"Stage({self.name!r})"
+
+
+@dataclass
+class Written:
+    """The files a stage's ``writing`` block made, and whether its gate passed."""
+
+    paths: list[Path] = field(default_factory=list)
+    passed: bool = True
+
+
+@dataclass(frozen=True)
+class StageRun:
+    stage: Stage
+    cfg: Config
+    out: Layout
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Written]:
+        """Files finished in the block wait beside their names; on a clean exit the stage's record is
+        written naming them, then they take their names (``fileio.after_record``)."""
+        from pipeline import records
+        from pipeline.fileio import after_record
+
+        with after_record():
+            written = Written()
+            yield written
+            records.finish(self.cfg, self.out, self.stage, written.paths, written.passed)

@@ -1,0 +1,74 @@
+"""``trtpipe bench``: latency across batch sizes for the first configured target that runs on this
+machine as it deploys, its 8-bit artifact against its float baseline."""
+
+from __future__ import annotations
+
+from pipeline.console import info
+from pipeline.stages.base import Stage, StageRun
+from pipeline.stages.build import artifact_reads
+
+
+def run(r: StageRun, repeat: int = 1) -> dict:
+    from pipeline.console import table
+    from pipeline.evaluate import bench as bench_mod
+    from pipeline.fileio import write_json, write_text
+
+    cfg, out = r.cfg, r.out
+    plan = bench_mod.plan_bench(cfg, out)
+    runs = bench_mod.bench(cfg, out, plan, repeat)
+    rows = runs[0]
+    speedup = bench_mod.speedups(rows, plan)
+    result = {
+        "backend": plan.backend,
+        "includes": plan.includes,
+        "baseline": plan.baseline.name,
+        "quantized": plan.quantized.name,
+        "batches": list(plan.batches),
+        "threads": plan.threads,
+        "warmup": cfg.bench.warmup,
+        "min_iterations": cfg.bench.iterations,
+        "min_seconds": cfg.bench.min_seconds,
+        "runs": [[row.as_dict() for row in run] for run in runs],
+        "speedup": {str(b): s for b, s in speedup.items()},
+        "consistency": bench_mod.consistency(runs),
+    }
+    if plan.baseline.cpu:
+        from pipeline.data import sample_inputs
+        from pipeline.evaluate.profile import op_time_share
+
+        # Evidence for the report: INT8 only speeds up the Conv/MatMul/Gemm share of FP32 time.
+        largest = max(plan.batches)
+        result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
+        result["profiled_batch"] = largest
+    with r.writing() as written:  # the two files come as a set
+        write_json(out.result("bench"), result)
+        write_text(out.bench_csv, bench_mod.to_csv([row for run in runs for row in run]))
+        written.paths = [out.result("bench"), out.bench_csv]
+    info(
+        f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
+        f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch"
+    )
+    info(
+        table(
+            ["artifact", "batch", "median ms", "p90 ms", "p99 ms", "IQR ms", "items/s", "w8a8 speedup"],
+            [
+                [
+                    row.artifact,
+                    row.batch,
+                    row.latency.median_ms,
+                    row.latency.p90_ms,
+                    row.latency.p99_ms,
+                    row.latency.iqr_ms,
+                    f"{row.throughput:.0f}",
+                    f"{speedup[row.batch]:.2f}x" if row.precision == plan.quantized.name else "",
+                ]
+                for row in rows
+            ],
+        )
+    )
+    for line in result["consistency"]:
+        info(f"  repeat check: {line}")
+    return result
+
+
+STAGE = Stage("bench", ("batch", "quantize", "bench"), run, reads=artifact_reads)

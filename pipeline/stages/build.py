@@ -1,0 +1,84 @@
+"""``trtpipe build``: TensorRT engines (FP16, and each TensorRT target's Q/DQ graph) with a manifest
+and layer report, or a record of why TensorRT was not used and what compare and bench run instead."""
+
+from __future__ import annotations
+
+from pipeline import targets
+from pipeline.config import Config
+from pipeline.console import info
+from pipeline.stages import export, quantize
+from pipeline.stages.base import Stage, StageRun
+from pipeline.targets.base import ENGINE, FP16, FP32, ONNXRUNTIME
+from pipeline.targets.tensorrt.probe import Capability
+
+AUTO = "auto"  # TensorRT where it imports and a CUDA GPU is visible, else ONNX Runtime
+BACKENDS = (AUTO, ENGINE, ONNXRUNTIME)
+
+
+def run(r: StageRun, backend: str = AUTO) -> dict:
+    from pipeline import onnxutil
+    from pipeline.errors import PipelineError
+    from pipeline.fileio import write_json
+    from pipeline.targets.tensorrt.engines import build_engines, built_files
+    from pipeline.targets.tensorrt.probe import probe
+    from pipeline.targets.tensorrt.profiles import profiles_for
+
+    cfg, out = r.cfg, r.out
+    graphs = {FP16: out.graph(FP16), **{a: out.graph(a) for a in _engine_artifacts(cfg)}}
+    for precision, path in graphs.items():
+        if not path.is_file():
+            raise PipelineError(f"{path}: the {precision} graph is missing; run export and quantize first")
+    cap = probe()
+    profiles = profiles_for(cfg, onnxutil.load(graphs[FP16]))  # checked on every machine, GPU or not
+    if backend == ENGINE and not cap.available:
+        raise PipelineError(f"--backend {ENGINE}: {cap.reason}")
+    with r.writing() as written:
+        if backend == ENGINE or (backend == AUTO and cap.available):
+            record = build_engines(cfg, out, cap, profiles, graphs)
+        else:
+            record = _skipped_build(cfg, backend, cap)
+        write_json(out.build_record, record)
+        written.paths = [out.build_record, *built_files(out, record)]
+    return record
+
+
+def _engine_artifacts(cfg: Config) -> list[str]:
+    """The configured targets whose graphs become engines (their artifacts run as TensorRT engines)."""
+    return [t.artifact for t in targets.configured(cfg) if t.builds_engine]
+
+
+def _skipped_build(cfg: Config, backend: str, cap: Capability) -> dict:
+    """The build record when TensorRT is not used: why, and what compare and bench run instead."""
+    from pipeline import ortsession
+
+    reason = f"--backend {ONNXRUNTIME}" if backend == ONNXRUNTIME else cap.reason
+    providers = ortsession.providers()
+    info(
+        f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
+        f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
+    )
+    return {"backend": ONNXRUNTIME, "reason": reason, "providers": providers}
+
+
+def _reads(cfg, out):
+    return [(export.STAGE, out.graph(FP16)), *((quantize.STAGE, out.graph(a)) for a in _engine_artifacts(cfg))]
+
+
+STAGE = Stage("build", ("batch", "axes", "quantize", "build"), run, reads=_reads)
+
+
+def artifact_reads(cfg: Config, out) -> list:
+    """What compare and bench read: the FP32 graph, the build record, and each deployable artifact
+    (``runners.artifacts``) with the stage that wrote it."""
+    from pipeline import records
+    from pipeline.runners import artifacts
+
+    reads = [(export.STAGE, out.graph(FP32)), (STAGE, out.build_record)]
+    record = records.load_record(out, STAGE.name)
+    key = out.key(out.build_record)
+    if record is None or not out.build_record.is_file() or record.outputs.get(key) != records.sha256(out.build_record):
+        return reads  # not read before its own record vouches for it: verify names the change
+    for a in artifacts(cfg, out):
+        producer = STAGE if a.backend == ENGINE else export.STAGE if a.name in (FP32, FP16) else quantize.STAGE
+        reads.append((producer, a.path))
+    return reads

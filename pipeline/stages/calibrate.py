@@ -1,0 +1,39 @@
+"""``trtpipe calibrate``: activation ranges for every tensor the configured targets quantize, cached
+in calib/NAME (with [quantize] smoothquant: of the smoothed graph, from per-channel maxima cached
+beside them)."""
+
+from __future__ import annotations
+
+from pipeline.calibration import inputs
+from pipeline.stages import export
+from pipeline.stages.base import Stage, StageRun
+from pipeline.targets.base import FP32
+
+
+def run(r: StageRun, force: bool = False):
+    from pipeline import onnxutil
+    from pipeline.fileio import after_record
+    from pipeline.graphview import GraphView
+
+    cfg, out = r.cfg, r.out
+    fp32 = onnxutil.load(out.graph(FP32), "FP32 graph")
+    with after_record():  # the cache and its record: written by inputs.ranges, as quantize writes them
+        graph, _, _ = inputs.smoothed(cfg, out, fp32, force, rebuild_invalid=True)
+        graph_sha256 = onnxutil.graph_hash(graph)
+        # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime loads its
+        # own (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
+        view = GraphView(onnxutil.skeleton(graph))
+        smoothed = graph if graph is not fp32 else None
+        del fp32, graph
+        return inputs.ranges(cfg, out, view, graph_sha256, STAGE, force, smoothed, rebuild_invalid=True)
+
+
+def _reads(cfg, out):
+    return [(export.STAGE, out.graph(FP32))]
+
+
+def _data(cfg):
+    return [("calibration data", cfg.calibration.source)]
+
+
+STAGE = Stage("calibrate", ("inputs", "calibration", "quantize"), run, reads=_reads, data=_data)

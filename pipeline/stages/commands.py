@@ -1,0 +1,66 @@
+"""Commands that are not recorded stages: per-layer sensitivity (read-only on the stages' files, its
+table for the report) and deploy (a copy of measured bytes outside the project)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import targets
+from pipeline.config import Config
+from pipeline.console import info
+from pipeline.layout import Layout
+
+
+def sensitivity(cfg: Config, root: Path | str | None = None, names: tuple[str, ...] = ()) -> dict:
+    """Per-layer sensitivity of each quantized graph into results/sensitivity.json (the report draws it)."""
+    from pipeline import records
+    from pipeline.calibration.inputs import quantization_inputs
+    from pipeline.console import table
+    from pipeline.evaluate import sensitivity as sens
+    from pipeline.evaluate.variants import held_out
+    from pipeline.stages import calibrate, quantize
+    from pipeline.targets.base import FP32
+
+    out = Layout.of(cfg, root)
+    records.verify(cfg, out, quantize.STAGE)  # the graphs and ranges quantize would read, as their stages wrote them
+    inp = quantization_inputs(cfg, out, calibrate.STAGE)  # the graphs quantize makes
+    chosen = [t for t in targets.configured(cfg) if not names or t.name in names]
+    heldout = held_out(cfg, out.graph(FP32), cfg.accuracy.sensitivity_rows)
+    tables = {}
+    for t in chosen:
+        tables[t.artifact] = found = sens.measure(t.sensitivity(inp), heldout)
+        info(
+            f"{cfg.name}: {t.artifact}: {len(found.layers)} layers on {found.rows} held-out rows in "
+            f"{found.seconds:.1f} s; all INT8: centered cosine {found.quantized.centered_cosine:.5f}; "
+            f"most sensitive first:"
+        )
+        info(table(*sens.table_rows(found)))
+    sens.save(tables, out.sensitivity)
+    info(f"{cfg.name}: wrote {out.sensitivity}")
+    return tables
+
+
+def deploy(
+    cfg: Config,
+    to: Path | str,
+    precision: str = "w8a8",
+    fmt: str = "triton",
+    force: bool = False,
+    root: Path | str | None = None,
+    replace: bool = False,
+) -> Path:
+    """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
+    from pipeline.deploy.checks import check_destination, select
+    from pipeline.deploy.repository import write_plain, write_triton
+
+    out, to = Layout.of(cfg, root), Path(to)
+    check_destination(out, to)  # every check before anything is written
+    chosen = select(cfg, out, precision, force)
+    if chosen.gate_failures:
+        info(
+            f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
+            f"the manifest records it"
+        )
+    path = write_triton(cfg, out, chosen, to, replace) if fmt == "triton" else write_plain(cfg, chosen, to, replace)
+    info(f"{cfg.name}: deployed {chosen.artifact.label} ({chosen.device}) to {path}")
+    return path

@@ -1,0 +1,43 @@
+"""``trtpipe compare``: every deployable artifact against the FP32 graph on held-out data, gated by [accuracy]."""
+
+from __future__ import annotations
+
+from pipeline.console import info
+from pipeline.stages.base import Stage, StageRun
+from pipeline.stages.build import artifact_reads
+
+
+def run(r: StageRun) -> list:
+    from pipeline.console import table
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate.accuracy import accuracy_table
+    from pipeline.evaluate.compare import compare as run_compare
+    from pipeline.fileio import write_json
+
+    cfg, out = r.cfg, r.out
+    rows = run_compare(cfg, out)
+    passed = not any(row.failures for row in rows)
+    with r.writing() as written:
+        write_json(out.result("compare"), {"rows": [row.as_dict() for row in rows], "passed": passed})
+        written.paths, written.passed = [out.result("compare")], passed  # deploy gates the bytes it names
+    info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
+    info(table(*accuracy_table(rows)))
+    failed = [row for row in rows if row.failures]
+    if failed:
+        first = failed[0]
+        raise PipelineError(
+            f"{cfg.name}: accuracy gate failed for {first.artifact}, output {first.output!r} at batch "
+            f"{first.batch}: {'; '.join(first.failures)} (gates in [accuracy] of {cfg.path})"
+        )
+    return rows
+
+
+def _data(cfg):
+    return (
+        [("held-out data", cfg.evaluation.source)]
+        if cfg.evaluation is not None
+        else [("calibration data", cfg.calibration.source)]
+    )
+
+
+STAGE = Stage("compare", ("batch", "quantize", "accuracy", "evaluation"), run, reads=artifact_reads, data=_data)

@@ -1,0 +1,127 @@
+"""What a quantization target is: the one type every stage asks instead of spelling a target's name.
+
+A target turns the exported graphs and their calibrated ranges into one quantized artifact (its own
+Q/DQ placement, its own rules) and knows how that artifact runs: the float artifact it is measured
+against, whether this machine runs it as it deploys, and how to time it. Stages loop over
+``targets.configured(cfg)``; a new target is one folder under ``pipeline/targets/`` and one line in
+``pipeline/targets/__init__.py``'s registry (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+    from pipeline.calibration.cache import Ranges
+    from pipeline.config import Config, QuantizeSection
+    from pipeline.evaluate.sensitivity import Target as SensitivityTarget
+    from pipeline.graphview import GraphView
+    from pipeline.layout import Layout
+    from pipeline.placement import Placement, Skipped
+    from pipeline.runners import Artifact
+    from pipeline.targets.rules import Violation
+
+# The exported graphs every target starts from: the FP32 reference and its FP16 conversion.
+FP32 = "fp32"
+FP16 = "fp16"
+# Where an artifact runs: a TensorRT engine, or an ONNX graph on ONNX Runtime.
+ENGINE = "tensorrt"
+ONNXRUNTIME = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class QuantizationInputs:
+    """What every target's quantizer starts from: the FP32 graph (smoothed under [quantize] smoothquant)
+    and the FP16 graph with the same edits, the FP32 graph's view, its calibrated ranges, the range
+    method and the [quantize] settings."""
+
+    fp32: onnx.ModelProto
+    fp16: onnx.ModelProto
+    view: GraphView
+    ranges: Ranges
+    method: str
+    settings: QuantizeSection
+    smoothing: dict | None = None  # what SmoothQuant did, for quantize's result
+
+
+@dataclass(frozen=True)
+class BenchPair:
+    """The two artifacts bench times against each other, and what their timings include."""
+
+    backend: str  # how it is timed: "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"
+    baseline: Artifact  # light grey in the chart
+    quantized: Artifact  # dark red
+    batches: tuple[int, ...]
+    threads: int | None
+    includes: str
+
+    @property
+    def pair(self) -> tuple[Artifact, Artifact]:
+        return self.baseline, self.quantized
+
+
+class Target(ABC):
+    """One quantization target (a runtime and the 8-bit graph it runs)."""
+
+    name: str  # its [quantize] targets entry, e.g. "tensorrt"
+    artifact: str  # its graph's name: engines/NAME/onnx/model.<artifact>.onnx
+    baseline: str  # the float artifact its speed and accuracy are judged against (FP16 or FP32)
+    label: str  # for people: "TensorRT"
+    builds_engine: bool = False  # build makes its graph a TensorRT engine (where TensorRT and a GPU are)
+    deploys_on_cpu: bool = False  # its artifact is what deploys on a CPU-only machine (else on a GPU)
+
+    # --- quantize -------------------------------------------------------------------------------
+    @abstractmethod
+    def calibration_tensors(self, view: GraphView, settings: QuantizeSection) -> set[str]:
+        """The activations this target's graph needs a range for."""
+
+    @abstractmethod
+    def simulated(self, view: GraphView, settings: QuantizeSection) -> Placement:
+        """This target's placement as calibration's whole-graph check simulates it."""
+
+    @abstractmethod
+    def fake_quant(self, x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+        """``x`` as this target's graph quantizes an activation with range ``[lo, hi]`` clipped to
+        ``+-amax``: what ``auto`` sums over the configured targets to choose a range."""
+
+    @abstractmethod
+    def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+        """The quantized graph, the weighted layers in ``float_nodes`` left in float."""
+
+    @abstractmethod
+    def sensitivity(self, inputs: QuantizationInputs) -> SensitivityTarget:
+        """The layers this graph quantizes and how to make it with some of them left float."""
+
+    @abstractmethod
+    def violations(self, model: onnx.ModelProto) -> list[Violation]:
+        """Every rule of this target's runtime that ``model`` breaks."""
+
+    def placement_report(
+        self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()
+    ) -> tuple[list[list[object]], list[Skipped], int] | None:
+        """Per op type what runs INT8, the layers kept float and why, and how many layers run INT8;
+        None where the target's quantizer reports none of its own."""
+        return None
+
+    # --- runs -------------------------------------------------------------------------------------
+    @abstractmethod
+    def artifacts(self, cfg: Config, out: Layout, build: dict) -> list[Artifact]:
+        """This target's deployable artifacts, as the build record says they were made."""
+
+    @abstractmethod
+    def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair | None:
+        """What bench times for this target on this machine, or None where it does not run here as it deploys."""
+
+    def producer(self, artifact: Artifact) -> str:
+        """The stage that wrote ``artifact``'s file."""
+        return "quantize" if artifact.name == self.artifact else "export"
+
+
+TargetFactory = Callable[[], Target]

@@ -1,0 +1,103 @@
+"""TensorRT: int8 Q/DQ on the FP16 graph where TensorRT fuses it (``placement``), built into engines
+on a GPU (``engines``); without one, its graphs run on ONNX Runtime's CUDA EP or not at all here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+
+from pipeline.config import Config, QuantizeSection
+from pipeline.graphview import GraphView
+from pipeline.layout import Layout
+from pipeline.placement import Placement
+from pipeline.runners import Artifact
+from pipeline.targets.base import ENGINE, FP16, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
+from pipeline.targets.tensorrt.placement import plan_tensorrt
+
+ARTIFACT = "w8a8"
+
+
+class TensorRT(Target):
+    name = "tensorrt"
+    artifact = ARTIFACT
+    baseline = FP16
+    label = "TensorRT"
+    builds_engine = True
+
+    def calibration_tensors(self, view: GraphView, settings: QuantizeSection) -> set[str]:
+        return plan_tensorrt(view, settings).tensors
+
+    def simulated(self, view: GraphView, settings: QuantizeSection) -> Placement:
+        return plan_tensorrt(view, settings).simulated()
+
+    def fake_quant(self, x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+        from pipeline.calibration.auto import fake_quant
+
+        return fake_quant(x, amax)  # symmetric int8 over +-amax
+
+    def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
+        from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
+
+        plan = plan_tensorrt(inputs.view, _excluding(inputs.settings, float_nodes))
+        return QdqOnnxFromOnnx(plan, inputs.ranges, inputs.method)(inputs.fp16, inputs.view)
+
+    def sensitivity(self, inputs: QuantizationInputs):
+        from pipeline.evaluate.sensitivity import tensorrt_target
+
+        return tensorrt_target(inputs.fp16, inputs.view, inputs.ranges, inputs.method, inputs.settings)
+
+    def violations(self, model: onnx.ModelProto):
+        from pipeline.targets.rules import violations
+
+        return violations(model, symmetric=True)
+
+    def placement_report(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()):
+        from pipeline.placement import summary_rows
+
+        plan = plan_tensorrt(inputs.view, _excluding(inputs.settings, float_nodes))
+        return summary_rows(plan, inputs.fp32), plan.skipped, len(plan.quantized)
+
+    def artifacts(self, cfg: Config, out: Layout, build: dict) -> list[Artifact]:
+        if build["backend"] == ENGINE:
+            manifest = out.root / build["manifest"]
+            return [Artifact(ARTIFACT, ENGINE, manifest.parent / out.engine_file(ARTIFACT).name, manifest)]
+        return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT))]
+
+    def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair | None:
+        from pipeline import ortsession
+
+        if ARTIFACT not in found:
+            return None
+        if found[FP16].backend == ENGINE:
+            from pipeline.targets.tensorrt.profiles import check_bench_batches
+
+            check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
+            return BenchPair(
+                "tensorrt",
+                found[FP16],
+                found[ARTIFACT],
+                cfg.bench.gpu_batches,
+                None,
+                "TensorRT execute_async_v3 + cudaStreamSynchronize on device-resident inputs and outputs (profile, "
+                "shapes and addresses set once before timing), host perf_counter; no host copies, no Polygraphy "
+                "per-call checks",
+            )
+        if "CUDAExecutionProvider" in ortsession.providers():
+            return BenchPair(
+                "onnxruntime-cuda",
+                found[FP16],
+                found[ARTIFACT],
+                cfg.bench.gpu_batches,
+                None,
+                "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
+            )
+        return None  # its graphs only simulate TensorRT's numbers on a CPU: their CPU latency would mislead
+
+    def producer(self, artifact: Artifact) -> str:
+        return "build" if artifact.backend == ENGINE else super().producer(artifact)
+
+
+def _excluding(settings: QuantizeSection, nodes: tuple[str, ...]) -> QuantizeSection:
+    return dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + nodes) if nodes else settings
