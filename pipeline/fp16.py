@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline import onnxutil
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.targets.base import FP16
 
 FP16_MAX = 65504.0
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -52,7 +53,7 @@ class Fp16OnnxFromOnnx:
         model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype)
         onnx.helper.set_model_props(
             model,
-            {**{p.key: p.value for p in fp32.metadata_props}, "trtpipe.model": cfg.name, "trtpipe.precision": "fp16"},
+            {**{p.key: p.value for p in fp32.metadata_props}, "trtpipe.model": cfg.name, "trtpipe.precision": FP16},
         )
         return onnxutil.check(model, f"{cfg.name} fp16 graph")
 

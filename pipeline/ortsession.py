@@ -13,6 +13,7 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from pipeline.errors import PipelineError
+from pipeline.targets.base import ENGINE, FP16
 
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -39,7 +40,7 @@ def runs_as_written(model: onnx.ModelProto) -> bool:
     CPU Q/DQ graphs never have. (ONNX Runtime 1.32's CPU fusions crashed the process on ViT-B/16's
     FP16 graph; TensorRT, not they, decides how an FP16 graph runs.)"""
     props = {p.key: p.value for p in model.metadata_props}
-    if props.get("trtpipe.target") in ("tensorrt", "simulation") or props.get("trtpipe.precision") == "fp16":
+    if props.get("trtpipe.target") in (ENGINE, "simulation") or props.get("trtpipe.precision") == FP16:
         return True
     fp16 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     fp16 |= {

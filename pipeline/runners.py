@@ -24,7 +24,7 @@ from pipeline.targets.base import ENGINE, FP16, FP32, ONNXRUNTIME
 
 @dataclass(frozen=True)
 class Artifact:
-    name: str  # "fp16", or a target's artifact
+    name: str  # FP16, or a target's artifact
     backend: str  # ENGINE (a TensorRT engine) or ONNXRUNTIME (an ONNX graph)
     path: Path  # engine or graph
     manifest: Path | None = None

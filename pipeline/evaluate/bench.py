@@ -30,7 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.timing import Latency, measure
 from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts
-from pipeline.targets.base import BenchPair
+from pipeline.targets.base import ENGINE, BenchPair
 
 BenchPlan = BenchPair
 
@@ -51,7 +51,7 @@ def plan_bench(cfg: Config, out: Layout) -> BenchPlan:
 def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
     """A zero-argument callable running one inference at ``batch``, plus what to release after."""
     feed = sample_inputs(cfg, batch)
-    if artifact.backend == "tensorrt":
+    if artifact.backend == ENGINE:
         from pipeline.runners import engine_to_run
         from pipeline.targets.tensorrt.profiles import profile_index_for
         from pipeline.targets.tensorrt.trt import execution

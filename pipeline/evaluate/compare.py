@@ -19,6 +19,7 @@ from pipeline.data import Feed, heldout_batches
 from pipeline.evaluate.accuracy import AccuracyRow, Scorer
 from pipeline.layout import Layout
 from pipeline.runners import Artifact, artifacts, reference_runner, runner_for
+from pipeline.targets.base import ENGINE
 
 
 def compare(cfg: Config, out: Layout) -> list[AccuracyRow]:
@@ -66,7 +67,7 @@ def _outputs(results, runner: str, cfg: Config) -> list[np.ndarray]:
 
 
 def _profile(cfg: Config, artifact: Artifact, batch: int) -> int:
-    if artifact.backend != "tensorrt":
+    if artifact.backend != ENGINE:
         return 0
     from pipeline.targets.tensorrt.profiles import profile_index_for
 

@@ -9,7 +9,6 @@ rows, running only what changed where the graphs run as written.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,15 +16,12 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.calibration.cache import Ranges
-from pipeline.config import QuantizeSection
 from pipeline.console import progress
 from pipeline.errors import PipelineError
 from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
 from pipeline.graphview import GraphView
 from pipeline.placement import WEIGHTED
 from pipeline.targets.base import QuantizationInputs
-from pipeline.targets.tensorrt.placement import plan_tensorrt
 
 SENSITIVITY_VERSION = 1
 
@@ -42,53 +38,6 @@ class Target:
 
     def with_fp16(self, kept: frozenset[str] | set[str]) -> onnx.ModelProto:
         return self.make(tuple(sorted(kept)))
-
-
-def tensorrt_target(
-    fp16: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
-) -> Target:
-    from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
-
-    def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
-        s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + excluded)
-        return QdqOnnxFromOnnx(plan_tensorrt(view, s), ranges, method)(fp16, view)
-
-    layers = tuple((n, op) for n, op in plan_tensorrt(view, settings).quantized if op in WEIGHTED)
-
-    def alone(node: str) -> onnx.ModelProto:
-        return make(tuple(n for n, _ in layers if n != node))
-
-    return Target("w8a8", layers, make, alone, fp16)
-
-
-def cpu_target(
-    fp32: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
-) -> Target:
-    """A layer left float is excluded from ONNX Runtime's quantizer by name, with the Relu before it and
-    the ops after it up to the next layers (``ort_cpu.with_epilogues``), and reads its inputs
-    unquantized (``ort_cpu.float_inputs``); a layer alone quantized has every other node so treated,
-    Add, Relu and pooling too (they are quantized on this graph)."""
-    from pipeline.targets.onnxruntime_cpu.quantize import (
-        OrtCpuQdqFromOnnx,
-        excluded_nodes,
-        float_inputs,
-        float_layers,
-        with_epilogues,
-    )
-
-    def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
-        floats = float_layers(view, with_epilogues(view, excluded))
-        s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + floats)
-        model = OrtCpuQdqFromOnnx(ranges, method, s)(fp32, view)
-        return float_inputs(model, floats) if floats else model
-
-    skip = set(excluded_nodes(view, settings))
-    layers = tuple((n.name, n.op_type) for n in view.nodes if n.op_type in WEIGHTED and n.name not in skip)
-
-    def alone(node: str) -> onnx.ModelProto:
-        return make(tuple(n.name for n in view.nodes if n.name != node))
-
-    return Target("w8a8-cpu", layers, make, alone, fp32)
 
 
 def targets_for(artifacts: tuple[str, ...], inputs: QuantizationInputs) -> dict[str, Target]:

@@ -9,6 +9,7 @@ from pipeline import targets
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.layout import Layout
+from pipeline.targets.base import QUANTIZED
 
 
 def sensitivity(cfg: Config, root: Path | str | None = None, names: tuple[str, ...] = ()) -> dict:
@@ -43,7 +44,7 @@ def sensitivity(cfg: Config, root: Path | str | None = None, names: tuple[str, .
 def deploy(
     cfg: Config,
     to: Path | str,
-    precision: str = "w8a8",
+    precision: str = QUANTIZED,
     fmt: str = "triton",
     force: bool = False,
     root: Path | str | None = None,

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # The exported graphs every target starts from: the FP32 reference and its FP16 conversion.
 FP32 = "fp32"
 FP16 = "fp16"
+# Deploy's 8-bit choice: the artifact of the configured target that runs where the build deploys.
+QUANTIZED = "w8a8"
 # Where an artifact runs: a TensorRT engine, or an ONNX graph on ONNX Runtime.
 ENGINE = "tensorrt"
 ONNXRUNTIME = "onnxruntime"

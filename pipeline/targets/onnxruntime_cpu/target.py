@@ -3,13 +3,17 @@ Runtime's own quantizer so its QLinear kernels fuse (``quantize``); what deploys
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 
+from pipeline.calibration.cache import Ranges
 from pipeline.config import Config, QuantizeSection
+from pipeline.evaluate.sensitivity import Target as SensitivityTarget
 from pipeline.graphview import GraphView
 from pipeline.layout import Layout
-from pipeline.placement import Placement
+from pipeline.placement import WEIGHTED, Placement
 from pipeline.runners import Artifact
 from pipeline.targets.base import FP32, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
 
@@ -46,9 +50,7 @@ class OnnxRuntimeCpu(Target):
         return OrtCpuQdqFromOnnx(inputs.ranges, inputs.method, inputs.settings)(inputs.fp32, inputs.view)
 
     def sensitivity(self, inputs: QuantizationInputs):
-        from pipeline.evaluate.sensitivity import cpu_target
-
-        return cpu_target(inputs.fp32, inputs.view, inputs.ranges, inputs.method, inputs.settings)
+        return sensitivity_target(inputs.fp32, inputs.view, inputs.ranges, inputs.method, inputs.settings)
 
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations
@@ -67,3 +69,33 @@ class OnnxRuntimeCpu(Target):
             cfg.bench.threads,
             f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out",
         )
+
+
+def sensitivity_target(
+    fp32: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
+) -> SensitivityTarget:
+    """A layer left float is excluded from ONNX Runtime's quantizer by name, with the Relu before it and
+    the ops after it up to the next layers (``ort_cpu.with_epilogues``), and reads its inputs
+    unquantized (``ort_cpu.float_inputs``); a layer alone quantized has every other node so treated,
+    Add, Relu and pooling too (they are quantized on this graph)."""
+    from pipeline.targets.onnxruntime_cpu.quantize import (
+        OrtCpuQdqFromOnnx,
+        excluded_nodes,
+        float_inputs,
+        float_layers,
+        with_epilogues,
+    )
+
+    def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
+        floats = float_layers(view, with_epilogues(view, excluded))
+        s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + floats)
+        model = OrtCpuQdqFromOnnx(ranges, method, s)(fp32, view)
+        return float_inputs(model, floats) if floats else model
+
+    skip = set(excluded_nodes(view, settings))
+    layers = tuple((n.name, n.op_type) for n in view.nodes if n.op_type in WEIGHTED and n.name not in skip)
+
+    def alone(node: str) -> onnx.ModelProto:
+        return make(tuple(n.name for n in view.nodes if n.name != node))
+
+    return SensitivityTarget(ARTIFACT, layers, make, alone, fp32)

@@ -8,10 +8,12 @@ import dataclasses
 import numpy as np
 import onnx
 
+from pipeline.calibration.cache import Ranges
 from pipeline.config import Config, QuantizeSection
+from pipeline.evaluate.sensitivity import Target as SensitivityTarget
 from pipeline.graphview import GraphView
 from pipeline.layout import Layout
-from pipeline.placement import Placement
+from pipeline.placement import WEIGHTED, Placement
 from pipeline.runners import Artifact
 from pipeline.targets.base import ENGINE, FP16, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
 from pipeline.targets.tensorrt.placement import plan_tensorrt
@@ -44,9 +46,7 @@ class TensorRT(Target):
         return QdqOnnxFromOnnx(plan, inputs.ranges, inputs.method)(inputs.fp16, inputs.view)
 
     def sensitivity(self, inputs: QuantizationInputs):
-        from pipeline.evaluate.sensitivity import tensorrt_target
-
-        return tensorrt_target(inputs.fp16, inputs.view, inputs.ranges, inputs.method, inputs.settings)
+        return sensitivity_target(inputs.fp16, inputs.view, inputs.ranges, inputs.method, inputs.settings)
 
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations
@@ -101,3 +101,20 @@ class TensorRT(Target):
 
 def _excluding(settings: QuantizeSection, nodes: tuple[str, ...]) -> QuantizeSection:
     return dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + nodes) if nodes else settings
+
+
+def sensitivity_target(
+    fp16: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
+) -> SensitivityTarget:
+    from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
+
+    def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
+        s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + excluded)
+        return QdqOnnxFromOnnx(plan_tensorrt(view, s), ranges, method)(fp16, view)
+
+    layers = tuple((n, op) for n, op in plan_tensorrt(view, settings).quantized if op in WEIGHTED)
+
+    def alone(node: str) -> onnx.ModelProto:
+        return make(tuple(n for n, _ in layers if n != node))
+
+    return SensitivityTarget(ARTIFACT, layers, make, alone, fp16)
