@@ -390,6 +390,7 @@ class Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """The config in the TOML file at ``path``, validated; relative paths in it resolve from its folder."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -401,6 +402,15 @@ def load_config(path: str | Path) -> Config:
         raise PipelineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: not valid TOML ({exc})") from None
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: dict[str, Any], path: str | Path = "config.toml") -> Config:
+    """A config from a dict shaped as the TOML file is (``{"name": ..., "model": {...}, "inputs": [...]}``),
+    validated as a file is; ``path`` stands for the file it would be, so relative paths in it resolve
+    from ``path``'s folder (the working folder by default) and errors name it."""
+    path = Path(path)
+    raw = dict(raw)
     if isinstance(raw.get("batch"), dict):
         raw["batch"] = [raw["batch"]]  # one [batch] table is one profile
     if isinstance(raw.get("accuracy"), dict):

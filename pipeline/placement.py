@@ -164,7 +164,7 @@ def summary_rows(plan: Plan, model: onnx.ModelProto) -> list[list[object]]:
         by_type[s.op_type][1] += 1
     for edges in plan.activations.values():
         for node, _ in edges:
-            by_type[op_of.get(node, "?")][2] += 1
+            by_type[op_of[node]][2] += 1  # an edge names a node of the graph
     for w in plan.weights:
         by_type[w.op_type][2] += 1
     return [[op, *counts] for op, counts in sorted(by_type.items())]

@@ -33,7 +33,7 @@ def op_time_share(graph: Path, feed: dict, threads: int | None, runs: int = 10) 
     totals: dict[str, float] = defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            totals[event.get("args", {}).get("op_name", "?")] += float(event.get("dur", 0))
+            totals[event.get("args", {}).get("op_name", "(op not named)")] += float(event.get("dur", 0))
     whole = sum(totals.values()) or 1.0
     return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.console import table
+from pipeline.evaluate.colours import BASELINE_COLOUR, W8A8_COLOUR
 from pipeline.evaluate.profile import INT8_OPS
 from pipeline.fileio import atomic_path, read_json, write_text
 from pipeline.layout import Layout
 
-BASELINE_COLOUR = "#d3d3d3"  # light grey
-W8A8_COLOUR = "#8b0000"  # dark red
 MIN_GAIN = 1.05  # below this, w8a8 is not worth its accuracy cost
 _NAMES = {"fp32": "FP32", "fp16": "FP16", "w8a8": "w8a8", "w8a8-cpu": "w8a8"}
 _BACKENDS = {"tensorrt": "TensorRT", "onnxruntime-cuda": "ONNX Runtime CUDA", "onnxruntime-cpu": "ONNX Runtime CPU"}

@@ -209,7 +209,7 @@ def chart(tables: dict[str, Sensitivity], path: Path, model: str, top: int = TOP
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
+    from pipeline.evaluate.colours import BASELINE_COLOUR, W8A8_COLOUR
     from pipeline.fileio import atomic_path
 
     fig, axes = plt.subplots(len(tables), 1, figsize=(8.0, 1.2 + 0.32 * top * len(tables)), dpi=120, squeeze=False)
