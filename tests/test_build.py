@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pipeline import stages
+from pipeline import records, stages
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
@@ -192,3 +192,8 @@ def test_build_without_tensorrt_records_why_and_tensorrt_backend_refuses(make_co
     assert json.loads(Layout.of(cfg, tmp_path).build_record.read_text())["backend"] == "onnxruntime"
     with pytest.raises(PipelineError, match=r"--backend tensorrt: .*trtpipe\[gpu\]"):
         stages.run("build", cfg, root=tmp_path, backend="tensorrt")
+    # Refused before anything was removed: the previous build and its record stand (they were deleted
+    # first, so deploy then refused and `trtpipe engines` rebuilt, recompared and rebenched).
+    out = Layout.of(cfg, tmp_path)
+    assert out.record("build").is_file() and out.build_record.is_file()
+    assert records.rerun_reason(cfg, out, stages.STAGES["build"]) is None

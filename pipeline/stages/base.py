@@ -25,13 +25,19 @@ def _no_data(cfg: Config) -> list:
     return []
 
 
+def _ready(cfg: Config, out: Layout, **options: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class Stage:
     """One recorded stage. ``reads`` gives (the stage that writes it, file) for each file it reads
     from an earlier stage; ``data`` gives (what, config source) for each data source; ``source``:
     it reads the model itself (its source files and weights); ``remakes``: earlier stages whose
     files it makes itself when they are missing or stale (recorded as its inputs, not verified
-    before it runs). ``run(StageRun, **options)`` does the work."""
+    before it runs). ``check(cfg, out, **options)`` raises where the stage cannot run here (a
+    capability, a missing input): before anything is removed, so a refused command changes nothing.
+    ``run(StageRun, **options)`` does the work."""
 
     name: str
     config: tuple[str, ...]
@@ -40,6 +46,7 @@ class Stage:
     data: Callable[[Config], list[tuple[str, str]]] = _no_data
     source: bool = False
     remakes: frozenset[str] = field(default_factory=frozenset)
+    check: Callable[..., None] = _ready
 
     @property
     def module(self) -> str:
@@ -50,6 +57,7 @@ class Stage:
         from pipeline import records
 
         out = Layout.of(cfg, root)
+        self.check(cfg, out, **options)
         records.begin(cfg, out, self)
         return self.run(StageRun(self, cfg, out), **options)
 

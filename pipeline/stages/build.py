@@ -15,23 +15,30 @@ AUTO = "auto"  # TensorRT where it imports and a CUDA GPU is visible, else ONNX 
 BACKENDS = (AUTO, ENGINE, ONNXRUNTIME)
 
 
+def check(cfg: Config, out, backend: str = AUTO) -> None:
+    """The graphs to build are there, and TensorRT is, where ``--backend tensorrt`` asks for it."""
+    from pipeline.errors import PipelineError
+    from pipeline.targets.tensorrt.probe import probe
+
+    for precision, path in _graphs(cfg, out).items():
+        if not path.is_file():
+            raise PipelineError(f"{path}: the {precision} graph is missing; run export and quantize first")
+    cap = probe()
+    if backend == ENGINE and not cap.available:
+        raise PipelineError(f"--backend {ENGINE}: {cap.reason}")
+
+
 def run(r: StageRun, backend: str = AUTO) -> dict:
     from pipeline import onnxutil
-    from pipeline.errors import PipelineError
     from pipeline.fileio import write_json
     from pipeline.targets.tensorrt.engines import build_engines, built_files
     from pipeline.targets.tensorrt.probe import probe
     from pipeline.targets.tensorrt.profiles import profiles_for
 
     cfg, out = r.cfg, r.out
-    graphs = {FP16: out.graph(FP16), **{a: out.graph(a) for a in _engine_artifacts(cfg)}}
-    for precision, path in graphs.items():
-        if not path.is_file():
-            raise PipelineError(f"{path}: the {precision} graph is missing; run export and quantize first")
+    graphs = _graphs(cfg, out)
     cap = probe()
     profiles = profiles_for(cfg, onnxutil.load(graphs[FP16]))  # checked on every machine, GPU or not
-    if backend == ENGINE and not cap.available:
-        raise PipelineError(f"--backend {ENGINE}: {cap.reason}")
     with r.writing() as written:
         if backend == ENGINE or (backend == AUTO and cap.available):
             record = build_engines(cfg, out, cap, profiles, graphs)
@@ -40,6 +47,10 @@ def run(r: StageRun, backend: str = AUTO) -> dict:
         write_json(out.build_record, record)
         written.paths = [out.build_record, *built_files(out, record)]
     return record
+
+
+def _graphs(cfg: Config, out) -> dict:
+    return {FP16: out.graph(FP16), **{a: out.graph(a) for a in _engine_artifacts(cfg)}}
 
 
 def _engine_artifacts(cfg: Config) -> list[str]:
@@ -64,7 +75,7 @@ def _reads(cfg, out):
     return [(export.STAGE, out.graph(FP16)), *((quantize.STAGE, out.graph(a)) for a in _engine_artifacts(cfg))]
 
 
-STAGE = Stage("build", ("batch", "axes", "quantize", "build"), run, reads=_reads)
+STAGE = Stage("build", ("batch", "axes", "quantize", "build"), run, reads=_reads, check=check)
 
 
 def artifact_reads(cfg: Config, out) -> list:
