@@ -10,6 +10,7 @@ seen). ``written_outside`` lists the logged paths outside the folders a run may 
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,14 +48,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 def audited(env: dict[str, str], folder: Path) -> dict[str, str]:
     """``env`` for a ``python -m pipeline`` child of this checkout whose writes are logged to
-    ``folder/writes.log`` (the hook lives in ``folder`` too); the interpreter's bytecode cache is
-    not written, as it is not ours."""
+    ``folder/writes.log`` (the hook lives in ``folder`` too). Bytecode is written as on a user's
+    machine: a __pycache__ beside the user's model or data file is a write outside the project's
+    folders; the interpreter's own caches of trtpipe and installed packages are left out
+    (``written_outside``)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(AUDIT_HOOK)
     return {
         **env,
         "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)]),
-        "PYTHONDONTWRITEBYTECODE": "1",
         "WRITES_LOG": str(log_of(folder)),
     }
 
@@ -73,4 +75,12 @@ def written_outside(folder: Path, roots: Iterable[Path]) -> list[str]:
     """The paths written outside ``roots`` (the terminal's /dev/ files aside)."""
     roots = [Path(r).absolute() for r in roots]
     found = (p for p in written(folder) if not any(p.is_relative_to(r) for r in roots))
-    return sorted(str(p) for p in found if not str(p).startswith("/dev/"))
+    return sorted(str(p) for p in found if not str(p).startswith("/dev/") and not _interpreter_cache(p))
+
+
+def _interpreter_cache(path: Path) -> bool:
+    """Bytecode Python caches for trtpipe's own source or an installed package: not trtpipe's write."""
+    if "__pycache__" not in path.parts:
+        return False
+    owners = [REPO / "pipeline", REPO / "benchmarks", Path(sys.prefix), Path(sys.base_prefix)]
+    return any(path.is_relative_to(o) for o in owners)

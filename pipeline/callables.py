@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,28 @@ def load_callable(spec: str, base: Path, key: str) -> Callable[..., Any]:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise PipelineError(f"{key} = {spec!r}: expected 'package.module:callable' or 'path/to/file.py:callable'")
-    if target.endswith(".py"):
-        module = _module_from_file(target, base, key)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            raise PipelineError(f"{key} = {spec!r}: cannot import module {target!r} ({exc})") from None
+    with _no_bytecode():  # nothing written beside the user's files (a __pycache__ folder)
+        if target.endswith(".py"):
+            module = _module_from_file(target, base, key)
+        else:
+            try:
+                module = importlib.import_module(target)
+            except ModuleNotFoundError as exc:
+                raise PipelineError(f"{key} = {spec!r}: cannot import module {target!r} ({exc})") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise PipelineError(f"{key} = {spec!r}: {target} has no callable named {attr!r}")
     return fn
+
+
+@contextlib.contextmanager
+def _no_bytecode() -> Iterator[None]:
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
 
 
 def source_file(spec: str, base: Path) -> Path | None:

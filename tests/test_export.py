@@ -123,3 +123,20 @@ def test_cli_shows_user_errors_as_one_line(tmp_path, user_model):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == ["Error: model.source: file /no/such/net.py does not exist"]
     assert result.exc_info[0] is SystemExit  # no traceback: a user error, not a crash
+
+
+def test_importing_the_users_model_writes_no_bytecode_beside_it(tmp_path, user_model, monkeypatch):
+    """__pycache__/ beside the user's net.py is a write outside engines/ and calib/ (issue 23, item 10)."""
+    import sys
+
+    from pipeline.callables import load_callable
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a user's Python runs, unlike this suite's CI
+    (tmp_path / "zoo_pkg").mkdir()
+    (tmp_path / "zoo_pkg" / "__init__.py").write_text("")
+    (tmp_path / "zoo_pkg" / "nets.py").write_text("def build():\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_callable(f"{user_model}:build", tmp_path, "model.source")
+    load_callable("zoo_pkg.nets:build", tmp_path, "model.source")
+    assert not list(tmp_path.rglob("__pycache__"))
+    assert sys.dont_write_bytecode is False
