@@ -192,3 +192,14 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=f"needs TensorRT and a CUDA GPU: {cap.reason}")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in every test, as in an interactive shell: run from a background
+    shell, nohup or a CI runner, Python inherits SIGINT ignored and tests of Ctrl-C would see nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

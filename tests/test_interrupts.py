@@ -83,3 +83,17 @@ def test_ctrl_c_while_a_command_cleans_up_changes_nothing(tmp_path, user_model, 
     result = CliRunner().invoke(main, ["export", "-c", str(write_config(tmp_path, user_model))])
     assert (result.exit_code, result.output) == (0, "")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_ctrl_c_tests_pass_with_sigint_ignored_as_a_background_shell_starts_them():
+    """``bash -c 'make test' &``, nohup and some CI runners start Python with SIGINT ignored (issue 23, item 12)."""
+    import subprocess
+    import sys
+
+    child = (
+        "import signal, subprocess, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "sys.exit(subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', "
+        f"{__file__!r}, '-k', 'not sigint_ignored']).returncode)"
+    )
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:]
