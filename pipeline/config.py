@@ -32,9 +32,20 @@ MAX_CALIBRATION_SAMPLES = 1 << 20
 
 @dataclass(frozen=True)
 class ModelSection:
-    source: str
+    """The model: a PyTorch builder (``source``, its ``args`` and ``weights``) or an ONNX file (``onnx``)."""
+
+    source: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    onnx: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.source is None) == (self.onnx is None):
+            raise ValueError(
+                "needs either source = 'file.py:callable' (a PyTorch module) or onnx = 'model.onnx', not both"
+            )
+        if self.onnx is not None and (self.args or self.weights is not None):
+            raise ValueError("args and weights belong to a PyTorch source; an ONNX file holds its weights")
 
 
 @dataclass(frozen=True)

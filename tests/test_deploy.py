@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from pipeline import stages
 from pipeline.cli import main
-from pipeline.deploy import triton
+from pipeline.deployment import triton
 from pipeline.errors import PipelineError
 
 

@@ -162,3 +162,16 @@ def test_no_import_cycle_between_pipeline_modules():
             continue
         edges[module] = {m for m in _imports(path, module) if m not in gathering or m == module} - {module}
     assert _cycles(edges) == []
+
+
+def test_no_subpackage_shadows_an_api_name():
+    """Importing ``pipeline.X.y`` sets the attribute ``pipeline.X``: a subpackage named as an API
+    function (``pipeline/deploy/`` beside ``pipeline.deploy``) replaced the function by the package."""
+    import importlib
+    import pkgutil
+
+    for found in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        if not found.name.endswith("__main__"):
+            importlib.import_module(found.name)
+    for name in ("run", "engines", "deploy", "sensitivity", "load_config", "config_from_dict"):
+        assert callable(getattr(pipeline, name)) and not isinstance(getattr(pipeline, name), type(pipeline)), name

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "torch": "pipeline.sources.torch:TorchSource",
+    "onnx": "pipeline.sources.onnx_file:OnnxFileSource",
 }
 
 

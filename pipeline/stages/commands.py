@@ -51,8 +51,8 @@ def deploy(
     replace: bool = False,
 ) -> Path:
     """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
-    from pipeline.deploy.checks import check_destination, select
-    from pipeline.deploy.repository import write_plain, write_triton
+    from pipeline.deployment.checks import check_destination, select
+    from pipeline.deployment.repository import write_plain, write_triton
 
     out, to = Layout.of(cfg, root), Path(to)
     check_destination(out, to)  # every check before anything is written

@@ -19,7 +19,7 @@ class TorchSource(Source):
 
     @staticmethod
     def names(model: ModelSection) -> bool:
-        return bool(model.source)
+        return model.source is not None
 
     def files(self) -> list[tuple[str, Path]]:
         from pipeline.callables import source_file

@@ -14,8 +14,8 @@ from pathlib import Path
 import onnx
 
 from pipeline.config import Config
-from pipeline.deploy import triton
-from pipeline.deploy.checks import Deployable
+from pipeline.deployment import triton
+from pipeline.deployment.checks import Deployable
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, read_json, sha256_file, temp_prefix, write_json, write_text, writer_alive
 from pipeline.layout import Layout

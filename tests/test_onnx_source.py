@@ -1,0 +1,118 @@
+"""An ONNX file as the model: ``[model] onnx = "net.onnx"`` runs every stage unchanged after export.
+
+The file is the tiny user model exported elsewhere: by torch's TorchScript exporter at opset 17, its
+batch axis named ``N`` (not ``batch``), weights in an external-data file beside it:
+
+    x [N, 3, 8, 8] -> Conv -> Relu -> Conv -> Add -> Relu -> ReduceMean -> Gemm -> logits [N, 4]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pipeline import records, stages
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.layout import Layout
+from tests.conftest import FAST_BENCH, config_text
+
+
+def _exported_elsewhere(user_model, folder, opset=17, external=True):
+    spec = importlib.util.spec_from_file_location("user_net_for_onnx", user_model)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.build(channels=16).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "net.onnx"
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 8, 8),),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    if external:
+        model = onnx.load(str(path))
+        onnx.save(model, str(path), save_as_external_data=True, location="net.onnx.weights", size_threshold=0)
+    return path
+
+
+def _config(tmp_path, user_model, model_block):
+    text = config_text(str(user_model), top=f'name = "tiny"\n{FAST_BENCH}', model=model_block)
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_an_onnx_file_runs_every_stage(tmp_path, user_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _exported_elsewhere(user_model, tmp_path / "from_elsewhere")
+    cfg = _config(tmp_path, user_model, '[model]\nonnx = "from_elsewhere/net.onnx"')
+    assert stages.engines(cfg) == list(stages.NAMES)
+    out = Layout.of(cfg)
+    fp32 = onnx.load(str(out.graph("fp32")))
+    assert next(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")) == 19  # upgraded from 17
+    assert fp32.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # was "N"
+    export = records.load_record(out, "export")
+    assert export.inputs["onnx model from_elsewhere/net.onnx"] == records.sha256(path)
+    assert export.inputs["onnx external data from_elsewhere/net.onnx.weights"] == records.sha256(
+        path.with_name("net.onnx.weights")
+    )
+    rows = stages.run("compare", cfg)
+    assert {r.artifact.split()[0] for r in rows} == {"fp16", "w8a8", "w8a8-cpu"} and not any(r.failures for r in rows)
+    # New weights beside the same graph make export stale, as a new checkpoint does.
+    weights = path.with_name("net.onnx.weights")
+    data = bytearray(weights.read_bytes())
+    data[:4] = np.float32(0.5).tobytes()
+    weights.write_bytes(bytes(data))
+    assert records.rerun_reason(cfg, out, stages.STAGES["export"]).startswith("onnx external data")
+
+
+def test_the_onnx_graph_is_held_to_the_config(tmp_path, user_model):
+    _exported_elsewhere(user_model, tmp_path, external=False)
+    cases = {
+        'name = "image"\nshape = ["batch", 3, 8, 8]': r"\[\[inputs\]\] are \['image'\], the graph net.onnx has \['x'\]",
+        'name = "x"\nshape = ["batch", 3, 9, 8]': r"input 'x' has a dimension of 8 in net.onnx where the config says 9",
+        'name = "x"\nshape = ["batch", 3, 8, 8]\ndtype = "float16"': r"input 'x' is float32 in net.onnx, the config",
+    }
+    for block, message in cases.items():
+        text = config_text(str(user_model), model='[model]\nonnx = "net.onnx"', inputs=f"[[inputs]]\n{block}")
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(PipelineError, match=message):
+            stages.run("export", load_config(tmp_path / "bad.toml"), root=tmp_path)
+        assert not (tmp_path / "engines" / "tiny" / "onnx" / "model.fp32.onnx").exists()
+
+
+def test_weights_outside_the_models_folder_are_refused(tmp_path, user_model):
+    path = _exported_elsewhere(user_model, tmp_path / "m")
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../secrets.bin"
+    onnx.save(model, str(path))
+    cfg = _config(tmp_path, user_model, '[model]\nonnx = "m/net.onnx"')
+    with pytest.raises(PipelineError, match=r"outside the model's folder; keep its external data beside it"):
+        stages.run("export", cfg, root=tmp_path)
+
+
+def test_a_newer_opset_than_configured_is_one_line(tmp_path, user_model):
+    _exported_elsewhere(user_model, tmp_path, opset=20, external=False)
+    cfg = _config(tmp_path, user_model, '[model]\nonnx = "net.onnx"')
+    with pytest.raises(PipelineError, match=r"opset 20 is newer than \[export\] opset = 19; set opset = 20"):
+        stages.run("export", cfg, root=tmp_path)
+
+
+def test_a_model_section_names_one_model(tmp_path, user_model):
+    text = config_text(str(user_model), model=f'[model]\nonnx = "net.onnx"\nsource = "{user_model}:build"')
+    (tmp_path / "both.toml").write_text(text)
+    with pytest.raises(PipelineError, match=r"model: needs either source = .* or onnx = 'model.onnx', not both"):
+        load_config(tmp_path / "both.toml")
