@@ -275,6 +275,41 @@ def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool, r
     stages.deploy(_load(config_path), to, precision=precision, fmt=fmt, force=force, replace=replace)
 
 
+@main.command()
+@click.argument("model")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder of .npz files, one array per input: calibration data (and, for a PyTorch model, its inputs).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The config to write, e.g. models/mymodel.toml (not replaced if it exists).",
+)
+@_user_errors
+def init(model: str, data: Path | None, output: Path) -> None:
+    """Write a starting config for MODEL: an ONNX file, or file.py:callable (a PyTorch module; needs --data).
+
+    \b
+    Inputs, outputs, dtypes and dynamic axes come from the graph (or the data and
+    one run of the model); the batch profile and other guesses are commented.
+    """
+    from pipeline.fileio import disk_full_is_user_error, write_text
+    from pipeline.starter import write_starter
+
+    if output.exists():
+        raise PipelineError(f"{output}: exists; trtpipe init writes a new config (remove it or name another)")
+    text = write_starter(model, output, data)
+    with disk_full_is_user_error(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_text(output, text)
+    click.echo(f"wrote {output}; read its guesses, then: trtpipe engines -c {output}")
+
+
 @main.command("gpu-check")
 @click.option(
     "-c",

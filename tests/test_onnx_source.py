@@ -116,3 +116,29 @@ def test_a_model_section_names_one_model(tmp_path, user_model):
     (tmp_path / "both.toml").write_text(text)
     with pytest.raises(PipelineError, match=r"model: needs either source = .* or onnx = 'model.onnx', not both"):
         load_config(tmp_path / "both.toml")
+
+
+def test_init_writes_a_config_that_runs_every_stage_unedited(tmp_path, user_model, monkeypatch):
+    """trtpipe init net.onnx --data DIR -o net.toml, then trtpipe engines -c net.toml (issue 21)."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _exported_elsewhere(user_model, tmp_path / "model")
+    spec = importlib.util.spec_from_file_location("user_net_for_init", user_model)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "data").mkdir()
+    for i in range(4):
+        np.savez(tmp_path / "data" / f"part{i}.npz", x=module.images(16, 16 * i))
+    init = CliRunner().invoke(main, ["init", "model/net.onnx", "--data", "data", "-o", "configs/net.toml"])
+    assert init.exit_code == 0, init.output
+    text = (tmp_path / "configs" / "net.toml").read_text()
+    assert 'onnx = "../model/net.onnx"' in text and 'source = "../data"' in text
+    assert "# guessed: axis 0 (N) is the batch" in text
+    run = CliRunner().invoke(main, ["engines", "-c", "configs/net.toml"])
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "engines" / "net" / "reports" / "report.md").is_file()
+    again = CliRunner().invoke(main, ["init", "model/net.onnx", "-o", "configs/net.toml"])
+    assert again.exit_code == 1 and "exists; trtpipe init writes a new config" in again.output

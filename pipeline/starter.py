@@ -1,0 +1,169 @@
+"""``trtpipe init``: a starting config from a model file and (optionally) a data folder.
+
+From an ONNX file the inputs, outputs, dtypes and dynamic axes are read from the graph; from a
+``file.py:callable`` they come from the data (the first ``.npz`` file's arrays) and one run of the
+model on them. Every guess is written with a comment saying so; the config is then the user's to edit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+# A first profile: small batches for latency, up to a batch large enough to time throughput.
+BATCH_GUESS = (1, 8, 64)
+AXIS_GUESS = (1, 64, 512)  # a sequence-like axis the graph leaves open
+_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 3: "int8", 9: "bool"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    guessed: str = ""  # why a dimension was named, where it was guessed
+
+
+def write_starter(model: str, out: Path, data: Path | None = None) -> str:
+    """The config's text for ``model`` (an ONNX file or ``file.py:callable``), paths relative to ``out``."""
+    name = _name(model)
+    if model.endswith(".onnx"):
+        inputs, outputs = _from_onnx(Path(model))
+        model_block = f'[model]\nonnx = "{_relative(Path(model), out)}"'
+    else:
+        if data is None:
+            raise PipelineError(
+                f"trtpipe init {model}: a PyTorch model needs --data DIR (a folder of .npz) to learn its inputs"
+            )
+        inputs, outputs = _from_torch(model, data, out)
+        path, _, attr = model.rpartition(":")
+        weights = '# weights = "weights.pt"   # a state_dict, if the callable does not load its own'
+        model_block = f'[model]\nsource = "{_relative(Path(path), out)}:{attr}"\n{weights}'
+    axes = sorted({d for t in inputs for d in t.shape if isinstance(d, str) and d != "batch"})
+    lines = [
+        f"# Written by trtpipe init from {model}: every guess is commented; see docs/config.md.",
+        f'name = "{name}"',
+        "",
+        model_block,
+        "",
+        *[block for t in inputs for block in _tensor("inputs", t)],
+        *[block for t in outputs for block in _tensor("outputs", t)],
+        "# guessed: a TensorRT profile over the batch axis (min, opt = the batch to tune for, max)",
+        f"[batch]\nmin = {BATCH_GUESS[0]}\nopt = {BATCH_GUESS[1]}\nmax = {BATCH_GUESS[2]}",
+        "",
+        *[
+            f'# guessed: the range of the dynamic axis {a!r}\n[[axes]]\nname = "{a}"\n'
+            f"min = {AXIS_GUESS[0]}\nopt = {AXIS_GUESS[1]}\nmax = {AXIS_GUESS[2]}\n"
+            for a in axes
+        ],
+        _calibration(data, out),
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _name(model: str) -> str:
+    stem = Path(model.rpartition(":")[0] if ":" in model and not model.endswith(".onnx") else model).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip(".-") or "model"
+    return name[:64]
+
+
+def _relative(path: Path, out: Path) -> str:
+    path, base = path.resolve(), out.resolve().parent
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        import os
+
+        return Path(os.path.relpath(path, base)).as_posix()
+
+
+def _tensor(kind: str, t: Tensor) -> list[str]:
+    shape = ", ".join(f'"{d}"' if isinstance(d, str) else str(d) for d in t.shape)
+    note = f"# guessed: {t.guessed}\n" if t.guessed else ""
+    return [f'{note}[[{kind}]]\nname = "{t.name}"\nshape = [{shape}]\ndtype = "{t.dtype}"\n']
+
+
+def _from_onnx(path: Path) -> tuple[list[Tensor], list[Tensor]]:
+    import onnx
+
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's and onnx's own errors: not an ONNX graph
+        raise PipelineError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [_onnx_tensor(v, path) for v in model.graph.input if v.name not in initializers]
+    outputs = [_onnx_tensor(v, path) for v in model.graph.output]
+    return inputs, outputs
+
+
+def _onnx_tensor(value, path: Path) -> Tensor:
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in _DTYPES:
+        raise PipelineError(f"{path}: {value.name!r} has a dtype trtpipe does not take ({tensor.elem_type})")
+    if not tensor.HasField("shape"):
+        raise PipelineError(f"{path}: {value.name!r} has no shape in the graph; give its [[inputs]] by hand")
+    shape: list[int | str] = []
+    notes = []
+    for axis, dim in enumerate(tensor.shape.dim):
+        if axis == 0 and (dim.dim_param or dim.dim_value in (0, 1)):
+            shape.append("batch")
+            notes.append(f"axis 0 ({dim.dim_param or dim.dim_value}) is the batch")
+        elif dim.dim_param or not dim.dim_value:
+            axis_name = re.sub(r"[^A-Za-z0-9_]", "_", dim.dim_param or f"{value.name}_axis{axis}").lower()
+            shape.append(axis_name)
+            notes.append(f"axis {axis} ({dim.dim_param or '?'}) is dynamic: see [[axes]] {axis_name!r}")
+        else:
+            shape.append(dim.dim_value)
+    return Tensor(value.name, tuple(shape), _DTYPES[tensor.elem_type], "; ".join(notes))
+
+
+def _first_npz(data: Path) -> Path:
+    files = sorted(p for p in data.glob("*.npz") if p.is_file()) if data.is_dir() else []
+    if not files:
+        raise PipelineError(f"--data {data}: no .npz files in it (a folder of .npz, one array per input)")
+    return files[0]
+
+
+def _from_torch(model: str, data: Path, out: Path) -> tuple[list[Tensor], list[Tensor]]:
+    import torch
+
+    from pipeline.callables import load_callable
+
+    first = _first_npz(data)
+    with np.load(first, allow_pickle=False) as npz:
+        arrays = {k: npz[k][:2] for k in npz.files}
+    note = "axis 0 is the batch (from the data)"
+    inputs = [Tensor(k, ("batch", *a.shape[1:]), str(a.dtype), note) for k, a in arrays.items()]
+    net = load_callable(model, Path.cwd(), "trtpipe init MODEL")()
+    with torch.no_grad():
+        outs = net.eval()(*(torch.from_numpy(a) for a in arrays.values()))
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
+    outputs = [
+        Tensor(n, ("batch", *o.shape[1:]), str(o.detach().numpy().dtype), "a name of your choice, in the model's order")
+        for n, o in zip(names, outs, strict=True)
+    ]
+    return inputs, outputs
+
+
+def _calibration(data: Path | None, out: Path) -> str:
+    if data is None:
+        return (
+            "# Calibration needs real data: a folder of .npz files (one array per input, named as the inputs)\n"
+            "# or a callable 'data.py:calibration' yielding feed dicts. Without held-out data ([evaluation]),\n"
+            "# the accuracy gates score calibration rows.\n"
+            '[calibration]\nsource = "data"\nsamples = 512\nbatch_size = 32\n'
+        )
+    _first_npz(data)
+    return (
+        "# guessed: how many rows to calibrate on, in batches of batch_size. Without held-out data\n"
+        "# ([evaluation]) the accuracy gates score calibration rows.\n"
+        f'[calibration]\nsource = "{_relative(data, out)}"\nsamples = 512\nbatch_size = 32\n'
+    )
