@@ -51,10 +51,10 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT, no traceback
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
-        except OSError as exc:  # a full disk where a library writes (ONNX Runtime's quantizer's temporaries)
-            from pipeline.fileio import disk_full
+        except OSError as exc:  # a full disk, a read-only folder, a file in a folder's place: where it is
+            from pipeline.fileio import path_error
 
-            error = disk_full(exc)
+            error = path_error(exc)
             if error is None:
                 raise
             raise click.ClickException(str(error)) from None

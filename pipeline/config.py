@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import re
 import tomllib
 import types
@@ -28,6 +29,15 @@ BATCH_AXIS = "batch"
 # Stable ranges take hundreds to thousands of rows; beyond this an endless data callable would only
 # run for hours (10**20 rows: forever).
 MAX_CALIBRATION_SAMPLES = 1 << 20
+# Held-out rows compare and quantize's gate read at most: an endless [evaluation] stream would never end.
+MAX_HELDOUT_SAMPLES = 1 << 20
+# A profile's largest batch or axis size: Triton's max_batch_size is an int32, and TensorRT profiles
+# this large are no real deployment.
+MAX_PROFILE = 1 << 16
+# A model's name names folders, a Triton model and files in them: with room for what is derived from it.
+MAX_NAME = 100
+# Bench: what a person would wait for.
+MAX_WARMUP, MAX_ITERATIONS, MAX_MIN_SECONDS = 10_000, 1_000_000, 3600.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class BatchProfile:
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
             raise ValueError(f"needs 1 <= min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}")
+        if self.max > MAX_PROFILE:
+            raise ValueError(f"max {self.max} is more than a profile can serve (at most {MAX_PROFILE})")
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,8 @@ class ExportSection:
     io_dtype: Literal["float32", "float16"] = "float32"
     # TensorRT warns that LayerNorm overflows in FP16 and recommends FP32.
     keep_fp32: tuple[str, ...] = ("LayerNormalization",)
-    parity_batches: tuple[int, ...] = (1, 7)
+    # Each must fit a [batch] profile; unset (None): PARITY_BATCHES moved into the profiles.
+    parity_batches: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         import onnx  # here, not at the top: `trtpipe --help` stays light
@@ -120,8 +133,6 @@ class ExportSection:
                 f"opset {self.opset} is out of range: FP16 Q/DQ scales need opset >= 19, and this onnx "
                 f"knows opsets up to {newest}"
             )
-        if not self.parity_batches or min(self.parity_batches) < 1:
-            raise ValueError("parity_batches needs one or more positive batch sizes")
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,12 @@ class EvaluationSection:
     source: str
     metric: Literal["top1"] = "top1"
     args: dict[str, Any] = field(default_factory=dict)
+    # At most this many held-out rows are read (compare, quantize's gate): a stream may be endless.
+    samples: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.samples <= MAX_HELDOUT_SAMPLES:
+            raise ValueError(f"samples {self.samples} must be between 1 and {MAX_HELDOUT_SAMPLES}")
 
 
 def _targets():
@@ -258,6 +275,7 @@ class Budget:
 QUANTIZED_GATE = Gate(min_cosine=0.99, min_top1_agreement=0.97, max_metric_drop=1.0)
 
 # Batch sizes used when a config sets none, each moved into the [batch] profiles.
+PARITY_BATCHES = (1, 7)
 ACCURACY_BATCHES = (1, 64)
 BENCH_GPU_BATCHES = (128, 256, 512, 1024)
 BENCH_CPU_BATCHES = (1, 16, 64)
@@ -307,6 +325,14 @@ class BenchSection:
             raise ValueError("warmup and min_seconds must be 0 or more, iterations and threads 1 or more")
         if not math.isfinite(self.min_seconds):  # each artifact and batch would be timed forever
             raise ValueError(f"min_seconds {self.min_seconds} must be a finite number of seconds")
+        for key, value, most in (
+            ("warmup", self.warmup, MAX_WARMUP),
+            ("iterations", self.iterations, MAX_ITERATIONS),
+            ("min_seconds", self.min_seconds, MAX_MIN_SECONDS),
+            ("threads", self.threads, os.cpu_count() or 1),
+        ):
+            if value > most:
+                raise ValueError(f"{key} {value} is more than bench can use (at most {most:g} here)")
 
 
 @dataclass(frozen=True)
@@ -345,6 +371,8 @@ class Config:
             raise ValueError(
                 f"name {self.name!r} may hold only letters, digits, '_', '.', '-', and must not start with '.' or '-'"
             )
+        if len(self.name) > MAX_NAME:
+            raise ValueError(f"name is {len(self.name)} characters; at most {MAX_NAME}")
         if not self.inputs:
             raise ValueError("needs at least one [[inputs]] entry")
         if not self.outputs:
@@ -361,6 +389,8 @@ class Config:
                 "or budget by min_cosine"
             )
         # Frozen: the batch sizes left unset are filled in once, here, from the profiles.
+        parity = self._fit("export.parity_batches", self.export.parity_batches, PARITY_BATCHES)
+        object.__setattr__(self, "export", dataclasses.replace(self.export, parity_batches=parity))
         accuracy = self._fit("accuracy.batches", self.accuracy.batches, ACCURACY_BATCHES)
         object.__setattr__(self, "accuracy", dataclasses.replace(self.accuracy, batches=accuracy))
         gpu = self._fit("bench.gpu_batches", self.bench.gpu_batches, BENCH_GPU_BATCHES)

@@ -159,14 +159,25 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
         return
     key = "evaluation.source"
     fn = load_callable(cfg.evaluation.source, cfg.root, key)
-    i = -1
+    i, seen, most = -1, 0, cfg.evaluation.samples
     kwargs = {"batch_size": batch_size, **cfg.evaluation.args}
     for i, item in enumerate(_iterable(_call(fn, kwargs, key, cfg.evaluation.source), key, cfg.evaluation.source)):
         where = f"{key} {cfg.evaluation.source!r} batch {i}"
         if not (isinstance(item, tuple) and len(item) == 2):
             raise PipelineError(f"{where}: expected (feed_dict, labels) tuples")
         feed = validate_feed(item[0], cfg.inputs, where)
-        yield feed, _labels(item[1], batch_size_of(feed, cfg), where)
+        rows = batch_size_of(feed, cfg)
+        if rows == 0:  # an endless stream of empty batches would never end
+            raise PipelineError(f"{where}: a batch without rows")
+        labels = _labels(item[1], rows, where)
+        if seen + rows > most:  # an endless stream, or more than [evaluation] samples
+            keep = most - seen
+            feed, labels = slice_rows(feed, cfg, 0, keep), None if labels is None else labels[:keep]
+        seen += batch_size_of(feed, cfg)
+        yield feed, labels
+        if seen >= most:
+            info(f"{cfg.name}: read the first {most} held-out rows ([evaluation] samples); the rest is left")
+            break
     if i < 0:  # an accuracy check over no data would pass having checked nothing
         raise PipelineError(f"{cfg.path}: {key} = {cfg.evaluation.source!r} yielded no batches")
 
@@ -200,6 +211,9 @@ def _labels(labels: object, rows: int, where: str) -> np.ndarray | None:
     if found.shape != (rows,):
         expected = f"one class index per row, shape ({rows},)"
         raise PipelineError(f"{where}: labels of shape {found.shape}; expected {expected}")
+    if not (np.issubdtype(found.dtype, np.integer) or np.issubdtype(found.dtype, np.bool_)):
+        # Strings or floats never equal a predicted index: top-1 would be 0% for FP32 and every artifact alike.
+        raise PipelineError(f"{where}: labels of dtype {found.dtype}; give class indices as integers")
     return found
 
 

@@ -214,6 +214,32 @@ def disk_full(exc: OSError, dest: Path | None = None) -> PipelineError | None:
     return PipelineError(f"{outside_temporaries(where)}: disk full ({exc.strerror}); free space there and re-run")
 
 
+# Causes a user fixes where the path is (a read-only folder, a file where a folder should be, a name
+# too long for the file system): one line naming the path, never a traceback.
+_PATH_CAUSES = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EROFS: "a read-only file system",
+    errno.ENOTDIR: "a file where a folder is needed",
+    errno.EISDIR: "a folder where a file is needed",
+    errno.ENAMETOOLONG: "a name too long for the file system",
+    errno.EEXIST: "exists and is in the way",
+    errno.ELOOP: "a loop of symbolic links",
+}
+
+
+def path_error(exc: OSError) -> PipelineError | None:
+    """The one-line error for an OSError on a named path whose cause the user fixes there (a full
+    disk, a read-only folder, a file in a folder's place, a name too long); None for any other."""
+    full = disk_full(exc)
+    if full is not None:
+        return full
+    if exc.errno not in _PATH_CAUSES or not exc.filename:
+        return None
+    where = outside_temporaries(Path(os.fsdecode(exc.filename)))
+    return PipelineError(f"{where}: cannot be written or read here: {_PATH_CAUSES[exc.errno]} ({exc.strerror})")
+
+
 def outside_temporaries(path: Path) -> Path:
     """``path`` without its temporary folders (``.NAME.trtpipe-PID.…``): a temporary's final name, or
     the output folder this process's temporary folder lives in."""

@@ -28,6 +28,18 @@ class Layout:
         """engines/ and calib/: where the stages write, for every model."""
         return self.root / "engines", self.root / "calib"
 
+    def check_folders(self) -> None:
+        """The model's folders under engines/ and calib/ are folders, or are not there yet: a model named
+        as a file the checkout ships there (engines/README.md) would write into that file's place."""
+        from pipeline.errors import PipelineError
+
+        for folder in (*self.output_roots, self.model_dir, self.ranges.parent):
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise PipelineError(
+                    f"{self.key(folder)}: not a folder of trtpipe's (a file or a link is there); give the model "
+                    f"another name in its config"
+                )
+
     @property
     def model_dir(self) -> Path:
         return self.output_roots[0] / self.name

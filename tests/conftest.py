@@ -99,6 +99,17 @@ BAD_DATA = textwrap.dedent(
 
     def short(samples, batch_size):
         yield {"x": images(8)}
+
+    def endless_heldout(batch_size):
+        start = 0
+        while True:
+            yield {"x": images(batch_size, start)}, np.arange(batch_size) % 4
+            start += batch_size
+
+    def labels_as_strings(batch_size):
+        for start in range(0, 40, batch_size):
+            x = images(min(batch_size, 40 - start), 1000 + start)
+            yield {"x": x}, np.array(["cat", "dog", "cow", "owl"])[np.arange(len(x)) % 4]
     """
 )
 

@@ -300,3 +300,80 @@ def test_a_profile_cut_short_by_a_full_disk_is_one_line(tmp_path):
         rf"as on a full disk: free space in {tmp_path} and re-run\n",
         child.stdout,
     ), child.stdout
+
+
+# --- sizes and counts a user gives are bounded at load (issue 23, item 8) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ("[bench]\nwarmup = 1000000000000", r"bench: warmup 1000000000000 is more than bench can use"),
+        ("[bench]\nthreads = 100000", r"bench: threads 100000 is more than bench can use \(at most \d+ here\)"),
+        ("[bench]\nmin_seconds = 86400.0", r"bench: min_seconds 86400.0 is more than bench can use"),
+        (
+            "[export]\nparity_batches = [1000000]",
+            r"key 'export.parity_batches' = \[1000000\]: batch 1000000 is outside",
+        ),
+    ],
+)
+def test_counts_beyond_what_can_run_are_refused_at_load(config, section, words):
+    with pytest.raises(PipelineError, match=rf"tiny\.toml: \S*{words}"):
+        config(top=f'name = "tiny"\n{section}')
+
+
+def test_a_profile_beyond_what_triton_or_tensorrt_serve_is_refused(config):
+    """Triton's max_batch_size is an int32: max = 2**63 - 1 passed every stage and crashed deploy."""
+    with pytest.raises(PipelineError, match=r"tiny\.toml: batch\[0\]: max 9223372036854775807 is more than a profile"):
+        config(batch=f"[batch]\nmin = 1\nopt = 8\nmax = {2**63 - 1}")
+
+
+def test_a_name_too_long_for_what_is_derived_from_it_is_refused_at_load(config):
+    with pytest.raises(PipelineError, match=r"tiny\.toml: name is 230 characters; at most 100"):
+        config(top=f'name = "{"n" * 230}"')
+
+
+def test_an_endless_held_out_stream_stops_at_its_samples(config):
+    """quantize's gate and compare read every held-out batch: an endless stream hung them."""
+    source = f'[evaluation]\nsource = "{config.net}:endless_heldout"\nsamples = 100'
+    rows = sum(len(feed["x"]) for feed, _ in data.heldout_batches(config(evaluation=source), 16))
+    assert rows == 100
+
+
+def test_labels_that_are_not_class_indices_are_refused(config):
+    """String labels never equal a predicted index: top-1 read 0% for FP32 and every artifact, and passed."""
+    source = f'[evaluation]\nsource = "{config.net}:labels_as_strings"'
+    with pytest.raises(PipelineError, match=r"labels_as_strings' batch 0: labels of dtype <U\d+; give class indices"):
+        list(data.heldout_batches(config(evaluation=source), 16))
+
+
+def test_a_model_named_as_a_file_in_engines_is_refused_before_writing(tmp_path, user_model, monkeypatch):
+    """A model named README.md (the checkout ships engines/README.md) wrote a folder in that file's place."""
+    from pipeline import stages
+    from pipeline.config import load_config
+    from tests.conftest import write_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "engines" / "README.md").write_text("what engines/ holds\n")
+    cfg = load_config(write_config(tmp_path, user_model, top='name = "README.md"'))
+    with pytest.raises(PipelineError, match=r"^engines/README.md: not a folder of trtpipe's .* another name"):
+        stages.run("export", cfg)
+    assert (tmp_path / "engines" / "README.md").read_text() == "what engines/ holds\n"
+
+
+def test_a_file_where_a_folder_should_be_is_one_line_at_the_command(tmp_path, user_model, monkeypatch):
+    """An OSError on a path (here engines/tiny/logs is a file) is one line naming the path and the cause."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from tests.conftest import write_config
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, user_model)
+    (tmp_path / "engines" / "tiny").mkdir(parents=True)
+    (tmp_path / "engines" / "tiny" / "logs").write_text("not a folder")
+    result = CliRunner().invoke(main, ["export", "-c", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.splitlines()[-1]
+    assert re.fullmatch(r"Error: \S*/engines/tiny/logs: cannot be written or read here: exists and is in the way .*", last)

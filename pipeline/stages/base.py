@@ -57,6 +57,7 @@ class Stage:
         from pipeline import records
 
         out = Layout.of(cfg, root)
+        out.check_folders()
         self.check(cfg, out, **options)
         records.begin(cfg, out, self)
         return self.run(StageRun(self, cfg, out), **options)
