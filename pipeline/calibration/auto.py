@@ -443,7 +443,7 @@ def summary(ranges: Ranges, top: int = 3) -> list[str]:
             f"per tensor they would have been {counts} ({why})",
             f"  {whole_graph_line(whole)}",
         ]
-    lines = [f"auto ranges: {counts} tensor(s); {why}"]
+    lines = [f"auto ranges: {counts or 'no'} tensor(s); {why}"]  # none: the targets quantize no activation
     if whole is not None:
         lines.append(f"  {whole_graph_line(whole)}")
     cuts = {}  # by reason: tensors sharing statistics share one choice
