@@ -12,6 +12,7 @@ from pipeline.layout import Layout
 from pipeline.placement import Placement
 from pipeline.runners import Artifact
 from pipeline.targets.base import FP32, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
+from pipeline.targets.onnxruntime_cpu.target import cpu_pair
 
 ARTIFACT = "copy"  # engines/NAME/onnx/model.copy.onnx, gated by [accuracy.copy]
 
@@ -46,11 +47,4 @@ class Toy(Target):
         return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT), cpu=True)]
 
     def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair:
-        return BenchPair(
-            "onnxruntime-cpu",
-            Artifact(FP32, ONNXRUNTIME, out.graph(FP32), cpu=True),
-            found[ARTIFACT],
-            cfg.bench.cpu_batches,
-            cfg.bench.threads,
-            f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out",
-        )
+        return cpu_pair(cfg, out, found[ARTIFACT])  # against the FP32 graph, as ONNX Runtime CPU's graph is
