@@ -22,9 +22,6 @@ from typing import Any, Literal
 from pipeline.errors import PipelineError
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
-# The ranges the histogram pass computes for every tensor; ``auto`` picks one of them per tensor.
-RANGE_METHODS = ("max", "percentile", "entropy", "mse")
-CALIBRATION_METHODS = ("auto", *RANGE_METHODS)
 BATCH_AXIS = "batch"
 # Stable ranges take hundreds to thousands of rows; beyond this an endless data callable would only
 # run for hours (10**20 rows: forever).
@@ -140,7 +137,7 @@ class CalibrationSection:
     source: str
     samples: int = 512
     batch_size: int = 32
-    method: str = "auto"
+    method: str = "auto"  # a name in pipeline.calibration.methods.REGISTRY, or auto: per tensor, one of them
     percentile: float = 99.99
     # Histogram bins over (0, R], R the power-of-two ceiling of |x|max: fine enough that
     # entropy/MSE can pick thresholds down to R/64.
@@ -148,8 +145,9 @@ class CalibrationSection:
     args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in CALIBRATION_METHODS:
-            raise ValueError(f"method {self.method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+        known = _registry("pipeline.calibration.methods").choices()
+        if self.method not in known:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(known)}")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile {self.percentile} must be in (50, 100]")
         if self.samples < 1 or self.batch_size < 1:
@@ -178,11 +176,11 @@ class EvaluationSection:
             raise ValueError(f"samples {self.samples} must be between 1 and {MAX_HELDOUT_SAMPLES}")
 
 
-def _targets():
-    """The target registry (``pipeline.targets``), for the names of targets and their artifacts. By
-    name, not an import statement: what a config's names are checked against is not code any stage's
-    outputs depend on (``pipeline.codehash`` follows import statements)."""
-    return importlib.import_module("pipeline.targets")
+def _registry(package: str):
+    """A registry (``pipeline.targets``, ``pipeline.calibration.methods``), for the names a config may
+    use. By name, not an import statement: what a config's names are checked against is not code any
+    stage's outputs depend on (``pipeline.codehash`` follows import statements)."""
+    return importlib.import_module(package)
 
 
 @dataclass(frozen=True)
@@ -201,7 +199,7 @@ class QuantizeSection:
     smoothquant: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
-        known = list(_targets().REGISTRY)
+        known = list(_registry("pipeline.targets").REGISTRY)
         unknown = [t for t in self.targets if t not in known]
         if unknown or not self.targets:
             raise ValueError(f"targets {list(self.targets)} must be a non-empty subset of {known}")
@@ -463,7 +461,7 @@ def config_from_dict(raw: dict[str, Any], path: str | Path = "config.toml") -> C
 def _with_gates(accuracy: dict, file: str) -> dict:
     """``[accuracy]`` with each quantized artifact's gate table (``[accuracy.w8a8-cpu]``, also spelled
     ``w8a8_cpu``) moved under ``gates``, built from QUANTIZED_GATE's values."""
-    artifacts = {t.artifact: t.artifact for t in _targets().everything()}
+    artifacts = {t.artifact: t.artifact for t in _registry("pipeline.targets").everything()}
     artifacts |= {a.replace("-", "_"): a for a in list(artifacts)}
     fields = {f.name for f in dataclasses.fields(AccuracySection)} - {"gates"}
     gates = {}

@@ -13,10 +13,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from pipeline.calibration import methods
 from pipeline.calibration.auto import AUTO_ROWS
 from pipeline.calibration.cache import load_ranges
 from pipeline.calibration.calibrator import RangesFromOnnx
-from pipeline.config import RANGE_METHODS
 from pipeline.errors import PipelineError
 from tests import graphs
 
@@ -69,7 +69,7 @@ def _output_errors(tensor: str, found, weights: dict[str, np.ndarray], batches=N
     x = np.concatenate([b[tensor] for b in batches or _batches()])[:AUTO_ROWS].astype(np.float64)
     ref = _layer(tensor, x, weights, quantized=False)
     errors = {}
-    for method in RANGE_METHODS:
+    for method in methods.names():
         amax = found.amax[method]
         inputs = (_int8(x, amax), _uint8(x, max(found.min, -amax), min(found.max, amax)))
         errors[method] = sum(np.sum((_layer(tensor, q, weights, True) - ref) ** 2) / np.sum(ref**2) for q in inputs)
@@ -127,7 +127,7 @@ def test_auto_clips_a_heavy_tailed_tensor_and_keeps_the_whole_range_of_a_uniform
         {"max": 0.0134, "percentile": 0.00367, "entropy": 0.00179, "mse": 0.00773}, rel=0.01
     )
     assert uniform_range.auto.errors == pytest.approx(
-        dict.fromkeys(RANGE_METHODS, 7.45e-5) | {"mse": 7.41e-5}, rel=0.003
+        dict.fromkeys(methods.names(), 7.45e-5) | {"mse": 7.41e-5}, rel=0.003
     )
 
 

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from pipeline import records, stages
+from pipeline.calibration import methods
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.calibration.histogram import TensorStats
-from pipeline.config import RANGE_METHODS
 from pipeline.errors import PipelineError
 from pipeline.layout import Layout
 from tests import graphs
@@ -57,7 +57,7 @@ def test_calibrated_graph_scales_are_order_independent():
     backward = RangesFromOnnx(["x", "r1", "c2"], 2048, 99.99)(model, batches[::-1])
     for name in ("x", "r1", "c2"):
         # auto picks among these by the first rows to arrive, so its choice may follow the order
-        for method in RANGE_METHODS:
+        for method in methods.names():
             value = forward.tensors[name].amax[method]
             assert backward.tensors[name].amax[method] == pytest.approx(value, rel=0.01)
         assert backward.tensors[name].amax["auto"] in backward.tensors[name].amax.values()
@@ -228,7 +228,7 @@ def test_a_graph_missing_its_gate_is_kept_aside_and_quantize_fails(make_config, 
 
 def _entropy_reference(hist: np.ndarray, rng: float) -> float:
     """The KL search written as a plain loop (as in TensorRT's calibrator), for cross-checking."""
-    from pipeline.calibration.histogram import MAX_CLIPPED, QUANT_LEVELS
+    from pipeline.calibration.methods.entropy import MAX_CLIPPED, QUANT_LEVELS
 
     h = hist.astype(np.float64)
     last = int(np.nonzero(h)[0][-1]) + 1
@@ -255,7 +255,7 @@ def _entropy_reference(hist: np.ndarray, rng: float) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_vectorised_entropy_matches_the_loop(seed):
-    from pipeline.calibration.histogram import entropy_amax
+    from pipeline.calibration.methods.entropy import entropy_amax
 
     rng = np.random.default_rng(seed)
     stats = TensorStats(1024)

@@ -57,6 +57,12 @@ def test_a_target_reached_through_its_registry_entry_is_the_code_of_the_stages_t
     assert "export" not in changed  # export names the FP16 graph, it runs no target
 
 
+def test_a_range_method_reached_through_its_registry_entry_is_the_code_of_calibrate_and_quantize(package):
+    changed = _changed_by(package, _append("calibration/methods/entropy.py"))
+    assert {"calibrate", "quantize"} <= changed
+    assert "export" not in changed
+
+
 def test_the_bookkeeping_is_not_a_stage_input(package):
     assert _changed_by(package, _append("records.py")) == set()
 

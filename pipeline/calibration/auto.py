@@ -1,8 +1,9 @@
 """``method = "auto"``: per tensor, the range under which the layers reading it stay closest to FP32.
 
-The histogram pass gives four ranges per tensor (max, percentile, entropy, mse). The ones best
-for a tensor's own values (entropy, mse) can clip rare large values a layer's output depends on
-(softmax peaks, a few outlier channels); max keeps them but rounds everything else coarser.
+The calibration pass gives each tensor one range per registered method (``methods/``: max,
+percentile, entropy and mse built in). The ones best for a tensor's own values (entropy, mse) can
+clip rare large values a layer's output depends on (softmax peaks, a few outlier channels); max
+keeps them but rounds everything else coarser.
 Which costs more shows in the output of the layer reading the tensor, not in the tensor's
 histogram. So the calibration passes also keep the first ``AUTO_ROWS`` rows of the activations
 those layers read (written to disk as each run is folded: no extra session, no extra run of the
@@ -43,9 +44,9 @@ import onnx
 from onnx import helper
 
 from pipeline import ortsession
+from pipeline.calibration import methods
 from pipeline.calibration.cache import AutoChoice, Ranges, WholeGraphCheck
 from pipeline.calibration.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation, uint8_scale
-from pipeline.config import RANGE_METHODS
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
@@ -57,7 +58,7 @@ from pipeline.targets.tensorrt.qdq import INT8_MAX, activation_scale, quantize_w
 # estimates ranked percentile 2x better than them on 8 rows and 1.5x worse on 32.
 AUTO_ROWS = 32
 EXTREMES = 8  # samples holding the most tensors' largest |x| that the whole-graph check also runs on
-OWN_ERROR = "mse"  # the choice for a tensor no weighted layer reads
+OWN_ERROR = "mse"  # the choice for a tensor no weighted layer reads (a built-in method, as is "max")
 Use = tuple[onnx.NodeProto, int]  # a weighted layer and which of its inputs the tensor is
 
 
@@ -67,7 +68,7 @@ class Measured:
 
     min: float
     max: float
-    amax: dict[str, float]  # per RANGE_METHODS
+    amax: dict[str, float]  # per registered method
     tensors: tuple[str, ...]
 
 
@@ -227,7 +228,7 @@ class AutoRanges:
                 for src, m in found.items()
                 for t in m.tensors
             }
-            for c in (AUTO, *RANGE_METHODS)
+            for c in (AUTO, *methods.names())
         }
         feed, reference, rows = self.checked
         whole = judge(self.simulations, candidates, feed, reference, rows, self.extremes.samples, threads)
@@ -246,7 +247,7 @@ def _ranged(placement: Placement, measured: set[str]) -> Placement:
 def whole_graph_line(whole: WholeGraphCheck) -> str:
     """One line: what the whole-graph check kept, and the estimates it compared."""
     est = whole.estimates
-    others = ", ".join(f"{m} {est[m]:.3g}" for m in RANGE_METHODS)
+    others = ", ".join(f"{m} {est[m]:.3g}" for m in methods.names())
     rows = f"{whole.rows} first rows and {whole.extremes} extreme sample(s) standing for {whole.samples}"
     if whole.chosen == AUTO:
         return (
@@ -305,10 +306,11 @@ def _by_layers(
     amax = found.amax
     by_amax = {a: sum(layer.error(a, found.min, found.max) for layer in layers) for a in sorted(set(amax.values()))}
     errors = {m: by_amax[a] for m, a in amax.items()}
-    best = min(RANGE_METHODS, key=lambda m: (errors[m], RANGE_METHODS.index(m)))  # ties: the first listed
+    order = methods.names()
+    best = min(order, key=lambda m: (errors[m], order.index(m)))  # ties: the first registered
     names = [f"{node.op_type} {node.name}" for node, _ in uses]
     where = ", ".join(names[:2]) + (f" (+{len(names) - 2} more)" if len(names) > 2 else "")
-    scores = ", ".join(f"{m} {errors[m]:.3g}" for m in RANGE_METHODS)
+    scores = ", ".join(f"{m} {errors[m]:.3g}" for m in order)
     return AutoChoice(best, f"least output error of {where}: {scores}", errors)
 
 
@@ -427,7 +429,7 @@ def summary(ranges: Ranges, top: int = 3) -> list[str]:
     entropy (the previous default)."""
     choices = [r.auto for r in ranges.tensors.values()]
     local = lambda c: c.local or c.method  # noqa: E731  the tensor's own choice
-    counts = ", ".join(f"{m} {n}" for m in RANGE_METHODS if (n := sum(local(c) == m for c in choices)))
+    counts = ", ".join(f"{m} {n}" for m in methods.names() if (n := sum(local(c) == m for c in choices)))
     by_layers = sum(bool(c.errors) for c in choices)
     agree = sum(c.reason.startswith("every method gives") for c in choices)
     why = (
@@ -441,7 +443,7 @@ def summary(ranges: Ranges, top: int = 3) -> list[str]:
             f"per tensor they would have been {counts} ({why})",
             f"  {whole_graph_line(whole)}",
         ]
-    lines = [f"auto ranges: {counts} tensor(s); {why}"]
+    lines = [f"auto ranges: {counts or 'no'} tensor(s); {why}"]  # none: the targets quantize no activation
     if whole is not None:
         lines.append(f"  {whole_graph_line(whole)}")
     cuts = {}  # by reason: tensors sharing statistics share one choice

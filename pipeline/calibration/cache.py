@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from pipeline.config import CALIBRATION_METHODS, RANGE_METHODS
+from pipeline.calibration import methods
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
 
@@ -28,7 +28,7 @@ T = TypeVar("T")
 class AutoChoice:
     """Which range ``auto`` took for a tensor, and why."""
 
-    method: str  # one of RANGE_METHODS: the range taken
+    method: str  # a registered range method: the range taken
     reason: str  # why the tensor's own choice (``local``) is what it is
     # Relative error of the consuming layers' outputs under each method's range, summed over
     # those layers; empty where no weighted layer reads the tensor (chosen by its own error).
@@ -37,12 +37,13 @@ class AutoChoice:
     local: str | None = None
 
     def __post_init__(self) -> None:
+        known = methods.names()
         for method in (self.method, self.local or self.method):
-            if method not in RANGE_METHODS:
-                raise ValueError(f"auto chose {method!r}, not one of {', '.join(RANGE_METHODS)}")
+            if method not in known:
+                raise ValueError(f"auto chose {method!r}, not one of {', '.join(known)}")
         if not self.errors:
             return
-        if set(self.errors) != set(RANGE_METHODS) or not all(map(math.isfinite, self.errors.values())):
+        if set(self.errors) != set(known) or not all(map(math.isfinite, self.errors.values())):
             raise ValueError(f"auto errors must be finite, one per method, got {sorted(self.errors)}")
         if self.errors[self.local or self.method] > 2 * min(self.errors.values()):
             raise ValueError(f"auto chose {self.local or self.method!r} but another method has a smaller error")
@@ -58,17 +59,17 @@ class WholeGraphCheck:
     each output's spread, summed over outputs and both targets, over all calibration samples."""
 
     chosen: str  # "auto" (the per-tensor ranges kept) or the method every tensor took
-    estimates: dict[str, float]  # per candidate: "auto" and each of RANGE_METHODS
+    estimates: dict[str, float]  # per candidate: "auto" and each registered method
     standard_errors: dict[str, float]  # per method: of its estimate's difference to auto's
     rows: int  # first calibration rows checked, standing for the samples that are not extremes
     extremes: int  # samples checked for holding tensors' largest values
     samples: int  # calibration samples the estimate is over
 
     def __post_init__(self) -> None:
-        candidates = {"auto", *RANGE_METHODS}
+        candidates = set(methods.choices())
         if self.chosen not in candidates or set(self.estimates) != candidates:
             raise ValueError(f"whole-graph check chose {self.chosen!r} among {sorted(self.estimates)}")
-        if set(self.standard_errors) != set(RANGE_METHODS):
+        if set(self.standard_errors) != set(methods.names()):
             raise ValueError(
                 f"whole-graph check needs one standard error per method, got {sorted(self.standard_errors)}"
             )
@@ -92,12 +93,12 @@ class WholeGraphCheck:
 class TensorRange:
     min: float
     max: float
-    amax: dict[str, float]  # per method: max, percentile, entropy, mse, and auto (one of the four)
+    amax: dict[str, float]  # per registered method, and auto (one of them)
     auto: AutoChoice
 
     def __post_init__(self) -> None:
-        if set(self.amax) != set(CALIBRATION_METHODS):
-            raise ValueError(f"amax must have one value per method ({', '.join(CALIBRATION_METHODS)})")
+        if set(self.amax) != set(methods.choices()):
+            raise ValueError(f"amax must have one value per method ({', '.join(methods.choices())})")
         if self.amax["auto"] != self.amax[self.auto.method]:
             raise ValueError(f"amax['auto'] is not the range of the method auto chose ({self.auto.method})")
 
@@ -157,16 +158,25 @@ class InvalidCache(PipelineError):
     """A cache that cannot be trusted: calibrate rebuilds it, quantize refuses it."""
 
 
+class OtherMethods(InvalidCache):
+    """A cache of other range methods than the registered ones: sound but stale, calibrated anew by
+    calibrate and quantize alike. Its message is the reason."""
+
+
 REBUILD = "run trtpipe calibrate --force to rebuild it"
 
 
 def load_ranges(path: Path, names: set[str] | None = None) -> Ranges | None:
     """The cache at ``path``, or None if there is none. Anything that cannot be trusted (unreadable,
     another version, a missing key, a range that is not finite and positive, a tensor not among
-    ``names``, the graph's) raises ``InvalidCache`` naming the file, the tensor and the fix."""
+    ``names``, the graph's) raises ``InvalidCache`` naming the file, the tensor and the fix; one whose
+    ranges are of other methods than the registered ones raises ``OtherMethods``."""
 
     def parse(raw: dict) -> Ranges:
         _check_header(path, raw)
+        changed = _methods_changed(raw["tensors"])
+        if changed:
+            raise OtherMethods(changed)
         tensors = {name: _tensor_range(path, name, t) for name, t in raw["tensors"].items()}
         unknown = sorted(set(tensors) - names) if names is not None else []
         if unknown:
@@ -203,6 +213,16 @@ def _whole(raw: dict) -> WholeGraphCheck:
     if not all(isinstance(c, int) for c in counts):
         raise ValueError(f"whole-graph check's rows, extremes and samples must be integers, got {counts}")
     return WholeGraphCheck(str(raw["chosen"]), floats(raw["estimates"]), floats(raw["standard_errors"]), *counts)
+
+
+def _methods_changed(tensors: dict) -> str | None:
+    """How the range methods of a cache's tensors differ from the registered ones, or None."""
+    first = next(iter(tensors.values()), None)
+    if not isinstance(first, dict) or not isinstance(first.get("amax"), dict):
+        return None  # no tensor, or a corrupt one: parsing says which
+    held, known = set(first["amax"]) - {methods.AUTO}, methods.names()
+    changes = [f"{m} added" for m in known if m not in held] + [f"{m} removed" for m in sorted(held - set(known))]
+    return f"range methods changed ({', '.join(changes)})" if changes else None
 
 
 def _check_header(path: Path, raw: dict) -> None:

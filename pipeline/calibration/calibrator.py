@@ -25,7 +25,7 @@ import onnx
 from pipeline import onnxutil, ortsession
 from pipeline.calibration.auto import AutoRanges, Measured
 from pipeline.calibration.cache import Ranges, TensorRange
-from pipeline.calibration.histogram import TensorStats
+from pipeline.calibration.methods.base import Collected, Settings
 from pipeline.console import progress
 from pipeline.data import Feed
 from pipeline.errors import PipelineError
@@ -36,8 +36,7 @@ from pipeline.graphview import GraphView
 class RangesFromOnnx:
     def __init__(self, tensors: Iterable[str], bins: int, percentile: float) -> None:
         self.tensors = sorted(set(tensors))
-        self.bins = bins
-        self.percentile = percentile
+        self.settings = Settings(bins, percentile)
 
     def __call__(
         self,
@@ -62,7 +61,7 @@ class RangesFromOnnx:
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
             path, view, graph_sha256 = _graph_file(fp32, view, graph_sha256, Path(tmp))
             source = value_sources(view, self.tensors)
-            stats = {name: TensorStats(self.bins) for name in sorted(set(source.values()))}
+            stats = {name: Collected(self.settings) for name in sorted(set(source.values()))}
             kept = auto.start(view, self.tensors, Path(tmp) / "auto")
             groups = _groups(groups, stats, kept)
             replay = _Replay(Path(tmp) / "runs")
@@ -77,7 +76,7 @@ class RangesFromOnnx:
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
-            found = {src: _measured(s, self.percentile, holders[src]) for src, s in stats.items()}
+            found = {src: _measured(s, holders[src]) for src, s in stats.items()}
             auto.reference(path, _cores())
             # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
             model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
@@ -92,7 +91,7 @@ class RangesFromOnnx:
 
 
 class Folding(Protocol):
-    """Statistics of one tensor, folded run by run (``TensorStats``, ``channels.ChannelStats``)."""
+    """Statistics of one tensor, folded run by run (``methods.base.Collected``, ``channels.ChannelStats``)."""
 
     def update(self, x: np.ndarray) -> None: ...
 
@@ -142,7 +141,7 @@ def _update(stats: Mapping[str, Folding], names: list[str], values: list) -> Non
             ) from None
 
 
-def _groups(groups: Sequence[Sequence[str]], stats: dict[str, TensorStats], kept: set[str]) -> list[list[str]]:
+def _groups(groups: Sequence[Sequence[str]], stats: dict[str, Collected], kept: set[str]) -> list[list[str]]:
     """The passes over the data: ``groups`` (one pass capturing everything by default), which must
     split the measured tensors; what auto keeps that no group captures is one more pass."""
     groups = [list(g) for g in groups] or [sorted(set(stats) | kept)]
@@ -153,9 +152,10 @@ def _groups(groups: Sequence[Sequence[str]], stats: dict[str, TensorStats], kept
     return groups + [rest] if rest else groups
 
 
-def _measured(stats: TensorStats, percentile: float, holders: list[str]) -> Measured:
-    extremes = (stats.min, stats.max) if stats.count else (0.0, 0.0)
-    return Measured(*extremes, stats.thresholds(percentile), tuple(holders))
+def _measured(stats: Collected, holders: list[str]) -> Measured:
+    histogram = stats.histogram
+    extremes = (histogram.min, histogram.max) if histogram.count else (0.0, 0.0)
+    return Measured(*extremes, stats.ranges(), tuple(holders))
 
 
 def _graph_file(

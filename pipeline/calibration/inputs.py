@@ -199,13 +199,16 @@ def ranges(
 
 def cache_or_reason(load, force: bool, rebuild_invalid: bool) -> tuple:
     """(the cache ``load`` reads, None) or (None, why it is made anew): ``force`` reads none (so it
-    replaces a corrupt one), and one that cannot be trusted raises unless ``rebuild_invalid``."""
-    from pipeline.calibration.cache import InvalidCache
+    replaces a corrupt one), one of other range methods is stale, and one that cannot be trusted
+    raises unless ``rebuild_invalid``."""
+    from pipeline.calibration.cache import InvalidCache, OtherMethods
 
     if force:
         return None, "forced"
     try:
         cached = load()
+    except OtherMethods as exc:  # stale, not untrustworthy
+        return None, str(exc)
     except InvalidCache as exc:
         if not rebuild_invalid:
             raise

@@ -29,16 +29,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import ortsession
+from pipeline.calibration import methods
 from pipeline.calibration.cache import WholeGraphCheck
-from pipeline.config import RANGE_METHODS
 from pipeline.data import Feed
 from pipeline.evaluate.metrics import SPREAD_FLOOR
 from pipeline.graphview import GraphView
 from pipeline.placement import Placement
 from pipeline.targets.tensorrt.qdq import activation_scale, quantize_weight
 
-AUTO = "auto"  # the candidate of auto's per-tensor choices; the others are one method on every tensor
-MARGIN = 3.0  # standard errors a single method's estimate must be lower by; four candidates, few rows
+AUTO = methods.AUTO  # the candidate of auto's per-tensor choices; the others are one method on every tensor
+MARGIN = 3.0  # standard errors a single method's estimate must be lower by; several candidates, few rows
 HELD = 32  # samples whose inputs are held while streaming (each holding some tensor's largest |x|)
 
 
@@ -253,11 +253,12 @@ def verdict(errors: Mapping[str, np.ndarray], first: int, samples: int) -> Whole
         raise ValueError("the whole-graph check needs at least 2 first rows for its standard errors")
     weights = stands_for(len(errors[AUTO]), first, samples)
     estimates = {c: float(weights @ e / samples) for c, e in errors.items()}
+    names = methods.names()
     standard = {
         m: float(weights[0] * np.sqrt(first) * np.std((errors[m] - errors[AUTO])[:first], ddof=1) / samples)
-        for m in RANGE_METHODS
+        for m in names
     }
-    clear = [m for m in RANGE_METHODS if estimates[m] < estimates[AUTO] - MARGIN * standard[m]]
+    clear = [m for m in names if estimates[m] < estimates[AUTO] - MARGIN * standard[m]]
     chosen = min(clear, key=estimates.__getitem__) if clear else AUTO
     return WholeGraphCheck(chosen, estimates, standard, first, len(errors[AUTO]) - first, samples)
 

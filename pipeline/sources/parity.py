@@ -26,7 +26,7 @@ class ParityRow:
 
 
 def check_parity(
-    cfg: Config, reference: Callable[[Feed], list[np.ndarray]], graphs: dict[str, Path]
+    cfg: Config, reference: Callable[[Feed], list[np.ndarray]], graphs: dict[str, Path], kind: str = "PyTorch module"
 ) -> list[ParityRow]:
     """Compare each graph (``{precision: path}``) with the source's ``reference`` outputs; raise
     listing every failure."""
@@ -45,7 +45,7 @@ def check_parity(
     if bad:
         detail = "; ".join(f"{r.precision} batch {r.batch} {r.output!r}: {', '.join(r.failures)}" for r in bad)
         info(format_parity(rows))
-        raise PipelineError(f"{cfg.name}: ONNX Runtime disagrees with PyTorch: {detail}")
+        raise PipelineError(f"{cfg.name}: ONNX Runtime disagrees with the source ({kind}): {detail}")
     return rows
 
 

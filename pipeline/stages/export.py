@@ -24,7 +24,7 @@ def run(r: StageRun) -> list:
     graphs = {FP32: fp32, FP16: fp16}
     with r.writing() as written:
         with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:
-            rows = check_parity(cfg, source.reference, dict(zip(graphs, staged.values(), strict=True)))
+            rows = check_parity(cfg, source.reference, dict(zip(graphs, staged.values(), strict=True)), source.kind)
         written.paths = [out.graph(p) for p in graphs]
     info(f"{cfg.name}: wrote {out.graph(FP32)} and {out.graph(FP16)} ({onnxutil.exporter(fp32)} exporter)")
     info(format_parity(rows))

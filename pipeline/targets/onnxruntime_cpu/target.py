@@ -61,14 +61,20 @@ class OnnxRuntimeCpu(Target):
         return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT), cpu=True)]
 
     def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair | None:
-        return BenchPair(
-            "onnxruntime-cpu",
-            Artifact(FP32, ONNXRUNTIME, out.graph(FP32), cpu=True),
-            found[ARTIFACT],
-            cfg.bench.cpu_batches,
-            cfg.bench.threads,
-            f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out",
-        )
+        return cpu_pair(cfg, out, found[ARTIFACT])
+
+
+def cpu_pair(cfg: Config, out: Layout, quantized: Artifact) -> BenchPair:
+    """``quantized`` timed against the FP32 graph on ONNX Runtime's CPU EP, at [bench] cpu_batches and
+    threads: the pair of any target whose artifact deploys on a CPU as an ONNX graph."""
+    return BenchPair(
+        "onnxruntime-cpu",
+        Artifact(FP32, ONNXRUNTIME, out.graph(FP32), cpu=True),
+        quantized,
+        cfg.bench.cpu_batches,
+        cfg.bench.threads,
+        f"ONNX Runtime CPU EP, {cfg.bench.threads} intra-op thread(s), host arrays in and out",
+    )
 
 
 def sensitivity_target(
