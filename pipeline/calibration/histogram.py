@@ -83,9 +83,3 @@ class TensorStats:
     @classmethod
     def for_settings(cls, settings: Settings) -> TensorStats:
         return cls(settings.bins)
-
-    def thresholds(self, percentile: float) -> dict[str, float]:
-        """amax per registered method from this histogram alone, each capped at the observed abs-max."""
-        from pipeline.calibration.methods.base import Settings, ranges
-
-        return ranges({TensorStats: self}, Settings(self.bins, percentile))

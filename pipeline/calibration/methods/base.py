@@ -78,3 +78,8 @@ def ranges(by_kind: Mapping[type, Any], settings: Settings) -> dict[str, float]:
         method = methods.get(name)
         found[name] = min(histogram.absmax, method.amax(by_kind[method.statistic], settings))
     return found
+
+
+def thresholds(histogram: TensorStats, percentile: float) -> dict[str, float]:
+    """amax per registered method from a histogram alone, each capped at the observed abs-max."""
+    return ranges({TensorStats: histogram}, Settings(histogram.bins, percentile))
