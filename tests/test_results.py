@@ -1,6 +1,7 @@
 """The stages' results as types (pipeline.results): each one round-trips through its file, keeps the
 field names readers of the file use, and a file this trtpipe cannot read is one line naming it and
-the stage that writes it again, in report, deploy and compare alike."""
+the stage that writes it again; report, deploy and compare read them, and engines re-runs the
+stage whose file is of an older format."""
 
 from __future__ import annotations
 
@@ -233,13 +234,12 @@ def test_a_missing_result_names_the_stage_or_is_none(tmp_path):
 
 # --- the stages on results of the format before versions -------------------------------------------------
 
-KINDS = {"build": BuildResult, "compare": CompareResult, "bench": BenchResult}
-
 
 def _written_before_versions(cfg, out, stage: str) -> Path:
     """``stage``'s result as a trtpipe before typed results wrote it (no version), and recorded as
     that stage's own output, as that trtpipe recorded it."""
-    path = KINDS[stage].path(out)
+    kind = stages.STAGES[stage].result
+    path = kind.path(out)
     _edited(path, lambda raw: raw.pop("version"))
     rerecord(cfg, out, stage)
     return path
@@ -249,7 +249,9 @@ def _written_before_versions(cfg, out, stage: str) -> Path:
     ("written", "reader", "args"),
     [("bench", "report", []), ("build", "compare", []), ("compare", "deploy", ["--to", "deployed"])],
 )
-def test_a_result_of_the_format_before_versions_is_one_line(pipeline_run, written, reader, args):
+def test_a_result_of_the_format_before_versions_is_one_line_then_engines_remakes_it(
+    pipeline_run, written, reader, args, capsys
+):
     cfg, path, out = pipeline_run
     for stage in ("compare", "bench"):
         stages.run(stage, cfg)
@@ -260,3 +262,8 @@ def test_a_result_of_the_format_before_versions_is_one_line(pipeline_run, writte
     assert line == (
         f"Error: {out.key(old)}: written by an older trtpipe (no version); re-run trtpipe {written} -c {path}"
     )
+    capsys.readouterr()
+    ran = stages.engines(cfg)
+    assert ran[0] == written and "report" in ran
+    assert f"tiny: {written}: {out.key(old)}: written by an older trtpipe (no version)" in capsys.readouterr().err
+    assert json.loads(old.read_text())["version"] == 1

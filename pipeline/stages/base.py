@@ -11,10 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config
 from pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from pipeline.results import Result
 
 
 def _nothing(cfg: Config, out: Layout) -> list:
@@ -31,7 +34,8 @@ class Stage:
     from an earlier stage; ``data`` gives (what, config source) for each data source; ``source``:
     it reads the model itself (its source files and weights); ``remakes``: earlier stages whose
     files it makes itself when they are missing or stale (recorded as its inputs, not verified
-    before it runs). ``run(StageRun, **options)`` does the work."""
+    before it runs); ``result``: the type of what it measured (``pipeline.results``), a file of
+    another format is stale. ``run(StageRun, **options)`` does the work."""
 
     name: str
     config: tuple[str, ...]
@@ -40,6 +44,7 @@ class Stage:
     data: Callable[[Config], list[tuple[str, str]]] = _no_data
     source: bool = False
     remakes: frozenset[str] = field(default_factory=frozenset)
+    result: type[Result] | None = None
 
     @property
     def module(self) -> str:

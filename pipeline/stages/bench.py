@@ -76,4 +76,4 @@ def run(r: StageRun, repeat: int = 1) -> BenchResult:
     return result
 
 
-STAGE = Stage("bench", ("batch", "quantize", "bench"), run, reads=artifact_reads)
+STAGE = Stage("bench", ("batch", "quantize", "bench"), run, reads=artifact_reads, result=BenchResult)

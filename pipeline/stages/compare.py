@@ -47,4 +47,5 @@ STAGE = Stage(
     run,
     reads=artifact_reads,
     data=_data,
+    result=CompareResult,
 )

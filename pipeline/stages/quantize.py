@@ -205,4 +205,5 @@ STAGE = Stage(
     reads=_reads,
     data=_data,
     remakes=frozenset({"calibrate"}),
+    result=QuantizeResult,
 )
