@@ -240,8 +240,12 @@ class BuildResult(Result):
     def __post_init__(self) -> None:
         if self.backend not in (ENGINE, ONNXRUNTIME):
             raise ValueError(f"backend {self.backend!r}, expected {ENGINE!r} or {ONNXRUNTIME!r}")
-        if (self.engines is not None) != (self.backend == ENGINE) or (self.reason is None) != (self.backend == ENGINE):
-            raise ValueError(f"a {self.backend} build with engines {self.engines!r} and reason {self.reason!r}")
+        built, skipped = self.engines is not None, self.reason is not None
+        if built != (self.backend == ENGINE) or skipped == (self.backend == ENGINE):
+            raise ValueError(
+                f"backend {self.backend!r} with{'' if built else 'out'} engines and with{'' if skipped else 'out'} "
+                f"a reason; engines are built ({ENGINE!r}), or TensorRT was skipped for a reason ({ONNXRUNTIME!r})"
+            )
 
     @classmethod
     def path(cls, out: Layout) -> Path:
