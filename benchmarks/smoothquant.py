@@ -58,13 +58,13 @@ def measure(cfg: Config, root: Path) -> list[list[object]]:
     for label, setting in variants(cfg):
         variant = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, smoothquant=setting))
         summary = stages.run("quantize", variant, root, force=True)  # a variant that misses its gate is measured too
-        smoothing = summary["smoothquant"]
-        parity = f"{smoothing['fp32_max_rel_diff']:.1e}" if smoothing else "-"
-        for r in summary["accuracy"]:
-            int8, layers = int8_coverage(onnxutil.load(out.graph(r["artifact"])))
+        smoothing = summary.smoothquant
+        parity = f"{smoothing.fp32_max_rel_diff:.1e}" if smoothing is not None else "-"
+        for r in summary.accuracy:
+            int8, layers = int8_coverage(onnxutil.load(out.graph(r.artifact)))
             coverage = f"{int8}/{layers} ({100 * int8 / layers:.0f}%)"
             rows.append(
-                [cfg.name, r["artifact"], label, r["metric"], r["centered_cosine"], r["rel_error"], coverage, parity]
+                [cfg.name, r.artifact, label, r.metric, r.stats.centered_cosine, r.stats.rel_error, coverage, parity]
             )
     return rows
 

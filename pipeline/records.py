@@ -140,8 +140,8 @@ def verify_stage(cfg: Config, out: Layout, stage: Stage, checked: set[str] | Non
 
 
 def rerun_reason(cfg: Config, out: Layout, stage: Stage) -> str | None:
-    """Why ``stage`` must run again (no record, an output gone or changed, an input changed, code
-    included), or None when its record is current."""
+    """Why ``stage`` must run again (no record, an output gone or changed, a result of an older
+    format, an input changed, code included), or None when its record is current."""
     try:
         record = load_record(out, stage.name)
     except PipelineError:
@@ -151,10 +151,23 @@ def rerun_reason(cfg: Config, out: Layout, stage: Stage) -> str | None:
     key = changed_output(out, record)
     if key is not None:
         return f"{key} changed since it was written"
+    stale = _stale_result(out, stage)
+    if stale is not None:
+        return stale
     changed = changed_inputs(record, current_inputs(cfg, out, stage))
     if changed:
         return f"{_named(cfg, changed[0])} changed" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
     return None
+
+
+def _stale_result(out: Layout, stage: Stage) -> str | None:
+    """Why the result ``stage`` wrote is not one this trtpipe reads (written by an older one), or None."""
+    if stage.result is None:
+        return None
+    from pipeline.results import problem
+
+    found = problem(stage.result, out)
+    return None if found is None else f"{out.key(stage.result.path(out))}: {found}"
 
 
 def changed_output(out: Layout, record: StageRecord) -> str | None:

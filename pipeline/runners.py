@@ -17,8 +17,8 @@ import numpy as np
 from pipeline import ortsession, targets
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.fileio import read_json
 from pipeline.layout import Layout
+from pipeline.results import BuildResult, load
 from pipeline.targets.base import ENGINE, FP16, FP32, ONNXRUNTIME
 
 
@@ -37,9 +37,9 @@ class Artifact:
 
 def artifacts(cfg: Config, out: Layout) -> list[Artifact]:
     """The FP16 artifact (an engine where build made one, else the graph) and each configured target's."""
-    record = read_json(out.build_record, "build")
-    if record["backend"] == ENGINE:
-        manifest = out.root / record["manifest"]  # relative to the project (absolute in older records)
+    record = load(BuildResult, out, cfg.path)
+    if record.engines is not None:
+        manifest = out.root / record.engines.manifest  # relative to the project
         found = [Artifact(FP16, ENGINE, manifest.parent / out.engine_file(FP16).name, manifest)]
     else:
         found = [Artifact(FP16, ONNXRUNTIME, out.graph(FP16))]

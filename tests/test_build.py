@@ -188,7 +188,7 @@ def test_build_without_tensorrt_records_why_and_tensorrt_backend_refuses(make_co
     stages.run("export", cfg, root=tmp_path)
     stages.run("quantize", cfg, root=tmp_path)
     record = stages.run("build", cfg, root=tmp_path)
-    assert record["backend"] == "onnxruntime" and record["reason"] == probe().reason
+    assert record.backend == "onnxruntime" and record.reason == probe().reason and record.engines is None
     assert json.loads(Layout.of(cfg, tmp_path).build_record.read_text())["backend"] == "onnxruntime"
     with pytest.raises(PipelineError, match=r"--backend tensorrt: .*trtpipe\[gpu\]"):
         stages.run("build", cfg, root=tmp_path, backend="tensorrt")

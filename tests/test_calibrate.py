@@ -187,12 +187,12 @@ def test_quantize_stage_writes_both_graphs_that_pass_the_rules(make_config, tmp_
     cfg = make_config()
     stages.run("export", cfg, root=tmp_path)
     summary = stages.run("quantize", cfg, root=tmp_path)
-    assert summary["method"] == "auto" and "tiny: auto ranges: " in capsys.readouterr().err
+    assert summary.method == "auto" and "tiny: auto ranges: " in capsys.readouterr().err
     out = Layout.of(cfg, tmp_path)
     assert rules.violations(onnx.load(out.graph("w8a8"))) == []
     assert rules.violations(onnx.load(out.graph("w8a8-cpu")), symmetric=False) == []
-    by_artifact = {row["artifact"]: row for row in summary["accuracy"]}
-    assert by_artifact["w8a8"]["cosine"] > 0.99 and by_artifact["w8a8-cpu"]["cosine"] > 0.99
+    by_artifact = {row.artifact: row for row in summary.accuracy}
+    assert by_artifact["w8a8"].stats.cosine > 0.99 and by_artifact["w8a8-cpu"].stats.cosine > 0.99
     assert (out.results_dir / "quantize.json").is_file()
 
 

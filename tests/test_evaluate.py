@@ -15,9 +15,20 @@ from pipeline import stages
 from pipeline.cli import main
 from pipeline.data import heldout_batches
 from pipeline.errors import PipelineError
-from pipeline.evaluate.metrics import error_stats
+from pipeline.evaluate.accuracy import AccuracyRow
+from pipeline.evaluate.metrics import ErrorStats, error_stats
 from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR, verdict
 from pipeline.layout import Layout
+from pipeline.results import (
+    BenchResult,
+    BenchRow,
+    BuildResult,
+    CompareResult,
+    Engines,
+    Latency,
+    LayerSummary,
+    load,
+)
 from pipeline.runners import artifacts, runner_for
 from tests import reference
 from tests.conftest import rerecord
@@ -45,7 +56,7 @@ def test_w8a8_verdicts_agree_with_the_reference_on_a_near_dead_channel(make_conf
     for a correct graph. Both now report what the fake-quant reference computes."""
     cfg = make_config(model=f'[model]\nsource = "{user_model}:build_dead_channel"')
     stages.run("export", cfg, tmp_path)
-    quantized = next(r for r in stages.run("quantize", cfg, tmp_path)["accuracy"] if r["artifact"] == "w8a8")
+    quantized = next(r for r in stages.run("quantize", cfg, tmp_path).accuracy if r.artifact == "w8a8")
     stages.run("build", cfg, tmp_path, backend="onnxruntime")
     compared = [r for r in stages.run("compare", cfg, tmp_path) if r.artifact == "w8a8 (ONNX Runtime)"]
     out = Layout.of(cfg, tmp_path)
@@ -56,13 +67,11 @@ def test_w8a8_verdicts_agree_with_the_reference_on_a_near_dead_channel(make_conf
         got.append(reference.run(w8a8, feed)[0])
         ref.append(reference.run(fp32, feed)[0])
     expected = error_stats(np.concatenate(got), np.concatenate(ref))
-    assert quantized["failures"] == [] and quantized["top1_agreement"] == 1.0
+    assert quantized.failures == () and quantized.agreement == 1.0
     assert len(compared) == 2 and not any(r.failures for r in compared)
-    for mean_abs, cosine in [(quantized["mean_abs"], quantized["cosine"])] + [
-        (r.stats.mean_abs, r.stats.cosine) for r in compared
-    ]:
-        assert mean_abs == pytest.approx(expected.mean_abs, rel=0.2)
-        assert cosine == pytest.approx(expected.cosine, abs=1e-4)
+    for stats in [quantized.stats] + [r.stats for r in compared]:
+        assert stats.mean_abs == pytest.approx(expected.mean_abs, rel=0.2)
+        assert stats.cosine == pytest.approx(expected.cosine, abs=1e-4)
 
 
 def test_runners_run_the_tensorrt_graphs_as_written_and_the_cpu_graphs_optimized(pipeline_run):
@@ -101,14 +110,15 @@ def test_bench_and_report(pipeline_run):
     cfg, _, out = pipeline_run
     stages.run("compare", cfg)
     result = stages.run("bench", cfg, repeat=2)
-    assert result["backend"] == "onnxruntime-cpu"
-    assert (result["baseline"], result["quantized"]) == ("fp32", "w8a8-cpu")
-    assert len(result["runs"]) == 2 and len(result["consistency"]) == 4
-    rows = result["runs"][0]
-    assert {(r["precision"], r["batch"]) for r in rows} == {("fp32", 1), ("fp32", 8), ("w8a8-cpu", 1), ("w8a8-cpu", 8)}
+    assert (result.backend, result.runtime) == ("onnxruntime-cpu", "ONNX Runtime CPU")
+    assert (result.baseline, result.quantized) == ("fp32", "w8a8-cpu")
+    assert len(result.runs) == 2 and len(result.consistency) == 4
+    rows = result.runs[0]
+    assert {(r.precision, r.batch) for r in rows} == {("fp32", 1), ("fp32", 8), ("w8a8-cpu", 1), ("w8a8-cpu", 8)}
     for r in rows:
-        assert r["p90_ms"] >= r["median_ms"] > 0 and r["throughput_items_per_s"] > 0 and r["runs"] >= 5
-    assert sum(result["fp32_op_time_share"].values()) == pytest.approx(1.0)
+        assert r.latency.p90_ms >= r.latency.median_ms > 0 and r.throughput > 0 and r.latency.runs >= 5
+    assert sum(result.fp32_op_time_share.values()) == pytest.approx(1.0)
+    assert load(BenchResult, out) == result
     assert (out.results_dir / "bench.csv").read_text().splitlines()[0].startswith("artifact,precision,batch")
 
     report = stages.run("report", cfg)
@@ -139,13 +149,33 @@ def test_compare_feeds_an_fp16_io_graph_in_float16(pipeline_run):
     assert fp16 and all(r.stats.cosine > 0.999 for r in fp16)
 
 
-def _bench(baseline: str, quantized: str, ms: dict[int, tuple[float, float]], **extra) -> dict:
-    rows = [
-        {"precision": p, "batch": b, "median_ms": pair[i]}
+def _bench(baseline: str, quantized: str, ms: dict[int, tuple[float, float]], **extra) -> BenchResult:
+    rows = tuple(
+        BenchRow(p, p, b, Latency(pair[i], pair[i], pair[i], pair[i], 0.0, 5))
         for b, pair in ms.items()
         for i, p in enumerate((baseline, quantized))
-    ]
-    return {"baseline": baseline, "quantized": quantized, "batches": sorted(ms), "runs": [rows], **extra}
+    )
+    batches = tuple(sorted(ms))
+    speedup = {b: ms[b][0] / ms[b][1] for b in batches}
+    return BenchResult(
+        "onnxruntime-cpu",
+        "ONNX Runtime CPU",
+        "-",
+        baseline,
+        quantized,
+        batches,
+        1,
+        1,
+        5,
+        0.0,
+        (rows,),
+        speedup,
+        (),
+        **extra,
+    )
+
+
+_ON_ONNXRUNTIME = BuildResult("onnxruntime", ("CPUExecutionProvider",), reason="TensorRT is not installed")
 
 
 def test_verdict_explains_no_gain_on_a_cpu_with_the_op_profile():
@@ -156,24 +186,28 @@ def test_verdict_explains_no_gain_on_a_cpu_with_the_op_profile():
         fp32_op_time_share={"MatMul": 0.25, "Softmax": 0.30, "Add": 0.25, "Transpose": 0.20},
         profiled_batch=1,
     )
-    one, sixty_four = verdict(bench, None, {"backend": "onnxruntime"})
+    one, sixty_four = verdict(bench, None, _ON_ONNXRUNTIME)
     assert one.startswith("batch 1: deploy FP32: w8a8 is no faster (0.76x)")
     assert "Conv/MatMul/Gemm are only 25% of FP32 time at batch 1" in one and "Softmax 30%" in one
     assert sixty_four.startswith("batch 64: deploy w8a8: 2.00x faster")
 
 
 def test_verdict_explains_no_gain_on_tensorrt_with_the_engine_layers():
-    layers = {"reformat_layers": 12, "unfused_qdq_layers": 7, "int8_compute_layers": 3, "compute_layers": 20}
+    layers = LayerSummary(40, 20, 3, 12, 7, True)
     bench = _bench("fp16", "w8a8", {256: (10.0, 10.1)})
-    (line,) = verdict(bench, None, {"backend": "tensorrt", "layers": {"w8a8": layers}})
+    build = BuildResult("tensorrt", (), Engines("trt/x", "trt/x/manifest.json", {"w8a8": layers}))
+    (line,) = verdict(bench, None, build)
     assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x)")
     assert "12 reformat layers and 7 unfused Q/DQ layers" in line and "3 of 20 Conv/GEMM/MatMul layers in INT8" in line
 
 
 def test_verdict_keeps_the_baseline_when_w8a8_fails_its_gate():
     bench = _bench("fp32", "w8a8-cpu", {8: (4.0, 1.0)})
-    compare = {"rows": [{"artifact": "w8a8-cpu (ONNX Runtime)", "failures": ["cosine 0.5 < 0.99"]}]}
-    assert verdict(bench, compare, {}) == ["batch 8: deploy FP32: w8a8 fails its accuracy gate (see the table)"]
+    stats = ErrorStats(0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.1, 0.1)
+    failed = AccuracyRow("w8a8-cpu (ONNX Runtime)", "logits", stats, None, None, None, ("cosine 0.5 < 0.99",), 8)
+    compare = CompareResult((failed,), False)
+    lines = verdict(bench, compare, _ON_ONNXRUNTIME)
+    assert lines == ["batch 8: deploy FP32: w8a8 fails its accuracy gate (see the table)"]
 
 
 def test_streamed_agreement_and_top1_equal_the_one_shot_ones():
@@ -207,5 +241,5 @@ def test_quantize_accuracy_pass_runs_inside_the_profile(make_config, user_model,
     summary = stages.run("quantize", cfg, root=tmp_path, targets=("onnxruntime-cpu",))
     err = capsys.readouterr().err
     assert "held-out data at batch 32" in err and "accuracy at batch 32" in err  # its progress bar
-    (row,) = summary["accuracy"]
-    assert row["top1_agreement"] is not None and row["metric"] is not None and row["cosine"] > 0.99
+    (row,) = summary.accuracy
+    assert row.agreement is not None and row.metric is not None and row.stats.cosine > 0.99

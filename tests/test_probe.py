@@ -93,4 +93,4 @@ def test_build_falls_back_with_the_runtime_reason(tmp_path, make_config):
     stages.run("quantize", cfg, root=tmp_path, targets=("tensorrt",))
     with standin(tmp_path / "machine", cudart="pip-cu13"):
         record = stages.run("build", cfg, root=tmp_path)
-    assert record["backend"] == "onnxruntime" and "LD_LIBRARY_PATH" in record["reason"]
+    assert record.backend == "onnxruntime" and "LD_LIBRARY_PATH" in record.reason

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from examples import vit
-from pipeline import onnxutil, ortsession, stages
+from pipeline import onnxutil, ortsession, results, stages
 from pipeline.calibration import smooth
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.calibration.channels import ChannelStats, best_alpha, measure_channels
@@ -200,7 +200,7 @@ def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model,
     assert ranges.tensors["layer_norm"].amax["max"] == pytest.approx(float(np.max(x_absmax / s)), rel=1e-5)
     assert ranges.tensors["layer_norm"].amax["max"] < 0.5 * float(x_absmax.max())
     summary = stages.run("quantize", cfg, root=tmp_path, force=True)  # the record is tested here, not the gate
-    assert [(d["tensor"], d["alpha"]) for d in summary["smoothquant"]["layers"]] == [
+    assert [(d.tensor, d.alpha) for d in summary.smoothquant.layers] == [
         ("layer_norm", 0.5),
         ("layer_norm_1", 0.5),
     ]
@@ -208,7 +208,9 @@ def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model,
     written = json.loads((out.results_dir / "quantize.json").read_text())
     assert written["smoothquant"]["alpha"] == 0.5
     assert written["smoothquant"]["fp32_max_rel_diff"] < 1e-5
-    lines = report._smoothing_lines(written["smoothquant"])  # the report's section, from the record
+    saved = results.load(results.QuantizeResult, out)
+    assert saved == summary
+    lines = report._smoothing_lines(saved.smoothquant)  # the report's section, from the saved result
     assert sum("alpha 0.5, widest channel" in line for line in lines) == 2
     # The FP16 graph took the smoothed LayerNorm parameters: the w8a8 graph's gamma is the smoothed one.
     w8a8 = onnxutil.load(out.graph("w8a8"))
@@ -222,8 +224,8 @@ def test_auto_picks_an_alpha_per_layernorm(tmp_path, user_model):
     stages.run("export", cfg, root=tmp_path)
     summary = stages.run("quantize", cfg, root=tmp_path, force=True)  # alpha choice, not the gate
     channels = json.loads(Layout.of(cfg, tmp_path).channels.read_text())["tensors"]
-    for layer in summary["smoothquant"]["layers"]:
-        assert layer["alpha"] == best_alpha(channels[layer["tensor"]]["errors"])
+    for layer in summary.smoothquant.layers:
+        assert layer.alpha == best_alpha(channels[layer.tensor]["errors"])
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.5", '"yes"', "true"])

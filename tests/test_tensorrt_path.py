@@ -78,8 +78,8 @@ def test_first_build_on_a_fresh_machine_keeps_its_engines_and_no_lock_file(tiny,
     cfg, _, out = tiny
     assert not out.trt_root.exists()  # nothing made the engine folder before the build
     record = stages.run("build", cfg)
-    target = Path(record["dir"])
-    assert record["backend"] == "tensorrt" and target.name == "stand-in-gpu-test-double-sm89-trt11.4.0.106"
+    target = Path(record.engines.dir)
+    assert record.backend == "tensorrt" and target.name == "stand-in-gpu-test-double-sm89-trt11.4.0.106"
     assert sorted(p.name for p in target.iterdir()) == [
         "fp16.plan",
         "layers-fp16.json",
@@ -145,13 +145,13 @@ def test_failed_build_names_the_graph_and_layer(tiny, gpu_machine):
 def test_engine_that_does_not_deserialize_names_the_engine(tiny, gpu_machine):
     cfg, path, out = tiny
     record = stages.run("build", cfg)
-    engine = Path(record["dir"]) / "w8a8.plan"
+    engine = Path(record.engines.dir) / "w8a8.plan"
     header, graph = standin_plan.deserialize(engine.read_bytes())
     # As if a plan from another TensorRT build had been copied in with a matching manifest.
     engine.write_bytes(standin_plan.serialize({**header, "tensorrt_version": "11.3.0.1"}, graph))
-    manifest = json.loads(Path(record["manifest"]).read_text())
+    manifest = json.loads(Path(record.engines.manifest).read_text())
     manifest["engines"]["w8a8"]["sha256"] = sha256_file(engine)
-    Path(record["manifest"]).write_text(json.dumps(manifest))
+    Path(record.engines.manifest).write_text(json.dumps(manifest))
     rerecord(cfg, out, "build")
     line = _one_line_error(_cli("compare", "-c", str(path)))
     assert f"{engine}: TensorRT cannot deserialize this engine (" in line and "Version tag does not match" in line

@@ -46,12 +46,13 @@ def _calibration_settings(cfg: Config) -> dict[str, object]:
 
 
 def smoothed(cfg: Config, out: Layout, fp32, force: bool = False, rebuild_invalid: bool = False) -> tuple:
-    """``(graph, edits, record)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
+    """``(graph, edits, smoothing)``: ``fp32`` itself with [quantize] smoothquant unset, else a copy with
     each LayerNorm -> MatMul/Gemm smoothed, from per-channel maxima measured on the exported FP32
-    graph; the edits made (the FP16 graph takes them too) and what was smoothed, for the quantize record."""
+    graph; the edits made (the FP16 graph takes them too) and what was smoothed, for quantize's result."""
     from pipeline.calibration import smooth
     from pipeline.calibration.channels import best_alpha
     from pipeline.graphview import GraphView
+    from pipeline.results import Smoothing
 
     setting = cfg.quantize.smoothquant
     if setting is None:
@@ -60,22 +61,21 @@ def smoothed(cfg: Config, out: Layout, fp32, force: bool = False, rebuild_invali
     found, skipped = smooth.targets(view)
     for norm, reason in skipped:
         info(f"  SmoothQuant skips LayerNorm {norm}: {reason}")
-    record = {"alpha": setting, "layers": [], "skipped": [list(s) for s in skipped], "fp32_max_rel_diff": 0.0}
     if not found:
         info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
-        return fp32, [], record
+        return fp32, [], Smoothing(setting, (), tuple(skipped), 0.0)
     maxima = _channel_maxima(cfg, out, view, found, force, rebuild_invalid)
     alphas = {t.tensor: best_alpha(maxima[t.tensor].errors) if setting == "auto" else setting for t in found}
     graph, edits, done = smooth.smooth(fp32, view, alphas, {t: maxima[t].absmax for t in alphas})
-    record.update(layers=[d.as_dict() for d in done], fp32_max_rel_diff=_same_function(cfg, fp32, graph))
+    smoothing = Smoothing(setting, tuple(done), tuple(skipped), _same_function(cfg, fp32, graph))
     worst = max(done, key=lambda d: d.outlier_ratio_before)
     info(
         f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
         f"LayerNorm outputs; widest channel over the median one, worst: {worst.outlier_ratio_before:.1f}x -> "
         f"{worst.outlier_ratio_after:.1f}x ({worst.tensor}); FP32 outputs moved "
-        f"{record['fp32_max_rel_diff']:.1e} of their range"
+        f"{smoothing.fp32_max_rel_diff:.1e} of their range"
     )
-    return graph, edits, record
+    return graph, edits, smoothing
 
 
 def _channel_maxima(

@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import attribute, constant_value
+from pipeline.results import Smoothed
 
 # alpha judged by ``errors`` for ``smoothquant = "auto"``; "off" is the graph left as it is.
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -51,24 +52,6 @@ class Target:
     gamma: str
     beta: str | None
     readers: tuple[Reader, ...]
-
-
-@dataclass(frozen=True)
-class Smoothed:
-    """What smoothing did to one LayerNorm output (recorded by quantize)."""
-
-    norm: str
-    tensor: str
-    readers: tuple[str, ...]
-    alpha: float | None  # None: auto left this one unsmoothed
-    scale_min: float
-    scale_max: float
-    # Widest channel's max|x| over the median channel's, before and after: what per-tensor int8 pays.
-    outlier_ratio_before: float
-    outlier_ratio_after: float
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "readers": list(self.readers)}
 
 
 def targets(view: GraphView) -> tuple[list[Target], list[tuple[str, str]]]:

@@ -8,11 +8,11 @@ from pathlib import Path
 from pipeline import records, targets
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.fileio import read_json
 from pipeline.layout import Layout
+from pipeline.results import BuildResult, CompareResult, load
 from pipeline.runners import Artifact, artifacts
 from pipeline.stages import compare
-from pipeline.targets.base import ENGINE, FP16, ONNXRUNTIME
+from pipeline.targets.base import ENGINE, FP16
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,16 @@ def check_destination(out: Layout, to: Path) -> None:
 
 
 def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
-    record = read_json(out.build_record, "build")
+    record = load(BuildResult, out, cfg.path)
     found = {a.name: a for a in artifacts(cfg, out)}
-    cpu_only = record["backend"] == ONNXRUNTIME and "CUDAExecutionProvider" not in record["providers"]
+    cpu_only = record.engines is None and "CUDAExecutionProvider" not in record.providers
     name = FP16 if precision == FP16 else _quantized_for(cfg, cpu_only, precision)
     artifact = found[name]  # artifacts() has refused missing files
     sha = measured_sha256(cfg, out, artifact)
     if artifact.backend == ENGINE:
         info = _engine_info(artifact, name)
     else:
-        info = {"onnxruntime_providers": record.get("providers", [])}
+        info = {"onnxruntime_providers": list(record.providers)}
     failures = _gate_failures(cfg, out, artifact)
     if failures and not force:
         raise PipelineError(
@@ -110,8 +110,7 @@ def _engine_info(artifact: Artifact, name: str) -> dict:
 
 
 def _gate_failures(cfg: Config, out: Layout, artifact: Artifact) -> tuple[str, ...]:
-    saved = read_json(out.result("compare"))
-    rows = [r for r in saved["rows"] if r["artifact"] == artifact.label]
+    rows = [r for r in load(CompareResult, out, cfg.path).rows if r.artifact == artifact.label]
     if not rows:
-        raise PipelineError(f"{out.result('compare')}: {artifact.label} was not compared; re-run trtpipe compare")
-    return tuple(f"batch {r['batch']} {r['output']!r}: {'; '.join(r['failures'])}" for r in rows if r["failures"])
+        raise PipelineError(f"{CompareResult.path(out)}: {artifact.label} was not compared; re-run trtpipe compare")
+    return tuple(f"batch {r.batch} {r.output!r}: {'; '.join(r.failures)}" for r in rows if r.failures)

@@ -17,8 +17,9 @@ from pipeline.config import Config
 from pipeline.deployment import triton
 from pipeline.deployment.checks import Deployable
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, read_json, sha256_file, temp_prefix, write_json, write_text, writer_alive
+from pipeline.fileio import atomic_path, sha256_file, temp_prefix, write_json, write_text, writer_alive
 from pipeline.layout import Layout
+from pipeline.results import BenchResult, load_if_saved
 from pipeline.targets.base import ENGINE
 
 
@@ -112,7 +113,7 @@ def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: boo
         str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
         load_external_data=False,
     )
-    bench = read_json(out.result("bench"))  # optional: no preferred batch sizes without it
+    bench = load_if_saved(BenchResult, out, cfg.path)  # no preferred batch sizes without it
     config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema

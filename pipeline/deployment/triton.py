@@ -10,6 +10,7 @@ import onnx
 
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.results import BenchResult
 from pipeline.targets.base import ENGINE
 
 _TYPES = {
@@ -88,12 +89,12 @@ def parse(text: str):
         raise PipelineError(f"config.pbtxt does not parse against Triton's model config schema: {exc}") from None
 
 
-def preferred_batch_sizes(bench: dict | None, precision: str) -> list[int]:
+def preferred_batch_sizes(bench: BenchResult | None, precision: str) -> list[int]:
     """Batch sizes from the bench results whose throughput is within 80% of the best: worth waiting for."""
-    if not bench:
+    if bench is None:
         return []
-    rows = [r for r in bench["runs"][0] if r["precision"] == precision]
+    rows = [r for r in bench.runs[0] if r.precision == precision]
     if not rows:
         return []
-    best = max(r["throughput_items_per_s"] for r in rows)
-    return sorted(r["batch"] for r in rows if r["throughput_items_per_s"] >= 0.8 * best)
+    best = max(r.throughput for r in rows)
+    return sorted(r.batch for r in rows if r.throughput >= 0.8 * best)

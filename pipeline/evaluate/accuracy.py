@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,32 +11,23 @@ from pipeline.config import Config, Gate
 from pipeline.console import progress
 from pipeline.data import Feed, heldout_batches
 from pipeline.evaluate.metrics import Agreement, ErrorAccumulator, ErrorStats, Share, gate_failures
+from pipeline.schema import saved
 
 Infer = Callable[[Feed], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
 class AccuracyRow:
+    """One artifact's output against FP32 (saved in quantize.json and compare.json, ``pipeline.results``)."""
+
     artifact: str
     output: str
-    stats: ErrorStats
-    agreement: float | None  # top-1 agreement with FP32 on decisive rows (classifier outputs)
-    metric: float | None  # task metric of this artifact (first output), e.g. top-1 %
-    reference_metric: float | None
+    stats: ErrorStats = saved(inline=True)
+    agreement: float | None = saved(key="top1_agreement")  # with FP32 on decisive rows (classifier outputs)
+    metric: float | None = saved()  # task metric of this artifact (first output), e.g. top-1 %
+    reference_metric: float | None = saved(key="fp32_metric")
     failures: tuple[str, ...] = ()
-    batch: int | None = None
-
-    def as_dict(self) -> dict:
-        return {
-            "artifact": self.artifact,
-            **({"batch": self.batch} if self.batch is not None else {}),
-            "output": self.output,
-            **self.stats.as_dict(),
-            "top1_agreement": self.agreement,
-            "metric": self.metric,
-            "fp32_metric": self.reference_metric,
-            "failures": list(self.failures),
-        }
+    batch: int | None = saved(omitted=True)  # compare's rows: the batch size it ran at
 
 
 class Scorer:
@@ -97,8 +88,9 @@ def evaluate(
     return scorer.rows(gates)
 
 
-def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[object]]]:
-    """Headers and rows for ``console.table``; a batch column when the rows carry one."""
+def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[object]]]:
+    """Headers and rows for ``console.table``, as quantize and compare print them and the report
+    shows them; a batch column when the rows carry one."""
     with_batch = any(r.batch is not None for r in rows)
     headers = [
         "artifact",

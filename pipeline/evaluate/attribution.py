@@ -10,8 +10,6 @@ or values clipped at the calibrated range.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import onnx
 
@@ -22,6 +20,7 @@ from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
 from pipeline.placement import WEIGHTED, weight_axis
+from pipeline.results import LayerError
 from pipeline.targets.tensorrt.qdq import INT8_MAX, quantize_weight
 
 # An input channel this many times wider than the median one leaves the others a handful of int8 levels.
@@ -29,25 +28,6 @@ OUTLIER_RATIO = 10.0
 CLIPPED_SHARE = 1e-3
 FLUSHED_SHARE = 0.2  # of an input's non-zero values under half an int8 step
 WEIGHT_LOSS = 0.02  # relative error of a weight under per-channel int8 (typically ~1%)
-
-
-@dataclass(frozen=True)
-class LayerError:
-    node: str
-    op_type: str
-    input_error: float  # relative L2 error of its worst activation input
-    output_error: float
-    added: float  # output_error - input_error: the error this layer adds
-    reason: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.op_type} {self.node}: adds {self.added:.4f} relative error "
-            f"({self.input_error:.4f} in, {self.output_error:.4f} out): {self.reason}"
-        )
 
 
 def worst_layers(

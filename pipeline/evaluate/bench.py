@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 
 from pipeline import ortsession, targets
 from pipeline.config import Config
 from pipeline.console import progress
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
-from pipeline.evaluate.timing import Latency, measure
+from pipeline.evaluate.timing import measure
 from pipeline.layout import Layout
+from pipeline.results import BenchRow
 from pipeline.runners import Artifact, artifacts
+from pipeline.schema import encode
 from pipeline.targets.base import ENGINE, BenchPair
 
 BenchPlan = BenchPair
@@ -61,27 +62,6 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
     sess = ortsession.session_for(artifact.path, artifact.cpu, threads)
     inputs = ortsession.feed_for(sess, feed)
     return (lambda: sess.run(None, inputs)), ()
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    artifact: str
-    precision: str
-    batch: int
-    latency: Latency
-
-    @property
-    def throughput(self) -> float:
-        return self.batch / (self.latency.median_ms / 1e3)
-
-    def as_dict(self) -> dict:
-        return {
-            "artifact": self.artifact,
-            "precision": self.precision,
-            "batch": self.batch,
-            **self.latency.as_dict(),
-            "throughput_items_per_s": self.throughput,
-        }
 
 
 def bench(cfg: Config, out: Layout, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
@@ -121,11 +101,11 @@ def consistency(runs: list[list[BenchRow]]) -> list[str]:
 
 def to_csv(rows: list[BenchRow]) -> str:
     buf = io.StringIO()
-    fields = list(rows[0].as_dict()) if rows else []
+    fields = list(encode(rows[0])) if rows else []
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.as_dict().items()})
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in encode(row).items()})
     return buf.getvalue()
 
 

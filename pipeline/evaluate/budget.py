@@ -9,7 +9,6 @@ kept layer is then tried without, least sensitive first, and dropped if the budg
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import onnx
 
@@ -18,58 +17,7 @@ from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.evaluate.sensitivity import Sensitivity, Target, measure
 from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
-
-
-@dataclass(frozen=True)
-class KeptLayer:
-    node: str
-    op_type: str
-    recovers: float  # centered cosine its fallback alone recovers (sensitivity)
-    recovers_metric: float  # top-1 points, 0 without labels
-    alone_centered_cosine: float  # with only it quantized
-
-    def reason(self) -> str:
-        points = f", {self.recovers_metric:+.2f} top-1 points" if self.recovers_metric else ""
-        return (
-            f"in FP16 alone it recovers {self.recovers:+.5f} centered cosine{points}; "
-            f"quantized alone the output reaches {self.alone_centered_cosine:.5f}"
-        )
-
-
-@dataclass(frozen=True)
-class BudgetResult:
-    graph: str
-    weighted: int  # Conv/ConvTranspose/Gemm/MatMul nodes in the graph
-    quantized: int  # of them quantized without a budget
-    cap: int
-    before: Score
-    after: Score
-    reference_metric: float | None
-    kept: tuple[KeptLayer, ...]
-    evaluations: int  # graphs scored by the loop (sensitivity's not counted)
-    seconds: float  # the loop's, sensitivity's included
-
-    def coverage(self) -> str:
-        after = self.quantized - len(self.kept)
-        return (
-            f"INT8 {self.quantized}/{self.weighted} ({100 * self.quantized / self.weighted:.0f}%) -> "
-            f"{after}/{self.weighted} ({100 * after / self.weighted:.0f}%)"
-        )
-
-    def as_dict(self) -> dict:
-        return {
-            "graph": self.graph,
-            "weighted_layers": self.weighted,
-            "int8_before": self.quantized,
-            "int8_after": self.quantized - len(self.kept),
-            "cap": self.cap,
-            "before": self.before.as_dict(),
-            "after": self.after.as_dict(),
-            "fp32_metric": self.reference_metric,
-            "kept_fp16": [{"node": k.node, "op_type": k.op_type, "reason": k.reason()} for k in self.kept],
-            "evaluations": self.evaluations,
-            "seconds": self.seconds,
-        }
+from pipeline.results import BudgetResult, KeptLayer
 
 
 def meets(score: Score, budget: Budget, reference_metric: float | None) -> bool:

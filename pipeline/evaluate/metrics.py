@@ -20,6 +20,7 @@ batch by batch in bounded memory and gives what ``error_stats`` gives on the who
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -46,6 +47,36 @@ class ErrorStats:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A graph against FP32 on held-out rows: the worst output's cosine, centered cosine and relative
+    error (of the spread, see metrics.py), and the task metric (top-1 %) where labels exist."""
+
+    cosine: float
+    centered_cosine: float
+    rel_error: float
+    metric: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Score:
+        """A saved score; ValueError when a figure is out of its range. (A graph whose output overflows
+        scores NaN when measured; such a score is saved as NaN and read back as NaN.)"""
+        metric = raw["metric"]
+        score = cls(
+            float(raw["cosine"]),
+            float(raw["centered_cosine"]),
+            float(raw["rel_error"]),
+            None if metric is None else float(metric),
+        )
+        cosines = [c for c in (score.cosine, score.centered_cosine) if not math.isnan(c)]
+        if any(abs(c) > 1.0 for c in cosines) or score.rel_error < 0 or not 0 <= (score.metric or 0) <= 100:
+            raise ValueError(f"a score out of range: {raw}")
+        return score
 
 
 @dataclass

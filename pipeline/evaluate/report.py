@@ -1,33 +1,33 @@
 """``trtpipe report``: the latency chart in our users' style, the accuracy table and a verdict.
 
-Reads only saved results (results/*.json, build.json), so ``make report``
+Reads only saved results (``pipeline.results``: bench, compare, build and quantize), so ``make report``
 rewrites the report without running any model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from pipeline import targets
+from pipeline.config import Config
 from pipeline.console import table
+from pipeline.evaluate.accuracy import accuracy_table
 from pipeline.evaluate.colours import BASELINE_COLOUR, W8A8_COLOUR
 from pipeline.evaluate.profile import INT8_OPS
-from pipeline.fileio import atomic_path, read_json, write_text
+from pipeline.fileio import atomic_path, write_text
 from pipeline.layout import Layout
+from pipeline.results import BenchResult, BuildResult, CompareResult, QuantizeResult, Smoothing, load, load_if_saved
+from pipeline.targets.base import QUANTIZED
 
 MIN_GAIN = 1.05  # below this, w8a8 is not worth its accuracy cost
-_NAMES = {"fp32": "FP32", "fp16": "FP16", "w8a8": "w8a8", "w8a8-cpu": "w8a8"}
-_BACKENDS = {"tensorrt": "TensorRT", "onnxruntime-cuda": "ONNX Runtime CUDA", "onnxruntime-cpu": "ONNX Runtime CPU"}
 
 
-def medians(bench: dict[str, Any]) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for row in bench["runs"][0]:
-        out.setdefault(row["precision"], {})[row["batch"]] = row["median_ms"]
-    return out
+def _name(artifact: str) -> str:
+    """How the report names an artifact: every target's 8-bit graph is w8a8, the float ones FP32 and FP16."""
+    return QUANTIZED if artifact in {t.artifact for t in targets.everything()} else artifact.upper()
 
 
-def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
+def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
     """Grouped bars per batch size: baseline light grey, w8a8 dark red, value labels, speedup above."""
     import matplotlib
 
@@ -35,9 +35,9 @@ def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    m = medians(bench)
-    batches = bench["batches"]
-    base, quant = bench["baseline"], bench["quantized"]
+    m = bench.medians()
+    batches = bench.batches
+    base, quant = bench.baseline, bench.quantized
     x = np.arange(len(batches))
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(batches) + 2), 4.2), dpi=120)
@@ -48,9 +48,9 @@ def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
             width,
             color=BASELINE_COLOUR,
             edgecolor="#9e9e9e",
-            label=_NAMES[base],
+            label=_name(base),
         ),
-        ax.bar(x + width / 2, [m[quant][b] for b in batches], width, color=W8A8_COLOUR, label=_NAMES[quant]),
+        ax.bar(x + width / 2, [m[quant][b] for b in batches], width, color=W8A8_COLOUR, label=_name(quant)),
     ]
     for group in bars:
         ax.bar_label(group, labels=[_ms(v) for v in group.datavalues], padding=2, fontsize=8)
@@ -71,8 +71,8 @@ def latency_chart(bench: dict[str, Any], path: Path, model: str) -> None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency (ms, median)")
     ax.set_title(
-        f"{model}: {_NAMES[base]} vs {_NAMES[quant]}, {_BACKENDS[bench['backend']]}"
-        + (f", {bench['threads']} thread(s)" if bench.get("threads") else ""),
+        f"{model}: {_name(base)} vs {_name(quant)}, {bench.runtime}"
+        + (f", {bench.threads} thread(s)" if bench.threads else ""),
         fontsize=10,
     )
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -87,85 +87,85 @@ def _ms(v: float) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
 
 
-def verdict(bench: dict[str, Any], compare: dict[str, Any] | None, build: dict[str, Any]) -> list[str]:
+def verdict(bench: BenchResult, compare: CompareResult | None, build: BuildResult) -> list[str]:
     """Which precision to deploy at each batch size, and the evidence."""
-    m = medians(bench)
-    base, quant = bench["baseline"], bench["quantized"]
-    gate_ok = True
-    if compare is not None:
-        gate_ok = not any(r["failures"] for r in compare["rows"] if r["artifact"].startswith(quant + " "))
+    m = bench.medians()
+    base, quant = bench.baseline, bench.quantized
+    gate_ok = compare is None or not any(r.failures for r in compare.rows if r.artifact.startswith(quant + " "))
     evidence = _slow_evidence(bench, build)
     lines = []
-    for b in bench["batches"]:
+    for b in bench.batches:
         speedup = m[base][b] / m[quant][b]
         if not gate_ok:
-            lines.append(f"batch {b}: deploy {_NAMES[base]}: w8a8 fails its accuracy gate (see the table)")
+            lines.append(f"batch {b}: deploy {_name(base)}: {QUANTIZED} fails its accuracy gate (see the table)")
         elif speedup >= MIN_GAIN:
             lines.append(
-                f"batch {b}: deploy w8a8: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
+                f"batch {b}: deploy {QUANTIZED}: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
                 f"and within its accuracy gate"
             )
         else:
-            lines.append(f"batch {b}: deploy {_NAMES[base]}: w8a8 is no faster ({speedup:.2f}x); {evidence}")
+            lines.append(f"batch {b}: deploy {_name(base)}: {QUANTIZED} is no faster ({speedup:.2f}x); {evidence}")
     return lines
 
 
-def _slow_evidence(bench: dict[str, Any], build: dict[str, Any]) -> str:
-    if build.get("backend") == "tensorrt":
-        layers = build.get("layers", {}).get("w8a8", {})
+def _slow_evidence(bench: BenchResult, build: BuildResult) -> str:
+    """Why the 8-bit artifact is no faster: its engine's layers where it is an engine, else the FP32
+    graph's time per op type where bench profiled it."""
+    if build.engines is not None and bench.quantized in build.engines.layers:
+        layers = build.engines.layers[bench.quantized]
         return (
-            f"{layers.get('reformat_layers', '?')} reformat layers and {layers.get('unfused_qdq_layers', '?')} "
-            f"unfused Q/DQ layers in the engine, {layers.get('int8_compute_layers', '?')} of "
-            f"{layers.get('compute_layers', '?')} Conv/GEMM/MatMul layers in INT8"
+            f"{layers.reformat_layers} reformat layers and {layers.unfused_qdq_layers} "
+            f"unfused Q/DQ layers in the engine, {layers.int8_compute_layers} of "
+            f"{layers.compute_layers} Conv/GEMM/MatMul layers in INT8"
         )
-    share = bench.get("fp32_op_time_share")
+    share = bench.fp32_op_time_share
     if share:
         int8 = sum(v for k, v in share.items() if k in INT8_OPS)
         rest = sorted(((k, v) for k, v in share.items() if k not in INT8_OPS), key=lambda kv: -kv[1])
         others = ", ".join(f"{k} {v:.0%}" for k, v in rest[:3])
         return (
-            f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.get('profiled_batch')} "
+            f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.profiled_batch} "
             f"(the largest of the rest: {others}); INT8 speeds up only that share"
         )
     return "no layer or op profile saved to explain it"
 
 
-def _smoothing_lines(smoothing: dict[str, Any] | None) -> list[str]:
-    """What SmoothQuant did, from the quantize record: per LayerNorm output, alpha and the widest
+def _smoothing_lines(smoothing: Smoothing | None) -> list[str]:
+    """What SmoothQuant did, from quantize's result: per LayerNorm output, alpha and the widest
     channel's max over the median channel's, before and after."""
-    if not smoothing:
+    if smoothing is None:
         return []
-    lines = ["", f"SmoothQuant (`[quantize] smoothquant = {smoothing['alpha']}`):", ""]
+    lines = ["", f"SmoothQuant (`[quantize] smoothquant = {smoothing.alpha}`):", ""]
     lines += [
-        f"- `{d['tensor']}` ({d['norm']} -> {', '.join(d['readers'])}): "
+        f"- `{d.tensor}` ({d.norm} -> {', '.join(d.readers)}): "
         + (
             "left alone (auto)"
-            if d["alpha"] is None
-            else f"alpha {d['alpha']:g}, widest channel {d['outlier_ratio_before']:.1f}x the median -> "
-            f"{d['outlier_ratio_after']:.1f}x"
+            if d.alpha is None
+            else f"alpha {d.alpha:g}, widest channel {d.outlier_ratio_before:.1f}x the median -> "
+            f"{d.outlier_ratio_after:.1f}x"
         )
-        for d in smoothing["layers"]
+        for d in smoothing.layers
     ]
-    lines += [f"- not smoothed: {norm}: {reason}" for norm, reason in smoothing["skipped"]]
+    lines += [f"- not smoothed: {norm}: {reason}" for norm, reason in smoothing.skipped]
     return lines
 
 
-def _sensitivity_section(out: Layout, model: str, quant: dict | None) -> tuple[list[str], list[Path]]:
+def _sensitivity_section(out: Layout, model: str, quant: QuantizeResult | None) -> tuple[list[str], list[Path]]:
     """The budget's choices (quantize.json) and the per-layer sensitivity table and chart, when
     saved; and the chart drawn, if any."""
     from pipeline.evaluate import sensitivity
 
     parts = []
-    for graph, fit in ((quant or {}).get("budget") or {}).items():
+    for graph, fit in (quant.budget if quant is not None else {}).items():
         parts += [
             "",
             f"### {graph} under [accuracy.budget]",
             "",
-            f"INT8 layers {fit['int8_before']} -> {fit['int8_after']} of {fit['weighted_layers']}; "
-            f"centered cosine {fit['before']['centered_cosine']:.5f} -> {fit['after']['centered_cosine']:.5f}, "
-            f"relative error {fit['before']['rel_error']:.4g} -> {fit['after']['rel_error']:.4g}.",
+            f"INT8 layers {fit.quantized} -> {fit.int8_after} of {fit.weighted}; "
+            f"centered cosine {fit.before.centered_cosine:.5f} -> {fit.after.centered_cosine:.5f}, "
+            f"relative error {fit.before.rel_error:.4g} -> {fit.after.rel_error:.4g}.",
         ]
-        parts += [f"- kept FP16: {k['op_type']} `{k['node']}`: {k['reason']}" for k in fit["kept_fp16"]]
+        parts += [f"- kept FP16: {k.op_type} `{k.node}`: {k.reason()}" for k in fit.kept]
     tables = sensitivity.load(out.sensitivity)
     if not tables:
         return parts, []
@@ -183,31 +183,32 @@ def _sensitivity_section(out: Layout, model: str, quant: dict | None) -> tuple[l
     return parts, [out.chart("sensitivity")]
 
 
-def write_report(out: Layout, model: str) -> list[Path]:
+def write_report(cfg: Config, out: Layout) -> list[Path]:
     """The report, then the charts it shows: every file written."""
-    bench = read_json(out.result("bench"), "bench")
-    compare = read_json(out.result("compare"))  # optional: the report says to run compare
-    build = read_json(out.build_record, "build")
-    quant = read_json(out.result("quantize"))
+    model = cfg.name
+    bench = load(BenchResult, out, cfg.path)
+    compare = load_if_saved(CompareResult, out, cfg.path)  # the report says to run compare
+    build = load(BuildResult, out, cfg.path)
+    quant = load_if_saved(QuantizeResult, out, cfg.path)
     latency_chart(bench, out.chart("latency"), model)
 
-    m = medians(bench)
-    base, quantized = bench["baseline"], bench["quantized"]
+    m = bench.medians()
+    base, quantized = bench.baseline, bench.quantized
     lat_rows = [
-        [b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"] for b in bench["batches"]
+        [b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"] for b in bench.batches
     ]
     parts = [
-        f"# {model}: {_NAMES[base]} vs w8a8 on {_BACKENDS[bench['backend']]}",
+        f"# {model}: {_name(base)} vs {QUANTIZED} on {bench.runtime}",
         "",
         f"![latency]({out.chart('latency').name})",
         "",
         "## Latency",
         "",
-        f"What a timing includes: {bench['includes']}. Median of at least {bench.get('min_iterations', '?')} runs and "
-        f"{bench.get('min_seconds', '?')} s per cell after {bench['warmup']} warm-up runs; the full percentiles "
+        f"What a timing includes: {bench.includes}. Median of at least {bench.min_iterations} runs and "
+        f"{bench.min_seconds} s per cell after {bench.warmup} warm-up runs; the full percentiles "
         "(p90, p99, IQR) and throughput are in `results/bench.json` and `results/bench.csv`.",
         "",
-        table(["batch", f"{_NAMES[base]} ms", "w8a8 ms", "w8a8 speedup"], lat_rows),
+        table(["batch", f"{_name(base)} ms", f"{QUANTIZED} ms", f"{QUANTIZED} speedup"], lat_rows),
         "",
         "## Verdict",
         "",
@@ -219,69 +220,29 @@ def write_report(out: Layout, model: str) -> list[Path]:
     if compare is None:
         parts.append("No compare results yet: run `trtpipe compare`.")
     else:
-        rows = [
-            [
-                r["artifact"],
-                r["batch"],
-                r["output"],
-                f"{r['cosine']:.5f}",
-                f"{r['centered_cosine']:.5f}",
-                f"{r['rel_error']:.3g}",
-                "-" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.2f}%",
-                "-" if r["metric"] is None else f"{r['metric']:.2f}",
-                "-" if r["fp32_metric"] is None else f"{r['fp32_metric']:.2f}",
-                "FAIL: " + "; ".join(r["failures"]) if r["failures"] else "ok",
-            ]
-            for r in compare["rows"]
-        ]
-        parts.append(
-            table(
-                [
-                    "artifact",
-                    "batch",
-                    "output",
-                    "cosine",
-                    "centered cos",
-                    "rel error",
-                    "top-1 agree",
-                    "top-1 %",
-                    "FP32 top-1 %",
-                    "gate",
-                ],
-                rows,
-            )
-        )
+        parts.append(table(*accuracy_table(compare.rows)))
     parts += ["", "## Engines and INT8 layer coverage", ""]
-    if build.get("backend") == "tensorrt":
+    if build.engines is not None:
         rows = [
-            [
-                p,
-                s["int8_compute_layers"],
-                s["compute_layers"],
-                s["reformat_layers"],
-                s["unfused_qdq_layers"],
-                s.get("warning", ""),
-            ]
-            for p, s in build["layers"].items()
+            [p, s.int8_compute_layers, s.compute_layers, s.reformat_layers, s.unfused_qdq_layers, s.warning or ""]
+            for p, s in build.engines.layers.items()
         ]
-        parts.append(f"Engines in `{build['dir']}` (manifest: `{build['manifest']}`).")
+        parts.append(f"Engines in `{build.engines.dir}` (manifest: `{build.engines.manifest}`).")
         parts += [
             "",
             table(["engine", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"], rows),
         ]
     else:
-        parts.append(
-            f"No TensorRT engines on this machine: {build.get('reason')}. The figures above are ONNX Runtime's."
-        )
-    if quant:
+        parts.append(f"No TensorRT engines on this machine: {build.reason}. The figures above are ONNX Runtime's.")
+    if quant is not None:
         parts += [
             "",
             "## Quantization",
             "",
-            f"Calibration method `{quant['method']}`; {quant['int8_layers']} layers quantized for TensorRT.",
+            f"Calibration method `{quant.method}`; {quant.int8_layers} layers quantized for TensorRT.",
         ]
-        parts += [f"- kept FP16: {s['op_type']} `{s['node']}`: {s['reason']}" for s in quant["skipped"]]
-        parts += _smoothing_lines(quant.get("smoothquant"))  # None: SmoothQuant off, or a record from before it
+        parts += [f"- kept FP16: {s.op_type} `{s.node}`: {s.reason}" for s in quant.skipped]
+        parts += _smoothing_lines(quant.smoothquant)
     section, charts = _sensitivity_section(out, model, quant)
     write_text(out.report, "\n".join(parts + section) + "\n")
     return [out.report, out.chart("latency"), *charts]

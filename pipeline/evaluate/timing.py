@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Latency:
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    min_ms: float
-    iqr_ms: float  # spread: a second run's median should land within it
-    runs: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+from pipeline.results import Latency
 
 
 def measure(

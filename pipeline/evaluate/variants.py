@@ -17,9 +17,8 @@ reports is the written graph's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -28,39 +27,10 @@ from pipeline import ortsession
 from pipeline.config import Config
 from pipeline.data import Feed
 from pipeline.evaluate.accuracy import Scorer
+from pipeline.evaluate.metrics import Score
 from pipeline.onnxutil import infer_shapes_lean
 
 CHUNK = 8  # variants whose boundary tensors one base run captures: memory is a batch of their boundaries
-
-
-@dataclass(frozen=True)
-class Score:
-    """A graph against FP32 on held-out rows: the worst output's cosine, centered cosine and relative
-    error (of the spread, see metrics.py), and the task metric (top-1 %) where labels exist."""
-
-    cosine: float
-    centered_cosine: float
-    rel_error: float
-    metric: float | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> Score:
-        """A saved score; ValueError when a figure is out of its range. (A graph whose output overflows
-        scores NaN when measured; such a score is saved as NaN and read back as NaN.)"""
-        metric = raw["metric"]
-        score = cls(
-            float(raw["cosine"]),
-            float(raw["centered_cosine"]),
-            float(raw["rel_error"]),
-            None if metric is None else float(metric),
-        )
-        cosines = [c for c in (score.cosine, score.centered_cosine) if not math.isnan(c)]
-        if any(abs(c) > 1.0 for c in cosines) or score.rel_error < 0 or not 0 <= (score.metric or 0) <= 100:
-            raise ValueError(f"a score out of range: {raw}")
-        return score
 
 
 @dataclass(frozen=True)

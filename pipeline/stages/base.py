@@ -11,10 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config
 from pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from pipeline.results import Result
 
 
 def _nothing(cfg: Config, out: Layout) -> list:
@@ -37,7 +40,8 @@ class Stage:
     files it makes itself when they are missing or stale (recorded as its inputs, not verified
     before it runs). ``check(cfg, out, **options)`` raises where the stage cannot run here (a
     capability, a missing input): before anything is removed, so a refused command changes nothing.
-    ``run(StageRun, **options)`` does the work."""
+    ``result``: the type of what it measured (``pipeline.results``), a file of another format is
+    stale. ``run(StageRun, **options)`` does the work."""
 
     name: str
     config: tuple[str, ...]
@@ -47,6 +51,7 @@ class Stage:
     source: bool = False
     remakes: frozenset[str] = field(default_factory=frozenset)
     check: Callable[..., None] = _ready
+    result: type[Result] | None = None
 
     @property
     def module(self) -> str:

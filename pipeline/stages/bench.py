@@ -4,46 +4,51 @@ machine as it deploys, its 8-bit artifact against its float baseline."""
 from __future__ import annotations
 
 from pipeline.console import info
+from pipeline.results import BenchResult
 from pipeline.stages.base import Stage, StageRun
 from pipeline.stages.build import artifact_reads
 
 
-def run(r: StageRun, repeat: int = 1) -> dict:
+def run(r: StageRun, repeat: int = 1) -> BenchResult:
+    from pipeline import results
     from pipeline.console import table
     from pipeline.evaluate import bench as bench_mod
-    from pipeline.fileio import write_json, write_text
+    from pipeline.fileio import write_text
 
     cfg, out = r.cfg, r.out
     plan = bench_mod.plan_bench(cfg, out)
     runs = bench_mod.bench(cfg, out, plan, repeat)
     rows = runs[0]
     speedup = bench_mod.speedups(rows, plan)
-    result = {
-        "backend": plan.backend,
-        "includes": plan.includes,
-        "baseline": plan.baseline.name,
-        "quantized": plan.quantized.name,
-        "batches": list(plan.batches),
-        "threads": plan.threads,
-        "warmup": cfg.bench.warmup,
-        "min_iterations": cfg.bench.iterations,
-        "min_seconds": cfg.bench.min_seconds,
-        "runs": [[row.as_dict() for row in run] for run in runs],
-        "speedup": {str(b): s for b, s in speedup.items()},
-        "consistency": bench_mod.consistency(runs),
-    }
+    share, profiled = None, None
     if plan.baseline.cpu:
         from pipeline.data import sample_inputs
         from pipeline.evaluate.profile import op_time_share
 
         # Evidence for the report: INT8 only speeds up the Conv/MatMul/Gemm share of FP32 time.
-        largest = max(plan.batches)
-        result["fp32_op_time_share"] = op_time_share(plan.baseline.path, sample_inputs(cfg, largest), plan.threads)
-        result["profiled_batch"] = largest
+        profiled = max(plan.batches)
+        share = op_time_share(plan.baseline.path, sample_inputs(cfg, profiled), plan.threads)
+    result = BenchResult(
+        plan.backend,
+        plan.runtime,
+        plan.includes,
+        plan.baseline.name,
+        plan.quantized.name,
+        tuple(plan.batches),
+        plan.threads,
+        cfg.bench.warmup,
+        cfg.bench.iterations,
+        cfg.bench.min_seconds,
+        tuple(tuple(run) for run in runs),
+        speedup,
+        tuple(bench_mod.consistency(runs)),
+        share,
+        profiled,
+    )
     with r.writing() as written:  # the two files come as a set
-        write_json(out.result("bench"), result)
+        results.save(result, out)
         write_text(out.bench_csv, bench_mod.to_csv([row for run in runs for row in run]))
-        written.paths = [out.result("bench"), out.bench_csv]
+        written.paths = [BenchResult.path(out), out.bench_csv]
     info(
         f"{cfg.name}: latency, {plan.includes}; after {cfg.bench.warmup} warm-up runs, at least "
         f"{cfg.bench.iterations} timed runs and {cfg.bench.min_seconds:g} s per artifact and batch"
@@ -66,9 +71,9 @@ def run(r: StageRun, repeat: int = 1) -> dict:
             ],
         )
     )
-    for line in result["consistency"]:
+    for line in result.consistency:
         info(f"  repeat check: {line}")
     return result
 
 
-STAGE = Stage("bench", ("batch", "quantize", "bench"), run, reads=artifact_reads)
+STAGE = Stage("bench", ("batch", "quantize", "bench"), run, reads=artifact_reads, result=BenchResult)

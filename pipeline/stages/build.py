@@ -6,6 +6,7 @@ from __future__ import annotations
 from pipeline import targets
 from pipeline.config import Config
 from pipeline.console import info
+from pipeline.results import BuildResult
 from pipeline.stages import export, quantize
 from pipeline.stages.base import Stage, StageRun
 from pipeline.targets.base import ENGINE, FP16, FP32, ONNXRUNTIME
@@ -28,9 +29,8 @@ def check(cfg: Config, out, backend: str = AUTO) -> None:
         raise PipelineError(f"--backend {ENGINE}: {cap.reason}")
 
 
-def run(r: StageRun, backend: str = AUTO) -> dict:
-    from pipeline import onnxutil
-    from pipeline.fileio import write_json
+def run(r: StageRun, backend: str = AUTO) -> BuildResult:
+    from pipeline import onnxutil, results
     from pipeline.targets.tensorrt.engines import build_engines, built_files
     from pipeline.targets.tensorrt.probe import probe
     from pipeline.targets.tensorrt.profiles import profiles_for
@@ -44,8 +44,8 @@ def run(r: StageRun, backend: str = AUTO) -> dict:
             record = build_engines(cfg, out, cap, profiles, graphs)
         else:
             record = _skipped_build(cfg, backend, cap)
-        write_json(out.build_record, record)
-        written.paths = [out.build_record, *built_files(out, record)]
+        results.save(record, out)
+        written.paths = [BuildResult.path(out), *built_files(out, record)]
     return record
 
 
@@ -58,7 +58,7 @@ def _engine_artifacts(cfg: Config) -> list[str]:
     return [t.artifact for t in targets.configured(cfg) if t.builds_engine]
 
 
-def _skipped_build(cfg: Config, backend: str, cap: Capability) -> dict:
+def _skipped_build(cfg: Config, backend: str, cap: Capability) -> BuildResult:
     """The build record when TensorRT is not used: why, and what compare and bench run instead."""
     from pipeline import ortsession
 
@@ -68,14 +68,14 @@ def _skipped_build(cfg: Config, backend: str, cap: Capability) -> dict:
         f"{cfg.name}: TensorRT step skipped: {reason}. Compare and bench run the ONNX graphs on "
         f"ONNX Runtime ({', '.join(p.replace('ExecutionProvider', '') for p in providers)})."
     )
-    return {"backend": ONNXRUNTIME, "reason": reason, "providers": providers}
+    return BuildResult(ONNXRUNTIME, tuple(providers), reason=reason)
 
 
 def _reads(cfg, out):
     return [(export.STAGE, out.graph(FP16)), *((quantize.STAGE, out.graph(a)) for a in _engine_artifacts(cfg))]
 
 
-STAGE = Stage("build", ("batch", "axes", "quantize", "build"), run, reads=_reads, check=check)
+STAGE = Stage("build", ("batch", "axes", "quantize", "build"), run, reads=_reads, check=check, result=BuildResult)
 
 
 def artifact_reads(cfg: Config, out) -> list:

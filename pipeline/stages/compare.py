@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from pipeline.console import info
+from pipeline.results import CompareResult
 from pipeline.stages.base import Stage, StageRun
 from pipeline.stages.build import artifact_reads
 
 
 def run(r: StageRun) -> list:
+    from pipeline import results
     from pipeline.console import table
     from pipeline.errors import PipelineError
     from pipeline.evaluate.accuracy import accuracy_table
     from pipeline.evaluate.compare import compare as run_compare
-    from pipeline.fileio import write_json
 
     cfg, out = r.cfg, r.out
     rows = run_compare(cfg, out)
     passed = not any(row.failures for row in rows)
     with r.writing() as written:
-        write_json(out.result("compare"), {"rows": [row.as_dict() for row in rows], "passed": passed})
-        written.paths, written.passed = [out.result("compare")], passed  # deploy gates the bytes it names
+        results.save(CompareResult(tuple(rows), passed), out)
+        written.paths, written.passed = [CompareResult.path(out)], passed  # deploy gates the bytes it names
     info(f"{cfg.name}: every artifact against the FP32 graph (ONNX Runtime CPU), held-out data")
     info(table(*accuracy_table(rows)))
     failed = [row for row in rows if row.failures]
@@ -40,4 +41,11 @@ def _data(cfg):
     )
 
 
-STAGE = Stage("compare", ("batch", "quantize", "accuracy", "evaluation"), run, reads=artifact_reads, data=_data)
+STAGE = Stage(
+    "compare",
+    ("batch", "quantize", "accuracy", "evaluation"),
+    run,
+    reads=artifact_reads,
+    data=_data,
+    result=CompareResult,
+)

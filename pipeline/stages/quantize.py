@@ -11,18 +11,18 @@ from pipeline.calibration import inputs
 from pipeline.config import Config
 from pipeline.console import info
 from pipeline.layout import Layout
+from pipeline.results import QuantizeResult
 from pipeline.stages import calibrate, export
 from pipeline.stages.base import Stage, StageRun
 from pipeline.targets.base import FP16, FP32, QuantizationInputs, Target
 
 
-def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> dict:
+def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> QuantizeResult:
     """``targets`` narrows ``[quantize] targets`` (all of them by default). A graph that fails its
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
-    from pipeline import onnxutil
+    from pipeline import onnxutil, results
     from pipeline.calibration.auto import summary as auto_summary
     from pipeline.evaluate.attribution import explain_losses
-    from pipeline.fileio import write_json
 
     cfg, out = r.cfg, r.out
     inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE)
@@ -44,21 +44,21 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> dict
             failed = {row.artifact for row in rows if row.failures}
             _set_aside(cfg, out, models, set() if force else failed, staged)
         worst = explain_losses(cfg, inp.view, models, rows, inp.ranges, inp.method)
-        summary = {
-            "method": inp.method,
-            "passed": not failed,
-            "accuracy": [row.as_dict() for row in rows],
-            "skipped": [s.__dict__ for s in skipped],
-            "int8_layers": int8_layers,
-            "smoothquant": inp.smoothing,
-            "worst_layers": {n: [e.as_dict() for e in errors] for n, errors in worst.items()},
-            "budget": {n: fit.as_dict() for n, fit in fits.items()},
-        }
-        write_json(out.result("quantize"), summary)
+        summary = QuantizeResult(
+            inp.method,
+            not failed,
+            tuple(rows),
+            tuple(skipped),
+            int8_layers,
+            inp.smoothing,
+            {n: tuple(errors) for n, errors in worst.items()},
+            fits,
+        )
+        results.save(summary, out)
         # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
         kept_aside = set() if force else failed
         graphs = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
-        written.paths, written.passed = [*graphs, out.result("quantize")], not failed
+        written.paths, written.passed = [*graphs, QuantizeResult.path(out)], not failed
     if failed:
         _gate_verdict(cfg, out, [row for row in rows if row.failures], force)
     return summary
@@ -205,4 +205,5 @@ STAGE = Stage(
     reads=_reads,
     data=_data,
     remakes=frozenset({"calibrate"}),
+    result=QuantizeResult,
 )

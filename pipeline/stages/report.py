@@ -11,7 +11,7 @@ def run(r: StageRun):
     from pipeline.evaluate.report import write_report
 
     with r.writing() as written:
-        written.paths = write_report(r.out, r.cfg.name)
+        written.paths = write_report(r.cfg, r.out)
     info(f"{r.cfg.name}: wrote {', '.join(map(str, written.paths))}")
     return written.paths[0]
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pipeline.graphview import GraphView
     from pipeline.layout import Layout
     from pipeline.placement import Placement, Skipped
+    from pipeline.results import BuildResult, Smoothing
     from pipeline.runners import Artifact
     from pipeline.targets.rules import Violation
 
@@ -50,7 +51,7 @@ class QuantizationInputs:
     ranges: Ranges
     method: str
     settings: QuantizeSection
-    smoothing: dict | None = None  # what SmoothQuant did, for quantize's result
+    smoothing: Smoothing | None = None  # what SmoothQuant did, for quantize's result
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class BenchPair:
     """The two artifacts bench times against each other, and what their timings include."""
 
     backend: str  # how it is timed: "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"
+    runtime: str  # the same for people: "TensorRT", "ONNX Runtime CUDA", "ONNX Runtime CPU"
     baseline: Artifact  # light grey in the chart
     quantized: Artifact  # dark red
     batches: tuple[int, ...]
@@ -114,7 +116,7 @@ class Target(ABC):
 
     # --- runs -------------------------------------------------------------------------------------
     @abstractmethod
-    def artifacts(self, cfg: Config, out: Layout, build: dict) -> list[Artifact]:
+    def artifacts(self, cfg: Config, out: Layout, build: BuildResult) -> list[Artifact]:
         """This target's deployable artifacts, as the build record says they were made."""
 
     @abstractmethod

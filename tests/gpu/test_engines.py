@@ -35,15 +35,15 @@ def test_example_engines(model, min_int8_coverage, tmp_path):
     stages.run("export", cfg, root=tmp_path)
     stages.run("quantize", cfg, root=tmp_path)
     record = stages.run("build", cfg, root=tmp_path, backend="tensorrt")
-    manifest = Manifest.load(Path(record["manifest"]))
+    manifest = Manifest.load(Path(record.engines.manifest))
     assert set(manifest.engines) == {"fp16", "w8a8"}
     out = Layout.of(cfg, tmp_path)
-    layers = record["layers"]["w8a8"]
+    layers = record.engines.layers["w8a8"]
     # Of the layers the Q/DQ graph quantizes, the share TensorRT really runs in INT8.
-    assert layers["by_onnx_node"], "TensorRT 11's inspector gave no layer metadata: coverage is a guess"
-    assert layers["quantized_layers"] == len(quantized_compute_node_names(onnx.load(str(out.graph("w8a8")))))
-    assert layers["quantized_coverage"] >= min_int8_coverage, (layers, Path(record["dir"]) / "layers-w8a8.json")
-    assert "warning" not in layers, layers.get("warning")
+    assert layers.by_onnx_node, "TensorRT 11's inspector gave no layer metadata: coverage is a guess"
+    assert layers.quantized_layers == len(quantized_compute_node_names(onnx.load(str(out.graph("w8a8")))))
+    assert layers.quantized_coverage >= min_int8_coverage, (layers, Path(record.engines.dir) / "layers-w8a8.json")
+    assert layers.warning is None, layers.warning
     feed = sample_inputs(cfg, 64)
     with reference_runner(out) as ref:
         expected = ref.infer(feed)[cfg.outputs[0].name]

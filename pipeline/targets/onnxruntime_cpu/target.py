@@ -14,6 +14,7 @@ from pipeline.evaluate.sensitivity import Target as SensitivityTarget
 from pipeline.graphview import GraphView
 from pipeline.layout import Layout
 from pipeline.placement import WEIGHTED, Placement
+from pipeline.results import BuildResult
 from pipeline.runners import Artifact
 from pipeline.targets.base import FP32, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
 
@@ -57,18 +58,19 @@ class OnnxRuntimeCpu(Target):
 
         return violations(model, symmetric=False)  # uint8 activations with a zero point are its scheme
 
-    def artifacts(self, cfg: Config, out: Layout, build: dict) -> list[Artifact]:
+    def artifacts(self, cfg: Config, out: Layout, build: BuildResult) -> list[Artifact]:
         return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT), cpu=True)]
 
     def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair | None:
-        return cpu_pair(cfg, out, found[ARTIFACT])
+        return cpu_pair(cfg, out, found[ARTIFACT], self.label)
 
 
-def cpu_pair(cfg: Config, out: Layout, quantized: Artifact) -> BenchPair:
+def cpu_pair(cfg: Config, out: Layout, quantized: Artifact, label: str) -> BenchPair:
     """``quantized`` timed against the FP32 graph on ONNX Runtime's CPU EP, at [bench] cpu_batches and
     threads: the pair of any target whose artifact deploys on a CPU as an ONNX graph."""
     return BenchPair(
         "onnxruntime-cpu",
+        label,
         Artifact(FP32, ONNXRUNTIME, out.graph(FP32), cpu=True),
         quantized,
         cfg.bench.cpu_batches,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pipeline.config import Config
 from pipeline.console import info
 from pipeline.fileio import sha256_file, write_bytes, write_json
 from pipeline.layout import Layout
+from pipeline.results import BuildResult, Engines
 from pipeline.targets.base import ENGINE
 from pipeline.targets.tensorrt import layers as layer_report
 from pipeline.targets.tensorrt.manifest import EngineEntry, Manifest
@@ -19,18 +21,19 @@ from pipeline.targets.tensorrt.profiles import InputProfile, check_bench_batches
 from pipeline.targets.tensorrt.target import ARTIFACT as QUANTIZED  # the engine built from the Q/DQ graph
 
 
-def built_files(out: Layout, record: dict) -> list[Path]:
+def built_files(out: Layout, record: BuildResult) -> list[Path]:
     """The engines, layer reports and manifest a build record names (none when TensorRT was skipped)."""
-    if record["backend"] != ENGINE:
+    if record.engines is None:
         return []
-    manifest = out.root / record["manifest"]  # by the precisions built: a held engine is not on disk yet
-    folder, built = manifest.parent, sorted(record["layers"])
+    manifest = out.root / record.engines.manifest  # by the precisions built: a held engine is not on disk yet
+    folder, built = manifest.parent, sorted(record.engines.layers)
     return [manifest, *(out.engine_file(p, folder) for p in built), *(out.layers_file(p, folder) for p in built)]
 
 
 def build_engines(
     cfg: Config, out: Layout, cap: Capability, profiles: list[list[InputProfile]], graphs: dict[str, Path]
-) -> dict:
+) -> BuildResult:
+    from pipeline import ortsession
     from pipeline.targets.tensorrt.trt import EngineFromOnnx, engine_information
 
     check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
@@ -65,7 +68,7 @@ def build_engines(
             layer_report.quantized_compute_node_names(onnx.load(str(graph))) if precision == QUANTIZED else set()
         )
         summary = layer_report.summarize(layer_report.parse_layers(inspector_json, str(layers_path)), quantized)
-        summaries[precision] = summary.as_dict()
+        summaries[precision] = summary
         manifest.engines[precision] = EngineEntry(
             precision,
             engine_path.name,
@@ -89,13 +92,9 @@ def build_engines(
             warning = layer_report.coverage_warning(summary)
             if warning:
                 info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
-                summaries[precision]["warning"] = warning
+                summaries[precision] = dataclasses.replace(summary, warning=warning)
     manifest.save(out.manifest_file(target))
     info(f"{cfg.name}: engines and manifest in {target}")
     # Relative to the project, as records name files: a moved project is the same project.
-    return {
-        "backend": ENGINE,
-        "dir": out.key(target),
-        "manifest": out.key(out.manifest_file(target)),
-        "layers": summaries,
-    }
+    engines = Engines(out.key(target), out.key(out.manifest_file(target)), summaries)
+    return BuildResult(ENGINE, tuple(ortsession.providers()), engines)

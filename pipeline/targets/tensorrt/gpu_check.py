@@ -22,8 +22,9 @@ from typing import Any
 from pipeline.config import load_config
 from pipeline.console import info
 from pipeline.errors import PipelineError
-from pipeline.fileio import read_json, write_json
+from pipeline.fileio import write_json
 from pipeline.layout import Layout
+from pipeline.results import CompareResult, load_if_saved
 from pipeline.targets.base import ENGINE
 from pipeline.targets.tensorrt.target import ARTIFACT
 
@@ -48,12 +49,13 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
     bench = stages.run("bench", cfg, root)
     stages.run("report", cfg, root)
 
-    layers = record["layers"][ARTIFACT]
-    coverage = layers["quantized_coverage"]
-    lines = verdict(bench, read_json(out.result("compare")), record)
+    engines = record.engines  # never None: build --backend tensorrt builds them or fails
+    layers = engines.layers[ARTIFACT]
+    coverage = layers.quantized_coverage
+    lines = verdict(bench, load_if_saved(CompareResult, out, cfg.path), record)
     speed = {}
-    for batch, line in zip(bench["batches"], lines, strict=True):
-        speedup = bench["speedup"][str(batch)]
+    for batch, line in zip(bench.batches, lines, strict=True):
+        speedup = bench.speedup[batch]
         faster = speedup > 1.0
         speed[str(batch)] = {
             "speedup": speedup,
@@ -63,10 +65,10 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
         }
     result = {
         "model": cfg.name,
-        "engines": record["dir"],
+        "engines": engines.dir,
         "coverage": {
-            "int8_quantized_layers": layers["int8_quantized_layers"],
-            "quantized_layers": layers["quantized_layers"],
+            "int8_quantized_layers": layers.int8_quantized_layers,
+            "quantized_layers": layers.quantized_layers,
             "share": coverage,
             "ok": coverage >= MIN_COVERAGE,
         },

@@ -15,10 +15,11 @@ kind would miss them; their reported precision and node list count them instead.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.results import LayerSummary
 
 # Order matters: longer names first, so "INT8" is not read as "INT" and "FP16" not as "FP".
 _DTYPES = (
@@ -67,34 +68,6 @@ class Layer:
     @property
     def runs_int8(self) -> bool:
         return bool(self.inputs) and self.inputs[0] == "int8"
-
-
-@dataclass(frozen=True)
-class LayerSummary:
-    layers: int
-    compute_layers: int
-    int8_compute_layers: int
-    reformat_layers: int
-    unfused_qdq_layers: int
-    detailed: bool  # False when the engine was built without DETAILED profiling verbosity
-    quantized_layers: int = 0  # Conv/Gemm/MatMul nodes the Q/DQ graph quantizes
-    int8_quantized_layers: int = 0  # of those, how many the engine runs INT8
-    by_onnx_node: bool = False  # counted through layer metadata (else by compute layers, for old engines)
-
-    @property
-    def int8_coverage(self) -> float:
-        """Share of Conv/GEMM/MatMul layers running INT8, quantized or not."""
-        return self.int8_compute_layers / self.compute_layers if self.compute_layers else 0.0
-
-    @property
-    def quantized_coverage(self) -> float:
-        """Share of the graph's quantized layers that run INT8: what the 90% rule is about."""
-        if not self.quantized_layers:
-            return 0.0
-        return min(self.int8_quantized_layers / self.quantized_layers, 1.0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "int8_coverage": self.int8_coverage, "quantized_coverage": self.quantized_coverage}
 
 
 def tensor_dtype(tensor: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from pipeline.evaluate.sensitivity import Target as SensitivityTarget
 from pipeline.graphview import GraphView
 from pipeline.layout import Layout
 from pipeline.placement import WEIGHTED, Placement
+from pipeline.results import BuildResult
 from pipeline.runners import Artifact
 from pipeline.targets.base import ENGINE, FP16, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
 from pipeline.targets.tensorrt.placement import plan_tensorrt
@@ -59,9 +60,9 @@ class TensorRT(Target):
         plan = plan_tensorrt(inputs.view, _excluding(inputs.settings, float_nodes))
         return summary_rows(plan, inputs.fp32), plan.skipped, len(plan.quantized)
 
-    def artifacts(self, cfg: Config, out: Layout, build: dict) -> list[Artifact]:
-        if build["backend"] == ENGINE:
-            manifest = out.root / build["manifest"]
+    def artifacts(self, cfg: Config, out: Layout, build: BuildResult) -> list[Artifact]:
+        if build.engines is not None:
+            manifest = out.root / build.engines.manifest
             return [Artifact(ARTIFACT, ENGINE, manifest.parent / out.engine_file(ARTIFACT).name, manifest)]
         return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT))]
 
@@ -76,6 +77,7 @@ class TensorRT(Target):
             check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
             return BenchPair(
                 "tensorrt",
+                self.label,
                 found[FP16],
                 found[ARTIFACT],
                 cfg.bench.gpu_batches,
@@ -87,6 +89,7 @@ class TensorRT(Target):
         if "CUDAExecutionProvider" in ortsession.providers():
             return BenchPair(
                 "onnxruntime-cuda",
+                "ONNX Runtime CUDA",
                 found[FP16],
                 found[ARTIFACT],
                 cfg.bench.gpu_batches,

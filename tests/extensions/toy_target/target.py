@@ -47,4 +47,4 @@ class Toy(Target):
         return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT), cpu=True)]
 
     def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair:
-        return cpu_pair(cfg, out, found[ARTIFACT])  # against the FP32 graph, as ONNX Runtime CPU's graph is
+        return cpu_pair(cfg, out, found[ARTIFACT], "ONNX Runtime CPU")  # against the FP32 graph, as its graph is
