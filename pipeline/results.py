@@ -266,7 +266,7 @@ class BenchResult(Result):
 
     STAGE: ClassVar[str] = "bench"
 
-    backend: str  # how it was timed: "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"
+    backend: str  # how it was timed: tensorrt, onnxruntime-cuda or onnxruntime-cpu (BenchPair.backend)
     runtime: str  # the same for people: "TensorRT", "ONNX Runtime CUDA", "ONNX Runtime CPU"
     includes: str  # what a timing includes
     baseline: str  # the float artifact

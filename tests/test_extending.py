@@ -58,7 +58,7 @@ def test_a_registered_range_method_is_selectable_and_calibrate_and_quantize_use_
     assert set(raw["whole_graph"]["estimates"]) == {"auto", "max", "percentile", "entropy", "mse", "toy"}
 
     summary = stages.run("quantize", cfg, force=True)
-    assert summary["method"] == "toy"
+    assert summary.method == "toy"
     model = onnx.load(str(out.graph("w8a8")))  # TensorRT's graph: symmetric int8 over +-amax of the toy
     scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     relu = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "relu")
@@ -86,7 +86,7 @@ def test_the_histogram_is_the_default_statistic():
     assert all(methods.get(name).statistic.__name__ == "TensorStats" for name in methods.names())
 
 
-def test_a_registered_target_goes_through_quantize_compare_bench_and_deploy(tmp_path, user_model, monkeypatch):
+def test_a_registered_target_goes_through_quantize_compare_bench_report_and_deploy(tmp_path, user_model, monkeypatch):
     monkeypatch.setitem(targets.REGISTRY, "toy", TOY_TARGET)  # the recipe's one registry line
     monkeypatch.chdir(tmp_path)
     top = f'name = "tiny"\n{FAST_BENCH}\n[quantize]\ntargets = ["toy"]\n[accuracy.copy]\nmin_cosine = 0.999999'
@@ -97,6 +97,7 @@ def test_a_registered_target_goes_through_quantize_compare_bench_and_deploy(tmp_
         ["build", "--backend", "onnxruntime"],
         ["compare"],
         ["bench"],
+        ["report"],
         ["deploy", "--to", str(tmp_path / "repo")],
     ]
     for command in commands:
@@ -115,6 +116,8 @@ def test_a_registered_target_goes_through_quantize_compare_bench_and_deploy(tmp_
     assert compared["passed"]
     bench = json.loads(out.result("bench").read_text())
     assert (bench["backend"], bench["baseline"], bench["quantized"]) == ("onnxruntime-cpu", "fp32", "copy")
+
+    assert "copy" in out.report.read_text()  # the report names the new artifact, from the registry
 
     deployed = tmp_path / "repo" / "tiny"
     manifest = json.loads((deployed / "manifest.json").read_text())
