@@ -17,14 +17,20 @@ from pipeline.stages.build import BACKENDS
 from pipeline.targets import REGISTRY as TARGETS
 from pipeline.targets.base import FP16, QUANTIZED
 
-config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Model config, e.g. models/resnet_digits.toml.",
-)
+
+def _config_option(name: str = "config_path", multiple: bool = False):
+    return click.option(
+        "-c",
+        "--config",
+        name,
+        required=True,
+        multiple=multiple,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Model config, e.g. models/resnet_digits.toml" + (" (repeatable)." if multiple else "."),
+    )
+
+
+config_option = _config_option()
 
 targets_option = click.option(
     "--target",
@@ -311,15 +317,7 @@ def init(model: str, data: Path | None, output: Path) -> None:
 
 
 @main.command("gpu-check")
-@click.option(
-    "-c",
-    "--config",
-    "config_paths",
-    required=True,
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A model config (repeatable), e.g. models/resnet_digits.toml.",
-)
+@_config_option("config_paths", multiple=True)
 @_user_errors
 def gpu_check(config_paths: tuple[Path, ...]) -> None:
     """On a GPU machine, first: every stage on TensorRT, then INT8 coverage, accuracy and speed per model.
