@@ -21,26 +21,35 @@ changed by importing or calling the library: Ctrl-C handling, the temporary fold
 allocator policy are the ``trtpipe`` command's own.
 """
 
-from pipeline.config import (
-    AccuracySection,
-    AxisRange,
-    BatchProfile,
-    Budget,
-    CalibrationSection,
-    Config,
-    EvaluationSection,
-    ExportSection,
-    Gate,
-    ModelSection,
-    QuantizeSection,
-    TensorSpec,
-    config_from_dict,
-    load_config,
-)
-from pipeline.errors import PipelineError
-from pipeline.layout import Layout
-from pipeline.stages import NAMES as STAGES
-from pipeline.stages import deploy, engines, run, sensitivity
+import importlib
+
+# Where each name of the API lives: imported on first use, so ``import pipeline`` (and importing any
+# submodule, which imports this package first) stays light. Tools that import a package only to
+# find it and then restore ``sys.modules`` (coverage's ``--cov=pipeline....``) must not load
+# ONNX's and torch's native extensions, which cannot be loaded twice.
+_API = {
+    "AccuracySection": "pipeline.config",
+    "AxisRange": "pipeline.config",
+    "BatchProfile": "pipeline.config",
+    "Budget": "pipeline.config",
+    "CalibrationSection": "pipeline.config",
+    "Config": "pipeline.config",
+    "EvaluationSection": "pipeline.config",
+    "ExportSection": "pipeline.config",
+    "Gate": "pipeline.config",
+    "ModelSection": "pipeline.config",
+    "QuantizeSection": "pipeline.config",
+    "TensorSpec": "pipeline.config",
+    "config_from_dict": "pipeline.config",
+    "load_config": "pipeline.config",
+    "PipelineError": "pipeline.errors",
+    "Layout": "pipeline.layout",
+    "deploy": "pipeline.stages",
+    "engines": "pipeline.stages",
+    "run": "pipeline.stages",
+    "sensitivity": "pipeline.stages",
+    "STAGES": "pipeline.stages:NAMES",
+}
 
 __version__ = "0.1.0"
 
@@ -67,3 +76,16 @@ __all__ = [
     "run",
     "sensitivity",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    module, _, attr = _API[name].partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
+    globals()[name] = value  # once: the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

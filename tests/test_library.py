@@ -175,3 +175,18 @@ def test_no_subpackage_shadows_an_api_name():
             importlib.import_module(found.name)
     for name in ("run", "engines", "deploy", "sensitivity", "load_config", "config_from_dict"):
         assert callable(getattr(pipeline, name)) and not isinstance(getattr(pipeline, name), type(pipeline)), name
+
+
+def test_importing_the_package_loads_no_native_extension():
+    """coverage's --cov=pipeline.targets.tensorrt (make test) imports the package to find it, then
+    restores sys.modules: an __init__ that loaded onnx's native extension made the next import of
+    onnx abort the process ("refusing to add duplicate key")."""
+    import subprocess
+
+    code = (
+        "import sys; import pipeline.targets.tensorrt; "
+        "heavy = [m for m in ('onnx', 'torch', 'onnxruntime', 'numpy') if m in sys.modules]; "
+        "print(heavy); assert not heavy"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PIPELINE.parent)
+    assert run.returncode == 0, run.stdout + run.stderr
