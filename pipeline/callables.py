@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.fileio import read_checked
 
 
 def load_callable(spec: str, base: Path, key: str) -> Callable[..., Any]:
@@ -75,6 +76,7 @@ def _module_from_file(target: str, base: Path, key: str) -> Any:
     if spec is None or spec.loader is None:
         raise PipelineError(f"{key}: cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
+    code = compile(read_checked(path), str(path), "exec")  # the bytes hashed are the bytes run
     sys.modules[name] = module
-    spec.loader.exec_module(module)  # user errors inside the file keep their traceback
+    exec(code, module.__dict__)  # user errors inside the file keep their traceback
     return module

@@ -93,6 +93,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# While a stage runs: the files it reads whole (weights, the user's modules), by the sha256 its record
+# will name for them, taken when it started (``records.begin``).
+_EXPECTED: ContextVar[dict[Path, tuple[str, str]] | None] = ContextVar("expected", default=None)
+
+
+@contextlib.contextmanager
+def expecting(files: dict[Path, str], reader: str) -> Iterator[None]:
+    """Inside the block ``read_checked`` refuses any of ``files`` whose bytes are not the sha256 given
+    (``reader`` names who expects them: "trtpipe export")."""
+    token = _EXPECTED.set({Path(p).resolve(): (sha, reader) for p, sha in files.items()})
+    try:
+        yield
+    finally:
+        _EXPECTED.reset(token)
+
+
+def read_checked(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, read once: the very bytes that are hashed are the ones used. Where the running
+    stage expects the file, other bytes than it recorded when it started are refused in one line: a
+    record must name the bytes its stage read (a checkpoint saved anew while export runs)."""
+    data = Path(path).read_bytes()
+    expected = (_EXPECTED.get() or {}).get(Path(path).resolve())
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected[0]:
+        raise PipelineError(
+            f"{path}: changed after {expected[1]} started, before it read the file; nothing was recorded: "
+            f"re-run {expected[1]} once the file is written"
+        )
+    return data
+
+
 # Inside ``after_record()``: final path -> the complete temporary file waiting to be renamed onto it.
 _WAITING: ContextVar[dict[Path, Path] | None] = ContextVar("waiting", default=None)
 

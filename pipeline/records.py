@@ -74,28 +74,61 @@ def load_record(out: Layout, stage: str) -> StageRecord | None:
         raise PipelineError(f"{path}: not a record of trtpipe {stage} ({exc}); re-run trtpipe {stage}") from None
 
 
-def begin(cfg: Config, out: Layout, stage: Stage) -> None:
-    """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes."""
+def begin(cfg: Config, out: Layout, stage: Stage) -> dict[str, str]:
+    """Before ``stage`` runs: what it reads is verified, and its own record goes until it finishes.
+    Returns what it reads, by sha256, as it starts: what its record will name (``finish``)."""
     verify(cfg, out, stage)
     out.record(stage.name).unlink(missing_ok=True)
     engines = [p for p in out.trt_root.iterdir() if p.is_dir()] if out.trt_root.is_dir() else []
     for folder in (out.model_dir, out.onnx_dir, out.results_dir, out.reports_dir, out.ranges.parent, *engines):
         sweep(folder)  # what killed runs left behind
     sweep(out.record(stage.name).parent)
+    return current_inputs(cfg, out, stage)
 
 
-def finish(cfg: Config, out: Layout, stage: Stage, outputs: Iterable[Path], passed: bool = True) -> StageRecord:
+def whole_files(cfg: Config, stage: Stage) -> dict[Path, str]:
+    """The model's files a stage reads whole (its weights, its source), by sha256 now: the bytes it
+    must read (``fileio.read_checked``)."""
+    return {path: sha256(path) for _, path in _source_files(cfg)} if stage.source else {}
+
+
+def finish(
+    cfg: Config,
+    out: Layout,
+    stage: Stage,
+    outputs: Iterable[Path],
+    passed: bool = True,
+    read: dict[str, str] | None = None,
+) -> StageRecord:
     """The record of a run whose ``outputs`` are complete. Inside ``fileio.after_record()`` the record takes
     its name first and the outputs theirs after it: a kill in between leaves files that do not match
     their record, which every check refuses, never an output that no record vouches for; a record
-    that cannot be written (a full disk) leaves the outputs of the run before as they were."""
+    that cannot be written (a full disk) leaves the outputs of the run before as they were. ``read``
+    is what the stage read as it started (``begin``): an input that changed since is refused, with
+    nothing recorded, as the record could not say which bytes the stage read."""
     outputs = list(outputs)
     outputs += _external_data(outputs)
     outputs_sha256 = {out.key(p): sha256(p) for p in outputs}
-    record = StageRecord(stage.name, current_inputs(cfg, out, stage), outputs_sha256, passed)
+    now = current_inputs(cfg, out, stage)
+    inputs = now if read is None else _unchanged_since(cfg, out, stage, read, now)
+    record = StageRecord(stage.name, inputs, outputs_sha256, passed)
     write_json(out.record(stage.name), record.to_json())
     place_held(out.record(stage.name))
     return record
+
+
+def _unchanged_since(cfg: Config, out: Layout, stage: Stage, read: dict[str, str], now: dict[str, str]) -> dict:
+    """``read`` (the inputs as the stage started), once none has changed since; the files of the
+    stages it remakes itself (quantize recalibrates) as they are now, the stage having written them."""
+    remade = {out.key(path) for producer, path in stage.reads(cfg, out) if producer.name in stage.remakes}
+    kept = {k: v for k, v in read.items() if k not in remade}
+    changed = [k for k in sorted(set(kept) | (set(now) - remade)) if kept.get(k) != now.get(k)]
+    if changed:
+        raise PipelineError(
+            f"{_named(cfg, changed[0])} changed while trtpipe {stage.name} ran, so its record could not name the "
+            f"bytes it read; nothing was recorded: re-run {_command(cfg, stage)}"
+        )
+    return {**kept, **{k: v for k, v in now.items() if k in remade}}
 
 
 def _external_data(outputs: Iterable[Path]) -> list[Path]:

@@ -137,12 +137,14 @@ def ranges(
     force: bool = False,
     graph=None,
     rebuild_invalid: bool = False,
+    read: dict[str, str] | None = None,
 ):
     """The cached ranges if fresh, else a new calibration of the FP32 graph with hash ``graph_sha256``
     (``graph``, the smoothed graph, or the exported one's file by default); ``view`` is its GraphView,
     made once for the plans, the CPU tensor list and the capture plan (and, in quantize, the Q/DQ graphs).
     A cache that cannot be trusted is rebuilt by calibrate (``rebuild_invalid``) and refused elsewhere;
-    ``force`` does not read it at all. The cache is recorded as ``record_as``'s (calibrate's) output."""
+    ``force`` does not read it at all. The cache is recorded as ``record_as``'s (calibrate's) output,
+    ``read`` what calibrate read as it started (``records.finish``)."""
     from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, layer_activations
     from pipeline.calibration.cache import load_ranges
     from pipeline.calibration.calibrator import RangesFromOnnx, batches_needed, value_sources
@@ -168,7 +170,7 @@ def ranges(
         reason = cached.stale_reason(graph_sha256, settings, tensors)
     if cached is not None and reason is None:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
-        records.finish(cfg, out, record_as, calibration_files(cfg, out))
+        records.finish(cfg, out, record_as, calibration_files(cfg, out), read=read)
         return cached
     # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
     captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
@@ -192,7 +194,7 @@ def ranges(
         ),
     )
     found.save(out.ranges)
-    records.finish(cfg, out, record_as, calibration_files(cfg, out))
+    records.finish(cfg, out, record_as, calibration_files(cfg, out), read=read)
     info(f"{cfg.name}: wrote {out.ranges}")
     return found
 

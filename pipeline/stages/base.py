@@ -62,10 +62,13 @@ class Stage:
         from pipeline import records
 
         out = Layout.of(cfg, root)
+        from pipeline.fileio import expecting
+
         out.check_folders()
         self.check(cfg, out, **options)
-        records.begin(cfg, out, self)
-        return self.run(StageRun(self, cfg, out), **options)
+        read = records.begin(cfg, out, self)
+        with expecting(records.whole_files(cfg, self), f"trtpipe {self.name}"):
+            return self.run(StageRun(self, cfg, out, read), **options)
 
     def __repr__(self) -> str:
         return f"Stage({self.name!r})"
@@ -84,6 +87,7 @@ class StageRun:
     stage: Stage
     cfg: Config
     out: Layout
+    read: dict[str, str]  # what the stage reads, by sha256, as it started: what its record names
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Written]:
@@ -95,4 +99,4 @@ class StageRun:
         with after_record():
             written = Written()
             yield written
-            records.finish(self.cfg, self.out, self.stage, written.paths, written.passed)
+            records.finish(self.cfg, self.out, self.stage, written.paths, written.passed, self.read)

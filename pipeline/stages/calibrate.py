@@ -25,7 +25,7 @@ def run(r: StageRun, force: bool = False):
         view = GraphView(onnxutil.skeleton(graph))
         smoothed = graph if graph is not fp32 else None
         del fp32, graph
-        return inputs.ranges(cfg, out, view, graph_sha256, STAGE, force, smoothed, rebuild_invalid=True)
+        return inputs.ranges(cfg, out, view, graph_sha256, STAGE, force, smoothed, rebuild_invalid=True, read=r.read)
 
 
 def _reads(cfg, out):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 
@@ -10,6 +11,7 @@ import torch
 from pipeline.callables import load_callable
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.fileio import read_checked
 
 
 def model_from_config(cfg: Config) -> torch.nn.Module:
@@ -33,7 +35,8 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
         raise PipelineError(f"{cfg.path}: model.weights file {path} does not exist")
     try:
         # weights_only: never unpickle arbitrary objects from a user file.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # The bytes hashed are the bytes loaded: a checkpoint saved anew meanwhile is refused, not recorded.
+        state = torch.load(io.BytesIO(read_checked(path)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's weights_only refused an object: its advice would run pickled code
         raise PipelineError(
             f"{path}: holds objects other than tensors, which trtpipe never unpickles; "
