@@ -6,11 +6,12 @@ import contextlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UserCodeError
 from pipeline.fileio import read_checked
 
 
@@ -27,13 +28,58 @@ def load_callable(spec: str, base: Path, key: str) -> Callable[..., Any]:
             module = _module_from_file(target, base, key)
         else:
             try:
-                module = importlib.import_module(target)
-            except ModuleNotFoundError as exc:
-                raise PipelineError(f"{key} = {spec!r}: cannot import module {target!r} ({exc})") from None
+                with user_code(f"importing {key} {target}"):
+                    module = importlib.import_module(target)
+            except UserCodeError as exc:
+                missing = exc.__context__
+                if isinstance(missing, ModuleNotFoundError) and f"{target}.".startswith(f"{missing.name}."):
+                    raise PipelineError(f"{key} = {spec!r}: cannot import module {target!r} ({missing})") from None
+                raise
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise PipelineError(f"{key} = {spec!r}: {target} has no callable named {attr!r}")
     return fn
+
+
+@contextlib.contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Run the user's code: an exception it raises (not ours, not Ctrl-C) becomes one line naming the
+    user's file and line where it was raised and ``what`` was being done, its traceback kept."""
+    try:
+        yield
+    except (PipelineError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise UserCodeError(
+            f"{_where(exc)}: {type(exc).__name__}: {_first_line(exc)} ({what})", _traceback(exc)
+        ) from None
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame in the user's code (not trtpipe's, not an installed library's)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    ours = Path(__file__).resolve().parent
+    libraries = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename).resolve() if not frame.filename.startswith("<") else None
+        if (
+            path is not None
+            and not path.is_relative_to(ours)
+            and not any(path.is_relative_to(lib) for lib in libraries)
+        ):
+            found = f"{frame.filename}:{frame.lineno}"
+    return found or "your code"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
 
 
 @contextlib.contextmanager
@@ -76,7 +122,12 @@ def _module_from_file(target: str, base: Path, key: str) -> Any:
     if spec is None or spec.loader is None:
         raise PipelineError(f"{key}: cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
-    code = compile(read_checked(path), str(path), "exec")  # the bytes hashed are the bytes run
-    sys.modules[name] = module
-    exec(code, module.__dict__)  # user errors inside the file keep their traceback
+    with user_code(f"importing {key} {path.name}"):
+        code = compile(read_checked(path), str(path), "exec")  # the bytes hashed are the bytes run
+        sys.modules[name] = module
+        try:
+            exec(code, module.__dict__)
+        except BaseException:
+            del sys.modules[name]  # half-run: the next import runs it again, as Python's own does
+            raise
     return module

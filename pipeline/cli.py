@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UserCodeError
 from pipeline.stages import NAMES as STAGE_NAMES
 from pipeline.stages.build import BACKENDS
 from pipeline.targets import REGISTRY as TARGETS
@@ -52,6 +52,8 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             with imports_held():  # a Ctrl-C while torch, ONNX Runtime, ... initialise waits for them
                 return fn(*args, **kwargs)
+        except UserCodeError as exc:  # the user's own code raised: one line, its traceback in the model's logs
+            raise click.ClickException(f"{exc} (full traceback: {_keep_traceback(exc)})") from None
         except PipelineError as exc:
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT, no traceback
@@ -68,6 +70,20 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             over()
 
     return wrapper
+
+
+def _keep_traceback(exc: UserCodeError) -> Path | str:
+    """The traceback of the user's code, in engines/NAME/logs/user-code.log of the command's config."""
+    from pipeline.fileio import write_text
+    from pipeline.layout import Layout
+
+    ctx = click.get_current_context()
+    cfg = (ctx.obj or {}).get("config")
+    if cfg is None:  # the config itself did not load: there is no model folder to keep it in
+        return "not kept: the config did not load"
+    path = Layout.of(cfg).log("user-code")
+    write_text(path, exc.traceback_text)
+    return path
 
 
 def _ctrl_c_ignored_once_over(ctx: click.Context) -> Callable[[], object]:
@@ -88,7 +104,9 @@ def _load(config_path: Path):
     from pipeline.layout import Layout
 
     cfg = load_config(config_path)
-    click.get_current_context().call_on_close(keep_temporaries_in(Layout.of(cfg).model_dir))
+    ctx = click.get_current_context()
+    ctx.ensure_object(dict)["config"] = cfg
+    ctx.call_on_close(keep_temporaries_in(Layout.of(cfg).model_dir))
     return cfg
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.callables import load_callable, source_file
+from pipeline.callables import load_callable, source_file, user_code
 from pipeline.config import Config, TensorSpec
 from pipeline.console import info
 from pipeline.errors import PipelineError
@@ -88,7 +88,7 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
     elif ":" in section.source:
         fn = load_callable(section.source, cfg.root, key)
         kwargs = {"samples": samples, "batch_size": section.batch_size, **section.args}
-        made = _iterable(_call(fn, kwargs, key, section.source), key, section.source)
+        made = _guarded(_iterable(_call(fn, kwargs, key, section.source), key, section.source), key, section.source)
         batches = ((f"{key} {section.source!r} batch {i}", feed) for i, feed in enumerate(made))
     else:
         raise PipelineError(
@@ -161,7 +161,8 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
     fn = load_callable(cfg.evaluation.source, cfg.root, key)
     i, seen, most = -1, 0, cfg.evaluation.samples
     kwargs = {"batch_size": batch_size, **cfg.evaluation.args}
-    for i, item in enumerate(_iterable(_call(fn, kwargs, key, cfg.evaluation.source), key, cfg.evaluation.source)):
+    made = _iterable(_call(fn, kwargs, key, cfg.evaluation.source), key, cfg.evaluation.source)
+    for i, item in enumerate(_guarded(made, key, cfg.evaluation.source)):
         where = f"{key} {cfg.evaluation.source!r} batch {i}"
         if not (isinstance(item, tuple) and len(item) == 2):
             raise PipelineError(f"{where}: expected (feed_dict, labels) tuples")
@@ -183,7 +184,7 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
 
 
 def _call(fn, kwargs: dict, key: str, source: str) -> object:
-    """``fn(**kwargs)``, once its signature takes them (a TypeError inside the user's code keeps its traceback)."""
+    """``fn(**kwargs)``, once its signature takes them; what it raises is the user's code's (one line)."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # no signature to read (a builtin): it is called as it is
@@ -193,7 +194,20 @@ def _call(fn, kwargs: dict, key: str, source: str) -> object:
             signature.bind(**kwargs)
         except TypeError as exc:
             raise PipelineError(f"{key} = {source!r} cannot be called with {', '.join(kwargs)}: {exc}") from None
-    return fn(**kwargs)
+    with user_code(f"calling {key} {source!r}"):
+        return fn(**kwargs)
+
+
+def _guarded(batches: Iterable, key: str, source: str) -> Iterator:
+    """``batches`` as the user's code yields them: what it raises midway is one line naming its line."""
+    it = iter(batches)
+    while True:
+        with user_code(f"reading a batch from {key} {source!r}"):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
 
 
 def _iterable(made: object, key: str, source: str) -> Iterable:

@@ -378,3 +378,61 @@ def test_a_file_where_a_folder_should_be_is_one_line_at_the_command(tmp_path, us
     last = result.output.splitlines()[-1]
     cause = "cannot be written or read here: exists and is in the way"
     assert re.fullmatch(rf"Error: \S*/engines/tiny/logs: {cause} .*", last)
+
+
+# --- errors inside the user's own code (issue 23, item 11) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "model", "calibration", "words"),
+    [
+        (  # the builder raises on its own argument
+            "def build_checked(channels=16):\n"
+            "    if channels < 1:\n"
+            "        raise ValueError('channels must be positive')\n",
+            '[model]\nsource = "NET:build_checked"\n[model.args]\nchannels = -1',
+            None,
+            r"ValueError: channels must be positive \(building the model with model.source",
+        ),
+        (  # a syntax error in the model's file
+            "def broken(:\n",
+            '[model]\nsource = "NET:build"',
+            None,
+            r"SyntaxError: invalid syntax \(importing model.source net.py\)",
+        ),
+        (  # the calibration generator raises midway
+            "def data_raising(samples, batch_size):\n"
+            "    yield {'x': images(batch_size)}\n"
+            "    raise OSError('disk went away')\n",
+            '[model]\nsource = "NET:build"',
+            '[calibration]\nsource = "NET:data_raising"\nsamples = 64\nbatch_size = 16',
+            r"OSError: disk went away \(reading a batch from calibration.source",
+        ),
+    ],
+)
+def test_an_error_in_the_users_code_is_one_line_naming_its_line(
+    tmp_path, monkeypatch, extra, model, calibration, words
+):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    net = tmp_path / "net.py"
+    net.write_text(USER_MODEL + extra)
+    marker = next(m for m in ("raise ValueError", "def broken", "raise OSError") if m in extra)
+    line = next(i for i, text in enumerate((USER_MODEL + extra).splitlines(), 1) if marker in text)
+    sections = {"model": model.replace("NET", str(net))}
+    if calibration is not None:
+        sections["calibration"] = calibration.replace("NET", str(net))
+    (tmp_path / "tiny.toml").write_text(config_text(str(net), **sections))
+    stage = "calibrate" if calibration is not None else "export"
+    if stage == "calibrate":
+        assert CliRunner().invoke(main, ["export", "-c", "tiny.toml"]).exit_code == 0
+    result = CliRunner().invoke(main, [stage, "-c", "tiny.toml"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert re.search(rf"Error: {re.escape(str(net))}:{line}: {words}", last), last
+    log = tmp_path / "engines" / "tiny" / "logs" / "user-code.log"
+    assert f"(full traceback: {log.relative_to(tmp_path)})" in last or str(log) in last
+    assert "Traceback (most recent call last)" in log.read_text()

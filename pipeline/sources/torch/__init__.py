@@ -49,6 +49,8 @@ class TorchSource(Source):
         return OnnxFromTorch(self.cfg, example, log)(self.model)
 
     def reference(self, feed):
+        from pipeline.callables import user_code
         from pipeline.sources.torch.onnx_from_torch import torch_outputs
 
-        return torch_outputs(self.model, feed, self.cfg)
+        with user_code("running the model's forward"):
+            return torch_outputs(self.model, feed, self.cfg)

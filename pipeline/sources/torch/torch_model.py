@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import pickle
 import zipfile
 
 import torch
 
-from pipeline.callables import load_callable
+from pipeline.callables import load_callable, user_code
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_checked
@@ -17,9 +18,13 @@ from pipeline.fileio import read_checked
 def model_from_config(cfg: Config) -> torch.nn.Module:
     build = load_callable(cfg.model.source, cfg.root, "model.source")
     try:
-        model = build(**cfg.model.args)
+        inspect.signature(build).bind(**cfg.model.args)
     except TypeError as exc:
         raise PipelineError(f"{cfg.path}: model.source {cfg.model.source!r} rejected [model.args]: {exc}") from None
+    except ValueError:  # no signature to read (a builtin, a C extension): it is called as it is
+        pass
+    with user_code(f"building the model with model.source {cfg.model.source!r}"):
+        model = build(**cfg.model.args)
     if not isinstance(model, torch.nn.Module):
         raise PipelineError(
             f"{cfg.path}: model.source {cfg.model.source!r} returned {type(model).__name__}, not a torch.nn.Module"
