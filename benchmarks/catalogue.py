@@ -442,7 +442,7 @@ def _deploy_over() -> list[Case]:
             "done",
             (
                 Do(users_triton_folder),
-                Run(DEPLOY, "error", r"not written by trtpipe deploy.*--replace"),
+                Run(DEPLOY, "error", r"holds files trtpipe deploy did not write.*--replace"),
                 Check("the user's files untouched", users_folder_kept),
             ),
         ),

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,7 +159,7 @@ def test_a_folder_deploy_did_not_write_is_kept_unless_replace(pipeline_run, tmp_
     (mine / "2").mkdir(parents=True)
     (mine / "config.pbtxt").write_text("# hand-tuned\n")
     (mine / "2" / "model.onnx").write_bytes(b"old model")
-    with pytest.raises(PipelineError, match="was not written by trtpipe deploy .* pass --replace"):
+    with pytest.raises(PipelineError, match="holds files trtpipe deploy did not write .* pass --replace"):
         stages.deploy(cfg, tmp_path / "repo")
     assert (mine / "config.pbtxt").read_text() == "# hand-tuned\n" and (mine / "2" / "model.onnx").is_file()
     stages.deploy(cfg, tmp_path / "repo", replace=True)
@@ -180,8 +181,15 @@ def test_redeploy_replaces_its_own_folder_whole(pipeline_run, tmp_path):
     (tmp_path / "repo" / f".tiny.deploy.trtpipe-{int(dead.stdout)}.x").mkdir()  # a deploy killed midway
     running = tmp_path / "repo" / f".tiny.deploy.trtpipe-{os.getpid()}.y"  # one still running beside it
     running.mkdir()
-    stages.deploy(cfg, tmp_path / "repo", precision="fp16")
-    assert not (model_dir / "2").exists()
+    # A version folder the user dropped in (common Triton practice) is theirs: the old code deleted it.
+    with pytest.raises(PipelineError, match=r"repo/tiny: holds files trtpipe deploy did not write .* --replace"):
+        stages.deploy(cfg, tmp_path / "repo", precision="fp16")
+    assert (model_dir / "2" / "model.onnx").read_bytes() == b"stale"
+    (model_dir / "1" / "model.onnx").write_bytes(b"edited by hand")  # nor is a file edited since deploy wrote it
+    shutil.rmtree(model_dir / "2")
+    with pytest.raises(PipelineError, match=r"holds files trtpipe deploy did not write"):
+        stages.deploy(cfg, tmp_path / "repo", precision="fp16")
+    stages.deploy(cfg, tmp_path / "repo", precision="fp16", replace=True)
     assert json.loads((model_dir / "manifest.json").read_text())["precision"] == "fp16"
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [running.name, "tiny"]
 
@@ -197,3 +205,46 @@ def test_refuses_a_destination_over_the_stages_own_folders(pipeline_run, tmp_pat
     with pytest.raises(PipelineError, match=rf"^--to {re.escape(to)}: .*(engines|calib).* a folder of its own"):
         stages.deploy(cfg, Path(to), replace=True)
     assert sorted(out.onnx_dir.iterdir()) == graphs
+
+
+def test_a_users_folder_with_a_manifest_is_not_deploys(pipeline_run, tmp_path):
+    """Any manifest.json with model and sha256 keys was taken as deploy's own: a user's registry folder
+    and hand-tuned config.pbtxt were replaced without --replace (issue 23, item 3)."""
+    cfg, _, _ = pipeline_run
+    _compared(cfg)
+    theirs = tmp_path / "repo" / "tiny"
+    theirs.mkdir(parents=True)
+    (theirs / "manifest.json").write_text(json.dumps({"model": "tiny", "sha256": "0" * 64}))
+    (theirs / "config.pbtxt").write_text("# tuned by hand\n")
+    with pytest.raises(PipelineError, match=r"holds files trtpipe deploy did not write"):
+        stages.deploy(cfg, tmp_path / "repo")
+    assert (theirs / "config.pbtxt").read_text() == "# tuned by hand\n"
+
+
+def test_the_sweep_restores_only_a_deployment_deploy_wrote(pipeline_run, tmp_path):
+    """A dead writer's .NAME.old.* that is a stray file or a link pointing outside was renamed into
+    place as the deployment, then deploy crashed (issue 23, item 6): it is left alone now."""
+    cfg, _, _ = pipeline_run
+    _compared(cfg)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = repo / f".tiny.old.trtpipe-{int(dead.stdout)}.x"
+    link.symlink_to(outside)
+    stray = repo / f".tiny.old.trtpipe-{int(dead.stdout)}.y"
+    stray.write_text("not a deployment")
+    model_dir = stages.deploy(cfg, repo)
+    assert model_dir.is_dir() and not model_dir.is_symlink() and (model_dir / "config.pbtxt").is_file()
+    assert link.is_symlink() and stray.read_text() == "not a deployment" and outside.is_dir()
+
+
+def test_a_file_where_the_deployment_goes_is_one_line(pipeline_run, tmp_path):
+    cfg, _, _ = pipeline_run
+    _compared(cfg)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "tiny").write_text("a file")
+    with pytest.raises(PipelineError, match=r"repo/tiny: a file or a link, not a deployment's folder"):
+        stages.deploy(cfg, tmp_path / "repo", replace=True)
+    assert (tmp_path / "repo" / "tiny").read_text() == "a file"

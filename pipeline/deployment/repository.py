@@ -59,10 +59,12 @@ def model_folder(to: Path, name: str, replace: bool) -> Iterator[Path]:
     if to.exists() and not to.is_dir():
         raise PipelineError(f"--to {to}: is a file, not a folder")
     _sweep(to, name)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise PipelineError(f"{dest}: a file or a link, not a deployment's folder; move it away")
     if dest.exists() and any(dest.iterdir()) and not replace and not _ours(dest, name):
         raise PipelineError(
-            f"{dest}: exists and was not written by trtpipe deploy (no manifest.json of {name!r}); "
-            f"move it away or pass --replace"
+            f"{dest}: holds files trtpipe deploy did not write (its manifest.json lists every file it wrote, "
+            f"with its sha256); move it away or pass --replace"
         )
     try:
         to.mkdir(parents=True, exist_ok=True)
@@ -82,12 +84,37 @@ def model_folder(to: Path, name: str, replace: bool) -> Iterator[Path]:
         ) from None
 
 
+MANIFEST = "manifest.json"
+
+
+def seal(folder: Path, manifest: dict) -> None:
+    """Write ``manifest`` last, listing every other file the deployment holds with its sha256: what
+    deploy owns, and all it may replace or remove later."""
+    files = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    write_json(Layout.manifest_file(folder), {**manifest, "files": files})
+
+
 def _ours(folder: Path, name: str) -> bool:
+    """A deployment deploy wrote and nobody changed since: its manifest is of model ``name`` and lists
+    exactly the files there are, each with the bytes deploy wrote (a version folder dropped in, an
+    edited config.pbtxt, or a user's own folder with a manifest.json are not ours)."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads(Layout.manifest_file(folder).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("model") == name and "sha256" in manifest
+    listed = manifest.get("files") if isinstance(manifest, dict) and manifest.get("model") == name else None
+    if not isinstance(listed, dict):
+        return False
+    found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*")}
+    found.pop(MANIFEST, None)
+    folders = {parent.as_posix() for f in listed for parent in Path(f).parents} - {"."}
+    if set(found) != set(listed) | folders:
+        return False
+    return all(_same_file(found[f], sha) for f, sha in listed.items())
+
+
+def _same_file(path: Path, sha256: str) -> bool:
+    return path.is_file() and not path.is_symlink() and sha256_file(path) == sha256
 
 
 def _sweep(to: Path, name: str) -> None:
@@ -97,10 +124,11 @@ def _sweep(to: Path, name: str) -> None:
     if not to.is_dir():
         return
     for staging in to.glob(f".{name}.deploy.*"):
-        if not writer_alive(staging.name):
+        if staging.is_dir() and not staging.is_symlink() and not writer_alive(staging.name):
             shutil.rmtree(staging, ignore_errors=True)
     for old in to.glob(f".{name}.old.*"):
-        if writer_alive(old.name):
+        # Only a deployment deploy wrote and moved aside: a stray file or a link of that name is not ours.
+        if writer_alive(old.name) or old.is_symlink() or not old.is_dir() or not _ours(old, name):
             continue
         if (to / name).exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -120,8 +148,8 @@ def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: boo
     file_name = "model.plan" if d.backend == ENGINE else "model.onnx"
     with model_folder(to, cfg.name, replace) as model_dir:
         copy_verified(d.artifact.path, model_dir / "1" / file_name, d.sha256)
-        write_json(model_dir / "manifest.json", manifest_for(cfg, d, f"1/{file_name}", "triton"))
         write_text(model_dir / "config.pbtxt", text)
+        seal(model_dir, manifest_for(cfg, d, f"1/{file_name}", "triton"))
     return to / cfg.name
 
 
@@ -129,8 +157,8 @@ def write_plain(cfg: Config, d: Deployable, to: Path, replace: bool = False) -> 
     file_name = f"{d.artifact.name}.plan" if d.backend == ENGINE else f"model.{d.artifact.name}.onnx"
     with model_folder(to, cfg.name, replace) as folder:
         copy_verified(d.artifact.path, folder / file_name, d.sha256)
-        write_json(folder / "manifest.json", manifest_for(cfg, d, file_name, "plain"))
         write_text(folder / "README.md", _plain_readme(cfg, d, file_name))
+        seal(folder, manifest_for(cfg, d, file_name, "plain"))
     return to / cfg.name
 
 
