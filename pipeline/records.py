@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import signing
 from pipeline.codehash import stage_code_version
 from pipeline.config import Config
 from pipeline.data import source_fingerprint
@@ -57,7 +58,8 @@ class StageRecord:
             raise ValueError(f"passed must be true or false, got {self.passed!r}")
 
     def to_json(self) -> dict:
-        return {"version": RECORD_VERSION, **dataclasses.asdict(self)}
+        """The record as written: signed where a signing key is configured (``pipeline.signing``)."""
+        return signing.signed({"version": RECORD_VERSION, **dataclasses.asdict(self)})
 
 
 def load_record(out: Layout, stage: str) -> StageRecord | None:
@@ -69,9 +71,23 @@ def load_record(out: Layout, stage: str) -> StageRecord | None:
         raw = json.loads(path.read_text())
         if raw["version"] != RECORD_VERSION or raw["stage"] != stage:
             raise ValueError(f"version {raw['version']!r} of stage {raw['stage']!r}")
-        return StageRecord(stage, dict(raw["inputs"]), dict(raw["outputs"]), raw["passed"])
+        record = StageRecord(stage, dict(raw["inputs"]), dict(raw["outputs"]), raw["passed"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PipelineError(f"{path}: not a record of trtpipe {stage} ({exc}); re-run trtpipe {stage}") from None
+    signing.check(raw, f"{out.key(path)}", f"re-run trtpipe {stage}")
+    return record
+
+
+def signatures(out: Layout, stages: Iterable[str]) -> dict[str, str]:
+    """Each stage's record by its sha256, and its signature where it has one: the chain of evidence
+    a deployment's manifest carries."""
+    chain = {}
+    for stage in stages:
+        path = out.record(stage)
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            chain[stage] = raw.get("signature") or f"sha256:{sha256(path)}"
+    return chain
 
 
 def begin(cfg: Config, out: Layout, stage: Stage) -> dict[str, str]:

@@ -206,6 +206,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def no_signing_key(monkeypatch, tmp_path_factory):
+    """Records unsigned unless a test sets a key: a developer's own key (environment or
+    ~/.config/trtpipe/signing.key) must not sign the suite's records."""
+    monkeypatch.delenv("TRTPIPE_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+
+
+@pytest.fixture(autouse=True)
 def ctrl_c_raises():
     """Ctrl-C raises KeyboardInterrupt in every test, as in an interactive shell: run from a background
     shell, nohup or a CI runner, Python inherits SIGINT ignored and tests of Ctrl-C would see nothing."""

@@ -11,7 +11,7 @@ from pipeline.errors import PipelineError
 from pipeline.layout import Layout
 from pipeline.results import BuildResult, CompareResult, load
 from pipeline.runners import Artifact, artifacts
-from pipeline.stages import compare
+from pipeline.stages import NAMES, compare
 from pipeline.targets.base import ENGINE, FP16
 
 
@@ -56,6 +56,8 @@ def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
             f"{cfg.name}: {artifact.label} failed its accuracy gate ({failures[0]}); "
             f"fix it or pass --force to deploy anyway"
         )
+    # The records of the stages that made and measured these bytes: signatures where a key is set.
+    info["records"] = records.signatures(out, NAMES)
     return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
 
 
