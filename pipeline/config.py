@@ -431,6 +431,8 @@ class Config:
 def load_config(path: str | Path) -> Config:
     """The config in the TOML file at ``path``, validated; relative paths in it resolve from its folder."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block the read forever
+        raise PipelineError(f"{path}: not a regular file (a FIFO, socket or device); give the model's .toml file")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

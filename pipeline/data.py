@@ -84,7 +84,7 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
     source = cfg.resolve(section.source)
     key = "calibration.source"
     if source.is_dir():
-        batches = _npz_batches(source, cfg)
+        batches = _npz_batches(source, cfg, samples)
     elif ":" in section.source:
         fn = load_callable(section.source, cfg.root, key)
         kwargs = {"samples": samples, "batch_size": section.batch_size, **section.args}
@@ -119,21 +119,71 @@ def _first_rows(batches: Iterator[tuple[str, object]], cfg: Config, samples: int
     info(f"{cfg.name}: calibration.source {section.source!r} ran out after {seen} of the {samples} samples asked for")
 
 
-def _npz_batches(folder: Path, cfg: Config) -> Iterator[tuple[str, object]]:
+def _npz_files(folder: Path, cfg: Config) -> list[Path]:
+    """The folder's .npz files; a folder, FIFO or device of that name is refused before it is opened
+    (a FIFO would block the read forever)."""
     files = sorted(folder.glob("*.npz"))
+    odd = next((p for p in files if not p.is_file() or p.is_symlink() and not p.resolve().is_file()), None)
+    if odd is not None:
+        raise PipelineError(f"{odd}: not a regular file (a folder, FIFO or device); a data folder holds .npz files")
+    return files
+
+
+def _npz_batches(folder: Path, cfg: Config, samples: int) -> Iterator[tuple[str, object]]:
+    """Each file's arrays, at most the ``samples`` rows still needed: members are streamed row by row
+    from the archive, their headers checked first, so a small file declaring (or inflating to) more
+    rows than it holds, or than calibration uses, is never loaded whole."""
+    files = _npz_files(folder, cfg)
     if not files:
         raise PipelineError(f"{folder}: no .npz files (calibration.source in {cfg.path})")
+    left = samples
     for path in files:
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                feed = {k: npz[k] for k in npz.files}
-        except ValueError as exc:
-            raise PipelineError(
-                f"{path}: cannot read without pickle ({exc}); save plain arrays with np.savez"
-            ) from None
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
+        if left <= 0:
+            return
+        feed = read_npz(path, left)
         yield str(path), feed
+        left -= max((len(v) for v in feed.values() if v.ndim), default=0)
+
+
+def read_npz(path: Path, rows: int) -> Feed:
+    """The arrays of an .npz file, each cut to its first ``rows`` rows, read without pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {
+                info.filename.removesuffix(".npy"): _read_member(archive, info, rows, path)
+                for info in archive.infolist()
+                if info.filename.endswith(".npy")
+            }
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable .npz file ({exc}); save plain arrays with np.savez") from None
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, rows: int, path: Path) -> np.ndarray:
+    from numpy.lib import format as npy
+
+    with archive.open(info) as stream:
+        version = npy.read_magic(stream)
+        # Version 1.0 headers, and 2.0 or 3.0 (a longer header, UTF-8 field names) read as 2.0.
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream, max_header_size=10_000)
+        if dtype.hasobject:
+            raise PipelineError(
+                f"{path}: cannot read without pickle: {info.filename} holds Python objects, which trtpipe never "
+                f"unpickles; save plain arrays with np.savez"
+            )
+        if fortran and len(shape) > 1:
+            raise PipelineError(f"{path}: {info.filename} is in Fortran order; save it with np.ascontiguousarray")
+        declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if declared > info.file_size:  # the zip records each member's size: a header cannot claim more
+            raise PipelineError(
+                f"{path}: {info.filename} declares shape {list(shape)} ({declared} bytes) but holds {info.file_size}"
+            )
+        take = min(rows, shape[0]) if shape else 1
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+        data = stream.read(take * row_bytes)
+        if len(data) != take * row_bytes:
+            raise PipelineError(f"{path}: {info.filename} is cut short ({len(data)} of {take * row_bytes} bytes)")
+        return np.frombuffer(data, dtype=dtype).reshape((take, *shape[1:]) if shape else ()).copy()
 
 
 def source_fingerprint(cfg: Config, source: str | None = None) -> str | None:
@@ -146,7 +196,7 @@ def source_fingerprint(cfg: Config, source: str | None = None) -> str | None:
         path = source_file(source, cfg.root)
         return None if path is None else sha256_file(path)
     h = hashlib.sha256()
-    for path in sorted(folder.glob("*.npz")):
+    for path in _npz_files(folder, cfg):
         h.update(f"{path.name}\0{sha256_file(path)}\n".encode())
     return h.hexdigest()
 

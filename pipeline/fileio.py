@@ -58,6 +58,7 @@ def keep_temporaries_in(folder: Path) -> Callable[[], None]:
     Polygraphy make through ``tempfile``) at a folder of its own inside ``folder``: a run may write
     only inside its output folders. Returns what removes it and points them back; a killed run's
     folder is swept by the next run (its name carries this process's id)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if left empty
     with disk_full_is_user_error(folder):
         folder.mkdir(parents=True, exist_ok=True)
         sweep(folder)
@@ -73,6 +74,9 @@ def keep_temporaries_in(folder: Path) -> Callable[[], None]:
         else:
             os.environ["TMPDIR"] = before[1]
         shutil.rmtree(scratch, ignore_errors=True)
+        for created in made:  # innermost first: a command that wrote nothing leaves no engines/ behind
+            with contextlib.suppress(OSError):  # not empty: something was written there, and stays
+                created.rmdir()
 
     return restore
 

@@ -436,3 +436,83 @@ def test_an_error_in_the_users_code_is_one_line_naming_its_line(
     log = tmp_path / "engines" / "tiny" / "logs" / "user-code.log"
     assert f"(full traceback: {log.relative_to(tmp_path)})" in last or str(log) in last
     assert "Traceback (most recent call last)" in log.read_text()
+
+
+# --- special files and hostile .npz files (issue 23, items 5, 7, 8, 9) --------------------------------
+
+
+def _npz_folder(tmp_path, config):
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    return folder, config(calibration=f'[calibration]\nsource = "{folder}"\nsamples = 64\nbatch_size = 16')
+
+
+def test_a_fifo_or_a_folder_named_npz_is_refused_before_it_is_opened(tmp_path, config):
+    """A FIFO named a.npz hung calibrate (fingerprint and read block forever); a folder named b.npz was
+    a traceback."""
+    import os
+
+    folder, cfg = _npz_folder(tmp_path, config)
+    os.mkfifo(folder / "a.npz")
+    with pytest.raises(PipelineError, match=r"a\.npz: not a regular file \(a folder, FIFO or device\)"):
+        data.source_fingerprint(cfg)
+    (folder / "a.npz").unlink()
+    (folder / "b.npz").mkdir()
+    with pytest.raises(PipelineError, match=r"b\.npz: not a regular file"):
+        list(data.calibration_batches(cfg))
+
+
+def test_a_config_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from pipeline.config import load_config
+
+    os.mkfifo(tmp_path / "model.toml")
+    with pytest.raises(PipelineError, match=r"model\.toml: not a regular file \(a FIFO, socket or device\)"):
+        load_config(tmp_path / "model.toml")
+
+
+def test_an_npz_header_claiming_more_rows_than_it_holds_is_refused_before_allocation(tmp_path, config):
+    """A header declaring 10**12 rows was a MemoryError traceback."""
+    import io
+    import zipfile
+
+    folder, cfg = _npz_folder(tmp_path, config)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.zeros((2, 3, 8, 8), np.float32))
+    header = buffer.getvalue().replace(b"(2, 3, 8, 8)", b"(1000000000000, 3, 8, 8)".ljust(12, b" ")[:24])
+    with zipfile.ZipFile(folder / "bomb.npz", "w") as archive:
+        archive.writestr("x.npy", header)
+    with pytest.raises(PipelineError, match=r"bomb\.npz: x\.npy declares shape \[1000000000000, 3, 8, 8\]"):
+        list(data.calibration_batches(cfg))
+
+
+def test_only_the_rows_calibration_uses_are_read_from_a_file_that_inflates(tmp_path, config):
+    """A 1.4 MB .npz inflating to 1.5 GB was loaded whole for 64 samples."""
+    import resource
+
+    folder, cfg = _npz_folder(tmp_path, config)
+    np.savez_compressed(folder / "large.npz", x=np.zeros((200_000, 3, 8, 8), np.float32))  # 154 MB inflated
+    assert (folder / "large.npz").stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rows = sum(len(f["x"]) for f in data.calibration_batches(cfg))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert rows == 64 and grown_mb < 50
+
+
+def test_a_file_named_npz_that_is_not_one_says_so(tmp_path, config):
+    """It was reported as pickled data."""
+    folder, cfg = _npz_folder(tmp_path, config)
+    (folder / "notes.npz").write_text("just text")
+    with pytest.raises(PipelineError, match=r"notes\.npz: not a readable \.npz file \(File is not a zip file\)"):
+        list(data.calibration_batches(cfg))
+
+
+def test_weights_that_are_a_folder_are_named_so(tmp_path, config):
+    """A weights folder was reported as "does not exist"."""
+    from pipeline import stages
+
+    (tmp_path / "weights.pt").mkdir()
+    cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "weights.pt"')
+    with pytest.raises(PipelineError, match=r"model\.weights \S+weights\.pt is not a regular file"):
+        stages.run("export", cfg, root=tmp_path)

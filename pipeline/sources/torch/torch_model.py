@@ -36,8 +36,10 @@ def model_from_config(cfg: Config) -> torch.nn.Module:
 
 def load_weights(model: torch.nn.Module, cfg: Config) -> None:
     path = cfg.resolve(cfg.model.weights or "")
-    if not path.is_file():
+    if not path.exists():
         raise PipelineError(f"{cfg.path}: model.weights file {path} does not exist")
+    if not path.is_file():
+        raise PipelineError(f"{cfg.path}: model.weights {path} is not a regular file (a folder, FIFO or device)")
     try:
         # weights_only: never unpickle arbitrary objects from a user file.
         # The bytes hashed are the bytes loaded: a checkpoint saved anew meanwhile is refused, not recorded.
