@@ -99,6 +99,7 @@ class Run:
     fsize: int | None = None  # a file size limit: writes past it fail as on a full disk
     interrupt_after: float | None = None  # SIGINT this many seconds in
     timeout: float = TIMEOUT
+    env: tuple[tuple[str, str], ...] = ()  # environment variables of this command (a signing key)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Check:
 @dataclass(frozen=True)
 class Case:
     name: str
-    item: int  # the numbered defect of issue 13
+    item: int | str  # the numbered defect: of issue 13 (a number), of issue 23 ("23.N")
     start: str  # "project", "done" or "example"
     steps: tuple[Run | Do | Check, ...]
 
@@ -342,6 +343,7 @@ def cases() -> list[Case]:
         *_interrupts(),
         *_user_fixable(),
         *_smaller(),
+        *_issue23(),
     ]
 
 
@@ -906,6 +908,382 @@ def _smaller() -> list[Case]:
 # --- running and judging -----------------------------------------------------------------------
 
 
+# --- issue 23: evidence as read, signed records, deploy's own files, bounds, special files ----------
+
+# Builders and data callables that swap a file while the stage runs (a training job saving its next
+# checkpoint, an editor in a second terminal), and one that raises in the user's own code.
+SWAPS = textwrap.dedent(
+    """
+    from pathlib import Path
+
+    def build_then_swap(channels=16, path="", source=""):
+        Path(path).write_bytes(Path(source).read_bytes())
+        return build(channels)
+
+    def calibration_then_swap(samples, batch_size, path="", source=""):
+        first = True
+        for feed in calibration(samples, batch_size):
+            yield feed
+            if first:
+                Path(path).write_bytes(Path(source).read_bytes())
+                first = False
+
+    def build_checked(channels=16):
+        if channels < 1:
+            raise ValueError("channels must be positive")
+        return build(channels)
+
+    def endless(batch_size):
+        start = 0
+        while True:
+            yield {"x": images(batch_size, start)}, np.arange(batch_size) % 4
+            start += batch_size
+
+    def string_labels(batch_size):
+        for start in range(0, 40, batch_size):
+            x = images(min(batch_size, 40 - start), 1000 + start)
+            yield {"x": x}, np.array(["cat", "dog", "cow", "owl"])[np.arange(len(x)) % 4]
+    """
+)
+
+
+def swapping_project(p: Path) -> None:
+    (p / "swaps.py").write_text(USER_MODEL + SWAPS)
+    model = _user_model()["build"]()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(0.5)
+    torch.save(model.state_dict(), p / "next.pt")
+    (p / "data_next.py").write_text(DATA + "\n# edited in another terminal\n")
+
+
+def _swap_args(path: str, source: str) -> str:
+    return f'path = "{path}"\nsource = "{source}"'
+
+
+def repoint_record_hashes(p: Path) -> None:
+    """Another graph in place of the CPU graph, and the sha256 strings naming it re-pointed."""
+    from pipeline.fileio import sha256_file
+
+    graph = p / "engines/tiny/onnx/model.w8a8-cpu.onnx"
+    old = sha256_file(graph)
+    graph.write_bytes((p / "engines/tiny/onnx/model.fp32.onnx").read_bytes())
+    new = sha256_file(graph)
+    for record in (p / "engines/tiny/records").glob("*.json"):
+        record.write_text(record.read_text().replace(old, new))
+
+
+def fifo(rel: str) -> Do:
+    return Do(lambda p: (p / rel).parent.mkdir(parents=True, exist_ok=True) or os.mkfifo(p / rel))
+
+
+def npz_claiming_rows(p: Path) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.zeros((2, 3, 8, 8), np.float32))
+    claimed = buffer.getvalue().replace(b"(2, 3, 8, 8)", b"(1000000000000, 3, 8, 8)")
+    (p / "npz").mkdir(exist_ok=True)
+    with zipfile.ZipFile(p / "npz" / "bomb.npz", "w") as archive:
+        archive.writestr("x.npy", claimed)
+
+
+def npz_inflating(p: Path) -> None:
+    (p / "npz").mkdir(exist_ok=True)
+    np.savez_compressed(p / "npz" / "large.npz", x=np.zeros((200_000, 3, 8, 8), np.float32))
+
+
+def stray_old_entries(p: Path) -> None:
+    pid = dead_pid()
+    (p / TO).mkdir(exist_ok=True)
+    (p / TO / f".tiny.old.trtpipe-{pid}.a").write_text("a stray file")
+    (p / TO / f".tiny.old.trtpipe-{pid}.b").symlink_to(p / "engines")
+
+
+def strays_kept(p: Path) -> bool:
+    found = {e.name.rsplit(".", 1)[-1]: e for e in (p / TO).glob(".tiny.old.*")}
+    return found["a"].read_text() == "a stray file" and found["b"].is_symlink() and deployed_alone(p)
+
+
+def no_bytecode_beside_the_users_files(p: Path) -> bool:
+    return not [c for c in p.rglob("__pycache__") if not any(c.is_relative_to(p / r) for r in ROOTS)]
+
+
+def _issue23() -> list[Case]:
+    model = lambda source, args="": toml(  # noqa: E731
+        model=f'[model]\nsource = "{source}"\nweights = "../weights.pt"\n[model.args]\nchannels = 16\n{args}'
+    )
+    evaluate_from = lambda fn, extra="": toml(evaluation=f'[evaluation]\nsource = "../swaps.py:{fn}"\n{extra}')  # noqa: E731
+    sign = (("TRTPIPE_SIGNING_KEY", "a key kept outside the project"),)
+    return [
+        Case(
+            "weights saved anew after export started, before it read them",
+            "23.1",
+            "project",
+            (
+                Do(swapping_project),
+                Do(
+                    lambda p: _write(
+                        p / CONFIG, model("../swaps.py:build_then_swap", _swap_args(p / "weights.pt", p / "next.pt"))
+                    )
+                ),
+                Run("export", "error", r"weights\.pt: changed after trtpipe export started"),
+            ),
+        ),
+        Case(
+            "the calibration callable's file edited while calibrate runs",
+            "23.1",
+            "done",
+            (
+                Do(swapping_project),
+                Do(
+                    lambda p: _write(
+                        p / CONFIG,
+                        toml(
+                            calibration='[calibration]\nsource = "../data.py:calibration_then_swap"\nsamples = 64\n'
+                            f"batch_size = 16\n[calibration.args]\n{_swap_args(p / 'data.py', p / 'data_next.py')}"
+                        ),
+                    )
+                ),
+                Do(lambda p: (p / "data.py").write_text(DATA + SWAPS)),
+                Run("calibrate", "error", r"changed while trtpipe calibrate ran, .*nothing was recorded"),
+            ),
+        ),
+        Case(
+            "a graph swapped and its record's hashes re-pointed, signing key set",
+            "23.2",
+            "project",
+            (
+                Run("engines", env=sign),
+                Do(repoint_record_hashes),
+                Run(DEPLOY, "error", r"signature does not match its content", env=sign),
+            ),
+        ),
+        Case(
+            "records written unsigned, then a signing key set",
+            "23.2",
+            "done",
+            (Run(DEPLOY, "error", r"not signed, and a signing key is set", env=sign),),
+        ),
+        Case(
+            "deploy over a user's folder holding any manifest.json",
+            "23.3",
+            "done",
+            (
+                Do(lambda p: _write(p / TO / NAME / "manifest.json", json.dumps({"model": NAME, "sha256": "0" * 64}))),
+                Do(lambda p: _write(p / TO / NAME / "config.pbtxt", "# tuned by hand\n")),
+                Run(DEPLOY, "error", r"holds files trtpipe deploy did not write.*--replace"),
+                Check(
+                    "the user's config kept",
+                    lambda p: (p / TO / NAME / "config.pbtxt").read_text() == "# tuned by hand\n",
+                ),
+            ),
+        ),
+        Case(
+            "a version folder 2/ dropped into a deployment, then deploy again",
+            "23.3",
+            "done",
+            (
+                Run(DEPLOY),
+                Do(lambda p: _write(p / TO / NAME / "2" / "model.onnx", "v2")),
+                Run(DEPLOY, "error", r"holds files trtpipe deploy did not write"),
+                Check("2/ kept", lambda p: (p / TO / NAME / "2" / "model.onnx").read_text() == "v2"),
+            ),
+        ),
+        Case(
+            "build --backend tensorrt without TensorRT keeps the last build's record",
+            "23.4",
+            "done",
+            (
+                Run("build --backend tensorrt", "error", r"--backend tensorrt: "),
+                Check("build's record kept", lambda p: (p / "engines/tiny/records/build.json").is_file()),
+                Run(DEPLOY),
+            ),
+        ),
+        Case(
+            "an endless [evaluation] stream",
+            "23.5",
+            "done",
+            (Do(lambda p: swapping_project(p)), config(evaluate_from("endless", "samples = 200")), Run("compare")),
+        ),
+        Case(
+            "[bench] warmup = 10**12",
+            "23.5",
+            "done",
+            (
+                config(toml(bench=f"[bench]\nwarmup = {10**12}")),
+                Run("bench", "error", r"warmup 1000000000000 is more than bench can use"),
+            ),
+        ),
+        Case(
+            "[bench] threads = 100000",
+            "23.5",
+            "done",
+            (
+                config(toml(bench="[bench]\nthreads = 100000")),
+                Run("bench", "error", r"threads 100000 is more than bench can use"),
+            ),
+        ),
+        Case(
+            "the config is a FIFO",
+            "23.5",
+            "project",
+            (Do(lambda p: (p / CONFIG).unlink()), fifo(CONFIG), Run("export", "error", r"not a regular file")),
+        ),
+        Case(
+            "a FIFO named a.npz in the calibration folder",
+            "23.5",
+            "done",
+            (
+                fifo("npz/a.npz"),
+                config(toml(calibration='[calibration]\nsource = "../npz"\nsamples = 64\nbatch_size = 16')),
+                Run("calibrate", "error", r"a\.npz: not a regular file"),
+            ),
+        ),
+        Case(
+            "a dead deploy's stray file and link named .tiny.old.*",
+            "23.6",
+            "done",
+            (Do(stray_old_entries), Run(DEPLOY), Check("the stray file and link untouched", strays_kept)),
+        ),
+        Case(
+            "a model named README.md (a file engines/ ships)",
+            "23.7",
+            "project",
+            (
+                Do(lambda p: _write(p / "engines" / "README.md", "x")),
+                config(toml().replace(f'name = "{NAME}"', 'name = "README.md"')),
+                Run("export", "error", r"engines/README\.md: not a folder of trtpipe's"),
+            ),
+        ),
+        Case(
+            "a 300-character name",
+            "23.7",
+            "project",
+            (
+                config(toml().replace(f'name = "{NAME}"', f'name = "{"n" * 300}"')),
+                Run("export", "error", r"name is 300 characters; at most 100"),
+            ),
+        ),
+        Case(
+            "deployed/tiny is a file",
+            "23.7",
+            "done",
+            (
+                Do(lambda p: _write(p / TO / NAME, "a file")),
+                Run(DEPLOY + " --replace", "error", r"a file or a link, not a deployment's folder"),
+            ),
+        ),
+        Case(
+            "weights = a folder",
+            "23.7",
+            "project",
+            (
+                Do(lambda p: (p / "wfolder").mkdir()),
+                config(toml(model='[model]\nsource = "../net.py:build"\nweights = "../wfolder"')),
+                Run("export", "error", r"is not a regular file"),
+            ),
+        ),
+        Case(
+            "weights = /etc/passwd",
+            "23.7",
+            "project",
+            (
+                config(toml(model='[model]\nsource = "../net.py:build"\nweights = "/etc/passwd"')),
+                Run("export", "error", r"/etc/passwd: "),
+            ),
+        ),
+        Case(
+            "a folder named b.npz in the data folder",
+            "23.7",
+            "done",
+            (
+                Do(lambda p: (p / "npz" / "b.npz").mkdir(parents=True)),
+                config(toml(calibration='[calibration]\nsource = "../npz"\nsamples = 64\nbatch_size = 16')),
+                Run("calibrate", "error", r"b\.npz: not a regular file"),
+            ),
+        ),
+        Case(
+            "[batch] max = 2**63-1",
+            "23.8",
+            "project",
+            (
+                config(toml(batch=f"[batch]\nmin = 1\nopt = 8\nmax = {2**63 - 1}")),
+                Run("export", "error", r"max 9223372036854775807 is more than a profile can serve"),
+            ),
+        ),
+        Case(
+            "parity_batches = [1000000]",
+            "23.8",
+            "project",
+            (
+                config(toml("[export]\nparity_batches = [1000000]")),
+                Run("export", "error", r"batch 1000000 is outside every \[batch\] profile"),
+            ),
+        ),
+        Case(
+            "an .npz header declaring 10**12 rows",
+            "23.8",
+            "done",
+            (
+                Do(npz_claiming_rows),
+                config(toml(calibration='[calibration]\nsource = "../npz"\nsamples = 64\nbatch_size = 16')),
+                Run("calibrate", "error", r"declares shape \[1000000000000, 3, 8, 8\]"),
+            ),
+        ),
+        Case(
+            "a 1.4 MB .npz inflating to 150 MB, 64 samples read",
+            "23.8",
+            "done",
+            (
+                Do(npz_inflating),
+                config(toml(calibration='[calibration]\nsource = "../npz"\nsamples = 64\nbatch_size = 16')),
+                Run("calibrate"),
+            ),
+        ),
+        Case(
+            "string labels",
+            "23.9",
+            "done",
+            (
+                Do(swapping_project),
+                config(evaluate_from("string_labels")),
+                Run("compare", "error", r"labels of dtype <U\d+; give class indices"),
+            ),
+        ),
+        Case(
+            "a clean run writes no bytecode beside the user's files",
+            "23.10",
+            "project",
+            (Run("export"), Check("no __pycache__ outside engines/, calib/", no_bytecode_beside_the_users_files)),
+        ),
+        Case(
+            "the builder raises on channels = -1",
+            "23.11",
+            "project",
+            (
+                Do(swapping_project),
+                config(toml(model='[model]\nsource = "../swaps.py:build_checked"\n[model.args]\nchannels = -1')),
+                Run(
+                    "export",
+                    "error",
+                    r"swaps\.py:\d+: ValueError: channels must be positive .*traceback: engines/tiny/logs/user-code",
+                ),
+            ),
+        ),
+        Case(
+            "a syntax error in net.py",
+            "23.11",
+            "project",
+            (
+                Do(lambda p: (p / "net.py").write_text(USER_MODEL + "\ndef broken(:\n")),
+                Run("export", "error", r"net\.py:\d+: SyntaxError"),
+            ),
+        ),
+    ]
+
+
 def new_project(folder: Path) -> None:
     """The tiny user model's project: its model, data callables, weights and config."""
     folder.mkdir(parents=True)
@@ -981,7 +1359,7 @@ def run_step(step: Run, project: Path, env: dict[str, str]) -> tuple[str, list[s
     """(what the command said, problems) for one command judged against what it should do."""
     cmd = [sys.executable, "-m", "pipeline", *shlex.split(step.command), "-c", step.config]
     began = time.perf_counter()
-    proc = spawn(cmd, project, env, step.fsize)
+    proc = spawn(cmd, project, {**env, **dict(step.env)}, step.fsize)
     if step.interrupt_after is not None:
         while time.perf_counter() - began < step.interrupt_after and proc.poll() is None:
             time.sleep(0.02)

@@ -43,8 +43,8 @@ from pipeline.config import load_config
 from pipeline.console import table
 from pipeline.errors import PipelineError
 from pipeline.layout import Layout
-from pipeline.records import STAGES as RECORDED
 from pipeline.records import load_record, sha256
+from pipeline.stages import NAMES as RECORDED
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("export", "calibrate", "quantize", "build", "compare", "bench", "report", "deploy")

@@ -43,3 +43,16 @@ def test_readme_gpu_install_keeps_one_onnx_runtime_and_finds_the_cuda_runtime():
     assert any("pip install -e '.[examples,dev,deploy,gpu]'" in c for c in commands)
     assert not any("onnxruntime" in c for c in commands)  # neither installed beside nor swapped in
     assert "nvidia/cu13/lib" in gpu and "LD_LIBRARY_PATH" in gpu
+
+
+def test_every_benchmark_module_imports():
+    """The benchmarks are run by hand (make bench-*), not by the suite: a renamed pipeline name they
+    import would otherwise break them unseen."""
+    import importlib
+    import pkgutil
+
+    import benchmarks
+
+    for found in pkgutil.walk_packages(benchmarks.__path__, "benchmarks."):
+        if not found.name.endswith("__main__"):
+            importlib.import_module(found.name)
