@@ -303,6 +303,11 @@ def load(kind: type[R], out: Layout, config: Path | None = None) -> R:
     try:
         return _read(kind, path)
     except FileNotFoundError:
+        if not out.record("export").parent.is_dir():  # run from another folder than the project: no records here
+            raise PipelineError(
+                f"{out.key(out.model_dir)}: not in {out.root.absolute()}; run trtpipe from the folder that holds "
+                f"engines/ (the project's), or trtpipe engines there first"
+            ) from None
         raise PipelineError(f"{out.key(path)}: no saved {kind.STAGE}; run trtpipe {kind.STAGE} first") from None
     except Malformed as exc:
         command = f"trtpipe {kind.STAGE}" + (f" -c {config}" if config is not None else "")

@@ -516,3 +516,33 @@ def test_weights_that_are_a_folder_are_named_so(tmp_path, config):
     cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "weights.pt"')
     with pytest.raises(PipelineError, match=r"model\.weights \S+weights\.pt is not a regular file"):
         stages.run("export", cfg, root=tmp_path)
+
+
+def test_weights_that_are_no_checkpoint_are_one_line(config):
+    """weights = "/etc/passwd" was an IndexError traceback from torch's weights-only unpickler."""
+    from pipeline import stages
+
+    cfg = config(model=f'[model]\nsource = "{config.net}:build"\nweights = "/etc/passwd"')
+    with pytest.raises(
+        PipelineError, match=r"/etc/passwd: not a readable state_dict \(truncated, corrupt or not one\)"
+    ):
+        stages.run("export", cfg, root=config.net.parent)
+
+
+def test_deploy_from_another_folder_says_so_and_leaves_nothing_there(tmp_path, user_model, monkeypatch):
+    """It said "no saved build" and left an empty engines/ behind in that folder."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, user_model)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["deploy", "-c", str(config), "--to", "served"])
+    assert result.exit_code == 1
+    assert re.search(
+        r"engines/tiny: not in \S+elsewhere; run trtpipe from the folder that holds engines/", result.output
+    )
+    assert list(elsewhere.iterdir()) == []

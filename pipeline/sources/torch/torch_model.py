@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
-import zipfile
 
 import torch
 
@@ -49,9 +48,9 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
             f"{path}: holds objects other than tensors, which trtpipe never unpickles; "
             f"save the weights with torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # torch's loader raises any type on bytes that are no checkpoint (/etc/passwd: IndexError)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path}: not a readable state_dict (truncated or corrupt?): {first}") from None
+        raise PipelineError(f"{path}: not a readable state_dict (truncated, corrupt or not one): {first}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
