@@ -64,6 +64,9 @@ class Plan:
     activations: dict[str, list[Edge]] = field(default_factory=dict)  # tensor -> edges to quantize
     weights: list[WeightQuant] = field(default_factory=list)
     shared_scale: list[tuple[str, ...]] = field(default_factory=list)  # Concat groups
+    # A pooling op's output takes its input's range: TensorRT carries one scale through the op, and
+    # a range chosen apart could only be wider than what the op can emit (or clip what it passes on).
+    range_of: dict[str, str] = field(default_factory=dict)
     quantized: list[tuple[str, str]] = field(default_factory=list)  # (node, op_type) running INT8
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -80,7 +83,15 @@ class Plan:
         """This plan as auto's whole-graph check simulates it: int8 on exactly these edges."""
         edges = {tensor: tuple(e) for tensor, e in self.activations.items()}
         weights = tuple((w.node, w.input_index, w.tensor, w.axis) for w in self.weights)
-        return Placement(True, edges, weights, tuple(self.shared_scale))
+        return Placement(True, edges, weights, tuple(self.shared_scale), dict(self.range_of))
+
+    def ranged_as(self, tensor: str) -> str:
+        """The tensor whose range ``tensor`` takes (itself, or a pooling op's input, transitively)."""
+        seen = {tensor}
+        while tensor in self.range_of and self.range_of[tensor] not in seen:
+            tensor = self.range_of[tensor]
+            seen.add(tensor)
+        return tensor
 
 
 def weight_axis(op_type: str, node: onnx.NodeProto, rank: int, input_index: int = 1) -> int:

@@ -6,7 +6,8 @@ The rules (TensorRT's explicit-quantization guidance, as ModelOpt applies it):
   batched MatMuls included), never their outputs; weights per-channel;
 * at a residual Add fed by a quantized Conv, quantize the skip input and leave
   the Conv's input alone: the Add becomes the Conv's epilogue;
-* quantize a pooling op's input when its output is quantized, so it runs INT8;
+* quantize a pooling op's input when its output is quantized, so it runs INT8, with one scale for
+  both (the output takes the input's range, as TensorRT carries the scale through);
 * give a Concat whose output is quantized the same scale on every input;
 * everything else (LayerNorm, Softmax, GELU, ...) stays FP16;
 * layers too small to gain (channels, K or N under ``min_channels``, GEMV)
@@ -109,6 +110,7 @@ def _pooling_and_concat(view: GraphView, plan: Plan) -> None:
             if node.op_type in POOLING and node.input[0] not in plan.activations:
                 plan.add_edge(node.input[0], (node.name, 0))
                 plan.quantized.append((node.name, node.op_type))
+                plan.range_of[out] = node.input[0]
                 changed = True
             elif node.op_type == "Concat" and node.name not in grouped:
                 inputs = [t for t in node.input if not view.is_const(t)]

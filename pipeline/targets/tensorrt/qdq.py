@@ -152,7 +152,7 @@ class QdqOnnxFromOnnx:
                 raise PipelineError(f"no calibration range for tensor {t!r}; re-run calibrate")
             return self.ranges.amax(t, self.method)
 
-        amax = {t: amax_of(t) for t in self.plan.activations}
+        amax = {t: amax_of(self.plan.ranged_as(t)) for t in self.plan.activations}
         for group in self.plan.shared_scale:  # one scale for a Concat's inputs and output
             shared = max(amax_of(t) for t in group)
             for t in group:
