@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import onnxutil
 from pipeline.config import Config
+from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.targets.base import FP16
 
@@ -50,7 +51,13 @@ class Fp16OnnxFromOnnx:
                 f"{cfg.path}: export.keep_fp32 names {unknown[0]!r}, which is no ONNX op type (spelled as ONNX "
                 f"does, e.g. LayerNormalization)"
             )
-        model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype)
+        beyond = overflowing_nodes(fp32)
+        for name, (op_type, value) in sorted(beyond.items()):
+            info(
+                f"{cfg.name}: kept in FP32 in the FP16 graph: {op_type} {name} (a constant reaches {value:.6g}, "
+                f"beyond FP16's {FP16_MAX:g})"
+            )
+        model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype, tuple(beyond))
         onnx.helper.set_model_props(
             model,
             {**{p.key: p.value for p in fp32.metadata_props}, "trtpipe.model": cfg.name, "trtpipe.precision": FP16},
@@ -58,9 +65,34 @@ class Fp16OnnxFromOnnx:
         return onnxutil.check(model, f"{cfg.name} fp16 graph")
 
 
-def fp16_graph(fp32: onnx.ModelProto, keep_fp32: tuple[str, ...], io_dtype: str = "float32") -> onnx.ModelProto:
-    """The FP16 graph, unchecked: ops in ``keep_fp32`` stay FP32; graph I/O in ``io_dtype``."""
-    return _Converter(fp32, set(keep_fp32), FLOAT if io_dtype == "float32" else FLOAT16).run()
+def fp16_graph(
+    fp32: onnx.ModelProto, keep_fp32: tuple[str, ...], io_dtype: str = "float32", keep_nodes: tuple[str, ...] = ()
+) -> onnx.ModelProto:
+    """The FP16 graph, unchecked: ops in ``keep_fp32`` and the nodes named in ``keep_nodes`` stay FP32;
+    graph I/O in ``io_dtype``."""
+    io_type = FLOAT if io_dtype == "float32" else FLOAT16
+    return _Converter(fp32, set(keep_fp32), io_type, keep_nodes=set(keep_nodes)).run()
+
+
+def overflowing_nodes(model: onnx.ModelProto) -> dict[str, tuple[str, float]]:
+    """Nodes with a float constant beyond FP16's range, by name: (op type, the largest magnitude).
+    Converted, the constant would be clipped to 65,504 (a BatchNorm's running variance of 497,160 in a
+    trained CNN put its FP16 graph 10% off), so the node computes in FP32 instead."""
+    consts = {i.name: i for i in model.graph.initializer}
+    consts |= {
+        n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    }
+    found = {}
+    for node in model.graph.node:
+        for tensor in node.input:
+            proto = consts.get(tensor)
+            if proto is None or proto.data_type not in (FLOAT, TensorProto.DOUBLE):
+                continue
+            values = numpy_helper.to_array(proto)
+            finite = np.abs(values[np.isfinite(values)]) if values.size else values
+            if finite.size and float(finite.max()) > FP16_MAX:
+                found[node.name] = (node.op_type, max(float(finite.max()), found.get(node.name, ("", 0.0))[1]))
+    return found
 
 
 @dataclass
@@ -72,6 +104,7 @@ class _Converter:
     casts: dict[tuple[str, int], str] = field(default_factory=dict)  # (tensor, type) -> cast output
     opset: int = 19
     nodes: list[onnx.NodeProto] = field(default_factory=list)
+    keep_nodes: set[str] = field(default_factory=set)  # nodes kept FP32 by name (a constant beyond FP16)
 
     def run(self) -> onnx.ModelProto:
         model = onnx.ModelProto()
@@ -93,7 +126,7 @@ class _Converter:
         return model
 
     def _fp16_node(self, node: onnx.NodeProto) -> bool:
-        if node.op_type in self.keep_fp32 or node.domain not in ("", "ai.onnx"):
+        if node.op_type in self.keep_fp32 or node.name in self.keep_nodes or node.domain not in ("", "ai.onnx"):
             return False
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return False  # control flow: its subgraphs read outer tensors by name, left as they were

@@ -100,3 +100,46 @@ def test_constant_of_shape_follows_its_node_and_resize_scales_stay_float32(make_
     assert next(i for i in fp16.graph.initializer if i.name == "scales").data_type == TensorProto.FLOAT
     x = np.random.default_rng(2).standard_normal((2, 2, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(fp16, {"x": x})[0], _run(fp32, {"x": x})[0], atol=1e-2)
+
+
+def _batchnorm_with_a_large_variance():
+    """
+    x [1, 4, 4, 4] ─► Conv(w) ─► c ─► BatchNormalization(scale, bias, mean, var) ─► y
+
+    Channel 0's running variance is 497,160 (as 64 of CREPE full's 128 are, trained): FP16 holds at
+    most 65,504, and a clipped variance scales that channel's output by sqrt(497160/65504) = 2.75.
+    """
+    rng = np.random.default_rng(0)
+    var = np.full(4, 2.0, np.float32)
+    var[0] = 497_160.0
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 100, "w"),
+        numpy_helper.from_array(np.ones(4, np.float32), "scale"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "bias"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "mean"),
+        numpy_helper.from_array(var, "var"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn"),
+    ]
+    return _model(
+        nodes, inits, [_value("x", TensorProto.FLOAT, [1, 4, 4, 4])], [_value("y", TensorProto.FLOAT, [1, 4, 4, 4])]
+    )
+
+
+def test_a_node_with_a_constant_beyond_fp16_stays_fp32():
+    """Issue 22: the FP16 conversion clamped silently to 65,504, and the export gate refused the graph
+    without naming the cause; ModelOpt's AutoCast clamps the same way."""
+    from pipeline.fp16 import fp16_graph, overflowing_nodes
+
+    model = _batchnorm_with_a_large_variance()
+    assert overflowing_nodes(model) == {"bn": ("BatchNormalization", 497160.0)}
+    fp16 = fp16_graph(model, keep_fp32=(), keep_nodes=tuple(overflowing_nodes(model)))
+    types = {i.name: i.data_type for i in fp16.graph.initializer}
+    assert types["var"] == TensorProto.FLOAT and types["w"] == TensorProto.FLOAT16  # only the BatchNorm stays
+    x = np.random.default_rng(1).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    ref, out = _run(model, {"x": x})[0], _run(fp16, {"x": x})[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2
+    clamped = _run(fp16_graph(model, keep_fp32=()), {"x": x})[0]  # what the conversion did before
+    assert np.abs(clamped[:, 0] - ref[:, 0]).max() / np.abs(ref[:, 0]).max() > 0.5
