@@ -73,7 +73,7 @@ def test_truncated_weights_file(make_config, user_model, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     cfg = make_config(model=f'[model]\nsource = "{user_model}:build"\nweights = "{weights}"')
     msg = _one_line_error(cfg, tmp_path)
-    assert str(weights) in msg and "truncated or corrupt" in msg
+    assert str(weights) in msg and "truncated, corrupt" in msg
 
 
 def test_weights_for_another_model(make_config, user_model, tmp_path):
