@@ -41,6 +41,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     with r.writing() as written:
         with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
             rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
+            _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models})
             failed = {row.artifact for row in rows if row.failures}
             _set_aside(cfg, out, models, set() if force else failed, staged)
         worst = explain_losses(cfg, inp.view, models, rows, inp.ranges, inp.method)
@@ -140,6 +141,36 @@ def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> li
     info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data at batch {batch}, method={method}")
     info(table(*accuracy_table(rows)))
     return rows
+
+
+# A quick look, not bench: enough to tell a slower graph from a faster one.
+SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND = 6, 5
+
+
+def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str, Path]) -> None:
+    """Each graph that deploys on a CPU, timed against the FP32 graph here, interleaved, at the
+    calibration batch: an 8-bit graph slower than FP32 is said now, not found in production
+    (the report's verdict, from bench, then does not recommend it)."""
+    from pipeline import ortsession
+    from pipeline.data import sample_inputs
+    from pipeline.evaluate.timing import measure_interleaved
+
+    cpu = [t for t in chosen if t.deploys_on_cpu]
+    if not cpu:
+        return
+    batch = cfg.nearest_batch(cfg.calibration.batch_size)
+    feed = sample_inputs(cfg, batch)
+    runs = {}
+    for name, path in ((FP32, out.graph(FP32)), *((t.artifact, graphs[t.artifact]) for t in cpu)):
+        session = ortsession.session_for(path, True, threads=cfg.bench.threads)
+        inputs = ortsession.feed_for(session, feed)
+        runs[name] = lambda s=session, i=inputs: s.run(None, i)
+    times = measure_interleaved(runs, 2, SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND)
+    for t in cpu:
+        ratio = times[FP32].median_ms / times[t.artifact].median_ms
+        verdict = "" if ratio >= 1.0 else ": slower than FP32 here, INT8 does not pay on this CPU (bench measures it)"
+        speed = f"{t.artifact} runs {ratio:.2f}x FP32's speed at batch {batch} ({t.label}, a quick check)"
+        info(f"{cfg.name}: {speed}{verdict}")
 
 
 def _gate_verdict(cfg: Config, out: Layout, failed: list, force: bool) -> None:
