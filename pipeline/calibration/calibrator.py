@@ -71,7 +71,10 @@ class RangesFromOnnx:
                 session = capture_session(path, new_outputs(view, group), Path(tmp))
                 keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
                 measured = {n: stats[n] for n in group if n in stats}
-                fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
+                try:
+                    fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
+                except NonFinite as exc:
+                    raise _made_by_the_model(exc.tensors, view) from None
                 del session  # one pass's session alive at a time
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
@@ -129,16 +132,40 @@ def fold(
             done(pending[0], pending[1].result())
 
 
+class NonFinite(ValueError):
+    """Measured tensors held NaN or an infinity in one run."""
+
+    def __init__(self, tensors: list[str]) -> None:
+        super().__init__(f"tensors {tensors} became NaN/Inf during calibration")
+        self.tensors = tensors
+
+
 def _update(stats: Mapping[str, Folding], names: list[str], values: list) -> None:
+    bad = []
     for name, value in zip(names, values, strict=True):
         if name not in stats:
             continue  # captured for auto only
         try:
             stats[name].update(value)
         except ValueError:
-            raise PipelineError(
-                f"tensor {name!r} became NaN/Inf during calibration; check the input data's scale"
-            ) from None
+            bad.append(name)
+    if bad:
+        raise NonFinite(bad)
+
+
+def _made_by_the_model(tensors: list[str], view: GraphView) -> PipelineError:
+    """One line: the first tensor in the graph's order that held NaN or an infinity, the node that
+    computed it, and that it is the model's doing (the data was checked finite as it streamed in); an
+    additive mask into a Softmax is never measured (``masks``)."""
+    order = {o: i for i, n in enumerate(view.nodes) for o in n.output}
+    tensor = min(tensors, key=lambda t: order.get(t, -1))
+    node = view.producer.get(tensor)
+    made = f"{node.op_type} node {node.name!r}" if node is not None else "a graph input"
+    return PipelineError(
+        f"tensor {tensor!r}, made by {made}, holds NaN or an infinity during calibration: the model computes it "
+        f"(its inputs were finite), and a quantized tensor needs a finite range; exclude the nodes reading it "
+        f"([quantize] exclude_nodes) or fix the model"
+    )
 
 
 def _groups(groups: Sequence[Sequence[str]], stats: dict[str, Collected], kept: set[str]) -> list[list[str]]:

@@ -17,7 +17,7 @@ from pipeline.config import Config
 from pipeline.deployment import triton
 from pipeline.deployment.checks import Deployable
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, sha256_file, temp_prefix, write_json, write_text, writer_alive
+from pipeline.fileio import atomic_path, sha256_file, sweep, temp_prefix, write_json, write_text, writer_alive
 from pipeline.layout import Layout
 from pipeline.results import BenchResult, load_if_saved
 from pipeline.targets.base import ENGINE
@@ -61,6 +61,9 @@ def model_folder(to: Path, name: str, replace: bool) -> Iterator[Path]:
     _sweep(to, name)
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise PipelineError(f"{dest}: a file or a link, not a deployment's folder; move it away")
+    if dest.is_dir():  # a killed deploy's temporaries inside the model folder: its own, not the user's
+        for folder in (dest, *(p for p in dest.rglob("*") if p.is_dir() and not p.is_symlink())):
+            sweep(folder)
     if dest.exists() and any(dest.iterdir()) and not replace and not _ours(dest, name):
         raise PipelineError(
             f"{dest}: holds files trtpipe deploy did not write (its manifest.json lists every file it wrote, "

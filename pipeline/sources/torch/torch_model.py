@@ -39,10 +39,11 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
         raise PipelineError(f"{cfg.path}: model.weights file {path} does not exist")
     if not path.is_file():
         raise PipelineError(f"{cfg.path}: model.weights {path} is not a regular file (a folder, FIFO or device)")
+    # The bytes hashed are the bytes loaded: a checkpoint saved anew meanwhile is refused, not recorded.
+    data = read_checked(path)
     try:
         # weights_only: never unpickle arbitrary objects from a user file.
-        # The bytes hashed are the bytes loaded: a checkpoint saved anew meanwhile is refused, not recorded.
-        state = torch.load(io.BytesIO(read_checked(path)), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's weights_only refused an object: its advice would run pickled code
         raise PipelineError(
             f"{path}: holds objects other than tensors, which trtpipe never unpickles; "

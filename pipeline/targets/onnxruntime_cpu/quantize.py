@@ -82,18 +82,51 @@ def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
 def tensors_to_calibrate(model: onnx.ModelProto | GraphView, fused: onnx.ModelProto | None = None) -> set[str]:
     """Float activations at the inputs and outputs of the ops ORT will quantize in the
     GELU-fused graph (``fused``, when the caller has it), except those a Relu folds into
-    (they take the Relu output's range, see ``relu_folded``)."""
+    (they take the Relu output's range, see ``relu_folded``), attention masks (``masks``) and what
+    only the Adds into a Softmax read or make: those Adds stay float (``softmax_input_adds``)."""
     view = GraphView.of(model)
     float_tensors = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     folded = relu_folded(view)
     varying = view.input_dependent()
+    skipped = masks(view)
+    scores = set(softmax_input_adds(view))  # they stay float, and so does the Softmax they feed
     return {
         t
         for n in (fused if fused is not None else fuse_gelu(view.model)).graph.node
-        if n.op_type in OP_TYPES
+        if n.op_type in OP_TYPES and n.name not in scores
         for t in (*n.input, *n.output)
-        if t and t in float_tensors and t in varying and t not in folded
+        if t and t in float_tensors and t in varying and t not in folded and t not in skipped
     }
+
+
+# Ops that move a mask's values without computing new ones: a mask reaches the scores through them.
+_MOVES = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Identity", "Cast")
+
+
+def masks(view: GraphView) -> set[str]:
+    """Additive attention masks: tensors computed from no float input (a padding mask, token ids)
+    that reach only the Adds into a Softmax, through ops that move values. PyTorch's
+    ``src_key_padding_mask`` puts -inf where it pads: no range of a mask is used (those Adds stay
+    float), and a mask is never quantized."""
+    float_inputs = {i for i in view.inputs if view.value_infos[i].type.tensor_type.elem_type in _FLOATS}
+    from_floats = set(float_inputs)
+    for node in view.nodes:  # topologically sorted
+        if any(i in from_floats for i in node.input if i):
+            from_floats.update(node.output)
+    adds = set(softmax_input_adds(view))
+    found: set[str] = set()
+    todo = [i for n in view.nodes if n.name in adds for i in n.input if i and i not in from_floats]
+    while todo:
+        tensor = todo.pop()
+        readers = view.consumers.get(tensor, [])
+        into_scores = all(r.name in adds or set(r.output) <= found for r in readers)
+        if tensor in found or tensor in from_floats or not into_scores:
+            continue
+        found.add(tensor)
+        producer = view.producer.get(tensor)
+        if producer is not None and producer.op_type in _MOVES:
+            todo.extend(i for i in producer.input[:1] if i)
+    return found
 
 
 def placement(view: GraphView, settings: QuantizeSection) -> Placement:
@@ -135,6 +168,9 @@ def relu_folded(model: onnx.ModelProto | GraphView) -> dict[str, str]:
         and len(view.consumers.get(n.input[0], [])) == 1
         and n.input[0] not in view.outputs
     }
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
