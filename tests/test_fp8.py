@@ -1,5 +1,6 @@
 """The tensorrt-fp8 target: its FP8 (E4M3) Q/DQ graph, checked for structure and against a numpy
-reference of E4M3 rounding; its rule check; auto's FP8 error.
+reference of E4M3 rounding; its rule check; auto's FP8 error; and build on the TensorRT stand-in,
+which refuses it below compute capability 8.9.
 """
 
 from __future__ import annotations
@@ -9,18 +10,23 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import ortsession
+from pipeline import ortsession, stages
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.calibration.wholegraph import Range, scales, simulation
-from pipeline.config import QuantizeSection
+from pipeline.config import QuantizeSection, load_config
 from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
+from pipeline.layout import Layout
 from pipeline.placement import weight_axis
 from pipeline.targets.base import QuantizationInputs
 from pipeline.targets.tensorrt.target import TensorRT
 from pipeline.targets.tensorrt_fp8.e4m3 import e4m3
 from pipeline.targets.tensorrt_fp8.target import TensorRtFp8
 from tests import graphs
+from tests.conftest import write_config
+from tests.test_tensorrt_path import FAST, _cli, _one_line_error
+from tests.trt_standin import standin
+from tests.trt_standin.cuda import Gpu
 
 FP8 = TensorRtFp8()
 GEMMS = ("MatMul", "Gemm")
@@ -287,3 +293,36 @@ def test_whole_graph_check_simulates_fp8_where_the_fp8_target_is_configured():
     got = ortsession.session(sim, cpu_only=True).run(None, {**feed, **scales(placement, found)})[0]
     to_fp8, to_int8 = (np.linalg.norm(got - graphs_run(m, feed)) for m in (fp8, w8a8))
     assert to_fp8 < to_int8 / 3, (to_fp8, to_int8)  # it simulates the FP8 graph (FP32 around it), not int8
+
+
+# --- on the TensorRT stand-in ------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_targets(tmp_path, user_model, monkeypatch):
+    """The user model with a 32 x 32 head (a GEMM FP8 quantizes; its convs stay FP16 in FP8), exported
+    and quantized for TensorRT int8, TensorRT FP8 and the ONNX Runtime CPU."""
+    monkeypatch.chdir(tmp_path)
+    path = write_config(
+        tmp_path,
+        user_model,
+        top=f'name = "tiny"\n{FAST}\n[quantize]\ntargets = ["tensorrt", "tensorrt-fp8", "onnxruntime-cpu"]',
+        model=f'[model]\nsource = "{user_model}:build"\n[model.args]\nchannels = 32\nclasses = 32',
+        outputs='[[outputs]]\nname = "logits"\nshape = ["batch", 32]\ndtype = "float32"',
+    )
+    cfg = load_config(path)
+    stages.run("export", cfg)
+    stages.run("quantize", cfg)
+    return cfg, path, Layout.of(cfg)
+
+
+def test_build_refuses_fp8_on_a_gpu_older_than_ada_in_one_line(three_targets, tmp_path):
+    cfg, path, out = three_targets
+    with standin(tmp_path / "gpu-machine", gpu=Gpu(name="NVIDIA A10", compute_capability=(8, 6))):
+        line = _one_line_error(_cli("build", "-c", str(path)))
+    assert line == (
+        "Error: tensorrt-fp8: its fp8 engine needs a GPU of compute capability 8.9 or newer, and this NVIDIA A10 "
+        f"is 8.6; drop 'tensorrt-fp8' from [quantize] targets in {path.resolve()}, or build --backend onnxruntime "
+        "to run its graph on ONNX Runtime"
+    )
+    assert not out.build_record.exists()
