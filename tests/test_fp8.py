@@ -1,9 +1,12 @@
 """The tensorrt-fp8 target: its FP8 (E4M3) Q/DQ graph, checked for structure and against a numpy
-reference of E4M3 rounding; its rule check; auto's FP8 error; and build on the TensorRT stand-in,
-which refuses it below compute capability 8.9.
+reference of E4M3 rounding; its rule check; auto's FP8 error; and build, compare, bench, report and
+deploy of the FP8 artifact on the TensorRT stand-in (which refuses it below compute capability 8.9).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,10 +17,15 @@ from pipeline import ortsession, stages
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.calibration.wholegraph import Range, scales, simulation
 from pipeline.config import QuantizeSection, load_config
+from pipeline.evaluate.accuracy import AccuracyRow
+from pipeline.evaluate.metrics import ErrorStats
+from pipeline.evaluate.report import verdict
+from pipeline.fileio import sha256_file
 from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
 from pipeline.layout import Layout
 from pipeline.placement import weight_axis
+from pipeline.results import BenchResult, BenchRow, BuildResult, CompareResult, Engines, Latency, LayerSummary
 from pipeline.targets.base import QuantizationInputs
 from pipeline.targets.tensorrt.target import TensorRT
 from pipeline.targets.tensorrt_fp8.e4m3 import e4m3
@@ -25,6 +33,7 @@ from pipeline.targets.tensorrt_fp8.target import TensorRtFp8
 from tests import graphs
 from tests.conftest import write_config
 from tests.test_tensorrt_path import FAST, _cli, _one_line_error
+from tests.test_trt_standin import POLYGRAPHY_PROBES
 from tests.trt_standin import standin
 from tests.trt_standin.cuda import Gpu
 
@@ -295,6 +304,32 @@ def test_whole_graph_check_simulates_fp8_where_the_fp8_target_is_configured():
     assert to_fp8 < to_int8 / 3, (to_fp8, to_int8)  # it simulates the FP8 graph (FP32 around it), not int8
 
 
+# --- the report's verdict among FP16, INT8 and FP8 -----------------------------------------------
+
+
+def _bench(ms: dict[str, float]) -> BenchResult:
+    rows = tuple(BenchRow(a, a, 256, Latency(v, v, v, v, 0.0, 5)) for a, v in ms.items())
+    return BenchResult(
+        "tensorrt", "TensorRT", "-", "fp16", "w8a8", (256,), None, 1, 5, 0.0, (rows,), {256: 1.0}, (), others=("fp8",)
+    )
+
+
+def _failed(artifact: str) -> CompareResult:
+    stats = ErrorStats(0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.1, 0.1)
+    return CompareResult((AccuracyRow(f"{artifact} (TensorRT)", "y", stats, None, None, None, ("cos",), 8),), False)
+
+
+def test_verdict_picks_the_fastest_of_fp16_int8_and_fp8_within_its_gate():
+    layers = {"w8a8": LayerSummary(40, 20, 3, 12, 7, True), "fp8": LayerSummary(40, 20, 20, 0, 0, True)}
+    build = BuildResult("tensorrt", (), Engines("trt/x", "trt/x/manifest.json", layers))
+    (line,) = verdict(_bench({"fp16": 10.0, "w8a8": 8.0, "fp8": 5.0}), None, build)
+    assert line == "batch 256: deploy fp8: 2.00x faster (5.00 vs 10.0 ms) and within its accuracy gate; w8a8 1.25x"
+    (line,) = verdict(_bench({"fp16": 10.0, "w8a8": 8.0, "fp8": 5.0}), _failed("fp8"), build)
+    assert line.startswith("batch 256: deploy w8a8: 1.25x faster") and line.endswith("; fp8 fails its accuracy gate")
+    (line,) = verdict(_bench({"fp16": 10.0, "w8a8": 10.1, "fp8": 10.2}), None, build)
+    assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x)") and "in INT8" in line
+
+
 # --- on the TensorRT stand-in ------------------------------------------------------------------
 
 
@@ -314,6 +349,43 @@ def three_targets(tmp_path, user_model, monkeypatch):
     stages.run("export", cfg)
     stages.run("quantize", cfg)
     return cfg, path, Layout.of(cfg)
+
+
+def test_build_compare_bench_report_and_deploy_handle_the_fp8_artifact(three_targets, tmp_path):
+    cfg, path, out = three_targets
+    fp8 = onnx.load(str(out.graph("fp8")))
+    made_by = _by_output(fp8)
+    assert [n.name for n in fp8.graph.node if n.op_type in GEMMS and made_by[n.input[0]].op_type == "DequantizeLinear"]
+    with standin(tmp_path / "gpu-machine") as machine:  # compute capability 8.9: Ada
+        for command in (
+            ["build"],
+            ["compare"],
+            ["bench"],
+            ["report"],
+            ["deploy", "--to", str(tmp_path / "repo"), "--precision", "fp8"],
+        ):
+            result = _cli(command[0], "-c", str(path), *command[1:])
+            assert result.exit_code == 0, (command, result.output, result.exception)
+    record = json.loads(out.build_record.read_text())
+    assert set(record["layers"]) == {"fp16", "w8a8", "fp8"}
+    engines = Path(record["dir"])
+    assert {"fp8.plan", "layers-fp8.json"} <= {p.name for p in engines.iterdir()}
+    assert record["layers"]["fp8"]["quantized_coverage"] == 1.0 and "warning" not in record["layers"]["fp8"]
+    layers = json.loads((engines / "layers-fp8.json").read_text())["Layers"]
+    assert "FP8" in {t["Datatype"] for layer in layers for t in layer.get("Inputs", [])}
+    compare = json.loads(out.result("compare").read_text())
+    assert compare["passed"] and "fp8 (TensorRT)" in {r["artifact"] for r in compare["rows"]}
+    bench = json.loads(out.result("bench").read_text())
+    assert (bench["baseline"], bench["quantized"], bench["others"]) == ("fp16", "w8a8", ["fp8"])
+    assert {r["precision"] for r in bench["runs"][0]} == {"fp16", "w8a8", "fp8"}
+    report = out.report.read_text()
+    assert report.startswith("# tiny: FP16 vs w8a8 vs fp8 on TensorRT")
+    assert "| batch | FP16 ms | w8a8 ms | w8a8 speedup | fp8 ms | fp8 speedup |" in report
+    assert out.chart("latency").is_file()
+    deployed = tmp_path / "repo" / "tiny"
+    assert 'platform: "tensorrt_plan"' in (deployed / "config.pbtxt").read_text()
+    assert sha256_file(deployed / "1" / "model.plan") == sha256_file(engines / "fp8.plan")
+    assert set(machine.refused) <= POLYGRAPHY_PROBES, machine.refused
 
 
 def test_build_refuses_fp8_on_a_gpu_older_than_ada_in_one_line(three_targets, tmp_path):

@@ -67,10 +67,17 @@ class BenchPair:
     batches: tuple[int, ...]
     threads: int | None
     includes: str
+    # Other configured targets' 8-bit artifacts timed beside it: same runtime, same baseline (FP8 by w8a8).
+    others: tuple[Artifact, ...] = ()
 
     @property
     def pair(self) -> tuple[Artifact, Artifact]:
         return self.baseline, self.quantized
+
+    @property
+    def timed(self) -> tuple[Artifact, ...]:
+        """Every artifact bench times: the baseline, then each 8-bit one."""
+        return (*self.pair, *self.others)
 
 
 class Target(ABC):
