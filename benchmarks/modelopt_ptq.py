@@ -1,4 +1,4 @@
-"""NVIDIA ModelOpt's ONNX INT8 PTQ on one graph, in ModelOpt's own environment (.modeloptvenv).
+"""NVIDIA ModelOpt's ONNX INT8 or FP8 PTQ on one graph, in ModelOpt's own environment (.modeloptvenv).
 
     .modeloptvenv/bin/python -m benchmarks.modelopt_ptq GRAPH DATA.npz SHAPES METHOD OUT RESULT.json
 
@@ -9,7 +9,9 @@ On a machine without CUDA, onnxruntime-gpu still imports and its CPU execution p
 ``calibration_eps=["cpu"]`` keeps ModelOpt from trying the CUDA and TensorRT providers.
 
 DATA.npz holds every calibration sample per input; SHAPES (``name:16x3x128x128,...``) is one
-calibration step's shape, so ModelOpt calibrates on the same batches as the other tools.
+calibration step's shape, so ModelOpt calibrates on the same batches as the other tools. METHOD is
+``max`` or ``entropy`` (``quantize_mode="int8"`` with that calibration), or ``fp8``
+(``quantize_mode="fp8"`` with ModelOpt's own calibration for it).
 ModelOpt calibrates and writes the graph in one call, so only their sum is timed. RESULT.json:
 seconds (imports and data loading excluded), RSS before the call, this process's peak RSS,
 ModelOpt's version.
@@ -40,12 +42,13 @@ def main(graph: str, data: str, shapes: str, method: str, out: str, result: str)
         calibration = {name: archive[name] for name in archive.files}
     baseline_mb = own_peak_mb()
     start = time.perf_counter()
+    fp8 = method == "fp8"
     quantize(
         graph,
-        quantize_mode="int8",
+        quantize_mode="fp8" if fp8 else "int8",
         calibration_data=calibration,
         calibration_shapes=shapes,
-        calibration_method=method,
+        calibration_method=None if fp8 else method,
         calibration_eps=["cpu"],
         high_precision_dtype="fp16",
         output_path=out,

@@ -6,10 +6,12 @@ For each model, on the same FP32 graph and the same calibration samples in the s
 (``[calibration] samples`` and ``batch_size``), each quantizer in its own child process:
 
 * trtpipe (the config's ``method``): calibration, then the TensorRT-target graph (``w8a8``, on the
-  FP16 graph) or the ONNX Runtime CPU graph (``w8a8-cpu``); one process each;
-* NVIDIA ModelOpt's ONNX PTQ (``modelopt.onnx.quantization.quantize``, int8, FP16 high precision,
-  calibration ``max`` and ``entropy``), run by ``benchmarks.modelopt_ptq`` in ModelOpt's own
-  environment (its onnxruntime-gpu cannot live beside our onnxruntime);
+  FP16 graph), the TensorRT FP8 graph (``fp8``, calibrated for the ``tensorrt-fp8`` target alone,
+  so auto judges ranges by FP8's error) or the ONNX Runtime CPU graph (``w8a8-cpu``); one process each;
+* NVIDIA ModelOpt's ONNX PTQ (``modelopt.onnx.quantization.quantize``, FP16 high precision: int8
+  with calibration ``max`` and ``entropy``, and ``quantize_mode="fp8"`` at its defaults), run by
+  ``benchmarks.modelopt_ptq`` in ModelOpt's own environment (its onnxruntime-gpu cannot live beside
+  our onnxruntime);
 * ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights): S8S8 MinMax, S8S8 Entropy,
   U8S8 MinMax.
 
@@ -17,7 +19,7 @@ Each child reports its own peak RSS (VmHWM, imports included: ``os.wait4`` would
 this process's RSS, see ``benchmarks.modelopt_ptq.own_peak_mb``); its calibration and
 quantization seconds from its own clock, imports and data loading excluded. Then, per graph:
 rule violations (``pipeline.targets.rules`` for the runtime the graph is for), Q/DQ coverage,
-int8-weight share, file size, error against FP32 on the held-out data (sessions from
+8-bit-weight share (int8, or FP8 in the FP8 graphs), file size, error against FP32 on the held-out data (sessions from
 ``pipeline.ortsession``: TensorRT-target Q/DQ graphs, ours and ModelOpt's, run as written, with no
 graph optimizations; the CPU graphs fully optimized, as they deploy) and ONNX Runtime CPU latency
 of the CPU graphs, timed round-robin. One table per model, then who wins.
@@ -26,6 +28,7 @@ of the CPU graphs, timed round-robin. One table per model, then who wins.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -56,7 +59,7 @@ LATENCY_BATCH = 64  # unless the config's [bench] cpu_batches says otherwise
 @dataclass(frozen=True)
 class Tool:
     label: str
-    target: str  # the runtime whose quantization rules apply: "tensorrt" or "onnxruntime-cpu"
+    target: str  # the target whose quantization rules apply: "tensorrt", "tensorrt-fp8" or "onnxruntime-cpu"
     modelopt: bool = False
 
 
@@ -64,6 +67,9 @@ TOOLS = {
     "ours-w8a8": Tool("trtpipe w8a8", "tensorrt"),
     "modelopt-max": Tool("ModelOpt int8 max", "tensorrt", modelopt=True),
     "modelopt-entropy": Tool("ModelOpt int8 entropy", "tensorrt", modelopt=True),
+    "ours-fp8": Tool("trtpipe fp8", "tensorrt-fp8"),
+    "ours-fp8-conv": Tool("trtpipe fp8 + conv", "tensorrt-fp8"),  # [quantize] fp8_conv = true
+    "modelopt-fp8": Tool("ModelOpt fp8", "tensorrt-fp8", modelopt=True),
     "ours-cpu": Tool("trtpipe w8a8-cpu", "onnxruntime-cpu"),
     "ort-u8s8-minmax": Tool("quantize_static U8S8 MinMax", "onnxruntime-cpu"),
     "ort-s8s8-minmax": Tool("quantize_static S8S8 MinMax", "onnxruntime-cpu"),
@@ -77,15 +83,17 @@ def child(tool: str, config: str, work: Path) -> None:
     import onnx  # noqa: F401  imported before timing, for every tool
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: F401
 
-    from pipeline import onnxutil, stages
+    from pipeline import onnxutil, stages, targets
     from pipeline.calibration import smooth
     from pipeline.calibration.inputs import smoothed
     from pipeline.graphview import GraphView
+    from pipeline.targets.base import QuantizationInputs
     from pipeline.targets.onnxruntime_cpu.quantize import OrtCpuQdqFromOnnx
-    from pipeline.targets.tensorrt.placement import plan_tensorrt
-    from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 
     cfg = load_config(config)
+    if tool.startswith("ours-fp8"):  # as configured for FP8 alone: auto judges each range by FP8's error
+        fp8 = dataclasses.replace(cfg.quantize, targets=(TOOLS[tool].target,), fp8_conv=tool.endswith("-conv"))
+        cfg = dataclasses.replace(cfg, quantize=fp8)
     graphs = Layout.of(cfg, work)
     next(iter(calibration_batches(cfg, samples=1)))  # load the data source before timing, for every tool
     baseline = own_peak_mb()
@@ -97,12 +105,11 @@ def child(tool: str, config: str, work: Path) -> None:
         fp32, edits, _ = smoothed(cfg, graphs, onnxutil.load(graphs.graph("fp32")))
         view = GraphView(fp32)
         method = cfg.calibration.method
-        if tool == "ours-w8a8":
+        if TOOLS[tool].target != "onnxruntime-cpu":  # a TensorRT target's graph, on the FP16 graph
             fp16 = smooth.apply(onnxutil.load(graphs.graph("fp16")), edits)
-            out, model = (
-                graphs.graph("w8a8"),
-                QdqOnnxFromOnnx(plan_tensorrt(view, cfg.quantize), ranges, method)(fp16, view),
-            )
+            target = targets.get(TOOLS[tool].target)
+            inputs = QuantizationInputs(fp32, fp16, view, ranges, method, cfg.quantize)
+            out, model = graphs.graph(target.artifact), target.quantize(inputs)
         else:
             out, model = graphs.graph("w8a8-cpu"), OrtCpuQdqFromOnnx(ranges, method, cfg.quantize)(fp32, view)
         onnxutil.save(model, out)
@@ -214,7 +221,8 @@ def run_tool(key: str, config: str, src: Layout, root: Path, data: tuple[Path, s
 def quantized_layers(path: Path) -> tuple[int, int]:
     """Quantized layers with a constant weight (activation input and weight both dequantized, the
     weight from an initializer, directly or through a QuantizeLinear), and how many of them store
-    it as int8; a fake-quantized float weight (QuantizeLinear -> DequantizeLinear) does not count."""
+    it in 8 bits (int8, or FP8 E4M3); a fake-quantized float weight (QuantizeLinear ->
+    DequantizeLinear) does not count."""
     import onnx
     from onnx import TensorProto
 
@@ -230,7 +238,7 @@ def quantized_layers(path: Path) -> tuple[int, int]:
     stored = [dq[n.input[1]].input[0] for n in layers]
     stored = [made_by[t].input[0] if t in made_by and made_by[t].op_type == "QuantizeLinear" else t for t in stored]
     weighted = [t for t in stored if t in dtype]
-    return len(weighted), sum(1 for t in weighted if dtype[t] == TensorProto.INT8)
+    return len(weighted), sum(1 for t in weighted if dtype[t] in (TensorProto.INT8, TensorProto.FLOAT8E4M3FN))
 
 
 def rule_breakdown(path: Path, target: str) -> str:
@@ -314,7 +322,7 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
     rows[0] += [f"{fp32_ms:.2f}", "1.00x"]
     for key, tool in TOOLS.items():
         label = tool.label + ("" if tool.modelopt or key.startswith("ort") else f" ({cfg.calibration.method})")
-        target = "TensorRT" if tool.target == "tensorrt" else "ORT CPU"
+        target = {"tensorrt": "TensorRT", "tensorrt-fp8": "TensorRT FP8"}.get(tool.target, "ORT CPU")
         if "failed" in results[key]:
             rows.append([label, target, "failed: " + results[key]["failed"][:80], *["-"] * 13])
             continue
@@ -340,7 +348,7 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
             ]
         )
         rows[-1] += ["-", "-"] if lat is None else [f"{lat.median_ms:.2f}", f"{fp32_ms / lat.median_ms:.2f}x"]
-    headers = ["quantizer", "for", "rule violations", "Q/DQ coverage", "int8 weights (layers)", "file MB"]
+    headers = ["quantizer", "for", "rule violations", "Q/DQ coverage", "8-bit weights (layers)", "file MB"]
     headers += ["rel error", "cosine", "centered cos", "top-1 %", "top-1 agree", "calibrate s"]
     headers += ["calib+quant s", "peak RSS MB", f"ORT CPU ms (b{batch}, {threads} thr)", "vs FP32"]
     return f"{cfg.name}\n" + table(headers, rows), verdicts(cfg.name, results, scores)
@@ -351,6 +359,8 @@ def _pct(value: float | None) -> str:
 
 
 MODELOPT = ("modelopt-max", "modelopt-entropy")
+MODELOPT_FP8 = ("modelopt-fp8",)
+OURS = ("ours-w8a8", "ours-fp8", "ours-fp8-conv", "ours-cpu")
 QUANTIZE_STATIC = ("ort-u8s8-minmax", "ort-s8s8-minmax", "ort-s8s8-entropy")
 
 
@@ -361,17 +371,18 @@ def verdicts(name: str, results: dict, scores: dict) -> list[str]:
     fastest = min((k for k in TOOLS if "latency" in scores.get(k, {})), key=lambda k: scores[k]["latency"].median_ms)
     lines = [
         f"{name}: TensorRT graph: {_winner(err, 'ours-w8a8', MODELOPT)}",
+        f"{name}: TensorRT FP8 graph: {_winner(err, 'ours-fp8', MODELOPT_FP8)}",
+        f"{name}: TensorRT FP8 graph, Conv too: {_winner(err, 'ours-fp8-conv', MODELOPT_FP8)}",
         f"{name}: CPU graph: {_winner(err, 'ours-cpu', QUANTIZE_STATIC)}; fastest: {TOOLS[fastest].label}",
     ]
     ours = results["ours-w8a8"]
     checks = [
         ("w8a8 rel error <= better ModelOpt", _yes(err, "ours-w8a8", MODELOPT)),
+        ("fp8 rel error <= ModelOpt fp8", _yes(err, "ours-fp8", MODELOPT_FP8)),
+        ("fp8 + conv rel error <= ModelOpt fp8", _yes(err, "ours-fp8-conv", MODELOPT_FP8)),
         ("w8a8-cpu rel error <= U8S8 MinMax", _yes(err, "ours-cpu", ("ort-u8s8-minmax",))),
-        ("0 violations", "yes" if all(scores[k]["violations"] == "0" for k in ("ours-w8a8", "ours-cpu")) else "NO"),
-        (
-            "int8 weights on every quantized layer",
-            "yes" if all(_all_int8(scores[k]) for k in ("ours-w8a8", "ours-cpu")) else "NO",
-        ),
+        ("0 violations", "yes" if all(scores[k]["violations"] == "0" for k in OURS) else "NO"),
+        ("8-bit weights on every quantized layer", "yes" if all(_all_8bit(scores[k]) for k in OURS) else "NO"),
         ("calib+quant faster than ModelOpt entropy", _speed(ours, results["modelopt-entropy"], "total_s")),
         ("calibration faster than quantize_static Entropy", _speed(ours, results["ort-s8s8-entropy"], "calib_s")),
     ]
@@ -407,7 +418,7 @@ def _speed(ours: dict, peer: dict, key: str) -> str:
     return f"{'yes' if ratio > 1 else 'NO'} ({ratio:.1f}x)"
 
 
-def _all_int8(score: dict) -> bool:
+def _all_8bit(score: dict) -> bool:
     layers, int8_layers = score["layers"]
     return layers == int8_layers
 

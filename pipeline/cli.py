@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError, UserCodeError
 from pipeline.stages import NAMES as STAGE_NAMES
 from pipeline.stages.build import BACKENDS
 from pipeline.targets import REGISTRY as TARGETS
-from pipeline.targets.base import FP16, QUANTIZED
+from pipeline.targets.base import FP8, FP16, QUANTIZED
 
 
 def _config_option(name: str = "config_path", multiple: bool = False):
@@ -279,7 +279,7 @@ def report(config_path: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Destination folder (a Triton model repository for --format triton).",
 )
-@click.option("--precision", type=click.Choice([QUANTIZED, FP16]), default=QUANTIZED, show_default=True)
+@click.option("--precision", type=click.Choice([QUANTIZED, FP8, FP16]), default=QUANTIZED, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["triton", "plain"]), default="triton", show_default=True)
 @click.option("--force", is_flag=True, help="Deploy despite a failed accuracy gate (recorded in the manifest).")
 @click.option("--replace", is_flag=True, help="Replace a folder at the target that trtpipe deploy did not write.")

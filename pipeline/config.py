@@ -185,14 +185,17 @@ def _registry(package: str):
 
 @dataclass(frozen=True)
 class QuantizeSection:
-    # Names in pipeline.targets.REGISTRY; tensorrt: model.w8a8.onnx on the FP16 graph; onnxruntime-cpu:
-    # model.w8a8-cpu.onnx on the FP32 graph.
+    # Names in pipeline.targets.REGISTRY; tensorrt: model.w8a8.onnx on the FP16 graph; tensorrt-fp8:
+    # model.fp8.onnx (FP8 E4M3) on the FP16 graph; onnxruntime-cpu: model.w8a8-cpu.onnx on the FP32 graph.
     targets: tuple[str, ...] = ("tensorrt", "onnxruntime-cpu")
     exclude_nodes: tuple[str, ...] = ()
     exclude_patterns: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     # Channels (Conv) or K/N (GEMM) below this stay FP16: too small to gain.
     min_channels: int = 16
+    # tensorrt-fp8: Conv in FP8 too, where TensorRT has FP8 convolution (pipeline/targets/tensorrt_fp8/
+    # placement.py); off: FP8 on MatMul/Gemm only, Conv in FP16.
+    fp8_conv: bool = False
     # SmoothQuant's migration strength alpha in (0, 1] for LayerNorm -> MatMul/Gemm (see
     # pipeline/calibration/smooth.py), "auto" to pick it per LayerNorm by the readers' int8 error;
     # unset: off.

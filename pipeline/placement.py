@@ -11,6 +11,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -19,6 +20,9 @@ from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import attribute, unknown_op_types
+
+if TYPE_CHECKING:
+    from pipeline.targets.tensorrt.qdq import Scheme
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -57,6 +61,7 @@ class Placement:
     weights: tuple[tuple[str, int, str, int], ...]
     shared: tuple[tuple[str, ...], ...] = ()
     range_of: Mapping[str, str] = field(default_factory=dict)
+    scheme: Scheme | None = None  # symmetric: the 8-bit type its Q/DQ store (None: int8; FP8 E4M3 for FP8)
 
 
 @dataclass

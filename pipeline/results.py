@@ -282,6 +282,12 @@ class BenchResult(Result):
     # On a CPU: the share of FP32 time per op type at ``profiled_batch`` (what INT8 can speed up).
     fp32_op_time_share: dict[str, float] | None = saved(omitted=True)
     profiled_batch: int | None = saved(omitted=True)
+    others: tuple[str, ...] | None = saved(omitted=True)  # more 8-bit artifacts timed beside ``quantized``
+
+    @property
+    def all_quantized(self) -> tuple[str, ...]:
+        """Every 8-bit artifact timed: ``quantized``, then ``others``."""
+        return (self.quantized, *(self.others or ()))
 
     def medians(self) -> dict[str, dict[int, float]]:
         """Median ms of the first run, by artifact name and batch."""

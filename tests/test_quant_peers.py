@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.quant_peers import quantized_layers, run_tool
@@ -71,7 +72,8 @@ def test_only_int8_initializers_count_as_int8_weights(tmp_path):
     assert quantized_layers(path) == (2, 1)
 
 
-def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tmp_path, user_model, monkeypatch):
+@pytest.mark.parametrize("tool", ["ours-w8a8", "ours-fp8"])
+def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tool, tmp_path, user_model, monkeypatch):
     """Each tool starts from a copy of the exported graphs in a folder of its own, outside the
     project that holds the model's source file; our calibrate refused that copy ("model source ...
     changed since trtpipe export ran") when export's record was copied as it was."""
@@ -79,5 +81,7 @@ def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tmp_path, user_mod
     cfg = load_config(write_config(tmp_path, user_model))
     stages.run("export", cfg)
     (tmp_path / "peers").mkdir()
-    result = run_tool("ours-w8a8", str(cfg.path), Layout.of(cfg), tmp_path / "peers", (Path(), ""), sys.executable)
-    assert onnx.load(result["graph"]).graph.node and result["calib_s"] > 0
+    result = run_tool(tool, str(cfg.path), Layout.of(cfg), tmp_path / "peers", (Path(), ""), sys.executable)
+    model = onnx.load(result["graph"])
+    assert model.graph.node and result["calib_s"] > 0
+    assert {p.key: p.value for p in model.metadata_props}["trtpipe.precision"] == tool.removeprefix("ours-")

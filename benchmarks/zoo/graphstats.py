@@ -3,8 +3,8 @@
 - violations: TensorRT explicit-quantization rules broken (``pipeline.targets.rules``);
 - coverage: share of Conv/ConvTranspose/Gemm/MatMul nodes whose first (activation) input
   comes out of a DequantizeLinear, i.e. that can run in INT8;
-- int8-weight share: elements of int8 initializers over elements of all weight-like
-  initializers (rank >= 2; biases, scales and zero points left out).
+- int8-weight share: elements of int8 (or, in an FP8 graph, FP8 E4M3) initializers over elements
+  of all weight-like initializers (rank >= 2; biases, scales and zero points left out).
 """
 
 from __future__ import annotations
@@ -58,6 +58,6 @@ def _int8_share(graph: onnx.GraphProto) -> float:
             continue
         size = int(np.prod(init.dims))
         total += size
-        if init.data_type == TensorProto.INT8:
+        if init.data_type in (TensorProto.INT8, TensorProto.FLOAT8E4M3FN):
             int8 += size
     return int8 / total if total else 0.0

@@ -10,12 +10,12 @@ error was 7x max's, enough for a relative error of 0.61 over the 128 against max
 So the calibration passes also find, for every captured tensor, the sample holding its largest
 |x| (``ExtremeRows``), and keep the inputs of the samples holding the most such extremes. Then
 each target's graph is simulated (the FP32 graph with Q/DQ where that target puts them, weights
-int8 per channel) under auto's per-tensor ranges and under each single method on every tensor,
-on the first rows and those extreme samples. The extremes are measured, the first rows stand for
-the rest (a stratified estimate of the output error over all calibration samples, summed over the
-outputs and both targets), and a single method replaces the per-tensor ranges only when its
-estimate is lower by more than ``MARGIN`` standard errors of the first rows' part: the samples
-are few, and a close call keeps auto's choice.
+int8 per channel; FP8 Q/DQ and weights for the FP8 target) under auto's per-tensor ranges and
+under each single method on every tensor, on the first rows and those extreme samples. The
+extremes are measured, the first rows stand for the rest (a stratified estimate of the output
+error over all calibration samples, summed over the outputs and the targets), and a single method
+replaces the per-tensor ranges only when its estimate is lower by more than ``MARGIN`` standard
+errors of the first rows' part: the samples are few, and a close call keeps auto's choice.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pipeline.data import Feed
 from pipeline.evaluate.metrics import SPREAD_FLOOR
 from pipeline.graphview import GraphView
 from pipeline.placement import Placement
-from pipeline.targets.tensorrt.qdq import activation_scale, quantize_weight
+from pipeline.targets.tensorrt.qdq import INT8, activation_scale, quantize_weight
 
 AUTO = methods.AUTO  # the candidate of auto's per-tensor choices; the others are one method on every tensor
 MARGIN = 3.0  # standard errors a single method's estimate must be lower by; several candidates, few rows
@@ -125,9 +125,12 @@ class ExtremeRows:
 
 def simulation(view: GraphView, placement: Placement) -> onnx.ModelProto:
     """The FP32 graph (``view`` with its weights) with Q/DQ where ``placement`` says; each activation's
-    scale and zero point are graph inputs named ``scale:T`` and ``zero:T``."""
+    scale and zero point are graph inputs named ``scale:T`` and ``zero:T`` (a symmetric placement's
+    zero of a type ONNX Runtime takes no input of, FP8, is one constant ``zero:``)."""
     model = view.model
-    zero_type = TensorProto.INT8 if placement.symmetric else TensorProto.UINT8
+    scheme = placement.scheme or INT8
+    zero_type = helper.np_dtype_to_tensor_dtype(scheme.dtype) if placement.symmetric else TensorProto.UINT8
+    fed = _fed(placement)
     nodes = [_copy(n) for n in model.graph.node]
     by_name = {n.name: n for n in nodes}
     position = {n.name: i for i, n in enumerate(nodes)}
@@ -138,24 +141,26 @@ def simulation(view: GraphView, placement: Placement) -> onnx.ModelProto:
     graph.output.extend(model.graph.output)
     for tensor, edges in sorted(placement.activations.items()):
         readers = _readers(nodes, tensor) if edges is None else [(by_name[n], i) for n, i in edges]
-        scale, zero, dq = f"scale:{tensor}", f"zero:{tensor}", f"{tensor}:dequantized"
+        scale, zero, dq = f"scale:{tensor}", f"zero:{tensor}" if fed else "zero:", f"{tensor}:dequantized"
         before.setdefault(min((position[n.name] for n, _ in readers), default=len(nodes)), []).extend(
             [
                 helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tensor}:quantized"]),
                 helper.make_node("DequantizeLinear", [f"{tensor}:quantized", scale, zero], [dq]),
             ]
         )
-        graph.input.extend([_scalar(scale, TensorProto.FLOAT), _scalar(zero, zero_type)])
+        graph.input.extend([_scalar(scale, TensorProto.FLOAT), *([_scalar(zero, zero_type)] if fed else [])])
         for node, index in readers:
             node.input[index] = dq
         for output in graph.output if edges is None else ():
             if output.name == tensor:  # quantize_static quantizes a graph output its op makes
                 output.name = dq
+    if not fed and placement.activations:
+        graph.initializer.add().CopyFrom(numpy_helper.from_array(np.zeros((), scheme.dtype), "zero:"))
     for node_name, index, tensor, axis in placement.weights:
-        q, scale = quantize_weight(view.constant(tensor).astype(np.float32), axis, np.dtype(np.float32))
+        q, scale = quantize_weight(view.constant(tensor).astype(np.float32), axis, np.dtype(np.float32), scheme)
         base = f"{node_name}:{index}:weight"
-        names = [f"{base}:int8", f"{base}:scale", f"{base}:zero"]
-        for array, name in zip((q, scale, np.zeros(scale.shape, np.int8)), names, strict=True):
+        names = [f"{base}:{scheme.dtype.name}", f"{base}:scale", f"{base}:zero"]
+        for array, name in zip((q, scale, np.zeros(scale.shape, scheme.dtype)), names, strict=True):
             graph.initializer.add().CopyFrom(numpy_helper.from_array(array, name))
         before.setdefault(position[node_name], []).append(
             helper.make_node("DequantizeLinear", names, [base], axis=axis)
@@ -172,6 +177,11 @@ def simulation(view: GraphView, placement: Placement) -> onnx.ModelProto:
 
 def _scalar(name: str, elem_type: int) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, [])
+
+
+def _fed(placement: Placement) -> bool:
+    """Are the simulation's zero points inputs? Not FP8 ones: ONNX Runtime takes no FP8 input."""
+    return not placement.symmetric or (placement.scheme or INT8).dtype.kind in "iu"
 
 
 def save_simulation(sim: onnx.ModelProto, path: Path) -> Path:
@@ -193,9 +203,9 @@ def _readers(nodes: Sequence[onnx.NodeProto], tensor: str) -> list[tuple[onnx.No
 
 def scales(placement: Placement, ranges: Mapping[str, Range]) -> dict[str, np.ndarray]:
     """The scale and zero-point inputs of ``placement``'s simulation under ``ranges`` (per tensor),
-    as the target's quantizer computes them: TensorRT's FP16 scale amax / 127 (a Concat's group
-    sharing its largest amax); ONNX Runtime's uint8 scale and zero point over [min, max] clipped to
-    +-amax and widened to hold 0."""
+    as the target's quantizer computes them: TensorRT's FP16 scale amax / 127 (amax / 448 for FP8; a
+    Concat's group sharing its largest amax); ONNX Runtime's uint8 scale and zero point over [min, max]
+    clipped to +-amax and widened to hold 0."""
     amax = {t: ranges[placement.range_of.get(t, t)].amax for t in placement.activations}
     for group in placement.shared:
         widest = max(amax[t] for t in group if t in amax)
@@ -203,11 +213,14 @@ def scales(placement: Placement, ranges: Mapping[str, Range]) -> dict[str, np.nd
     feed = {}
     for tensor in placement.activations:
         if placement.symmetric:
-            scale, zero = activation_scale(amax[tensor], np.dtype(np.float16)), np.int8(0)
+            scheme = placement.scheme or INT8
+            scale, zero = activation_scale(amax[tensor], np.dtype(np.float16), scheme), np.zeros((), scheme.dtype)
         else:
             r = ranges[placement.range_of.get(tensor, tensor)]
             scale, zero = uint8_scale(max(r.min, -amax[tensor]), min(r.max, amax[tensor])) or (1.0, np.uint8(0))
-        feed[f"scale:{tensor}"], feed[f"zero:{tensor}"] = np.array(scale, np.float32), np.array(zero)
+        feed[f"scale:{tensor}"] = np.array(scale, np.float32)
+        if _fed(placement):
+            feed[f"zero:{tensor}"] = np.array(zero)
     return feed
 
 

@@ -62,12 +62,15 @@ def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
 
 
 def _quantized_for(cfg: Config, cpu_only: bool, precision: str) -> str:
-    """The artifact of the first configured target that deploys where this build runs: on a CPU-only
-    deployment the 8-bit graph that runs well there (ONNX Runtime's CPU graph), else a GPU's."""
+    """The artifact of the first configured target of ``precision`` (w8a8, fp8) that deploys where this
+    build runs: on a CPU-only deployment the 8-bit graph that runs well there (ONNX Runtime's CPU
+    graph), else a GPU's."""
     for target in targets.configured(cfg):
-        if target.deploys_on_cpu == cpu_only:
+        if target.deploys_on_cpu == cpu_only and target.precision == precision:
             return target.artifact
-    wanted = [t.name for t in targets.everything() if t.deploys_on_cpu == cpu_only]
+    wanted = [t.name for t in targets.everything() if t.deploys_on_cpu == cpu_only and t.precision == precision]
+    if not wanted:
+        raise PipelineError(f"{cfg.name}: no target makes a {precision} artifact that deploys on a CPU-only build")
     where = " on this CPU-only build" if cpu_only else ""
     raise PipelineError(
         f"{cfg.name}: no {precision} artifact to deploy{where}: [quantize] targets in {cfg.path} lacks "

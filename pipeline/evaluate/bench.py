@@ -19,6 +19,7 @@ numbers on a CPU, so their CPU latency would mislead.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 from pipeline import ortsession, targets
@@ -37,12 +38,19 @@ BenchPlan = BenchPair
 
 
 def plan_bench(cfg: Config, out: Layout) -> BenchPlan:
-    """The pair of the first configured target that runs on this machine as it deploys."""
+    """The pair of the first configured target that runs on this machine as it deploys, with the 8-bit
+    artifacts of the later ones that run on the same runtime against the same baseline (w8a8 and FP8
+    on TensorRT, against one FP16 engine)."""
     found = {a.name: a for a in artifacts(cfg, out)}
-    for target in targets.configured(cfg):
+    chosen = targets.configured(cfg)
+    for i, target in enumerate(chosen):
         pair = target.bench_pair(cfg, out, found)
         if pair is not None:
-            return pair
+            later = (t.bench_pair(cfg, out, found) for t in chosen[i + 1 :])
+            alike = [
+                p.quantized for p in later if p is not None and (p.backend, p.baseline) == (pair.backend, pair.baseline)
+            ]
+            return dataclasses.replace(pair, others=tuple(alike))
     raise PipelineError(
         f"{cfg.path}: no target in [quantize] targets ({', '.join(cfg.quantize.targets)}) runs on this machine as "
         f"it deploys; add one that does (on a CPU: onnxruntime-cpu) and re-run quantize"
@@ -67,7 +75,7 @@ def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
 def bench(cfg: Config, out: Layout, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
     """``repeat`` full runs; each run times every (artifact, batch) after warm-up."""
     runs = []
-    jobs = [(a, b) for b in plan.batches for a in plan.pair]
+    jobs = [(a, b) for b in plan.batches for a in plan.timed]
     for r in range(repeat):
         rows = []
         label = f"bench {cfg.name}" + (f" (run {r + 1}/{repeat})" if repeat > 1 else "")

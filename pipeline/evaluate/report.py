@@ -12,23 +12,29 @@ from pipeline import targets
 from pipeline.config import Config
 from pipeline.console import table
 from pipeline.evaluate.accuracy import accuracy_table
-from pipeline.evaluate.colours import BASELINE_COLOUR, W8A8_COLOUR
+from pipeline.evaluate.colours import BASELINE_COLOUR, QUANTIZED_COLOURS, W8A8_COLOUR
 from pipeline.evaluate.profile import INT8_OPS
 from pipeline.fileio import atomic_path, write_text
 from pipeline.layout import Layout
 from pipeline.results import BenchResult, BuildResult, CompareResult, QuantizeResult, Smoothing, load, load_if_saved
-from pipeline.targets.base import QUANTIZED
+from pipeline.targets.base import FP8
 
-MIN_GAIN = 1.05  # below this, w8a8 is not worth its accuracy cost
+MIN_GAIN = 1.05  # below this, an 8-bit artifact is not worth its accuracy cost
 
 
 def _name(artifact: str) -> str:
-    """How the report names an artifact: every target's 8-bit graph is w8a8, the float ones FP32 and FP16."""
-    return QUANTIZED if artifact in {t.artifact for t in targets.everything()} else artifact.upper()
+    """How the report names an artifact: a target's 8-bit graph by its precision (w8a8, fp8), the float
+    ones FP32 and FP16."""
+    return {t.artifact: t.precision for t in targets.everything()}.get(artifact, artifact.upper())
+
+
+def _colour(artifact: str) -> str:
+    return QUANTIZED_COLOURS.get(_name(artifact), W8A8_COLOUR)
 
 
 def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
-    """Grouped bars per batch size: baseline light grey, w8a8 dark red, value labels, speedup above."""
+    """Grouped bars per batch size: baseline light grey, w8a8 dark red, FP8 dark blue, value labels,
+    each 8-bit artifact's speedup above it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,41 +43,46 @@ def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
 
     m = bench.medians()
     batches = bench.batches
-    base, quant = bench.baseline, bench.quantized
+    base, quantized = bench.baseline, bench.all_quantized
     x = np.arange(len(batches))
-    width = 0.38
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(batches) + 2), 4.2), dpi=120)
+    width = 0.76 / (1 + len(quantized))
+    fig, ax = plt.subplots(figsize=(max(6.0, (1.0 + 0.6 * len(quantized)) * len(batches) + 2), 4.2), dpi=120)
+    offset = lambda i: (i - len(quantized) / 2) * width  # noqa: E731  bar i of a group, the baseline first
     bars = [
         ax.bar(
-            x - width / 2,
+            x + offset(0),
             [m[base][b] for b in batches],
             width,
             color=BASELINE_COLOUR,
             edgecolor="#9e9e9e",
             label=_name(base),
         ),
-        ax.bar(x + width / 2, [m[quant][b] for b in batches], width, color=W8A8_COLOUR, label=_name(quant)),
+        *(
+            ax.bar(x + offset(i), [m[q][b] for b in batches], width, color=_colour(q), label=_name(q))
+            for i, q in enumerate(quantized, 1)
+        ),
     ]
     for group in bars:
         ax.bar_label(group, labels=[_ms(v) for v in group.datavalues], padding=2, fontsize=8)
-    top = max(max(m[base].values()), max(m[quant].values()))
+    top = max(max(m[a].values()) for a in (base, *quantized))
     for i, b in enumerate(batches):
-        speedup = m[base][b] / m[quant][b]
-        ax.text(
-            x[i],
-            top * 1.13,
-            f"{speedup:.2f}x",
-            ha="center",
-            fontsize=9,
-            color=W8A8_COLOUR if speedup >= MIN_GAIN else "#555555",
-            fontweight="bold",
-        )
+        for j, q in enumerate(quantized, 1):
+            speedup = m[base][b] / m[q][b]
+            ax.text(
+                x[i] if len(quantized) == 1 else x[i] + offset(j),
+                top * 1.13,
+                f"{speedup:.2f}x",
+                ha="center",
+                fontsize=9 if len(quantized) == 1 else 8,
+                color=_colour(q) if speedup >= MIN_GAIN else "#555555",
+                fontweight="bold",
+            )
     ax.set_ylim(0, top * 1.25)
     ax.set_xticks(x, [str(b) for b in batches])
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency (ms, median)")
     ax.set_title(
-        f"{model}: {_name(base)} vs {_name(quant)}, {bench.runtime}"
+        f"{model}: {_name(base)} vs {' vs '.join(map(_name, quantized))}, {bench.runtime}"
         + (f", {bench.threads} thread(s)" if bench.threads else ""),
         fontsize=10,
     )
@@ -88,35 +99,48 @@ def _ms(v: float) -> str:
 
 
 def verdict(bench: BenchResult, compare: CompareResult | None, build: BuildResult) -> list[str]:
-    """Which precision to deploy at each batch size, and the evidence."""
+    """Which precision to deploy at each batch size, and the evidence: the fastest 8-bit artifact
+    within its accuracy gate where it gains MIN_GAIN, else the baseline and why."""
     m = bench.medians()
-    base, quant = bench.baseline, bench.quantized
-    gate_ok = compare is None or not any(r.failures for r in compare.rows if r.artifact.startswith(quant + " "))
-    evidence = _slow_evidence(bench, build)
+    base = bench.baseline
+    failed = {
+        q
+        for q in bench.all_quantized
+        if compare is not None and any(r.failures for r in compare.rows if r.artifact.startswith(q + " "))
+    }
+    passing = [q for q in bench.all_quantized if q not in failed]
     lines = []
     for b in bench.batches:
-        speedup = m[base][b] / m[quant][b]
-        if not gate_ok:
-            lines.append(f"batch {b}: deploy {_name(base)}: {QUANTIZED} fails its accuracy gate (see the table)")
-        elif speedup >= MIN_GAIN:
+        speedup = {q: m[base][b] / m[q][b] for q in bench.all_quantized}
+        best = max(passing, key=speedup.__getitem__, default=None)
+        rest = "".join(f"; {_name(q)} {speedup[q]:.2f}x" for q in passing if q != best)
+        rest += "".join(f"; {_name(q)} fails its accuracy gate" for q in bench.all_quantized if q in failed)
+        if best is None:
+            who = " and ".join(_name(q) for q in bench.all_quantized)
+            fail = "fails its accuracy gate" if len(failed) == 1 else "fail their accuracy gates"
+            lines.append(f"batch {b}: deploy {_name(base)}: {who} {fail} (see the table)")
+        elif speedup[best] >= MIN_GAIN:
             lines.append(
-                f"batch {b}: deploy {QUANTIZED}: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
-                f"and within its accuracy gate"
+                f"batch {b}: deploy {_name(best)}: {speedup[best]:.2f}x faster ({_ms(m[best][b])} vs "
+                f"{_ms(m[base][b])} ms) and within its accuracy gate{rest}"
             )
         else:
-            lines.append(f"batch {b}: deploy {_name(base)}: {QUANTIZED} is no faster ({speedup:.2f}x); {evidence}")
+            lines.append(
+                f"batch {b}: deploy {_name(base)}: {_name(best)} is no faster ({speedup[best]:.2f}x); "
+                f"{_slow_evidence(bench, build, best)}{rest}"
+            )
     return lines
 
 
-def _slow_evidence(bench: BenchResult, build: BuildResult) -> str:
+def _slow_evidence(bench: BenchResult, build: BuildResult, quantized: str) -> str:
     """Why the 8-bit artifact is no faster: its engine's layers where it is an engine, else the FP32
     graph's time per op type where bench profiled it."""
-    if build.engines is not None and bench.quantized in build.engines.layers:
-        layers = build.engines.layers[bench.quantized]
+    if build.engines is not None and quantized in build.engines.layers:
+        layers = build.engines.layers[quantized]
         return (
             f"{layers.reformat_layers} reformat layers and {layers.unfused_qdq_layers} "
             f"unfused Q/DQ layers in the engine, {layers.int8_compute_layers} of "
-            f"{layers.compute_layers} Conv/GEMM/MatMul layers in INT8"
+            f"{layers.compute_layers} Conv/GEMM/MatMul layers in {'FP8' if _name(quantized) == FP8 else 'INT8'}"
         )
     share = bench.fp32_op_time_share
     if share:
@@ -193,12 +217,14 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
     latency_chart(bench, out.chart("latency"), model)
 
     m = bench.medians()
-    base, quantized = bench.baseline, bench.quantized
+    base, quantized = bench.baseline, bench.all_quantized
     lat_rows = [
-        [b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"] for b in bench.batches
+        [b, _ms(m[base][b]), *(c for q in quantized for c in (_ms(m[q][b]), f"{m[base][b] / m[q][b]:.2f}x"))]
+        for b in bench.batches
     ]
+    names = [_name(q) for q in quantized]
     parts = [
-        f"# {model}: {_name(base)} vs {QUANTIZED} on {bench.runtime}",
+        f"# {model}: {_name(base)} vs {' vs '.join(names)} on {bench.runtime}",
         "",
         f"![latency]({out.chart('latency').name})",
         "",
@@ -208,7 +234,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         f"{bench.min_seconds} s per cell after {bench.warmup} warm-up runs; the full percentiles "
         "(p90, p99, IQR) and throughput are in `results/bench.json` and `results/bench.csv`.",
         "",
-        table(["batch", f"{_name(base)} ms", f"{QUANTIZED} ms", f"{QUANTIZED} speedup"], lat_rows),
+        table(["batch", f"{_name(base)} ms", *(h for n in names for h in (f"{n} ms", f"{n} speedup"))], lat_rows),
         "",
         "## Verdict",
         "",
@@ -221,7 +247,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         parts.append("No compare results yet: run `trtpipe compare`.")
     else:
         parts.append(table(*accuracy_table(compare.rows)))
-    parts += ["", "## Engines and INT8 layer coverage", ""]
+    parts += ["", "## Engines and 8-bit layer coverage", ""]
     if build.engines is not None:
         rows = [
             [p, s.int8_compute_layers, s.compute_layers, s.reformat_layers, s.unfused_qdq_layers, s.warning or ""]
@@ -230,7 +256,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         parts.append(f"Engines in `{build.engines.dir}` (manifest: `{build.engines.manifest}`).")
         parts += [
             "",
-            table(["engine", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"], rows),
+            table(["engine", "8-bit Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"], rows),
         ]
     else:
         parts.append(f"No TensorRT engines on this machine: {build.reason}. The figures above are ONNX Runtime's.")

@@ -27,6 +27,23 @@ def check(cfg: Config, out, backend: str = AUTO) -> None:
     cap = probe()
     if backend == ENGINE and not cap.available:
         raise PipelineError(f"--backend {ENGINE}: {cap.reason}")
+    if backend == ENGINE or (backend == AUTO and cap.available):
+        _check_gpu_is_new_enough(cfg, cap)
+
+
+def _check_gpu_is_new_enough(cfg: Config, cap: Capability) -> None:
+    """A target whose engine needs a newer GPU (FP8: compute capability 8.9) stops the build in one line."""
+    from pipeline.errors import PipelineError
+
+    have = tuple(int(part) for part in (cap.compute_capability or "0.0").split("."))
+    for t in targets.configured(cfg):
+        need = t.min_compute_capability
+        if t.builds_engine and need is not None and have < need:
+            raise PipelineError(
+                f"{t.name}: its {t.artifact} engine needs a GPU of compute capability {need[0]}.{need[1]} or newer, "
+                f"and this {cap.gpu_name} is {cap.compute_capability}; drop {t.name!r} from [quantize] targets in "
+                f"{cfg.path}, or build --backend {ONNXRUNTIME} to run its graph on ONNX Runtime"
+            )
 
 
 def run(r: StageRun, backend: str = AUTO) -> BuildResult:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "tensorrt": "pipeline.targets.tensorrt.target:TensorRT",
+    "tensorrt-fp8": "pipeline.targets.tensorrt_fp8.target:TensorRtFp8",
     "onnxruntime-cpu": "pipeline.targets.onnxruntime_cpu.target:OnnxRuntimeCpu",
 }
 

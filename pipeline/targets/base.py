@@ -34,6 +34,8 @@ FP32 = "fp32"
 FP16 = "fp16"
 # Deploy's 8-bit choice: the artifact of the configured target that runs where the build deploys.
 QUANTIZED = "w8a8"
+# The other 8-bit precision: FP8 E4M3 Q/DQ for TensorRT on Ada and newer (``deploy --precision fp8``).
+FP8 = "fp8"
 # Where an artifact runs: a TensorRT engine, or an ONNX graph on ONNX Runtime.
 ENGINE = "tensorrt"
 ONNXRUNTIME = "onnxruntime"
@@ -65,10 +67,17 @@ class BenchPair:
     batches: tuple[int, ...]
     threads: int | None
     includes: str
+    # Other configured targets' 8-bit artifacts timed beside it: same runtime, same baseline (FP8 by w8a8).
+    others: tuple[Artifact, ...] = ()
 
     @property
     def pair(self) -> tuple[Artifact, Artifact]:
         return self.baseline, self.quantized
+
+    @property
+    def timed(self) -> tuple[Artifact, ...]:
+        """Every artifact bench times: the baseline, then each 8-bit one."""
+        return (*self.pair, *self.others)
 
 
 class Target(ABC):
@@ -78,7 +87,9 @@ class Target(ABC):
     artifact: str  # its graph's name: engines/NAME/onnx/model.<artifact>.onnx
     baseline: str  # the float artifact its speed and accuracy are judged against (FP16 or FP32)
     label: str  # for people: "TensorRT"
+    precision: str = QUANTIZED  # what the report and deploy call its 8-bit artifact (w8a8, or FP8's fp8)
     builds_engine: bool = False  # build makes its graph a TensorRT engine (where TensorRT and a GPU are)
+    min_compute_capability: tuple[int, int] | None = None  # the oldest GPU its engine builds for (FP8: 8.9)
     deploys_on_cpu: bool = False  # its artifact is what deploys on a CPU-only machine (else on a GPU)
 
     # --- quantize -------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Check a Q/DQ graph against the quantization rules of the runtime it is for.
 
 TensorRT (``IQuantizeLayer``/``IDequantizeLayer``, strongly typed networks):
-zero-point 0 and a build-time constant; scales constant, positive, finite; a
+zero-point 0 and a build-time constant, of the graph's 8-bit type (int8, or
+FLOAT8E4M3FN for FP8); scales constant, positive, finite, a float type; a
 scale's dtype equal to the dtype of the tensor it (de)quantizes; per-channel
 scales only on constants (weights along the output-channel axis of the op that
-reads them, a bias along its one axis). The ONNX Runtime CPU graph is not a
+reads them, a bias along its one axis); an FP8 QuantizeLinear saturates, as
+TensorRT clamps FP8 to [-448, 448]. The ONNX Runtime CPU graph is not a
 TensorRT graph: uint8 activations with a zero point are its scheme and an int32
 bias is how its quantizer stores biases; the rest holds for it too.
 """
@@ -21,6 +23,8 @@ from pipeline.onnxutil import attribute, constant_value, consumer_map
 from pipeline.placement import WEIGHTED, weight_axis
 
 BIAS_INPUT = 2  # Conv, ConvTranspose, Gemm: the bias is input 2
+FLOAT_SCALES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+FP8_TYPES = (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ)
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,10 @@ class Violation:
         return f"{self.node}: rule '{self.rule}': {self.detail}"
 
 
-def violations(model: onnx.ModelProto, symmetric: bool = True) -> list[Violation]:
-    """Every rule broken in ``model``; empty when it is fine. ``symmetric``: zero points must be int8
-    zeros (TensorRT); else a zero point is allowed (ONNX Runtime's uint8 activations)."""
+def violations(model: onnx.ModelProto, symmetric: bool = True, stored: int = TensorProto.INT8) -> list[Violation]:
+    """Every rule broken in ``model``; empty when it is fine. ``symmetric``: zero points must be zeros
+    of type ``stored`` (TensorRT: int8, or FLOAT8E4M3FN in an FP8 graph); else a zero point is allowed
+    (ONNX Runtime's uint8 activations)."""
     graph = onnx.shape_inference.infer_shapes(model).graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
@@ -47,11 +52,11 @@ def violations(model: onnx.ModelProto, symmetric: bool = True) -> list[Violation
     problems: list[Violation] = []
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            problems.extend(_node_problems(node, symmetric, consts, elem, consumers))
+            problems.extend(_node_problems(node, symmetric, stored, consts, elem, consumers))
     return problems
 
 
-def _node_problems(node, symmetric, consts, elem, consumers) -> list[Violation]:
+def _node_problems(node, symmetric, stored, consts, elem, consumers) -> list[Violation]:
     where = f"{node.op_type} {node.name!r}"
     scale_name = node.input[1]
     zp_name = node.input[2] if len(node.input) > 2 else ""
@@ -62,6 +67,8 @@ def _node_problems(node, symmetric, consts, elem, consumers) -> list[Violation]:
     if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
         out.append(Violation(where, "positive-scale", "scale has non-positive or non-finite values"))
     scale_type = helper.np_dtype_to_tensor_dtype(scale.dtype)
+    if scale_type not in FLOAT_SCALES:
+        out.append(Violation(where, "scale-dtype", f"scale dtype {TensorProto.DataType.Name(scale_type)} is no float"))
     float_type = elem.get(node.input[0])
     if node.op_type == "QuantizeLinear" and float_type is not None and float_type != scale_type:
         out.append(
@@ -76,10 +83,17 @@ def _node_problems(node, symmetric, consts, elem, consumers) -> list[Violation]:
         out.append(Violation(where, "constant-zero-point", "zero point is not a constant"))
     elif zp_name and symmetric:
         zp = consts[zp_name]
-        if zp.dtype != np.int8 or np.any(zp != 0):
-            out.append(
-                Violation(where, "symmetric-int8", f"zero point must be int8 zeros, got {zp.dtype} {zp.ravel()[:4]}")
-            )
+        want = TensorProto.DataType.Name(stored).lower()  # int8, float8e4m3fn
+        if helper.np_dtype_to_tensor_dtype(zp.dtype) != stored or np.any(zp.astype(np.float32) != 0):
+            got = f"{zp.dtype} {zp.ravel()[:4]}"
+            out.append(Violation(where, f"symmetric-{want}", f"zero point must be {want} zeros, got {got}"))
+    if (
+        node.op_type == "QuantizeLinear"
+        and zp_name in consts
+        and helper.np_dtype_to_tensor_dtype(consts[zp_name].dtype) in FP8_TYPES
+        and attribute(node, "saturate", 1) != 1
+    ):
+        out.append(Violation(where, "fp8-saturate", "saturate=0: TensorRT clamps FP8 to [-448, 448], this would not"))
     if scale.size > 1:
         out.extend(_per_channel_problems(node, where, consts, consumers))
     return out

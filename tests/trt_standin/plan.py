@@ -11,6 +11,8 @@ around an elementwise Add fuse into it; attention (MatMul -> [Mul/Div] -> Softma
 fuses into one Myelin ``kgen`` layer, as TensorRT 10/11 report fused MHA; any other Q/DQ
 stands alone as a Quantize/Dequantize layer. Every layer carries ``"Metadata"`` naming its
 ONNX nodes (``[ONNX Layer: name]``, separated by ``\\x1e``), as TensorRT's inspector does.
+
+In an FP8 graph (the DequantizeLinear reads FLOAT8E4M3FN) the same layers report ``"FP8"``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _ONNX_DTYPES = {
     TensorProto.FLOAT16: "HALF",
     TensorProto.BFLOAT16: "BF16",
     TensorProto.INT8: "INT8",
+    TensorProto.FLOAT8E4M3FN: "FP8",
     TensorProto.UINT8: "UINT8",
     TensorProto.INT32: "INT32",
     TensorProto.INT64: "INT64",
@@ -42,6 +45,7 @@ INSPECTOR_DTYPES = {
     "HALF": "Half",
     "BF16": "BFloat16",
     "INT8": "Int8",
+    "FP8": "FP8",  # the spelling of 11.x's FP8 in the inspector is unconfirmed (tensorrt11.md: [U])
     "UINT8": "UInt8",
     "INT32": "Int32",
     "INT64": "Int64",
@@ -59,6 +63,9 @@ _LAYER_TYPES = {  # ONNX op -> (LayerType, ParameterType) as TensorRT's inspecto
     "Transpose": ("Shuffle", "Shuffle"),
     "Cast": ("Cast", "Cast"),
 }
+
+
+_TACTICS = {"INT8": "sm89_xmma_gemm_i8i8_tensor16x8x32", "FP8": "sm89_xmma_gemm_e4m3e4m3_tensor16x8x32"}
 
 
 def dtype_name(elem_type: int) -> str:
@@ -236,7 +243,11 @@ def layers(model: onnx.ModelProto, batch: int) -> list[dict]:
     found: list[tuple[int, dict]] = []
 
     def dtype_of(tensor: str) -> str:
-        return "INT8" if g.via_dq(tensor) is not None else dtype_name(g.types.get(tensor, TensorProto.FLOAT))
+        dq = g.via_dq(tensor)  # a layer fed through a DequantizeLinear takes its stored type: INT8 or FP8
+        return stored(dq.input[0]) if dq is not None else dtype_name(g.types.get(tensor, TensorProto.FLOAT))
+
+    def stored(tensor: str) -> str:  # a Q output, a quantized weight
+        return dtype_name(g.types.get(tensor, TensorProto.INT8))
 
     def tensor(name: str, dtype: str | None = None) -> dict:
         return _tensor_json(g, name, dtype or dtype_of(name), batch)
@@ -278,14 +289,14 @@ def layers(model: onnx.ModelProto, batch: int) -> list[dict]:
             continue
         fused.update(x.name for x in qdq_feeding(list(n.input[:2])))
         kind, param = _LAYER_TYPES[n.op_type]
-        int8 = g.via_dq(n.input[0]) is not None
+        runs = dtype_of(n.input[0])  # INT8, FP8, or the float type
         entry = {
             "Name": n.name,
             "LayerType": kind,
             "Inputs": [tensor(n.input[0])],
             "Outputs": [tensor(n.output[0])],
             "ParameterType": param,
-            "TacticName": "sm89_xmma_gemm_i8i8_tensor16x8x32" if int8 else "sm89_xmma_gemm_f16f16_tensor16x8x16",
+            "TacticName": _TACTICS.get(runs, "sm89_xmma_gemm_f16f16_tensor16x8x16"),
             "StreamId": 0,
             "Metadata": metadata([n]),
         }
@@ -313,7 +324,7 @@ def layers(model: onnx.ModelProto, batch: int) -> list[dict]:
                     "Name": n.name,
                     "LayerType": kind,
                     "Inputs": [tensor(t) for t in n.input if t and t not in g.initializers],
-                    "Outputs": [tensor(o, "INT8" if n.op_type == "QuantizeLinear" else None) for o in n.output],
+                    "Outputs": [tensor(o, stored(o) if n.op_type == "QuantizeLinear" else None) for o in n.output],
                     "ParameterType": param,
                     "StreamId": 0,
                     "Metadata": metadata([n]),

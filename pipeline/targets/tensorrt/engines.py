@@ -1,4 +1,5 @@
-"""Build both engines of a model into its ``<gpu>-sm<cc>-trt<version>`` folder, with manifest and layer report."""
+"""Build a model's engines (FP16 and each TensorRT target's Q/DQ graph) into its ``<gpu>-sm<cc>-trt<version>``
+folder, with manifest and layer report."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from pipeline.console import info
 from pipeline.fileio import sha256_file, write_bytes, write_json
 from pipeline.layout import Layout
 from pipeline.results import BuildResult, Engines
-from pipeline.targets.base import ENGINE
+from pipeline.targets.base import ENGINE, FP16
 from pipeline.targets.tensorrt import layers as layer_report
 from pipeline.targets.tensorrt.manifest import EngineEntry, Manifest
 from pipeline.targets.tensorrt.probe import Capability
 from pipeline.targets.tensorrt.profiles import InputProfile, check_bench_batches
-from pipeline.targets.tensorrt.target import ARTIFACT as QUANTIZED  # the engine built from the Q/DQ graph
 
 
 def built_files(out: Layout, record: BuildResult) -> list[Path]:
@@ -64,9 +64,8 @@ def build_engines(
         inspector_json = engine_information(plan)
         layers_path = out.layers_file(precision, target)
         write_json(layers_path, inspector_json)
-        quantized = (
-            layer_report.quantized_compute_node_names(onnx.load(str(graph))) if precision == QUANTIZED else set()
-        )
+        qdq = precision != FP16  # an engine built from a Q/DQ graph: w8a8, fp8
+        quantized = layer_report.quantized_compute_node_names(onnx.load(str(graph))) if qdq else set()
         summary = layer_report.summarize(layer_report.parse_layers(inspector_json, str(layers_path)), quantized)
         summaries[precision] = summary
         manifest.engines[precision] = EngineEntry(
@@ -76,22 +75,18 @@ def build_engines(
             graph.name,
             sha256_file(graph),
             round(seconds, 2),
-            summary.quantized_coverage if precision == QUANTIZED else None,
+            summary.quantized_coverage if qdq else None,
         )
-        coverage = (
-            f"{summary.int8_quantized_layers}/{summary.quantized_layers} quantized layers INT8, "
-            if precision == QUANTIZED
-            else ""
-        )
+        coverage = f"{summary.int8_quantized_layers}/{summary.quantized_layers} quantized layers 8-bit, " if qdq else ""
         info(
             f"  {precision}: {coverage}{summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul "
-            f"layers INT8, {summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, "
+            f"layers 8-bit, {summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, "
             f"{seconds:.1f} s"
         )
-        if precision == QUANTIZED:
+        if qdq:
             warning = layer_report.coverage_warning(summary)
             if warning:
-                info(f"WARNING: {cfg.name} w8a8 engine: {warning}")
+                info(f"WARNING: {cfg.name} {precision} engine: {warning}")
                 summaries[precision] = dataclasses.replace(summary, warning=warning)
     manifest.save(out.manifest_file(target))
     info(f"{cfg.name}: engines and manifest in {target}")

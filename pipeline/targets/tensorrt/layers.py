@@ -66,8 +66,9 @@ class Layer:
         return any(k in self.kind.upper() for k in _QDQ)
 
     @property
-    def runs_int8(self) -> bool:
-        return bool(self.inputs) and self.inputs[0] == "int8"
+    def runs_8bit(self) -> bool:
+        """It takes INT8 input (or FP8, in an FP8 engine): the int8_* counts count both."""
+        return bool(self.inputs) and self.inputs[0] in ("int8", "fp8")
 
 
 def tensor_dtype(tensor: dict[str, Any]) -> str:
@@ -110,10 +111,10 @@ def parse_layers(info: dict[str, Any] | list[Any], source: str = "engine") -> li
 def summarize(layers: list[Layer], quantized: set[str] | frozenset[str] = frozenset()) -> LayerSummary:
     """``quantized``: names of the ONNX Conv/Gemm/MatMul nodes the Q/DQ graph quantizes (empty for FP16)."""
     compute = [layer for layer in layers if layer.is_compute]
-    int8_compute = sum(layer.runs_int8 for layer in compute)
+    int8_compute = sum(layer.runs_8bit for layer in compute)
     by_onnx_node = any(layer.onnx_nodes for layer in layers)
     if by_onnx_node:
-        int8_nodes = {n for layer in layers if layer.runs_int8 for n in layer.onnx_nodes}
+        int8_nodes = {n for layer in layers if layer.runs_8bit for n in layer.onnx_nodes}
         covered = len(set(quantized) & int8_nodes)
     else:  # no metadata (TensorRT < 8.6): one compute layer per quantized node is the best guess
         covered = min(int8_compute, len(quantized))

@@ -1,6 +1,7 @@
 """``QdqOnnxFromOnnx``: apply a TensorRT placement plan to the FP16 graph.
 
-Symmetric int8 with zero-point 0. Activation scales are per tensor, in the
+Symmetric int8 with zero-point 0 (or another ``Scheme``: FP8 E4M3 for
+``pipeline.targets.tensorrt_fp8``). Activation scales are per tensor, in the
 dtype of the tensor they quantize (FP16 in the FP16 graph, as strongly typed
 TensorRT requires). Weights are stored as int8 initializers behind a
 DequantizeLinear with per-channel scales: half the size of ModelOpt's FP16
@@ -8,6 +9,9 @@ weights with a Q/DQ pair, and the same numbers.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -24,31 +28,49 @@ INT8_MAX = 127.0
 FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal FP16: scales must stay positive
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """The 8-bit type a TensorRT Q/DQ graph stores: symmetric over +-``qmax`` levels with zero point 0;
+    ``quantize`` rounds and clips ``x / scale`` as QuantizeLinear does (saturating) into ``dtype``."""
+
+    precision: str  # the graph's ``trtpipe.precision``
+    qmax: float  # a scale is amax / qmax
+    dtype: np.dtype  # of the stored values and of the zero point
+    quantize: Callable[[np.ndarray], np.ndarray]
+
+
+def _int8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), -INT8_MAX, INT8_MAX).astype(np.int8)  # round half to even
+
+
+INT8 = Scheme("w8a8", INT8_MAX, np.dtype(np.int8), _int8)
+
+
 def _scale_floor(dtype: np.dtype) -> float:
     return FP16_TINY if dtype == np.float16 else 1e-12
 
 
-def activation_scale(amax: float, dtype: np.dtype) -> np.ndarray:
-    return np.array(max(amax / INT8_MAX, _scale_floor(dtype)), dtype=dtype)
+def activation_scale(amax: float, dtype: np.dtype, scheme: Scheme = INT8) -> np.ndarray:
+    return np.array(max(amax / scheme.qmax, _scale_floor(dtype)), dtype=dtype)
 
 
-def quantize_weight(w: np.ndarray, axis: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8: (int8 weights, scales in ``dtype``) along ``axis``."""
+def quantize_weight(w: np.ndarray, axis: int, dtype: np.dtype, scheme: Scheme = INT8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric: (weights in ``scheme``'s type, scales in ``dtype``) along ``axis``."""
     reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
     amax = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
-    scale = np.maximum(amax / INT8_MAX, _scale_floor(dtype)).astype(dtype)
+    scale = np.maximum(amax / scheme.qmax, _scale_floor(dtype)).astype(dtype)
     shape = [1] * w.ndim
     shape[axis] = -1
     # Quantize with the scale as stored, so DequantizeLinear reproduces these numbers exactly.
-    q = np.clip(np.round(w / scale.astype(np.float32).reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return q, scale
+    return scheme.quantize(w / scale.astype(np.float32).reshape(shape)), scale
 
 
 class QdqOnnxFromOnnx:
-    def __init__(self, plan: Plan, ranges: Ranges, method: str) -> None:
+    def __init__(self, plan: Plan, ranges: Ranges, method: str, scheme: Scheme = INT8) -> None:
         self.plan = plan
         self.ranges = ranges
         self.method = method
+        self.scheme = scheme  # int8, or FP8 E4M3 (pipeline.targets.tensorrt_fp8)
 
     def __call__(self, fp16: onnx.ModelProto, fp32: onnx.ModelProto | GraphView) -> onnx.ModelProto:
         """``fp32`` (or its view) gives the weights, folded where they pass through a Transpose or Reshape."""
@@ -89,11 +111,12 @@ class QdqOnnxFromOnnx:
                 by_fp16_tensor.setdefault(t16, []).append((node, idx))
             for t16, group in by_fp16_tensor.items():
                 dtype = dtype_of.get(t16, np.float16)
-                scale = activation_scale(amax[tensor], dtype)
+                scale = activation_scale(amax[tensor], dtype, self.scheme)
                 base = _safe(t16)
                 scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
+                zero = np.zeros((), self.scheme.dtype)
                 model.graph.initializer.extend(
-                    [numpy_helper.from_array(scale, scale_name), numpy_helper.from_array(np.array(0, np.int8), zp_name)]
+                    [numpy_helper.from_array(scale, scale_name), numpy_helper.from_array(zero, zp_name)]
                 )
                 q_out, dq_out = f"{base}_quantized", f"{base}_dequantized"
                 pair = [
@@ -116,18 +139,19 @@ class QdqOnnxFromOnnx:
             if source is None:
                 raise PipelineError(f"weight {wq.tensor!r} missing from the FP32 graph; re-run export")
             dtype = dtype_of.get(name16, np.float16)
-            q, scale = quantize_weight(source.astype(np.float32), wq.axis, dtype)
+            q, scale = quantize_weight(source.astype(np.float32), wq.axis, dtype, self.scheme)
             base = _safe(f"{wq.node}_{wq.tensor}")
+            stored = f"{base}_{self.scheme.dtype.name}"  # _int8, _float8_e4m3fn
             model.graph.initializer.extend(
                 [
-                    numpy_helper.from_array(q, f"{base}_int8"),
+                    numpy_helper.from_array(q, stored),
                     numpy_helper.from_array(scale, f"{base}_scale"),
-                    numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
+                    numpy_helper.from_array(np.zeros(scale.shape, self.scheme.dtype), f"{base}_zero_point"),
                 ]
             )
             dq = helper.make_node(
                 "DequantizeLinear",
-                [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+                [stored, f"{base}_scale", f"{base}_zero_point"],
                 [f"{base}_dequantized"],
                 name=f"{base}_DequantizeLinear",
                 axis=wq.axis,
@@ -143,8 +167,9 @@ class QdqOnnxFromOnnx:
         model.graph.node.extend(ordered)
         drop_dead_nodes(model)
         drop_unused_initializers(model)
-        onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "tensorrt"})
-        return onnxutil.check(model, "w8a8 graph")
+        precision = self.scheme.precision
+        onnx.helper.set_model_props(model, {"trtpipe.precision": precision, "trtpipe.target": "tensorrt"})
+        return onnxutil.check(model, f"{precision} graph")
 
     def _amax_with_shared_scales(self) -> dict[str, float]:
         def amax_of(t: str) -> float:

@@ -13,11 +13,12 @@ from pipeline.config import Config, QuantizeSection
 from pipeline.evaluate.sensitivity import Target as SensitivityTarget
 from pipeline.graphview import GraphView
 from pipeline.layout import Layout
-from pipeline.placement import WEIGHTED, Placement
+from pipeline.placement import WEIGHTED, Placement, Plan
 from pipeline.results import BuildResult
 from pipeline.runners import Artifact
 from pipeline.targets.base import ENGINE, FP16, ONNXRUNTIME, BenchPair, QuantizationInputs, Target
 from pipeline.targets.tensorrt.placement import plan_tensorrt
+from pipeline.targets.tensorrt.qdq import INT8, Scheme
 
 ARTIFACT = "w8a8"
 
@@ -28,12 +29,17 @@ class TensorRT(Target):
     baseline = FP16
     label = "TensorRT"
     builds_engine = True
+    scheme: Scheme = INT8  # the 8-bit type of its Q/DQ (a subclass may store another: FP8)
+
+    def plan(self, view: GraphView, settings: QuantizeSection) -> Plan:
+        """Where its graph puts Q/DQ."""
+        return plan_tensorrt(view, settings)
 
     def calibration_tensors(self, view: GraphView, settings: QuantizeSection) -> set[str]:
-        return plan_tensorrt(view, settings).tensors
+        return self.plan(view, settings).tensors
 
     def simulated(self, view: GraphView, settings: QuantizeSection) -> Placement:
-        return plan_tensorrt(view, settings).simulated()
+        return dataclasses.replace(self.plan(view, settings).simulated(), scheme=self.scheme)
 
     def fake_quant(self, x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
         from pipeline.calibration.auto import fake_quant
@@ -43,33 +49,34 @@ class TensorRT(Target):
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 
-        plan = plan_tensorrt(inputs.view, _excluding(inputs.settings, float_nodes))
-        return QdqOnnxFromOnnx(plan, inputs.ranges, inputs.method)(inputs.fp16, inputs.view)
+        plan = self.plan(inputs.view, _excluding(inputs.settings, float_nodes))
+        return QdqOnnxFromOnnx(plan, inputs.ranges, inputs.method, self.scheme)(inputs.fp16, inputs.view)
 
     def sensitivity(self, inputs: QuantizationInputs):
-        return sensitivity_target(inputs.fp16, inputs.view, inputs.ranges, inputs.method, inputs.settings)
+        return sensitivity_target(self, inputs.fp16, inputs.view, inputs.ranges, inputs.method, inputs.settings)
 
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations
 
-        return violations(model, symmetric=True)
+        return violations(model, symmetric=True, stored=onnx.helper.np_dtype_to_tensor_dtype(self.scheme.dtype))
 
     def placement_report(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()):
         from pipeline.placement import summary_rows
 
-        plan = plan_tensorrt(inputs.view, _excluding(inputs.settings, float_nodes))
+        plan = self.plan(inputs.view, _excluding(inputs.settings, float_nodes))
         return summary_rows(plan, inputs.fp32), plan.skipped, len(plan.quantized)
 
     def artifacts(self, cfg: Config, out: Layout, build: BuildResult) -> list[Artifact]:
+        name = self.artifact
         if build.engines is not None:
             manifest = out.root / build.engines.manifest
-            return [Artifact(ARTIFACT, ENGINE, manifest.parent / out.engine_file(ARTIFACT).name, manifest)]
-        return [Artifact(ARTIFACT, ONNXRUNTIME, out.graph(ARTIFACT))]
+            return [Artifact(name, ENGINE, manifest.parent / out.engine_file(name).name, manifest)]
+        return [Artifact(name, ONNXRUNTIME, out.graph(name))]
 
     def bench_pair(self, cfg: Config, out: Layout, found: dict[str, Artifact]) -> BenchPair | None:
         from pipeline import ortsession
 
-        if ARTIFACT not in found:
+        if self.artifact not in found:
             return None
         if found[FP16].backend == ENGINE:
             from pipeline.targets.tensorrt.profiles import check_bench_batches
@@ -79,7 +86,7 @@ class TensorRT(Target):
                 "tensorrt",
                 self.label,
                 found[FP16],
-                found[ARTIFACT],
+                found[self.artifact],
                 cfg.bench.gpu_batches,
                 None,
                 "TensorRT execute_async_v3 + cudaStreamSynchronize on device-resident inputs and outputs (profile, "
@@ -91,7 +98,7 @@ class TensorRT(Target):
                 "onnxruntime-cuda",
                 "ONNX Runtime CUDA",
                 found[FP16],
-                found[ARTIFACT],
+                found[self.artifact],
                 cfg.bench.gpu_batches,
                 None,
                 "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
@@ -107,17 +114,22 @@ def _excluding(settings: QuantizeSection, nodes: tuple[str, ...]) -> QuantizeSec
 
 
 def sensitivity_target(
-    fp16: onnx.ModelProto, view: GraphView, ranges: Ranges, method: str, settings: QuantizeSection
+    target: TensorRT,
+    fp16: onnx.ModelProto,
+    view: GraphView,
+    ranges: Ranges,
+    method: str,
+    settings: QuantizeSection,
 ) -> SensitivityTarget:
     from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 
     def make(excluded: tuple[str, ...]) -> onnx.ModelProto:
         s = dataclasses.replace(settings, exclude_nodes=settings.exclude_nodes + excluded)
-        return QdqOnnxFromOnnx(plan_tensorrt(view, s), ranges, method)(fp16, view)
+        return QdqOnnxFromOnnx(target.plan(view, s), ranges, method, target.scheme)(fp16, view)
 
-    layers = tuple((n, op) for n, op in plan_tensorrt(view, settings).quantized if op in WEIGHTED)
+    layers = tuple((n, op) for n, op in target.plan(view, settings).quantized if op in WEIGHTED)
 
     def alone(node: str) -> onnx.ModelProto:
         return make(tuple(n for n, _ in layers if n != node))
 
-    return SensitivityTarget(ARTIFACT, layers, make, alone, fp16)
+    return SensitivityTarget(target.artifact, layers, make, alone, fp16)
