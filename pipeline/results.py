@@ -309,10 +309,10 @@ def load(kind: type[R], out: Layout, config: Path | None = None) -> R:
     try:
         return _read(kind, path)
     except FileNotFoundError:
-        if not out.record("export").parent.is_dir():  # run from another folder than the project: no records here
+        if not out.record("export").parent.is_dir():  # nothing ran here: perhaps another folder than the project
             raise PipelineError(
-                f"{out.key(out.model_dir)}: not in {out.root.absolute()}; run trtpipe from the folder that holds "
-                f"engines/ (the project's), or trtpipe engines there first"
+                f"{out.key(path)}: no saved {kind.STAGE}; run trtpipe {kind.STAGE} first (in {out.root.absolute()}: "
+                f"trtpipe runs from the project's folder, where its engines/ is)"
             ) from None
         raise PipelineError(f"{out.key(path)}: no saved {kind.STAGE}; run trtpipe {kind.STAGE} first") from None
     except Malformed as exc:

@@ -227,7 +227,7 @@ def test_a_truncated_or_foreign_file_is_one_line(tmp_path, content):
 def test_a_missing_result_names_the_stage_or_is_none(tmp_path):
     out = Layout("tiny", tmp_path)
     with pytest.raises(
-        PipelineError, match=r"^engines/tiny/results/quantize\.json: no saved quantize; run trtpipe quantize first$"
+        PipelineError, match=r"^engines/tiny/results/quantize\.json: no saved quantize; run trtpipe quantize first"
     ):
         results.load(QuantizeResult, out)
     assert results.load_if_saved(QuantizeResult, out) is None and results.problem(QuantizeResult, out) is None

@@ -542,7 +542,6 @@ def test_deploy_from_another_folder_says_so_and_leaves_nothing_there(tmp_path, u
     monkeypatch.chdir(elsewhere)
     result = CliRunner().invoke(main, ["deploy", "-c", str(config), "--to", "served"])
     assert result.exit_code == 1
-    assert re.search(
-        r"engines/tiny: not in \S+elsewhere; run trtpipe from the folder that holds engines/", result.output
-    )
+    said = r"no saved build; run trtpipe build first \(in \S+elsewhere: trtpipe runs from the project"
+    assert re.search(said, result.output)
     assert list(elsewhere.iterdir()) == []

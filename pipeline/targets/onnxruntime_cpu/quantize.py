@@ -185,7 +185,8 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
         if n.op_type in OP_TYPES and any(t and not view.is_weight(t) and t not in varying for t in n.input)
     ]
     excluded = [n.name for n in view.nodes if excluded_reason(n, settings, patterns)]
-    return excluded + constant + residual_stream_adds(view) + softmax_input_adds(view)
+    made_masks = [view.producer[t].name for t in sorted(masks(view)) if t in view.producer]  # never quantized
+    return excluded + constant + residual_stream_adds(view) + softmax_input_adds(view) + made_masks
 
 
 def softmax_input_adds(view: GraphView) -> list[str]:
