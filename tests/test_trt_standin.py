@@ -54,6 +54,19 @@ def test_names_come_from_the_real_11_4_wheel():
         and "int8_calibrator" not in _strict.CLASSES["IBuilderConfig"]["attrs"]
     )
     assert _strict.CLASSES["ITensor"]["attrs"]["dtype"] == {"kind": "property", "writable": False}
+    # Every overload's signature, from pybind11's "Overloaded function." docstrings (they read
+    # "name(*args, **kwargs)" on their first line, which is all the names file used to keep).
+    assert _strict.CLASSES["IExecutionContext"]["attrs"]["set_input_shape"]["signatures"] == [
+        "set_input_shape(self: IExecutionContext, name: str, shape: tuple) -> bool",
+        "set_input_shape(self: IExecutionContext, name: str, shape: list) -> bool",
+        "set_input_shape(self: IExecutionContext, name: str, shape: Dims) -> bool",
+    ]
+    kept = [s for c in _strict.CLASSES.values() for a in c["attrs"].values() for s in a.get("signatures", [])]
+    assert kept and not [s for s in kept if "*args" in s]
+    assert _strict.CLASSES["Dims"]["special"]["__eq__"] == [
+        "__eq__(self: Dims, arg0: list) -> bool",
+        "__eq__(self: Dims, arg0: tuple) -> bool",
+    ]
     assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaGetDeviceCount"} <= CUDART_FUNCTIONS
 
 
@@ -122,6 +135,55 @@ def test_refuses_names_the_real_11_4_bindings_lack(tmp_path):
         with pytest.raises(AttributeError, match="read-only"):
             config.num_optimization_profiles = 2
         assert si.refused == ["BuilderFlag.FP16", "tensorrt.IInt8EntropyCalibrator2", "IBuilderConfig.int8_calibrator"]
+
+
+def test_refuses_a_call_that_binds_to_no_real_overload(tmp_path):
+    model = graphs.residual()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    with standin(tmp_path / "machine") as si:
+        import tensorrt as trt
+        from polygraphy import cuda
+        from polygraphy.backend.trt import EngineFromBytes
+
+        context = EngineFromBytes(_build(path))().create_execution_context()
+        with pytest.raises(TypeError, match=r"set_input_shape\(\): incompatible function arguments") as refused:
+            context.set_input_shape("x", 8)  # a batch size, not a shape
+        assert "2. (self: IExecutionContext, name: str, shape: list) -> bool" in str(refused.value)
+        # Each real overload binds: a tuple, a list, a Dims, by keyword too.
+        assert context.set_input_shape("x", (2, 16, 8, 8)) and context.set_input_shape("x", [2, 16, 8, 8])
+        assert context.set_input_shape(name="x", shape=trt.Dims([2, 16, 8, 8]))
+        stream = cuda.Stream()
+        with pytest.raises(TypeError, match=r"execute_async_v3\(\): incompatible function arguments"):
+            context.execute_async_v3(stream)  # the Polygraphy Stream, not its handle (stream.ptr)
+        stream.free()
+        with pytest.raises(TypeError, match="No constructor defined"):
+            trt.ICudaEngine()  # made only by deserializing a plan
+        with pytest.raises(TypeError, match=r"__init__\(\): incompatible function arguments"):
+            trt.Builder()  # needs its logger
+        assert [r for r in si.refused if r not in POLYGRAPHY_PROBES] == [
+            "IExecutionContext.set_input_shape()",
+            "IExecutionContext.execute_async_v3()",
+            "Builder.__init__()",
+        ]
+
+
+def test_dims_is_a_dims_not_a_tuple(tmp_path):
+    with standin(tmp_path):
+        import tensorrt as trt
+
+        dims = trt.Dims([4, 16, 8, 8])
+        assert not isinstance(dims, tuple) and len(dims) == 4 and dims[0] == 4 and dims[-1] == 8
+        assert dims[1:] == (16, 8, 8) and tuple(dims) == (4, 16, 8, 8) and list(dims) == [4, 16, 8, 8]
+        assert dims == (4, 16, 8, 8) and dims == [4, 16, 8, 8] and dims != (4, 16)
+        with pytest.raises(TypeError, match="unhashable"):
+            hash(dims)
+        with pytest.raises(TypeError, match=r"__eq__\(\): incompatible function arguments"):
+            dims == trt.Dims([4, 16, 8, 8])  # noqa: B015 - the real __eq__ takes a list or a tuple only
+        with pytest.raises(IndexError, match="Out of bounds"):
+            dims[4]  # noqa: B018
+        with pytest.raises(TypeError, match="incompatible function arguments"):
+            trt.Dims("4x16")
 
 
 def test_a_real_name_the_stand_in_lacks_is_loud_not_an_attribute_error(tmp_path):

@@ -4,7 +4,8 @@
 
 * ``import tensorrt`` gives ``tests/trt_standin/tensorrt.py``, which implements what trtpipe and
   Polygraphy 0.53's TensorRT loaders and runner touch, and refuses (``AttributeError``,
-  recorded in ``StandIn.refused``) any name that the real 11.4 bindings lack;
+  recorded in ``StandIn.refused``) any name that the real 11.4 bindings lack, and (``TypeError``,
+  as pybind11 raises it) any call whose arguments bind to none of the real signatures;
 * ``ctypes.CDLL`` of ``libcuda.so.1`` or of a ``libcudart.so*`` placed where a GPU machine
   would have it returns the test doubles of ``cuda.py``, so Polygraphy's ``polygraphy.cuda``
   (device memory, streams) and our probe run their own code against them.

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tests.trt_standin import _strict
+from tests.trt_standin import _signatures, _strict
 from tests.trt_standin import plan as _plan
 from tests.trt_standin._strict import CLASSES as _CLASSES
 from tests.trt_standin._strict import MODULE as _MODULE
@@ -126,14 +126,48 @@ def _dtype(name: str):
 # --- small value classes ------------------------------------------------------------------------
 
 
-class Dims(tuple, _Strict):
-    """A shape; compares equal to a tuple of the same values, as the real ``Dims`` does."""
+class Dims(_Strict):
+    """A shape, as the real ``Dims`` is one: no tuple, but indexable (an int gives an int, a slice a
+    tuple), iterable by index, of a length, equal to a tuple or list of the same values; unhashable,
+    and comparing it with another ``Dims`` raises (its ``__eq__`` takes a list or a tuple only)."""
 
     _si_name = "Dims"
-    MAX_DIMS = 8
+    __hash__ = None  # the real one defines __eq__ alone
 
-    def __new__(cls, values=()):
-        return tuple.__new__(cls, (int(v) for v in values))
+    def __init__(self, shape=()) -> None:
+        values = tuple(int(v) for v in shape)
+        if len(values) > 8:
+            raise ValueError(f"Input length {len(values)}. Max expected length is 8")
+        self._si_values = values
+
+    @property
+    def MAX_DIMS(self) -> int:  # noqa: N802 - the real name
+        return 8
+
+    def __len__(self) -> int:
+        return len(self._si_values)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._si_values[index]
+        if not isinstance(index, int) or not -len(self._si_values) <= index < len(self._si_values):
+            raise IndexError("Out of bounds")
+        return self._si_values[index]
+
+    def __setitem__(self, index, value) -> None:
+        values = list(self._si_values)
+        values[index] = value if isinstance(index, int) else list(value)
+        self._si_values = tuple(int(v) for v in values)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, list | tuple):
+            raise _signatures.incompatible("Dims", "__eq__", _CLASSES["Dims"]["special"]["__eq__"], (self, other), {})
+        return list(self._si_values) == [int(v) for v in other]
+
+    def __repr__(self) -> str:
+        return repr(self._si_values)
+
+    __str__ = __repr__
 
 
 class IHostMemory(bytes, _Strict):
@@ -955,9 +989,12 @@ class _StrictModule(types.ModuleType):
             raise _strict.refuse("tensorrt", name)
         _strict.CALLS[f"tensorrt.{name}"] += 1
         try:
-            return super().__getattribute__(name)
+            value = super().__getattribute__(name)
         except AttributeError:
             raise _strict.gap("tensorrt", name) from None
+        if _MODULE[name]["kind"] == "function":
+            return _strict.checked("tensorrt", name, _MODULE[name]["signatures"], value)
+        return value
 
 
 sys.modules[__name__].__class__ = _StrictModule
