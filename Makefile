@@ -55,10 +55,10 @@ report-files: $(STAMP)
 report:
 	@for m in $(MODELS); do $(TRTPIPE) report -c models/$$m.toml || exit 1; done
 
-# make deploy MODEL=name TO=dir [PRECISION=w8a8|fp16] [FORMAT=triton|plain]
+# make deploy MODEL=name TO=dir [PRECISION=w8a8|fp16] [FORMAT=triton|plain]; no PRECISION: the report's verdict
 deploy: $(if $(MODEL),report-files)
 	@test -n "$(MODEL)" -a -n "$(TO)" || { echo "usage: make deploy MODEL=name TO=dir [PRECISION=w8a8] [FORMAT=triton]"; exit 2; }
-	$(TRTPIPE) deploy -c models/$(MODEL).toml --to $(TO) --precision $(or $(PRECISION),w8a8) --format $(or $(FORMAT),triton)
+	$(TRTPIPE) deploy -c models/$(MODEL).toml --to $(TO) $(if $(PRECISION),--precision $(PRECISION)) --format $(or $(FORMAT),triton)
 
 bench-memory: export
 	$(BIN)/python -m benchmarks.calib_memory $(foreach m,$(MODELS),models/$(m).toml)

@@ -334,6 +334,17 @@ class BenchSection:
 
 
 @dataclass(frozen=True)
+class VerdictSection:
+    # w8a8 is worth deploying only where it is at least this many times as fast as its baseline; at
+    # the largest batch benched this decides for the model (report, gpu-check's speed check, deploy).
+    min_speedup: float = 1.05
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_speedup) and self.min_speedup > 0.0):
+            raise ValueError(f"min_speedup {self.min_speedup} must be a positive number (1.05: w8a8 5% faster)")
+
+
+@dataclass(frozen=True)
 class BuildSection:
     workspace_mib: int = 4096
     optimization_level: int = 3
@@ -359,6 +370,7 @@ class Config:
     quantize: QuantizeSection = QuantizeSection()
     accuracy: AccuracySection = AccuracySection()
     bench: BenchSection = BenchSection()
+    verdict: VerdictSection = VerdictSection()
     build: BuildSection = BuildSection()
     # Set by the loader, not by the file.
     path: Path = Path(".")

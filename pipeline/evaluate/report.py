@@ -8,26 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import targets
 from pipeline.config import Config
 from pipeline.console import table
 from pipeline.evaluate.accuracy import accuracy_table
 from pipeline.evaluate.colours import BASELINE_COLOUR, W8A8_COLOUR
-from pipeline.evaluate.profile import INT8_OPS
+from pipeline.evaluate.verdict import MIN_SPEEDUP, decide, deploy_precision
+from pipeline.evaluate.verdict import ms as _ms
+from pipeline.evaluate.verdict import name as _name
 from pipeline.fileio import atomic_path, write_text
 from pipeline.layout import Layout
 from pipeline.results import BenchResult, BuildResult, CompareResult, QuantizeResult, Smoothing, load, load_if_saved
 from pipeline.targets.base import QUANTIZED
 
-MIN_GAIN = 1.05  # below this, w8a8 is not worth its accuracy cost
 
-
-def _name(artifact: str) -> str:
-    """How the report names an artifact: every target's 8-bit graph is w8a8, the float ones FP32 and FP16."""
-    return QUANTIZED if artifact in {t.artifact for t in targets.everything()} else artifact.upper()
-
-
-def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
+def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float = MIN_SPEEDUP) -> None:
     """Grouped bars per batch size: baseline light grey, w8a8 dark red, value labels, speedup above."""
     import matplotlib
 
@@ -63,7 +57,7 @@ def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
             f"{speedup:.2f}x",
             ha="center",
             fontsize=9,
-            color=W8A8_COLOUR if speedup >= MIN_GAIN else "#555555",
+            color=W8A8_COLOUR if speedup >= min_speedup else "#555555",
             fontweight="bold",
         )
     ax.set_ylim(0, top * 1.25)
@@ -81,53 +75,6 @@ def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def _ms(v: float) -> str:
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
-
-
-def verdict(bench: BenchResult, compare: CompareResult | None, build: BuildResult) -> list[str]:
-    """Which precision to deploy at each batch size, and the evidence."""
-    m = bench.medians()
-    base, quant = bench.baseline, bench.quantized
-    gate_ok = compare is None or not any(r.failures for r in compare.rows if r.artifact.startswith(quant + " "))
-    evidence = _slow_evidence(bench, build)
-    lines = []
-    for b in bench.batches:
-        speedup = m[base][b] / m[quant][b]
-        if not gate_ok:
-            lines.append(f"batch {b}: deploy {_name(base)}: {QUANTIZED} fails its accuracy gate (see the table)")
-        elif speedup >= MIN_GAIN:
-            lines.append(
-                f"batch {b}: deploy {QUANTIZED}: {speedup:.2f}x faster ({_ms(m[quant][b])} vs {_ms(m[base][b])} ms) "
-                f"and within its accuracy gate"
-            )
-        else:
-            lines.append(f"batch {b}: deploy {_name(base)}: {QUANTIZED} is no faster ({speedup:.2f}x); {evidence}")
-    return lines
-
-
-def _slow_evidence(bench: BenchResult, build: BuildResult) -> str:
-    """Why the 8-bit artifact is no faster: its engine's layers where it is an engine, else the FP32
-    graph's time per op type where bench profiled it."""
-    if build.engines is not None and bench.quantized in build.engines.layers:
-        layers = build.engines.layers[bench.quantized]
-        return (
-            f"{layers.reformat_layers} reformat layers and {layers.unfused_qdq_layers} "
-            f"unfused Q/DQ layers in the engine, {layers.int8_compute_layers} of "
-            f"{layers.compute_layers} Conv/GEMM/MatMul layers in INT8"
-        )
-    share = bench.fp32_op_time_share
-    if share:
-        int8 = sum(v for k, v in share.items() if k in INT8_OPS)
-        rest = sorted(((k, v) for k, v in share.items() if k not in INT8_OPS), key=lambda kv: -kv[1])
-        others = ", ".join(f"{k} {v:.0%}" for k, v in rest[:3])
-        return (
-            f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.profiled_batch} "
-            f"(the largest of the rest: {others}); INT8 speeds up only that share"
-        )
-    return "no layer or op profile saved to explain it"
 
 
 def _smoothing_lines(smoothing: Smoothing | None) -> list[str]:
@@ -190,7 +137,8 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
     compare = load_if_saved(CompareResult, out, cfg.path)  # the report says to run compare
     build = load(BuildResult, out, cfg.path)
     quant = load_if_saved(QuantizeResult, out, cfg.path)
-    latency_chart(bench, out.chart("latency"), model)
+    latency_chart(bench, out.chart("latency"), model, cfg.verdict.min_speedup)
+    verdict = decide(bench, compare, build, cfg.verdict.min_speedup)
 
     m = bench.medians()
     base, quantized = bench.baseline, bench.quantized
@@ -212,7 +160,12 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         "",
         "## Verdict",
         "",
-        *[f"- {line}" for line in verdict(bench, compare, build)],
+        f"w8a8 is worth deploying where it is within its accuracy gate and at least {verdict.min_speedup:.2f}x as "
+        f"fast as {_name(base)} (`[verdict] min_speedup`); the largest batch decides for the model: "
+        f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)[0]} unless `--precision` "
+        f"says otherwise.",
+        "",
+        *[f"- {line}" for line in verdict.lines()],
         "",
         "## Accuracy against FP32 (held-out data)",
         "",
