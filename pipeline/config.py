@@ -317,6 +317,7 @@ class BenchSection:
     iterations: int = 20  # at least this many timed runs ...
     min_seconds: float = 1.0  # ... and at least this long per artifact and batch size
     threads: int = 1
+    cuda_graph: bool = False  # TensorRT: each timed inference a CUDA graph launch (trtexec --useCudaGraph)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.threads < 1 or not self.min_seconds >= 0.0:
@@ -348,6 +349,9 @@ class VerdictSection:
 class BuildSection:
     workspace_mib: int = 4096
     optimization_level: int = 3
+    # TF32 for Conv/GEMM/MatMul layers the graph computes in FP32. Unset: on, unless [export] keep_fp32
+    # keeps such an op type in FP32, which asks for FP32's precision, not only its range.
+    tf32: bool | None = None
 
     def __post_init__(self) -> None:
         if self.workspace_mib < 1:

@@ -76,7 +76,7 @@ def _own_names(cls: type) -> set[str]:
 
 def test_stand_in_defines_only_names_the_real_bindings_have():
     module_names = {n for n in vars(trt_standin) if not n.startswith("_") and n not in ("annotations",)}
-    imported = {"json", "sys", "types", "warnings", "np", "onnx", "Any"}
+    imported = {"json", "sys", "time", "types", "warnings", "np", "onnx", "Any"}
     assert module_names - imported - set(_strict.MODULE) == set()
     for value in vars(trt_standin).values():
         if isinstance(value, type) and "_si_name" in vars(value) and value._si_name != "pybind11_object":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 import warnings
 from typing import Any
@@ -675,6 +676,8 @@ class Builder(_Strict):
             "tensorrt_version": __version__,
             "compute_capability": list(gpu.compute_capability),
             "verbosity": config.profiling_verbosity.name,
+            "flags": sorted(flag.name for flag in config._si_flags),
+            "qdq": any(n.op_type in _plan.QDQ for n in network._si_model.graph.node),  # explicitly quantized
             "inputs": [[t.name, t.dtype.name, list(t.shape)] for t in network._si_inputs],
             "outputs": [[t.name, t.dtype.name, list(t.shape)] for t in network._si_outputs],
             "profiles": [
@@ -821,6 +824,7 @@ class IExecutionContext(_Strict):
         self._si_addresses: dict[str, int] = {}
         self._si_allocators: dict[str, Any] = {}
         self._si_debug_listener = None
+        self._si_ready = False  # enqueued once since the shapes or profile last changed
 
     engine = property(lambda self: self._si_engine)
     active_optimization_profile = property(lambda self: self._si_profile)
@@ -835,6 +839,7 @@ class IExecutionContext(_Strict):
                 f"IExecutionContext::setOptimizationProfileAsync: profile index {profile_index} out of range"
             )
         self._si_profile = profile_index
+        self._si_ready = False
         return True
 
     def set_input_shape(self, name: str, shape) -> bool:
@@ -851,6 +856,7 @@ class IExecutionContext(_Strict):
         elif len(shape) != len(entry[3]):
             return self._si_error(f"IExecutionContext::setInputShape: rank mismatch for {name}")
         self._si_shapes[name] = shape
+        self._si_ready = False
         return True
 
     def _si_output_shape(self, entry) -> Dims:
@@ -900,6 +906,25 @@ class IExecutionContext(_Strict):
         gpu = _si_options["gpu"]
         if stream_handle and int(stream_handle) not in gpu.streams:
             return self._si_error("IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime (invalid resource handle)")
+        if int(stream_handle) in gpu.captures:
+            # The first enqueue after a shape change sets up and synchronizes: TensorRT asks for one
+            # plain enqueue before capturing (its CUDA graph documentation).
+            if not self._si_ready:
+                return self._si_error(
+                    "IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime (operation not permitted when stream "
+                    "is capturing)"
+                )
+            gpu.captures[int(stream_handle)].append(lambda: self._si_launch(stream_handle))
+            return True
+        if not self._si_launch(stream_handle):
+            return False
+        self._si_ready = True
+        return True
+
+    def _si_launch(self, stream_handle: int) -> bool:
+        """One inference: inputs read from and outputs written to the stand-in GPU's memory; the GPU's
+        clock advances by its kernel time (``Gpu.kernel_ms``, else the host time it took)."""
+        gpu = _si_options["gpu"]
         engine = self._si_engine
         feed = {}
         for name, mode, dtype, _ in engine._si_io:
@@ -919,7 +944,11 @@ class IExecutionContext(_Strict):
                     f"address of input {name} is set to device memory of {nbytes} bytes)"
                 )
             feed[name] = np.frombuffer(gpu.view(address, nbytes), dtype=np_dtype).reshape(shape).copy()
+        started = time.perf_counter()
         results = engine._si_run(feed)
+        took_ms = (time.perf_counter() - started) * 1e3
+        batch = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
+        gpu.clock_ms += gpu.kernel_ms(engine._si_header, batch) if gpu.kernel_ms is not None else took_ms
         outputs = [entry for entry in engine._si_io if entry[1] == "OUTPUT"]
         for (name, _, dtype, _), value in zip(outputs, results, strict=True):
             value = np.ascontiguousarray(value, dtype=_NUMPY[dtype])

@@ -82,8 +82,11 @@ class TensorRT(Target):
                 found[ARTIFACT],
                 cfg.bench.gpu_batches,
                 None,
-                "TensorRT execute_async_v3 + cudaStreamSynchronize on device-resident inputs and outputs (profile, "
-                "shapes and addresses set once before timing), host perf_counter; no host copies, no Polygraphy "
+                "TensorRT execute_async_v3"
+                + (" captured in a CUDA graph" if cfg.bench.cuda_graph else "")
+                + " enqueued back to back on device-resident inputs and outputs (profile, shapes and addresses "
+                "set once), timed with CUDA events: latency is each inference's GPU time between its two events, "
+                "throughput the items over the first to the last event; no host copies, no Polygraphy "
                 "per-call checks",
             )
         if "CUDAExecutionProvider" in ortsession.providers():
