@@ -170,16 +170,39 @@ def test_compare_and_bench_without_tensorrt_given_an_engine_build_record(tiny, t
         assert "POLYGRAPHY_AUTOINSTALL_DEPS" not in line
 
 
-def test_missing_layers_in_the_inspector_json_is_an_error(tiny, tmp_path):
+def test_layers_come_per_layer_when_the_engine_json_lists_none(tiny, tmp_path):
+    """A missing "Layers" key stopped the build after the engine was written."""
     cfg, _, out = tiny
-    with standin(tmp_path / "gpu-machine", inspector_layers_key=None):
-        with pytest.raises(PipelineError, match=r'layers-fp16.json: the engine inspector\'s JSON has no "Layers"'):
-            stages.run("build", cfg)
+    with standin(tmp_path / "gpu-machine", inspector_layout="per-layer"):
+        record = stages.run("build", cfg)
+    saved = json.loads((Path(record.engines.dir) / "layers-w8a8.json").read_text())
+    assert saved["LayersFrom"] == "get_layer_information" and "I/O Tensors" in saved
+    w8a8 = record.engines.layers["w8a8"]
+    assert w8a8.quantized_coverage == 1.0 and w8a8.undetermined is None and w8a8.reformat_layers == 2
 
 
-def test_parse_layers_refuses_engine_json_without_layers():
-    with pytest.raises(PipelineError, match=r"keys: I/O Tensors"):
-        layer_report.parse_layers({"I/O Tensors": []}, "layers.json")
+def test_an_inspector_layout_trtpipe_cannot_read_leaves_coverage_undetermined_never_zero(tiny, tmp_path):
+    from pipeline.evaluate.verdict import slow_causes
+    from pipeline.results import BenchResult
+
+    cfg, _, out = tiny
+    with standin(tmp_path / "gpu-machine", inspector_layout="unknown"):
+        record = stages.run("build", cfg)  # the engines are kept: only the layer report is unknown
+    w8a8 = record.engines.layers["w8a8"]
+    assert w8a8.quantized_coverage is None and w8a8.quantized_layers == 2
+    assert w8a8.undetermined.startswith("the inspector's layer JSON is in a layout this trtpipe does not read (keys ")
+    assert w8a8.warning == f"INT8 coverage undetermined: {w8a8.undetermined}"
+    saved = json.loads(out.build_record.read_text())["layers"]["w8a8"]
+    assert saved["quantized_coverage"] is None and "undetermined" in saved
+    assert Manifest.load(Path(record.engines.manifest)).engines["w8a8"].int8_coverage is None
+    bench = BenchResult("tensorrt", "TensorRT", "-", "fp16", "w8a8", (8,), None, 1, 1, 0.0, ((),), {}, ())
+    assert slow_causes(bench, record)[0] == f"INT8 coverage undetermined: {w8a8.undetermined}"
+
+
+def test_engine_json_without_layers_is_undetermined_not_an_error():
+    summary = layer_report.summarize(layer_report.parse_layers({"I/O Tensors": []}), {"conv1"})
+    assert summary.quantized_coverage is None and "listed no layers" in summary.undetermined
+    assert summary.coverage_text().startswith("INT8 coverage undetermined: ")
 
 
 # --- timing ----------------------------------------------------------------------------------------
@@ -383,8 +406,8 @@ def test_gpu_check_fails_w8a8_below_the_verdict_threshold_and_passes_it_above(ex
     else:  # the measured ratio and the likeliest causes the engine shows
         assert speed["check"].startswith("w8a8 is 1.02x FP16 at batch 16 (below 1.05x, [verdict] min_speedup); ")
         assert speed["causes"] == [
-            "10 of 12 Conv/GEMM/MatMul layers in INT8, no reformat or unfused Q/DQ layer: "
-            "INT8 kernels gain little at this size"
+            "2 reformat layers in the engine",
+            "10 of 12 Conv/GEMM/MatMul layers in INT8",
         ]
         assert model["deploy"] == "fp16"
 
@@ -453,9 +476,43 @@ def test_fused_attention_counts_each_quantized_gemm():
 
     _, w8a8 = quantize(graphs.attention())
     layers = layer_report.parse_layers({"Layers": standin_plan.layers(w8a8, 4)})
-    quantized = layer_report.quantized_compute_node_names(w8a8)
-    assert quantized == {"proj_q", "proj_k", "proj_v", "qk", "av"}
+    quantized = layer_report.quantized_compute_inputs(w8a8)
+    assert set(quantized) == {"proj_q", "proj_k", "proj_v", "qk", "av"}
+    assert quantized["av"] == {"probs_DequantizeLinear", "probs_QuantizeLinear"}
     summary = layer_report.summarize(layers, quantized)
-    # qk and av are inside one kgen (fused attention) layer: not a Conv/GEMM layer kind, still INT8.
+    # qk and av are inside one kgen (fused attention) layer: not a Conv/GEMM layer kind, its inputs Half,
+    # still INT8: it swallowed the Q/DQ on their inputs.
     assert summary.int8_compute_layers == 3 and summary.int8_quantized_layers == 5
     assert summary.quantized_coverage == 1.0 and layer_report.coverage_warning(summary) is None
+
+
+def test_a_fused_region_counts_the_int8_layers_it_swallowed():
+    """A layer counted INT8 only when its first input reported Int8; Myelin regions report Half."""
+    from tests.test_quantize import quantize
+
+    _, w8a8 = quantize(graphs.attention())
+    quantized = layer_report.quantized_compute_inputs(w8a8)
+    regions = standin_plan.layers(w8a8, 4, myelin="foreign-node")
+    summary = layer_report.summarize(layer_report.parse_layers({"Layers": regions}), quantized)
+    assert summary.int8_quantized_layers == 5 and summary.quantized_coverage == 1.0 and summary.by_onnx_node
+    # Only its input precision: none of the five (the rule before).
+    assert not any(layer.runs_int8 for layer in layer_report.parse_layers({"Layers": regions}))
+    # A region whose tactic is a float GEMM kernel runs FP16, whatever Q/DQ it swallowed: a real 0%.
+    for layer in regions:
+        if layer["LayerType"] == "Myelin":
+            layer["TacticName"] = "sm80_xmma_gemm_f16f16_f16f16_f16_nn_n_tilesize32x32x64_by_fusion_tactic"
+    fp16 = layer_report.summarize(layer_report.parse_layers({"Layers": regions}), quantized)
+    assert fp16.quantized_coverage == 0.0 and fp16.undetermined is None
+    assert "only 0 of 5 quantized layers run INT8" in layer_report.coverage_warning(fp16)
+
+
+def test_example_vit_with_foreign_node_regions_reports_full_coverage(exported_examples, tmp_path):
+    work, configs = _fresh_copy(exported_examples, tmp_path)
+    cfg = load_config(configs["vit_digits"])
+    with standin(tmp_path / "gpu-machine", myelin="foreign-node"):
+        record = stages.run("build", cfg, root=work)
+    inspected = json.loads((work / record.engines.dir / "layers-w8a8.json").read_text())["Layers"]
+    regions = [layer for layer in inspected if layer["LayerType"] == "Myelin"]
+    assert regions and all(t["Datatype"] == "Half" for r in regions for t in r["Inputs"])
+    w8a8 = record.engines.layers["w8a8"]
+    assert w8a8.quantized_coverage == 1.0 and w8a8.warning is None, w8a8

@@ -177,14 +177,20 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
     parts += ["", "## Engines and INT8 layer coverage", ""]
     if build.engines is not None:
         rows = [
-            [p, s.int8_compute_layers, s.compute_layers, s.reformat_layers, s.unfused_qdq_layers, s.warning or ""]
+            [
+                p,
+                s.coverage_text() if s.quantized_layers else "-",
+                s.int8_compute_layers,
+                s.compute_layers,
+                s.reformat_layers,
+                s.unfused_qdq_layers,
+                s.warning or "",
+            ]
             for p, s in build.engines.layers.items()
         ]
         parts.append(f"Engines in `{build.engines.dir}` (manifest: `{build.engines.manifest}`).")
-        parts += [
-            "",
-            table(["engine", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"], rows),
-        ]
+        header = ["engine", "quantized layers", "INT8 Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ"]
+        parts += ["", table([*header, "warning"], rows)]
     else:
         parts.append(f"No TensorRT engines on this machine: {build.reason}. The figures above are ONNX Runtime's.")
     if quant is not None:

@@ -123,7 +123,9 @@ def slow_causes(bench: BenchResult, build: BuildResult) -> tuple[str, ...]:
         layers = build.engines.layers[bench.quantized]
         causes = []
         coverage = layers.quantized_coverage
-        if layers.quantized_layers and coverage < MIN_COVERAGE:
+        if coverage is None:
+            causes.append(layers.coverage_text())
+        elif layers.quantized_layers and coverage < MIN_COVERAGE:
             causes.append(
                 f"only {layers.int8_quantized_layers} of {layers.quantized_layers} quantized layers run INT8 "
                 f"({coverage:.0%})"

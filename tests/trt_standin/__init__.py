@@ -64,7 +64,8 @@ def standin(
     driver: bool = True,
     cudart_loads: bool = True,
     gpu: Gpu | None = None,
-    inspector_layers_key: str | None = "Layers",
+    inspector_layout: str = "engine",
+    myelin: str = "kgen",
 ) -> Iterator[StandIn]:
     """A GPU machine inside this process, its files under ``root``.
 
@@ -72,6 +73,9 @@ def standin(
     ``on_loader_path`` whether that folder is on ``LD_LIBRARY_PATH`` (default: only for the
     toolkit layout, as a toolkit install sets it and the pip wheels do not); ``cudart_loads``
     False leaves that file to the real loader, which refuses it (a broken install).
+    ``inspector_layout`` is where the engine inspector puts the layers ("engine": in the engine
+    JSON; "per-layer": only per layer; "unknown": in no layout trtpipe reads), ``myelin`` how fused
+    regions report ("kgen" attention layers, or "foreign-node" regions with their projections).
     """
     polygraphy_cuda = importlib.import_module("polygraphy.cuda.cuda")
 
@@ -126,7 +130,7 @@ def standin(
 
     try:
         sys.modules["tensorrt"] = trt_standin
-        trt_standin._si_options.update(gpu=gpu, inspector_layers_key=inspector_layers_key)
+        trt_standin._si_options.update(gpu=gpu, inspector_layout=inspector_layout, myelin=myelin)
         ctypes.CDLL = cdll
         glob.glob = hidden_glob
         if library is not None and on_loader_path:

@@ -32,7 +32,10 @@ _bool = bool  # the module defines `bool` (DataType.BOOL), as the real one does
 # Knobs a test may turn (through ``standin(...)``); the defaults are TensorRT 11's documented behaviour.
 _si_options = {
     "gpu": None,  # tests.trt_standin.cuda.Gpu, set by standin()
-    "inspector_layers_key": "Layers",  # None: the engine JSON has no "Layers" (an unconfirmed 11.x variant)
+    # "engine": the engine JSON lists "Layers"; "per-layer": it does not, get_layer_information(i) gives
+    # each (both are 11.4 API); "unknown": neither is in a layout trtpipe reads.
+    "inspector_layout": "engine",
+    "myelin": "kgen",  # how fused regions report: "kgen" (attention) or "foreign-node" (with its projections)
 }
 
 
@@ -668,7 +671,7 @@ class Builder(_Strict):
             return fail(problems[0])
         detailed = config.profiling_verbosity.name == "DETAILED"
         opt_batch = config._si_profiles[0]._si_shapes[dynamic[0]][1][0] if dynamic and config._si_profiles else 1
-        layers = _plan.layers(network._si_model, opt_batch)
+        layers = _plan.layers(network._si_model, opt_batch, _si_options["myelin"])
         if config._si_cache is not None:  # the builder times each layer once and caches it
             config._si_cache._si_entries.update({layer["Name"]: 0.01 for layer in layers})
         gpu = _si_options["gpu"]
@@ -986,9 +989,11 @@ class EngineInspector(_Strict):
 
     def get_layer_information(self, layer_index: int, format) -> str:
         layer = self._si_engine._si_header["layers"][layer_index]
-        if format.name == "JSON":
-            return json.dumps(layer)
-        return layer if isinstance(layer, str) else layer["Name"]
+        if format.name != "JSON":
+            return layer if isinstance(layer, str) else layer["Name"]
+        if _si_options["inspector_layout"] == "unknown" and isinstance(layer, dict):
+            return json.dumps({"layer": layer["Name"], "kind": layer["LayerType"], "io": len(layer["Inputs"])})
+        return json.dumps(layer)
 
     def get_engine_information(self, format) -> str:
         header = self._si_engine._si_header
@@ -1000,9 +1005,8 @@ class EngineInspector(_Strict):
                 for n, mode, d, s in self._si_engine._si_io
             ]
         }
-        key = _si_options["inspector_layers_key"]
-        if key is not None:
-            info[key] = header["layers"]
+        if _si_options["inspector_layout"] == "engine":
+            info["Layers"] = header["layers"]
         return json.dumps(info)
 
 

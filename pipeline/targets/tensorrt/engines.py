@@ -81,9 +81,7 @@ def build_engines(
         inspector_json = engine_information(plan)
         layers_path = out.layers_file(precision, target)
         write_json(layers_path, inspector_json)
-        quantized = (
-            layer_report.quantized_compute_node_names(onnx.load(str(graph))) if precision == QUANTIZED else set()
-        )
+        quantized = layer_report.quantized_compute_inputs(onnx.load(str(graph))) if precision == QUANTIZED else {}
         summary = layer_report.summarize(layer_report.parse_layers(inspector_json, str(layers_path)), quantized)
         summaries[precision] = summary
         manifest.engines[precision] = EngineEntry(
@@ -95,11 +93,7 @@ def build_engines(
             round(seconds, 2),
             summary.quantized_coverage if precision == QUANTIZED else None,
         )
-        coverage = (
-            f"{summary.int8_quantized_layers}/{summary.quantized_layers} quantized layers INT8, "
-            if precision == QUANTIZED
-            else ""
-        )
+        coverage = f"{summary.coverage_text()}, " if precision == QUANTIZED else ""
         info(
             f"  {precision}: {coverage}{summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul "
             f"layers INT8, {summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, "

@@ -64,8 +64,10 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
         "coverage": {
             "int8_quantized_layers": layers.int8_quantized_layers,
             "quantized_layers": layers.quantized_layers,
-            "share": coverage,
-            "ok": coverage >= MIN_COVERAGE,
+            "share": coverage,  # None: undetermined, which fails the check
+            "undetermined": layers.undetermined,
+            "ok": coverage is not None and coverage >= MIN_COVERAGE,
+            "check": layers.coverage_text(),
         },
         "accuracy": {"ok": accuracy_error is None, "error": accuracy_error},
         "speed": {
@@ -102,8 +104,8 @@ def _summary(m: dict[str, Any]) -> str:
         return f"gpu-check {m['config']}: FAIL: {m['error']}"
     c = m["coverage"]
     return (
-        f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: INT8 {c['int8_quantized_layers']}/"
-        f"{c['quantized_layers']} quantized layers ({c['share']:.0%}{'' if c['ok'] else ' < 90%'}), accuracy "
+        f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: {c['check']}"
+        f"{'' if c['ok'] or c['share'] is None else f' < {MIN_COVERAGE:.0%}'}, accuracy "
         f"{'ok' if m['accuracy']['ok'] else 'FAILED'}, speed {'ok' if m['speed']['ok'] else 'FAILED'}: "
         f"{m['speed']['check']}"
     )

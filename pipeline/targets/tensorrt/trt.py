@@ -124,14 +124,31 @@ class EngineFromOnnx:
 
 
 def engine_information(plan: bytes) -> dict[str, Any]:
-    """The engine inspector's whole-engine JSON."""
-    import json
+    """The engine inspector's whole-engine JSON. Where it lists no ``"Layers"`` (a layout TensorRT may
+    write), each layer's ``get_layer_information(i)`` fills them in, and ``"LayersFrom"`` says so."""
 
     import tensorrt as trt
 
     engine = load_engine_bytes(plan, "the engine just built")
     inspector = engine.create_engine_inspector()
-    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    found = _json_or_text(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    info = found if isinstance(found, dict) else {"EngineInformation": found}
+    if not isinstance(info.get("Layers"), list):
+        info["Layers"] = [
+            _json_or_text(inspector.get_layer_information(i, trt.LayerInformationFormat.JSON))
+            for i in range(engine.num_layers)
+        ]
+        info["LayersFrom"] = "get_layer_information"
+    return info
+
+
+def _json_or_text(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:  # a layer name alone (LAYER_NAMES_ONLY), or text that is no JSON
+        return text
 
 
 def load_engine_bytes(plan: bytes, name: str):
