@@ -412,6 +412,34 @@ def test_gpu_check_fails_w8a8_below_the_verdict_threshold_and_passes_it_above(ex
         assert model["deploy"] == "fp16"
 
 
+def test_a_two_profile_model_deploys_to_triton_listing_each_instances_profiles(tmp_path, user_model, monkeypatch):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from tests.test_deploy import TWO_PROFILES
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, user_model, top=f'name = "tiny"\n{FAST}', batch=TWO_PROFILES)
+    cfg = load_config(path)
+    stages.run("export", cfg)
+    stages.run("quantize", cfg)
+    with standin(tmp_path / "gpu-machine", gpu=Gpu(kernel_ms=_kernel_ms(2.0))):
+        for stage in ("build", "compare", "bench"):
+            stages.run(stage, cfg)
+        model_dir = stages.deploy(cfg, tmp_path / "repo")
+    # Parsed by Triton's own schema (tritonclient's model_config_pb2), unknown fields refused.
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 64
+    assert [list(g.profile) for g in config.instance_group] == [["0", "1"]]
+    assert [w.batch_size for w in config.model_warmup] == [8, 32]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "w8a8" and [p["x"]["max"][0] for p in manifest["profiles"]] == [16, 64]
+    assert manifest["triton_container"]["tensorrt_version"] == "11.4.0.106"
+    assert "libnvinfer.so.11.4.0" in manifest["triton_container"]["check"]
+    header, _ = standin_plan.deserialize((model_dir / "1" / "model.plan").read_bytes())
+    assert len(header["profiles"]) == 2  # the engine holds both profiles the config lists
+
+
 def test_deploy_default_follows_the_verdict_and_a_given_precision_wins_with_a_warning(tiny, tmp_path, capsys):
     """deploy defaulted to w8a8 when the report's verdict was "deploy FP16"."""
     cfg, _, _ = tiny

@@ -133,7 +133,7 @@ def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, A
     for config_path in config_paths:
         try:
             found = check_model(Path(config_path), root)
-        except Exception as exc:  # noqa: BLE001 - recorded per model; the others are still checked
+        except Exception as exc:  # recorded per model; the others are still checked
             found = _failed(Path(config_path), exc)
         models.append(found)
         result["complete"] = len(models) == len(config_paths)

@@ -97,7 +97,8 @@ class TensorRT(Target):
                 found[ARTIFACT],
                 cfg.bench.gpu_batches,
                 None,
-                "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
+                "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included; the CUDA EP "
+                "simulates the Q/DQ graph's quantization in float (INT8 needs the TensorRT EP or an engine)",
             )
         return None  # its graphs only simulate TensorRT's numbers on a CPU: their CPU latency would mislead
 
