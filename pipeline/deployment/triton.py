@@ -103,7 +103,9 @@ def build_config(
         if cfg.bench.cuda_graph:
             config.optimization.cuda.graphs = True
     elif tensorrt_accelerator:
-        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt"  # Triton's name for ONNX Runtime's TensorRT execution provider
+        )
         # trt_int8_enable: the Q/DQ pairs build INT8 kernels (the mapping in Triton's onnxruntime_backend README)
         accelerator.parameters["precision_mode"] = "INT8"
         accelerator.parameters["max_workspace_size_bytes"] = str(cfg.build.workspace_mib << 20)
