@@ -373,6 +373,7 @@ def test_example_build_compare_bench_report_deploy_on_tensorrt(model, exported_e
     assert bench["backend"] == "tensorrt" and bench["batches"] == [4, 16]
     report = (out.reports_dir / "report.md").read_text()
     assert report.startswith(f"# {model}: FP16 vs w8a8 on TensorRT") and "execute_async_v3" in report
+    assert "| w8a8 items/s |" in report and "timed with CUDA events" in report  # latency and throughput
     deployed = tmp_path / "repo" / model
     assert 'platform: "tensorrt_plan"' in (deployed / "config.pbtxt").read_text()
     assert sha256_file(deployed / "1" / "model.plan") == sha256_file(Path(record["dir"]) / "w8a8.plan")

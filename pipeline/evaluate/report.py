@@ -142,8 +142,17 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
 
     m = bench.medians()
     base, quantized = bench.baseline, bench.quantized
+    rate = {(r.precision, r.batch): f"{r.throughput:.0f}" for r in bench.runs[0]}
     lat_rows = [
-        [b, _ms(m[base][b]), _ms(m[quantized][b]), f"{m[base][b] / m[quantized][b]:.2f}x"] for b in bench.batches
+        [
+            b,
+            _ms(m[base][b]),
+            _ms(m[quantized][b]),
+            rate[(base, b)],
+            rate[(quantized, b)],
+            f"{m[base][b] / m[quantized][b]:.2f}x",
+        ]
+        for b in bench.batches
     ]
     parts = [
         f"# {model}: {_name(base)} vs {QUANTIZED} on {bench.runtime}",
@@ -154,9 +163,19 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         "",
         f"What a timing includes: {bench.includes}. Median of at least {bench.min_iterations} runs and "
         f"{bench.min_seconds} s per cell after {bench.warmup} warm-up runs; the full percentiles "
-        "(p90, p99, IQR) and throughput are in `results/bench.json` and `results/bench.csv`.",
+        "(p90, p99, IQR) are in `results/bench.json` and `results/bench.csv`.",
         "",
-        table(["batch", f"{_name(base)} ms", f"{QUANTIZED} ms", f"{QUANTIZED} speedup"], lat_rows),
+        table(
+            [
+                "batch",
+                f"{_name(base)} ms",
+                f"{QUANTIZED} ms",
+                f"{_name(base)} items/s",
+                f"{QUANTIZED} items/s",
+                f"{QUANTIZED} speedup",
+            ],
+            lat_rows,
+        ),
         "",
         "## Verdict",
         "",
