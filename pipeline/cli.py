@@ -279,12 +279,17 @@ def report(config_path: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Destination folder (a Triton model repository for --format triton).",
 )
-@click.option("--precision", type=click.Choice([QUANTIZED, FP8, FP16]), default=QUANTIZED, show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice([QUANTIZED, FP8, FP16]),
+    default=None,
+    help="Default: what the report's verdict chooses at the largest batch benched ([verdict] min_speedup).",
+)
 @click.option("--format", "fmt", type=click.Choice(["triton", "plain"]), default="triton", show_default=True)
 @click.option("--force", is_flag=True, help="Deploy despite a failed accuracy gate (recorded in the manifest).")
 @click.option("--replace", is_flag=True, help="Replace a folder at the target that trtpipe deploy did not write.")
 @_user_errors
-def deploy(config_path: Path, to: Path, precision: str, fmt: str, force: bool, replace: bool) -> None:
+def deploy(config_path: Path, to: Path, precision: str | None, fmt: str, force: bool, replace: bool) -> None:
     """Deploy an engine (or, without TensorRT, the ONNX graph) with its manifest.
 
     \b

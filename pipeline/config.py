@@ -320,6 +320,7 @@ class BenchSection:
     iterations: int = 20  # at least this many timed runs ...
     min_seconds: float = 1.0  # ... and at least this long per artifact and batch size
     threads: int = 1
+    cuda_graph: bool = False  # TensorRT: each timed inference a CUDA graph launch (trtexec --useCudaGraph)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.threads < 1 or not self.min_seconds >= 0.0:
@@ -337,9 +338,23 @@ class BenchSection:
 
 
 @dataclass(frozen=True)
+class VerdictSection:
+    # w8a8 is worth deploying only where it is at least this many times as fast as its baseline; at
+    # the largest batch benched this decides for the model (report, gpu-check's speed check, deploy).
+    min_speedup: float = 1.05
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_speedup) and self.min_speedup > 0.0):
+            raise ValueError(f"min_speedup {self.min_speedup} must be a positive number (1.05: w8a8 5% faster)")
+
+
+@dataclass(frozen=True)
 class BuildSection:
     workspace_mib: int = 4096
     optimization_level: int = 3
+    # TF32 for Conv/GEMM/MatMul layers the graph computes in FP32. Unset: on, unless [export] keep_fp32
+    # keeps such an op type in FP32, which asks for FP32's precision, not only its range.
+    tf32: bool | None = None
 
     def __post_init__(self) -> None:
         if self.workspace_mib < 1:
@@ -362,6 +377,7 @@ class Config:
     quantize: QuantizeSection = QuantizeSection()
     accuracy: AccuracySection = AccuracySection()
     bench: BenchSection = BenchSection()
+    verdict: VerdictSection = VerdictSection()
     build: BuildSection = BuildSection()
     # Set by the loader, not by the file.
     path: Path = Path(".")

@@ -44,9 +44,13 @@ class BenchRow:
     precision: str
     batch: int
     latency: Latency = saved(inline=True)
+    # Measured over inferences enqueued back to back (TensorRT, CUDA events); None: batch / median.
+    items_per_s: float | None = saved(omitted=True)
 
     @property
     def throughput(self) -> float:
+        if self.items_per_s is not None:
+            return self.items_per_s
         return self.batch / (self.latency.median_ms / 1e3)
 
     def derived(self) -> dict[str, float]:
@@ -70,6 +74,7 @@ class LayerSummary:
     int8_quantized_layers: int = 0  # of those, how many the engine runs INT8
     by_onnx_node: bool = False  # counted through layer metadata (else by compute layers, for old engines)
     warning: str | None = saved(omitted=True)  # the Q/DQ engine's coverage falls short (``coverage_warning``)
+    undetermined: str | None = saved(omitted=True)  # why the inspector's output cannot tell which run INT8
 
     @property
     def int8_coverage(self) -> float:
@@ -77,11 +82,23 @@ class LayerSummary:
         return self.int8_compute_layers / self.compute_layers if self.compute_layers else 0.0
 
     @property
-    def quantized_coverage(self) -> float:
-        """Share of the graph's quantized layers that run INT8: what the 90% rule is about."""
+    def quantized_coverage(self) -> float | None:
+        """Share of the graph's quantized layers that run INT8: what the 90% rule is about. None where it
+        cannot be determined (``undetermined`` says why): never a 0 that reads as "no INT8"."""
+        if self.undetermined is not None:
+            return None
         if not self.quantized_layers:
             return 0.0
         return min(self.int8_quantized_layers / self.quantized_layers, 1.0)
+
+    def coverage_text(self) -> str:
+        """``17/18 quantized layers INT8 (94%)``, or ``INT8 coverage undetermined: why``."""
+        if self.quantized_coverage is None:
+            return f"INT8 coverage undetermined: {self.undetermined}"
+        return (
+            f"{self.int8_quantized_layers}/{self.quantized_layers} quantized layers INT8 "
+            f"({self.quantized_coverage:.0%})"
+        )
 
     def derived(self) -> dict[str, float]:
         return {"int8_coverage": self.int8_coverage, "quantized_coverage": self.quantized_coverage}

@@ -130,6 +130,73 @@ def test_tensorrt_config_for_an_engine(make_config):
     assert list(parsed.input[0].dims) == [16, 8, 8]
 
 
+TWO_PROFILES = "[[batch]]\nmin = 1\nopt = 8\nmax = 16\n\n[[batch]]\nmin = 17\nopt = 32\nmax = 64"
+
+
+def test_an_engine_with_two_profiles_lists_both_for_its_instances(make_config):
+    """max_batch_size was the largest max over the profiles and instance_group listed none: Triton's
+    TensorRT backend then uses profile 0 alone, whose max (16) is below it, and refuses the model."""
+    from tests import graphs
+
+    cfg = make_config(batch=TWO_PROFILES, inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]')
+    parsed = triton.parse(triton.to_text(triton.build_config(cfg, graphs.residual(), "tensorrt", "GPU", [8, 32])))
+    (group,) = parsed.instance_group
+    assert list(group.profile) == ["0", "1"] and group.kind == mc.ModelInstanceGroup.KIND_GPU
+    # The backend's rule (model_state.cc): max_batch_size at most the largest max of the listed profiles.
+    assert parsed.max_batch_size == max(cfg.batch[int(i)].max for i in group.profile) == 64
+    assert [(w.name, w.batch_size) for w in parsed.model_warmup] == [
+        ("profile 0 at batch 8", 8),
+        ("profile 1 at batch 32", 32),
+    ]
+    assert list(parsed.model_warmup[1].inputs["x"].dims) == [16, 8, 8] and parsed.model_warmup[1].inputs["x"].zero_data
+    assert not parsed.optimization.cuda.graphs  # only where [bench] cuda_graph timed them
+
+
+def test_profiles_that_leave_a_batch_size_to_none_are_refused(make_config):
+    from tests import graphs
+
+    cfg = make_config(batch="[[batch]]\nmin = 1\nopt = 8\nmax = 16\n\n[[batch]]\nmin = 33\nopt = 48\nmax = 64")
+    with pytest.raises(
+        PipelineError, match=r"no \[batch\] profile \(\[1, 16\], \[33, 64\]\) takes a batch of 17 to 32"
+    ):
+        triton.build_config(cfg, graphs.residual(), "tensorrt", "GPU", [])
+    assert triton.build_config(cfg, graphs.residual(), "onnxruntime", "GPU", []).max_batch_size == 64  # ORT: any
+
+
+def test_a_tensorrt_qdq_graph_on_onnx_runtime_asks_for_the_tensorrt_accelerator(make_config):
+    """On the CUDA EP alone the TensorRT-target Q/DQ graph is simulated in float, yet was deployed as w8a8."""
+    from tests import graphs
+
+    cfg = make_config(inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, 8, 8]')
+    config = triton.parse(triton.to_text(triton.build_config(cfg, graphs.residual(), "onnxruntime", "GPU", [], True)))
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "INT8"
+    assert accelerator.parameters["max_workspace_size_bytes"] == str(4096 << 20)
+    plain = triton.parse(triton.to_text(triton.build_config(cfg, graphs.residual(), "onnxruntime", "GPU", [])))
+    assert not plain.optimization.execution_accelerators.gpu_execution_accelerator
+
+
+def test_on_a_gpu_without_engines_the_tensorrt_qdq_graph_deploys_with_the_tensorrt_accelerator(
+    pipeline_run, tmp_path, monkeypatch
+):
+    from pipeline import ortsession
+
+    cfg, _, _ = pipeline_run
+    # A GPU machine without TensorRT: the build records the CUDA EP (ONNX Runtime here falls back to the CPU).
+    monkeypatch.setattr(ortsession, "providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    stages.run("build", cfg, backend="onnxruntime")
+    stages.run("compare", cfg)
+    model_dir = stages.deploy(cfg, tmp_path / "repo", precision="w8a8")
+    config = triton.parse((model_dir / "config.pbtxt").read_text())
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert config.backend == "onnxruntime" and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "INT8"
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "w8a8" and manifest["execution_accelerator"].startswith("tensorrt: ")
+    plain = stages.deploy(cfg, tmp_path / "plain", precision="w8a8", fmt="plain")
+    assert '("TensorrtExecutionProvider", {"trt_int8_enable": True' in (plain / "README.md").read_text()
+
+
 def test_config_text_with_an_unknown_field_is_refused():
     with pytest.raises(PipelineError, match="does not parse against Triton's model config schema"):
         triton.parse('name: "x"\nmax_batch_sise: 8\n')

@@ -17,7 +17,8 @@ from pipeline.data import heldout_batches
 from pipeline.errors import PipelineError
 from pipeline.evaluate.accuracy import AccuracyRow
 from pipeline.evaluate.metrics import ErrorStats, error_stats
-from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR, verdict
+from pipeline.evaluate.report import BASELINE_COLOUR, W8A8_COLOUR
+from pipeline.evaluate.verdict import decide
 from pipeline.layout import Layout
 from pipeline.results import (
     BenchResult,
@@ -186,8 +187,8 @@ def test_verdict_explains_no_gain_on_a_cpu_with_the_op_profile():
         fp32_op_time_share={"MatMul": 0.25, "Softmax": 0.30, "Add": 0.25, "Transpose": 0.20},
         profiled_batch=1,
     )
-    one, sixty_four = verdict(bench, None, _ON_ONNXRUNTIME)
-    assert one.startswith("batch 1: deploy FP32: w8a8 is no faster (0.76x)")
+    one, sixty_four = decide(bench, None, _ON_ONNXRUNTIME).lines()
+    assert one.startswith("batch 1: deploy FP32: w8a8 is no faster (0.76x, below 1.05x)")
     assert "Conv/MatMul/Gemm are only 25% of FP32 time at batch 1" in one and "Softmax 30%" in one
     assert sixty_four.startswith("batch 64: deploy w8a8: 2.00x faster")
 
@@ -196,9 +197,29 @@ def test_verdict_explains_no_gain_on_tensorrt_with_the_engine_layers():
     layers = LayerSummary(40, 20, 3, 12, 7, True)
     bench = _bench("fp16", "w8a8", {256: (10.0, 10.1)})
     build = BuildResult("tensorrt", (), Engines("trt/x", "trt/x/manifest.json", {"w8a8": layers}))
-    (line,) = verdict(bench, None, build)
-    assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x)")
-    assert "12 reformat layers and 7 unfused Q/DQ layers" in line and "3 of 20 Conv/GEMM/MatMul layers in INT8" in line
+    (line,) = decide(bench, None, build).lines()
+    assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x, below 1.05x)")
+    assert "7 unfused Q/DQ layers in the engine; 12 reformat layers in the engine" in line
+    assert "3 of 20 Conv/GEMM/MatMul layers in INT8" in line
+
+
+def test_one_rule_for_the_report_gpu_check_and_deploy():
+    """1.02x was "faster" to gpu-check, "no faster" to the report (1.05x); deploy chose w8a8 regardless."""
+    from pipeline.evaluate.verdict import deploy_precision
+
+    layers = LayerSummary(40, 20, 20, 0, 0, True, quantized_layers=20, int8_quantized_layers=20)
+    build = BuildResult("tensorrt", (), Engines("trt/x", "trt/x/manifest.json", {"w8a8": layers}))
+    slow = decide(_bench("fp16", "w8a8", {128: (1.30, 1.0), 1024: (10.2, 10.0)}), None, build)
+    assert [v.deploy for v in slow.batches] == ["w8a8", "fp16"]  # the largest batch decides for the model
+    assert not slow.fast_enough and slow.deploy == "fp16" and deploy_precision(slow) == ("fp16", None)
+    assert slow.speed().startswith("w8a8 is 1.02x FP16 at batch 1024 (below 1.05x, [verdict] min_speedup); ")
+    assert "likeliest causes: 20 of 20 Conv/GEMM/MatMul layers in INT8, no reformat" in slow.speed()
+    fast = decide(_bench("fp16", "w8a8", {1024: (10.2, 10.0)}), None, build, min_speedup=1.01)
+    assert fast.fast_enough and deploy_precision(fast) == ("w8a8", None) and "likeliest" not in fast.speed()
+    # On a CPU the baseline is the FP32 graph, which deploy does not ship: w8a8, with a warning.
+    cpu = decide(_bench("fp32", "w8a8-cpu", {64: (1.0, 2.0)}), None, _ON_ONNXRUNTIME)
+    chosen, warning = deploy_precision(cpu)
+    assert chosen == "w8a8" and "keeps FP32, which deploy does not ship" in warning
 
 
 def test_verdict_keeps_the_baseline_when_w8a8_fails_its_gate():
@@ -206,7 +227,7 @@ def test_verdict_keeps_the_baseline_when_w8a8_fails_its_gate():
     stats = ErrorStats(0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.1, 0.1)
     failed = AccuracyRow("w8a8-cpu (ONNX Runtime)", "logits", stats, None, None, None, ("cosine 0.5 < 0.99",), 8)
     compare = CompareResult((failed,), False)
-    lines = verdict(bench, compare, _ON_ONNXRUNTIME)
+    lines = decide(bench, compare, _ON_ONNXRUNTIME).lines()
     assert lines == ["batch 8: deploy FP32: w8a8 fails its accuracy gate (see the table)"]
 
 

@@ -19,7 +19,7 @@ from pipeline.calibration.wholegraph import Range, scales, simulation
 from pipeline.config import QuantizeSection, load_config
 from pipeline.evaluate.accuracy import AccuracyRow
 from pipeline.evaluate.metrics import ErrorStats
-from pipeline.evaluate.report import verdict
+from pipeline.evaluate.verdict import decide
 from pipeline.fileio import sha256_file
 from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
@@ -322,12 +322,12 @@ def _failed(artifact: str) -> CompareResult:
 def test_verdict_picks_the_fastest_of_fp16_int8_and_fp8_within_its_gate():
     layers = {"w8a8": LayerSummary(40, 20, 3, 12, 7, True), "fp8": LayerSummary(40, 20, 20, 0, 0, True)}
     build = BuildResult("tensorrt", (), Engines("trt/x", "trt/x/manifest.json", layers))
-    (line,) = verdict(_bench({"fp16": 10.0, "w8a8": 8.0, "fp8": 5.0}), None, build)
+    (line,) = decide(_bench({"fp16": 10.0, "w8a8": 8.0, "fp8": 5.0}), None, build).lines()
     assert line == "batch 256: deploy fp8: 2.00x faster (5.00 vs 10.0 ms) and within its accuracy gate; w8a8 1.25x"
-    (line,) = verdict(_bench({"fp16": 10.0, "w8a8": 8.0, "fp8": 5.0}), _failed("fp8"), build)
+    (line,) = decide(_bench({"fp16": 10.0, "w8a8": 8.0, "fp8": 5.0}), _failed("fp8"), build).lines()
     assert line.startswith("batch 256: deploy w8a8: 1.25x faster") and line.endswith("; fp8 fails its accuracy gate")
-    (line,) = verdict(_bench({"fp16": 10.0, "w8a8": 10.1, "fp8": 10.2}), None, build)
-    assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x)") and "in INT8" in line
+    (line,) = decide(_bench({"fp16": 10.0, "w8a8": 10.1, "fp8": 10.2}), None, build).lines()
+    assert line.startswith("batch 256: deploy FP16: w8a8 is no faster (0.99x, below 1.05x)") and "in INT8" in line
 
 
 # --- on the TensorRT stand-in ------------------------------------------------------------------
@@ -380,7 +380,8 @@ def test_build_compare_bench_report_and_deploy_handle_the_fp8_artifact(three_tar
     assert {r["precision"] for r in bench["runs"][0]} == {"fp16", "w8a8", "fp8"}
     report = out.report.read_text()
     assert report.startswith("# tiny: FP16 vs w8a8 vs fp8 on TensorRT")
-    assert "| batch | FP16 ms | w8a8 ms | w8a8 speedup | fp8 ms | fp8 speedup |" in report
+    header = "| batch | FP16 ms | FP16 items/s | w8a8 ms | w8a8 items/s | w8a8 speedup | fp8 ms | fp8 items/s | fp8 speedup |"
+    assert header in report
     assert out.chart("latency").is_file()
     deployed = tmp_path / "repo" / "tiny"
     assert 'platform: "tensorrt_plan"' in (deployed / "config.pbtxt").read_text()

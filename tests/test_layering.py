@@ -31,8 +31,9 @@ def test_the_calibrator_does_not_import_the_quantizer():
 
 # A target's or precision's name in quotes; only the targets and the config's defaults spell them.
 TARGET_LITERALS = ('"tensorrt"', '"tensorrt-fp8"', '"onnxruntime-cpu"', '"w8a8"', '"w8a8-cpu"', '"fp8"', '"fp16"')
-# interrupts.py names the tensorrt Python module, whose import it holds Ctrl-C for: no target.
-SPELLS_A_MODULE_NAME = {"interrupts.py"}
+# interrupts.py names the tensorrt Python module, whose import it holds Ctrl-C for: no target;
+# deployment/triton.py names Triton's TensorRT execution accelerator ("tensorrt" in config.pbtxt).
+SPELLS_A_MODULE_NAME = {"interrupts.py", "deployment/triton.py"}
 
 
 def test_only_the_targets_spell_target_and_precision_names():

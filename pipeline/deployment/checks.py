@@ -23,6 +23,8 @@ class Deployable:
     device: str  # "GPU" or "CPU"
     gate_failures: tuple[str, ...]  # non-empty only when --force overrode the gate
     manifest: dict
+    # A TensorRT-target Q/DQ graph on ONNX Runtime with a GPU: INT8 only through the TensorRT EP.
+    tensorrt_ep: bool = False
 
 
 def check_destination(out: Layout, to: Path) -> None:
@@ -46,10 +48,17 @@ def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
     name = FP16 if precision == FP16 else _quantized_for(cfg, cpu_only, precision)
     artifact = found[name]  # artifacts() has refused missing files
     sha = measured_sha256(cfg, out, artifact)
+    target = targets.by_artifact(cfg).get(name)
+    tensorrt_ep = artifact.backend != ENGINE and not cpu_only and target is not None and target.builds_engine
     if artifact.backend == ENGINE:
         info = _engine_info(artifact, name)
     else:
         info = {"onnxruntime_providers": list(record.providers)}
+    if tensorrt_ep:
+        info["execution_accelerator"] = (
+            "tensorrt: this Q/DQ graph runs INT8 only on ONNX Runtime's TensorRT execution provider "
+            "(trt_int8_enable); on the CUDA EP alone its Q/DQ pairs are simulated in float"
+        )
     failures = _gate_failures(cfg, out, artifact)
     if failures and not force:
         raise PipelineError(
@@ -58,7 +67,9 @@ def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
         )
     # The records of the stages that made and measured these bytes: signatures where a key is set.
     info["records"] = records.signatures(out, NAMES)
-    return Deployable(artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info)
+    return Deployable(
+        artifact, sha, artifact.backend, "CPU" if cpu_only else "GPU", failures if force else (), info, tensorrt_ep
+    )
 
 
 def _quantized_for(cfg: Config, cpu_only: bool, precision: str) -> str:

@@ -145,14 +145,18 @@ def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: boo
         load_external_data=False,
     )
     bench = load_if_saved(BenchResult, out, cfg.path)  # no preferred batch sizes without it
-    config = triton.build_config(cfg, graph, d.backend, d.device, triton.preferred_batch_sizes(bench, d.artifact.name))
+    preferred = triton.preferred_batch_sizes(bench, d.artifact.name)
+    config = triton.build_config(cfg, graph, d.backend, d.device, preferred, tensorrt_accelerator=d.tensorrt_ep)
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema
     file_name = "model.plan" if d.backend == ENGINE else "model.onnx"
+    manifest = manifest_for(cfg, d, f"1/{file_name}", "triton")
+    if d.backend == ENGINE:  # the Triton container whose TensorRT loads this engine
+        manifest["triton_container"] = triton.container(d.manifest["tensorrt_version"])
     with model_folder(to, cfg.name, replace) as model_dir:
         copy_verified(d.artifact.path, model_dir / "1" / file_name, d.sha256)
         write_text(model_dir / "config.pbtxt", text)
-        seal(model_dir, manifest_for(cfg, d, f"1/{file_name}", "triton"))
+        seal(model_dir, manifest)
     return to / cfg.name
 
 
@@ -180,7 +184,18 @@ context.set_input_shape("{cfg.inputs[0].name}", (batch, ...))  # within the prof
 # set_tensor_address for every I/O tensor, then context.execute_async_v3(stream)
 ```
 The engine only runs with TensorRT {d.manifest.get("tensorrt_version")} on a GPU of compute capability
-{d.manifest.get("compute_capability")}: TensorRT serializes kernels chosen for that GPU and version."""
+{d.manifest.get("compute_capability")}: TensorRT serializes kernels chosen for that GPU and version. To serve
+it with Triton, use {triton.container(str(d.manifest.get("tensorrt_version")))["release"]}."""
+    elif d.tensorrt_ep:
+        load = f"""```python
+import onnxruntime as ort  # onnxruntime-gpu, built with TensorRT
+providers = [("TensorrtExecutionProvider", {{"trt_int8_enable": True, "trt_engine_cache_enable": True}}),
+             "CUDAExecutionProvider"]
+session = ort.InferenceSession("{file_name}", providers=providers)
+outputs = session.run(None, {{"{cfg.inputs[0].name}": batch}})
+```
+This Q/DQ graph runs INT8 only on the TensorRT execution provider: on the CUDA execution provider
+alone its Q/DQ pairs are simulated in float, slower than the FP16 graph."""
     else:
         load = f"""```python
 import onnxruntime as ort

@@ -1,13 +1,17 @@
 """``trtpipe bench``: latency of each deployable artifact across batch sizes.
 
 What a timing includes:
-* TensorRT: ``execute_async_v3`` and a ``cudaStreamSynchronize``, timed on the host
-  with ``perf_counter``. Inputs and outputs stay in device memory; the profile,
+* TensorRT, as trtexec times (``targets.tensorrt.timing``): ``execute_async_v3`` calls
+  enqueued back to back on one stream, each between two CUDA events; latency is each
+  inference's GPU time between its events, throughput the items over the span from the
+  first event to the last; optionally each inference is a CUDA graph launch
+  (``[bench] cuda_graph``). Inputs and outputs stay in device memory; the profile,
   shapes and tensor addresses are set once before timing. No host copies and no
   Polygraphy per-call work (its ``infer`` checks inputs against the engine's
   metadata and sets up outputs on every call).
-* ONNX Runtime: host arrays in and out, explicit intra-op threads; on the CPU
-  EP there is no copy to speak of, on the CUDA EP the host<->device copies are in.
+* ONNX Runtime: host arrays in and out, explicit intra-op threads, timed on the host
+  with ``perf_counter``; on the CPU EP there is no copy to speak of, on the CUDA EP the
+  host<->device copies are in.
 
 The pair benched is what deploys on this machine: the first configured target
 whose artifact runs here as it deploys (``Target.bench_pair``). On a CPU-only
@@ -22,12 +26,14 @@ import csv
 import dataclasses
 import io
 
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
+
 from pipeline import ortsession, targets
 from pipeline.config import Config
 from pipeline.console import progress
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
-from pipeline.evaluate.timing import measure
+from pipeline.evaluate.timing import latency_stats, measure
 from pipeline.layout import Layout
 from pipeline.results import BenchRow
 from pipeline.runners import Artifact, artifacts
@@ -57,19 +63,38 @@ def plan_bench(cfg: Config, out: Layout) -> BenchPlan:
     )
 
 
-def _timer(cfg: Config, artifact: Artifact, batch: int, threads: int | None):
-    """A zero-argument callable running one inference at ``batch``, plus what to release after."""
+def time_one(cfg: Config, artifact: Artifact, batch: int, threads: int | None) -> BenchRow:
+    """One artifact at one batch size: a TensorRT engine with CUDA events over inferences enqueued back
+    to back (``targets.tensorrt.timing``), an ONNX graph on ONNX Runtime with the host clock. A
+    failure (CUDA out of memory at a large batch) is one line naming the artifact and the batch."""
     feed = sample_inputs(cfg, batch)
+    b = cfg.bench
     if artifact.backend == ENGINE:
         from pipeline.runners import engine_to_run
         from pipeline.targets.tensorrt.profiles import profile_index_for
-        from pipeline.targets.tensorrt.trt import execution
+        from pipeline.targets.tensorrt.timing import time_engine
 
-        run, release = execution(engine_to_run(artifact), profile_index_for(cfg, batch), feed)
-        return run, (release,)
+        try:
+            timed = time_engine(
+                engine_to_run(artifact),
+                profile_index_for(cfg, batch),
+                feed,
+                b.warmup,
+                b.iterations,
+                b.min_seconds,
+                cuda_graph=b.cuda_graph,
+            )
+        except PipelineError as exc:
+            raise PipelineError(f"bench {artifact.label} at batch {batch}: {exc}") from None
+        return BenchRow(artifact.label, artifact.name, batch, latency_stats(timed.latencies_ms), timed.items_per_s)
     sess = ortsession.session_for(artifact.path, artifact.cpu, threads)
     inputs = ortsession.feed_for(sess, feed)
-    return (lambda: sess.run(None, inputs)), ()
+    try:
+        latency = measure(lambda: sess.run(None, inputs), b.warmup, b.iterations, b.min_seconds)
+    except (Fail, RuntimeException) as exc:  # e.g. the CUDA EP out of memory
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PipelineError(f"bench {artifact.label} at batch {batch}: {artifact.path}: {first}") from None
+    return BenchRow(artifact.label, artifact.name, batch, latency)
 
 
 def bench(cfg: Config, out: Layout, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
@@ -77,17 +102,8 @@ def bench(cfg: Config, out: Layout, plan: BenchPlan, repeat: int = 1) -> list[li
     runs = []
     jobs = [(a, b) for b in plan.batches for a in plan.timed]
     for r in range(repeat):
-        rows = []
         label = f"bench {cfg.name}" + (f" (run {r + 1}/{repeat})" if repeat > 1 else "")
-        for artifact, batch in progress(jobs, label):
-            fn, release = _timer(cfg, artifact, batch, plan.threads)
-            try:
-                latency = measure(fn, cfg.bench.warmup, cfg.bench.iterations, cfg.bench.min_seconds)
-            finally:
-                for free in release:
-                    free()
-            rows.append(BenchRow(artifact.label, artifact.name, batch, latency))
-        runs.append(rows)
+        runs.append([time_one(cfg, artifact, batch, plan.threads) for artifact, batch in progress(jobs, label)])
     return runs
 
 

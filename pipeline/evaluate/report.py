@@ -8,31 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import targets
 from pipeline.config import Config
 from pipeline.console import table
 from pipeline.evaluate.accuracy import accuracy_table
 from pipeline.evaluate.colours import BASELINE_COLOUR, QUANTIZED_COLOURS, W8A8_COLOUR
-from pipeline.evaluate.profile import INT8_OPS
+from pipeline.evaluate.verdict import MIN_SPEEDUP, decide, deploy_precision
+from pipeline.evaluate.verdict import ms as _ms
+from pipeline.evaluate.verdict import name as _name
 from pipeline.fileio import atomic_path, write_text
 from pipeline.layout import Layout
 from pipeline.results import BenchResult, BuildResult, CompareResult, QuantizeResult, Smoothing, load, load_if_saved
-from pipeline.targets.base import FP8
-
-MIN_GAIN = 1.05  # below this, an 8-bit artifact is not worth its accuracy cost
-
-
-def _name(artifact: str) -> str:
-    """How the report names an artifact: a target's 8-bit graph by its precision (w8a8, fp8), the float
-    ones FP32 and FP16."""
-    return {t.artifact: t.precision for t in targets.everything()}.get(artifact, artifact.upper())
 
 
 def _colour(artifact: str) -> str:
     return QUANTIZED_COLOURS.get(_name(artifact), W8A8_COLOUR)
 
 
-def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
+def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float = MIN_SPEEDUP) -> None:
     """Grouped bars per batch size: baseline light grey, w8a8 dark red, FP8 dark blue, value labels,
     each 8-bit artifact's speedup above it."""
     import matplotlib
@@ -74,7 +66,7 @@ def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
                 f"{speedup:.2f}x",
                 ha="center",
                 fontsize=9 if len(quantized) == 1 else 8,
-                color=_colour(q) if speedup >= MIN_GAIN else "#555555",
+                color=_colour(q) if speedup >= min_speedup else "#555555",
                 fontweight="bold",
             )
     ax.set_ylim(0, top * 1.25)
@@ -92,66 +84,6 @@ def latency_chart(bench: BenchResult, path: Path, model: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def _ms(v: float) -> str:
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
-
-
-def verdict(bench: BenchResult, compare: CompareResult | None, build: BuildResult) -> list[str]:
-    """Which precision to deploy at each batch size, and the evidence: the fastest 8-bit artifact
-    within its accuracy gate where it gains MIN_GAIN, else the baseline and why."""
-    m = bench.medians()
-    base = bench.baseline
-    failed = {
-        q
-        for q in bench.all_quantized
-        if compare is not None and any(r.failures for r in compare.rows if r.artifact.startswith(q + " "))
-    }
-    passing = [q for q in bench.all_quantized if q not in failed]
-    lines = []
-    for b in bench.batches:
-        speedup = {q: m[base][b] / m[q][b] for q in bench.all_quantized}
-        best = max(passing, key=speedup.__getitem__, default=None)
-        rest = "".join(f"; {_name(q)} {speedup[q]:.2f}x" for q in passing if q != best)
-        rest += "".join(f"; {_name(q)} fails its accuracy gate" for q in bench.all_quantized if q in failed)
-        if best is None:
-            who = " and ".join(_name(q) for q in bench.all_quantized)
-            fail = "fails its accuracy gate" if len(failed) == 1 else "fail their accuracy gates"
-            lines.append(f"batch {b}: deploy {_name(base)}: {who} {fail} (see the table)")
-        elif speedup[best] >= MIN_GAIN:
-            lines.append(
-                f"batch {b}: deploy {_name(best)}: {speedup[best]:.2f}x faster ({_ms(m[best][b])} vs "
-                f"{_ms(m[base][b])} ms) and within its accuracy gate{rest}"
-            )
-        else:
-            lines.append(
-                f"batch {b}: deploy {_name(base)}: {_name(best)} is no faster ({speedup[best]:.2f}x); "
-                f"{_slow_evidence(bench, build, best)}{rest}"
-            )
-    return lines
-
-
-def _slow_evidence(bench: BenchResult, build: BuildResult, quantized: str) -> str:
-    """Why the 8-bit artifact is no faster: its engine's layers where it is an engine, else the FP32
-    graph's time per op type where bench profiled it."""
-    if build.engines is not None and quantized in build.engines.layers:
-        layers = build.engines.layers[quantized]
-        return (
-            f"{layers.reformat_layers} reformat layers and {layers.unfused_qdq_layers} "
-            f"unfused Q/DQ layers in the engine, {layers.int8_compute_layers} of "
-            f"{layers.compute_layers} Conv/GEMM/MatMul layers in {'FP8' if _name(quantized) == FP8 else 'INT8'}"
-        )
-    share = bench.fp32_op_time_share
-    if share:
-        int8 = sum(v for k, v in share.items() if k in INT8_OPS)
-        rest = sorted(((k, v) for k, v in share.items() if k not in INT8_OPS), key=lambda kv: -kv[1])
-        others = ", ".join(f"{k} {v:.0%}" for k, v in rest[:3])
-        return (
-            f"Conv/MatMul/Gemm are only {int8:.0%} of FP32 time at batch {bench.profiled_batch} "
-            f"(the largest of the rest: {others}); INT8 speeds up only that share"
-        )
-    return "no layer or op profile saved to explain it"
 
 
 def _smoothing_lines(smoothing: Smoothing | None) -> list[str]:
@@ -214,12 +146,19 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
     compare = load_if_saved(CompareResult, out, cfg.path)  # the report says to run compare
     build = load(BuildResult, out, cfg.path)
     quant = load_if_saved(QuantizeResult, out, cfg.path)
-    latency_chart(bench, out.chart("latency"), model)
+    latency_chart(bench, out.chart("latency"), model, cfg.verdict.min_speedup)
+    verdict = decide(bench, compare, build, cfg.verdict.min_speedup)
 
     m = bench.medians()
     base, quantized = bench.baseline, bench.all_quantized
+    rate = {(r.precision, r.batch): f"{r.throughput:.0f}" for r in bench.runs[0]}
     lat_rows = [
-        [b, _ms(m[base][b]), *(c for q in quantized for c in (_ms(m[q][b]), f"{m[base][b] / m[q][b]:.2f}x"))]
+        [
+            b,
+            _ms(m[base][b]),
+            rate[(base, b)],
+            *(c for q in quantized for c in (_ms(m[q][b]), rate[(q, b)], f"{m[base][b] / m[q][b]:.2f}x")),
+        ]
         for b in bench.batches
     ]
     names = [_name(q) for q in quantized]
@@ -232,13 +171,27 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         "",
         f"What a timing includes: {bench.includes}. Median of at least {bench.min_iterations} runs and "
         f"{bench.min_seconds} s per cell after {bench.warmup} warm-up runs; the full percentiles "
-        "(p90, p99, IQR) and throughput are in `results/bench.json` and `results/bench.csv`.",
+        "(p90, p99, IQR) are in `results/bench.json` and `results/bench.csv`.",
         "",
-        table(["batch", f"{_name(base)} ms", *(h for n in names for h in (f"{n} ms", f"{n} speedup"))], lat_rows),
+        table(
+            [
+                "batch",
+                f"{_name(base)} ms",
+                f"{_name(base)} items/s",
+                *(h for n in names for h in (f"{n} ms", f"{n} items/s", f"{n} speedup")),
+            ],
+            lat_rows,
+        ),
         "",
         "## Verdict",
         "",
-        *[f"- {line}" for line in verdict(bench, compare, build)],
+        f"An 8-bit artifact is worth deploying where it is within its accuracy gate and at least "
+        f"{verdict.min_speedup:.2f}x as fast as {_name(base)} (`[verdict] min_speedup`); the largest batch "
+        f"decides for the model: "
+        f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)[0]} unless `--precision` "
+        f"says otherwise.",
+        "",
+        *[f"- {line}" for line in verdict.lines()],
         "",
         "## Accuracy against FP32 (held-out data)",
         "",
@@ -250,14 +203,20 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
     parts += ["", "## Engines and 8-bit layer coverage", ""]
     if build.engines is not None:
         rows = [
-            [p, s.int8_compute_layers, s.compute_layers, s.reformat_layers, s.unfused_qdq_layers, s.warning or ""]
+            [
+                p,
+                s.coverage_text() if s.quantized_layers else "-",
+                s.int8_compute_layers,
+                s.compute_layers,
+                s.reformat_layers,
+                s.unfused_qdq_layers,
+                s.warning or "",
+            ]
             for p, s in build.engines.layers.items()
         ]
         parts.append(f"Engines in `{build.engines.dir}` (manifest: `{build.engines.manifest}`).")
-        parts += [
-            "",
-            table(["engine", "8-bit Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ", "warning"], rows),
-        ]
+        header = ["engine", "quantized layers", "8-bit Conv/GEMM/MatMul", "of", "reformat layers", "unfused Q/DQ"]
+        parts += ["", table([*header, "warning"], rows)]
     else:
         parts.append(f"No TensorRT engines on this machine: {build.reason}. The figures above are ONNX Runtime's.")
     if quant is not None:

@@ -26,7 +26,7 @@ def measure(
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return _stats(np.asarray(times))
+    return latency_stats(np.asarray(times))
 
 
 def measure_interleaved(
@@ -43,9 +43,10 @@ def measure_interleaved(
                 start = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: _stats(np.asarray(times)) for name, times in samples.items()}
+    return {name: latency_stats(np.asarray(times)) for name, times in samples.items()}
 
 
-def _stats(times: np.ndarray) -> Latency:
+def latency_stats(times: np.ndarray) -> Latency:
+    """Percentiles of timings in ms."""
     q25, q50, q75, q90, q99 = np.percentile(times, [25, 50, 75, 90, 99])
     return Latency(float(q50), float(q90), float(q99), float(times.min()), float(q75 - q25), len(times))

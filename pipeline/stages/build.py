@@ -92,7 +92,9 @@ def _reads(cfg, out):
     return [(export.STAGE, out.graph(FP16)), *((quantize.STAGE, out.graph(a)) for a in _engine_artifacts(cfg))]
 
 
-STAGE = Stage("build", ("batch", "axes", "quantize", "build"), run, reads=_reads, check=check, result=BuildResult)
+STAGE = Stage(
+    "build", ("batch", "axes", "export", "quantize", "build"), run, reads=_reads, check=check, result=BuildResult
+)
 
 
 def artifact_reads(cfg: Config, out) -> list:

@@ -44,19 +44,20 @@ def sensitivity(cfg: Config, root: Path | str | None = None, names: tuple[str, .
 def deploy(
     cfg: Config,
     to: Path | str,
-    precision: str = QUANTIZED,
+    precision: str | None = None,
     fmt: str = "triton",
     force: bool = False,
     root: Path | str | None = None,
     replace: bool = False,
 ) -> Path:
-    """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder."""
+    """Copy the chosen engine (or graph) with its manifest into a Triton repository or a plain folder.
+    ``precision`` None: the one the report's verdict chooses at the largest batch benched."""
     from pipeline.deployment.checks import check_destination, select
     from pipeline.deployment.repository import write_plain, write_triton
 
     out, to = Layout.of(cfg, root), Path(to)
     check_destination(out, to)  # every check before anything is written
-    chosen = select(cfg, out, precision, force)
+    chosen = select(cfg, out, _precision(cfg, out, precision), force)
     if chosen.gate_failures:
         info(
             f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
@@ -65,3 +66,28 @@ def deploy(
     path = write_triton(cfg, out, chosen, to, replace) if fmt == "triton" else write_plain(cfg, chosen, to, replace)
     info(f"{cfg.name}: deployed {chosen.artifact.label} ({chosen.device}) to {path}")
     return path
+
+
+def _precision(cfg: Config, out: Layout, asked: str | None) -> str:
+    """What to deploy: ``asked`` (``--precision``), warning where it contradicts the verdict; else what
+    the verdict chooses (``verdict.deploy_precision``); without bench results, ``QUANTIZED``."""
+    from pipeline.evaluate.verdict import decide, deploy_precision
+    from pipeline.results import BenchResult, BuildResult, CompareResult, load, load_if_saved
+
+    bench = load_if_saved(BenchResult, out, cfg.path)
+    if bench is None:
+        if asked is None:
+            info(f"{cfg.name}: no bench results, so no speed verdict: deploying {QUANTIZED}; run trtpipe bench first")
+        return asked or QUANTIZED
+    verdict = decide(
+        bench, load_if_saved(CompareResult, out, cfg.path), load(BuildResult, out, cfg.path), cfg.verdict.min_speedup
+    )
+    chosen, warning = deploy_precision(verdict)
+    if asked is None:
+        info(f"{cfg.name}: deploying {chosen}, as the verdict at the largest batch says: {verdict.overall.line}")
+        if warning:
+            info(f"WARNING: {warning}")
+        return chosen
+    if asked != chosen:
+        info(f"WARNING: deploying {asked} as --precision asks, against the verdict: {verdict.overall.line}")
+    return asked

@@ -25,4 +25,4 @@ def _reads(cfg, out):
     ]
 
 
-STAGE = Stage("report", ("name", "quantize"), run, reads=_reads)
+STAGE = Stage("report", ("name", "quantize", "verdict"), run, reads=_reads)

@@ -4,7 +4,8 @@
 
 * ``import tensorrt`` gives ``tests/trt_standin/tensorrt.py``, which implements what trtpipe and
   Polygraphy 0.53's TensorRT loaders and runner touch, and refuses (``AttributeError``,
-  recorded in ``StandIn.refused``) any name that the real 11.4 bindings lack;
+  recorded in ``StandIn.refused``) any name that the real 11.4 bindings lack, and (``TypeError``,
+  as pybind11 raises it) any call whose arguments bind to none of the real signatures;
 * ``ctypes.CDLL`` of ``libcuda.so.1`` or of a ``libcudart.so*`` placed where a GPU machine
   would have it returns the test doubles of ``cuda.py``, so Polygraphy's ``polygraphy.cuda``
   (device memory, streams) and our probe run their own code against them.
@@ -63,7 +64,8 @@ def standin(
     driver: bool = True,
     cudart_loads: bool = True,
     gpu: Gpu | None = None,
-    inspector_layers_key: str | None = "Layers",
+    inspector_layout: str = "engine",
+    myelin: str = "kgen",
 ) -> Iterator[StandIn]:
     """A GPU machine inside this process, its files under ``root``.
 
@@ -71,6 +73,9 @@ def standin(
     ``on_loader_path`` whether that folder is on ``LD_LIBRARY_PATH`` (default: only for the
     toolkit layout, as a toolkit install sets it and the pip wheels do not); ``cudart_loads``
     False leaves that file to the real loader, which refuses it (a broken install).
+    ``inspector_layout`` is where the engine inspector puts the layers ("engine": in the engine
+    JSON; "per-layer": only per layer; "unknown": in no layout trtpipe reads), ``myelin`` how fused
+    regions report ("kgen" attention layers, or "foreign-node" regions with their projections).
     """
     polygraphy_cuda = importlib.import_module("polygraphy.cuda.cuda")
 
@@ -125,7 +130,7 @@ def standin(
 
     try:
         sys.modules["tensorrt"] = trt_standin
-        trt_standin._si_options.update(gpu=gpu, inspector_layers_key=inspector_layers_key)
+        trt_standin._si_options.update(gpu=gpu, inspector_layout=inspector_layout, myelin=myelin)
         ctypes.CDLL = cdll
         glob.glob = hidden_glob
         if library is not None and on_loader_path:

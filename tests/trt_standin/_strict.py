@@ -1,4 +1,5 @@
-"""Name checking for the stand-in: every attribute touched must exist in the real bindings.
+"""Name and call checking for the stand-in: every attribute touched must exist in the real bindings,
+and every call must bind to one of the real signatures.
 
 ``names/tensorrt-11.4.0.106.json`` lists, per class, what the real ``tensorrt`` module of
 TensorRT 11.4 exposes (see ``extract_names.py``). A name it lacks raises ``NotInTensorRT``
@@ -7,15 +8,23 @@ probes with ``hasattr``/``try`` still sees what it would see on a GPU machine, a
 still tell that the name was touched. A name the real bindings have but the stand-in does not
 implement raises ``StandInGap`` (not an ``AttributeError``, so no probe can swallow it).
 
+A method the real bindings have is called only when its arguments bind to one of the signatures
+(every overload) the names file keeps from the wheel's docstrings; else it raises the ``TypeError``
+pybind11 raises (``_signatures.py``). So do constructors called from outside the stand-in: a class
+the real bindings give no constructor refuses to be made ("No constructor defined!").
+
 Implementation state of stand-in objects lives in attributes named ``_si_*``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from tests.trt_standin import _signatures
 
 NAMES_FILE = Path(__file__).parent / "names" / "tensorrt-11.4.0.106.json"
 NAMES: dict[str, Any] = json.loads(NAMES_FILE.read_text())
@@ -74,12 +83,34 @@ def check_active() -> None:
         raise StandInInactive("TensorRT stand-in used outside tests.trt_standin.standin()")
 
 
-def _standin_base(cls: type) -> type | None:
+def standin_class(cls: type) -> type | None:
     """The stand-in class a (possibly user-derived) class descends from."""
     for klass in cls.__mro__:
         if "_si_name" in klass.__dict__:
             return klass
     return None
+
+
+def _from_standin(depth: int) -> bool:
+    """Is the caller ``depth`` frames up the stand-in itself (which makes objects TensorRT hands out)?"""
+    return sys._getframe(depth + 1).f_globals.get("__name__", "").startswith("tests.trt_standin")
+
+
+def checked(owner: str, name: str, signatures: list[str], function: Any) -> Any:
+    """``function`` (a bound stand-in method or a module function), called only with arguments that bind
+    to one of the real ``signatures``."""
+    if not signatures:  # bound with a custom docstring: nothing to check against
+        return function
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not any(_signatures.binds(_signatures.parse(s), args, kwargs, CLASSES) for s in signatures):
+            REFUSED.append(f"{owner}.{name}()")
+            raise _signatures.incompatible(owner, name, signatures, args, kwargs)
+        return function(*args, **kwargs)
+
+    call.__name__ = name
+    call.__wrapped__ = function
+    return call
 
 
 def _user_defined(cls: type, name: str) -> bool:
@@ -97,12 +128,23 @@ def real_attr(owner: str, name: str) -> dict | None:
 
 
 class StrictType(type):
-    """Metaclass: class-level access (``trt.BuilderFlag.FP16``, ``trt.Logger.WARNING``) is checked too."""
+    """Metaclass: class-level access (``trt.BuilderFlag.FP16``, ``trt.Logger.WARNING``) is checked too,
+    and so is a constructor called from outside the stand-in."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        own = type.__getattribute__(cls, "__dict__").get("_si_name")
+        if own is not None and own in CLASSES and not _from_standin(1):
+            check_active()
+            signatures = CLASSES[own].get("special", {}).get("__init__")
+            if signatures is None:
+                raise TypeError(f"tensorrt.{own}: No constructor defined!")
+            checked(own, "__init__", signatures, lambda *a, **k: None)(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def __getattribute__(cls, name: str) -> Any:
         if name.startswith("_si_") or name in _OBJECT or name in ("__init__", "__new__", "__call__"):
             return type.__getattribute__(cls, name)
-        base = _standin_base(cls)
+        base = standin_class(cls)
         if base is None or _user_defined(cls, name):
             return type.__getattribute__(cls, name)
         check_active()
@@ -128,21 +170,25 @@ class Strict(metaclass=StrictType):
         if _user_defined(cls, name) or name in object.__getattribute__(self, "__dict__"):
             return object.__getattribute__(self, name)
         check_active()
-        owner = _standin_base(cls)._si_name
+        owner = standin_class(cls)._si_name
         if real_attr(owner, name) is None:
             raise refuse(owner, name)
         CALLS[f"{owner}.{name}"] += 1
         try:
-            return object.__getattribute__(self, name)
+            value = object.__getattribute__(self, name)
         except AttributeError:
             raise gap(owner, name) from None
+        real = real_attr(owner, name)
+        if real["kind"] == "method" and callable(value) and not _from_standin(1):
+            return checked(owner, name, real["signatures"], value)
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         cls = type(self)
         if name.startswith("_si_"):
             object.__setattr__(self, name, value)
             return
-        owner = _standin_base(cls)._si_name
+        owner = standin_class(cls)._si_name
         real = real_attr(owner, name)
         if real is None:
             if cls.__dict__.get("_si_name") is None:  # a user subclass keeps its own state

@@ -76,11 +76,24 @@ DUMP = textwrap.dedent(
         return text
 
     def signatures(obj):
+        # pybind11 writes an overloaded function's docstring as "name(*args, **kwargs)", then
+        # "Overloaded function.", then one numbered signature per overload ("1. name(self: ...) -> bool").
         doc = getattr(obj, "__doc__", None) or ""
         lines = [l.strip() for l in doc.strip().splitlines()]
-        if lines and lines[0].startswith("Overloaded function"):
-            return [clean(l.split(". ", 1)[1]) for l in lines if l[:1].isdigit() and ". " in l and "(" in l]
+        if any(l.startswith("Overloaded function") for l in lines[:2]):
+            name = lines[0].split("(", 1)[0]
+            numbered = [l.split(". ", 1)[1] for l in lines if l[:1].isdigit() and ". " in l]
+            return [clean(l) for l in numbered if l.startswith(name + "(")]
         return [clean(lines[0])] if lines and "(" in lines[0] else []
+
+    def special(cls):
+        # Signatures of the constructor and __eq__ where the bindings define them (pybind11's own).
+        found = {}
+        for name in ("__init__", "__eq__"):
+            raw = cls.__dict__.get(name)
+            if raw is not None and type(raw).__name__ in ("instancemethod", "builtin_function_or_method"):
+                found[name] = signatures(raw)
+        return found
 
     def is_enum(cls):
         return isinstance(getattr(cls, "__members__", None), dict)
@@ -99,6 +112,8 @@ DUMP = textwrap.dedent(
         entry = {"bases": [clean(b.__qualname__) for b in cls.__mro__[1:] if b is not object], "attrs": {}}
         if is_enum(cls):
             entry["members"] = {k: int(v) for k, v in sorted(cls.__members__.items())}
+        elif special(cls):
+            entry["special"] = special(cls)
         for name in sorted(dir(cls)):
             if name in SKIP or name.startswith("__pybind11"):
                 continue

@@ -7,10 +7,18 @@ that graph on ONNX Runtime, as written (no graph optimizations), on the CPU.
 Layers follow TensorRT's explicit-quantization behaviour closely enough for our report:
 a DequantizeLinear feeding a Conv/ConvTranspose/Gemm/MatMul (and its QuantizeLinear) fuses
 into that layer, which then runs INT8 and reports ``"Datatype": "Int8"`` on its input; Q/DQ
-around an elementwise Add fuse into it; attention (MatMul -> [Mul/Div] -> Softmax -> MatMul)
-fuses into one Myelin ``kgen`` layer, as TensorRT 10/11 report fused MHA; any other Q/DQ
-stands alone as a Quantize/Dequantize layer. Every layer carries ``"Metadata"`` naming its
-ONNX nodes (``[ONNX Layer: name]``, separated by ``\\x1e``), as TensorRT's inspector does.
+around an elementwise Add fuse into it; any other Q/DQ stands alone as a Quantize/Dequantize
+layer; a Cast between float types (the FP16 graph's FP32 I/O and islands) is a reformat layer,
+``Reformatting CopyNode for Input Tensor 0 to <consumer>``. Fused regions report as Myelin's
+do (NVIDIA/TensorRT#4397): with ``myelin="kgen"`` attention (MatMul -> [Mul/Div] -> Softmax ->
+MatMul) is one ``kgen`` layer; with ``myelin="foreign-node"`` the attention and the projections
+feeding it are one ``Myelin`` layer named ``{ForeignNode[first...last]}``. Either region lists
+every ONNX node it swallowed, its Q/DQ included, and reports the precision of the tensors
+entering it (Half), not Int8. Every layer carries ``"Metadata"`` naming its ONNX nodes
+(``[ONNX Layer: name]``, separated by ``\\x1e``), as TensorRT's inspector does.
+
+The builder refuses what a strongly typed network cannot hold (``build_problems``): float inputs
+of different types meeting in one op (TensorRT 11 inserts no casts), and TensorRT's Q/DQ rules.
 
 In an FP8 graph (the DequantizeLinear reads FLOAT8E4M3FN) the same layers report ``"FP8"``.
 """
@@ -174,9 +182,24 @@ def parse_problems(model: onnx.ModelProto) -> list[ParseProblem]:
 # --- building: what the builder refuses -------------------------------------------------------
 
 
+# Ops whose float inputs must share one type in a strongly typed network (the data inputs: Where's
+# condition and Q/DQ's scales aside), and the float types.
+_SAME_TYPE = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "MatMul", "Gemm", "Conv", "Concat")
+_FLOATS = {TensorProto.FLOAT: "Float", TensorProto.FLOAT16: "Half", TensorProto.BFLOAT16: "BFloat16"}
+
+
 def build_problems(g: Graph) -> list[str]:
-    """Errors TensorRT's builder reports for explicit quantization (NvInfer.h's IQuantizeLayer rules)."""
+    """Errors TensorRT's builder reports: a strong-typing mismatch, and explicit quantization's rules
+    (NvInfer.h's IQuantizeLayer)."""
     problems = []
+    for n in g.model.graph.node:
+        if n.op_type in _SAME_TYPE:
+            types = sorted({_FLOATS[g.types[t]] for t in n.input if t and g.types.get(t) in _FLOATS})
+            if len(types) > 1:
+                problems.append(
+                    f"{n.name}: inputs of different types ({' and '.join(types)}) in a strongly typed network; "
+                    f"the graph must cast them to one type"
+                )
     for n in g.model.graph.node:
         if n.op_type not in QDQ:
             continue
@@ -235,8 +258,25 @@ def _attention_block(g: Graph, softmax: onnx.NodeProto) -> tuple[list[onnx.NodeP
     return ops, between
 
 
-def layers(model: onnx.ModelProto, batch: int) -> list[dict]:
-    """Engine layers in TensorRT 11's DETAILED inspector form, in graph order."""
+# What a ForeignNode region swallows upstream of an attention block: projections and their plumbing.
+_ABSORBED = ("MatMul", "QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Add", "Mul", "Div")
+
+
+def _region(g: Graph, seed: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``seed`` and every node upstream of it that Myelin takes into the same region (``_ABSORBED``)."""
+    members = {n.name: n for n in seed}
+    frontier = [t for n in seed for t in n.input]
+    while frontier:
+        p = g.producer.get(frontier.pop())
+        if p is not None and p.op_type in _ABSORBED and p.name not in members:
+            members[p.name] = p
+            frontier += [t for t in p.input if t not in g.initializers]
+    return list(members.values())
+
+
+def layers(model: onnx.ModelProto, batch: int, myelin: str = "kgen") -> list[dict]:
+    """Engine layers in TensorRT 11's DETAILED inspector form, in graph order; fused regions as
+    ``myelin`` says ("kgen" or "foreign-node")."""
     g = Graph.of(model)
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     fused: set[str] = set()  # nodes folded into another layer
@@ -264,22 +304,36 @@ def layers(model: onnx.ModelProto, batch: int) -> list[dict]:
 
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
         block = _attention_block(g, softmax)
-        if block is None:
+        if block is None or softmax.name in fused:
             continue
         ops, between = block
         matmuls = [n for n in ops if n.op_type == "MatMul"]
-        fused.update(n.name for n in [*ops, *between, *qdq_feeding([t for m in matmuls for t in m.input])])
+        swallowed = [*ops, *between, *qdq_feeding([t for m in matmuls for t in m.input])]
+        if myelin == "foreign-node":
+            swallowed = _region(g, swallowed)
+        swallowed = sorted({n.name: n for n in swallowed}.values(), key=lambda n: order[n.name])
+        fused.update(n.name for n in swallowed)
+        produced = {o for n in swallowed for o in n.output}
+        entering = list(dict.fromkeys(t for n in swallowed for t in n.input if t not in produced))
+        entering = [t for t in entering if t not in g.initializers]
+        first, last = swallowed[0], swallowed[-1]
+        name = (
+            f"{{ForeignNode[{first.name}...{last.name}]}}"
+            if myelin == "foreign-node"
+            else f"_gemm_mha_v2_myl0_{len(found)}"
+        )
         found.append(
             (
-                order[ops[0].name],
+                order[first.name],
                 {
-                    "Name": f"_gemm_mha_v2_myl0_{len(found)}",
-                    "LayerType": "kgen",
-                    "Inputs": [tensor(t) for t in matmuls[0].input],
+                    "Name": name,
+                    "LayerType": "Myelin" if myelin == "foreign-node" else "kgen",
+                    # The region's own inputs: what enters it, before the Q/DQ it swallowed (Half, not Int8).
+                    "Inputs": [tensor(t, dtype_name(g.types.get(t, TensorProto.FLOAT))) for t in entering],
                     "Outputs": [tensor(ops[-1].output[0])],
-                    "TacticName": "_gemm_mha_v2_0x" + "0" * 32,
+                    "TacticName": ("__myl_" if myelin == "foreign-node" else "_gemm_mha_v2_") + "0x" + "0" * 32,
                     "StreamId": 0,
-                    "Metadata": metadata(ops),
+                    "Metadata": metadata(swallowed),
                 },
             )
         )
@@ -315,6 +369,31 @@ def layers(model: onnx.ModelProto, batch: int) -> list[dict]:
 
     for n in model.graph.node:
         if n.name in fused or n.op_type in ("Constant", "Identity") or n.op_type in COMPUTE:
+            continue
+        before, after = g.types.get(n.input[0]), g.types.get(n.output[0])
+        if n.op_type == "Cast" and before in _FLOATS and after in _FLOATS and before != after:
+            # A type change between layers is a reformat (as at the network's FP32 input and output).
+            consumer = next(iter(g.consumers.get(n.output[0], [])), None)
+            producer = g.producer.get(n.input[0])
+            where = (
+                f"Input Tensor 0 to {consumer.name}"
+                if consumer is not None
+                else f"Output Tensor 0 to {producer.name if producer is not None else n.name}"
+            )
+            found.append(
+                (
+                    order[n.name],
+                    {
+                        "Name": f"Reformatting CopyNode for {where}",
+                        "LayerType": "Reformat",
+                        "Inputs": [tensor(n.input[0])],
+                        "Outputs": [tensor(n.output[0])],
+                        "TacticValue": "0x0",
+                        "StreamId": 0,
+                        "Metadata": metadata([n]),
+                    },
+                )
+            )
             continue
         kind, param = _LAYER_TYPES.get(n.op_type, ("PointWiseV2", "PointWise"))
         found.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 import warnings
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tests.trt_standin import _strict
+from tests.trt_standin import _signatures, _strict
 from tests.trt_standin import plan as _plan
 from tests.trt_standin._strict import CLASSES as _CLASSES
 from tests.trt_standin._strict import MODULE as _MODULE
@@ -31,7 +32,10 @@ _bool = bool  # the module defines `bool` (DataType.BOOL), as the real one does
 # Knobs a test may turn (through ``standin(...)``); the defaults are TensorRT 11's documented behaviour.
 _si_options = {
     "gpu": None,  # tests.trt_standin.cuda.Gpu, set by standin()
-    "inspector_layers_key": "Layers",  # None: the engine JSON has no "Layers" (an unconfirmed 11.x variant)
+    # "engine": the engine JSON lists "Layers"; "per-layer": it does not, get_layer_information(i) gives
+    # each (both are 11.4 API); "unknown": neither is in a layout trtpipe reads.
+    "inspector_layout": "engine",
+    "myelin": "kgen",  # how fused regions report: "kgen" (attention) or "foreign-node" (with its projections)
 }
 
 
@@ -126,14 +130,48 @@ def _dtype(name: str):
 # --- small value classes ------------------------------------------------------------------------
 
 
-class Dims(tuple, _Strict):
-    """A shape; compares equal to a tuple of the same values, as the real ``Dims`` does."""
+class Dims(_Strict):
+    """A shape, as the real ``Dims`` is one: no tuple, but indexable (an int gives an int, a slice a
+    tuple), iterable by index, of a length, equal to a tuple or list of the same values; unhashable,
+    and comparing it with another ``Dims`` raises (its ``__eq__`` takes a list or a tuple only)."""
 
     _si_name = "Dims"
-    MAX_DIMS = 8
+    __hash__ = None  # the real one defines __eq__ alone
 
-    def __new__(cls, values=()):
-        return tuple.__new__(cls, (int(v) for v in values))
+    def __init__(self, shape=()) -> None:
+        values = tuple(int(v) for v in shape)
+        if len(values) > 8:
+            raise ValueError(f"Input length {len(values)}. Max expected length is 8")
+        self._si_values = values
+
+    @property
+    def MAX_DIMS(self) -> int:  # noqa: N802 - the real name
+        return 8
+
+    def __len__(self) -> int:
+        return len(self._si_values)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._si_values[index]
+        if not isinstance(index, int) or not -len(self._si_values) <= index < len(self._si_values):
+            raise IndexError("Out of bounds")
+        return self._si_values[index]
+
+    def __setitem__(self, index, value) -> None:
+        values = list(self._si_values)
+        values[index] = value if isinstance(index, int) else list(value)
+        self._si_values = tuple(int(v) for v in values)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, list | tuple):
+            raise _signatures.incompatible("Dims", "__eq__", _CLASSES["Dims"]["special"]["__eq__"], (self, other), {})
+        return list(self._si_values) == [int(v) for v in other]
+
+    def __repr__(self) -> str:
+        return repr(self._si_values)
+
+    __str__ = __repr__
 
 
 class IHostMemory(bytes, _Strict):
@@ -633,7 +671,7 @@ class Builder(_Strict):
             return fail(problems[0])
         detailed = config.profiling_verbosity.name == "DETAILED"
         opt_batch = config._si_profiles[0]._si_shapes[dynamic[0]][1][0] if dynamic and config._si_profiles else 1
-        layers = _plan.layers(network._si_model, opt_batch)
+        layers = _plan.layers(network._si_model, opt_batch, _si_options["myelin"])
         if config._si_cache is not None:  # the builder times each layer once and caches it
             config._si_cache._si_entries.update({layer["Name"]: 0.01 for layer in layers})
         gpu = _si_options["gpu"]
@@ -641,6 +679,8 @@ class Builder(_Strict):
             "tensorrt_version": __version__,
             "compute_capability": list(gpu.compute_capability),
             "verbosity": config.profiling_verbosity.name,
+            "flags": sorted(flag.name for flag in config._si_flags),
+            "qdq": any(n.op_type in _plan.QDQ for n in network._si_model.graph.node),  # explicitly quantized
             "inputs": [[t.name, t.dtype.name, list(t.shape)] for t in network._si_inputs],
             "outputs": [[t.name, t.dtype.name, list(t.shape)] for t in network._si_outputs],
             "profiles": [
@@ -787,6 +827,7 @@ class IExecutionContext(_Strict):
         self._si_addresses: dict[str, int] = {}
         self._si_allocators: dict[str, Any] = {}
         self._si_debug_listener = None
+        self._si_ready = False  # enqueued once since the shapes or profile last changed
 
     engine = property(lambda self: self._si_engine)
     active_optimization_profile = property(lambda self: self._si_profile)
@@ -801,6 +842,7 @@ class IExecutionContext(_Strict):
                 f"IExecutionContext::setOptimizationProfileAsync: profile index {profile_index} out of range"
             )
         self._si_profile = profile_index
+        self._si_ready = False
         return True
 
     def set_input_shape(self, name: str, shape) -> bool:
@@ -817,6 +859,7 @@ class IExecutionContext(_Strict):
         elif len(shape) != len(entry[3]):
             return self._si_error(f"IExecutionContext::setInputShape: rank mismatch for {name}")
         self._si_shapes[name] = shape
+        self._si_ready = False
         return True
 
     def _si_output_shape(self, entry) -> Dims:
@@ -866,6 +909,25 @@ class IExecutionContext(_Strict):
         gpu = _si_options["gpu"]
         if stream_handle and int(stream_handle) not in gpu.streams:
             return self._si_error("IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime (invalid resource handle)")
+        if int(stream_handle) in gpu.captures:
+            # The first enqueue after a shape change sets up and synchronizes: TensorRT asks for one
+            # plain enqueue before capturing (its CUDA graph documentation).
+            if not self._si_ready:
+                return self._si_error(
+                    "IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime (operation not permitted when stream "
+                    "is capturing)"
+                )
+            gpu.captures[int(stream_handle)].append(lambda: self._si_launch(stream_handle))
+            return True
+        if not self._si_launch(stream_handle):
+            return False
+        self._si_ready = True
+        return True
+
+    def _si_launch(self, stream_handle: int) -> bool:
+        """One inference: inputs read from and outputs written to the stand-in GPU's memory; the GPU's
+        clock advances by its kernel time (``Gpu.kernel_ms``, else the host time it took)."""
+        gpu = _si_options["gpu"]
         engine = self._si_engine
         feed = {}
         for name, mode, dtype, _ in engine._si_io:
@@ -885,7 +947,11 @@ class IExecutionContext(_Strict):
                     f"address of input {name} is set to device memory of {nbytes} bytes)"
                 )
             feed[name] = np.frombuffer(gpu.view(address, nbytes), dtype=np_dtype).reshape(shape).copy()
+        started = time.perf_counter()
         results = engine._si_run(feed)
+        took_ms = (time.perf_counter() - started) * 1e3
+        batch = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
+        gpu.clock_ms += gpu.kernel_ms(engine._si_header, batch) if gpu.kernel_ms is not None else took_ms
         outputs = [entry for entry in engine._si_io if entry[1] == "OUTPUT"]
         for (name, _, dtype, _), value in zip(outputs, results, strict=True):
             value = np.ascontiguousarray(value, dtype=_NUMPY[dtype])
@@ -923,9 +989,11 @@ class EngineInspector(_Strict):
 
     def get_layer_information(self, layer_index: int, format) -> str:
         layer = self._si_engine._si_header["layers"][layer_index]
-        if format.name == "JSON":
-            return json.dumps(layer)
-        return layer if isinstance(layer, str) else layer["Name"]
+        if format.name != "JSON":
+            return layer if isinstance(layer, str) else layer["Name"]
+        if _si_options["inspector_layout"] == "unknown" and isinstance(layer, dict):
+            return json.dumps({"layer": layer["Name"], "kind": layer["LayerType"], "io": len(layer["Inputs"])})
+        return json.dumps(layer)
 
     def get_engine_information(self, format) -> str:
         header = self._si_engine._si_header
@@ -937,9 +1005,8 @@ class EngineInspector(_Strict):
                 for n, mode, d, s in self._si_engine._si_io
             ]
         }
-        key = _si_options["inspector_layers_key"]
-        if key is not None:
-            info[key] = header["layers"]
+        if _si_options["inspector_layout"] == "engine":
+            info["Layers"] = header["layers"]
         return json.dumps(info)
 
 
@@ -955,9 +1022,12 @@ class _StrictModule(types.ModuleType):
             raise _strict.refuse("tensorrt", name)
         _strict.CALLS[f"tensorrt.{name}"] += 1
         try:
-            return super().__getattribute__(name)
+            value = super().__getattribute__(name)
         except AttributeError:
             raise _strict.gap("tensorrt", name) from None
+        if _MODULE[name]["kind"] == "function":
+            return _strict.checked("tensorrt", name, _MODULE[name]["signatures"], value)
+        return value
 
 
 sys.modules[__name__].__class__ = _StrictModule

@@ -20,6 +20,20 @@ from pipeline.targets.tensorrt.manifest import EngineEntry, Manifest
 from pipeline.targets.tensorrt.probe import Capability
 from pipeline.targets.tensorrt.profiles import InputProfile, check_bench_batches
 
+# Ops whose FP32 form TensorRT may run on TF32 tensor cores (10 mantissa bits, FP32's range).
+TF32_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def tf32_for(cfg: Config) -> tuple[bool, str]:
+    """Whether to allow TF32, and why: ``[build] tf32`` where set; else on, unless the FP16 graph's FP32
+    islands (``[export] keep_fp32``) hold a Conv/GEMM/MatMul kept there for FP32's precision."""
+    if cfg.build.tf32 is not None:
+        return cfg.build.tf32, "[build] tf32"
+    kept = sorted(TF32_OPS & set(cfg.export.keep_fp32))
+    if kept:
+        return False, f"[export] keep_fp32 keeps {', '.join(kept)} in FP32, which TF32 would round; [build] tf32"
+    return True, "default: the FP32 islands hold no Conv/GEMM/MatMul; [build] tf32 = false turns it off"
+
 
 def built_files(out: Layout, record: BuildResult) -> list[Path]:
     """The engines, layer reports and manifest a build record names (none when TensorRT was skipped)."""
@@ -37,6 +51,7 @@ def build_engines(
     from pipeline.targets.tensorrt.trt import EngineFromOnnx, engine_information
 
     check_bench_batches(cfg, cfg.bench.gpu_batches, "bench.gpu_batches")
+    tf32, tf32_why = tf32_for(cfg)
     target = out.engine_dir(cap.target_dir_name)
     timing_cache = out.timing_cache(target)
     manifest = Manifest(
@@ -50,9 +65,11 @@ def build_engines(
             "builder_optimization_level": cfg.build.optimization_level,
             "profiling_verbosity": "DETAILED",
             "strongly_typed": True,
+            "tf32": tf32,
         },
     )
-    build_engine = EngineFromOnnx(profiles, cfg.build, timing_cache)
+    info(f"{cfg.name}: TF32 {'on' if tf32 else 'off'} for FP32 Conv/GEMM/MatMul layers ({tf32_why})")
+    build_engine = EngineFromOnnx(profiles, cfg.build, timing_cache, tf32)
     summaries = {}
     for precision, graph in graphs.items():
         info(f"{cfg.name}: building {precision} engine from {graph.name} (TensorRT {cap.trt_version}, {cap.gpu_name})")
@@ -65,7 +82,7 @@ def build_engines(
         layers_path = out.layers_file(precision, target)
         write_json(layers_path, inspector_json)
         qdq = precision != FP16  # an engine built from a Q/DQ graph: w8a8, fp8
-        quantized = layer_report.quantized_compute_node_names(onnx.load(str(graph))) if qdq else set()
+        quantized = layer_report.quantized_compute_inputs(onnx.load(str(graph))) if qdq else {}
         summary = layer_report.summarize(layer_report.parse_layers(inspector_json, str(layers_path)), quantized)
         summaries[precision] = summary
         manifest.engines[precision] = EngineEntry(
@@ -77,7 +94,7 @@ def build_engines(
             round(seconds, 2),
             summary.quantized_coverage if qdq else None,
         )
-        coverage = f"{summary.int8_quantized_layers}/{summary.quantized_layers} quantized layers 8-bit, " if qdq else ""
+        coverage = f"{summary.coverage_text()}, " if qdq else ""
         info(
             f"  {precision}: {coverage}{summary.int8_compute_layers}/{summary.compute_layers} Conv/GEMM/MatMul "
             f"layers 8-bit, {summary.reformat_layers} reformat layers, {summary.unfused_qdq_layers} unfused Q/DQ, "

@@ -3,19 +3,24 @@
 For each config: export, quantize, build TensorRT engines, compare, bench, report. Then:
 
 * **coverage**: the w8a8 engine runs at least 90% of the graph's quantized Conv/Gemm/MatMul
-  layers in INT8 (counted from the engine inspector, Myelin-fused layers included);
+  layers in INT8 (counted from the engine inspector, fused Myelin regions included);
 * **accuracy**: every engine passes its compare gate against FP32;
-* **speed**: at each ``[bench] gpu_batches`` size w8a8 beats FP16, or the report's verdict
-  explains from the engine's layers why it does not.
+* **speed**: at the largest ``[bench] gpu_batches`` size w8a8 is at least ``[verdict] min_speedup``
+  (1.05) times as fast as FP16: the report's verdict (``pipeline.evaluate.verdict``), whose rule this
+  is. Below it the check fails, naming the measured ratio and the likeliest causes the engine shows.
 
-The result goes to ``engines/gpu-check.json``; the exit status is 0 only when every check passed.
+``engines/gpu-check.json`` is written again as each model finishes, so a model that fails (a build
+error, CUDA out of memory) neither hides the models checked before it nor stops the ones after it;
+the exit status is 0 only when every model was checked and passed.
 
     trtpipe gpu-check -c models/resnet_digits.toml -c models/vit_digits.toml
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +31,13 @@ from pipeline.fileio import write_json
 from pipeline.layout import Layout
 from pipeline.results import CompareResult, load_if_saved
 from pipeline.targets.base import ENGINE
+from pipeline.targets.tensorrt.layers import COVERAGE_WARNING as MIN_COVERAGE
 from pipeline.targets.tensorrt.target import ARTIFACT
-
-MIN_COVERAGE = 0.90
-_UNEXPLAINED = "no layer or op profile saved to explain it"
 
 
 def check_model(config_path: Path, root: Path) -> dict[str, Any]:
     from pipeline import stages
-    from pipeline.evaluate.report import verdict
+    from pipeline.evaluate.verdict import decide
 
     cfg = load_config(config_path)
     out = Layout.of(cfg, root)
@@ -52,31 +55,60 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
     engines = record.engines  # never None: build --backend tensorrt builds them or fails
     layers = engines.layers[ARTIFACT]
     coverage = layers.quantized_coverage
-    lines = verdict(bench, load_if_saved(CompareResult, out, cfg.path), record)
-    speed = {}
-    for batch, line in zip(bench.batches, lines, strict=True):
-        speedup = bench.speedup[batch]
-        faster = speedup > 1.0
-        speed[str(batch)] = {
-            "speedup": speedup,
-            "faster": faster,
-            "verdict": line,
-            "ok": faster or (_UNEXPLAINED not in line and "no faster" in line),
-        }
+    verdict = decide(bench, load_if_saved(CompareResult, out, cfg.path), record, cfg.verdict.min_speedup)
+    overall = verdict.overall
     result = {
         "model": cfg.name,
+        "config": str(config_path),
         "engines": engines.dir,
         "coverage": {
             "int8_quantized_layers": layers.int8_quantized_layers,
             "quantized_layers": layers.quantized_layers,
-            "share": coverage,
-            "ok": coverage >= MIN_COVERAGE,
+            "share": coverage,  # None: undetermined, which fails the check
+            "undetermined": layers.undetermined,
+            "ok": coverage is not None and coverage >= MIN_COVERAGE,
+            "check": layers.coverage_text(),
         },
         "accuracy": {"ok": accuracy_error is None, "error": accuracy_error},
-        "speed": speed,
+        "speed": {
+            "batch": overall.batch,
+            "speedup": overall.speedup,
+            "min_speedup": verdict.min_speedup,
+            "ok": verdict.fast_enough,
+            "check": verdict.speed(),
+            "causes": [] if verdict.fast_enough else list(verdict.causes),
+            "by_batch": {str(v.batch): {"speedup": v.speedup, "verdict": v.line} for v in verdict.batches},
+        },
+        "deploy": verdict.deploy,  # what the verdict deploys (trtpipe deploy's default)
     }
-    result["passed"] = result["coverage"]["ok"] and result["accuracy"]["ok"] and all(s["ok"] for s in speed.values())
+    result["passed"] = result["coverage"]["ok"] and result["accuracy"]["ok"] and result["speed"]["ok"]
     return result
+
+
+def _failed(config_path: Path, exc: Exception) -> dict[str, Any]:
+    """A model that could not be checked: its one-line error (and, for a bug, the traceback)."""
+    if isinstance(exc, PipelineError):
+        return {"config": str(config_path), "passed": False, "error": str(exc)}
+    trace = traceback.format_exception(exc)
+    print("".join(trace), file=sys.stderr, end="")  # a bug keeps its traceback
+    return {
+        "config": str(config_path),
+        "passed": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(trace).splitlines(),
+    }
+
+
+def _summary(m: dict[str, Any]) -> str:
+    if "error" in m:
+        return f"gpu-check {m['config']}: FAIL: {m['error']}"
+    c = m["coverage"]
+    return (
+        f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: {c['check']}"
+        f"{'' if c['ok'] or c['share'] is None else f' < {MIN_COVERAGE:.0%}'}, accuracy "
+        f"{'ok' if m['accuracy']['ok'] else 'FAILED'}, speed {'ok' if m['speed']['ok'] else 'FAILED'}: "
+        f"{m['speed']['check']}"
+    )
 
 
 def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, Any]:
@@ -86,9 +118,10 @@ def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, A
     cap = probe()
     if not cap.available:
         raise PipelineError(f"gpu-check: {cap.reason}")
-    models = [check_model(Path(p), root) for p in config_paths]
+    models: list[dict[str, Any]] = []
     result = {
-        "passed": all(m["passed"] for m in models),
+        "passed": False,
+        "complete": False,  # every config checked
         "tensorrt_version": cap.trt_version,
         "gpu": cap.gpu_name,
         "compute_capability": cap.compute_capability,
@@ -97,14 +130,15 @@ def gpu_check(config_paths: list[Path], root: Path | None = None) -> dict[str, A
         "models": models,
     }
     path = Layout("gpu-check", root).gpu_check
-    write_json(path, result)
-    for m in models:
-        c = m["coverage"]
-        info(
-            f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: INT8 {c['int8_quantized_layers']}/"
-            f"{c['quantized_layers']} quantized layers ({c['share']:.0%}), accuracy "
-            f"{'ok' if m['accuracy']['ok'] else 'FAILED'}, "
-            + ", ".join(f"b{b} {s['speedup']:.2f}x{'' if s['ok'] else ' unexplained'}" for b, s in m["speed"].items())
-        )
+    for config_path in config_paths:
+        try:
+            found = check_model(Path(config_path), root)
+        except Exception as exc:  # recorded per model; the others are still checked
+            found = _failed(Path(config_path), exc)
+        models.append(found)
+        result["complete"] = len(models) == len(config_paths)
+        result["passed"] = result["complete"] and all(m["passed"] for m in models)
+        write_json(path, result)
+        info(_summary(found))
     info(f"gpu-check: {'passed' if result['passed'] else 'FAILED'}; details in {path}")
     return result

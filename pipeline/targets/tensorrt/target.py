@@ -89,8 +89,11 @@ class TensorRT(Target):
                 found[self.artifact],
                 cfg.bench.gpu_batches,
                 None,
-                "TensorRT execute_async_v3 + cudaStreamSynchronize on device-resident inputs and outputs (profile, "
-                "shapes and addresses set once before timing), host perf_counter; no host copies, no Polygraphy "
+                "TensorRT execute_async_v3"
+                + (" captured in a CUDA graph" if cfg.bench.cuda_graph else "")
+                + " enqueued back to back on device-resident inputs and outputs (profile, shapes and addresses "
+                "set once), timed with CUDA events: latency is each inference's GPU time between its two events, "
+                "throughput the items over the first to the last event; no host copies, no Polygraphy "
                 "per-call checks",
             )
         if "CUDAExecutionProvider" in ortsession.providers():
@@ -101,7 +104,8 @@ class TensorRT(Target):
                 found[self.artifact],
                 cfg.bench.gpu_batches,
                 None,
-                "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included",
+                "ONNX Runtime CUDA EP, host arrays in and out: host<->device copies included; the CUDA EP "
+                "simulates the Q/DQ graph's quantization in float (INT8 needs the TensorRT EP or an engine)",
             )
         return None  # its graphs only simulate TensorRT's numbers on a CPU: their CPU latency would mislead
 
