@@ -380,7 +380,9 @@ def test_build_compare_bench_report_and_deploy_handle_the_fp8_artifact(three_tar
     assert {r["precision"] for r in bench["runs"][0]} == {"fp16", "w8a8", "fp8"}
     report = out.report.read_text()
     assert report.startswith("# tiny: FP16 vs w8a8 vs fp8 on TensorRT")
-    header = "| batch | FP16 ms | FP16 items/s | w8a8 ms | w8a8 items/s | w8a8 speedup | fp8 ms | fp8 items/s | fp8 speedup |"
+    header = "| batch | FP16 ms | FP16 items/s | w8a8 ms | w8a8 items/s | w8a8 speedup | " + (
+        "fp8 ms | fp8 items/s | fp8 speedup |"
+    )
     assert header in report
     assert out.chart("latency").is_file()
     deployed = tmp_path / "repo" / "tiny"
