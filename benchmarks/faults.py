@@ -103,14 +103,16 @@ def run_stage(stage: str, config: str, run: Path, tmp: Path) -> tuple[int, str, 
 
 
 def tree(root: Path) -> dict[str, str]:
-    """relative path -> sha256 (files) or "dir" / "link", hidden entries included."""
+    """relative path -> sha256 (files) or "dir" / "link" / "special" (a FIFO or device: reading one
+    would block), hidden entries included."""
     found = {}
     for folder, dirs, files in os.walk(root):
         for d in dirs:
             found[os.path.relpath(os.path.join(folder, d), root)] = "dir"
         for f in files:
             path = Path(folder, f)
-            found[os.path.relpath(path, root)] = "link" if path.is_symlink() else _hash(path)
+            kind = "link" if path.is_symlink() else None if path.is_file() else "special"
+            found[os.path.relpath(path, root)] = kind or _hash(path)
     return found
 
 
