@@ -933,17 +933,6 @@ SWAPS = textwrap.dedent(
         if channels < 1:
             raise ValueError("channels must be positive")
         return build(channels)
-
-    def endless(batch_size):
-        start = 0
-        while True:
-            yield {"x": images(batch_size, start)}, np.arange(batch_size) % 4
-            start += batch_size
-
-    def string_labels(batch_size):
-        for start in range(0, 40, batch_size):
-            x = images(min(batch_size, 40 - start), 1000 + start)
-            yield {"x": x}, np.array(["cat", "dog", "cow", "owl"])[np.arange(len(x)) % 4]
     """
 )
 
@@ -1015,7 +1004,6 @@ def _issue23() -> list[Case]:
     model = lambda source, args="": toml(  # noqa: E731
         model=f'[model]\nsource = "{source}"\nweights = "../weights.pt"\n[model.args]\nchannels = 16\n{args}'
     )
-    evaluate_from = lambda fn, extra="": toml(evaluation=f'[evaluation]\nsource = "../swaps.py:{fn}"\n{extra}')  # noqa: E731
     sign = (("TRTPIPE_SIGNING_KEY", "a key kept outside the project"),)
     return [
         Case(
@@ -1116,7 +1104,11 @@ def _issue23() -> list[Case]:
             "an endless [evaluation] stream",
             "23.5",
             "done",
-            (Do(lambda p: swapping_project(p)), config(evaluate_from("endless", "samples = 200")), Run("engines")),
+            (
+                Do(lambda p: swapping_project(p)),
+                config(toml(evaluation='[evaluation]\nsource = "../data.py:endless_heldout"\nsamples = 200')),
+                Run("engines"),
+            ),
         ),
         Case(
             "[bench] warmup = 10**12",
@@ -1259,7 +1251,7 @@ def _issue23() -> list[Case]:
             "done",
             (
                 Do(swapping_project),
-                config(evaluate_from("string_labels")),
+                config(toml(evaluation='[evaluation]\nsource = "../data.py:labels_as_strings"')),
                 Run("compare", "error", r"labels of dtype <U\d+; give class indices"),
             ),
         ),
