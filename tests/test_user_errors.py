@@ -545,3 +545,54 @@ def test_deploy_from_another_folder_says_so_and_leaves_nothing_there(tmp_path, u
     said = r"no saved build; run trtpipe build first \(in \S+elsewhere: trtpipe runs from the project"
     assert re.search(said, result.output)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_held_out_batch_without_rows_is_refused(config, tmp_path):
+    """A held-out batch with zero rows was accepted (issue 23, item 8)."""
+    net = tmp_path / "zero.py"
+    net.write_text(USER_MODEL + "\ndef zero_rows(batch_size):\n    yield {'x': images(0)}, np.zeros(0, np.int64)\n")
+    cfg = config(evaluation=f'[evaluation]\nsource = "{net}:zero_rows"')
+    with pytest.raises(PipelineError, match=r"zero_rows' batch 0: a batch without rows"):
+        list(data.heldout_batches(cfg, 8))
+
+
+def test_token_ids_outside_the_embedding_are_one_line_naming_the_users_line(tmp_path, monkeypatch):
+    """Token ids beyond an embedding's rows were a torch IndexError traceback during export."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            import torch
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.embed = nn.Embedding(10, 8)
+                    self.head = nn.Linear(8, 4)
+
+                def forward(self, ids):
+                    return self.head(self.embed(ids).mean(1))
+
+            def build():
+                return Net()
+
+            def calibration(samples, batch_size):
+                yield {"ids": np.full((batch_size, 6), 50, np.int64)}  # 50: beyond the 10 rows
+            """
+        )
+    )
+    (tmp_path / "tok.toml").write_text(
+        'name = "tok"\n[model]\nsource = "tok.py:build"\n[[inputs]]\nname = "ids"\nshape = ["batch", 6]\n'
+        'dtype = "int64"\n[[outputs]]\nname = "logits"\nshape = ["batch", 4]\n[batch]\nmin = 1\nopt = 8\nmax = 8\n'
+        '[calibration]\nsource = "tok.py:calibration"\nsamples = 8\nbatch_size = 8\n'
+    )
+    result = CliRunner().invoke(main, ["export", "-c", "tok.toml"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert re.search(r"tok\.py:\d+: IndexError: index out of range in self \(running the model's forward\)", last), last
