@@ -1252,7 +1252,7 @@ def _issue23() -> list[Case]:
             (
                 Do(swapping_project),
                 config(toml(evaluation='[evaluation]\nsource = "../data.py:labels_as_strings"')),
-                Run("compare", "error", r"labels of dtype <U\d+; give class indices"),
+                Run("engines", "error", r"labels of dtype <U\d+; give class indices"),
             ),
         ),
         Case(

@@ -81,9 +81,9 @@ def _keep_traceback(exc: UserCodeError) -> Path | str:
     cfg = (ctx.obj or {}).get("config")
     if cfg is None:  # the config itself did not load: there is no model folder to keep it in
         return "not kept: the config did not load"
-    path = Layout.of(cfg).log("user-code")
-    write_text(path, exc.traceback_text)
-    return path
+    out = Layout.of(cfg)
+    write_text(out.log("user-code"), exc.traceback_text)
+    return out.key(out.log("user-code"))
 
 
 def _ctrl_c_ignored_once_over(ctx: click.Context) -> Callable[[], object]:
@@ -106,6 +106,7 @@ def _load(config_path: Path):
     cfg = load_config(config_path)
     ctx = click.get_current_context()
     ctx.ensure_object(dict)["config"] = cfg
+    Layout.of(cfg).check_folders()  # before the scratch folder goes inside the model's folder
     ctx.call_on_close(keep_temporaries_in(Layout.of(cfg).model_dir))
     return cfg
 
