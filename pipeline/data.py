@@ -123,7 +123,7 @@ def _npz_files(folder: Path, cfg: Config) -> list[Path]:
     """The folder's .npz files; a folder, FIFO or device of that name is refused before it is opened
     (a FIFO would block the read forever)."""
     files = sorted(folder.glob("*.npz"))
-    odd = next((p for p in files if not p.is_file() or p.is_symlink() and not p.resolve().is_file()), None)
+    odd = next((p for p in files if not p.is_file()), None)
     if odd is not None:
         raise PipelineError(f"{odd}: not a regular file (a folder, FIFO or device); a data folder holds .npz files")
     return files

@@ -7,18 +7,16 @@ model on them. Every guess is written with a comment saying so; the config is th
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from pipeline.errors import PipelineError
 
 # A first profile: small batches for latency, up to a batch large enough to time throughput.
 BATCH_GUESS = (1, 8, 64)
 AXIS_GUESS = (1, 64, 512)  # a sequence-like axis the graph leaves open
-_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 3: "int8", 9: "bool"}
 
 
 @dataclass(frozen=True)
@@ -73,13 +71,8 @@ def _name(model: str) -> str:
 
 
 def _relative(path: Path, out: Path) -> str:
-    path, base = path.resolve(), out.resolve().parent
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        import os
-
-        return Path(os.path.relpath(path, base)).as_posix()
+    """``path`` as the config at ``out`` names it: relative to the config's folder."""
+    return Path(os.path.relpath(path.resolve(), out.resolve().parent)).as_posix()
 
 
 def _tensor(kind: str, t: Tensor) -> list[str]:
@@ -105,7 +98,9 @@ def _from_onnx(path: Path) -> tuple[list[Tensor], list[Tensor]]:
 
 def _onnx_tensor(value, path: Path) -> Tensor:
     tensor = value.type.tensor_type
-    if tensor.elem_type not in _DTYPES:
+    from pipeline.sources.onnx_file import ONNX_DTYPES
+
+    if tensor.elem_type not in ONNX_DTYPES:
         raise PipelineError(f"{path}: {value.name!r} has a dtype trtpipe does not take ({tensor.elem_type})")
     if not tensor.HasField("shape"):
         raise PipelineError(f"{path}: {value.name!r} has no shape in the graph; give its [[inputs]] by hand")
@@ -121,7 +116,7 @@ def _onnx_tensor(value, path: Path) -> Tensor:
             notes.append(f"axis {axis} ({dim.dim_param or '?'}) is dynamic: see [[axes]] {axis_name!r}")
         else:
             shape.append(dim.dim_value)
-    return Tensor(value.name, tuple(shape), _DTYPES[tensor.elem_type], "; ".join(notes))
+    return Tensor(value.name, tuple(shape), ONNX_DTYPES[tensor.elem_type], "; ".join(notes))
 
 
 def _first_npz(data: Path) -> Path:
@@ -135,10 +130,10 @@ def _from_torch(model: str, data: Path, out: Path) -> tuple[list[Tensor], list[T
     import torch
 
     from pipeline.callables import load_callable
+    from pipeline.data import read_npz
 
     first = _first_npz(data)
-    with np.load(first, allow_pickle=False) as npz:
-        arrays = {k: npz[k][:2] for k in npz.files}
+    arrays = read_npz(first, 2)  # two rows, read without pickle: enough to run the model once
     note = "axis 0 is the batch (from the data)"
     inputs = [Tensor(k, ("batch", *a.shape[1:]), str(a.dtype), note) for k, a in arrays.items()]
     net = load_callable(model, Path.cwd(), "trtpipe init MODEL")()

@@ -335,16 +335,18 @@ def fake_quant_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 FakeQuant = Callable[[np.ndarray, float, float, float], np.ndarray]
 
 
-def _int8(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+def int8_scheme(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+    """Symmetric int8 over +-amax (TensorRT's)."""
     return fake_quant(x, amax)
 
 
-def _uint8(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+def uint8_scheme(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
+    """Asymmetric uint8 over [lo, hi] clipped to +-amax (ONNX Runtime's CPU graph)."""
     return fake_quant_uint8(x, max(lo, -amax), min(hi, amax))
 
 
 # Where no target is named (a test, a benchmark): both schemes, symmetric int8 and asymmetric uint8.
-BOTH_SCHEMES: tuple[FakeQuant, ...] = (_int8, _uint8)
+BOTH_SCHEMES: tuple[FakeQuant, ...] = (int8_scheme, uint8_scheme)
 
 
 def dequantized_weight(w: np.ndarray, axis: int) -> np.ndarray:

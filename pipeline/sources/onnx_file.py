@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pipeline.config import ModelSection, TensorSpec
     from pipeline.data import Feed
 
-_ONNX_DTYPES = {
+ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.INT64: "int64",
@@ -166,7 +166,7 @@ def _hold_to_config(model: onnx.ModelProto, cfg, path: Path) -> None:
 
 def _hold(value: onnx.ValueInfoProto, spec: TensorSpec, kind: str, cfg, path: Path) -> None:
     tensor = value.type.tensor_type
-    dtype = _ONNX_DTYPES.get(tensor.elem_type, onnx.TensorProto.DataType.Name(tensor.elem_type).lower())
+    dtype = ONNX_DTYPES.get(tensor.elem_type, onnx.TensorProto.DataType.Name(tensor.elem_type).lower())
     where = f"{cfg.path}: {kind} {spec.name!r}"
     if dtype != spec.dtype:
         raise PipelineError(f"{where} is {dtype} in {path.name}, the config says {spec.dtype}")

@@ -39,9 +39,9 @@ class OnnxRuntimeCpu(Target):
         return placement(view, settings)
 
     def fake_quant(self, x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
-        from pipeline.calibration.auto import fake_quant_uint8
+        from pipeline.calibration.auto import uint8_scheme
 
-        return fake_quant_uint8(x, max(lo, -amax), min(hi, amax))  # uint8 over the range clipped to +-amax
+        return uint8_scheme(x, amax, lo, hi)
 
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         from pipeline.targets.onnxruntime_cpu.quantize import OrtCpuQdqFromOnnx

@@ -42,9 +42,9 @@ class TensorRT(Target):
         return dataclasses.replace(self.plan(view, settings).simulated(), scheme=self.scheme)
 
     def fake_quant(self, x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
-        from pipeline.calibration.auto import fake_quant
+        from pipeline.calibration.auto import int8_scheme
 
-        return fake_quant(x, amax)  # symmetric int8 over +-amax
+        return int8_scheme(x, amax, lo, hi)
 
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
