@@ -188,7 +188,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         f"An 8-bit artifact is worth deploying where it is within its accuracy gate and at least "
         f"{verdict.min_speedup:.2f}x as fast as {_name(base)} (`[verdict] min_speedup`); the largest batch "
         f"decides for the model: "
-        f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)[0]} unless `--precision` "
+        f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)} unless `--precision` "
         f"says otherwise.",
         "",
         *[f"- {line}" for line in verdict.lines()],

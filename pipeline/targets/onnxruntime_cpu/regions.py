@@ -158,4 +158,3 @@ def _timed(fns: dict[str, Callable[[], object]], per_round: int) -> dict[str, np
     from pipeline.evaluate.timing import interleaved_rounds
 
     return interleaved_rounds(fns, 1, ROUNDS, per_round)
-
