@@ -606,3 +606,32 @@ def slow_and_fast_regions(channels: int = 4, size: int = 32, features: int = 102
         numpy_helper.from_array(np.zeros(features, np.float32), "fc2.b"),
     ]
     return _model(nodes, inits, ("batch", channels, size, size), ("batch", features))
+
+
+def float_island() -> onnx.ModelProto:
+    """
+        x ─► BatchNormalization ─► Mul (x gamma) ─► Sub (- beta) ─► conv ─► y
+    The Mul is an op ONNX Runtime's CPU graph can run in uint8, but nothing beside it can: quantized,
+    it would sit between a Q after the float BatchNorm and a DQ before the float Sub. The conv reads
+    Q/DQ as ever.
+    """
+    channels = 16
+    ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+    rng = np.random.default_rng(3)
+    nconv, iconv = conv("conv", "s", "y")
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "bn.s", "bn.b", "bn.m", "bn.v"], ["bn"], name="bn"),
+        helper.make_node("Mul", ["bn", "gamma"], ["scaled"], name="scale"),
+        helper.make_node("Sub", ["scaled", "beta"], ["s"], name="shift"),
+        nconv,
+    ]
+    inits = [
+        numpy_helper.from_array(ones * 1.5, "bn.s"),
+        numpy_helper.from_array(zeros + 0.1, "bn.b"),
+        numpy_helper.from_array(zeros, "bn.m"),
+        numpy_helper.from_array(ones, "bn.v"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, (1, channels, 1, 1)).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.uniform(-0.5, 0.5, (1, channels, 1, 1)).astype(np.float32), "beta"),
+        *iconv,
+    ]
+    return _model(nodes, inits)

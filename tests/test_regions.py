@@ -129,3 +129,26 @@ def test_quantize_writes_the_graph_its_search_chose_and_records_each_region(pipe
     assert result.cpu_recommended == (found.speedup >= cfg.verdict.min_speedup)
     assert f"region(s) for the ones INT8 speeds up at batch {found.batch}" in said
     assert f"w8a8-cpu runs {found.speedup:.2f}x FP32's speed at batch {found.batch}" in said
+
+
+def test_an_op_with_no_weighted_layer_beside_it_stays_float_on_the_cpu():
+    """graphs.float_island: the layer-scale Mul between a BatchNorm and a Sub (both float on ONNX
+    Runtime) was quantized, a Q and a DQ around a cheap elementwise op. Now only the conv's input has
+    Q/DQ, and the graph stays close to FP32."""
+    model = graphs.float_island()
+    view = GraphView(model)
+    assert ort_cpu.float_islands(view, set()) == ["scale"]
+    needed = ort_cpu.tensors_to_calibrate(view)
+    batches = [graphs.inputs_for(model, 8, s) for s in range(3)]
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
+    cpu = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    quantized = [n.input[0] for n in cpu.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantized == ["s", "y_QuantizeLinear_Input"]  # the conv's input, and its output (QLinearConv's)
+    producers = {o: n.op_type for n in cpu.graph.node for o in n.output}
+    scale = next(n for n in cpu.graph.node if n.name == "scale")
+    assert producers[scale.input[0]] == "BatchNormalization"
+    # Numbers: the conv's int8 error alone.
+    feed = graphs.inputs_for(model, 8, seed=9)
+    ref = ortsession.run(ortsession.session(model, cpu_only=True), feed)[0]
+    now = ortsession.run(ortsession.session(cpu, cpu_only=True), feed)[0]
+    assert error_stats(now, ref).rel_error < 0.02
