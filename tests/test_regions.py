@@ -129,6 +129,11 @@ def test_quantize_writes_the_graph_its_search_chose_and_records_each_region(pipe
     assert result.cpu_recommended == (found.speedup >= cfg.verdict.min_speedup)
     assert f"region(s) for the ones INT8 speeds up at batch {found.batch}" in said
     assert f"w8a8-cpu runs {found.speedup:.2f}x FP32's speed at batch {found.batch}" in said
+    stages.run("compare", cfg)
+    stages.run("bench", cfg)
+    report = stages.run("report", cfg).read_text()
+    assert f"{len(found.kept)} of {len(found.regions)} regions keep their Q/DQ, timed at batch {found.batch}" in report
+    assert all(f"| `{r.region}` | {len(r.layers)} " in report for r in found.regions), report
 
 
 def test_an_op_with_no_weighted_layer_beside_it_stays_float_on_the_cpu():
