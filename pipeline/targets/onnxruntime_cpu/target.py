@@ -60,9 +60,11 @@ class OnnxRuntimeCpu(Target):
         from pipeline.data import sample_inputs
         from pipeline.targets.onnxruntime_cpu.regions import search
 
+        if inputs.settings.speed_search_seconds == 0:
+            return None
         sensitivity = self.sensitivity(inputs)
         layers = tuple(node for node, _ in sensitivity.layers if node not in float_nodes)
-        if inputs.settings.speed_search_seconds == 0 or not layers:
+        if not layers:
             return None
         batch = max(cfg.bench.cpu_batches)
         feed = sample_inputs(cfg, batch)
