@@ -132,14 +132,14 @@ def search(
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
         candidate = make(floats + region.layers)
-        samples = _timed({"float": runner(candidate), "int8": run_current}, per_round)
+        run_candidate = runner(candidate)
+        samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
         kept, speedup, q25, q75 = keeps_qdq(samples["float"], samples["int8"])
         measured.append(RegionSpeed(region.name, region.layers, kept, speedup, q25, q75))
         what = "keeps Q/DQ" if kept else "float"
         info(f"  [{i + 1}/{len(found)}] {region.name}: INT8 {speedup:.2f}x float ({q25:.2f}-{q75:.2f}): {what}")
         if not kept:
-            floats, current = floats + region.layers, candidate
-            run_current = runner(current)
+            floats, current, run_current = floats + region.layers, candidate, run_candidate
     final = _timed({"fp32": fp32, "int8": run_current}, per_round)
     _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
     elapsed = time.perf_counter() - started
