@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError, UserCodeError
 from pipeline.stages import NAMES as STAGE_NAMES
 from pipeline.stages.build import BACKENDS
 from pipeline.targets import REGISTRY as TARGETS
-from pipeline.targets.base import FP8, FP16, QUANTIZED
+from pipeline.targets.base import FP8, FP16, FP32, QUANTIZED
 
 
 def _config_option(name: str = "config_path", multiple: bool = False):
@@ -282,7 +282,7 @@ def report(config_path: Path) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice([QUANTIZED, FP8, FP16]),
+    type=click.Choice([QUANTIZED, FP8, FP16, FP32]),
     default=None,
     help="Default: what the report's verdict chooses at the largest batch benched ([verdict] min_speedup).",
 )

@@ -35,6 +35,8 @@ MAX_PROFILE = 1 << 16
 MAX_NAME = 100
 # Bench: what a person would wait for.
 MAX_WARMUP, MAX_ITERATIONS, MAX_MIN_SECONDS = 10_000, 1_000_000, 3600.0
+# Quantize's per-region speed search on the CPU graph: what a person would wait for inside quantize.
+MAX_SPEED_SEARCH_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,15 @@ class QuantizeSection:
     # pipeline/calibration/smooth.py), "auto" to pick it per LayerNorm by the readers' int8 error;
     # unset: off.
     smoothquant: float | Literal["auto"] | None = None
+    # The CPU graph keeps Q/DQ only in the regions ONNX Runtime times faster with them, searched for
+    # about this long (pipeline/targets/onnxruntime_cpu/regions.py); 0: every region keeps its Q/DQ.
+    speed_search_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.speed_search_seconds <= MAX_SPEED_SEARCH_SECONDS:  # NaN too
+            raise ValueError(
+                f"speed_search_seconds {self.speed_search_seconds} must be 0 (off) to {MAX_SPEED_SEARCH_SECONDS:g}"
+            )
         known = list(_registry("pipeline.targets").REGISTRY)
         unknown = [t for t in self.targets if t not in known]
         if unknown or not self.targets:

@@ -258,9 +258,18 @@ def _source_files(cfg: Config) -> list[tuple[str, Path]]:
 
 
 def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
-    values = {s: getattr(cfg, s) for s in sections}
+    values = {s: _config_value(cfg, s) for s in sections}
     text = json.dumps({k: _plain(v) for k, v in values.items()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _config_value(cfg: Config, name: str) -> object:
+    """A section (``bench``) or one key of it (``bench.threads``): a stage reading a key or two of a
+    section is not re-run for the rest of it."""
+    value: object = cfg
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _plain(value: object) -> object:

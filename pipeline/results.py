@@ -211,6 +211,41 @@ class Smoothing:
     fp32_max_rel_diff: float
 
 
+@dataclass(frozen=True)
+class RegionSpeed:
+    """One region of the CPU graph in quantize's speed search: its weighted layers, whether it keeps
+    its Q/DQ (None: not measured, the time budget spent, so it keeps them) and how much faster its
+    Q/DQ made the graph, median and quartiles over interleaved rounds (None: not measured)."""
+
+    region: str
+    layers: tuple[str, ...]
+    kept: bool | None
+    speedup: float | None
+    speedup_q25: float | None
+    speedup_q75: float | None
+
+
+@dataclass(frozen=True)
+class SpeedSearch:
+    """The CPU graph's per-region speed search (``targets/onnxruntime_cpu/regions.py``) at ``batch``:
+    each region's decision, and the graph it chose against FP32 (median and quartiles over rounds)."""
+
+    batch: int
+    budget_seconds: float
+    seconds: float
+    regions: tuple[RegionSpeed, ...]
+    speedup: float  # FP32 time over the chosen graph's
+    speedup_q25: float
+    speedup_q75: float
+
+    @property
+    def kept(self) -> tuple[RegionSpeed, ...]:
+        return tuple(r for r in self.regions if r.kept is not False)
+
+    def derived(self) -> dict[str, int]:
+        return {"regions_kept": len(self.kept)}
+
+
 # --- the four files --------------------------------------------------------------------------------
 
 R = TypeVar("R", bound="Result")
@@ -240,6 +275,10 @@ class QuantizeResult(Result):
     smoothquant: Smoothing | None  # None: [quantize] smoothquant unset
     worst_layers: dict[str, tuple[LayerError, ...]]  # by graph
     budget: dict[str, BudgetResult]  # by graph, under [accuracy.budget]
+    # The CPU graph's speed search (None: off, or no CPU graph) and whether that graph is recommended:
+    # at least [verdict] min_speedup times as fast as FP32 in quantize's own timing.
+    speed_search: SpeedSearch | None = saved(omitted=True)
+    cpu_recommended: bool | None = saved(omitted=True)
 
 
 @dataclass(frozen=True)

@@ -572,3 +572,66 @@ def outlier_chain(scale: float = 1000.0) -> onnx.ModelProto:
         n3,
     ]
     return _model(nodes, i1 + i2 + i3)
+
+
+def slow_and_fast_regions(channels: int = 4, size: int = 32, features: int = 1024) -> onnx.ModelProto:
+    """
+        x [b, 4, 32, 32] ─► conv1 (1x1, 4->4) ─► PReLU ─► conv2 (1x1, 4->4) ─► PReLU ─►
+        ─► Flatten [b, 4096] ─► fc1 (4096x1024) ─► Relu ─► fc2 (1024x1024) ─► y [b, 1024]
+    Two kinds of region: tiny Convs whose int8 kernels gain nothing while the Q/DQ around each
+    PReLU (ONNX Runtime runs it in float) cost a pass over a large activation each; and wide
+    Gemms whose int8 kernels read a quarter of the float weights' bytes.
+    """
+    flat = channels * size * size
+    slope = numpy_helper.from_array(np.full((channels, 1, 1), 0.25, np.float32), "slope")
+    n1, i1 = conv("conv1", "x", "c1", channels, channels, k=1)
+    n2, i2 = conv("conv2", "p1", "c2", channels, channels, k=1)
+    nodes = [
+        n1,
+        helper.make_node("PRelu", ["c1", "slope"], ["p1"], name="prelu1"),
+        n2,
+        helper.make_node("PRelu", ["c2", "slope"], ["p2"], name="prelu2"),
+        helper.make_node("Flatten", ["p2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc1.w", "fc1.b"], ["g1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["g1"], ["r1"], name="relu"),
+        helper.make_node("Gemm", ["r1", "fc2.w", "fc2.b"], ["y"], name="fc2", transB=1),
+    ]
+    inits = [
+        slope,
+        *i1,
+        *i2,
+        _w("fc1.w", features, flat),
+        numpy_helper.from_array(np.zeros(features, np.float32), "fc1.b"),
+        _w("fc2.w", features, features),
+        numpy_helper.from_array(np.zeros(features, np.float32), "fc2.b"),
+    ]
+    return _model(nodes, inits, ("batch", channels, size, size), ("batch", features))
+
+
+def float_island() -> onnx.ModelProto:
+    """
+        x ─► BatchNormalization ─► Mul (x gamma) ─► Sub (- beta) ─► conv ─► y
+    The Mul is an op ONNX Runtime's CPU graph can run in uint8, but nothing beside it can: quantized,
+    it would sit between a Q after the float BatchNorm and a DQ before the float Sub. The conv reads
+    Q/DQ as ever.
+    """
+    channels = 16
+    ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+    rng = np.random.default_rng(3)
+    nconv, iconv = conv("conv", "s", "y")
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "bn.s", "bn.b", "bn.m", "bn.v"], ["bn"], name="bn"),
+        helper.make_node("Mul", ["bn", "gamma"], ["scaled"], name="scale"),
+        helper.make_node("Sub", ["scaled", "beta"], ["s"], name="shift"),
+        nconv,
+    ]
+    inits = [
+        numpy_helper.from_array(ones * 1.5, "bn.s"),
+        numpy_helper.from_array(zeros + 0.1, "bn.b"),
+        numpy_helper.from_array(zeros, "bn.m"),
+        numpy_helper.from_array(ones, "bn.v"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, (1, channels, 1, 1)).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.uniform(-0.5, 0.5, (1, channels, 1, 1)).astype(np.float32), "beta"),
+        *iconv,
+    ]
+    return _model(nodes, inits)

@@ -44,7 +44,10 @@ def test_an_edit_to_a_shared_helper_changes_the_stages_that_run_it(package):
 
 
 def test_an_edit_to_a_module_changes_the_stages_importing_it(package):
-    assert _changed_by(package, _append("evaluate/timing.py")) == {"bench", "quantize"}  # quantize's speed check
+    # bench and quantize's speed check; the CPU target's speed search times with it too, and every stage
+    # that uses the targets reaches that target through the registry.
+    timing = _changed_by(package, _append("evaluate/timing.py"))
+    assert {"bench", "quantize"} <= timing and "export" not in timing
     assert _changed_by(package, _append("sources/parity.py")) == {"export"}
     # The torch source is reached through the sources' registry entry, not an import statement.
     assert _changed_by(package, _append("sources/torch/binding.py")) == {"export"}

@@ -31,7 +31,7 @@ def _compared(cfg):
 def test_triton_repository_on_cpu(pipeline_run, tmp_path):
     cfg, _, out = pipeline_run
     _compared(cfg)
-    model_dir = stages.deploy(cfg, tmp_path / "repo")
+    model_dir = stages.deploy(cfg, tmp_path / "repo", precision="w8a8")
     assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == [
         "1/model.onnx",
         "config.pbtxt",
@@ -53,6 +53,28 @@ def test_triton_repository_on_cpu(pipeline_run, tmp_path):
     x = np.sin(np.arange(5 * 3 * 8 * 8, dtype=np.float32)).reshape(5, *config.input[0].dims)
     (y,) = sess.run([config.output[0].name], {config.input[0].name: x})
     assert y.shape == (5, *config.output[0].dims)
+
+
+@pytest.mark.parametrize("pipeline_run", ["[verdict]\nmin_speedup = 100.0"], indirect=True)
+def test_a_cpu_build_ships_fp32_where_its_8_bit_graph_is_no_faster(pipeline_run, tmp_path):
+    """Below [verdict] min_speedup: quantize says the CPU graph is not recommended, the report keeps
+    FP32, and deploy ships the FP32 graph with the verdict in its manifest (it shipped the slower
+    w8a8-cpu graph, with a warning only)."""
+    from pipeline import results
+    from pipeline.records import sha256
+    from pipeline.results import QuantizeResult
+
+    cfg, _, out = pipeline_run
+    assert results.load(QuantizeResult, out).cpu_recommended is False
+    _compared(cfg)
+    assert "the largest batch decides for the model: **FP32**" in stages.run("report", cfg).read_text()
+    model_dir = stages.deploy(cfg, tmp_path / "repo")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "fp32" and manifest["accuracy_gate"] == {"passed": True}
+    assert manifest["speed_verdict"].startswith("batch 8: deploy FP32: w8a8 is no faster (")
+    assert sha256(model_dir / "1" / "model.onnx") == sha256(out.graph("fp32")) == manifest["sha256"]
+    asked = stages.deploy(cfg, tmp_path / "asked", precision="w8a8")  # asked for: shipped, the verdict beside it
+    assert json.loads((asked / "manifest.json").read_text())["speed_verdict"] == manifest["speed_verdict"]
 
 
 def test_plain_format(pipeline_run, tmp_path):

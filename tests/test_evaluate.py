@@ -211,15 +211,14 @@ def test_one_rule_for_the_report_gpu_check_and_deploy():
     build = BuildResult("tensorrt", (), Engines("trt/x", "trt/x/manifest.json", {"w8a8": layers}))
     slow = decide(_bench("fp16", "w8a8", {128: (1.30, 1.0), 1024: (10.2, 10.0)}), None, build)
     assert [v.deploy for v in slow.batches] == ["w8a8", "fp16"]  # the largest batch decides for the model
-    assert not slow.fast_enough and slow.deploy == "fp16" and deploy_precision(slow) == ("fp16", None)
+    assert not slow.fast_enough and slow.deploy == "fp16" and deploy_precision(slow) == "fp16"
     assert slow.speed().startswith("w8a8 is 1.02x FP16 at batch 1024 (below 1.05x, [verdict] min_speedup); ")
     assert "likeliest causes: 20 of 20 Conv/GEMM/MatMul layers in INT8, no reformat" in slow.speed()
     fast = decide(_bench("fp16", "w8a8", {1024: (10.2, 10.0)}), None, build, min_speedup=1.01)
-    assert fast.fast_enough and deploy_precision(fast) == ("w8a8", None) and "likeliest" not in fast.speed()
-    # On a CPU the baseline is the FP32 graph, which deploy does not ship: w8a8, with a warning.
+    assert fast.fast_enough and deploy_precision(fast) == "w8a8" and "likeliest" not in fast.speed()
+    # On a CPU the baseline is the FP32 graph: deploy ships it where w8a8-cpu is slower, never the slower one.
     cpu = decide(_bench("fp32", "w8a8-cpu", {64: (1.0, 2.0)}), None, _ON_ONNXRUNTIME)
-    chosen, warning = deploy_precision(cpu)
-    assert chosen == "w8a8" and "keeps FP32, which deploy does not ship" in warning
+    assert cpu.deploy == "fp32" and deploy_precision(cpu) == "fp32"
 
 
 def test_verdict_keeps_the_baseline_when_w8a8_fails_its_gate():

@@ -75,6 +75,7 @@ def test_a_config_built_from_its_dataclasses_is_the_loaded_one(tmp_path, user_mo
         batch=(pipeline.BatchProfile(1, 8, 32),),
         calibration=pipeline.CalibrationSection(f"{user_model}:calibration", samples=64, batch_size=16),
         evaluation=pipeline.EvaluationSection(f"{user_model}:heldout"),
+        quantize=pipeline.QuantizeSection(speed_search_seconds=0),  # what the tests' configs set (conftest)
         path=path.resolve(),
     )
     assert built == loaded

@@ -100,6 +100,8 @@ def _config(tmp_path, kind: str):
             source = "enc.py:calibration"
             samples = 32
             batch_size = 8
+            [quantize]
+            speed_search_seconds = 0
             [evaluation]
             source = "enc.py:heldout"
             # 32 held-out rows of a random-weight encoder: one near-tie row is 3% of top-1 agreement

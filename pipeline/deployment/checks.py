@@ -12,7 +12,7 @@ from pipeline.layout import Layout
 from pipeline.results import BuildResult, CompareResult, load
 from pipeline.runners import Artifact, artifacts
 from pipeline.stages import NAMES, compare
-from pipeline.targets.base import ENGINE, FP16
+from pipeline.targets.base import ENGINE, FP16, FP32, ONNXRUNTIME
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,15 @@ def check_destination(out: Layout, to: Path) -> None:
             )
 
 
-def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
+def select(cfg: Config, out: Layout, precision: str, verdict: str | None, force: bool) -> Deployable:
+    """The artifact of ``precision`` where this build deploys, checked, with its manifest's entries;
+    ``verdict`` (the report's line at the largest batch, None without bench) goes in the manifest."""
     record = load(BuildResult, out, cfg.path)
-    found = {a.name: a for a in artifacts(cfg, out)}
+    # The FP32 graph is the reference compare measured the others against: what a CPU runs where no
+    # 8-bit graph is faster.
+    found = {a.name: a for a in (*artifacts(cfg, out), Artifact(FP32, ONNXRUNTIME, out.graph(FP32), cpu=True))}
     cpu_only = record.engines is None and "CUDAExecutionProvider" not in record.providers
-    name = FP16 if precision == FP16 else _quantized_for(cfg, cpu_only, precision)
+    name = precision if precision in (FP16, FP32) else _quantized_for(cfg, cpu_only, precision)
     artifact = found[name]  # artifacts() has refused missing files
     sha = measured_sha256(cfg, out, artifact)
     target = targets.by_artifact(cfg).get(name)
@@ -59,7 +63,9 @@ def select(cfg: Config, out: Layout, precision: str, force: bool) -> Deployable:
             "tensorrt: this Q/DQ graph runs INT8 only on ONNX Runtime's TensorRT execution provider "
             "(trt_int8_enable); on the CUDA EP alone its Q/DQ pairs are simulated in float"
         )
-    failures = _gate_failures(cfg, out, artifact)
+    if verdict is not None:
+        info["speed_verdict"] = verdict
+    failures = () if name == FP32 else _gate_failures(cfg, out, artifact)  # the reference has no gate
     if failures and not force:
         raise PipelineError(
             f"{cfg.name}: {artifact.label} failed its accuracy gate ({failures[0]}); "

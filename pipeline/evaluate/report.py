@@ -17,7 +17,16 @@ from pipeline.evaluate.verdict import ms as _ms
 from pipeline.evaluate.verdict import name as _name
 from pipeline.fileio import atomic_path, write_text
 from pipeline.layout import Layout
-from pipeline.results import BenchResult, BuildResult, CompareResult, QuantizeResult, Smoothing, load, load_if_saved
+from pipeline.results import (
+    BenchResult,
+    BuildResult,
+    CompareResult,
+    QuantizeResult,
+    Smoothing,
+    SpeedSearch,
+    load,
+    load_if_saved,
+)
 
 
 def _colour(artifact: str) -> str:
@@ -139,6 +148,32 @@ def _sensitivity_section(out: Layout, model: str, quant: QuantizeResult | None) 
     return parts, [out.chart("sensitivity")]
 
 
+def _speed_search_lines(found: SpeedSearch | None, min_speedup: float) -> list[str]:
+    """The CPU graph's per-region speed search: each region's decision with its measured speedup."""
+    if found is None:
+        return []
+    verdict = "recommended" if found.speedup >= min_speedup else f"NOT recommended (below {min_speedup:.2f}x)"
+    rows = [
+        [
+            f"`{r.region}`",
+            len(r.layers),
+            "not timed" if r.speedup is None else f"{r.speedup:.2f}x ({r.speedup_q25:.2f}-{r.speedup_q75:.2f})",
+            "float" if r.kept is False else "Q/DQ kept" if r.kept else "Q/DQ kept (not timed)",
+        ]
+        for r in found.regions
+    ]
+    return [
+        "",
+        "### The CPU graph's speed search",
+        "",
+        f"{len(found.kept)} of {len(found.regions)} regions keep their Q/DQ, timed at batch {found.batch} in "
+        f"{found.seconds:.1f} s (`[quantize] speed_search_seconds` = {found.budget_seconds:g}); the chosen graph "
+        f"ran {found.speedup:.2f}x FP32 ({found.speedup_q25:.2f}-{found.speedup_q75:.2f} over rounds): {verdict}.",
+        "",
+        table(["region", "weighted layers", "INT8 vs float (quartiles)", "decision"], rows),
+    ]
+
+
 def write_report(cfg: Config, out: Layout) -> list[Path]:
     """The report, then the charts it shows: every file written."""
     model = cfg.name
@@ -188,7 +223,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         f"An 8-bit artifact is worth deploying where it is within its accuracy gate and at least "
         f"{verdict.min_speedup:.2f}x as fast as {_name(base)} (`[verdict] min_speedup`); the largest batch "
         f"decides for the model: "
-        f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)[0]} unless `--precision` "
+        f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)} unless `--precision` "
         f"says otherwise.",
         "",
         *[f"- {line}" for line in verdict.lines()],
@@ -228,6 +263,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         ]
         parts += [f"- kept FP16: {s.op_type} `{s.node}`: {s.reason}" for s in quant.skipped]
         parts += _smoothing_lines(quant.smoothquant)
+        parts += _speed_search_lines(quant.speed_search, cfg.verdict.min_speedup)
     section, charts = _sensitivity_section(out, model, quant)
     write_text(out.report, "\n".join(parts + section) + "\n")
     return [out.report, out.chart("latency"), *charts]

@@ -33,17 +33,28 @@ def measure_interleaved(
     fns: dict[str, Callable[[], object]], warmup: int, rounds: int, per_round: int
 ) -> dict[str, Latency]:
     """Time several candidates round-robin, so drift (turbo, other load) hits them all alike."""
+    samples = interleaved_rounds(fns, warmup, rounds, per_round)
+    return {name: latency_stats(times.ravel()) for name, times in samples.items()}
+
+
+def interleaved_rounds(
+    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, per_round: int
+) -> dict[str, np.ndarray]:
+    """Each candidate's timings in ms, ``rounds`` x ``per_round``, taken round-robin: a round's
+    candidates ran side by side, so their ratio within one round is free of slow drift."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    samples: dict[str, list[list[float]]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            times = []
             for _ in range(per_round):
                 start = time.perf_counter()
                 fn()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: latency_stats(np.asarray(times)) for name, times in samples.items()}
+                times.append((time.perf_counter() - start) * 1e3)
+            samples[name].append(times)
+    return {name: np.asarray(times) for name, times in samples.items()}
 
 
 def latency_stats(times: np.ndarray) -> Latency:

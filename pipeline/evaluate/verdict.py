@@ -19,7 +19,6 @@ from pipeline import targets
 from pipeline.config import VerdictSection
 from pipeline.evaluate.profile import INT8_OPS
 from pipeline.results import BenchResult, BuildResult, CompareResult
-from pipeline.targets.base import FP16, QUANTIZED
 
 MIN_SPEEDUP = VerdictSection.min_speedup  # 1.05: below it, w8a8 is not worth its accuracy cost
 NO_CAUSE = "no layer or op profile saved to explain it"
@@ -177,15 +176,8 @@ def slow_causes(bench: BenchResult, build: BuildResult, quantized: str) -> tuple
     return (NO_CAUSE,)
 
 
-def deploy_precision(verdict: Verdict) -> tuple[str, str | None]:
-    """The precision ``trtpipe deploy`` chooses by default (``QUANTIZED``, ``FP8`` or ``FP16``), and a
-    warning where the verdict keeps a baseline deploy does not ship (the FP32 graph, on a CPU)."""
+def deploy_precision(verdict: Verdict) -> str:
+    """The precision ``trtpipe deploy`` chooses by default: the 8-bit one (``QUANTIZED``, ``FP8``) where
+    the verdict deploys it, else its baseline (``FP16``, or ``FP32`` on a CPU), never a slower artifact."""
     overall = verdict.overall
-    if overall.deploy == overall.quantized:
-        return name(overall.quantized), None
-    if overall.deploy == FP16:
-        return FP16, None
-    return QUANTIZED, (
-        f"the verdict at batch {overall.batch} keeps {name(overall.deploy)}, which deploy does not ship; "
-        f"deploying {QUANTIZED} ({overall.line})"
-    )
+    return name(overall.quantized) if overall.deploy == overall.quantized else overall.deploy

@@ -44,7 +44,7 @@ class Stage:
     stale. ``run(StageRun, **options)`` does the work."""
 
     name: str
-    config: tuple[str, ...]
+    config: tuple[str, ...]  # the config sections it reads (``bench``), or single keys of one (``bench.threads``)
     run: Callable[..., Any]
     reads: Callable[[Config, Layout], list[tuple[Stage, Path]]] = _nothing
     data: Callable[[Config], list[tuple[str, str]]] = _no_data

@@ -57,7 +57,7 @@ def deploy(
 
     out, to = Layout.of(cfg, root), Path(to)
     check_destination(out, to)  # every check before anything is written
-    chosen = select(cfg, out, _precision(cfg, out, precision), force)
+    chosen = select(cfg, out, *_precision(cfg, out, precision), force)
     if chosen.gate_failures:
         info(
             f"WARNING: deploying {chosen.artifact.label} despite its failed accuracy gate (--force); "
@@ -68,9 +68,10 @@ def deploy(
     return path
 
 
-def _precision(cfg: Config, out: Layout, asked: str | None) -> str:
+def _precision(cfg: Config, out: Layout, asked: str | None) -> tuple[str, str | None]:
     """What to deploy: ``asked`` (``--precision``), warning where it contradicts the verdict; else what
-    the verdict chooses (``verdict.deploy_precision``); without bench results, ``QUANTIZED``."""
+    the verdict chooses (``verdict.deploy_precision``); without bench results, ``QUANTIZED``. And the
+    verdict's line for the manifest (None without bench results)."""
     from pipeline.evaluate.verdict import decide, deploy_precision
     from pipeline.results import BenchResult, BuildResult, CompareResult, load, load_if_saved
 
@@ -78,16 +79,14 @@ def _precision(cfg: Config, out: Layout, asked: str | None) -> str:
     if bench is None:
         if asked is None:
             info(f"{cfg.name}: no bench results, so no speed verdict: deploying {QUANTIZED}; run trtpipe bench first")
-        return asked or QUANTIZED
+        return asked or QUANTIZED, None
     verdict = decide(
         bench, load_if_saved(CompareResult, out, cfg.path), load(BuildResult, out, cfg.path), cfg.verdict.min_speedup
     )
-    chosen, warning = deploy_precision(verdict)
+    chosen = deploy_precision(verdict)
     if asked is None:
         info(f"{cfg.name}: deploying {chosen}, as the verdict at the largest batch says: {verdict.overall.line}")
-        if warning:
-            info(f"WARNING: {warning}")
-        return chosen
+        return chosen, verdict.overall.line
     if asked != chosen:
         info(f"WARNING: deploying {asked} as --precision asks, against the verdict: {verdict.overall.line}")
-    return asked
+    return asked, verdict.overall.line

@@ -34,6 +34,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     chosen = _chosen(cfg, targets)
     models = {t.artifact: t.quantize(inp) for t in chosen}
     fits = _within_budget(cfg, out, inp, chosen, models) if cfg.accuracy.budget is not None else {}
+    searches = _speed_searches(cfg, inp, chosen, models, fits)
     for t in chosen:
         _check_rules(t, models[t.artifact])
     skipped, int8_layers = _placement_report(cfg, inp, chosen, fits)
@@ -41,7 +42,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     with r.writing() as written:
         with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
             rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
-            _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models})
+            speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models}, searches)
             failed = {row.artifact for row in rows if row.failures}
             _set_aside(cfg, out, models, set() if force else failed, staged)
         worst = explain_losses(cfg, inp.view, models, rows, inp.ranges, inp.method)
@@ -54,6 +55,8 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             inp.smoothing,
             {n: tuple(errors) for n, errors in worst.items()},
             fits,
+            next(iter(searches.values()), None),
+            next((ratio >= cfg.verdict.min_speedup for ratio in speeds.values()), None),
         )
         results.save(summary, out)
         # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
@@ -143,34 +146,56 @@ def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> li
     return rows
 
 
+def _speed_searches(cfg: Config, inp: QuantizationInputs, chosen: list[Target], models: dict, fits: dict) -> dict:
+    """Each target's speed search (the CPU graph's Q/DQ kept only in the regions they speed up), its
+    chosen graph put in ``models``; the searches by graph name."""
+    found = {}
+    for t in chosen:
+        fit = fits.get(t.artifact)
+        searched = t.speed_search(cfg, inp, tuple(k.node for k in fit.kept) if fit is not None else ())
+        if searched is not None:
+            models[t.artifact], found[t.artifact] = searched
+    return found
+
+
 # A quick look, not bench: enough to tell a slower graph from a faster one.
 SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND = 6, 5
 
 
-def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str, Path]) -> None:
-    """Each graph that deploys on a CPU, timed against the FP32 graph here, interleaved, at the
-    calibration batch: an 8-bit graph slower than FP32 is said now, not found in production
-    (the report's verdict, from bench, then does not recommend it)."""
+def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str, Path], searches: dict) -> dict:
+    """Each graph that deploys on a CPU against the FP32 graph here at the largest CPU batch bench
+    times (what the verdict decides by): its speed search's last timing, else timed now, interleaved.
+    An 8-bit graph below ``[verdict] min_speedup`` is said now, not found in production (the report's
+    verdict, from bench, then does not recommend it either). The speedups by graph name."""
     from pipeline import ortsession
     from pipeline.data import sample_inputs
     from pipeline.evaluate.timing import measure_interleaved
 
     cpu = [t for t in chosen if t.deploys_on_cpu]
-    if not cpu:
-        return
-    batch = cfg.nearest_batch(cfg.calibration.batch_size)
-    feed = sample_inputs(cfg, batch)
-    runs = {}
-    for name, path in ((FP32, out.graph(FP32)), *((t.artifact, graphs[t.artifact]) for t in cpu)):
-        session = ortsession.session_for(path, True, threads=cfg.bench.threads)
-        inputs = ortsession.feed_for(session, feed)
-        runs[name] = lambda s=session, i=inputs: s.run(None, i)
-    times = measure_interleaved(runs, 2, SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND)
+    batch = max(cfg.bench.cpu_batches)
+    speedups = {t.artifact: searches[t.artifact].speedup for t in cpu if t.artifact in searches}
+    unsearched = [t for t in cpu if t.artifact not in searches]
+    if unsearched:
+        feed = sample_inputs(cfg, batch)
+        runs = {}
+        for name, path in ((FP32, out.graph(FP32)), *((t.artifact, graphs[t.artifact]) for t in unsearched)):
+            session = ortsession.session_for(path, True, threads=cfg.bench.threads)
+            inputs = ortsession.feed_for(session, feed)
+            runs[name] = lambda s=session, i=inputs: s.run(None, i)
+        times = measure_interleaved(runs, 2, SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND)
+        speedups.update({t.artifact: times[FP32].median_ms / times[t.artifact].median_ms for t in unsearched})
     for t in cpu:
-        ratio = times[FP32].median_ms / times[t.artifact].median_ms
-        verdict = "" if ratio >= 1.0 else ": slower than FP32 here, INT8 does not pay on this CPU (bench measures it)"
-        speed = f"{t.artifact} runs {ratio:.2f}x FP32's speed at batch {batch} ({t.label}, a quick check)"
-        info(f"{cfg.name}: {speed}{verdict}")
+        ratio, least = speedups[t.artifact], cfg.verdict.min_speedup
+        how = "its speed search's timing" if t.artifact in searches else "a quick check"
+        speed = f"{t.artifact} runs {ratio:.2f}x FP32's speed at batch {batch} ({t.label}, {how})"
+        if ratio >= least:
+            info(f"{cfg.name}: {speed}")
+        else:
+            info(
+                f"{cfg.name}: {speed}: NOT RECOMMENDED, below {least:.2f}x ([verdict] min_speedup in {cfg.path}); "
+                f"on this CPU deploy FP32 (bench measures it again)"
+            )
+    return speedups
 
 
 def _gate_verdict(cfg: Config, out: Layout, failed: list, force: bool) -> None:
@@ -231,7 +256,8 @@ def _data(cfg):
 
 STAGE = Stage(
     "quantize",
-    ("batch", "calibration", "quantize", "accuracy", "evaluation"),
+    # The CPU graph's speed search and check run at bench's largest CPU batch on its threads.
+    ("batch", "calibration", "quantize", "accuracy", "evaluation", "bench.cpu_batches", "bench.threads", "verdict"),
     run,
     reads=_reads,
     data=_data,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pipeline.graphview import GraphView
     from pipeline.layout import Layout
     from pipeline.placement import Placement, Skipped
-    from pipeline.results import BuildResult, Smoothing
+    from pipeline.results import BuildResult, Smoothing, SpeedSearch
     from pipeline.runners import Artifact
     from pipeline.targets.rules import Violation
 
@@ -123,6 +123,14 @@ class Target(ABC):
     ) -> tuple[list[list[object]], list[Skipped], int] | None:
         """Per op type what runs INT8, the layers kept float and why, and how many layers run INT8;
         None where the target's quantizer reports none of its own."""
+        return None
+
+    def speed_search(
+        self, cfg: Config, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()
+    ) -> tuple[onnx.ModelProto, SpeedSearch] | None:
+        """The graph (the weighted layers in ``float_nodes`` left float) with Q/DQ only where they
+        measured a gain on this machine, and what was measured; None where the target does not
+        search (its runtime does not run here as it deploys, or the search is off)."""
         return None
 
     # --- runs -------------------------------------------------------------------------------------

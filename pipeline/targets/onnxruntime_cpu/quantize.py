@@ -175,8 +175,9 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
 
 def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     """The nodes [quantize] excludes, by the same rules as the TensorRT plan; nodes reading a tensor
-    computed from constants and shapes only (the same for every input: nothing to quantize); and the
-    residual-stream Adds, which stay float on the CPU as they do in the TensorRT graph."""
+    computed from constants and shapes only (the same for every input: nothing to quantize); the
+    residual-stream Adds, which stay float on the CPU as they do in the TensorRT graph; and the ops
+    that would run 8-bit with no weighted layer beside them (``float_islands``)."""
     patterns = [re.compile(p) for p in settings.exclude_patterns]
     varying = view.input_dependent()
     constant = [  # a node reading a computed constant: such tensors get no range (they may hold -inf)
@@ -186,7 +187,33 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     ]
     excluded = [n.name for n in view.nodes if excluded_reason(n, settings, patterns)]
     made_masks = [view.producer[t].name for t in sorted(masks(view)) if t in view.producer]  # never quantized
-    return excluded + constant + residual_stream_adds(view) + softmax_input_adds(view) + made_masks
+    found = excluded + constant + residual_stream_adds(view) + softmax_input_adds(view) + made_masks
+    return found + float_islands(view, set(found))
+
+
+def float_islands(view: GraphView, excluded: set[str]) -> list[str]:
+    """The ops of ``OP_TYPES`` (less ``excluded``) in groups, joined where one reads the other's output,
+    that hold no weighted layer: a layer-scale Mul between a BatchNorm and a GELU, an Add between a
+    Sub and a PReLU. Quantized, such a group is only requantization: a Q after the float op before
+    it and a DQ before the float op after it around an elementwise op that was cheap in float (the
+    NNCF rule: quantize the inputs of weighted layers, not of ops that run float anyway)."""
+    nodes = [n for n in view.nodes if n.op_type in OP_TYPES and n.name not in excluded]
+    names = {n.name for n in nodes}
+    group = {name: name for name in names}
+
+    def root(name: str) -> str:
+        while group[name] != name:
+            group[name] = group[group[name]]
+            name = group[name]
+        return name
+
+    for node in nodes:
+        for t in node.input:
+            producer = view.producer.get(t)
+            if producer is not None and producer.name in names:
+                group[root(producer.name)] = root(node.name)
+    weighted = {root(n.name) for n in nodes if n.op_type in WEIGHTED}
+    return [n.name for n in nodes if root(n.name) not in weighted]
 
 
 def softmax_input_adds(view: GraphView) -> list[str]:

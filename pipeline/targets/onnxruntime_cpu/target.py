@@ -53,6 +53,34 @@ class OnnxRuntimeCpu(Target):
     def sensitivity(self, inputs: QuantizationInputs):
         return sensitivity_target(inputs.fp32, inputs.view, inputs.ranges, inputs.method, inputs.settings)
 
+    def speed_search(self, cfg: Config, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()):
+        """Each region's Q/DQ kept only where ONNX Runtime times the graph faster with them, at the
+        largest CPU batch bench times (the verdict's), within ``[quantize] speed_search_seconds``."""
+        from pipeline import ortsession
+        from pipeline.data import sample_inputs
+        from pipeline.targets.onnxruntime_cpu.regions import search
+
+        if inputs.settings.speed_search_seconds == 0:
+            return None
+        sensitivity = self.sensitivity(inputs)
+        layers = tuple(node for node, _ in sensitivity.layers if node not in float_nodes)
+        if not layers:
+            return None
+        batch = max(cfg.bench.cpu_batches)
+        feed = sample_inputs(cfg, batch)
+
+        def runner(model: onnx.ModelProto):
+            session = ortsession.session(model, threads=cfg.bench.threads, cpu_only=True)
+            ready = ortsession.feed_for(session, feed)
+            return lambda: session.run(None, ready)
+
+        def make(floats: tuple[str, ...]) -> onnx.ModelProto:
+            return sensitivity.with_fp16(frozenset((*float_nodes, *floats)))
+
+        seconds = inputs.settings.speed_search_seconds
+        label = f"{cfg.name}: {ARTIFACT}"
+        return search(make, inputs.view, layers, runner, runner(inputs.fp32), seconds, batch, label)
+
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations
 
