@@ -123,7 +123,26 @@ def test_the_simulations_compute_what_the_real_graphs_compute():
     has a Q/DQ pair on exactly the plan's edges (x into conv1 and the Add's skip input, relu1's output
     into conv2) and int8 weights per output channel; the CPU one on every tensor quantize_static
     quantizes. Fed the same ranges, each gives the real quantizer's graph's output (run as written)."""
-    model = graphs.residual()
+    plan, cpu = _simulations_match_the_real_graphs(graphs.residual(), ["conv1:1:weight", "conv2:1:weight"])
+    assert sorted(plan.simulated().activations) == ["r1", "x"]
+    assert sorted(cpu.activations) == ["c1", "c2", "r1", "s", "x", "y"] and cpu.range_of == {"c1": "r1", "s": "y"}
+
+
+def test_the_simulations_tie_scales_as_the_real_graphs_do():
+    """Across MaxPool and Reshape into a Concat: the TensorRT simulation gives a, p, r, b and cat one
+    scale (the Concat's group reaching back across the data movement); the CPU one gives p and r their
+    input a's scale and zero point (ONNX Runtime's quantizer does: its kernels move uint8 values
+    through them), while its Concat keeps each input's own (QLinearConcat requantizes them)."""
+    model = graphs.pool_reshape_concat()
+    weights = ["conv_a:1:weight", "conv_b:1:weight", "conv_c:1:weight"]
+    plan, cpu = _simulations_match_the_real_graphs(model, weights)
+    simulated = plan.simulated()
+    assert simulated.shared == (("a", "b", "cat", "p", "r"),)
+    assert simulated.range_of == {"p": "a", "r": "a"}
+    assert cpu.range_of == {"p": "a", "r": "a"} and cpu.shared == ()
+
+
+def _simulations_match_the_real_graphs(model: onnx.ModelProto, weights: list[str]):
     view = GraphView(model)
     x = graphs.inputs_for(model, 4)["x"]
     plan = plan_tensorrt(view, SETTINGS)
@@ -140,13 +159,12 @@ def test_the_simulations_compute_what_the_real_graphs_compute():
         sim = simulation(view.with_weights(model), placement)
         quantize = [n for n in sim.graph.node if n.op_type == "QuantizeLinear"]
         assert sorted(n.input[0] for n in quantize) == sorted(placement.activations)
-        weights = [n for n in sim.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(":int8")]
-        assert sorted(n.output[0] for n in weights) == ["conv1:1:weight", "conv2:1:weight"]
+        dequantize = [n for n in sim.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(":int8")]
+        assert sorted(n.output[0] for n in dequantize) == weights
         got = ortsession.session(sim).run(None, {"x": x, **scales(placement, ranges)})[0]
         want = ortsession.run(_as_written(real), {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
-    assert sorted(plan.simulated().activations) == ["r1", "x"]
-    assert sorted(cpu.activations) == ["c1", "c2", "r1", "s", "x", "y"] and cpu.range_of == {"c1": "r1", "s": "y"}
+    return plan, cpu
 
 
 def _as_written(model: onnx.ModelProto):
