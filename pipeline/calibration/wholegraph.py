@@ -13,9 +13,11 @@ each target's graph is simulated (the FP32 graph with Q/DQ where that target put
 int8 per channel; FP8 Q/DQ and weights for the FP8 target) under auto's per-tensor ranges and
 under each single method on every tensor, on the first rows and those extreme samples. The
 extremes are measured, the first rows stand for the rest (a stratified estimate of the output
-error over all calibration samples, summed over the outputs and the targets), and a single method
-replaces the per-tensor ranges only when its estimate is lower by more than ``MARGIN`` standard
-errors of the first rows' part: the samples are few, and a close call keeps auto's choice.
+error over all calibration samples, summed over the outputs and the targets), and the candidate
+estimated lowest is taken: a single method on every tensor whenever its estimate is below the
+per-tensor ranges' (auto's choice is never beaten by one method, as estimated). The record keeps each
+method's standard error (the sampling error of the first rows' part), and the output says by how many
+of them the choice won: a win by less than ``CLOSE`` of them is called a close call.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pipeline.placement import Placement
 from pipeline.targets.tensorrt.qdq import INT8, activation_scale, quantize_weight
 
 AUTO = methods.AUTO  # the candidate of auto's per-tensor choices; the others are one method on every tensor
-MARGIN = 3.0  # standard errors a single method's estimate must be lower by; several candidates, few rows
+CLOSE = 3.0  # a win by fewer standard errors is within the first rows' sampling error: said so
 HELD = 32  # samples whose inputs are held while streaming (each holding some tensor's largest |x|)
 
 
@@ -259,9 +261,9 @@ def stands_for(rows: int, first: int, samples: int) -> np.ndarray:
 
 def verdict(errors: Mapping[str, np.ndarray], first: int, samples: int) -> WholeGraphCheck:
     """The candidate to keep, from each candidate's ``row_errors`` (summed over targets) on the rows
-    checked (the first ``first``, then the extremes): a single method replaces auto's per-tensor
-    ranges only where its estimate over all ``samples`` is lower by more than ``MARGIN`` standard
-    errors (the sampling error of the first rows' part; the extremes are measured, not sampled)."""
+    checked (the first ``first``, then the extremes): the one whose estimate over all ``samples`` is
+    lowest, auto's per-tensor ranges on a tie; with each method's standard error (the sampling error
+    of the first rows' part of its difference to auto; the extremes are measured, not sampled)."""
     if first < 2:
         raise ValueError("the whole-graph check needs at least 2 first rows for its standard errors")
     weights = stands_for(len(errors[AUTO]), first, samples)
@@ -271,9 +273,17 @@ def verdict(errors: Mapping[str, np.ndarray], first: int, samples: int) -> Whole
         m: float(weights[0] * np.sqrt(first) * np.std((errors[m] - errors[AUTO])[:first], ddof=1) / samples)
         for m in names
     }
-    clear = [m for m in names if estimates[m] < estimates[AUTO] - MARGIN * standard[m]]
-    chosen = min(clear, key=estimates.__getitem__) if clear else AUTO
+    chosen = min((AUTO, *names), key=estimates.__getitem__)  # min keeps the first of equals: auto
     return WholeGraphCheck(chosen, estimates, standard, first, len(errors[AUTO]) - first, samples)
+
+
+def margin(whole: WholeGraphCheck) -> float:
+    """By how many standard errors the chosen method's estimate is below auto's (inf: no spread)."""
+    if whole.chosen == AUTO:
+        return 0.0
+    gap = whole.estimates[AUTO] - whole.estimates[whole.chosen]
+    spread = whole.standard_errors[whole.chosen]
+    return gap / spread if spread > 0 else float("inf")
 
 
 def judge(
