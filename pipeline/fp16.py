@@ -25,10 +25,13 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline import onnxutil
 from pipeline.config import Config
 from pipeline.console import info
+from pipeline.data import Feed
 from pipeline.errors import PipelineError
+from pipeline.graphview import GraphView
 from pipeline.targets.base import FP16
 
 FP16_MAX = 65504.0
+KEPT_FP32 = "trtpipe.kept_fp32"  # the FP16 graph's record of the nodes it keeps FP32 beyond FP16's range, and why
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 _TYPE_STR = {FLOAT: "tensor(float)", FLOAT16: "tensor(float16)"}
 _DTYPE_ATTRS = ("to", "dtype")  # Cast.to, EyeLike/Random*.dtype: an output type set by attribute
@@ -43,7 +46,9 @@ class Fp16OnnxFromOnnx:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
 
-    def __call__(self, fp32: onnx.ModelProto) -> onnx.ModelProto:
+    def __call__(self, fp32: onnx.ModelProto, feed: Feed | None = None) -> onnx.ModelProto:
+        """The FP16 graph of ``fp32``; nodes whose constants, or whose activations on ``feed`` (export's
+        parity rows), go beyond FP16's range stay FP32, named in the output and the graph's metadata."""
         cfg = self.cfg
         unknown = onnxutil.unknown_op_types(cfg.export.keep_fp32, fp32)
         if unknown:
@@ -51,16 +56,27 @@ class Fp16OnnxFromOnnx:
                 f"{cfg.path}: export.keep_fp32 names {unknown[0]!r}, which is no ONNX op type (spelled as ONNX "
                 f"does, e.g. LayerNormalization)"
             )
-        beyond = overflowing_nodes(fp32)
-        for name, (op_type, value) in sorted(beyond.items()):
+        reasons = {name: f"a constant reaches {value:.6g}" for name, (_, value) in overflowing_nodes(fp32).items()}
+        op_types = {n.name: n.op_type for n in fp32.graph.node}
+        for name, (_, tensor, value) in (overflowing_activations(fp32, cfg, feed) if feed else {}).items():
+            reasons.setdefault(name, f"activation {tensor!r} reaches {value:.6g} on the parity rows")
+        for name, reason in sorted(reasons.items()):
             info(
-                f"{cfg.name}: kept in FP32 in the FP16 graph: {op_type} {name} (a constant reaches {value:.6g}, "
-                f"beyond FP16's {FP16_MAX:g})"
+                f"{cfg.name}: kept in FP32 in the FP16 graph: {op_types[name]} {name} "
+                f"({reason}, beyond FP16's {FP16_MAX:g})"
             )
-        model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype, tuple(beyond))
+        model = fp16_graph(fp32, cfg.export.keep_fp32, cfg.export.io_dtype, tuple(sorted(reasons)))
+        kept = (
+            {KEPT_FP32: "; ".join(f"{name}: {reason}" for name, reason in sorted(reasons.items()))} if reasons else {}
+        )
         onnx.helper.set_model_props(
             model,
-            {**{p.key: p.value for p in fp32.metadata_props}, "trtpipe.model": cfg.name, "trtpipe.precision": FP16},
+            {
+                **{p.key: p.value for p in fp32.metadata_props},
+                "trtpipe.model": cfg.name,
+                "trtpipe.precision": FP16,
+                **kept,
+            },
         )
         return onnxutil.check(model, f"{cfg.name} fp16 graph")
 
@@ -93,6 +109,78 @@ def overflowing_nodes(model: onnx.ModelProto) -> dict[str, tuple[str, float]]:
             if finite.size and float(finite.max()) > FP16_MAX:
                 found[node.name] = (node.op_type, max(float(finite.max()), found.get(node.name, ("", 0.0))[1]))
     return found
+
+
+def overflowing_activations(fp32: onnx.ModelProto, cfg: Config, feed: Feed) -> dict[str, tuple[str, str, float]]:
+    """Nodes making or reading a float activation beyond FP16's range on ``feed`` (export's parity
+    rows) run through ``fp32``, by name: (op type, the tensor, its largest magnitude). Converted, such
+    a value would become inf (or a clamp would change it), so the node computes in FP32 instead."""
+    view = GraphView(fp32)
+    peaks = _peaks(view, cfg, feed)
+    found: dict[str, tuple[str, str, float]] = {}
+    for node in view.nodes:
+        for tensor in (*node.input, *node.output):
+            peak = peaks.get(tensor, (0.0, False))[0]
+            if peak > FP16_MAX and peak > found.get(node.name, ("", "", 0.0))[2]:
+                found[node.name] = (node.op_type, tensor, peak)
+    return found
+
+
+def overflow_origins(fp16: onnx.ModelProto, cfg: Config, feed: Feed) -> list[str]:
+    """The nodes of the FP16 graph making inf or NaN from finite inputs on ``feed``, as "op name"; a Cast
+    into FP16 with the node whose output it casts. (ONNX Runtime's CPU kernels compute FP16 ops in FP32
+    and round once, so on a CPU a value overflows where it is cast: at a graph output in FP16 I/O.)"""
+    view = GraphView(fp16)
+    peaks = _peaks(view, cfg, feed)
+    finite = lambda t: not peaks.get(t, (0.0, False))[1]  # noqa: E731  constants and integers count as finite
+    found = []
+    for node in view.nodes:
+        if all(finite(t) for t in node.input if t) and not all(finite(t) for t in node.output if t):
+            src = view.producer.get(node.input[0]) if node.op_type == "Cast" else None
+            found.append(f"{node.op_type} {node.name}" + (f" (of {src.op_type} {src.name})" if src else ""))
+    return found
+
+
+def _peaks(view: GraphView, cfg: Config, feed: Feed) -> dict[str, tuple[float, bool]]:
+    """Per float activation: (its largest finite magnitude on ``feed``, whether it held inf or NaN), each
+    group of tensors captured in its own pass within calibration's memory budget."""
+    from pipeline import ortsession
+    from pipeline.calibration.memory import capture_plan
+    from pipeline.data import batch_size_of, slice_rows
+
+    varying = view.input_dependent()
+    tensors = [
+        t
+        for t, v in view.value_infos.items()
+        if v.type.tensor_type.elem_type in (FLOAT, FLOAT16) and t in varying and t not in view.inputs
+    ]
+    rows = batch_size_of(feed, cfg)
+    plan = capture_plan(view, tensors, rows)
+    peaks = {name: _peak(value) for name, value in feed.items()}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(view.model)
+    for group in plan.groups:
+        del probe.graph.output[:]
+        probe.graph.output.extend(view.value_infos[t] for t in group)
+        session = ortsession.session(probe, cpu_only=True, arena=False)
+        for start in range(0, rows, plan.micro_batch):
+            outs = session.run(
+                None, ortsession.feed_for(session, slice_rows(feed, cfg, start, start + plan.micro_batch))
+            )
+            for name, value in zip(group, outs, strict=True):
+                peak, bad = _peak(value)
+                old = peaks.get(name, (0.0, False))
+                peaks[name] = (max(peak, old[0]), bad or old[1])
+    return peaks
+
+
+def _peak(value: np.ndarray) -> tuple[float, bool]:
+    value = np.asarray(value)
+    if value.dtype.kind != "f" or not value.size:
+        return 0.0, False
+    finite = np.isfinite(value)
+    magnitude = float(np.abs(value[finite]).max()) if finite.any() else 0.0
+    return magnitude, not bool(finite.all())
 
 
 @dataclass

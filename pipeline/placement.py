@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+# Ops that only move or select values: TensorRT moves a Q/DQ pair across them (a Gather only on a
+# constant index), so the tensors on either side share one scale.
+MOVES = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather")
 
 Edge = tuple[str, int]  # (consumer node name, input index)
 
@@ -53,7 +56,8 @@ class Placement:
     ``activations`` maps each quantized tensor to the edges that read it through Q/DQ (None: every
     reader, and the graph output it may be); ``weights`` are (node, input index, weight tensor,
     per-channel axis); ``shared`` are tensors given one scale (a Concat's inputs and output);
-    ``range_of`` names the tensor whose range a tensor takes (a folded Relu's input, its output's).
+    ``range_of`` names the tensor whose range a tensor takes (a folded Relu's input, its output's;
+    resolved to the end of a chain).
     """
 
     symmetric: bool  # int8 over +-amax, zero point 0 (TensorRT); else uint8 over [min, max] clipped to +-amax
@@ -69,8 +73,9 @@ class Plan:
     activations: dict[str, list[Edge]] = field(default_factory=dict)  # tensor -> edges to quantize
     weights: list[WeightQuant] = field(default_factory=list)
     shared_scale: list[tuple[str, ...]] = field(default_factory=list)  # Concat groups
-    # A pooling op's output takes its input's range: TensorRT carries one scale through the op, and
-    # a range chosen apart could only be wider than what the op can emit (or clip what it passes on).
+    # A pooling or data-movement op's output takes its input's range: TensorRT carries one scale
+    # through the op, and a range chosen apart could only be wider than what the op can emit (or clip
+    # what it passes on).
     range_of: dict[str, str] = field(default_factory=dict)
     quantized: list[tuple[str, str]] = field(default_factory=list)  # (node, op_type) running INT8
     skipped: list[Skipped] = field(default_factory=list)
@@ -88,7 +93,13 @@ class Plan:
         """This plan as auto's whole-graph check simulates it: int8 on exactly these edges."""
         edges = {tensor: tuple(e) for tensor, e in self.activations.items()}
         weights = tuple((w.node, w.input_index, w.tensor, w.axis) for w in self.weights)
-        return Placement(True, edges, weights, tuple(self.shared_scale), dict(self.range_of))
+        ranged = {t: self.ranged_as(t) for t in self.range_of}
+        return Placement(True, edges, weights, self.scale_groups(), ranged)
+
+    def scale_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The quantized tensors that must share one scale, in groups of two or more: those a pooling
+        or data-movement op ties (``range_of``) joined with each Concat's inputs and output."""
+        return tied_groups(self.tensors, [*self.range_of.items(), *self.shared_scale])
 
     def ranged_as(self, tensor: str) -> str:
         """The tensor whose range ``tensor`` takes (itself, or a pooling op's input, transitively)."""
@@ -97,6 +108,25 @@ class Plan:
             tensor = self.range_of[tensor]
             seen.add(tensor)
         return tensor
+
+
+def tied_groups(tensors: set[str], ties: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """``tensors`` joined by ``ties`` (each a tuple of tensors sharing a scale), transitively: the
+    groups of two or more, each sorted, members outside ``tensors`` dropped."""
+    parent: dict[str, str] = {}
+
+    def root(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            t = parent[t]
+        return t
+
+    for tie in ties:
+        for t in tie[1:]:
+            parent[root(t)] = root(tie[0])
+    groups: dict[str, list[str]] = defaultdict(list)
+    for t in sorted(tensors):
+        groups[root(t)].append(t)
+    return tuple(tuple(g) for g in sorted(groups.values()) if len(g) > 1)
 
 
 def weight_axis(op_type: str, node: onnx.NodeProto, rank: int, input_index: int = 1) -> int:
@@ -184,6 +214,28 @@ def summary_rows(plan: Plan, model: onnx.ModelProto) -> list[list[object]]:
     for w in plan.weights:
         by_type[w.op_type][2] += 1
     return [[op, *counts] for op, counts in sorted(by_type.items())]
+
+
+def scale_lines(plan: Plan, view: GraphView) -> list[str]:
+    """The placement report's account of shared scales: one line per group joined by a Concat (its
+    scale, the widest of the group's ranges), and one counting the ties across pooling and data movement."""
+    producer_op = {out: n.op_type for n in view.nodes for out in n.output}
+    concats = {group[0]: group for group in plan.shared_scale}
+    lines = []
+    for group in plan.scale_groups():
+        joined = [t for t in group if t in concats]
+        if joined:
+            lines.append(
+                f"one scale, the widest of their ranges, for {len(group)} tensors joined by "
+                f"{len(joined)} Concat(s) (a fused Concat copies 8-bit values): {', '.join(group)}"
+            )
+    ops = sorted({producer_op[t] for t in plan.range_of if t in producer_op})
+    if plan.range_of:
+        lines.append(
+            f"{len(plan.range_of)} tensor(s) take their input's scale across {', '.join(ops)}: TensorRT moves "
+            f"Q/DQ across these ops"
+        )
+    return lines
 
 
 def check_exclusions(view: GraphView, settings: QuantizeSection) -> None:

@@ -115,6 +115,29 @@ def pooling() -> onnx.ModelProto:
     return _model(nodes, i1 + i2)
 
 
+def pool_reshape_concat() -> onnx.ModelProto:
+    """
+        x ─► conv_a ─► a ─► MaxPool ─► p ─► Reshape [0, 32, 2, 4] ─► r ─┐
+        x ─► conv_b (strides 4, 2) ─► b [batch, 16, 2, 4] ────────────────┴─► Concat ─► conv_c (48 -> 16) ─► y
+    conv_c quantizes the Concat's output; the Concat shares one scale with its inputs, and that scale
+    reaches back across the Reshape and the MaxPool to conv_a's output: a, p, r, b and cat, one scale.
+    """
+    na, ia = conv("conv_a", "x", "a")
+    nb, ib = conv("conv_b", "x", "b")
+    nb.attribute.append(helper.make_attribute("strides", [4, 2]))
+    nc, ic = conv("conv_c", "cat", "y", cin=48)
+    shape = numpy_helper.from_array(np.array([0, 32, 2, 4], np.int64), "shape")
+    nodes = [
+        na,
+        helper.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["p", "shape"], ["r"], name="reshape"),
+        nb,
+        helper.make_node("Concat", ["r", "b"], ["cat"], name="concat", axis=1),
+        nc,
+    ]
+    return _model(nodes, ia + ib + ic + [shape])
+
+
 def depthwise() -> onnx.ModelProto:
     """
         x ─► depthwise conv (16 groups) ─► relu ─► pointwise conv ─► y

@@ -143,3 +143,135 @@ def test_a_node_with_a_constant_beyond_fp16_stays_fp32():
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2
     clamped = _run(fp16_graph(model, keep_fp32=()), {"x": x})[0]  # what the conversion did before
     assert np.abs(clamped[:, 0] - ref[:, 0]).max() / np.abs(ref[:, 0]).max() > 0.5
+
+
+def test_a_batchnorm_with_a_large_variance_folds_into_its_conv_and_fp16_passes():
+    """Issue 22: folded in FP32 first (TensorRT folds it anyway), the BatchNorm of the graph above
+    leaves no constant beyond FP16's range: nothing stays FP32, and the FP16 graph computes the
+    BatchNorm'd conv to FP16's precision. The folded weights are w x scale / sqrt(var + eps)."""
+    from pipeline.batchnorm import fold_batchnorm
+    from pipeline.fp16 import fp16_graph, overflowing_nodes
+
+    model = _batchnorm_with_a_large_variance()
+    folded, names = fold_batchnorm(model)
+    assert names == ["bn"] and [n.op_type for n in folded.graph.node] == ["Conv"]
+    conv = folded.graph.node[0]
+    assert conv.output[0] == "y" and len(conv.input) == 3  # the BatchNorm's output; a bias added
+    inits = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
+    var = np.array([497_160.0, 2, 2, 2])
+    w = numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
+    np.testing.assert_allclose(inits["w"], w / np.sqrt(var + 1e-5)[:, None, None, None], rtol=1e-6)
+    assert overflowing_nodes(folded) == {}
+    fp16 = fp16_graph(folded, keep_fp32=())
+    assert all(i.data_type == TensorProto.FLOAT16 for i in fp16.graph.initializer)
+    x = np.random.default_rng(1).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    ref = _run(model, {"x": x})[0]
+    np.testing.assert_allclose(_run(folded, {"x": x})[0], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    out = _run(fp16, {"x": x})[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 2e-3
+
+
+@pytest.mark.parametrize("layer", ["gemm", "matmul_add"])
+def test_a_batchnorm_folds_into_a_gemm_or_a_matmul_with_its_bias(layer):
+    """
+    x [batch, 8] ─► Gemm(w [16, 8], transB) ─► h ─► BatchNormalization ─► y
+    x [batch, 8] ─► MatMul(w [8, 16]) ─► Add(b) ─► h ─► BatchNormalization ─► y
+    """
+    from pipeline.batchnorm import fold_batchnorm
+
+    rng = np.random.default_rng(3)
+    stats = [rng.uniform(0.5, 2, 16), rng.standard_normal(16), rng.standard_normal(16), rng.uniform(1, 9e5, 16)]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in zip(stats, ("s", "t", "m", "v"), strict=True)]
+    inits.append(numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b"))
+    if layer == "gemm":
+        inits.append(numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"))
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1)]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w"))
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["mm"], name="fc"),
+            helper.make_node("Add", ["mm", "b"], ["h"], name="bias"),
+        ]
+    nodes.append(helper.make_node("BatchNormalization", ["h", "s", "t", "m", "v"], ["y"], name="bn"))
+    f = TensorProto.FLOAT
+    model = _model(nodes, inits, [_value("x", f, ["batch", 8])], [_value("y", f, ["batch", 16])])
+    folded, names = fold_batchnorm(model)
+    assert names == ["bn"] and "BatchNormalization" not in [n.op_type for n in folded.graph.node]
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    s, t, m, v = stats
+    w = numpy_helper.to_array(next(i for i in inits if i.name == "w")).astype(np.float64)
+    bias = numpy_helper.to_array(next(i for i in inits if i.name == "b")).astype(np.float64)
+    h = x.astype(np.float64) @ (w.T if layer == "gemm" else w) + bias
+    want = (h - m) * s / np.sqrt(v + 1e-5) + t
+    np.testing.assert_allclose(_run(folded, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def _large_activation():
+    """
+    x [batch, 3, 8, 8] ─► Mul(60000) ─► h ─► Mul(1e-4) ─► s ─► Flatten ─► MatMul(w [192, 4]) ─► logits
+    No constant is beyond FP16's range, but h is wherever |x| > 1.09 (the tiny model's held-out
+    images reach 1.8): in FP16 it would be inf.
+    """
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(np.array(60000.0, np.float32), "up_by"),
+        numpy_helper.from_array(np.array(1e-4, np.float32), "down_by"),
+        numpy_helper.from_array((rng.standard_normal((192, 4)) / 14).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "up_by"], ["h"], name="up"),
+        helper.make_node("Mul", ["h", "down_by"], ["s"], name="down"),
+        helper.make_node("Flatten", ["s"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "w"], ["logits"], name="head"),
+    ]
+    f = TensorProto.FLOAT
+    return _model(nodes, inits, [_value("x", f, ["batch", 3, 8, 8])], [_value("logits", f, ["batch", 4])])
+
+
+def test_nodes_whose_activations_go_beyond_fp16_stay_fp32_and_are_named(make_config, capsys):
+    """Issue 22: the node making h and the node reading it compute in FP32, found on the parity rows
+    run through the FP32 graph, said in the output and in the FP16 graph's metadata; the FP16 graph
+    then agrees with FP32, where converted whole it puts inf in the logits."""
+    from pipeline.data import sample_inputs
+    from pipeline.fp16 import KEPT_FP32, fp16_graph, overflowing_activations
+
+    cfg = make_config()
+    model = _large_activation()
+    feed = sample_inputs(cfg, 7)
+    found = overflowing_activations(model, cfg, feed)
+    assert sorted(found) == ["down", "up"] and {t for _, t, _ in found.values()} == {"h"}
+    peak = float(np.abs(feed["x"]).max() * 60000)
+    assert found["up"][2] == pytest.approx(peak, rel=1e-6) and peak > 65504
+    fp16 = Fp16OnnxFromOnnx(cfg)(model, feed)
+    said = capsys.readouterr().err
+    assert "kept in FP32 in the FP16 graph: Mul up (activation 'h' reaches" in said
+    assert "Mul down (activation 'h' reaches" in said
+    meta = {p.key: p.value for p in fp16.metadata_props}
+    assert meta[KEPT_FP32].startswith("down: activation 'h' reaches") and "; up: activation 'h'" in meta[KEPT_FP32]
+    types = {v.name: v.type.tensor_type.elem_type for v in fp16.graph.value_info}
+    assert types["h"] == types["s"] == TensorProto.FLOAT and types["f"] == TensorProto.FLOAT16
+    ref, out = _run(model, feed)[0], _run(fp16, feed)[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2
+    whole = onnx.shape_inference.infer_shapes(fp16_graph(model, keep_fp32=()))  # ORT computes FP16 Muls in FP32
+    assert {v.name: v.type.tensor_type.elem_type for v in whole.graph.value_info}["h"] == TensorProto.FLOAT16
+
+
+def test_an_fp16_parity_failure_names_the_nodes_that_overflow(make_config, tmp_path):
+    """
+    x [batch, 3, 8, 8] ─► Mul(60000) ─► logits, FP16 I/O: the output overflows where |x| > 1.09, which
+    no node kept FP32 can mend, and the parity failure names the Mul making it.
+    """
+    from pipeline import ortsession
+    from pipeline.errors import PipelineError
+    from pipeline.sources.parity import check_parity
+
+    cfg = make_config(top='name = "tiny"\n[export]\nio_dtype = "float16"')
+    f = TensorProto.FLOAT
+    up = helper.make_node("Mul", ["x", "up_by"], ["logits"], name="up")
+    inputs, outputs = [_value("x", f, ["batch", 3, 8, 8])], [_value("logits", f, ["batch", 3, 8, 8])]
+    model = _model([up], [numpy_helper.from_array(np.array(60000.0, np.float32), "up_by")], inputs, outputs)
+    path = tmp_path / "model.fp16.onnx"
+    onnx.save(Fp16OnnxFromOnnx(cfg)(model, None), path)
+    reference = ortsession.session(model)
+    with pytest.raises(PipelineError, match=r"FP16's range \(inf or NaN from finite inputs\) at Mul up: "):
+        check_parity(cfg, lambda feed: ortsession.run(reference, feed), {"fp16": path}, "ONNX file")

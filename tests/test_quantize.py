@@ -11,6 +11,8 @@ from pipeline import ortsession
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.fp16 import fp16_graph
+from pipeline.graphview import GraphView
+from pipeline.placement import scale_lines
 from pipeline.targets import rules
 from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
 from pipeline.targets.tensorrt.placement import plan_tensorrt
@@ -450,3 +452,60 @@ def test_a_pooling_ops_output_takes_its_inputs_scale():
     }
     assert scale["p"] == scale["r"]
     assert_close_to_fp32(model, w8a8)
+
+
+def test_one_scale_reaches_across_pooling_and_reshape_into_a_concat():
+    """Issue 22: TensorRT moves Q/DQ across a MaxPool and a Reshape and fuses a Concat only under one
+    scale; each tied pair has the same scale and zero point, the widest of the group's ranges, and
+    the graph computes what numpy computes with those scales."""
+    model = graphs.pool_reshape_concat()
+    plan, w8a8 = quantize(model)
+    assert plan.scale_groups() == (("a", "b", "cat", "p", "r"),)
+    concat_line, tied_line = scale_lines(plan, GraphView(model))
+    assert concat_line.endswith("5 tensors joined by 1 Concat(s) (a fused Concat copies 8-bit values): a, b, cat, p, r")
+    assert tied_line.startswith("2 tensor(s) take their input's scale across MaxPool, Reshape")
+    assert {("pool", 0), ("reshape", 0), ("concat", 0), ("concat", 1), ("conv_c", 0)} <= quantized_edges(w8a8)
+    inits = {i.name: numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    params = {
+        n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]]))
+        for n in w8a8.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
+    assert params["a"] == params["p"] == params["r"] == params["b"] == params["cat"]
+
+    weights = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    calibration = np.concatenate([graphs.inputs_for(model, 4, seed)["x"] for seed in range(4)])
+    x_amax = np.abs(calibration).max()
+    a, b = _conv(calibration, weights, "conv_a"), _conv(calibration, weights, "conv_b", (4, 2))
+    shared = np.float16(max(np.abs(a).max(), np.abs(b).max()) / 127)  # the Concat's widest range
+    assert params["cat"] == (float(shared), 0)
+
+    feed = graphs.inputs_for(model, 3, seed=11)
+    x = _fake_quant(feed["x"], np.float16(x_amax / 127))
+    a = _fake_quant(_conv(x, weights, "conv_a", quantized=True), shared)
+    n, c, h, w = a.shape
+    pooled = a.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+    b = _fake_quant(_conv(x, weights, "conv_b", (4, 2), quantized=True), shared)
+    cat = np.concatenate([pooled.reshape(n, 32, 2, 4), b], axis=1)  # already on the shared grid
+    want = _conv(cat, weights, "conv_c", quantized=True)
+    got = run(w8a8, feed).astype(np.float64)
+    # FP16 activations: within a few FP16 roundings of the output's magnitude, but for the rare value
+    # FP16 puts on the other side of a rounding boundary (one int8 step of one input).
+    error = np.abs(got - want) / np.abs(want).max()
+    assert np.mean(error < 4e-3) > 0.98 and error.max() < 0.03, (np.mean(error < 4e-3), error.max())
+
+
+def _fake_quant(x: np.ndarray, scale: np.float16) -> np.ndarray:
+    s = float(scale)
+    return np.clip(np.round(x / s), -127, 127) * s
+
+
+def _conv(x: np.ndarray, weights: dict, name: str, strides=(1, 1), quantized: bool = False) -> np.ndarray:
+    """A 3x3 convolution with padding 1 in numpy; ``quantized``: int8 weights per output channel, FP16 scales."""
+    w, bias = weights[f"{name}.w"], weights[f"{name}.b"]
+    if quantized:
+        scale = (np.abs(w).max(axis=(1, 2, 3)) / 127).astype(np.float16).astype(np.float64)[:, None, None, None]
+        w = np.clip(np.round(w / scale), -127, 127) * scale
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))[:, :, :: strides[0], :: strides[1]]
+    return np.einsum("nchwij,ocij->nohw", windows, w) + bias[None, :, None, None]

@@ -23,7 +23,8 @@ skips, the CPU graph's Add/Mul/... tensors) takes ``mse``: its own int8 error.
 
 The first rows rarely hold the largest values a clipping range cuts, so these choices are then
 checked on the whole graph's output, on those rows and on the samples that do hold them
-(``wholegraph``): one method on every tensor replaces them where that is clearly better.
+(``wholegraph``): one method on every tensor replaces them wherever its estimate is lower by more
+than the sampling error; where it is lower by less, the output says so.
 
 Each layer runs as a one-node graph on ONNX Runtime, so its ONNX attributes apply as
 written (Conv's auto_pad and asymmetric pads, Gemm's transA/transB, alpha, beta) and no torch
@@ -46,7 +47,17 @@ from onnx import helper
 from pipeline import ortsession
 from pipeline.calibration import methods
 from pipeline.calibration.cache import AutoChoice, Ranges, WholeGraphCheck
-from pipeline.calibration.wholegraph import AUTO, ExtremeRows, Range, judge, save_simulation, simulation, uint8_scale
+from pipeline.calibration.wholegraph import (
+    AUTO,
+    CLOSE,
+    ExtremeRows,
+    Range,
+    best_method,
+    judge,
+    save_simulation,
+    simulation,
+    uint8_scale,
+)
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
@@ -249,14 +260,21 @@ def whole_graph_line(whole: WholeGraphCheck) -> str:
     est = whole.estimates
     others = ", ".join(f"{m} {est[m]:.3g}" for m in methods.names())
     rows = f"{whole.rows} first rows and {whole.extremes} extreme sample(s) standing for {whole.samples}"
+    best, lead = best_method(whole)
     if whole.chosen == AUTO:
+        why = (
+            f"; {best} estimated lower, but by {lead:.2g} standard error(s) of the first rows, within their "
+            f"sampling error ({CLOSE:g} needed)"
+            if est[best] < est[AUTO]
+            else ""
+        )
         return (
-            f"whole graph: per-tensor ranges kept (output error {est[AUTO]:.3g}; "
+            f"whole graph: per-tensor ranges kept (output error {est[AUTO]:.3g}{why}; "
             f"one method on every tensor: {others}; {rows})"
         )
     return (
         f"whole graph: {whole.chosen} on every tensor, output error {est[whole.chosen]:.3g} against the per-tensor "
-        f"ranges' {est[AUTO]:.3g} ({others}; {rows})"
+        f"ranges' {est[AUTO]:.3g}, lower by {lead:.3g} standard errors ({others}; {rows})"
     )
 
 

@@ -45,8 +45,28 @@ def check_parity(
     if bad:
         detail = "; ".join(f"{r.precision} batch {r.batch} {r.output!r}: {', '.join(r.failures)}" for r in bad)
         info(format_parity(rows))
-        raise PipelineError(f"{cfg.name}: ONNX Runtime disagrees with the source ({kind}): {detail}")
+        raise PipelineError(
+            f"{cfg.name}: ONNX Runtime disagrees with the source ({kind}): {detail}{_overflows(cfg, graphs, bad)}"
+        )
     return rows
+
+
+def _overflows(cfg: Config, graphs: dict[str, Path], bad: list[ParityRow]) -> str:
+    """Where a failing FP16 graph overflows: the nodes making inf or NaN from finite inputs, with the fix."""
+    from pipeline import onnxutil
+    from pipeline.fp16 import overflow_origins
+    from pipeline.targets.base import FP16
+
+    batches = sorted({r.batch for r in bad if r.precision == FP16})
+    if not batches or FP16 not in graphs:
+        return ""
+    found = overflow_origins(onnxutil.load(graphs[FP16]), cfg, sample_inputs(cfg, batches[-1]))
+    if not found:
+        return ""
+    return (
+        f"; the FP16 graph overflows FP16's range (inf or NaN from finite inputs) at {', '.join(found)}: keep "
+        f'those op types in FP32 with export.keep_fp32, or at a graph output set export.io_dtype = "float32"'
+    )
 
 
 def format_parity(rows: list[ParityRow]) -> str:

@@ -10,6 +10,7 @@ from pipeline.targets.base import FP16, FP32
 
 def run(r: StageRun) -> list:
     from pipeline import onnxutil
+    from pipeline.batchnorm import fold_batchnorm
     from pipeline.data import sample_inputs
     from pipeline.fp16 import Fp16OnnxFromOnnx
     from pipeline.sources import source_for
@@ -19,8 +20,14 @@ def run(r: StageRun) -> list:
     source = source_for(cfg)
     source.load()
     example = sample_inputs(cfg, 2)  # batch 2: torch.export specializes axes of size 0 and 1
-    fp32 = source.fp32_graph(example, out.log("export"))
-    fp16 = Fp16OnnxFromOnnx(cfg)(fp32)
+    fp32, folded = fold_batchnorm(source.fp32_graph(example, out.log("export")))
+    if folded:
+        info(
+            f"{cfg.name}: {len(folded)} BatchNormalization(s) folded into the layer before, in FP32: "
+            f"{', '.join(folded)}"
+        )
+    # The parity rows (the largest batch holds the others): an activation beyond FP16's range keeps its nodes FP32.
+    fp16 = Fp16OnnxFromOnnx(cfg)(fp32, sample_inputs(cfg, max(cfg.export.parity_batches)))
     graphs = {FP32: fp32, FP16: fp16}
     with r.writing() as written:
         with onnxutil.staged({out.graph(p): g for p, g in graphs.items()}) as staged:

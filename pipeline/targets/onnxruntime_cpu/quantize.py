@@ -133,8 +133,9 @@ def placement(view: GraphView, settings: QuantizeSection) -> Placement:
     """Where ``quantize_static`` puts Q/DQ, as auto's whole-graph check simulates it: on every float
     activation in or out of an op of ``OP_TYPES`` it quantizes (in the GELU-fused graph, less the
     ``excluded_nodes``), read through them by every reader; a folded Relu's input with the Relu
-    output's range; Conv/Gemm/MatMul weights int8 per output channel. Constants that op reads
-    (biases, which it stores int32 or uint8) stay float: their rounding is the same under any range."""
+    output's range, a data-movement or pooling op's output (``SAME_SCALE``) with its input's;
+    Conv/Gemm/MatMul weights int8 per output channel. Constants that op reads (biases, which it
+    stores int32 or uint8) stay float: their rounding is the same under any range."""
     excluded = set(excluded_nodes(view, settings))
     varying = view.input_dependent()
     floats = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
@@ -147,8 +148,28 @@ def placement(view: GraphView, settings: QuantizeSection) -> Placement:
         for i, t in enumerate(node.input[:2]):
             if node.op_type in WEIGHTED and view.is_weight(t):
                 weights.append((node.name, i, t, weight_axis(node.op_type, node, len(view.shape(t)), i)))
-    folded = {t: out for t, out in relu_folded(view).items() if view.producer[out].name not in excluded}
-    return Placement(False, activations, tuple(weights), (), {t: folded[t] for t in activations if t in folded})
+    ties = {t: out for t, out in relu_folded(view).items() if view.producer[out].name not in excluded}
+    ties |= {
+        node.output[0]: node.input[0]
+        for node in view.nodes
+        if node.op_type in SAME_SCALE and node.name not in excluded and node.input[0] in activations
+    }
+    return Placement(False, activations, tuple(weights), (), {t: _end(ties, t) for t in activations if t in ties})
+
+
+# Ops whose output ONNX Runtime's quantizer gives its input's scale and zero point
+# (``quantize_output_same_as_input``: QDQDirect8BitOp, QDQMaxPool, QDQGather): its CPU kernels then
+# move 8-bit values through them, and its QDQ transformers drop a DQ -> op -> Q whose scales match.
+SAME_SCALE = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "AveragePool", "Gather")
+
+
+def _end(ties: dict[str, str], tensor: str) -> str:
+    """The tensor at the end of ``tensor``'s chain of ties."""
+    seen = {tensor}
+    while ties.get(tensor, tensor) not in seen:
+        tensor = ties[tensor]
+        seen.add(tensor)
+    return tensor
 
 
 def relu_folded(model: onnx.ModelProto | GraphView) -> dict[str, str]:

@@ -8,7 +8,11 @@ The rules (TensorRT's explicit-quantization guidance, as ModelOpt applies it):
   the Conv's input alone: the Add becomes the Conv's epilogue;
 * quantize a pooling op's input when its output is quantized, so it runs INT8, with one scale for
   both (the output takes the input's range, as TensorRT carries the scale through);
-* give a Concat whose output is quantized the same scale on every input;
+* likewise across ops that only move values (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Slice,
+  Gather on a constant index): TensorRT moves the Q/DQ pair across them onto their input, so the
+  graph quantizes it there too, with the same scale;
+* give a Concat whose output is quantized the same scale on every input and its output, the widest
+  of their ranges (a fused Concat copies 8-bit values: one scale or none);
 * everything else (LayerNorm, Softmax, GELU, ...) stays FP16;
 * layers too small to gain (channels, K or N under ``min_channels``, GEMV)
   stay FP16, and the plan says why.
@@ -26,6 +30,7 @@ import onnx
 from pipeline.config import QuantizeSection
 from pipeline.graphview import GraphView
 from pipeline.placement import (
+    MOVES,
     POOLING,
     WEIGHTED,
     Plan,
@@ -64,7 +69,7 @@ def plan_tensorrt(model: onnx.ModelProto | GraphView, settings: QuantizeSection)
         plan.quantized.append((node.name, node.op_type))
 
     _residual_adds(view, plan, quantized_nodes)
-    _pooling_and_concat(view, plan)
+    _carry_back(view, plan)
     return plan
 
 
@@ -97,8 +102,8 @@ def _fuses_as_epilogue(tensor: str, view: GraphView, quantized: set[str]) -> boo
     )
 
 
-def _pooling_and_concat(view: GraphView, plan: Plan) -> None:
-    """Extend quantization backwards through pooling and Concat until nothing changes."""
+def _carry_back(view: GraphView, plan: Plan) -> None:
+    """Extend quantization backwards through pooling, data movement and Concat until nothing changes."""
     changed = True
     grouped: set[str] = set()
     while changed:
@@ -107,10 +112,11 @@ def _pooling_and_concat(view: GraphView, plan: Plan) -> None:
             out = node.output[0] if node.output else ""
             if out not in plan.activations:
                 continue
-            if node.op_type in POOLING and node.input[0] not in plan.activations:
+            if _carries_scale(node, view) and (node.name, 0) not in plan.activations.get(node.input[0], []):
                 plan.add_edge(node.input[0], (node.name, 0))
-                plan.quantized.append((node.name, node.op_type))
                 plan.range_of[out] = node.input[0]
+                if node.op_type in POOLING:
+                    plan.quantized.append((node.name, node.op_type))
                 changed = True
             elif node.op_type == "Concat" and node.name not in grouped:
                 inputs = [t for t in node.input if not view.is_const(t)]
@@ -121,3 +127,13 @@ def _pooling_and_concat(view: GraphView, plan: Plan) -> None:
                 plan.quantized.append((node.name, node.op_type))
                 grouped.add(node.name)
                 changed = True
+
+
+def _carries_scale(node: onnx.NodeProto, view: GraphView) -> bool:
+    """Does TensorRT carry one scale through ``node``, from its first input to its output?"""
+    if node.op_type in POOLING:
+        return True
+    varying = view.input_dependent()
+    if node.op_type not in MOVES or node.input[0] not in varying:
+        return False
+    return node.op_type != "Gather" or node.input[1] not in varying  # a constant index: it moves values

@@ -178,10 +178,9 @@ class QdqOnnxFromOnnx:
             return self.ranges.amax(t, self.method)
 
         amax = {t: amax_of(self.plan.ranged_as(t)) for t in self.plan.activations}
-        for group in self.plan.shared_scale:  # one scale for a Concat's inputs and output
-            shared = max(amax_of(t) for t in group)
-            for t in group:
-                amax[t] = shared
+        for group in self.plan.scale_groups():  # one scale across pooling, data movement and Concat
+            shared = max(amax[t] for t in group)
+            amax.update(dict.fromkeys(group, shared))
         return amax
 
 

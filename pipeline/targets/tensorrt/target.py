@@ -61,9 +61,12 @@ class TensorRT(Target):
         return violations(model, symmetric=True, stored=onnx.helper.np_dtype_to_tensor_dtype(self.scheme.dtype))
 
     def placement_report(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()):
-        from pipeline.placement import summary_rows
+        from pipeline.console import info
+        from pipeline.placement import scale_lines, summary_rows
 
         plan = self.plan(inputs.view, _excluding(inputs.settings, float_nodes))
+        for line in scale_lines(plan, inputs.view):
+            info(f"  {self.artifact}: {line}")
         return summary_rows(plan, inputs.fp32), plan.skipped, len(plan.quantized)
 
     def artifacts(self, cfg: Config, out: Layout, build: BuildResult) -> list[Artifact]:
