@@ -7,6 +7,7 @@ decoded, so a small file that would decode to gigabytes costs nothing. Pillow's 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,10 @@ def read_image(path: Path, spec: ImageSection) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow warns of a large image that the check below refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise PipelineError(_too_large(path, width, height))

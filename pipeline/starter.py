@@ -65,7 +65,7 @@ def write_starter(model: str, out: Path, data: Path | None = None) -> str:
             f"min = {AXIS_GUESS[0]}\nopt = {AXIS_GUESS[1]}\nmax = {AXIS_GUESS[2]}\n"
             for a in axes
         ],
-        _calibration(data, out, inputs),
+        _calibration(data, out, inputs if model.endswith(".onnx") else []),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -180,6 +180,8 @@ def _from_torch(model: str, data: Path, out: Path) -> tuple[list[Tensor], list[T
 
 
 def _calibration(data: Path | None, out: Path, inputs: list[Tensor]) -> str:
+    """The [calibration] block; for images, ``inputs`` are the graph's (none: a PyTorch model, whose
+    input the data defines)."""
     if data is None:
         return (
             "# Calibration needs real data: a folder of .npz files (one array per input, named as the inputs),\n"

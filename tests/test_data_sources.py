@@ -300,6 +300,8 @@ def test_a_user_metric_gates_compare_by_its_name(tmp_path, user_model, monkeypat
     quantized = next(r for r in rows if "w8a8-cpu" in r.artifact)
     assert quantized.reference_metric < 1e-9 < quantized.metric  # FP32's score, then the quantized graph's
     assert quantized.metric_name == "distance" and not quantized.failures
+    record = json.loads((tmp_path / "engines" / "tiny" / "records" / "compare.json").read_text())
+    assert "metric metric.py:distance" in record["inputs"]  # an edited metric re-runs compare
 
 
 def test_a_user_metric_declares_its_direction(tmp_path, user_model):
@@ -339,6 +341,39 @@ def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path, user_model):
     torch.save(model_from_config(cfg), tmp_path / "cfg" / "whole.pt")
     model = f'[model]\nsource = "{user_model}:build"\nweights = "whole.pt"'
     with pytest.raises(
-        PipelineError, match=r"whole.pt: holds objects other than tensors \(a whole pickled model\?\).*state_dict\(\)"
+        PipelineError,
+        match=r"whole.pt: holds objects other than tensors.*\(a whole pickled model\?\); .*model.state_dict\(\)",
     ):
         model_from_config(load_config(write_config(tmp_path, user_model, model=model)))
+
+
+def test_init_reads_image_class_folders_and_npy_folders(tmp_path, user_model, monkeypatch):
+    """trtpipe init on an ONNX model and images in class subfolders: [calibration.image] from the
+    model's input, the folder named as labelled held-out data; on a PyTorch model and .npy samples:
+    the input's shape from the data. Both configs load and read their data."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from tests.test_onnx_source import _exported_elsewhere
+
+    monkeypatch.chdir(tmp_path)
+    _exported_elsewhere(user_model, tmp_path / "model")
+    for name, start in (("ant", 0), ("cat", 5)):
+        _pngs(tmp_path / "images" / name, 3, start)
+    init = CliRunner().invoke(main, ["init", "model/net.onnx", "--data", "images", "-o", "net.toml"])
+    assert init.exit_code == 0, init.output
+    text = (tmp_path / "net.toml").read_text()
+    assert "[calibration.image]\nsize = [8, 8]" in text and 'layout = "NCHW"' in text
+    assert '[evaluation]\nsource = "images"\nmetric = "top1"' in text
+    cfg = load_config(tmp_path / "net.toml")
+    assert cfg.calibration.image.mean == (0.485, 0.456, 0.406)
+    assert [labels.tolist() for _, labels in heldout_batches(cfg, 8)] == [[0, 1, 0, 1, 0, 1]]
+
+    (tmp_path / "npy").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "npy" / f"{i}.npy", _by_hand(_pixels(i)))  # one (3, 8, 8) sample each
+    init = CliRunner().invoke(main, ["init", f"{user_model}:build", "--data", "npy", "-o", "torch.toml"])
+    assert init.exit_code == 0, init.output
+    cfg = load_config(tmp_path / "torch.toml")
+    assert cfg.inputs[0].shape == ("batch", 3, 8, 8) and cfg.outputs[0].shape == ("batch", 4)
+    assert sum(len(b["input"]) for b in calibration_batches(cfg)) == 3

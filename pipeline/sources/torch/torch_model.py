@@ -47,7 +47,7 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's weights_only refused an object: its advice would run pickled code
         raise PipelineError(
-            f"{path}: holds objects other than tensors (a whole pickled model?), which trtpipe never unpickles; "
+            f"{path}: holds objects other than tensors, which trtpipe never unpickles (a whole pickled model?); "
             f"save the weights with torch.save(model.state_dict(), path)"
         ) from None
     except Exception as exc:  # torch's loader raises any type on bytes that are no checkpoint (/etc/passwd: IndexError)
