@@ -377,3 +377,30 @@ def test_init_reads_image_class_folders_and_npy_folders(tmp_path, user_model, mo
     cfg = load_config(tmp_path / "torch.toml")
     assert cfg.inputs[0].shape == ("batch", 3, 8, 8) and cfg.outputs[0].shape == ("batch", 4)
     assert sum(len(b["input"]) for b in calibration_batches(cfg)) == 3
+
+
+def test_the_budget_judges_a_lower_is_better_metric_by_its_direction(tmp_path, user_model):
+    from pipeline.config import Budget
+    from pipeline.evaluate.budget import meets
+    from pipeline.evaluate.metrics import Score
+
+    cfg = load_config(write_config(tmp_path, user_model, evaluation='[evaluation]\nsource = "x"\nmetric = "mse"'))
+    task, budget = task_metric(cfg), Budget(max_metric_drop=0.1)
+    assert meets(Score(1.0, 1.0, 0.0, 0.5), budget, 0.45, task)  # 0.05 worse than FP32's MSE
+    assert not meets(Score(1.0, 1.0, 0.0, 0.6), budget, 0.45, task)  # 0.15 worse
+    assert meets(Score(1.0, 1.0, 0.0, 0.2), budget, 0.45, task)  # better than FP32
+
+
+def test_a_user_metric_that_raises_or_returns_no_number_is_one_line(tmp_path, user_model):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "bad.py").write_text(
+        "def broken(outputs, labels):\n    return 1 / 0\n\ndef text(o, l):\n    return 'x'\n"
+    )
+    for fn, message in (
+        ("broken", r"bad.py:2: ZeroDivisionError: division by zero \(computing evaluation.metric"),
+        ("text", r"evaluation.metric 'bad.py:text' returned str, not a number"),
+    ):
+        evaluation = f'[evaluation]\nsource = "x"\nmetric = "bad.py:{fn}"\nhigher_is_better = true'
+        stream = task_metric(load_config(write_config(tmp_path, user_model, evaluation=evaluation))).stream()
+        with pytest.raises(PipelineError, match=message):
+            stream.update(np.zeros((2, 4), np.float32), np.zeros(2))
