@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import stages
+from pipeline import results, stages
 from pipeline.config import load_config
 from pipeline.data import calibration_batches, heldout_batches
 from pipeline.errors import PipelineError
+from pipeline.evaluate.accuracy import accuracy_table
 from pipeline.evaluate.metrics import SquaredError, TopK, task_metric
 from pipeline.layout import Layout
 from tests.conftest import write_config
@@ -302,6 +303,9 @@ def test_a_user_metric_gates_compare_by_its_name(tmp_path, user_model, monkeypat
     assert quantized.metric_name == "distance" and not quantized.failures
     record = json.loads((tmp_path / "engines" / "tiny" / "records" / "compare.json").read_text())
     assert "metric metric.py:distance" in record["inputs"]  # an edited metric re-runs compare
+    saved = results.load(results.CompareResult, Layout.of(loose))  # what the report tables
+    headers, _ = accuracy_table(saved.rows)
+    assert headers[-3:-1] == ["distance", "FP32 distance"]
 
 
 def test_a_user_metric_declares_its_direction(tmp_path, user_model):
