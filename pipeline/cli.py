@@ -190,7 +190,7 @@ def sensitivity(config_path: Path, targets: tuple[str, ...]) -> None:
 
     \b
     For every quantized Conv/ConvTranspose/Gemm/MatMul: the output against FP32
-    (centered cosine, relative error, top-1 where labels exist) with only that
+    (centered cosine, relative error, the metric where labels exist) with only that
     layer quantized, and with only that layer left in FP16, on [accuracy]
     sensitivity_rows held-out rows. The report draws it as a table and a chart.
     """
@@ -310,7 +310,7 @@ def deploy(config_path: Path, to: Path, precision: str | None, fmt: str, force: 
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
-    help="A folder of .npz files, one array per input: calibration data (and, for a PyTorch model, its inputs).",
+    help="A folder of .npz or .npy files or images: calibration data (and, for a PyTorch model, its inputs).",
 )
 @click.option(
     "-o",

@@ -134,6 +134,50 @@ class ExportSection:
             )
 
 
+# An image's width times height at most: a small file that would decode to gigabytes is refused
+# before it is decoded. A 64-megapixel photograph fits.
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_IMAGE_SIDE = 4096  # [calibration.image] size: a model input, not a photograph
+CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
+RESIZE_MODES = ("resize", "center-crop", "letterbox")
+
+
+@dataclass(frozen=True)
+class ImageSection:
+    """``[calibration.image]``: how image files become the model's one input, for calibration and for
+    held-out image folders alike. ``size`` is [height, width]; ``resize`` stretches to it,
+    ``center-crop`` scales the shorter side to cover it and cuts the middle, ``letterbox`` scales the
+    longer side to fit and pads with black. Float dtypes take pixels / 255, then (x - mean) / std per
+    channel; uint8 takes the pixels as they are."""
+
+    size: tuple[int, ...]
+    resize: Literal["resize", "center-crop", "letterbox"] = "resize"
+    channels: Literal["RGB", "BGR", "L"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+    mean: tuple[float, ...] | None = None  # one per channel; unset: 0
+    std: tuple[float, ...] | None = None  # one per channel; unset: 1
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or not all(1 <= side <= MAX_IMAGE_SIDE for side in self.size):
+            raise ValueError(f"size {list(self.size)} must be [height, width], each 1 to {MAX_IMAGE_SIDE}")
+        count = CHANNELS[self.channels]
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != count:
+                raise ValueError(f"{key} {list(value)} needs {count} value(s), one per {self.channels} channel")
+            if value is not None and self.dtype == "uint8":
+                raise ValueError(f"{key} needs a float dtype; uint8 takes the pixels as they are")
+        if self.std is not None and not all(s > 0 for s in self.std):
+            raise ValueError(f"std {list(self.std)} must be positive")
+
+    def shape(self) -> tuple[int, int, int]:
+        """One image's (C, H, W) or (H, W, C), as ``layout`` says."""
+        height, width = self.size
+        count = CHANNELS[self.channels]
+        return (count, height, width) if self.layout == "NCHW" else (height, width, count)
+
+
 @dataclass(frozen=True)
 class CalibrationSection:
     source: str
@@ -145,6 +189,7 @@ class CalibrationSection:
     # entropy/MSE can pick thresholds down to R/64.
     bins: int = 8192
     args: dict[str, Any] = field(default_factory=dict)
+    image: ImageSection | None = None
 
     def __post_init__(self) -> None:
         known = _registry("pipeline.calibration.methods").choices()
@@ -163,12 +208,21 @@ class CalibrationSection:
             raise ValueError(f"bins {self.bins} must be a power of two between 128 and 65536")
 
 
+BUILTIN_METRICS = {"top1": True, "top5": True, "mse": False, "psnr": True}  # name: higher is better
+CLASS_METRICS = ("top1", "top5")  # labels are one class index per row
+
+
 @dataclass(frozen=True)
 class EvaluationSection:
-    """Held-out data: a callable yielding ``(feed_dict, labels)`` batches."""
+    """Held-out data: a callable yielding ``(feed, labels)`` batches, or a folder (.npz files with a
+    ``labels`` array, or images in one subfolder per class). ``metric`` is a built-in name or a user
+    callable ``file.py:fn`` (``fn(outputs, labels) -> float``), which declares ``higher_is_better``."""
 
     source: str
-    metric: Literal["top1"] = "top1"
+    metric: str = "top1"
+    higher_is_better: bool | None = None
+    labels: str = "labels"  # a folder of .npz: the array holding the labels
+    peak: float = 1.0  # psnr: the largest value a target holds (1.0 for images in [0, 1])
     args: dict[str, Any] = field(default_factory=dict)
     # At most this many held-out rows are read (compare, quantize's gate): a stream may be endless.
     samples: int = 10_000
@@ -176,6 +230,24 @@ class EvaluationSection:
     def __post_init__(self) -> None:
         if not 1 <= self.samples <= MAX_HELDOUT_SAMPLES:
             raise ValueError(f"samples {self.samples} must be between 1 and {MAX_HELDOUT_SAMPLES}")
+        builtin = BUILTIN_METRICS.get(self.metric)
+        if builtin is None and ":" not in self.metric:
+            raise ValueError(
+                f"metric {self.metric!r} is not one of {', '.join(BUILTIN_METRICS)} nor a callable 'file.py:fn'"
+            )
+        if builtin is None and self.higher_is_better is None:
+            raise ValueError(f"metric {self.metric!r} needs higher_is_better = true or false")
+        if builtin is not None and self.higher_is_better not in (None, builtin):
+            raise ValueError(
+                f"metric {self.metric!r} is {'higher' if builtin else 'lower'} is better; drop higher_is_better"
+            )
+        if not (math.isfinite(self.peak) and self.peak > 0):
+            raise ValueError(f"peak {self.peak} must be a positive number")
+
+    @property
+    def better_higher(self) -> bool:
+        """Whether a larger figure of the metric is better."""
+        return BUILTIN_METRICS.get(self.metric, bool(self.higher_is_better))
 
 
 def _registry(package: str):
@@ -255,8 +327,8 @@ class Gate:
 class Budget:
     """``[accuracy.budget]``: quantize keeps the fewest layers in FP16 that bring each w8a8 graph within
     it, against FP32 on held-out data. ``min_cosine`` is judged centered, as the gates judge it;
-    ``max_metric_drop`` in top-1 points. At most ``max_fp16_layers`` (when set) and at most
-    ``max_fp16_share`` of the quantized layers may fall back."""
+    ``max_metric_drop`` in the metric's units (top-1 points, dB, ...). At most ``max_fp16_layers``
+    (when set) and at most ``max_fp16_share`` of the quantized layers may fall back."""
 
     min_cosine: float | None = None
     max_metric_drop: float | None = None
@@ -269,7 +341,7 @@ class Budget:
         if self.min_cosine is not None and not 0.0 < self.min_cosine <= 1.0:
             raise ValueError(f"min_cosine {self.min_cosine} must be in (0, 1]")
         if self.max_metric_drop is not None and self.max_metric_drop < 0:
-            raise ValueError(f"max_metric_drop {self.max_metric_drop} must be 0 or more (top-1 points)")
+            raise ValueError(f"max_metric_drop {self.max_metric_drop} must be 0 or more (in the metric's units)")
         if self.max_fp16_layers is not None and self.max_fp16_layers < 0:
             raise ValueError(f"max_fp16_layers {self.max_fp16_layers} must be 0 or more")
         if not 0.0 < self.max_fp16_share <= 1.0:
@@ -408,6 +480,7 @@ class Config:
         names = [t.name for t in (*self.inputs, *self.outputs)]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
+        self._check_image()
         budget = self.accuracy.budget
         if budget is not None and budget.max_metric_drop is not None and self.evaluation is None:
             raise ValueError(
@@ -422,6 +495,26 @@ class Config:
         gpu = self._fit("bench.gpu_batches", self.bench.gpu_batches, BENCH_GPU_BATCHES)
         cpu = self._fit("bench.cpu_batches", self.bench.cpu_batches, BENCH_CPU_BATCHES)
         object.__setattr__(self, "bench", dataclasses.replace(self.bench, gpu_batches=gpu, cpu_batches=cpu))
+
+    def _check_image(self) -> None:
+        """Images feed one input of rank 4 whose dtype and static dims the preprocessing makes."""
+        image = self.calibration.image
+        if image is None:
+            return
+        if len(self.inputs) != 1:
+            raise ValueError("key 'calibration.image' feeds one input; a model of several takes .npz files")
+        spec = self.inputs[0]
+        if spec.dtype != image.dtype:
+            raise ValueError(f"key 'calibration.image.dtype' = {image.dtype!r}, input {spec.name!r} is {spec.dtype}")
+        if len(spec.shape) != 4 or spec.batch_axis != 0:
+            raise ValueError(f"key 'calibration.image' needs input {spec.name!r} shaped [batch, ...] of rank 4")
+        made = image.shape()
+        for axis, (want, got) in enumerate(zip(spec.shape[1:], made, strict=True), start=1):
+            if isinstance(want, int) and want != got:
+                raise ValueError(
+                    f"key 'calibration.image' makes {image.layout} images {list(made)}, input {spec.name!r} "
+                    f"is {list(spec.shape)} (axis {axis}); set size, channels or layout to match"
+                )
 
     def nearest_batch(self, batch: int) -> int:
         """``batch`` if a [batch] profile holds it, else the profile bound nearest to it."""

@@ -1,28 +1,35 @@
 """Real input data: calibration batches and held-out batches, validated as they stream.
 
-A calibration source is either a folder of ``.npz`` files (any number of rows
-per file, keys = input names, loaded without pickle) or a ``module:callable`` /
-``file.py:callable`` called as ``fn(samples=, batch_size=, **args)`` that yields
-feed dicts. An evaluation source is a callable ``fn(batch_size=, **args)`` that
-yields ``(feed_dict, labels)``. Every batch is checked against the config's
-inputs; nothing ever falls back to random data.
+A calibration source is a folder or a ``module:callable`` / ``file.py:callable``. A folder holds
+``.npz`` files (any number of rows per file, keys = input names), ``.npy`` files (a single-input
+model: each file one sample or a batch of rows, told apart by rank) or image files preprocessed as
+``[calibration.image]`` says; every file is read without pickle. A callable is called as
+``fn(samples=, batch_size=, **args)`` and returns any iterable of batches (feed dicts, tuples or
+lists of arrays in input order, bare arrays, torch tensors: a torch ``DataLoader`` as it is; a torch
+``Dataset`` yields samples) or one bare array (one batch). Held-out data is such a callable yielding
+``(feed, labels)`` or a folder: ``.npz`` files with a labels array, or images in one subfolder per
+class. Every batch is checked against the config's inputs; nothing ever falls back to random data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
+import sys
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.callables import load_callable, source_file, user_code
-from pipeline.config import Config, TensorSpec
+from pipeline.config import CLASS_METRICS, Config, TensorSpec
 from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
+from pipeline.images import is_image, read_image
 
 Feed = dict[str, np.ndarray]
 
@@ -84,12 +91,13 @@ def calibration_batches(cfg: Config, samples: int | None = None) -> Iterator[Fee
     source = cfg.resolve(section.source)
     key = "calibration.source"
     if source.is_dir():
-        batches = _npz_batches(source, cfg, samples)
+        batches = _folder_batches(source, cfg, samples)
     elif ":" in section.source:
         fn = load_callable(section.source, cfg.root, key)
         kwargs = {"samples": samples, "batch_size": section.batch_size, **section.args}
         made = _guarded(_iterable(_call(fn, kwargs, key, section.source), key, section.source), key, section.source)
-        batches = ((f"{key} {section.source!r} batch {i}", feed) for i, feed in enumerate(made))
+        where = f"{key} {section.source!r} batch"
+        batches = ((f"{where} {i}", _as_feed(item, cfg, f"{where} {i}")) for i, item in enumerate(made))
     else:
         raise PipelineError(
             f"{cfg.path}: {key} = {section.source!r}: folder {source} does not exist "
@@ -119,30 +127,124 @@ def _first_rows(batches: Iterator[tuple[str, object]], cfg: Config, samples: int
     info(f"{cfg.name}: calibration.source {section.source!r} ran out after {seen} of the {samples} samples asked for")
 
 
-def _npz_files(folder: Path, cfg: Config) -> list[Path]:
-    """The folder's .npz files; a folder, FIFO or device of that name is refused before it is opened
-    (a FIFO would block the read forever)."""
-    files = sorted(folder.glob("*.npz"))
+NPZ, NPY, IMAGES = "npz", "npy", "images"
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """A folder's data files of one kind; for images in one subfolder per class, each file's class
+    (the index of its subfolder's name in sorted order, as ImageNet-style folders number them)."""
+
+    path: Path
+    kind: str
+    files: tuple[Path, ...]
+    classes: tuple[int, ...] = ()
+
+
+def data_folder(folder: Path) -> DataFolder:
+    """The data files of ``folder``: .npz, .npy, or images directly in it or in class subfolders."""
+    found = {NPZ: _files(folder.glob("*.npz")), NPY: _files(folder.glob("*.npy"))}
+    found[IMAGES] = _files(p for p in folder.iterdir() if is_image(p))
+    kinds = [kind for kind, files in found.items() if files]
+    if len(kinds) > 1:
+        raise PipelineError(f"{folder}: holds {' and '.join(kinds)} files; a data folder holds one kind")
+    if kinds:
+        return DataFolder(folder, kinds[0], tuple(found[kinds[0]]))
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = [_files(p for p in sub.iterdir() if is_image(p)) for sub in subfolders]
+    if not any(per_class):
+        raise PipelineError(
+            f"{folder}: no data files (.npz, .npy, or PNG/JPEG/BMP images, directly or one subfolder per class)"
+        )
+    # Class by class in turn, so the first rows read (calibration's samples, a capped held-out set)
+    # cover every class, not the first few.
+    turns = itertools.zip_longest(*[[(path, index) for path in files] for index, files in enumerate(per_class)])
+    pairs = [pair for turn in turns for pair in turn if pair is not None]
+    return DataFolder(folder, IMAGES, tuple(p for p, _ in pairs), tuple(i for _, i in pairs))
+
+
+def _files(paths: Iterable[Path]) -> list[Path]:
+    """Sorted; a folder, FIFO or device of a data file's name is refused before it is opened (a FIFO
+    would block the read forever)."""
+    files = sorted(paths)
     odd = next((p for p in files if not p.is_file()), None)
     if odd is not None:
-        raise PipelineError(f"{odd}: not a regular file (a folder, FIFO or device); a data folder holds .npz files")
+        raise PipelineError(f"{odd}: not a regular file (a folder, FIFO or device); a data folder holds data files")
     return files
 
 
-def _npz_batches(folder: Path, cfg: Config, samples: int) -> Iterator[tuple[str, object]]:
-    """Each file's arrays, at most the ``samples`` rows still needed: members are streamed row by row
-    from the archive, their headers checked first, so a small file declaring (or inflating to) more
-    rows than it holds, or than calibration uses, is never loaded whole."""
-    files = _npz_files(folder, cfg)
-    if not files:
-        raise PipelineError(f"{folder}: no .npz files (calibration.source in {cfg.path})")
+def _folder_batches(folder: Path, cfg: Config, samples: int) -> Iterator[tuple[str, object]]:
+    """Each file's rows, at most the ``samples`` rows still needed."""
+    found = data_folder(folder)
+    read = {NPZ: _npz_rows, NPY: _npy_rows, IMAGES: _image_rows}[found.kind]
     left = samples
-    for path in files:
+    for path in found.files:
         if left <= 0:
             return
-        feed = read_npz(path, left)
+        feed = read(path, cfg, left)
         yield str(path), feed
         left -= max((len(v) for v in feed.values() if v.ndim), default=0)
+
+
+def _npz_rows(path: Path, cfg: Config, rows: int) -> Feed:
+    """Members are streamed row by row from the archive, their headers checked first, so a small file
+    declaring (or inflating to) more rows than it holds, or than calibration uses, is never loaded whole."""
+    return read_npz(path, rows)
+
+
+def _single_input(path: Path, cfg: Config, kind: str) -> TensorSpec:
+    if len(cfg.inputs) != 1:
+        names = ", ".join(spec.name for spec in cfg.inputs)
+        raise PipelineError(f"{path}: {kind} feed one input; this model takes {names}: save .npz files keyed by them")
+    return cfg.inputs[0]
+
+
+def _npy_rows(path: Path, cfg: Config, rows: int) -> Feed:
+    """An .npy file of the input's rank is a batch (its first ``rows`` rows are read); one axis less is
+    one sample, given a batch axis of 1."""
+    spec = _single_input(path, cfg, ".npy files")
+    rank = len(spec.shape)
+
+    def take(shape: tuple[int, ...]) -> int | None:
+        if len(shape) == rank:
+            return rows
+        if len(shape) == rank - 1 and spec.batch_axis is not None:
+            return None
+        raise PipelineError(
+            f"{path}: array of shape {list(shape)}; input {spec.name!r} is {list(spec.shape)}: give rank {rank} "
+            f"(a batch) or {rank - 1} (one sample)"
+        )
+
+    try:
+        with path.open("rb") as stream:
+            array = _read_npy(stream, path.stat().st_size, take, path, path.name)
+    except (OSError, EOFError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable .npy file ({exc}); save plain arrays with np.save") from None
+    if array.ndim == rank - 1:
+        array = np.expand_dims(array, spec.batch_axis)
+    return {spec.name: array}
+
+
+def read_npy(path: Path, rows: int = 2) -> np.ndarray:
+    """A few rows of an .npy file whose model is not known yet (``trtpipe init``): rank 3 is taken for
+    one sample (an image) and given a batch axis; any other rank for a batch, its first ``rows`` read."""
+    try:
+        with path.open("rb") as stream:
+            array = _read_npy(stream, path.stat().st_size, lambda s: None if len(s) == 3 else rows, path, path.name)
+    except (OSError, EOFError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable .npy file ({exc}); save plain arrays with np.save") from None
+    return array[None] if array.ndim == 3 else array
+
+
+def _image_rows(path: Path, cfg: Config, rows: int) -> Feed:
+    spec = _single_input(path, cfg, "images")
+    image = cfg.calibration.image
+    if image is None:
+        raise PipelineError(
+            f"{path}: an image; declare its preprocessing in [calibration.image] of {cfg.path} "
+            f"(size = [height, width], resize, channels, layout, dtype, mean, std)"
+        )
+    return {spec.name: read_image(path, image)[None]}
 
 
 def read_npz(path: Path, rows: int) -> Feed:
@@ -159,68 +261,80 @@ def read_npz(path: Path, rows: int) -> Feed:
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, rows: int, path: Path) -> np.ndarray:
+    with archive.open(info) as stream:
+        return _read_npy(stream, info.file_size, lambda shape: rows, path, info.filename)
+
+
+def _read_npy(stream, size: int, rows: Callable[[tuple[int, ...]], int | None], path: Path, name: str) -> np.ndarray:
+    """An array in .npy format from ``stream`` of ``size`` bytes, never unpickled: its first
+    ``rows(shape)`` rows (None: all of it)."""
     from numpy.lib import format as npy
 
-    with archive.open(info) as stream:
-        version = npy.read_magic(stream)
-        # Version 1.0 headers, and 2.0 or 3.0 (a longer header, UTF-8 field names) read as 2.0.
-        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, fortran, dtype = read_header(stream, max_header_size=10_000)
-        if dtype.hasobject:
-            raise PipelineError(
-                f"{path}: cannot read without pickle: {info.filename} holds Python objects, which trtpipe never "
-                f"unpickles; save plain arrays with np.savez"
-            )
-        if fortran and len(shape) > 1:
-            raise PipelineError(f"{path}: {info.filename} is in Fortran order; save it with np.ascontiguousarray")
-        declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if declared > info.file_size:  # the zip records each member's size: a header cannot claim more
-            raise PipelineError(
-                f"{path}: {info.filename} declares shape {list(shape)} ({declared} bytes) but holds {info.file_size}"
-            )
-        take = min(rows, shape[0]) if shape else 1
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
-        data = stream.read(take * row_bytes)
-        if len(data) != take * row_bytes:
-            raise PipelineError(f"{path}: {info.filename} is cut short ({len(data)} of {take * row_bytes} bytes)")
-        return np.frombuffer(data, dtype=dtype).reshape((take, *shape[1:]) if shape else ()).copy()
+    version = npy.read_magic(stream)
+    # Version 1.0 headers, and 2.0 or 3.0 (a longer header, UTF-8 field names) read as 2.0.
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, fortran, dtype = read_header(stream, max_header_size=10_000)
+    if dtype.hasobject:
+        raise PipelineError(
+            f"{path}: cannot read without pickle: {name} holds Python objects (dtype {dtype}), which trtpipe "
+            f"never unpickles; save plain numeric arrays"
+        )
+    if fortran and len(shape) > 1:
+        raise PipelineError(f"{path}: {name} is in Fortran order; save it with np.ascontiguousarray")
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if declared > size:  # the zip, or the file system, records the size: a header cannot claim more
+        raise PipelineError(f"{path}: {name} declares shape {list(shape)} ({declared} bytes) but holds {size}")
+    wanted = rows(shape) if shape else None
+    take = shape[0] if wanted is None and shape else (min(wanted, shape[0]) if shape else 1)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    data = stream.read(take * row_bytes)
+    if len(data) != take * row_bytes:
+        raise PipelineError(f"{path}: {name} is cut short ({len(data)} of {take * row_bytes} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape((take, *shape[1:]) if shape else ()).copy()
 
 
 def source_fingerprint(cfg: Config, source: str | None = None) -> str | None:
-    """sha256 of what a data source reads: a folder's .npz files (names and bytes), or the file
-    defining the callable. The calibration cache and the stage records keep it, so new or edited
-    data, or an edited callable, is seen as a change. ``source`` defaults to the calibration's."""
+    """sha256 of what a data source reads: a folder's data files (names and bytes; for images, with
+    the preprocessing they go through), or the file defining the callable. The calibration cache and
+    the stage records keep it, so new or edited data, or an edited callable, is seen as a change.
+    ``source`` defaults to the calibration's."""
     source = cfg.calibration.source if source is None else source
     folder = cfg.resolve(source)
     if not folder.is_dir():
         path = source_file(source, cfg.root)
         return None if path is None else sha256_file(path)
+    found = data_folder(folder)
     h = hashlib.sha256()
-    for path in _npz_files(folder, cfg):
-        h.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    if found.kind == IMAGES:
+        h.update(f"{cfg.calibration.image}\n".encode())
+    for path in found.files:
+        h.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
     return h.hexdigest()
 
 
 def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.ndarray | None]]:
-    """Held-out batches with labels; calibration data (no labels) when no evaluator is configured."""
+    """Held-out batches of ``batch_size`` rows (the last may be smaller) with labels; calibration data
+    (no labels) when no evaluation source is configured."""
     if cfg.evaluation is None:
         rows = rebatch(calibration_batches(cfg), cfg, batch_size)
         yield from ((feed, None) for feed in rows)
         return
-    key = "evaluation.source"
-    fn = load_callable(cfg.evaluation.source, cfg.root, key)
-    i, seen, most = -1, 0, cfg.evaluation.samples
-    kwargs = {"batch_size": batch_size, **cfg.evaluation.args}
-    made = _iterable(_call(fn, kwargs, key, cfg.evaluation.source), key, cfg.evaluation.source)
-    for i, item in enumerate(_guarded(made, key, cfg.evaluation.source)):
-        where = f"{key} {cfg.evaluation.source!r} batch {i}"
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise PipelineError(f"{where}: expected (feed_dict, labels) tuples")
-        feed = validate_feed(item[0], cfg.inputs, where)
+    yield from _rebatch_labelled(_heldout_rows(cfg, batch_size), cfg, batch_size)
+
+
+def _heldout_rows(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.ndarray | None]]:
+    """Validated (feed, labels) batches as the source gives them, at most ``[evaluation] samples`` rows."""
+    evaluation = cfg.evaluation
+    key, source = "evaluation.source", evaluation.source
+    batches, seen, most = 0, 0, evaluation.samples
+    for where, item in _heldout_items(cfg, batch_size):
+        batches += 1
+        feed, labels = _as_labelled(item, cfg, where)
+        feed = validate_feed(feed, cfg.inputs, where)
         rows = batch_size_of(feed, cfg)
         if rows == 0:  # an endless stream of empty batches would never end
             raise PipelineError(f"{where}: a batch without rows")
-        labels = _labels(item[1], rows, where)
+        labels = _labels(labels, rows, where, evaluation.metric in CLASS_METRICS)
         if seen + rows > most:  # an endless stream, or more than [evaluation] samples
             keep = most - seen
             feed, labels = slice_rows(feed, cfg, 0, keep), None if labels is None else labels[:keep]
@@ -229,8 +343,101 @@ def heldout_batches(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.nda
         if seen >= most:
             info(f"{cfg.name}: read the first {most} held-out rows ([evaluation] samples); the rest is left")
             break
-    if i < 0:  # an accuracy check over no data would pass having checked nothing
-        raise PipelineError(f"{cfg.path}: {key} = {cfg.evaluation.source!r} yielded no batches")
+    if not batches:  # an accuracy check over no data would pass having checked nothing
+        raise PipelineError(f"{cfg.path}: {key} = {source!r} yielded no batches")
+
+
+def _heldout_items(cfg: Config, batch_size: int) -> Iterator[tuple[str, object]]:
+    """(where, item) pairs from the held-out source: a folder's files, or what the callable yields."""
+    evaluation = cfg.evaluation
+    key, source = "evaluation.source", evaluation.source
+    folder = cfg.resolve(source)
+    if folder.is_dir():
+        yield from _labelled_files(data_folder(folder), cfg)
+        return
+    fn = load_callable(source, cfg.root, key)
+    kwargs = {"batch_size": batch_size, **evaluation.args}
+    made = _iterable(_call(fn, kwargs, key, source), key, source)
+    for i, item in enumerate(_guarded(made, key, source)):
+        yield f"{key} {source!r} batch {i}", item
+
+
+def _labelled_files(found: DataFolder, cfg: Config) -> Iterator[tuple[str, object]]:
+    """(feed, labels) per file: .npz files hold the labels under ``[evaluation] labels``; an image's
+    label is its class subfolder's index."""
+    if found.kind == NPY:
+        raise PipelineError(
+            f"{found.path}: .npy files hold no labels; held-out data is .npz files with a "
+            f"{cfg.evaluation.labels!r} array, or images in one subfolder per class"
+        )
+    if found.kind == IMAGES and not found.classes:
+        raise PipelineError(
+            f"{found.path}: held-out images go in one subfolder per class (the labels); these have none"
+        )
+    left = cfg.evaluation.samples
+    for index, path in enumerate(found.files):
+        if left <= 0:
+            return
+        if found.kind == IMAGES:
+            yield str(path), (_image_rows(path, cfg, 1), np.array([found.classes[index]], np.int64))
+            left -= 1
+            continue
+        feed = read_npz(path, left)
+        labels = feed.pop(cfg.evaluation.labels, None)
+        if labels is None:
+            raise PipelineError(
+                f"{path}: no array {cfg.evaluation.labels!r} holding the labels ([evaluation] labels in {cfg.path})"
+            )
+        yield str(path), (feed, labels)
+        left -= len(labels) if labels.ndim else 1
+
+
+def _as_labelled(item: object, cfg: Config, where: str) -> tuple[object, object]:
+    """A held-out item as (feed, labels): ``(feed_dict, labels)``, or a tuple or list of the inputs in
+    order then the labels (what a torch DataLoader of (x, y) yields)."""
+    if isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], dict):
+        return _as_feed(item[0], cfg, where), item[1]
+    if isinstance(item, tuple | list) and len(item) == len(cfg.inputs) + 1:
+        return _as_feed(tuple(item[:-1]), cfg, where), _array(item[-1])
+    raise PipelineError(
+        f"{where}: expected (feed_dict, labels) or ({', '.join(s.name for s in cfg.inputs)}, labels), "
+        f"got {_describe(item)}"
+    )
+
+
+def _as_feed(item: object, cfg: Config, where: str) -> object:
+    """A calibration item as a feed dict: a dict as it is, a bare array for the one input, or a tuple
+    or list of the inputs in order (one more item, the labels of a DataLoader of (x, y), is left)."""
+    if isinstance(item, dict):
+        return {name: _array(value) for name, value in item.items()}
+    if isinstance(item, tuple | list) and len(item) in (len(cfg.inputs), len(cfg.inputs) + 1):
+        return {spec.name: _array(value) for spec, value in zip(cfg.inputs, item, strict=False)}
+    if _is_array(item) and len(cfg.inputs) == 1:
+        return {cfg.inputs[0].name: _array(item)}
+    names = ", ".join(spec.name for spec in cfg.inputs)
+    raise PipelineError(f"{where}: expected a dict of input name -> array or arrays ({names}), got {_describe(item)}")
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, tuple | list):
+        return f"a {type(item).__name__} of {len(item)}"
+    return type(item).__name__
+
+
+def _is_array(value: object) -> bool:
+    return isinstance(value, np.ndarray) or _torch_tensor(value)
+
+
+def _torch_tensor(value: object) -> bool:
+    torch = sys.modules.get("torch")  # a torch tensor can exist only once torch is imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _array(value: object) -> object:
+    """numpy from a torch tensor (detached, on the CPU); anything else for validate_feed to judge."""
+    if _torch_tensor(value):
+        return value.detach().cpu().numpy()
+    return value
 
 
 def _call(fn, kwargs: dict, key: str, source: str) -> object:
@@ -261,24 +468,75 @@ def _guarded(batches: Iterable, key: str, source: str) -> Iterator:
 
 
 def _iterable(made: object, key: str, source: str) -> Iterable:
+    """What a data callable returned, as batches: a bare array is one batch; a torch Dataset yields
+    samples, each made a batch of one."""
+    if _is_array(made):
+        return [made]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(made, torch.utils.data.Dataset):
+        return (_one_row(sample) for sample in made)
     if made is None or isinstance(made, (str, bytes, dict)) or not hasattr(made, "__iter__"):
         kind = type(made).__name__
         raise PipelineError(f"{key} = {source!r} returned {kind}, not an iterable of batches (yield them)")
     return made
 
 
-def _labels(labels: object, rows: int, where: str) -> np.ndarray | None:
-    """One class index per row: a (B, 1) array would broadcast against (B,) predictions silently."""
+def _one_row(sample: object) -> object:
+    """A Dataset's sample with a batch axis of 1 on each array, in dicts, tuples and lists alike (its
+    label a batch of one label)."""
+    if isinstance(sample, dict):
+        return {name: _one_row(value) for name, value in sample.items()}
+    if isinstance(sample, tuple | list):
+        return type(sample)(_one_row(value) for value in sample)
+    return np.asarray(_array(sample))[None]
+
+
+def _labels(labels: object, rows: int, where: str, classes: bool) -> np.ndarray | None:
+    """One label per row: for class metrics a class index (a (B, 1) array would broadcast against (B,)
+    predictions silently), else any numeric array with a row per input row (targets, masks)."""
     if labels is None:
         return None
-    found = np.asarray(labels)
-    if found.shape != (rows,):
+    found = np.asarray(_array(labels))
+    if classes and found.shape != (rows,):
         expected = f"one class index per row, shape ({rows},)"
         raise PipelineError(f"{where}: labels of shape {found.shape}; expected {expected}")
-    if not (np.issubdtype(found.dtype, np.integer) or np.issubdtype(found.dtype, np.bool_)):
+    if not classes and (found.ndim == 0 or found.shape[0] != rows):
+        raise PipelineError(f"{where}: labels of shape {found.shape}; expected one row per input row ({rows})")
+    if classes and not (np.issubdtype(found.dtype, np.integer) or np.issubdtype(found.dtype, np.bool_)):
         # Strings or floats never equal a predicted index: top-1 would be 0% for FP32 and every artifact alike.
         raise PipelineError(f"{where}: labels of dtype {found.dtype}; give class indices as integers")
+    if not classes and found.dtype.kind not in "biuf":
+        raise PipelineError(f"{where}: labels of dtype {found.dtype}; give numbers")
     return found
+
+
+def _rebatch_labelled(
+    pairs: Iterable[tuple[Feed, np.ndarray | None]], cfg: Config, batch_size: int
+) -> Iterator[tuple[Feed, np.ndarray | None]]:
+    """(feed, labels) in batches of ``batch_size`` rows, as ``rebatch`` makes them of feeds."""
+    pending: list[tuple[Feed, np.ndarray | None]] = []
+    count = 0
+    for feed, labels in pairs:
+        rows, start = batch_size_of(feed, cfg), 0
+        while start < rows:
+            take = min(batch_size - count, rows - start)
+            part = feed if take == rows else slice_rows(feed, cfg, start, start + take)
+            pending.append((part, None if labels is None else labels[start : start + take]))
+            count += take
+            start += take
+            if count == batch_size:
+                yield _joined(pending, cfg)
+                pending, count = [], 0
+    if count:
+        yield _joined(pending, cfg)
+
+
+def _joined(pending: list[tuple[Feed, np.ndarray | None]], cfg: Config) -> tuple[Feed, np.ndarray | None]:
+    if len(pending) == 1:
+        return pending[0]
+    feed = concat([f for f, _ in pending], cfg)
+    labels = [lab for _, lab in pending]
+    return feed, None if any(lab is None for lab in labels) else np.concatenate(labels)
 
 
 def rebatch(batches: Iterable[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:

@@ -142,11 +142,11 @@ class KeptLayer:
     node: str
     op_type: str
     recovers: float  # centered cosine its fallback alone recovers (sensitivity)
-    recovers_metric: float  # top-1 points, 0 without labels
+    recovers_metric: float  # of the task metric (its own units), 0 without labels
     alone_centered_cosine: float  # with only it quantized
 
     def reason(self) -> str:
-        points = f", {self.recovers_metric:+.2f} top-1 points" if self.recovers_metric else ""
+        points = f", {self.recovers_metric:+.4g} of the metric" if self.recovers_metric else ""
         return (
             f"in FP16 alone it recovers {self.recovers:+.5f} centered cosine{points}; "
             f"quantized alone the output reaches {self.alone_centered_cosine:.5f}"

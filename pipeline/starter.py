@@ -1,8 +1,11 @@
 """``trtpipe init``: a starting config from a model file and (optionally) a data folder.
 
 From an ONNX file the inputs, outputs, dtypes and dynamic axes are read from the graph; from a
-``file.py:callable`` they come from the data (the first ``.npz`` file's arrays) and one run of the
-model on them. Every guess is written with a comment saying so; the config is then the user's to edit.
+``file.py:callable`` they come from the data (the first ``.npz`` or ``.npy`` file, or the first image
+preprocessed as guessed) and one run of the model on it. A folder of images gets a
+``[calibration.image]`` guessed from the model's input (or 224x224 RGB NCHW); one with a subfolder per
+class is also named as held-out data. Every guess is written with a comment saying so; the config is
+then the user's to edit.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import CHANNELS, ImageSection
 from pipeline.errors import PipelineError
 
 # A first profile: small batches for latency, up to a batch large enough to time throughput.
 BATCH_GUESS = (1, 8, 64)
 AXIS_GUESS = (1, 64, 512)  # a sequence-like axis the graph leaves open
+# Where the model does not say: the size and normalisation ImageNet classifiers take.
+IMAGE_GUESS = ImageSection(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ def write_starter(model: str, out: Path, data: Path | None = None) -> str:
     else:
         if data is None:
             raise PipelineError(
-                f"trtpipe init {model}: a PyTorch model needs --data DIR (a folder of .npz) to learn its inputs"
+                f"trtpipe init {model}: a PyTorch model needs --data DIR (.npz, .npy or images) to learn its inputs"
             )
         inputs, outputs = _from_torch(model, data, out)
         path, _, attr = model.rpartition(":")
@@ -59,7 +65,7 @@ def write_starter(model: str, out: Path, data: Path | None = None) -> str:
             f"min = {AXIS_GUESS[0]}\nopt = {AXIS_GUESS[1]}\nmax = {AXIS_GUESS[2]}\n"
             for a in axes
         ],
-        _calibration(data, out),
+        _calibration(data, out, inputs if model.endswith(".onnx") else []),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -119,26 +125,51 @@ def _onnx_tensor(value, path: Path) -> Tensor:
     return Tensor(value.name, tuple(shape), ONNX_DTYPES[tensor.elem_type], "; ".join(notes))
 
 
-def _first_npz(data: Path) -> Path:
-    files = sorted(p for p in data.glob("*.npz") if p.is_file()) if data.is_dir() else []
-    if not files:
-        raise PipelineError(f"--data {data}: no .npz files in it (a folder of .npz, one array per input)")
-    return files[0]
+def _folder(data: Path):
+    from pipeline.data import data_folder
+
+    if not data.is_dir():
+        raise PipelineError(f"--data {data}: not a folder (a folder of .npz, .npy or image files)")
+    return data_folder(data)
+
+
+def _image_spec(inputs: list[Tensor]) -> tuple[ImageSection, str]:
+    """Preprocessing for images, from a rank-4 input's static dims where it has them, and why."""
+    shape = inputs[0].shape if len(inputs) == 1 else ()
+    if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
+        for layout, (c, h, w) in (("NCHW", shape[1:]), ("NHWC", (shape[3], shape[1], shape[2]))):
+            channels = {count: name for name, count in CHANNELS.items() if name != "BGR"}.get(c)
+            if channels is not None:
+                mean = IMAGE_GUESS.mean if channels == "RGB" else None
+                std = IMAGE_GUESS.std if channels == "RGB" else None
+                dtype = inputs[0].dtype if inputs[0].dtype in ("float32", "float16", "uint8") else "float32"
+                mean, std = (None, None) if dtype == "uint8" else (mean, std)
+                spec = ImageSection((h, w), "resize", channels, layout, dtype, mean, std)
+                return spec, f"size, channels and layout from input {inputs[0].name!r}; mean and std ImageNet's"
+    return IMAGE_GUESS, "ImageNet's size, channels and normalisation; check what the model was trained on"
 
 
 def _from_torch(model: str, data: Path, out: Path) -> tuple[list[Tensor], list[Tensor]]:
+    import numpy as np
     import torch
 
     from pipeline.callables import load_callable
-    from pipeline.data import read_npz
+    from pipeline.data import IMAGES, NPY, read_npy, read_npz
+    from pipeline.images import read_image
 
-    first = _first_npz(data)
-    arrays = read_npz(first, 2)  # two rows, read without pickle: enough to run the model once
+    found = _folder(data)
+    first = found.files[0]
+    if found.kind == IMAGES:
+        arrays = {"input": np.stack([read_image(first, IMAGE_GUESS)] * 2)}
+    elif found.kind == NPY:
+        arrays = {"input": read_npy(first)}
+    else:
+        arrays = read_npz(first, 2)  # two rows, read without pickle: enough to run the model once
     note = "axis 0 is the batch (from the data)"
     inputs = [Tensor(k, ("batch", *a.shape[1:]), str(a.dtype), note) for k, a in arrays.items()]
     net = load_callable(model, Path.cwd(), "trtpipe init MODEL")()
     with torch.no_grad():
-        outs = net.eval()(*(torch.from_numpy(a) for a in arrays.values()))
+        outs = net.eval()(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values()))
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
     names = ["output"] if len(outs) == 1 else [f"output{i}" for i in range(len(outs))]
     outputs = [
@@ -148,17 +179,48 @@ def _from_torch(model: str, data: Path, out: Path) -> tuple[list[Tensor], list[T
     return inputs, outputs
 
 
-def _calibration(data: Path | None, out: Path) -> str:
+def _calibration(data: Path | None, out: Path, inputs: list[Tensor]) -> str:
+    """The [calibration] block; for images, ``inputs`` are the graph's (none: a PyTorch model, whose
+    input the data defines)."""
     if data is None:
         return (
-            "# Calibration needs real data: a folder of .npz files (one array per input, named as the inputs)\n"
-            "# or a callable 'data.py:calibration' yielding feed dicts. Without held-out data ([evaluation]),\n"
-            "# the accuracy gates score calibration rows.\n"
+            "# Calibration needs real data: a folder of .npz files (one array per input, named as the inputs),\n"
+            "# of .npy files or images (one input), or a callable 'data.py:calibration' yielding batches.\n"
+            "# Without held-out data ([evaluation]), the accuracy gates score calibration rows.\n"
             '[calibration]\nsource = "data"\nsamples = 512\nbatch_size = 32\n'
         )
-    _first_npz(data)
-    return (
+    from pipeline.data import IMAGES
+
+    found = _folder(data)
+    text = (
         "# guessed: how many rows to calibrate on, in batches of batch_size. Without held-out data\n"
         "# ([evaluation]) the accuracy gates score calibration rows.\n"
         f'[calibration]\nsource = "{_relative(data, out)}"\nsamples = 512\nbatch_size = 32\n'
     )
+    if found.kind != IMAGES:
+        return text
+    spec, why = _image_spec(inputs)
+    text += f"\n# guessed: {why}\n[calibration.image]\n{_image_block(spec)}"
+    if found.classes:
+        text += (
+            "\n# guessed: images in one subfolder per class: these are labelled. Point source at held-out\n"
+            "# images (not the calibration ones) to judge the artifacts on data they were not fitted to.\n"
+            f'[evaluation]\nsource = "{_relative(data, out)}"\nmetric = "top1"\n'
+        )
+    return text
+
+
+def _image_block(spec: ImageSection) -> str:
+    def floats(values: tuple[float, ...]) -> str:
+        return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+    lines = [
+        f"size = [{spec.size[0]}, {spec.size[1]}]   # height, width",
+        f'resize = "{spec.resize}"   # or "center-crop", "letterbox"',
+        f'channels = "{spec.channels}"',
+        f'layout = "{spec.layout}"',
+        f'dtype = "{spec.dtype}"',
+    ]
+    lines += [f"mean = {floats(spec.mean)}"] if spec.mean is not None else []
+    lines += [f"std = {floats(spec.std)}"] if spec.std is not None else []
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.config import Config, Gate
 from pipeline.console import progress
 from pipeline.data import Feed, heldout_batches
-from pipeline.evaluate.metrics import Agreement, ErrorAccumulator, ErrorStats, Share, gate_failures
+from pipeline.evaluate.metrics import Agreement, ErrorAccumulator, ErrorStats, gate_failures, task_metric
 from pipeline.schema import saved
 
 Infer = Callable[[Feed], list[np.ndarray]]
@@ -28,6 +28,7 @@ class AccuracyRow:
     reference_metric: float | None = saved(key="fp32_metric")
     failures: tuple[str, ...] = ()
     batch: int | None = saved(omitted=True)  # compare's rows: the batch size it ran at
+    metric_name: str | None = saved(omitted=True)  # what ``metric`` is, as tables head it ("top-1 %")
 
 
 class Scorer:
@@ -36,46 +37,50 @@ class Scorer:
 
     def __init__(self, cfg: Config, artifacts: Iterable[str]) -> None:
         self.cfg = cfg
-        self.metric_on = cfg.evaluation is not None and cfg.evaluation.metric == "top1"
+        self.task = task_metric(cfg)
         outputs = range(len(cfg.outputs))
         self.errors = {a: [ErrorAccumulator() for _ in outputs] for a in artifacts}
         self.agreement = {a: [Agreement() for _ in outputs] for a in self.errors}
-        self.metric = {a: Share() for a in self.errors}
-        self.reference_metric = Share()
+        if self.task is not None:
+            self.metric = {a: self.task.stream() for a in self.errors}
+            self.reference_metric = self.task.stream()
 
     def update(self, ref: list[np.ndarray], outputs: Mapping[str, list[np.ndarray]], labels: np.ndarray | None) -> None:
         """One batch: the reference's outputs and each artifact's, in the config's output order."""
-        scored = self.metric_on and labels is not None
+        scored = self.task is not None and labels is not None
         if scored:
-            self.reference_metric.add(np.argmax(ref[0], axis=-1) == labels)
+            self.reference_metric.update(ref[0], labels)
         for artifact, got in outputs.items():
             for i, stream in enumerate(self.errors[artifact]):
                 stream.update(got[i], ref[i])
                 if ref[i].ndim == 2:  # classifier outputs
                     self.agreement[artifact][i].update(got[i], ref[i])
             if scored:
-                self.metric[artifact].add(np.argmax(got[0], axis=-1) == labels)
+                self.metric[artifact].update(got[0], labels)
+
+    def reference_value(self) -> float | None:
+        """FP32's task metric over the batches so far (None: no metric or no labels)."""
+        return None if self.task is None else self.reference_metric.value
 
     def rows(self, gates: Mapping[str, Gate | None], batch: int | None = None) -> list[AccuracyRow]:
         """Rows with the gates' verdicts (``gates`` by artifact; None or absent: no gate)."""
-        ref_metric = _percent(self.reference_metric)
+        ref_metric = self.reference_value()
+        name = None if self.task is None else self.task.name
         rows = []
         for artifact, streams in self.errors.items():
             gate = gates.get(artifact)
             for i, spec in enumerate(self.cfg.outputs):
                 stats = streams[i].result()
                 agreement = self.agreement[artifact][i].result()
-                metric = _percent(self.metric[artifact]) if i == 0 else None
-                failures = gate_failures(stats, gate, agreement, metric, ref_metric) if gate is not None else []
+                metric = self.metric[artifact].value if i == 0 and self.task is not None else None
+                failures = (
+                    gate_failures(stats, gate, agreement, metric, ref_metric, self.task) if gate is not None else []
+                )
                 reference = ref_metric if i == 0 else None
                 rows.append(
-                    AccuracyRow(artifact, spec.name, stats, agreement, metric, reference, tuple(failures), batch)
+                    AccuracyRow(artifact, spec.name, stats, agreement, metric, reference, tuple(failures), batch, name)
                 )
         return rows
-
-
-def _percent(share: Share) -> float | None:
-    return None if share.value is None else 100.0 * share.value
 
 
 def evaluate(
@@ -90,8 +95,9 @@ def evaluate(
 
 def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[object]]]:
     """Headers and rows for ``console.table``, as quantize and compare print them and the report
-    shows them; a batch column when the rows carry one."""
+    shows them; a batch column when the rows carry one; the metric's columns headed by its name."""
     with_batch = any(r.batch is not None for r in rows)
+    metric = next((r.metric_name for r in rows if r.metric_name is not None), "top-1 %")
     headers = [
         "artifact",
         *(["batch"] if with_batch else []),
@@ -101,8 +107,8 @@ def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[ob
         "rel error",
         "max abs",
         "top-1 agree",
-        "top-1 %",
-        "FP32 top-1 %",
+        metric,
+        f"FP32 {metric}",
         "gate",
     ]
     body = [
@@ -115,10 +121,17 @@ def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[ob
             r.stats.rel_error,
             r.stats.max_abs,
             "-" if r.agreement is None else f"{100 * r.agreement:.2f}%",
-            "-" if r.metric is None else f"{r.metric:.2f}",
-            "-" if r.reference_metric is None else f"{r.reference_metric:.2f}",
+            _figure(r.metric),
+            _figure(r.reference_metric),
             "FAIL: " + "; ".join(r.failures) if r.failures else "ok",
         ]
         for r in rows
     ]
     return headers, body
+
+
+def _figure(value: float | None) -> str:
+    """A metric's figure: two decimals for percentages and dB, four significant digits when small (MSE)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if abs(value) >= 1 or value == 0 else f"{value:.4g}"

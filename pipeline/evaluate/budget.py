@@ -15,29 +15,31 @@ import onnx
 from pipeline.config import Budget
 from pipeline.console import info
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import TaskMetric
 from pipeline.evaluate.sensitivity import Sensitivity, Target, measure
 from pipeline.evaluate.variants import HeldOut, Score, VariantRunner
 from pipeline.results import BudgetResult, KeptLayer
 
 
-def meets(score: Score, budget: Budget, reference_metric: float | None) -> bool:
+def meets(score: Score, budget: Budget, reference_metric: float | None, task: TaskMetric | None) -> bool:
     if budget.min_cosine is not None and score.centered_cosine < budget.min_cosine:
         return False
-    if budget.max_metric_drop is not None and score.metric is not None and reference_metric is not None:
-        return reference_metric - score.metric <= budget.max_metric_drop
+    if budget.max_metric_drop is not None and score.metric is not None and reference_metric is not None and task:
+        return task.drop(score.metric, reference_metric) <= budget.max_metric_drop
     return True
 
 
-def describe(score: Score, reference_metric: float | None) -> str:
+def describe(score: Score, reference_metric: float | None, task: TaskMetric | None) -> str:
     text = f"centered cosine {score.centered_cosine:.5f}, relative error {score.rel_error:.4g}"
-    if score.metric is not None and reference_metric is not None:
-        text += f", top-1 {score.metric:.2f}% ({reference_metric - score.metric:.2f} points under FP32)"
+    if score.metric is not None and reference_metric is not None and task is not None:
+        text += f", {task.describe(score.metric, reference_metric)}"
     return text
 
 
-def _closeness(score: Score, reference_metric: float | None) -> tuple[float, float]:
-    metric = score.metric if score.metric is not None and reference_metric is not None else 0.0
-    return metric, score.centered_cosine
+def _closeness(score: Score, reference_metric: float | None, task: TaskMetric | None) -> tuple[float, float]:
+    """Larger is closer to the budget: the metric's negated drop (0 without labels), then centered cosine."""
+    known = score.metric is not None and reference_metric is not None and task is not None
+    return (-task.drop(score.metric, reference_metric) if known else 0.0), score.centered_cosine
 
 
 def fit(
@@ -51,6 +53,7 @@ def fit(
     full = target.with_fp16(frozenset())
     runner = VariantRunner(full, heldout, delta=False)  # the figures of the graphs as written, exactly
     ref_metric = heldout.reference_metric()
+    task = heldout.task
     before = runner.scores([full])[0]
     cap = budget.cap(len(target.layers))
 
@@ -60,32 +63,32 @@ def fit(
             target.graph, weighted, len(target.layers), cap, before, after, ref_metric, kept, evaluations, seconds
         )
 
-    if meets(before, budget, ref_metric):
+    if meets(before, budget, ref_metric, task):
         return result(before, (), 1), full, None
     table = table or measure(target, heldout)
     info(
         f"  {target.graph}: sensitivity of {len(target.layers)} layers in {table.seconds:.1f} s; "
-        f"all INT8: {describe(before, ref_metric)}"
+        f"all INT8: {describe(before, ref_metric, task)}"
     )
     scored: dict[frozenset[str], Score] = {frozenset(): before}
 
     def score(kept: frozenset[str]) -> Score:
         if kept not in scored:
             scored[kept] = runner.scores([target.with_fp16(kept)])[0]
-            info(f"  {target.graph}: {len(kept)} layer(s) in FP16: {describe(scored[kept], ref_metric)}")
+            info(f"  {target.graph}: {len(kept)} layer(s) in FP16: {describe(scored[kept], ref_metric, task)}")
         return scored[kept]
 
     def ok(kept: list[str]) -> bool:
-        return meets(score(frozenset(kept)), budget, ref_metric)
+        return meets(score(frozenset(kept)), budget, ref_metric, task)
 
     ranked = table.ranked()
     kept = _shortest_prefix([s.node for s in ranked], ok, cap)
     if not ok(kept):
-        best = max(scored, key=lambda k: _closeness(scored[k], ref_metric))
+        best = max(scored, key=lambda k: _closeness(scored[k], ref_metric, task))
         raise PipelineError(
             f"{where}: {target.graph} cannot meet [accuracy.budget] ({_spell(budget)}) with at most {cap} of "
-            f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric)} with {len(best)} "
-            f"in FP16; raise max_fp16_share/max_fp16_layers or relax the budget"
+            f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric, task)} with "
+            f"{len(best)} in FP16; raise max_fp16_share/max_fp16_layers or relax the budget"
         )
     kept = _pruned(kept, ok)
     by_node = {s.node: s for s in ranked}

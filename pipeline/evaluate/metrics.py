@@ -16,16 +16,22 @@ So the gates judge:
 
 Every statistic comes from running sums, so ``ErrorAccumulator`` takes an output
 batch by batch in bounded memory and gives what ``error_stats`` gives on the whole.
+
+Where held-out data has labels, the task metric (``[evaluation] metric``: ``top1``, ``top5``,
+``mse``, ``psnr`` or a user callable, see ``TaskMetric``) is folded the same way, on the first output.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.config import Gate
+from pipeline.callables import load_callable, user_code
+from pipeline.config import Config, Gate
+from pipeline.errors import PipelineError
 
 DECISIVE_MARGIN = 0.1
 # Below this share of the output's norm, the part that varies between rows is at the reference's own
@@ -52,7 +58,7 @@ class ErrorStats:
 @dataclass(frozen=True)
 class Score:
     """A graph against FP32 on held-out rows: the worst output's cosine, centered cosine and relative
-    error (of the spread, see metrics.py), and the task metric (top-1 %) where labels exist."""
+    error (of the spread, see metrics.py), and the task metric where labels exist."""
 
     cosine: float
     centered_cosine: float
@@ -74,7 +80,7 @@ class Score:
             None if metric is None else float(metric),
         )
         cosines = [c for c in (score.cosine, score.centered_cosine) if not math.isnan(c)]
-        if any(abs(c) > 1.0 for c in cosines) or score.rel_error < 0 or not 0 <= (score.metric or 0) <= 100:
+        if any(abs(c) > 1.0 for c in cosines) or score.rel_error < 0:
             raise ValueError(f"a score out of range: {raw}")
         return score
 
@@ -188,8 +194,10 @@ def gate_failures(
     agreement: float | None = None,
     metric: float | None = None,
     reference_metric: float | None = None,
+    task: TaskMetric | None = None,
 ) -> list[str]:
-    """Human-readable reasons a result fails ``gate`` (empty when it passes)."""
+    """Human-readable reasons a result fails ``gate`` (empty when it passes); the metric's drop is
+    judged when ``task`` says what the metric is."""
     problems = []
     kind, cosine = ("centered cosine", stats.centered_cosine) if gate.centered else ("cosine", stats.cosine)
     if cosine < gate.min_cosine:
@@ -201,16 +209,24 @@ def gate_failures(
         problems.append(f"max abs error {stats.max_abs:.3g} > {gate.max_abs}")
     if gate.min_top1_agreement is not None and agreement is not None and agreement < gate.min_top1_agreement:
         problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement} (decisive rows)")
-    if gate.max_metric_drop is not None and metric is not None and reference_metric is not None:
-        drop = reference_metric - metric
+    if gate.max_metric_drop is not None and task is not None and metric is not None and reference_metric is not None:
+        drop = task.drop(metric, reference_metric)
         if drop > gate.max_metric_drop:
-            problems.append(f"top-1 {metric:.2f}% is {drop:.2f} points under FP32 (allowed {gate.max_metric_drop})")
+            problems.append(f"{task.describe(metric, reference_metric)} (allowed {gate.max_metric_drop})")
     return problems
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy in percent."""
     return float(np.mean(np.argmax(logits, axis=-1) == labels) * 100.0)
+
+
+def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per row, whether the label is among the ``k`` largest scores (all of them when fewer)."""
+    logits = np.asarray(logits)
+    k = min(k, logits.shape[-1])
+    best = np.argpartition(logits, -k, axis=-1)[..., -k:]
+    return (best == np.asarray(labels)[..., None]).any(axis=-1)
 
 
 @dataclass
@@ -227,3 +243,118 @@ class Share:
     @property
     def value(self) -> float | None:
         return self.hits / self.total if self.total else None
+
+
+class MetricStream:
+    """One graph's task metric, folded batch by batch; ``value`` is None before any labelled row."""
+
+    def update(self, out: np.ndarray, labels: np.ndarray) -> None:
+        raise NotImplementedError
+
+    @property
+    def value(self) -> float | None:
+        raise NotImplementedError
+
+
+class TopK(MetricStream):
+    """Percent of rows whose label is among the ``k`` highest scores of the output's last axis."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.share = k, Share()
+
+    def update(self, out: np.ndarray, labels: np.ndarray) -> None:
+        self.share.add(topk_hits(out, labels, self.k))
+
+    @property
+    def value(self) -> float | None:
+        return None if self.share.value is None else 100.0 * self.share.value
+
+
+class SquaredError(MetricStream):
+    """The mean squared error against target labels shaped as the output, over every value; as PSNR
+    in dB of ``peak`` when ``peak`` is given (infinite where the output equals the targets)."""
+
+    def __init__(self, peak: float | None = None) -> None:
+        self.peak, self.total, self.count = peak, 0.0, 0
+
+    def update(self, out: np.ndarray, labels: np.ndarray) -> None:
+        out = np.asarray(out, np.float64)
+        if np.shape(labels) != out.shape:
+            raise PipelineError(
+                f"[evaluation] metric mse/psnr: labels of shape {list(np.shape(labels))}, the first output "
+                f"is {list(out.shape)}; give one target of the output's shape per row"
+            )
+        self.total += float(np.sum((out - np.asarray(labels, np.float64)) ** 2))
+        self.count += out.size
+
+    @property
+    def value(self) -> float | None:
+        if not self.count:
+            return None
+        mse = self.total / self.count
+        if self.peak is None:
+            return mse
+        return math.inf if mse == 0 else 10.0 * math.log10(self.peak**2 / mse)
+
+
+class UserMetric(MetricStream):
+    """The user's ``fn(outputs, labels) -> float`` on each batch, averaged over batches by their rows."""
+
+    def __init__(self, fn: Callable[..., object], spec: str) -> None:
+        self.fn, self.spec, self.total, self.rows = fn, spec, 0.0, 0
+
+    def update(self, out: np.ndarray, labels: np.ndarray) -> None:
+        with user_code(f"computing evaluation.metric {self.spec!r}"):
+            found = self.fn(out, labels)
+        if isinstance(found, bool) or not isinstance(found, int | float | np.integer | np.floating):
+            raise PipelineError(f"evaluation.metric {self.spec!r} returned {type(found).__name__}, not a number")
+        if not math.isfinite(float(found)):
+            raise PipelineError(f"evaluation.metric {self.spec!r} returned {float(found)}; return a finite number")
+        rows = len(out) if np.ndim(out) else 1
+        self.total += float(found) * rows
+        self.rows += rows
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.rows if self.rows else None
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """``[evaluation] metric``: its name, which way is better, and a fresh stream per graph scored."""
+
+    name: str  # as tables and messages show it
+    higher_is_better: bool
+    make: Callable[[], MetricStream] = field(repr=False, compare=False)
+
+    def stream(self) -> MetricStream:
+        return self.make()
+
+    def drop(self, metric: float, reference: float) -> float:
+        """How much worse than the reference ``metric`` is, in the metric's units (negative: better)."""
+        return reference - metric if self.higher_is_better else metric - reference
+
+    def describe(self, metric: float, reference: float) -> str:
+        return f"{self.name} {metric:.4g}, {self.drop(metric, reference):.4g} worse than FP32's {reference:.4g}"
+
+
+BUILTIN_STREAMS: dict[str, tuple[str, Callable[[Config], MetricStream]]] = {
+    "top1": ("top-1 %", lambda cfg: TopK(1)),
+    "top5": ("top-5 %", lambda cfg: TopK(5)),
+    "mse": ("MSE", lambda cfg: SquaredError()),
+    "psnr": ("PSNR dB", lambda cfg: SquaredError(peak=cfg.evaluation.peak)),
+}
+
+
+def task_metric(cfg: Config) -> TaskMetric | None:
+    """The config's task metric, None without ``[evaluation]``; a user callable is imported here."""
+    evaluation = cfg.evaluation
+    if evaluation is None:
+        return None
+    if evaluation.metric in BUILTIN_STREAMS:
+        name, make = BUILTIN_STREAMS[evaluation.metric]
+        return TaskMetric(name, evaluation.better_higher, lambda: make(cfg))
+    fn = load_callable(evaluation.metric, cfg.root, "evaluation.metric")
+    return TaskMetric(
+        evaluation.metric.rpartition(":")[2], evaluation.better_higher, lambda: UserMetric(fn, evaluation.metric)
+    )

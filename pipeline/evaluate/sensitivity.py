@@ -74,25 +74,28 @@ class Sensitivity:
     graph: str
     rows: int
     seconds: float
-    reference_metric: float | None  # FP32 top-1 % on the same rows
+    reference_metric: float | None  # FP32's task metric on the same rows
     unquantized: Score
     quantized: Score
     layers: tuple[LayerSensitivity, ...]
+    higher_is_better: bool = True  # the task metric's direction
+
+    def _better(self, a: float | None, b: float | None) -> float:
+        """How much better metric ``a`` is than ``b`` (0 where either is unknown: no labels)."""
+        if a is None or b is None:
+            return 0.0
+        return a - b if self.higher_is_better else b - a
 
     def gain(self, layer: LayerSensitivity) -> tuple[float, float]:
-        """What leaving ``layer`` in FP16 recovers: top-1 points (0 without labels), then centered cosine."""
-        metric = 0.0
-        if layer.fallback.metric is not None and self.quantized.metric is not None:
-            metric = layer.fallback.metric - self.quantized.metric
+        """What leaving ``layer`` in FP16 recovers: the task metric (0 without labels), then centered cosine."""
+        metric = self._better(layer.fallback.metric, self.quantized.metric)
         return metric, layer.fallback.centered_cosine - self.quantized.centered_cosine
 
     def cost(self, layer: LayerSensitivity) -> tuple[float, float]:
-        """What quantizing ``layer`` costs: lost alone plus recovered by its fallback, in top-1 points
+        """What quantizing ``layer`` costs: lost alone plus recovered by its fallback, in the task metric
         (0 without labels), then in centered cosine. Both: the fallback's gain is the true marginal cost
         but small against the rest's noise on a net with many similar layers; the loss alone is clean."""
-        metric = 0.0
-        if layer.alone.metric is not None and self.unquantized.metric is not None:
-            metric = self.unquantized.metric - layer.alone.metric
+        metric = self._better(self.unquantized.metric, layer.alone.metric)
         gain_metric, gain_cosine = self.gain(layer)
         alone_cosine = self.unquantized.centered_cosine - layer.alone.centered_cosine
         return metric + gain_metric, alone_cosine + gain_cosine
@@ -110,6 +113,7 @@ class Sensitivity:
             "unquantized": self.unquantized.as_dict(),
             "quantized": self.quantized.as_dict(),
             "layers": [s.as_dict() for s in self.layers],
+            "higher_is_better": self.higher_is_better,
         }
 
     @classmethod
@@ -127,6 +131,7 @@ class Sensitivity:
                 )
                 for s in raw["layers"]
             ),
+            bool(raw.get("higher_is_better", True)),  # tables saved before metrics had a direction: top-1
         )
 
 
@@ -142,7 +147,9 @@ def measure(target: Target, heldout: HeldOut) -> Sensitivity:
     )
     layers = tuple(LayerSensitivity(n, op, a, f) for (n, op), a, f in zip(target.layers, alone, fallback, strict=True))
     seconds = time.perf_counter() - start
-    return Sensitivity(target.graph, heldout.rows, seconds, heldout.reference_metric(), unquantized, quantized, layers)
+    higher = heldout.task is None or heldout.task.higher_is_better
+    reference = heldout.reference_metric()
+    return Sensitivity(target.graph, heldout.rows, seconds, reference, unquantized, quantized, layers, higher)
 
 
 def _scores(
@@ -185,7 +192,7 @@ TOP = 12  # layers the printed table and the chart show
 def table_rows(table: Sensitivity, top: int = TOP) -> tuple[list[str], list[list[object]]]:
     labels = table.reference_metric is not None
     headers = ["layer", "op", "alone: centered cos", "alone: rel err", "FP16: centered cos", "FP16: rel err"]
-    headers += ["alone: top-1 %", "FP16: top-1 %"] if labels else []
+    headers += ["alone: metric", "FP16: metric"] if labels else []
     rows = []
     for s in table.ranked()[:top]:
         row: list[object] = [s.node, s.op_type, f"{s.alone.centered_cosine:.5f}", s.alone.rel_error]

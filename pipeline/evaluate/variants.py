@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -27,7 +28,7 @@ from pipeline import ortsession
 from pipeline.config import Config
 from pipeline.data import Feed
 from pipeline.evaluate.accuracy import Scorer
-from pipeline.evaluate.metrics import Score
+from pipeline.evaluate.metrics import Score, TaskMetric, task_metric
 from pipeline.onnxutil import infer_shapes_lean
 
 CHUNK = 8  # variants whose boundary tensors one base run captures: memory is a batch of their boundaries
@@ -48,13 +49,17 @@ class HeldOut:
     def scorer(self, names: Sequence[str]) -> Scorer:
         return Scorer(self.cfg, names)
 
+    @cached_property
+    def task(self) -> TaskMetric | None:
+        """``[evaluation] metric``: what the scores' metric is and which way is better."""
+        return task_metric(self.cfg)
+
     def reference_metric(self) -> float | None:
-        """FP32's top-1 % on these rows, or None without labels."""
+        """FP32's task metric on these rows, or None without labels."""
         scorer = self.scorer([])
         for (_, labels), ref in zip(self.batches, self.reference, strict=True):
             scorer.update(list(ref), {}, labels)
-        value = scorer.reference_metric.value
-        return None if value is None else 100.0 * value
+        return scorer.reference_value()
 
 
 def held_out(cfg: Config, fp32: onnx.ModelProto | str, rows: int) -> HeldOut:

@@ -28,6 +28,13 @@ def _no_data(cfg: Config) -> list:
     return []
 
 
+def user_metric(cfg: Config) -> list[tuple[str, str]]:
+    """The file of a user's ``[evaluation] metric`` callable, as a stage declares the data it reads:
+    its figures decide the gates, so an edited metric re-runs the stages it judges."""
+    metric = cfg.evaluation.metric if cfg.evaluation is not None else ""
+    return [("metric", metric)] if ":" in metric else []
+
+
 def _ready(cfg: Config, out: Layout, **options: Any) -> None:
     return None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.console import info
 from pipeline.results import CompareResult
-from pipeline.stages.base import Stage, StageRun
+from pipeline.stages.base import Stage, StageRun, user_metric
 from pipeline.stages.build import artifact_reads
 
 
@@ -34,11 +34,9 @@ def run(r: StageRun) -> list:
 
 
 def _data(cfg):
-    return (
-        [("held-out data", cfg.evaluation.source)]
-        if cfg.evaluation is not None
-        else [("calibration data", cfg.calibration.source)]
-    )
+    if cfg.evaluation is None:
+        return [("calibration data", cfg.calibration.source)]
+    return [("held-out data", cfg.evaluation.source), *user_metric(cfg)]
 
 
 STAGE = Stage(

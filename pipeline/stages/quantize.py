@@ -13,7 +13,7 @@ from pipeline.console import info
 from pipeline.layout import Layout
 from pipeline.results import QuantizeResult
 from pipeline.stages import calibrate, export
-from pipeline.stages.base import Stage, StageRun
+from pipeline.stages.base import Stage, StageRun, user_metric
 from pipeline.targets.base import FP16, FP32, QuantizationInputs, Target
 
 
@@ -233,7 +233,7 @@ def _within_budget(cfg: Config, out: Layout, inp: QuantizationInputs, chosen: li
         if table is not None:
             tables[name] = table
         info(
-            f"{cfg.name}: {name} within budget: {budget.describe(fit.after, fit.reference_metric)}; "
+            f"{cfg.name}: {name} within budget: {budget.describe(fit.after, fit.reference_metric, heldout.task)}; "
             f"{fit.coverage()}; {fit.evaluations} graph(s) scored in {fit.seconds:.1f} s"
         )
         for k in fit.kept:
@@ -251,7 +251,7 @@ def _reads(cfg, out):
 def _data(cfg):
     calibration = ("calibration data", cfg.calibration.source)
     evaluation = ("held-out data", cfg.evaluation.source) if cfg.evaluation is not None else calibration
-    return [calibration, evaluation]
+    return [calibration, evaluation, *user_metric(cfg)]
 
 
 STAGE = Stage(

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.callables import load_callable, user_code
 from pipeline.config import Config
+from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_checked
 
@@ -46,14 +47,13 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's weights_only refused an object: its advice would run pickled code
         raise PipelineError(
-            f"{path}: holds objects other than tensors, which trtpipe never unpickles; "
+            f"{path}: holds objects other than tensors, which trtpipe never unpickles (a whole pickled model?); "
             f"save the weights with torch.save(model.state_dict(), path)"
         ) from None
     except Exception as exc:  # torch's loader raises any type on bytes that are no checkpoint (/etc/passwd: IndexError)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{path}: not a readable state_dict (truncated, corrupt or not one): {first}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = _unwrapped(state, path)
     if not isinstance(state, dict):
         raise PipelineError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
     odd = next(((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
@@ -76,3 +76,18 @@ def load_weights(model: torch.nn.Module, cfg: Config) -> None:
             f"{path}: weights do not match the model built by {cfg.model.source!r}: "
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; check [model.args]"
         )
+
+
+# Where training loops keep the weights inside a checkpoint dict (Lightning: state_dict; many: model).
+WEIGHT_KEYS = ("state_dict", "model")
+
+
+def _unwrapped(state: object, path) -> object:
+    """The state_dict itself, or the one a checkpoint dict holds under a ``WEIGHT_KEYS`` key (said in one line)."""
+    if not isinstance(state, dict) or all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    key = next((k for k in WEIGHT_KEYS if isinstance(state.get(k), dict)), None)
+    if key is None:
+        return state
+    info(f"{path}: a checkpoint dict; loading the weights under its key {key!r}")
+    return state[key]
