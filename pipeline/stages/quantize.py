@@ -231,7 +231,7 @@ def _data(cfg):
 
 STAGE = Stage(
     "quantize",
-    ("batch", "calibration", "quantize", "accuracy", "evaluation"),
+    ("batch", "axes", "calibration", "quantize", "accuracy", "evaluation"),
     run,
     reads=_reads,
     data=_data,
