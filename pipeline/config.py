@@ -430,7 +430,9 @@ class Config:
         gpu = self._fit("bench.gpu_batches", self.bench.gpu_batches, BENCH_GPU_BATCHES)
         cpu = self._fit("bench.cpu_batches", self.bench.cpu_batches, BENCH_CPU_BATCHES)
         object.__setattr__(self, "bench", dataclasses.replace(self.bench, gpu_batches=gpu, cpu_batches=cpu))
-        bench_shapes = self._fit_shapes("bench.shapes", self.bench.shapes) or self.profile_shapes()
+        bench_shapes = self._fit_shapes("bench.shapes", self.bench.shapes)
+        if self.axes and bench_shapes is None:
+            bench_shapes = self.profile_shapes()
         object.__setattr__(self, "bench", dataclasses.replace(self.bench, shapes=bench_shapes))
         accuracy_shapes = self._fit_shapes("accuracy.shapes", self.accuracy.shapes)
         object.__setattr__(self, "accuracy", dataclasses.replace(self.accuracy, shapes=accuracy_shapes))
