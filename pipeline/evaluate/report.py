@@ -19,6 +19,8 @@ from pipeline.fileio import atomic_path, write_text
 from pipeline.layout import Layout
 from pipeline.results import BenchResult, BuildResult, CompareResult, QuantizeResult, Smoothing, load, load_if_saved
 
+WHISKERS = {"elinewidth": 0.8, "capsize": 2, "ecolor": "#444444"}
+
 
 def _colour(artifact: str) -> str:
     return QUANTIZED_COLOURS.get(_name(artifact), W8A8_COLOUR)
@@ -35,6 +37,14 @@ def _medians(bench: BenchResult) -> dict[str, dict[tuple[str | None, int], float
     for row in bench.runs[0]:
         found.setdefault(row.precision, {})[(row.shape, row.batch)] = row.latency.median_ms
     return found
+
+
+def _whiskers(bench: BenchResult, artifact: str) -> list[list[float]]:
+    """The spread of an artifact's timings around each median, as matplotlib's ``yerr``: down to the
+    fastest run, up to the 90th percentile."""
+    by = {(r.shape, r.batch): r.latency for r in bench.runs[0] if r.precision == artifact}
+    cells = [by[c] for c in bench.cells()]
+    return [[t.median_ms - t.min_ms for t in cells], [t.p90_ms - t.median_ms for t in cells]]
 
 
 def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float = MIN_SPEEDUP) -> None:
@@ -58,18 +68,28 @@ def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float
             x + offset(0),
             [m[base][b] for b in batches],
             width,
+            yerr=_whiskers(bench, base),
+            error_kw=WHISKERS,
             color=BASELINE_COLOUR,
             edgecolor="#9e9e9e",
             label=_name(base),
         ),
         *(
-            ax.bar(x + offset(i), [m[q][b] for b in batches], width, color=_colour(q), label=_name(q))
+            ax.bar(
+                x + offset(i),
+                [m[q][b] for b in batches],
+                width,
+                yerr=_whiskers(bench, q),
+                error_kw=WHISKERS,
+                color=_colour(q),
+                label=_name(q),
+            )
             for i, q in enumerate(quantized, 1)
         ),
     ]
     for group in bars:
         ax.bar_label(group, labels=[_ms(v) for v in group.datavalues], padding=2, fontsize=8)
-    top = max(max(m[a].values()) for a in (base, *quantized))
+    top = max(r.latency.p90_ms for r in bench.runs[0])
     for i, b in enumerate(batches):
         for j, q in enumerate(quantized, 1):
             speedup = m[base][b] / m[q][b]
@@ -85,7 +105,7 @@ def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float
     ax.set_ylim(0, top * 1.25)
     ax.set_xticks(x, [_cell(*b) for b in batches])
     ax.set_xlabel("batch size" if bench.shapes is None else "batch size, shape")
-    ax.set_ylabel("latency (ms, median)")
+    ax.set_ylabel("latency (ms): median, whiskers min to p90")
     ax.set_title(
         f"{model}: {_name(base)} vs {' vs '.join(map(_name, quantized))}, {bench.runtime}"
         + (f", {bench.threads} thread(s)" if bench.threads else ""),
