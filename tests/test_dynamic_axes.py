@@ -266,3 +266,25 @@ def test_memory_plan_counts_each_axis_at_its_max():
     plan = capture_plan(view, ["x", "h"], 64, min_run_bytes=0, axes=axes)
     assert plan.inference_bytes == 2 * 12 * 32 * 4 and plan.budget == 64 * plan.inference_bytes // 2
     assert plan.micro_batch * (12 * 16 * 4 + 12 * 32 * 4) <= plan.budget
+
+
+def test_engines_take_every_length_on_the_tensorrt_standin(tmp_path):
+    """TensorRT's path on the stand-in: a profile with seq at 4/8/12 for each input, and compare and
+    bench set each batch's own length on the engine."""
+    from tests.trt_standin import standin
+
+    cfg = _project(tmp_path, FAST_BENCH.replace("[bench]\n", "[bench]\ngpu_batches = [1, 8]\n"))
+    stages.run("export", cfg, root=tmp_path)
+    stages.run("quantize", cfg, root=tmp_path)
+    with standin(tmp_path / "gpu-machine"):
+        built = stages.run("build", cfg, root=tmp_path)
+        assert built.backend == "tensorrt"
+        manifest = json.loads((tmp_path / built.engines.dir / "manifest.json").read_text())
+        assert manifest["profiles"] == [{"x": {"min": [1, 4, 16], "opt": [4, 8, 16], "max": [8, 12, 16]}}]
+        compared = stages.run("compare", cfg, root=tmp_path)
+        bench = stages.run("bench", cfg, root=tmp_path)
+    engines = [r for r in compared if r.artifact.endswith("(TensorRT)")]
+    assert {r.shape for r in engines} == {"seq=4", "seq=8", "seq=12"} and all(not r.failures for r in engines)
+    assert {(r.precision, r.shape) for r in bench.runs[0]} == {
+        (p, f"seq={s}") for p in ("fp16", "w8a8") for s in (4, 8, 12)
+    }
