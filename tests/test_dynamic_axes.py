@@ -4,7 +4,7 @@ A tiny encoder takes ``x`` of shape [batch, seq, 16] with ``[[axes]] seq`` in [4
 data is four .npz files at lengths 4, 6, 8 and 12, its held-out rows come at lengths 4, 8 and 12:
 
     x [batch, seq, 16] ─► TransformerEncoderLayer ─► mean over seq ─► Linear ─► logits [batch, 4]
-                          (attention over seq, MLP)
+                          (pre-norm: attention over seq, MLP)
 
 Rows of two lengths cannot share a batch: every stage that groups rows keeps each shape apart, and
 accuracy and latency are reported per shape.
@@ -39,7 +39,9 @@ ENCODER = textwrap.dedent(
     class Encoder(nn.Module):
         def __init__(self, dim=16, heads=2):
             super().__init__()
-            layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=32, batch_first=True, dropout=0.0)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, dim_feedforward=32, batch_first=True, dropout=0.0, norm_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
             self.head = nn.Linear(dim, 4)
 
@@ -68,7 +70,7 @@ ENCODER = textwrap.dedent(
 CALIBRATION_LENGTHS = (4, 6, 8, 12)
 
 
-def _project(tmp_path, extra: str = "", method: str = "auto"):
+def _project(tmp_path, extra: str = "", method: str = "auto", rows: int = 8):
     (tmp_path / "enc.py").write_text(ENCODER)
     namespace: dict = {}
     exec(ENCODER, namespace)  # the data the model file makes, for the .npz files
@@ -77,7 +79,7 @@ def _project(tmp_path, extra: str = "", method: str = "auto"):
     for k, length in enumerate(CALIBRATION_LENGTHS):
         # The longest rows hold the largest values: a range missing them shows.
         scale = 2.0 if length == max(CALIBRATION_LENGTHS) else 1.0
-        np.savez(calib / f"part{k}.npz", x=scale * namespace["rows"](8, length, 10 * k))
+        np.savez(calib / f"part{k}.npz", x=scale * namespace["rows"](rows, length, 10 * k))
     (tmp_path / "enc.toml").write_text(
         textwrap.dedent(
             f"""
@@ -288,3 +290,16 @@ def test_engines_take_every_length_on_the_tensorrt_standin(tmp_path):
     assert {(r.precision, r.shape) for r in bench.runs[0]} == {
         (p, f"seq={s}") for p in ("fp16", "w8a8") for s in (4, 8, 12)
     }
+
+
+def test_smoothquant_measures_mixed_lengths(tmp_path):
+    """SmoothQuant keeps the first rows of each LayerNorm output, of whatever lengths they come in (here
+    4 rows at seq 4, then 4 at seq 6), and judges each alpha on them as channel vectors."""
+    # 16 calibration rows only: the CPU graph's gate at seq 4 is loosened from 0.99 to what they give.
+    gate = "[accuracy.w8a8-cpu]\nmin_cosine = 0.95\n"
+    cfg = _project(tmp_path, '[quantize]\nsmoothquant = "auto"\n' + gate, rows=4)
+    stages.run("export", cfg, root=tmp_path)
+    result = stages.run("quantize", cfg, root=tmp_path)
+    assert result.passed and result.smoothquant is not None and result.smoothquant.layers
+    channels = json.loads(Layout.of(cfg, tmp_path).channels.read_text())["tensors"]
+    assert channels and all(len(t["absmax"]) == 16 for t in channels.values())
