@@ -307,3 +307,15 @@ def test_smoothquant_measures_mixed_lengths(tmp_path):
     assert result.passed and result.smoothquant is not None and result.smoothquant.layers
     channels = json.loads(Layout.of(cfg, tmp_path).channels.read_text())["tensors"]
     assert channels and all(len(t["absmax"]) == 16 for t in channels.values())
+
+
+def test_rows_are_cut_or_repeated_to_a_shape(tmp_path):
+    """Parity and bench need a length the data may not have: positions are cut, or repeated in order."""
+    from pipeline.data import fit_shape
+
+    cfg = _project(tmp_path)
+    x = np.arange(2 * 4 * 16, dtype=np.float32).reshape(2, 4, 16)
+    longer = fit_shape({"x": x}, cfg, {"seq": 10})["x"]
+    assert longer.shape == (2, 10, 16) and np.array_equal(longer[:, [0, 4, 8]], np.stack([x[:, 0]] * 3, axis=1))
+    assert np.array_equal(longer[:, 9], x[:, 1])
+    assert np.array_equal(fit_shape({"x": x}, cfg, {"seq": 3})["x"], x[:, :3])
