@@ -15,12 +15,15 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import PipelineError
 
+# A shape: the size of each [[axes]] axis (the batch axis aside), by name in the config's order.
+Shape = Mapping[str, int]
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
 BATCH_AXIS = "batch"
 # Stable ranges take hundreds to thousands of rows; beyond this an endless data callable would only
@@ -74,17 +77,19 @@ class TensorSpec:
     def batch_axis(self) -> int | None:
         return self.shape.index(BATCH_AXIS) if BATCH_AXIS in self.shape else None
 
-    def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        """The shape with the batch axis set; other named axes must be static here."""
+    def concrete_shape(self, batch: int, sizes: Mapping[str, int] | None = None) -> tuple[int, ...]:
+        """The shape with the batch axis set and each named axis at its size in ``sizes``."""
         out = []
         for dim in self.shape:
             if dim == BATCH_AXIS:
                 out.append(batch)
             elif isinstance(dim, str):
-                raise PipelineError(
-                    f"input {self.name!r}: axis {dim!r} is dynamic; give it a size in [[batch]] "
-                    f"profiles or make it static to run at a fixed shape"
-                )
+                if sizes is None or dim not in sizes:
+                    raise PipelineError(
+                        f"input {self.name!r}: axis {dim!r} is dynamic; give it a size in an [[axes]] "
+                        f"entry or make it static to run at a fixed shape"
+                    )
+                out.append(sizes[dim])
             else:
                 out.append(dim)
         return tuple(out)
@@ -110,6 +115,11 @@ class AxisRange(BatchProfile):
     """Range of a named dynamic axis other than the batch axis (e.g. sequence length)."""
 
     name: str
+
+
+def shape_label(shape: Shape) -> str:
+    """``seq=16`` (``seq=16,width=32``): a shape as tables, charts and messages name it; "" for none."""
+    return ",".join(f"{name}={size}" for name, size in shape.items())
 
 
 @dataclass(frozen=True)
@@ -368,6 +378,9 @@ class AccuracySection:
     # Held-out batch sizes compare runs every artifact at; each must fit a [batch] profile.
     # Unset (None): ACCURACY_BATCHES moved into the profiles.
     batches: tuple[int, ...] | None = None
+    # With [[axes]]: the shapes (axis -> size) whose held-out rows compare scores, each on its own and the
+    # worst gating. Unset (None): every shape the held-out rows come in.
+    shapes: tuple[dict[str, int], ...] | None = None
     # ONNX Runtime against PyTorch, both FP32: only summation order differs.
     fp32: Gate = Gate(min_cosine=0.99999, max_rel_error=1e-3, centered=False)
     # FP16 keeps ~3 decimal digits per op; over 50+ layers the output drifts ~1-2% of its norm
@@ -402,6 +415,9 @@ class BenchSection:
     min_seconds: float = 1.0  # ... and at least this long per artifact and batch size
     threads: int = 1
     cuda_graph: bool = False  # TensorRT: each timed inference a CUDA graph launch (trtexec --useCudaGraph)
+    # With [[axes]]: the shapes (axis -> size) bench times at, the last one giving the speedup the verdict
+    # reads. Unset (None): every axis at its min, then opt, then max.
+    shapes: tuple[dict[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or self.threads < 1 or not self.min_seconds >= 0.0:
@@ -477,6 +493,7 @@ class Config:
             raise ValueError("needs at least one [[outputs]] entry")
         if not self.batch:
             raise ValueError("needs at least one [batch] profile")
+        self._check_axes()
         names = [t.name for t in (*self.inputs, *self.outputs)]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
@@ -495,6 +512,66 @@ class Config:
         gpu = self._fit("bench.gpu_batches", self.bench.gpu_batches, BENCH_GPU_BATCHES)
         cpu = self._fit("bench.cpu_batches", self.bench.cpu_batches, BENCH_CPU_BATCHES)
         object.__setattr__(self, "bench", dataclasses.replace(self.bench, gpu_batches=gpu, cpu_batches=cpu))
+        bench_shapes = self._fit_shapes("bench.shapes", self.bench.shapes)
+        if self.axes and bench_shapes is None:
+            bench_shapes = self.profile_shapes()
+        object.__setattr__(self, "bench", dataclasses.replace(self.bench, shapes=bench_shapes))
+        accuracy_shapes = self._fit_shapes("accuracy.shapes", self.accuracy.shapes)
+        object.__setattr__(self, "accuracy", dataclasses.replace(self.accuracy, shapes=accuracy_shapes))
+
+    def _check_axes(self) -> None:
+        """Each [[axes]] entry names a dynamic axis of some input, once; each such axis has one."""
+        names = [a.name for a in self.axes]
+        used = {d for spec in self.inputs for d in spec.shape if isinstance(d, str) and d != BATCH_AXIS}
+        for name in names:
+            if name == BATCH_AXIS:
+                raise ValueError("[[axes]] name 'batch' is the batch axis: its range is the [batch] profile")
+            if names.count(name) > 1:
+                raise ValueError(f"[[axes]] name {name!r} is given twice; one range per axis")
+            if name not in used:
+                raise ValueError(f"[[axes]] name {name!r} is no axis of any input; name it in an input's shape")
+        missing = sorted(used - set(names))
+        if missing:
+            raise ValueError(
+                f"input axis {missing[0]!r} is dynamic but has no range; add [[axes]] with "
+                f"name = {missing[0]!r}, min, opt, max (or make it static)"
+            )
+
+    def profile_shapes(self) -> tuple[dict[str, int], ...]:
+        """Every axis at its min, at its opt, at its max (one shape, {}, without [[axes]])."""
+        shapes: list[dict[str, int]] = []
+        for which in ("min", "opt", "max"):
+            shape = {a.name: getattr(a, which) for a in self.axes}
+            if shape not in shapes:
+                shapes.append(shape)
+        return tuple(shapes)
+
+    def _fit_shapes(self, key: str, shapes: tuple[dict[str, int], ...] | None) -> tuple[dict[str, int], ...] | None:
+        """Shapes as given, each naming every [[axes]] axis at a size inside its range, in [[axes]] order."""
+        if shapes is None:
+            return None
+        if not self.axes:
+            raise ValueError(f"key '{key}' needs [[axes]]: without dynamic axes a model runs at one shape")
+        if not shapes:
+            raise ValueError(
+                f"key '{key}' needs one or more shapes, like {{ {self.axes[0].name} = {self.axes[0].opt} }}"
+            )
+        fitted = []
+        for i, shape in enumerate(shapes):
+            names = [a.name for a in self.axes]
+            if sorted(shape) != sorted(names):
+                raise ValueError(
+                    f"key '{key}[{i}]' = {shape}: give a size for each axis of [[axes]] ({', '.join(names)})"
+                )
+            for axis in self.axes:
+                size = shape[axis.name]
+                if type(size) is not int or not axis.min <= size <= axis.max:
+                    raise ValueError(
+                        f"key '{key}[{i}]' = {shape}: {axis.name} {size!r} is outside its [[axes]] range "
+                        f"[{axis.min}, {axis.max}]; widen the range or pick a size inside it"
+                    )
+            fitted.append({name: shape[name] for name in names})
+        return tuple(fitted)
 
     def _check_image(self) -> None:
         """Images feed one input of rank 4 whose dtype and static dims the preprocessing makes."""

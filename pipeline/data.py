@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.callables import load_callable, source_file, user_code
-from pipeline.config import CLASS_METRICS, Config, TensorSpec
+from pipeline.config import BATCH_AXIS, CLASS_METRICS, Config, Shape, TensorSpec, shape_label
 from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import sha256_file
@@ -75,6 +75,41 @@ def validate_feed(feed: object, inputs: tuple[TensorSpec, ...], where: str) -> F
     return out
 
 
+def shape_of(feed: Feed, cfg: Config) -> dict[str, int]:
+    """The size of each [[axes]] axis in ``feed`` (a validated batch: its inputs agree on them)."""
+    found: dict[str, int] = {}
+    for spec in cfg.inputs:
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and dim != BATCH_AXIS:
+                found.setdefault(dim, feed[spec.name].shape[axis])
+    return {a.name: found[a.name] for a in cfg.axes if a.name in found}
+
+
+def check_shape(feed: Feed, cfg: Config, where: str) -> Feed:
+    """``feed`` once its inputs agree on each [[axes]] axis and each size is inside the axis' range:
+    an engine built for the range takes no other."""
+    ranges = {a.name: a for a in cfg.axes}
+    seen: dict[str, tuple[str, int]] = {}
+    for spec in cfg.inputs:
+        for axis, dim in enumerate(spec.shape):
+            if not isinstance(dim, str) or dim not in ranges:
+                continue
+            size = feed[spec.name].shape[axis]
+            first = seen.setdefault(dim, (spec.name, size))
+            if first[1] != size:
+                raise PipelineError(
+                    f"{where}: tensor {spec.name!r} has {dim} {size}, tensor {first[0]!r} has {dim} {first[1]}; "
+                    f"the inputs of one batch share each axis"
+                )
+            r = ranges[dim]
+            if not r.min <= size <= r.max:
+                raise PipelineError(
+                    f"{where}: tensor {spec.name!r} has {dim} {size}, outside its [[axes]] range [{r.min}, {r.max}] "
+                    f"in {cfg.path}; widen the range or crop the data to it"
+                )
+    return feed
+
+
 def batch_size_of(feed: Feed, cfg: Config) -> int:
     spec = cfg.inputs[0]
     return feed[spec.name].shape[spec.batch_axis] if spec.batch_axis is not None else 1
@@ -110,7 +145,7 @@ def _first_rows(batches: Iterator[tuple[str, object]], cfg: Config, samples: int
     """Validated batches, the last one trimmed to exactly ``samples`` rows in all."""
     seen = 0
     for where, raw in batches:
-        feed = validate_feed(raw, cfg.inputs, where)
+        feed = check_shape(validate_feed(raw, cfg.inputs, where), cfg, where)
         n = batch_size_of(feed, cfg)
         if n == 0:  # endless empty batches would never reach ``samples``
             raise PipelineError(f"{where}: a batch without rows")
@@ -330,7 +365,7 @@ def _heldout_rows(cfg: Config, batch_size: int) -> Iterator[tuple[Feed, np.ndarr
     for where, item in _heldout_items(cfg, batch_size):
         batches += 1
         feed, labels = _as_labelled(item, cfg, where)
-        feed = validate_feed(feed, cfg.inputs, where)
+        feed = check_shape(validate_feed(feed, cfg.inputs, where), cfg, where)
         rows = batch_size_of(feed, cfg)
         if rows == 0:  # an endless stream of empty batches would never end
             raise PipelineError(f"{where}: a batch without rows")
@@ -513,10 +548,17 @@ def _labels(labels: object, rows: int, where: str, classes: bool) -> np.ndarray 
 def _rebatch_labelled(
     pairs: Iterable[tuple[Feed, np.ndarray | None]], cfg: Config, batch_size: int
 ) -> Iterator[tuple[Feed, np.ndarray | None]]:
-    """(feed, labels) in batches of ``batch_size`` rows, as ``rebatch`` makes them of feeds."""
+    """(feed, labels) in batches of ``batch_size`` rows; rows of one shape ([[axes]] sizes) are never
+    joined with another's, so a batch ends early where the shape changes (and the last may be smaller).
+    Splitting a batch yields views of it; only rows gathered from several batches are copied."""
     pending: list[tuple[Feed, np.ndarray | None]] = []
     count = 0
+    shape: dict[str, int] | None = None
     for feed, labels in pairs:
+        if count and shape_of(feed, cfg) != shape:
+            yield _joined(pending, cfg)
+            pending, count = [], 0
+        shape = shape_of(feed, cfg)
         rows, start = batch_size_of(feed, cfg), 0
         while start < rows:
             take = min(batch_size - count, rows - start)
@@ -540,25 +582,15 @@ def _joined(pending: list[tuple[Feed, np.ndarray | None]], cfg: Config) -> tuple
 
 
 def rebatch(batches: Iterable[Feed], cfg: Config, batch_size: int) -> Iterator[Feed]:
-    """The same rows in batches of ``batch_size`` (the last may be smaller). Splitting a batch
-    yields views of it; only rows gathered from several batches are copied."""
-    pending: list[Feed] = []
-    count = 0
-    for feed in batches:
-        rows, start = batch_size_of(feed, cfg), 0
-        while start < rows:
-            take = min(batch_size - count, rows - start)
-            pending.append(feed if take == rows else slice_rows(feed, cfg, start, start + take))
-            count += take
-            start += take
-            if count == batch_size:
-                yield pending[0] if len(pending) == 1 else concat(pending, cfg)
-                pending, count = [], 0
-    if count:
-        yield pending[0] if len(pending) == 1 else concat(pending, cfg)
+    """The same rows in batches of ``batch_size``, as ``_rebatch_labelled`` makes them."""
+    return (feed for feed, _ in _rebatch_labelled(((feed, None) for feed in batches), cfg, batch_size))
 
 
 def concat(feeds: list[Feed], cfg: Config) -> Feed:
+    """Rows of batches of one shape in one batch (rows of different shapes cannot share a batch)."""
+    shapes = {shape_label(shape_of(f, cfg)) for f in feeds}
+    if len(shapes) > 1:
+        raise ValueError(f"rows of different shapes ({', '.join(sorted(shapes))}) cannot share a batch")
     return {spec.name: np.concatenate([f[spec.name] for f in feeds], axis=spec.batch_axis or 0) for spec in cfg.inputs}
 
 
@@ -576,12 +608,15 @@ def slice_rows(feed: Feed, cfg: Config, start: int, stop: int) -> Feed:
     return out
 
 
-def sample_inputs(cfg: Config, batch: int) -> Feed:
-    """Exactly ``batch`` rows of real held-out (or calibration) data, repeated if the set is smaller."""
+def sample_inputs(cfg: Config, batch: int, shape: Shape | None = None) -> Feed:
+    """Exactly ``batch`` rows of real held-out (or calibration) data, repeated if the set is smaller,
+    at ``shape`` (default: the first rows' own): rows of another shape are cut or repeated along each
+    [[axes]] axis (``fit_shape``), as parity and timing need that shape, not the rows' meaning."""
     rows: list[Feed] = []
     count = 0
     for feed, _ in heldout_batches(cfg, batch):
-        rows.append(feed)
+        shape = shape_of(feed, cfg) if shape is None else shape
+        rows.append(fit_shape(feed, cfg, shape))
         count += batch_size_of(feed, cfg)
         if count >= batch:
             break
@@ -591,3 +626,16 @@ def sample_inputs(cfg: Config, batch: int) -> Feed:
     while batch_size_of(merged, cfg) < batch:
         merged = concat([merged, merged], cfg)
     return slice_rows(merged, cfg, 0, batch)
+
+
+def fit_shape(feed: Feed, cfg: Config, shape: Shape) -> Feed:
+    """``feed`` with each [[axes]] axis at its size in ``shape``: cut to its first positions, or its
+    positions repeated in order (a length-4 sequence at 10: positions 0 1 2 3 0 1 2 3 0 1)."""
+    out = {}
+    for spec in cfg.inputs:
+        arr = feed[spec.name]
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and dim in shape and arr.shape[axis] != shape[dim]:
+                arr = np.take(arr, np.arange(shape[dim]) % arr.shape[axis], axis=axis)
+        out[spec.name] = arr
+    return out

@@ -46,6 +46,7 @@ class BenchRow:
     latency: Latency = saved(inline=True)
     # Measured over inferences enqueued back to back (TensorRT, CUDA events); None: batch / median.
     items_per_s: float | None = saved(omitted=True)
+    shape: str | None = saved(omitted=True)  # with [[axes]]: the shape timed (seq=16)
 
     @property
     def throughput(self) -> float:
@@ -339,17 +340,30 @@ class BenchResult(Result):
     fp32_op_time_share: dict[str, float] | None = saved(omitted=True)
     profiled_batch: int | None = saved(omitted=True)
     others: tuple[str, ...] | None = saved(omitted=True)  # more 8-bit artifacts timed beside ``quantized``
+    # With [[axes]]: the shapes timed, in [bench] shapes order; ``speedup`` and ``medians`` are at the last.
+    shapes: tuple[str, ...] | None = saved(omitted=True)
 
     @property
     def all_quantized(self) -> tuple[str, ...]:
         """Every 8-bit artifact timed: ``quantized``, then ``others``."""
         return (self.quantized, *(self.others or ()))
 
-    def medians(self) -> dict[str, dict[int, float]]:
-        """Median ms of the first run, by artifact name and batch."""
+    @property
+    def shape(self) -> str | None:
+        """The shape the verdict reads: the last one timed (None without [[axes]])."""
+        return self.shapes[-1] if self.shapes else None
+
+    def cells(self) -> list[tuple[str | None, int]]:
+        """Every (shape, batch) timed, shape by shape."""
+        return [(shape, batch) for shape in self.shapes or (None,) for batch in self.batches]
+
+    def medians(self, shape: str | None = None) -> dict[str, dict[int, float]]:
+        """Median ms of the first run, by artifact name and batch, at ``shape`` (default: ``self.shape``)."""
+        shape = self.shape if shape is None else shape
         found: dict[str, dict[int, float]] = {}
         for row in self.runs[0]:
-            found.setdefault(row.precision, {})[row.batch] = row.latency.median_ms
+            if row.shape == shape:
+                found.setdefault(row.precision, {})[row.batch] = row.latency.median_ms
         return found
 
 

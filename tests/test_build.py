@@ -61,9 +61,8 @@ def test_profile_static_axis_mismatch_names_input_and_axis(tmp_path, user_model)
 
 
 def test_other_dynamic_axis_needs_a_range(tmp_path, user_model):
-    cfg = _cfg(tmp_path, user_model, inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, "h", 8]')
-    with pytest.raises(PipelineError, match=r"input 'x' axis 2 \('h'\) is dynamic"):
-        profiles_for(cfg, _graph(("batch", 16, "h", 8)))
+    with pytest.raises(PipelineError, match=r"input axis 'h' is dynamic but has no range; add \[\[axes\]\]"):
+        _cfg(tmp_path, user_model, inputs='[[inputs]]\nname = "x"\nshape = ["batch", 16, "h", 8]')
     ranged = _cfg(
         tmp_path,
         user_model,

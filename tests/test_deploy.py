@@ -43,9 +43,8 @@ def test_triton_repository_on_cpu(pipeline_run, tmp_path):
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("x", mc.TYPE_FP32, [3, 8, 8])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("logits", mc.TYPE_FP32, [4])]
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-    bench = json.loads((out.results_dir / "bench.json").read_text())
-    assert set(config.dynamic_batching.preferred_batch_size) <= set(bench["batches"])
-    assert len(config.dynamic_batching.preferred_batch_size) >= 1
+    # The [batch] profile's opt and max, whatever batches bench timed.
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["precision"] == "w8a8-cpu" and manifest["accuracy_gate"] == {"passed": True}
     # The graph runs with the declared names and shapes.

@@ -25,6 +25,7 @@ ORDER = (
     "levit_128s",
     "deeplabv3_mobilenet_v3_large",
     "distilbert",
+    "distilbert_dynamic",
     "t5_small_encoder",
     "bert_base",
     "resnet50",

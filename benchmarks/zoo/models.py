@@ -132,6 +132,22 @@ def tokens(
         yield {name: batch[name] for name in names}
 
 
+def mixed_length_tokens(
+    samples: int,
+    batch_size: int,
+    lengths: tuple[int, ...] = (16, 32, 48, 64),
+    vocab: int = 30522,
+    names: tuple[str, ...] = ("input_ids", "attention_mask"),
+) -> Iterator[dict[str, np.ndarray]]:
+    """``tokens`` at sequence lengths taking turns batch by batch (a model with a dynamic seq axis):
+    each batch one length, as rows of two lengths cannot share one."""
+    for number, start in enumerate(range(0, samples, batch_size)):
+        seq = lengths[number % len(lengths)]
+        rows = [_token_row(i, seq, vocab) for i in range(start, min(start + batch_size, samples))]
+        batch = {"input_ids": np.stack([r[0] for r in rows]), "attention_mask": np.stack([r[1] for r in rows])}
+        yield {name: batch[name] for name in names}
+
+
 def _token_row(index: int, seq: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(index)
     ids = np.minimum(rng.zipf(1.3, seq) + 100, vocab - 1).astype(np.int64)  # skip the special-token range

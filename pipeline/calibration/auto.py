@@ -55,6 +55,7 @@ from pipeline.calibration.wholegraph import (
     best_method,
     judge,
     save_simulation,
+    shape_key,
     simulation,
     uint8_scale,
 )
@@ -129,6 +130,10 @@ class AutoRanges:
         axes = {name: self.batch_axes.get(name, 0) for name in feed}
         sizes = [feed[n].shape[a] for n, a in axes.items() if a is not None]
         take = min(sizes[0], self.rows - self.count) if sizes else self.rows
+        if self.kept and shape_key(feed, self.batch_axes) != shape_key(self.kept[0], self.batch_axes):
+            # Kept rows are judged as one batch: a run of another shape (sequence length) keeps none.
+            self.takes.append((sizes[0] if sizes else take, 0))
+            return
         # Copies (np.take copies): a view would keep the whole batch alive.
         rows = lambda n, a: feed[n].copy() if a is None else np.take(feed[n], range(take), a)  # noqa: E731
         self.kept.append({n: rows(n, a) for n, a in axes.items()})
@@ -162,6 +167,8 @@ class AutoRanges:
         if run >= len(self.takes) or self.folder is None:
             return
         rows, take = self.takes[run]
+        if not take:
+            return
         varying = view.input_dependent()
         for name, value in zip(names, values, strict=True):
             if name in self.files and (run == 0 or name in varying):
@@ -170,7 +177,8 @@ class AutoRanges:
     def _captured(self, tensor: str, view: GraphView) -> np.ndarray:
         if tensor not in view.input_dependent():
             return np.load(self.folder / f"{self.files[tensor]}.0.npy")
-        runs = [np.load(self.folder / f"{self.files[tensor]}.{r}.npy") for r in range(len(self.takes))]
+        kept = [r for r, (_, take) in enumerate(self.takes) if take]
+        runs = [np.load(self.folder / f"{self.files[tensor]}.{r}.npy") for r in kept]
         return np.concatenate(runs) if len(runs) > 1 else runs[0]
 
     def values(self, view: GraphView, uses: list[Use], feed: Feed) -> dict[str, np.ndarray]:
@@ -242,7 +250,7 @@ class AutoRanges:
             for c in (AUTO, *methods.names())
         }
         feed, reference, rows = self.checked
-        whole = judge(self.simulations, candidates, feed, reference, rows, self.extremes.samples, threads)
+        whole = judge(self.simulations, candidates, feed, reference, rows, self.extremes.followed, threads)
         if whole.chosen != AUTO:
             choices = {src: dataclasses.replace(c, method=whole.chosen, local=c.method) for src, c in choices.items()}
         info(f"auto: {whole_graph_line(whole)}, in {time.perf_counter() - start:.2f} s")

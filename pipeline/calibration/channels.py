@@ -126,7 +126,9 @@ def measure_channels(
         if s.absmax is None:
             raise PipelineError(f"tensor {t.tensor!r} was empty in every calibration batch: nothing to smooth by")
         absmax = tuple(float(v) for v in s.absmax)
-        out[t.tensor] = ChannelRecord(absmax, errors(t, view, np.concatenate(s.kept), s.absmax))
+        # Rows as channel vectors: kept runs of different sequence lengths join as positions.
+        kept = np.concatenate([k.reshape(-1, k.shape[-1]) for k in s.kept])
+        out[t.tensor] = ChannelRecord(absmax, errors(t, view, kept, s.absmax))
     return out
 
 

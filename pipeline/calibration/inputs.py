@@ -96,7 +96,7 @@ def _channel_maxima(
         reason = cached.stale_reason(graph_sha256, settings, tensors)
     if reason is None:
         return cached.tensors
-    plan = capture_plan(view, tensors, cfg.calibration.batch_size)
+    plan = capture_plan(view, tensors, cfg.calibration.batch_size, axes={a.name: a.max for a in cfg.axes})
     info(f"{cfg.name}: measuring per-channel maxima of {len(tensors)} LayerNorm outputs ({reason})")
     records = measure_channels(
         out.graph(FP32),
@@ -175,7 +175,7 @@ def ranges(
     # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
     captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
     placements = tuple(t.simulated(view, cfg.quantize) for t in chosen)  # auto's whole-graph check
-    plan = capture_plan(view, captured, section.batch_size)
+    plan = capture_plan(view, captured, section.batch_size, axes={a.name: a.max for a in cfg.axes})
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason})")
     info(f"{cfg.name}: {plan.describe()}")
     found = RangesFromOnnx(tensors, section.bins, section.percentile)(

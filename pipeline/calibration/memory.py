@@ -9,11 +9,14 @@ activations alive at once, nodes run in order). So a run may take half of that, 
 the batch is split into equal micro-batches of as many samples as fit. When one sample's
 captured tensors do not fit, they are split into groups, each captured in its own pass
 over the same data.
+
+A dynamic axis other than the batch (``[[axes]]``, a sequence length) counts at its profile max: the
+longest rows calibration may stream are what must fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,10 +48,16 @@ class CapturePlan:
 
 
 def capture_plan(
-    view: GraphView, captured: Iterable[str], batch_size: int, min_run_bytes: int = MIN_RUN_BYTES
+    view: GraphView,
+    captured: Iterable[str],
+    batch_size: int,
+    min_run_bytes: int = MIN_RUN_BYTES,
+    axes: Mapping[str, int] | None = None,
 ) -> CapturePlan:
-    sizes = {name: sample_bytes(view, name) for name in sorted(set(captured))}
-    floor = liveness_peak(view)
+    """``axes``: each dynamic axis' largest size (its [[axes]] max); an axis left out counts as 1."""
+    axes = axes or {}
+    sizes = {name: sample_bytes(view, name, axes) for name in sorted(set(captured))}
+    floor = liveness_peak(view, axes)
     budget = max(batch_size * floor // 2, min_run_bytes)
     per_sample = max(sum(sizes.values()), 1)
     fits = max(1, min(batch_size, budget // per_sample))
@@ -74,25 +83,35 @@ def split(view: GraphView, sizes: dict[str, int], budget: int) -> tuple[tuple[st
     return tuple(groups)
 
 
-def sample_bytes(view: GraphView, tensor: str) -> int:
-    """Bytes of one sample of ``tensor``: symbolic dims (the batch axis) count as 1."""
+def sample_bytes(view: GraphView, tensor: str, axes: Mapping[str, int] | None = None) -> int:
+    """Bytes of one sample of ``tensor``: each symbolic dim at its size in ``axes`` (products of
+    them as shape inference writes them, ``batch*seq``), the batch axis and unknown ones as 1."""
     info = view.value_infos.get(tensor)
     tt = info.type.tensor_type if info is not None and info.type.HasField("tensor_type") else None
     if tt is None or not tt.elem_type:
         return 0  # shape inference found no type: rare, and nothing to plan with
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") else _symbolic_size(d.dim_param, axes or {}) for d in tt.shape.dim]
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
     return int(np.prod(dims, dtype=np.int64)) * itemsize
 
 
-def liveness_peak(view: GraphView) -> int:
+def _symbolic_size(param: str, axes: Mapping[str, int]) -> int:
+    """A symbolic dim's size: a name in ``axes``, a product of names and numbers (``2*batch``), else 1."""
+    size = 1
+    for factor in param.split("*"):
+        factor = factor.strip()
+        size *= int(factor) if factor.isdigit() else axes.get(factor, 1)
+    return size
+
+
+def liveness_peak(view: GraphView, axes: Mapping[str, int] | None = None) -> int:
     """Most bytes per sample of non-constant tensors alive at once, nodes run in graph order."""
     last_use = {name: i for i, node in enumerate(view.nodes) for name in node.input}
     last_use.update(dict.fromkeys(view.outputs, len(view.nodes)))
-    live = {name: sample_bytes(view, name) for name in view.inputs if not view.is_const(name)}
+    live = {name: sample_bytes(view, name, axes) for name in view.inputs if not view.is_const(name)}
     peak = sum(live.values())
     for i, node in enumerate(view.nodes):
-        live.update({out: sample_bytes(view, out) for out in node.output if out})
+        live.update({out: sample_bytes(view, out, axes) for out in node.output if out})
         peak = max(peak, sum(live.values()))
         live = {name: size for name, size in live.items() if last_use.get(name, -1) > i}
     return peak

@@ -60,7 +60,9 @@ class ExtremeRows:
 
     ``batch_axes`` names each input's batch axis (0 where not given, None for none). A captured
     tensor's leading axis is the batch, or the batch merged with another axis batch-major
-    (attention's batch x heads); any other layout is not tracked.
+    (attention's batch x heads); any other layout is not tracked. Only runs of the first run's
+    shape are followed: the check runs its rows as one batch, and rows of another sequence length
+    cannot join it (``shape_key``).
     """
 
     def __init__(self, batch_axes: Mapping[str, int | None], held: int = HELD) -> None:
@@ -68,6 +70,7 @@ class ExtremeRows:
         self.held = held
         self.starts: list[int] = []  # first sample of each run
         self.sizes: list[int] = []
+        self.shapes: list[tuple] = []  # each run's shape_key
         self.recent: dict[int, Feed] = {}  # the last runs' feeds, by run number
         self.best: dict[str, tuple[float, int | None]] = {}  # tensor -> (largest |x|, sample or None if dropped)
         self.inputs: dict[int, Feed] = {}  # sample -> its inputs (one row)
@@ -77,12 +80,18 @@ class ExtremeRows:
     def samples(self) -> int:
         return sum(self.sizes)
 
+    @property
+    def followed(self) -> int:
+        """Samples of the runs followed: those of the first run's shape."""
+        return sum(n for n, shape in zip(self.sizes, self.shapes, strict=True) if shape == self.shapes[0])
+
     def hold(self, runs: Iterable[Feed]) -> Iterator[Feed]:
         """``runs`` as they are, remembering the last few (a run is folded while the next runs)."""
         for number, feed in enumerate(runs):
             if number == len(self.sizes):  # the first pass: every later pass replays the same runs
                 self.starts.append(self.samples)
                 self.sizes.append(self._rows(feed))
+                self.shapes.append(shape_key(feed, self.batch_axes))
             self.recent[number] = feed
             self.recent.pop(number - 3, None)
             yield feed
@@ -92,6 +101,8 @@ class ExtremeRows:
         return sizes[0] if sizes else 1
 
     def update(self, run: int, names: Sequence[str], values: Sequence[np.ndarray]) -> None:
+        if self.shapes[run] != self.shapes[0]:
+            return
         rows = self.sizes[run]
         for name, value in zip(names, values, strict=True):
             value = np.asarray(value)
@@ -124,6 +135,15 @@ class ExtremeRows:
     def top(self, k: int) -> list[int]:
         """The ``k`` samples holding the most tensors' largest values (at least one each), most first."""
         return sorted(self.holds, key=lambda s: (-self.holds[s], s))[:k]
+
+
+def shape_key(feed: Feed, batch_axes: Mapping[str, int | None]) -> tuple:
+    """Each input's shape without its batch axis: rows of two batches share a batch only where equal."""
+    key = []
+    for name in sorted(feed):
+        axis = batch_axes.get(name, 0)
+        key.append((name, tuple(d for i, d in enumerate(feed[name].shape) if i != axis)))
+    return tuple(key)
 
 
 def simulation(view: GraphView, placement: Placement) -> onnx.ModelProto:

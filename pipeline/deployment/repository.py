@@ -19,7 +19,6 @@ from pipeline.deployment.checks import Deployable
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path, sha256_file, sweep, temp_prefix, write_json, write_text, writer_alive
 from pipeline.layout import Layout
-from pipeline.results import BenchResult, load_if_saved
 from pipeline.targets.base import ENGINE
 
 
@@ -144,8 +143,7 @@ def write_triton(cfg: Config, out: Layout, d: Deployable, to: Path, replace: boo
         str(out.graph(d.artifact.name)),  # an engine keeps its source graph's I/O
         load_external_data=False,
     )
-    bench = load_if_saved(BenchResult, out, cfg.path)  # no preferred batch sizes without it
-    preferred = triton.preferred_batch_sizes(bench, d.artifact.name)
+    preferred = triton.preferred_batch_sizes(cfg)
     config = triton.build_config(cfg, graph, d.backend, d.device, preferred, tensorrt_accelerator=d.tensorrt_ep)
     text = triton.to_text(config)
     triton.parse(text)  # the text we write must parse back against Triton's schema

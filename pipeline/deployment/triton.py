@@ -24,7 +24,6 @@ import onnx
 
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.results import BenchResult
 from pipeline.targets.base import ENGINE
 
 _TYPES = {
@@ -177,12 +176,8 @@ def parse(text: str):
         raise PipelineError(f"config.pbtxt does not parse against Triton's model config schema: {exc}") from None
 
 
-def preferred_batch_sizes(bench: BenchResult | None, precision: str) -> list[int]:
-    """Batch sizes from the bench results whose throughput is within 80% of the best: worth waiting for."""
-    if bench is None:
-        return []
-    rows = [r for r in bench.runs[0] if r.precision == precision]
-    if not rows:
-        return []
-    best = max(r.throughput for r in rows)
-    return sorted(r.batch for r in rows if r.throughput >= 0.8 * best)
+def preferred_batch_sizes(cfg: Config) -> list[int]:
+    """Each [batch] profile's opt and max: the batches its engine was tuned for and the most it takes.
+    Not from bench timings: those are at whatever batches and shapes bench ran, and a batcher waiting
+    for a batch no profile is tuned for only adds queueing delay."""
+    return sorted({b for p in cfg.batch for b in (p.opt, p.max)})

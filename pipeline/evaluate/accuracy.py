@@ -7,10 +7,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import Config, Gate
+from pipeline.config import Config, Gate, shape_label
 from pipeline.console import progress
-from pipeline.data import Feed, heldout_batches
-from pipeline.evaluate.metrics import Agreement, ErrorAccumulator, ErrorStats, gate_failures, task_metric
+from pipeline.data import Feed, heldout_batches, shape_of
+from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import (
+    Agreement,
+    ErrorAccumulator,
+    ErrorStats,
+    MetricStream,
+    TaskMetric,
+    gate_failures,
+    task_metric,
+)
 from pipeline.schema import saved
 
 Infer = Callable[[Feed], list[np.ndarray]]
@@ -29,58 +38,110 @@ class AccuracyRow:
     failures: tuple[str, ...] = ()
     batch: int | None = saved(omitted=True)  # compare's rows: the batch size it ran at
     metric_name: str | None = saved(omitted=True)  # what ``metric`` is, as tables head it ("top-1 %")
+    shape: str | None = saved(omitted=True)  # with [[axes]]: the shape of the rows scored (seq=16)
+
+
+class _Sums:
+    """Running sums per artifact and output: one shape's, or (with no outputs) the task metric over
+    every shape."""
+
+    def __init__(self, artifacts: Iterable[str], outputs: int, task: TaskMetric | None) -> None:
+        self.errors = {a: [ErrorAccumulator() for _ in range(outputs)] for a in artifacts}
+        self.agreement = {a: [Agreement() for _ in range(outputs)] for a in self.errors}
+        self.metric: dict[str, MetricStream] = {} if task is None else {a: task.stream() for a in self.errors}
+        self.reference_metric = None if task is None else task.stream()
 
 
 class Scorer:
     """Per artifact and output: error statistics, top-1 agreement with the reference and the
-    task metric, folded batch by batch, so memory is one batch's outputs whatever the data size."""
+    task metric, folded batch by batch, so memory is one batch's outputs whatever the data size.
+
+    With [[axes]], each shape (sequence length) is scored on its own and gated on its own, so the
+    worst one decides: error at a length calibration saw little of does not hide in an average.
+    ``[accuracy] shapes`` names the shapes scored; rows of other shapes are left out."""
 
     def __init__(self, cfg: Config, artifacts: Iterable[str]) -> None:
         self.cfg = cfg
         self.task = task_metric(cfg)
-        outputs = range(len(cfg.outputs))
-        self.errors = {a: [ErrorAccumulator() for _ in outputs] for a in artifacts}
-        self.agreement = {a: [Agreement() for _ in outputs] for a in self.errors}
-        if self.task is not None:
-            self.metric = {a: self.task.stream() for a in self.errors}
-            self.reference_metric = self.task.stream()
+        self.artifacts = tuple(artifacts)
+        self.wanted = None if cfg.accuracy.shapes is None else [shape_label(s) for s in cfg.accuracy.shapes]
+        self.by_shape: dict[str, _Sums] = {}
+        self.overall = _Sums(self.artifacts, 0, self.task)
+        self.skipped: set[str] = set()
 
-    def update(self, ref: list[np.ndarray], outputs: Mapping[str, list[np.ndarray]], labels: np.ndarray | None) -> None:
-        """One batch: the reference's outputs and each artifact's, in the config's output order."""
+    def update(
+        self,
+        ref: list[np.ndarray],
+        outputs: Mapping[str, list[np.ndarray]],
+        labels: np.ndarray | None,
+        feed: Feed | None = None,
+    ) -> None:
+        """One batch: the reference's outputs and each artifact's, in the config's output order;
+        ``feed``, the batch's inputs, tells its shape (None: a model without [[axes]])."""
+        shape = "" if feed is None else shape_label(shape_of(feed, self.cfg))
+        if self.wanted is not None and shape not in self.wanted:
+            self.skipped.add(shape)
+            return
+        sums = self.by_shape.setdefault(shape, _Sums(self.artifacts, len(self.cfg.outputs), self.task))
         scored = self.task is not None and labels is not None
         if scored:
-            self.reference_metric.update(ref[0], labels)
+            for kept in (sums, self.overall):
+                kept.reference_metric.update(ref[0], labels)
         for artifact, got in outputs.items():
-            for i, stream in enumerate(self.errors[artifact]):
+            for i, stream in enumerate(sums.errors[artifact]):
                 stream.update(got[i], ref[i])
                 if ref[i].ndim == 2:  # classifier outputs
-                    self.agreement[artifact][i].update(got[i], ref[i])
+                    sums.agreement[artifact][i].update(got[i], ref[i])
             if scored:
-                self.metric[artifact].update(got[0], labels)
+                for kept in (sums, self.overall):
+                    kept.metric[artifact].update(got[0], labels)
 
     def reference_value(self) -> float | None:
-        """FP32's task metric over the batches so far (None: no metric or no labels)."""
-        return None if self.task is None else self.reference_metric.value
+        """FP32's task metric over every shape scored so far (None: no metric or no labels)."""
+        return None if self.overall.reference_metric is None else self.overall.reference_metric.value
+
+    def metric(self, artifact: str) -> float | None:
+        """An artifact's task metric over every shape scored (None: no metric or no labels)."""
+        return self.overall.metric[artifact].value if artifact in self.overall.metric else None
 
     def rows(self, gates: Mapping[str, Gate | None], batch: int | None = None) -> list[AccuracyRow]:
-        """Rows with the gates' verdicts (``gates`` by artifact; None or absent: no gate)."""
-        ref_metric = self.reference_value()
+        """Rows with the gates' verdicts (``gates`` by artifact; None or absent: no gate), one set per shape."""
+        missing = [s for s in self.wanted or () if s not in self.by_shape]
+        if missing:
+            seen = ", ".join(sorted(self.skipped | set(self.by_shape))) or "none"
+            raise PipelineError(
+                f"{self.cfg.path}: accuracy.shapes names {missing[0]}, but no held-out row has that shape "
+                f"(the held-out rows come at {seen}); add such rows or drop it from accuracy.shapes"
+            )
         name = None if self.task is None else self.task.name
         rows = []
-        for artifact, streams in self.errors.items():
-            gate = gates.get(artifact)
-            for i, spec in enumerate(self.cfg.outputs):
-                stats = streams[i].result()
-                agreement = self.agreement[artifact][i].result()
-                metric = self.metric[artifact].value if i == 0 and self.task is not None else None
-                failures = (
-                    gate_failures(stats, gate, agreement, metric, ref_metric, self.task) if gate is not None else []
-                )
-                reference = ref_metric if i == 0 else None
-                rows.append(
-                    AccuracyRow(artifact, spec.name, stats, agreement, metric, reference, tuple(failures), batch, name)
-                )
-        return rows
+        for shape, sums in self.by_shape.items():
+            ref_metric = None if sums.reference_metric is None else sums.reference_metric.value
+            for artifact, streams in sums.errors.items():
+                gate = gates.get(artifact)
+                for i, spec in enumerate(self.cfg.outputs):
+                    stats = streams[i].result()
+                    agreement = sums.agreement[artifact][i].result()
+                    metric = sums.metric[artifact].value if i == 0 and self.task is not None else None
+                    failures = (
+                        gate_failures(stats, gate, agreement, metric, ref_metric, self.task) if gate is not None else []
+                    )
+                    reference = ref_metric if i == 0 else None
+                    rows.append(
+                        AccuracyRow(
+                            artifact,
+                            spec.name,
+                            stats,
+                            agreement,
+                            metric,
+                            reference,
+                            tuple(failures),
+                            batch,
+                            name,
+                            shape or None,
+                        )
+                    )
+        return sorted(rows, key=lambda r: self.artifacts.index(r.artifact)) if len(self.by_shape) > 1 else rows
 
 
 def evaluate(
@@ -89,7 +150,7 @@ def evaluate(
     """Run every artifact and the reference over the held-out set; per-output stats and gates."""
     scorer = Scorer(cfg, artifacts)
     for feed, labels in progress(heldout_batches(cfg, batch_size), f"accuracy at batch {batch_size}"):
-        scorer.update(reference(feed), {name: infer(feed) for name, infer in artifacts.items()}, labels)
+        scorer.update(reference(feed), {name: infer(feed) for name, infer in artifacts.items()}, labels, feed)
     return scorer.rows(gates)
 
 
@@ -98,9 +159,11 @@ def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[ob
     shows them; a batch column when the rows carry one; the metric's columns headed by its name."""
     with_batch = any(r.batch is not None for r in rows)
     metric = next((r.metric_name for r in rows if r.metric_name is not None), "top-1 %")
+    with_shape = any(r.shape is not None for r in rows)
     headers = [
         "artifact",
         *(["batch"] if with_batch else []),
+        *(["shape"] if with_shape else []),
         "output",
         "cosine",
         "centered cos",
@@ -115,6 +178,7 @@ def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[ob
         [
             r.artifact,
             *([r.batch] if with_batch else []),
+            *([r.shape or "-"] if with_shape else []),
             r.output,
             f"{r.stats.cosine:.5f}",
             f"{r.stats.centered_cosine:.5f}",

@@ -29,7 +29,7 @@ import io
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
 from pipeline import ortsession, targets
-from pipeline.config import Config
+from pipeline.config import Config, Shape, shape_label
 from pipeline.console import progress
 from pipeline.data import sample_inputs
 from pipeline.errors import PipelineError
@@ -63,11 +63,14 @@ def plan_bench(cfg: Config, out: Layout) -> BenchPlan:
     )
 
 
-def time_one(cfg: Config, artifact: Artifact, batch: int, threads: int | None) -> BenchRow:
-    """One artifact at one batch size: a TensorRT engine with CUDA events over inferences enqueued back
-    to back (``targets.tensorrt.timing``), an ONNX graph on ONNX Runtime with the host clock. A
-    failure (CUDA out of memory at a large batch) is one line naming the artifact and the batch."""
-    feed = sample_inputs(cfg, batch)
+def time_one(cfg: Config, artifact: Artifact, batch: int, threads: int | None, shape: Shape | None = None) -> BenchRow:
+    """One artifact at one batch size (and ``shape``, with [[axes]]): a TensorRT engine with CUDA events
+    over inferences enqueued back to back (``targets.tensorrt.timing``), an ONNX graph on ONNX Runtime
+    with the host clock. A failure (CUDA out of memory at a large batch) is one line naming the artifact
+    and the batch."""
+    feed = sample_inputs(cfg, batch, shape)
+    label = shape_label(shape or {}) or None
+    at = f"batch {batch}" + (f" {label}" if label else "")
     b = cfg.bench
     if artifact.backend == ENGINE:
         from pipeline.runners import engine_to_run
@@ -85,25 +88,27 @@ def time_one(cfg: Config, artifact: Artifact, batch: int, threads: int | None) -
                 cuda_graph=b.cuda_graph,
             )
         except PipelineError as exc:
-            raise PipelineError(f"bench {artifact.label} at batch {batch}: {exc}") from None
-        return BenchRow(artifact.label, artifact.name, batch, latency_stats(timed.latencies_ms), timed.items_per_s)
+            raise PipelineError(f"bench {artifact.label} at {at}: {exc}") from None
+        latency = latency_stats(timed.latencies_ms)
+        return BenchRow(artifact.label, artifact.name, batch, latency, timed.items_per_s, label)
     sess = ortsession.session_for(artifact.path, artifact.cpu, threads)
     inputs = ortsession.feed_for(sess, feed)
     try:
         latency = measure(lambda: sess.run(None, inputs), b.warmup, b.iterations, b.min_seconds)
     except (Fail, RuntimeException) as exc:  # e.g. the CUDA EP out of memory
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PipelineError(f"bench {artifact.label} at batch {batch}: {artifact.path}: {first}") from None
-    return BenchRow(artifact.label, artifact.name, batch, latency)
+        raise PipelineError(f"bench {artifact.label} at {at}: {artifact.path}: {first}") from None
+    return BenchRow(artifact.label, artifact.name, batch, latency, shape=label)
 
 
 def bench(cfg: Config, out: Layout, plan: BenchPlan, repeat: int = 1) -> list[list[BenchRow]]:
-    """``repeat`` full runs; each run times every (artifact, batch) after warm-up."""
+    """``repeat`` full runs; each run times every (artifact, batch, shape) after warm-up."""
     runs = []
-    jobs = [(a, b) for b in plan.batches for a in plan.timed]
+    shapes = cfg.bench.shapes if cfg.axes else (None,)
+    jobs = [(a, b, s) for s in shapes for b in plan.batches for a in plan.timed]
     for r in range(repeat):
         label = f"bench {cfg.name}" + (f" (run {r + 1}/{repeat})" if repeat > 1 else "")
-        runs.append([time_one(cfg, artifact, batch, plan.threads) for artifact, batch in progress(jobs, label)])
+        runs.append([time_one(cfg, a, b, plan.threads, s) for a, b, s in progress(jobs, label)])
     return runs
 
 
@@ -117,7 +122,8 @@ def consistency(runs: list[list[BenchRow]]) -> list[str]:
         delta = abs(a.latency.median_ms - b.latency.median_ms)
         verdict = "within" if delta <= spread else "OUTSIDE"
         lines.append(
-            f"{a.artifact} batch {a.batch}: medians {a.latency.median_ms:.3f} / {b.latency.median_ms:.3f} ms, "
+            f"{a.artifact} batch {a.batch}{' ' + a.shape if a.shape else ''}: "
+            f"medians {a.latency.median_ms:.3f} / {b.latency.median_ms:.3f} ms, "
             f"difference {delta:.3f} ms {verdict} the spread (IQR {spread:.3f} ms)"
         )
     return lines
@@ -133,8 +139,9 @@ def to_csv(rows: list[BenchRow]) -> str:
     return buf.getvalue()
 
 
-def speedups(rows: list[BenchRow], plan: BenchPlan) -> dict[int, float]:
-    by = {(r.precision, r.batch): r.latency.median_ms for r in rows}
+def speedups(rows: list[BenchRow], plan: BenchPlan, shape: str | None = None) -> dict[int, float]:
+    """The quantized artifact's speedup by batch, at ``shape`` (None: a model without [[axes]])."""
+    by = {(r.precision, r.batch): r.latency.median_ms for r in rows if r.shape == shape}
     return {
         b: by[(plan.baseline.name, b)] / by[(plan.quantized.name, b)]
         for b in plan.batches

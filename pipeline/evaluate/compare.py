@@ -42,21 +42,22 @@ def _compare_at(cfg: Config, out: Layout, found: list[Artifact], batch: int) -> 
     reference = reference_runner(out, arena=False)
     runners = {a.label: runner_for(a, profile=_profile(cfg, a, batch), arena=False) for a in found}
     scorer = Scorer(cfg, runners)
-    labels: deque[np.ndarray | None] = deque()
+    labels: deque[tuple[np.ndarray | None, Feed]] = deque()
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-iteration lines would drown the progress bar
         stream = Comparator.run([reference, *runners.values()], data_loader=_feeds(cfg, batch, labels), streaming=True)
         for results in progress(stream, f"compare at batch {batch}"):
             ref = _outputs(results, reference.name, cfg)
             got = {label: _outputs(results, runner.name, cfg) for label, runner in runners.items()}
-            scorer.update(ref, got, labels.popleft())
+            scorer.update(ref, got, *labels.popleft())
     gates = {a.label: cfg.accuracy.gate(a.name) for a in found}
     return scorer.rows(gates, batch)
 
 
 def _feeds(cfg: Config, batch: int, labels: deque) -> Iterator[Feed]:
-    """Held-out feeds for the Comparator; their labels queue up in order beside them."""
+    """Held-out feeds for the Comparator; their labels (and the feeds, for their shape) queue up in order
+    beside them."""
     for feed, lab in heldout_batches(cfg, batch):
-        labels.append(lab)
+        labels.append((lab, feed))
         yield feed
 
 

@@ -28,22 +28,45 @@ from pipeline.results import (
     load_if_saved,
 )
 
+WHISKERS = {"elinewidth": 0.8, "capsize": 2, "ecolor": "#444444"}
+
 
 def _colour(artifact: str) -> str:
     return QUANTIZED_COLOURS.get(_name(artifact), W8A8_COLOUR)
 
 
+def _cell(shape: str | None, batch: int) -> str:
+    """A chart's or table's label of one (shape, batch) bench timed."""
+    return str(batch) if shape is None else f"{batch}\n{shape}"
+
+
+def _medians(bench: BenchResult) -> dict[str, dict[tuple[str | None, int], float]]:
+    """Median ms of the first run, by artifact name and (shape, batch)."""
+    found: dict[str, dict[tuple[str | None, int], float]] = {}
+    for row in bench.runs[0]:
+        found.setdefault(row.precision, {})[(row.shape, row.batch)] = row.latency.median_ms
+    return found
+
+
+def _whiskers(bench: BenchResult, artifact: str) -> list[list[float]]:
+    """The spread of an artifact's timings around each median, as matplotlib's ``yerr``: down to the
+    fastest run, up to the 90th percentile."""
+    by = {(r.shape, r.batch): r.latency for r in bench.runs[0] if r.precision == artifact}
+    cells = [by[c] for c in bench.cells()]
+    return [[t.median_ms - t.min_ms for t in cells], [t.p90_ms - t.median_ms for t in cells]]
+
+
 def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float = MIN_SPEEDUP) -> None:
-    """Grouped bars per batch size: baseline light grey, w8a8 dark red, FP8 dark blue, value labels,
-    each 8-bit artifact's speedup above it."""
+    """Grouped bars per batch size (and shape, with [[axes]]): baseline light grey, w8a8 dark red, FP8
+    dark blue, value labels, each 8-bit artifact's speedup above it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    m = bench.medians()
-    batches = bench.batches
+    m = _medians(bench)
+    batches = bench.cells()
     base, quantized = bench.baseline, bench.all_quantized
     x = np.arange(len(batches))
     width = 0.76 / (1 + len(quantized))
@@ -54,18 +77,28 @@ def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float
             x + offset(0),
             [m[base][b] for b in batches],
             width,
+            yerr=_whiskers(bench, base),
+            error_kw=WHISKERS,
             color=BASELINE_COLOUR,
             edgecolor="#9e9e9e",
             label=_name(base),
         ),
         *(
-            ax.bar(x + offset(i), [m[q][b] for b in batches], width, color=_colour(q), label=_name(q))
+            ax.bar(
+                x + offset(i),
+                [m[q][b] for b in batches],
+                width,
+                yerr=_whiskers(bench, q),
+                error_kw=WHISKERS,
+                color=_colour(q),
+                label=_name(q),
+            )
             for i, q in enumerate(quantized, 1)
         ),
     ]
     for group in bars:
         ax.bar_label(group, labels=[_ms(v) for v in group.datavalues], padding=2, fontsize=8)
-    top = max(max(m[a].values()) for a in (base, *quantized))
+    top = max(r.latency.p90_ms for r in bench.runs[0])
     for i, b in enumerate(batches):
         for j, q in enumerate(quantized, 1):
             speedup = m[base][b] / m[q][b]
@@ -79,9 +112,9 @@ def latency_chart(bench: BenchResult, path: Path, model: str, min_speedup: float
                 fontweight="bold",
             )
     ax.set_ylim(0, top * 1.25)
-    ax.set_xticks(x, [str(b) for b in batches])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("latency (ms, median)")
+    ax.set_xticks(x, [_cell(*b) for b in batches])
+    ax.set_xlabel("batch size" if bench.shapes is None else "batch size, shape")
+    ax.set_ylabel("latency (ms): median, whiskers min to p90")
     ax.set_title(
         f"{model}: {_name(base)} vs {' vs '.join(map(_name, quantized))}, {bench.runtime}"
         + (f", {bench.threads} thread(s)" if bench.threads else ""),
@@ -184,17 +217,19 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
     latency_chart(bench, out.chart("latency"), model, cfg.verdict.min_speedup)
     verdict = decide(bench, compare, build, cfg.verdict.min_speedup)
 
-    m = bench.medians()
+    m = _medians(bench)
     base, quantized = bench.baseline, bench.all_quantized
-    rate = {(r.precision, r.batch): f"{r.throughput:.0f}" for r in bench.runs[0]}
+    rate = {(r.precision, (r.shape, r.batch)): f"{r.throughput:.0f}" for r in bench.runs[0]}
+    shaped = bench.shapes is not None
     lat_rows = [
         [
-            b,
-            _ms(m[base][b]),
-            rate[(base, b)],
-            *(c for q in quantized for c in (_ms(m[q][b]), rate[(q, b)], f"{m[base][b] / m[q][b]:.2f}x")),
+            c[1],
+            *([c[0]] if shaped else []),
+            _ms(m[base][c]),
+            rate[(base, c)],
+            *(v for q in quantized for v in (_ms(m[q][c]), rate[(q, c)], f"{m[base][c] / m[q][c]:.2f}x")),
         ]
-        for b in bench.batches
+        for c in bench.cells()
     ]
     names = [_name(q) for q in quantized]
     parts = [
@@ -211,6 +246,7 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         table(
             [
                 "batch",
+                *(["shape"] if shaped else []),
                 f"{_name(base)} ms",
                 f"{_name(base)} items/s",
                 *(h for n in names for h in (f"{n} ms", f"{n} items/s", f"{n} speedup")),
@@ -222,7 +258,8 @@ def write_report(cfg: Config, out: Layout) -> list[Path]:
         "",
         f"An 8-bit artifact is worth deploying where it is within its accuracy gate and at least "
         f"{verdict.min_speedup:.2f}x as fast as {_name(base)} (`[verdict] min_speedup`); the largest batch "
-        f"decides for the model: "
+        + (f"at {bench.shape} (the last of `[bench] shapes`) " if bench.shape else "")
+        + "decides for the model: "
         f"**{_name(verdict.deploy)}**. `trtpipe deploy` deploys {deploy_precision(verdict)} unless `--precision` "
         f"says otherwise.",
         "",

@@ -57,8 +57,8 @@ class HeldOut:
     def reference_metric(self) -> float | None:
         """FP32's task metric on these rows, or None without labels."""
         scorer = self.scorer([])
-        for (_, labels), ref in zip(self.batches, self.reference, strict=True):
-            scorer.update(list(ref), {}, labels)
+        for (feed, labels), ref in zip(self.batches, self.reference, strict=True):
+            scorer.update(list(ref), {}, labels, feed)
         return scorer.reference_value()
 
 
@@ -82,12 +82,13 @@ def held_out(cfg: Config, fp32: onnx.ModelProto | str, rows: int) -> HeldOut:
 
 
 def score_of(scorer: Scorer, name: str) -> Score:
+    """The worst output's (and shape's) figures, and the task metric over every row."""
     rows = [r for r in scorer.rows({}) if r.artifact == name]
     return Score(
         min(r.stats.cosine for r in rows),
         min(r.stats.centered_cosine for r in rows),
         max(r.stats.rel_error for r in rows),
-        rows[0].metric,
+        scorer.metric(name),
     )
 
 
@@ -130,7 +131,7 @@ class VariantRunner:
             if base is not None:
                 values.update(zip(capture, base.run(capture, ortsession.feed_for(base, feed)), strict=True))
             got = {name: self._outputs(r, s, values) for name, r, s in zip(names, regions, sessions, strict=True)}
-            scorer.update(list(ref), got, labels)
+            scorer.update(list(ref), got, labels, feed)
         return [score_of(scorer, n) for n in names]
 
     def _inputs(self) -> set[str]:

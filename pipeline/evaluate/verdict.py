@@ -107,6 +107,7 @@ def decide(
     judged = max(passing, key=lambda q: m[base][largest] / m[q][largest], default=bench.quantized)
     causes = slow_causes(bench, build, judged)
     found = []
+    at = f" at {bench.shape}" if bench.shape else ""  # with [[axes]]: the shape these medians are at
     for b in bench.batches:
         speedup = {q: m[base][b] / m[q][b] for q in timed}
         best = max(passing, key=speedup.__getitem__, default=None)
@@ -121,18 +122,18 @@ def decide(
                     bench.quantized,
                     speedup[bench.quantized],
                     base,
-                    f"batch {b}: deploy {name(base)}: {who} {fail} (see the table)",
+                    f"batch {b}{at}: deploy {name(base)}: {who} {fail} (see the table)",
                 )
             )
         elif speedup[best] >= min_speedup:
             line = (
-                f"batch {b}: deploy {name(best)}: {speedup[best]:.2f}x faster ({ms(m[best][b])} vs "
+                f"batch {b}{at}: deploy {name(best)}: {speedup[best]:.2f}x faster ({ms(m[best][b])} vs "
                 f"{ms(m[base][b])} ms) and within its accuracy gate{rest}"
             )
             found.append(BatchVerdict(b, best, speedup[best], best, line))
         else:
             line = (
-                f"batch {b}: deploy {name(base)}: {name(best)} is no faster ({speedup[best]:.2f}x, below "
+                f"batch {b}{at}: deploy {name(base)}: {name(best)} is no faster ({speedup[best]:.2f}x, below "
                 f"{min_speedup:.2f}x); {'; '.join(slow_causes(bench, build, best))}{rest}"
             )
             found.append(BatchVerdict(b, best, speedup[best], base, line))

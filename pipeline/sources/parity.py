@@ -1,4 +1,6 @@
-"""Parity of the exported graphs with their source (PyTorch), on real inputs at several batch sizes."""
+"""Parity of the exported graphs with their source (PyTorch), on real inputs at several batch sizes and,
+with [[axes]], at every axis' min, opt and max (a graph can be right at one length and wrong at another:
+a size torch.export specialized, a position table cut short)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import ortsession
-from pipeline.config import Config
+from pipeline.config import Config, shape_label
 from pipeline.console import info, table
 from pipeline.data import Feed, sample_inputs
 from pipeline.errors import PipelineError
@@ -20,6 +22,7 @@ from pipeline.evaluate.metrics import ErrorStats, error_stats, gate_failures
 class ParityRow:
     precision: str
     batch: int
+    shape: str  # with [[axes]]: seq=16; "" without
     output: str
     stats: ErrorStats
     failures: tuple[str, ...]
@@ -33,17 +36,21 @@ def check_parity(
     rows = []
     sessions = {p: ortsession.session(path, cpu_only=True) for p, path in graphs.items()}
     for batch in cfg.export.parity_batches:
-        feed = sample_inputs(cfg, batch)
-        refs = reference(feed)
-        for precision, sess in sessions.items():
-            outs = ortsession.run(sess, feed)
-            for spec, out, ref in zip(cfg.outputs, outs, refs, strict=True):
-                stats = error_stats(out, ref)
-                failures = tuple(gate_failures(stats, cfg.accuracy.gate(precision)))
-                rows.append(ParityRow(precision, batch, spec.name, stats, failures))
+        for shape in cfg.profile_shapes():
+            feed = sample_inputs(cfg, batch, shape)
+            refs = reference(feed)
+            for precision, sess in sessions.items():
+                outs = ortsession.run(sess, feed)
+                for spec, out, ref in zip(cfg.outputs, outs, refs, strict=True):
+                    stats = error_stats(out, ref)
+                    failures = tuple(gate_failures(stats, cfg.accuracy.gate(precision)))
+                    rows.append(ParityRow(precision, batch, shape_label(shape), spec.name, stats, failures))
     bad = [r for r in rows if r.failures]
     if bad:
-        detail = "; ".join(f"{r.precision} batch {r.batch} {r.output!r}: {', '.join(r.failures)}" for r in bad)
+        detail = "; ".join(
+            f"{r.precision} batch {r.batch}{' ' + r.shape if r.shape else ''} {r.output!r}: {', '.join(r.failures)}"
+            for r in bad
+        )
         info(format_parity(rows))
         raise PipelineError(
             f"{cfg.name}: ONNX Runtime disagrees with the source ({kind}): {detail}{_overflows(cfg, graphs, bad)}"
@@ -70,12 +77,24 @@ def _overflows(cfg: Config, graphs: dict[str, Path], bad: list[ParityRow]) -> st
 
 
 def format_parity(rows: list[ParityRow]) -> str:
+    shaped = any(r.shape for r in rows)
     return table(
-        ["graph", "batch", "output", "max abs", "rel error", "cosine", "centered cos", "ok"],
+        [
+            "graph",
+            "batch",
+            *(["shape"] if shaped else []),
+            "output",
+            "max abs",
+            "rel error",
+            "cosine",
+            "centered cos",
+            "ok",
+        ],
         [
             [
                 r.precision,
                 r.batch,
+                *([r.shape] if shaped else []),
                 r.output,
                 r.stats.max_abs,
                 r.stats.rel_error,

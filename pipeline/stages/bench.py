@@ -3,6 +3,7 @@ machine as it deploys, its 8-bit artifact against its float baseline."""
 
 from __future__ import annotations
 
+from pipeline.config import shape_label
 from pipeline.console import info
 from pipeline.results import BenchResult
 from pipeline.stages.base import Stage, StageRun
@@ -19,8 +20,9 @@ def run(r: StageRun, repeat: int = 1) -> BenchResult:
     plan = bench_mod.plan_bench(cfg, out)
     runs = bench_mod.bench(cfg, out, plan, repeat)
     rows = runs[0]
-    speedup = bench_mod.speedups(rows, plan)
-    base = {row.batch: row.latency.median_ms for row in rows if row.precision == plan.baseline.name}
+    shapes = tuple(shape_label(s) for s in cfg.bench.shapes) if cfg.axes else None
+    speedup = bench_mod.speedups(rows, plan, shapes[-1] if shapes else None)
+    base = {(row.shape, row.batch): row.latency.median_ms for row in rows if row.precision == plan.baseline.name}
     share, profiled = None, None
     if plan.baseline.cpu:
         from pipeline.data import sample_inputs
@@ -28,7 +30,8 @@ def run(r: StageRun, repeat: int = 1) -> BenchResult:
 
         # Evidence for the report: INT8 only speeds up the Conv/MatMul/Gemm share of FP32 time.
         profiled = max(plan.batches)
-        share = op_time_share(plan.baseline.path, sample_inputs(cfg, profiled), plan.threads)
+        deciding = cfg.bench.shapes[-1] if cfg.axes else None
+        share = op_time_share(plan.baseline.path, sample_inputs(cfg, profiled, deciding), plan.threads)
     result = BenchResult(
         plan.backend,
         plan.runtime,
@@ -46,6 +49,7 @@ def run(r: StageRun, repeat: int = 1) -> BenchResult:
         share,
         profiled,
         tuple(a.name for a in plan.others) or None,
+        shapes,
     )
     with r.writing() as written:  # the two files come as a set
         results.save(result, out)
@@ -57,17 +61,21 @@ def run(r: StageRun, repeat: int = 1) -> BenchResult:
     )
     info(
         table(
-            ["artifact", "batch", "median ms", "p90 ms", "p99 ms", "IQR ms", "items/s", "speedup"],
+            ["artifact", "batch", *(["shape"] if shapes else []), "median ms", "p90 ms", "p99 ms", "IQR ms"]
+            + ["items/s", "speedup"],
             [
                 [
                     row.artifact,
                     row.batch,
+                    *([row.shape] if shapes else []),
                     row.latency.median_ms,
                     row.latency.p90_ms,
                     row.latency.p99_ms,
                     row.latency.iqr_ms,
                     f"{row.throughput:.0f}",
-                    f"{base[row.batch] / row.latency.median_ms:.2f}x" if row.precision != plan.baseline.name else "",
+                    f"{base[(row.shape, row.batch)] / row.latency.median_ms:.2f}x"
+                    if row.precision != plan.baseline.name
+                    else "",
                 ]
                 for row in rows
             ],
@@ -78,4 +86,4 @@ def run(r: StageRun, repeat: int = 1) -> BenchResult:
     return result
 
 
-STAGE = Stage("bench", ("batch", "quantize", "bench"), run, reads=artifact_reads, result=BenchResult)
+STAGE = Stage("bench", ("batch", "axes", "quantize", "bench"), run, reads=artifact_reads, result=BenchResult)

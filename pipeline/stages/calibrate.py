@@ -36,4 +36,4 @@ def _data(cfg):
     return [("calibration data", cfg.calibration.source)]
 
 
-STAGE = Stage("calibrate", ("inputs", "calibration", "quantize"), run, reads=_reads, data=_data)
+STAGE = Stage("calibrate", ("inputs", "axes", "calibration", "quantize"), run, reads=_reads, data=_data)

@@ -41,7 +41,7 @@ def _data(cfg):
 
 STAGE = Stage(
     "compare",
-    ("batch", "quantize", "accuracy", "evaluation"),
+    ("batch", "axes", "quantize", "accuracy", "evaluation"),
     run,
     reads=artifact_reads,
     data=_data,

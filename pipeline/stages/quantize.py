@@ -257,7 +257,17 @@ def _data(cfg):
 STAGE = Stage(
     "quantize",
     # The CPU graph's speed search and check run at bench's largest CPU batch on its threads.
-    ("batch", "calibration", "quantize", "accuracy", "evaluation", "bench.cpu_batches", "bench.threads", "verdict"),
+    (
+        "batch",
+        "axes",
+        "calibration",
+        "quantize",
+        "accuracy",
+        "evaluation",
+        "bench.cpu_batches",
+        "bench.threads",
+        "verdict",
+    ),
     run,
     reads=_reads,
     data=_data,

@@ -54,11 +54,6 @@ def profiles_for(cfg: Config, graph: onnx.ModelProto) -> list[list[InputProfile]
                     f"{cfg.path}: input {spec.name!r} axis {axis} is {dim.dim_value} in the graph "
                     f"but dynamic ({want!r}) in the config; re-run export"
                 )
-            if isinstance(want, str) and want != BATCH_AXIS and want not in axis_ranges:
-                raise PipelineError(
-                    f"{cfg.path}: input {spec.name!r} axis {axis} ({want!r}) is dynamic; "
-                    f"give it a range in an [[axes]] entry with name = {want!r}, min, opt, max"
-                )
     profiles = []
     for batch in cfg.batch:
         per_input = []
