@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pipeline.errors import PipelineError
 from pipeline.evaluate.accuracy import AccuracyRow
@@ -24,6 +24,9 @@ from pipeline.layout import Layout
 from pipeline.placement import Skipped
 from pipeline.schema import Malformed, decode, encode, saved
 from pipeline.targets.base import ENGINE, ONNXRUNTIME
+
+if TYPE_CHECKING:
+    from pipeline.calibration.cache import Ranges
 
 # --- bench -----------------------------------------------------------------------------------------
 
@@ -211,6 +214,24 @@ class Smoothing:
     fp32_max_rel_diff: float
 
 
+@dataclass(frozen=True)
+class PhaseTime:
+    """Seconds one phase of a stage took (``pipeline.phases``), phases timed inside it not counted."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CalibrateResult:
+    """What ``trtpipe calibrate`` returns (its files are the cache and its record): the ranges,
+    whether a fresh cache was reused, and where its time went."""
+
+    ranges: Ranges
+    reused: bool
+    phases: tuple[PhaseTime, ...]
+
+
 # --- the four files --------------------------------------------------------------------------------
 
 R = TypeVar("R", bound="Result")
@@ -240,6 +261,9 @@ class QuantizeResult(Result):
     smoothquant: Smoothing | None  # None: [quantize] smoothquant unset
     worst_layers: dict[str, tuple[LayerError, ...]]  # by graph
     budget: dict[str, BudgetResult]  # by graph, under [accuracy.budget]
+    phases: tuple[PhaseTime, ...] = ()  # where quantize's time went, a calibration it ran included
+
+    VERSION: ClassVar[int] = 2  # 2: phases
 
 
 @dataclass(frozen=True)

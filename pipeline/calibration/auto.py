@@ -50,6 +50,7 @@ from pipeline.calibration.wholegraph import AUTO, ExtremeRows, Range, judge, sav
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
+from pipeline.phases import timed
 from pipeline.placement import WEIGHTED, Placement, weight_axis
 from pipeline.targets.tensorrt.qdq import INT8_MAX, activation_scale, quantize_weight
 
@@ -199,19 +200,21 @@ class AutoRanges:
         judged = [src for src, m in found.items() if uses[src] and len(set(m.amax.values())) > 1]
         choices = {src: _without_layers(m.amax) for src, m in found.items() if src not in judged}
         kernels = _Kernels(view)
-        for src in judged:
-            values = self.values(weights, uses[src], feed)
-            choices[src] = _by_layers(view, uses[src], values, found[src], kernels, self.fake_quants)
+        with timed("auto: candidate ranges"):
+            for src in judged:
+                values = self.values(weights, uses[src], feed)
+                choices[src] = _by_layers(view, uses[src], values, found[src], kernels, self.fake_quants)
         info(
             f"auto: {len(judged)} of {len(found)} ranges chosen by the output error of the layers reading "
             f"them, on {self.count} calibration rows, in {time.perf_counter() - start:.2f} s"
         )
         if self.checked is not None and folder is not None:
             measured = {t for m in found.values() for t in m.tensors}
-            for i, placement in enumerate(self.placements):
-                placement = _ranged(placement, measured)
-                path = save_simulation(simulation(weights, placement), folder / f"simulation{i}.onnx")
-                self.simulations.append((path, placement))
+            with timed("whole-graph check"):
+                for i, placement in enumerate(self.placements):
+                    placement = _ranged(placement, measured)
+                    path = save_simulation(simulation(weights, placement), folder / f"simulation{i}.onnx")
+                    self.simulations.append((path, placement))
         return choices
 
     def check(

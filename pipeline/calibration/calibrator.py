@@ -31,6 +31,9 @@ from pipeline.data import Feed
 from pipeline.errors import PipelineError
 from pipeline.fileio import at_once, temp_prefix
 from pipeline.graphview import GraphView
+from pipeline.phases import timed
+
+STATISTICS = "statistics pass"  # the phase streaming the calibration data through the graph
 
 
 class RangesFromOnnx:
@@ -68,24 +71,30 @@ class RangesFromOnnx:
             for i, group in enumerate(groups):
                 runs = auto.hold(batches if len(groups) == 1 else replay.play() if i else replay.record(batches))
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
-                session = capture_session(path, new_outputs(view, group), Path(tmp))
+                with timed("capture session"):
+                    session = capture_session(path, new_outputs(view, group), Path(tmp))
                 keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
                 measured = {n: stats[n] for n in group if n in stats}
                 try:
-                    fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
+                    with timed(STATISTICS):
+                        fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
                 except NonFinite as exc:
                     raise _made_by_the_model(exc.tensors, view) from None
                 del session  # one pass's session alive at a time
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
-            found = {src: _measured(s, holders[src]) for src, s in stats.items()}
-            auto.reference(path, _cores())
-            # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
-            model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
+            with timed("range methods"):
+                found = {src: _measured(s, holders[src]) for src, s in stats.items()}
+            with timed("whole-graph check"):
+                auto.reference(path, _cores())
+            with timed("graph load"):
+                # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
+                model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
             choices = auto(view, found, view.with_weights(model), Path(tmp))
             del model  # the whole-graph check reads the simulations auto wrote: the weights are not held twice
-            choices, whole = auto.check(found, choices, _cores())
+            with timed("whole-graph check"):
+                choices, whole = auto.check(found, choices, _cores())
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]

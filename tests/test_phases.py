@@ -1,0 +1,61 @@
+"""Phase timings: ``pipeline.phases`` and the phases calibrate and quantize report."""
+
+from __future__ import annotations
+
+import time
+
+from pipeline import phases, results, stages
+from pipeline.calibration.calibrator import STATISTICS
+from pipeline.calibration.inputs import CALIBRATION_DATA
+from pipeline.layout import Layout
+from pipeline.results import QuantizeResult
+
+
+def test_a_phase_inside_another_is_taken_out_of_it_and_repeats_add_up():
+    with phases.collecting() as collected:
+        with phases.timed("outer"):
+            time.sleep(0.02)
+            for _ in range(2):
+                with phases.timed("inner"):
+                    time.sleep(0.03)
+    seconds = {p.name: p.seconds for p in collected.phases()}
+    assert list(seconds) == ["outer", "inner"]  # in the order they first started
+    assert 0.06 <= seconds["inner"] < 0.2
+    assert 0.02 <= seconds["outer"] < 0.06  # its own time only: the inner phases are not counted twice
+
+
+def test_nothing_is_collected_outside_collecting_and_timed_each_times_the_source():
+    with phases.timed("nowhere"):
+        pass  # no collector: nothing to record, and no error
+
+    def slow_source():
+        for i in range(3):
+            time.sleep(0.01)
+            yield i
+
+    with phases.collecting() as collected:
+        with phases.timed("consumer"):
+            assert list(phases.timed_each("source", slow_source())) == [0, 1, 2]
+    seconds = {p.name: p.seconds for p in collected.phases()}
+    assert seconds["source"] >= 0.03 and seconds["consumer"] < seconds["source"]
+    assert "nowhere" not in seconds
+
+
+def test_calibrate_and_quantize_report_their_phases(make_config, tmp_path, capsys):
+    cfg = make_config()
+    stages.run("export", cfg, root=tmp_path)
+    calibrated = stages.run("calibrate", cfg, root=tmp_path)
+    names = [p.name for p in calibrated.phases]
+    assert not calibrated.reused and {STATISTICS, CALIBRATION_DATA, "auto: candidate ranges"} <= set(names)
+    assert all(p.seconds >= 0 for p in calibrated.phases)
+    assert "calibrate phases, " in capsys.readouterr().err
+    again = stages.run("calibrate", cfg, root=tmp_path)
+    assert again.reused and STATISTICS not in [p.name for p in again.phases]  # the fresh cache was read
+
+    stages.run("quantize", cfg, root=tmp_path)
+    saved = results.load(QuantizeResult, Layout.of(cfg, tmp_path))
+    quantized = {p.name for p in saved.phases}
+    assert {"inputs", "accuracy pass", "file writes"} <= quantized
+    assert any(name.startswith("graph building: ") for name in quantized)
+    assert STATISTICS not in quantized  # the cache calibrate wrote was reused
+    assert "quantize phases, " in capsys.readouterr().err
