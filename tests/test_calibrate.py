@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline import records, stages
+from pipeline import ortsession, records, stages
 from pipeline.calibration import methods
-from pipeline.calibration.calibrator import RangesFromOnnx
+from pipeline.calibration.calibrator import RangesFromOnnx, needed_for
 from pipeline.calibration.histogram import TensorStats
 from pipeline.calibration.methods.base import thresholds
 from pipeline.errors import PipelineError
@@ -407,3 +407,36 @@ def test_calibrating_a_graph_with_external_weights_leaves_no_copy(tmp_path, monk
     from_file = RangesFromOnnx(["r1", "c2"], 2048, 99.99)(path, batches)
     assert _exact(from_file) == _exact(RangesFromOnnx(["r1", "c2"], 2048, 99.99)(model, batches))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_a_pass_runs_only_the_nodes_its_tensors_need(tmp_path):
+    """On the residual graph (x ─► conv1 ─► relu1 ─► conv2 ─► Add(x) ─► relu2 ─► y): a pass capturing
+    r1 runs conv1 and relu1 alone, with conv1's weights only, from weights written once beside the
+    graph; r1 comes out as the whole graph computes it. A pass capturing y (a graph output) keeps all."""
+    from pipeline.calibration.calibrator import _Passes, new_outputs
+    from pipeline.graphview import GraphView
+
+    model = graphs.residual()
+    path = tmp_path / "fp32.onnx"
+    onnx.save(model, str(path))
+    view = GraphView(model)
+    passes = _Passes.of(path, view, tmp_path)
+    early = needed_for(passes.base, ["r1"], new_outputs(view, ["r1"]))
+    assert [n.name for n in early.graph.node] == ["conv1", "relu1"]
+    assert [o.name for o in early.graph.output] == ["r1"]
+    assert {i.name for i in early.graph.initializer} == set(model.graph.node[0].input[1:])
+    x = graphs.inputs_for(model, 2)["x"]
+    (r1,) = passes.session(["r1"], new_outputs(view, ["r1"])).run(None, {"x": x})
+    whole = ortsession.session(_with_output(model, view, "r1")).run(["r1"], {"x": x})[0]
+    np.testing.assert_array_equal(r1, whole)
+    late = needed_for(passes.base, ["y"], list(passes.base.graph.output))
+    assert len(late.graph.node) == len(model.graph.node)
+
+
+def _with_output(model: onnx.ModelProto, view, tensor: str) -> onnx.ModelProto:
+    from pipeline.calibration.calibrator import new_outputs
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(new_outputs(view, [tensor]))
+    return copy
