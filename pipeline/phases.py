@@ -19,22 +19,28 @@ from pipeline.results import PhaseTime
 T = TypeVar("T")
 
 
+def _clocks() -> tuple[float, float]:
+    """Wall seconds, and CPU seconds of every thread of this process (ONNX Runtime's included): on a
+    shared machine the CPU seconds say what a phase costs, the wall seconds what it took."""
+    return time.perf_counter(), time.process_time()
+
+
 @dataclass
 class _Open:
     name: str
-    start: float
-    inner: float = 0.0  # seconds of the phases timed inside this one
+    start: tuple[float, float]
+    inner: tuple[float, float] = (0.0, 0.0)  # wall and CPU seconds of the phases timed inside this one
 
 
 @dataclass
 class Collected:
     """The phases timed so far, in the order they first started (a phase run twice adds up)."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, tuple[float, float]] = field(default_factory=dict)  # wall, CPU
     open: list[_Open] = field(default_factory=list)
 
     def phases(self) -> tuple[PhaseTime, ...]:
-        return tuple(PhaseTime(name, round(s, 3)) for name, s in self.seconds.items())
+        return tuple(PhaseTime(name, round(wall, 3), round(cpu, 3)) for name, (wall, cpu) in self.seconds.items())
 
 
 _current: ContextVar[Collected | None] = ContextVar("trtpipe_phases", default=None)
@@ -56,17 +62,19 @@ def timed(name: str) -> Iterator[None]:
     if collected is None:
         yield
         return
-    collected.seconds.setdefault(name, 0.0)  # listed in the order the phases started
-    frame = _Open(name, time.perf_counter())
+    collected.seconds.setdefault(name, (0.0, 0.0))  # listed in the order the phases started
+    frame = _Open(name, _clocks())
     collected.open.append(frame)
     try:
         yield
     finally:
         collected.open.pop()
-        elapsed = time.perf_counter() - frame.start
-        collected.seconds[name] = collected.seconds.get(name, 0.0) + elapsed - frame.inner
+        elapsed = tuple(now - then for now, then in zip(_clocks(), frame.start, strict=True))
+        wall, cpu = collected.seconds[name]
+        collected.seconds[name] = (wall + elapsed[0] - frame.inner[0], cpu + elapsed[1] - frame.inner[1])
         if collected.open:
-            collected.open[-1].inner += elapsed
+            outer = collected.open[-1]
+            outer.inner = (outer.inner[0] + elapsed[0], outer.inner[1] + elapsed[1])
 
 
 def timed_each(name: str, items: Iterable[T]) -> Iterator[T]:
@@ -85,7 +93,8 @@ _END = object()
 
 
 def describe(phases: tuple[PhaseTime, ...]) -> str:
-    """One line: each phase's seconds, slowest first, and their sum."""
-    total = sum(p.seconds for p in phases)
-    parts = ", ".join(f"{p.name} {p.seconds:.2f} s" for p in sorted(phases, key=lambda p: -p.seconds))
-    return f"{total:.2f} s: {parts}" if phases else "no phase timed"
+    """One line: each phase's wall seconds (CPU seconds in brackets), slowest first, and their sums."""
+    wall, cpu = sum(p.seconds for p in phases), sum(p.cpu_seconds for p in phases)
+    ordered = sorted(phases, key=lambda p: -p.seconds)
+    parts = ", ".join(f"{p.name} {p.seconds:.2f} s ({p.cpu_seconds:.2f})" for p in ordered)
+    return f"{wall:.2f} s ({cpu:.2f} s CPU): {parts}" if phases else "no phase timed"

@@ -216,10 +216,12 @@ class Smoothing:
 
 @dataclass(frozen=True)
 class PhaseTime:
-    """Seconds one phase of a stage took (``pipeline.phases``), phases timed inside it not counted."""
+    """Seconds one phase of a stage took (``pipeline.phases``), phases timed inside it not counted:
+    wall seconds, and CPU seconds of the whole process (all its threads) meanwhile."""
 
     name: str
     seconds: float
+    cpu_seconds: float
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,19 @@ def test_a_phase_inside_another_is_taken_out_of_it_and_repeats_add_up():
     assert list(seconds) == ["outer", "inner"]  # in the order they first started
     assert 0.06 <= seconds["inner"] < 0.2
     assert 0.02 <= seconds["outer"] < 0.06  # its own time only: the inner phases are not counted twice
+    cpu = {p.name: p.cpu_seconds for p in collected.phases()}
+    assert cpu["inner"] < 0.03  # asleep: wall time, no CPU time
+
+
+def test_cpu_seconds_count_a_busy_phase():
+    with phases.collecting() as collected:
+        with phases.timed("busy"):
+            end = time.process_time() + 0.05
+            while time.process_time() < end:
+                pass
+    (busy,) = collected.phases()
+    assert busy.cpu_seconds >= 0.05 and busy.seconds >= 0.05
+    assert "busy" in phases.describe(collected.phases()) and "CPU" in phases.describe(collected.phases())
 
 
 def test_nothing_is_collected_outside_collecting_and_timed_each_times_the_source():

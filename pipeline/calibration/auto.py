@@ -307,7 +307,10 @@ def _by_layers(
 ) -> AutoChoice:
     layers = [_Layer(view, node, index, values, kernels, fake_quants) for node, index in uses]
     amax = found.amax
-    by_amax = {a: sum(layer.error(a, found.min, found.max) for layer in layers) for a in sorted(set(amax.values()))}
+    by_amax = {}
+    for a in sorted(set(amax.values())):
+        shared: dict[str, list[np.ndarray]] = {}
+        by_amax[a] = sum(layer.error(a, found.min, found.max, shared) for layer in layers)
     errors = {m: by_amax[a] for m, a in amax.items()}
     order = methods.names()
     best = min(order, key=lambda m: (errors[m], order.index(m)))  # ties: the first registered
@@ -383,6 +386,7 @@ class _Layer:
         fake_quants: Sequence[FakeQuant],
     ):
         self.index = index
+        self.input = node.input[index]
         self.fake_quants = fake_quants
         inputs = [values[t] for t in node.input if t]
         self.quantized = [
@@ -395,12 +399,16 @@ class _Layer:
         self.ref = self.run(inputs)
         self.ref_sq = float(np.square(self.ref, dtype=np.float64).sum())
 
-    def error(self, amax: float, lo: float, hi: float) -> float:
+    def error(self, amax: float, lo: float, hi: float, shared: dict | None = None) -> float:
         """Relative squared output error, summed over the targets, with the input as each target's
         graph quantizes it (``Target.fake_quant``: TensorRT's int8 over +-amax, ONNX Runtime CPU's
-        uint8 over [lo, hi] clipped to +-amax)."""
-        x = self.quantized[self.index]
-        return sum(self._error(quantize(x, amax, lo, hi)) for quantize in self.fake_quants)
+        uint8 over [lo, hi] clipped to +-amax). ``shared`` holds the quantized inputs by tensor for
+        one range, so layers reading one tensor (attention's Q, K and V) quantize it once."""
+        shared = {} if shared is None else shared
+        if self.input not in shared:
+            x = self.quantized[self.index]
+            shared[self.input] = [quantize(x, amax, lo, hi) for quantize in self.fake_quants]
+        return sum(self._error(x) for x in shared[self.input])
 
     def _error(self, x: np.ndarray) -> float:
         inputs = list(self.quantized)
