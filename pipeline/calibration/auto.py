@@ -413,8 +413,12 @@ class _Layer:
     def _error(self, x: np.ndarray) -> float:
         inputs = list(self.quantized)
         inputs[self.index] = x
-        diff = self.run(inputs) - self.ref
-        return float(np.square(diff, dtype=np.float64).sum()) / self.ref_sq if self.ref_sq > 0 else 0.0
+        if self.ref_sq <= 0:
+            return 0.0
+        # In place: one float32 and one float64 copy of the output, the values and their sum as np.square's.
+        diff = np.subtract(self.run(inputs), self.ref, dtype=np.float32).astype(np.float64)
+        np.square(diff, out=diff)
+        return float(diff.sum()) / self.ref_sq
 
 
 class _Kernels:
