@@ -5,7 +5,6 @@ beside them)."""
 from __future__ import annotations
 
 from pipeline.calibration import inputs
-from pipeline.calibration.calibrator import STATISTICS
 from pipeline.console import info
 from pipeline.results import CalibrateResult
 from pipeline.stages import export
@@ -15,6 +14,7 @@ from pipeline.targets.base import FP32
 
 def run(r: StageRun, force: bool = False) -> CalibrateResult:
     from pipeline import onnxutil, phases
+    from pipeline.calibration.calibrator import STATISTICS  # imports onnxruntime: not before the scratch folder
     from pipeline.fileio import after_record
     from pipeline.graphview import GraphView
 
