@@ -216,12 +216,13 @@ class Smoothing:
 
 @dataclass(frozen=True)
 class PhaseTime:
-    """Seconds one phase of a stage took (``pipeline.phases``), phases timed inside it not counted:
-    wall seconds, and CPU seconds of the whole process (all its threads) meanwhile."""
+    """What one phase of a stage took (``pipeline.phases``), phases timed inside it not counted: wall
+    seconds, CPU seconds of the whole process (all its threads), and how much its peak RSS grew."""
 
     name: str
     seconds: float
     cpu_seconds: float
+    peak_growth_mb: float  # MB the process's peak RSS grew by in the phase: which phase sets the peak
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,22 @@ def test_calibrate_and_quantize_report_their_phases(make_config, tmp_path, capsy
     assert any(name.startswith("graph building: ") for name in quantized)
     assert STATISTICS not in quantized  # the cache calibrate wrote was reused
     assert "quantize phases, " in capsys.readouterr().err
+
+
+def test_the_phase_that_grows_the_peak_rss_is_named():
+    import os
+    import resource
+
+    import numpy as np
+
+    # The peak is the process's high-water mark: past it by 80 MiB, whatever ran in this process before.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    resident = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with phases.collecting() as collected:
+        with phases.timed("outer"):
+            with phases.timed("allocates"):
+                block = np.ones(peak - resident + (80 << 20), np.uint8)  # every page touched
+                del block
+    grew = {p.name: p.peak_growth_mb for p in collected.phases()}
+    assert grew["allocates"] >= 60 and grew["outer"] < 20  # not counted again in the phase around it
+    assert phases.describe(collected.phases()).endswith(f"grew most in allocates (+{grew['allocates']:.0f} MB)")
