@@ -43,6 +43,9 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             for t in chosen:
                 _check_rules(t, models[t.artifact])
             skipped, int8_layers = _placement_report(cfg, inp, chosen, fits)
+        # The FP16 graph served the graph building alone: it goes before the accuracy pass opens its sessions.
+        view, ranges, method, smoothing = inp.view, inp.ranges, inp.method, inp.smoothing
+        del inp
 
         with r.writing() as written:
             with phases.timed("file writes"), onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
@@ -53,14 +56,14 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
                 failed = {row.artifact for row in rows if row.failures}
                 _set_aside(cfg, out, models, set() if force else failed, staged)
             with phases.timed("loss attribution"):
-                worst = explain_losses(cfg, inp.view, models, rows, inp.ranges, inp.method)
+                worst = explain_losses(cfg, view, models, rows, ranges, method)
             summary = QuantizeResult(
-                inp.method,
+                method,
                 not failed,
                 tuple(rows),
                 tuple(skipped),
                 int8_layers,
-                inp.smoothing,
+                smoothing,
                 {n: tuple(errors) for n, errors in worst.items()},
                 fits,
                 collected.phases(),
