@@ -53,8 +53,12 @@ def infer_child(config: str, same_allocator: bool = False) -> None:
         sess.run(None, ortsession.feed_for(sess, feed))
 
 
+PHASES: list[str] = []  # each stage's own phase line (``pipeline.phases``), printed after the table
+
+
 def peak_of(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run ``cmd``; its peak RSS in MB (its own, from wait4) and wall seconds."""
+    """Run ``cmd``; its peak RSS in MB (its own, from wait4) and wall seconds. A stage's line of phase
+    timings goes to ``PHASES``."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's pipeline, whatever is installed
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -62,6 +66,7 @@ def peak_of(cmd: list[str], cwd: Path) -> tuple[float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
     seconds = time.perf_counter() - start
+    PHASES.extend(line for line in stderr.splitlines() if " phases, " in line)
     # A failed accuracy gate is an outcome of compare (random-weight test nets fail them), not a failed run.
     if proc.returncode != 0 and "accuracy gate failed" not in stderr:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
@@ -123,6 +128,7 @@ def main() -> None:
     alike = max(float(str(r[7]).rstrip("x")) for r in rows)
     print(f"calibrate / FP32 inference peak RSS, worst: {worst:.2f}x, {alike:.2f}x with the same allocator ", end="")
     print(f"(limit {LIMIT}x)")
+    print("\n".join(PHASES))
 
 
 if __name__ == "__main__":

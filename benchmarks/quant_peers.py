@@ -99,7 +99,7 @@ def child(tool: str, config: str, work: Path) -> None:
     baseline = own_peak_mb()
     start = time.perf_counter()
     if tool.startswith("ours"):
-        ranges = stages.run("calibrate", cfg, root=work, force=True)
+        ranges = stages.run("calibrate", cfg, root=work, force=True).ranges
         calib_s = time.perf_counter() - start
         # As the quantize stage does: with [quantize] smoothquant, the smoothed graphs (maxima cached).
         fp32, edits, _ = smoothed(cfg, graphs, onnxutil.load(graphs.graph("fp32")))

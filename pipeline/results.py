@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pipeline.errors import PipelineError
 from pipeline.evaluate.accuracy import AccuracyRow
@@ -24,6 +24,9 @@ from pipeline.layout import Layout
 from pipeline.placement import Skipped
 from pipeline.schema import Malformed, decode, encode, saved
 from pipeline.targets.base import ENGINE, ONNXRUNTIME
+
+if TYPE_CHECKING:
+    from pipeline.calibration.cache import Ranges
 
 # --- bench -----------------------------------------------------------------------------------------
 
@@ -247,6 +250,27 @@ class SpeedSearch:
         return {"regions_kept": len(self.kept)}
 
 
+@dataclass(frozen=True)
+class PhaseTime:
+    """What one phase of a stage took (``pipeline.phases``), phases timed inside it not counted: wall
+    seconds, CPU seconds of the whole process (all its threads), and how much its peak RSS grew."""
+
+    name: str
+    seconds: float
+    cpu_seconds: float
+    peak_growth_mb: float  # MB the process's peak RSS grew by in the phase: which phase sets the peak
+
+
+@dataclass(frozen=True)
+class CalibrateResult:
+    """What ``trtpipe calibrate`` returns (its files are the cache and its record): the ranges,
+    whether a fresh cache was reused, and where its time went."""
+
+    ranges: Ranges
+    reused: bool
+    phases: tuple[PhaseTime, ...]
+
+
 # --- the four files --------------------------------------------------------------------------------
 
 R = TypeVar("R", bound="Result")
@@ -280,6 +304,9 @@ class QuantizeResult(Result):
     # at least [verdict] min_speedup times as fast as FP32 in quantize's own timing.
     speed_search: SpeedSearch | None = saved(omitted=True)
     cpu_recommended: bool | None = saved(omitted=True)
+    phases: tuple[PhaseTime, ...] = ()  # where quantize's time went, a calibration it ran included
+
+    VERSION: ClassVar[int] = 2  # 2: phases, the CPU graph's speed search
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline import records, stages
+from pipeline import ortsession, records, stages
 from pipeline.calibration import methods
-from pipeline.calibration.calibrator import RangesFromOnnx
+from pipeline.calibration.calibrator import RangesFromOnnx, needed_for
 from pipeline.calibration.histogram import TensorStats
 from pipeline.calibration.methods.base import thresholds
 from pipeline.errors import PipelineError
@@ -114,13 +114,13 @@ def test_cache_is_reused_then_rebuilt_when_the_graph_changes(make_config, tmp_pa
     cfg = make_config()
     stages.run("export", cfg, root=tmp_path)
     out = Layout.of(cfg, tmp_path)
-    first = stages.run("calibrate", cfg, root=tmp_path)
+    first = stages.run("calibrate", cfg, root=tmp_path).ranges
     cache = json.loads(out.ranges.read_text())
     assert cache["version"] == 3 and cache["graph_sha256"] == first.graph_sha256
     assert set(cache["tensors"]["x"]["amax"]) == {"auto", "max", "percentile", "entropy", "mse"}
     assert cache["tensors"]["x"]["auto"]["reason"].startswith("least output error of Conv")
     mtime = out.ranges.stat().st_mtime_ns
-    assert stages.run("calibrate", cfg, root=tmp_path).graph_sha256 == first.graph_sha256
+    assert stages.run("calibrate", cfg, root=tmp_path).ranges.graph_sha256 == first.graph_sha256
     assert out.ranges.stat().st_mtime_ns == mtime  # up to date: not rewritten
     # A graph edited by hand is not the one export wrote: refused, naming the command that remakes it.
     model = onnx.load(out.graph("fp32"))
@@ -134,7 +134,7 @@ def test_cache_is_reused_then_rebuilt_when_the_graph_changes(make_config, tmp_pa
     # A new export (another model): the cache is stale and rebuilt.
     cfg = make_config(model=f'[model]\nsource = "{cfg.model.source}"\n[model.args]\nchannels = 12')
     stages.run("export", cfg, root=tmp_path)
-    rebuilt = stages.run("calibrate", cfg, root=tmp_path)
+    rebuilt = stages.run("calibrate", cfg, root=tmp_path).ranges
     assert rebuilt.graph_sha256 != first.graph_sha256
     assert json.loads(out.ranges.read_text())["graph_sha256"] == rebuilt.graph_sha256
 
@@ -162,7 +162,7 @@ def test_an_untrustworthy_cache_is_refused_by_quantize_and_rebuilt_by_calibrate(
     cfg = make_config()
     stages.run("export", cfg, root=tmp_path)
     out = Layout.of(cfg, tmp_path)
-    good = stages.run("calibrate", cfg, root=tmp_path)
+    good = stages.run("calibrate", cfg, root=tmp_path).ranges
     saved = out.ranges.read_text()
     for case, (edit, words) in CORRUPTIONS.items():
         raw = json.loads(saved)
@@ -171,9 +171,9 @@ def test_an_untrustworthy_cache_is_refused_by_quantize_and_rebuilt_by_calibrate(
         with pytest.raises(InvalidCache, match=rf"ranges\.json: .*{words}.*calibrate --force") as caught:
             stages.run("quantize", cfg, root=tmp_path)
         assert "\n" not in str(caught.value), case
-        assert stages.run("calibrate", cfg, root=tmp_path).tensors == good.tensors, case  # rebuilt, not trusted
+        assert stages.run("calibrate", cfg, root=tmp_path).ranges.tensors == good.tensors, case  # rebuilt, not trusted
         out.ranges.write_text(json.dumps(raw))
-        assert stages.run("calibrate", cfg, root=tmp_path, force=True).tensors == good.tensors, case
+        assert stages.run("calibrate", cfg, root=tmp_path, force=True).ranges.tensors == good.tensors, case
     out.ranges.write_text(saved[: len(saved) // 2])  # truncated by a full disk or an editor
     with pytest.raises(InvalidCache, match="not readable JSON"):
         stages.run("quantize", cfg, root=tmp_path)
@@ -297,9 +297,9 @@ def test_new_calibration_data_makes_the_cache_stale(make_config, tmp_path):
     np.savez(folder / "a.npz", x=rows)
     cfg = make_config(calibration=f'[calibration]\nsource = "{folder}"\nsamples = 32\nbatch_size = 16')
     stages.run("export", cfg, root=tmp_path)
-    first = stages.run("calibrate", cfg, root=tmp_path)
+    first = stages.run("calibrate", cfg, root=tmp_path).ranges
     np.savez(folder / "b.npz", x=rows * 3)  # more data, larger range
-    second = stages.run("calibrate", cfg, root=tmp_path)
+    second = stages.run("calibrate", cfg, root=tmp_path).ranges
     assert second.settings["data"] != first.settings["data"]
     assert second.tensors["x"].max > first.tensors["x"].max
 
@@ -407,3 +407,36 @@ def test_calibrating_a_graph_with_external_weights_leaves_no_copy(tmp_path, monk
     from_file = RangesFromOnnx(["r1", "c2"], 2048, 99.99)(path, batches)
     assert _exact(from_file) == _exact(RangesFromOnnx(["r1", "c2"], 2048, 99.99)(model, batches))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_a_pass_runs_only_the_nodes_its_tensors_need(tmp_path):
+    """On the residual graph (x ─► conv1 ─► relu1 ─► conv2 ─► Add(x) ─► relu2 ─► y): a pass capturing
+    r1 runs conv1 and relu1 alone, with conv1's weights only, from weights written once beside the
+    graph; r1 comes out as the whole graph computes it. A pass capturing y (a graph output) keeps all."""
+    from pipeline.calibration.calibrator import _Passes, new_outputs
+    from pipeline.graphview import GraphView
+
+    model = graphs.residual()
+    path = tmp_path / "fp32.onnx"
+    onnx.save(model, str(path))
+    view = GraphView(model)
+    passes = _Passes.of(path, view, tmp_path)
+    early = needed_for(passes.base, ["r1"], new_outputs(view, ["r1"]))
+    assert [n.name for n in early.graph.node] == ["conv1", "relu1"]
+    assert [o.name for o in early.graph.output] == ["r1"]
+    assert {i.name for i in early.graph.initializer} == set(model.graph.node[0].input[1:])
+    x = graphs.inputs_for(model, 2)["x"]
+    (r1,) = passes.session(["r1"], new_outputs(view, ["r1"])).run(None, {"x": x})
+    whole = ortsession.session(_with_output(model, view, "r1")).run(["r1"], {"x": x})[0]
+    np.testing.assert_array_equal(r1, whole)
+    late = needed_for(passes.base, ["y"], list(passes.base.graph.output))
+    assert len(late.graph.node) == len(model.graph.node)
+
+
+def _with_output(model: onnx.ModelProto, view, tensor: str) -> onnx.ModelProto:
+    from pipeline.calibration.calibrator import new_outputs
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(new_outputs(view, [tensor]))
+    return copy

@@ -187,7 +187,7 @@ def _vit_config(tmp_path, user_model, quantize: str):
 def test_stages_calibrate_the_smoothed_graph_and_record_it(tmp_path, user_model, capsys):
     cfg = _vit_config(tmp_path, user_model, "smoothquant = 0.5")
     stages.run("export", cfg, root=tmp_path)
-    ranges = stages.run("calibrate", cfg, root=tmp_path)
+    ranges = stages.run("calibrate", cfg, root=tmp_path).ranges
     out = Layout.of(cfg, tmp_path)
     channels = json.loads(out.channels.read_text())
     assert sorted(channels["tensors"]) == ["layer_norm", "layer_norm_1"]

@@ -62,6 +62,7 @@ from pipeline.calibration.wholegraph import (
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
+from pipeline.phases import timed
 from pipeline.placement import WEIGHTED, Placement, weight_axis
 from pipeline.targets.tensorrt.qdq import INT8_MAX, activation_scale, quantize_weight
 
@@ -218,19 +219,21 @@ class AutoRanges:
         judged = [src for src, m in found.items() if uses[src] and len(set(m.amax.values())) > 1]
         choices = {src: _without_layers(m.amax) for src, m in found.items() if src not in judged}
         kernels = _Kernels(view)
-        for src in judged:
-            values = self.values(weights, uses[src], feed)
-            choices[src] = _by_layers(view, uses[src], values, found[src], kernels, self.fake_quants)
+        with timed("auto: candidate ranges"):
+            for src in judged:
+                values = self.values(weights, uses[src], feed)
+                choices[src] = _by_layers(view, uses[src], values, found[src], kernels, self.fake_quants)
         info(
             f"auto: {len(judged)} of {len(found)} ranges chosen by the output error of the layers reading "
             f"them, on {self.count} calibration rows, in {time.perf_counter() - start:.2f} s"
         )
         if self.checked is not None and folder is not None:
             measured = {t for m in found.values() for t in m.tensors}
-            for i, placement in enumerate(self.placements):
-                placement = _ranged(placement, measured)
-                path = save_simulation(simulation(weights, placement), folder / f"simulation{i}.onnx")
-                self.simulations.append((path, placement))
+            with timed("whole-graph check"):
+                for i, placement in enumerate(self.placements):
+                    placement = _ranged(placement, measured)
+                    path = save_simulation(simulation(weights, placement), folder / f"simulation{i}.onnx")
+                    self.simulations.append((path, placement))
         return choices
 
     def check(
@@ -330,7 +333,10 @@ def _by_layers(
 ) -> AutoChoice:
     layers = [_Layer(view, node, index, values, kernels, fake_quants) for node, index in uses]
     amax = found.amax
-    by_amax = {a: sum(layer.error(a, found.min, found.max) for layer in layers) for a in sorted(set(amax.values()))}
+    by_amax = {}
+    for a in sorted(set(amax.values())):
+        shared: dict[str, list[np.ndarray]] = {}
+        by_amax[a] = sum(layer.error(a, found.min, found.max, shared) for layer in layers)
     errors = {m: by_amax[a] for m, a in amax.items()}
     order = methods.names()
     best = min(order, key=lambda m: (errors[m], order.index(m)))  # ties: the first registered
@@ -344,7 +350,11 @@ def fake_quant(x: np.ndarray, amax: float) -> np.ndarray:
     """Symmetric int8 quantize-dequantize, as QuantizeLinear (round half to even, saturate) then
     DequantizeLinear compute it."""
     scale = float(activation_scale(amax, np.dtype(np.float32)))
-    return (np.clip(np.round(x / scale), -INT8_MAX - 1, INT8_MAX) * scale).astype(np.float32)
+    y = np.asarray(x / scale, np.float32)  # in place from here: one temporary, not five, on a layer's input
+    np.round(y, out=y)
+    np.clip(y, -INT8_MAX - 1, INT8_MAX, out=y)
+    y *= np.float32(scale)
+    return y
 
 
 def fake_quant_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -354,7 +364,13 @@ def fake_quant_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if found is None:
         return np.zeros_like(x)
     scale, zero = found[0], float(found[1])
-    return ((np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
+    y = np.asarray(x / scale, np.float32)  # in place from here, as ``fake_quant``
+    np.round(y, out=y)
+    y += np.float32(zero)
+    np.clip(y, 0, 255, out=y)
+    y -= np.float32(zero)
+    y *= scale
+    return y
 
 
 # x, amax, lo, hi -> x as a target's graph quantizes an activation (``Target.fake_quant``)
@@ -396,6 +412,7 @@ class _Layer:
         fake_quants: Sequence[FakeQuant],
     ):
         self.index = index
+        self.input = node.input[index]
         self.fake_quants = fake_quants
         inputs = [values[t] for t in node.input if t]
         self.quantized = [
@@ -408,18 +425,26 @@ class _Layer:
         self.ref = self.run(inputs)
         self.ref_sq = float(np.square(self.ref, dtype=np.float64).sum())
 
-    def error(self, amax: float, lo: float, hi: float) -> float:
+    def error(self, amax: float, lo: float, hi: float, shared: dict | None = None) -> float:
         """Relative squared output error, summed over the targets, with the input as each target's
         graph quantizes it (``Target.fake_quant``: TensorRT's int8 over +-amax, ONNX Runtime CPU's
-        uint8 over [lo, hi] clipped to +-amax)."""
-        x = self.quantized[self.index]
-        return sum(self._error(quantize(x, amax, lo, hi)) for quantize in self.fake_quants)
+        uint8 over [lo, hi] clipped to +-amax). ``shared`` holds the quantized inputs by tensor for
+        one range, so layers reading one tensor (attention's Q, K and V) quantize it once."""
+        shared = {} if shared is None else shared
+        if self.input not in shared:
+            x = self.quantized[self.index]
+            shared[self.input] = [quantize(x, amax, lo, hi) for quantize in self.fake_quants]
+        return sum(self._error(x) for x in shared[self.input])
 
     def _error(self, x: np.ndarray) -> float:
         inputs = list(self.quantized)
         inputs[self.index] = x
-        diff = self.run(inputs) - self.ref
-        return float(np.square(diff, dtype=np.float64).sum()) / self.ref_sq if self.ref_sq > 0 else 0.0
+        if self.ref_sq <= 0:
+            return 0.0
+        # In place: one float32 and one float64 copy of the output, the values and their sum as np.square's.
+        diff = np.subtract(self.run(inputs), self.ref, dtype=np.float32).astype(np.float64)
+        np.square(diff, out=diff)
+        return float(diff.sum()) / self.ref_sq
 
 
 class _Kernels:

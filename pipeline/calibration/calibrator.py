@@ -31,6 +31,9 @@ from pipeline.data import Feed
 from pipeline.errors import PipelineError
 from pipeline.fileio import at_once, temp_prefix
 from pipeline.graphview import GraphView
+from pipeline.phases import timed
+
+STATISTICS = "statistics pass"  # the phase streaming the calibration data through the graph
 
 
 class RangesFromOnnx:
@@ -65,27 +68,36 @@ class RangesFromOnnx:
             kept = auto.start(view, self.tensors, Path(tmp) / "auto")
             groups = _groups(groups, stats, kept)
             replay = _Replay(Path(tmp) / "runs")
+            with timed("capture session"):
+                passes = _Passes.of(path, view, Path(tmp)) if len(groups) > 1 else None
             for i, group in enumerate(groups):
                 runs = auto.hold(batches if len(groups) == 1 else replay.play() if i else replay.record(batches))
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
-                session = capture_session(path, new_outputs(view, group), Path(tmp))
+                with timed("capture session"):
+                    outputs = new_outputs(view, group)
+                    session = passes.session(group, outputs) if passes else capture_session(path, outputs, Path(tmp))
                 keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
                 measured = {n: stats[n] for n in group if n in stats}
                 try:
-                    fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
+                    with timed(STATISTICS):
+                        fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
                 except NonFinite as exc:
                     raise _made_by_the_model(exc.tensors, view) from None
                 del session  # one pass's session alive at a time
             holders: dict[str, list[str]] = {}
             for tensor, src in sorted(source.items()):
                 holders.setdefault(src, []).append(tensor)
-            found = {src: _measured(s, holders[src]) for src, s in stats.items()}
-            auto.reference(path, _cores())
-            # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
-            model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
+            with timed("range methods"):
+                found = {src: _measured(s, holders[src]) for src, s in stats.items()}
+            with timed("whole-graph check"):
+                auto.reference(path, _cores())
+            with timed("graph load"):
+                # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
+                model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
             choices = auto(view, found, view.with_weights(model), Path(tmp))
             del model  # the whole-graph check reads the simulations auto wrote: the weights are not held twice
-            choices, whole = auto.check(found, choices, _cores())
+            with timed("whole-graph check"):
+                choices, whole = auto.check(found, choices, _cores())
         ranges = {}
         for name in self.tensors:
             m, choice = found[source[name]], choices[source[name]]
@@ -213,6 +225,63 @@ def capture_session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, a
         return ortsession.session(name, threads=max(1, _cores() - 1), spin=False, arena=arena)
     finally:
         os.unlink(name)
+
+
+class _Passes:
+    """The graph each pass over the data runs: cut after the nodes its group's tensors need, so a
+    pass capturing the first layers does not run the rest of the graph (ONNX Runtime runs every
+    node whatever a run fetches). The weights are written once, beside the graph, and each pass's
+    graph refers to them; a captured tensor is computed by the same nodes on the same inputs."""
+
+    def __init__(self, base: onnx.ModelProto, folder: Path) -> None:
+        self.base = base  # the graph, its weights external (in folder)
+        self.folder = folder
+
+    @classmethod
+    def of(cls, fp32: Path, view: GraphView, tmp: Path) -> _Passes | None:
+        """None for a graph with subgraphs (If, Loop, Scan): what a subgraph reads is not cut here."""
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in view.nodes for a in n.attribute
+        ):
+            return None
+        folder = tmp / "passes"
+        folder.mkdir()
+        model = onnxutil.load(fp32, "FP32 graph")  # held alone: no session is alive between passes
+        onnx.save(model, str(folder / "graph.onnx"), save_as_external_data=True, location="graph.onnx.data")
+        del model
+        return cls(onnx.load(str(folder / "graph.onnx"), load_external_data=False), folder)
+
+    def session(self, group: Sequence[str], new: list[onnx.ValueInfoProto]):
+        """A session computing the tensors of ``group`` (``new``: those that are no graph output)."""
+        path = self.folder / "pass.onnx"
+        outputs = [o for o in self.base.graph.output if o.name in set(group)] + new
+        onnx.save(needed_for(self.base, group, outputs), str(path))
+        try:
+            return ortsession.session(path, threads=max(1, _cores() - 1), spin=False)
+        finally:
+            path.unlink()
+
+
+def needed_for(model: onnx.ModelProto, tensors: Sequence[str], outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """``model`` with only the nodes (and initializers) ``tensors`` depend on, ``outputs`` its outputs
+    (every graph input kept: a run's feed is the same for every pass)."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    needed, todo = set(), list(tensors)
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            todo.extend(t for t in node.input if t)
+    nodes = [n for n in graph.node if id(n) in needed]
+    used = {t for n in nodes for t in n.input}
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:], cut.graph.output[:], cut.graph.initializer[:]
+    cut.graph.node.extend(nodes)
+    cut.graph.output.extend(outputs)
+    cut.graph.initializer.extend(i for i in graph.initializer if i.name in used)
+    return cut
 
 
 class _Replay:

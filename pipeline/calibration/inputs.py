@@ -14,6 +14,7 @@ from pipeline.config import Config
 from pipeline.console import info
 from pipeline.fileio import after_record, newest
 from pipeline.layout import Layout
+from pipeline.phases import timed, timed_each
 from pipeline.targets.base import FP16, FP32, QuantizationInputs
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 # Smoothing is exact algebra: in FP32 only rounding separates the smoothed graph's outputs from the
 # exported graph's (1e-6 of their range on the hard example).
 SMOOTH_PARITY = 1e-4
+CALIBRATION_DATA = "calibration data"  # the phase reading the user's data source
 
 
 def calibration_files(cfg: Config, out: Layout) -> list[Path]:
@@ -64,10 +66,12 @@ def smoothed(cfg: Config, out: Layout, fp32, force: bool = False, rebuild_invali
     if not found:
         info(f"{cfg.name}: [quantize] smoothquant is set but no LayerNorm output is read only by MatMul/Gemm")
         return fp32, [], Smoothing(setting, (), tuple(skipped), 0.0)
-    maxima = _channel_maxima(cfg, out, view, found, force, rebuild_invalid)
-    alphas = {t.tensor: best_alpha(maxima[t.tensor].errors) if setting == "auto" else setting for t in found}
-    graph, edits, done = smooth.smooth(fp32, view, alphas, {t: maxima[t].absmax for t in alphas})
-    smoothing = Smoothing(setting, tuple(done), tuple(skipped), _same_function(cfg, fp32, graph))
+    with timed("SmoothQuant channel maxima"):
+        maxima = _channel_maxima(cfg, out, view, found, force, rebuild_invalid)
+    with timed("SmoothQuant"):
+        alphas = {t.tensor: best_alpha(maxima[t.tensor].errors) if setting == "auto" else setting for t in found}
+        graph, edits, done = smooth.smooth(fp32, view, alphas, {t: maxima[t].absmax for t in alphas})
+        smoothing = Smoothing(setting, tuple(done), tuple(skipped), _same_function(cfg, fp32, graph))
     worst = max(done, key=lambda d: d.outlier_ratio_before)
     info(
         f"{cfg.name}: SmoothQuant (alpha={setting}) on {sum(d.alpha is not None for d in done)} of {len(done)} "
@@ -154,7 +158,8 @@ def ranges(
 
     section = cfg.calibration
     chosen = targets.configured(cfg)
-    tensors = set().union(*(t.calibration_tensors(view, cfg.quantize) for t in chosen))
+    with timed("plan"):
+        tensors = set().union(*(t.calibration_tensors(view, cfg.quantize) for t in chosen))
     auto_rows = min(AUTO_ROWS, section.batch_size)  # no more rows than a batch: memory stays the batch's
     settings = {
         **_calibration_settings(cfg),
@@ -165,22 +170,24 @@ def ranges(
         "targets": [t.name for t in chosen],  # auto judges a range by these targets' errors
     }
     names = view.inputs | set(view.producer) | set(view.initializers)
-    cached, reason = cache_or_reason(lambda: load_ranges(out.ranges, names), force, rebuild_invalid)
-    if cached is not None:
-        reason = cached.stale_reason(graph_sha256, settings, tensors)
+    with timed("cache read"):
+        cached, reason = cache_or_reason(lambda: load_ranges(out.ranges, names), force, rebuild_invalid)
+        if cached is not None:
+            reason = cached.stale_reason(graph_sha256, settings, tensors)
     if cached is not None and reason is None:
         info(f"{cfg.name}: calibration cache {out.ranges} is up to date ({len(cached.tensors)} tensors)")
         records.finish(cfg, out, record_as, calibration_files(cfg, out), read=read)
         return cached
-    # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
-    captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
-    placements = tuple(t.simulated(view, cfg.quantize) for t in chosen)  # auto's whole-graph check
-    plan = capture_plan(view, captured, section.batch_size, axes={a.name: a.max for a in cfg.axes})
+    with timed("plan"):
+        # Auto's layer inputs are captured in the same passes: they count in the plan as the rest do.
+        captured = set(value_sources(view, tensors).values()) | layer_activations(view, tensors)
+        placements = tuple(t.simulated(view, cfg.quantize) for t in chosen)  # auto's whole-graph check
+        plan = capture_plan(view, captured, section.batch_size, axes={a.name: a.max for a in cfg.axes})
     info(f"{cfg.name}: calibrating {len(tensors)} tensors on {section.samples} samples ({reason})")
     info(f"{cfg.name}: {plan.describe()}")
     found = RangesFromOnnx(tensors, section.bins, section.percentile)(
         out.graph(FP32) if graph is None else graph,
-        rebatch(calibration_batches(cfg), cfg, plan.micro_batch),
+        timed_each(CALIBRATION_DATA, rebatch(calibration_batches(cfg), cfg, plan.micro_batch)),
         batches_needed(section.samples, plan.micro_batch),
         settings,
         view=view,
@@ -193,8 +200,9 @@ def ranges(
             tuple(t.fake_quant for t in chosen),
         ),
     )
-    found.save(out.ranges)
-    records.finish(cfg, out, record_as, calibration_files(cfg, out), read=read)
+    with timed("cache write"):
+        found.save(out.ranges)
+        records.finish(cfg, out, record_as, calibration_files(cfg, out), read=read)
     info(f"{cfg.name}: wrote {out.ranges}")
     return found
 

@@ -20,49 +20,64 @@ from pipeline.targets.base import FP16, FP32, QuantizationInputs, Target
 def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> QuantizeResult:
     """``targets`` narrows ``[quantize] targets`` (all of them by default). A graph that fails its
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
-    from pipeline import onnxutil, results
+    from pipeline import onnxutil, phases, results
     from pipeline.calibration.auto import summary as auto_summary
     from pipeline.evaluate.attribution import explain_losses
 
     cfg, out = r.cfg, r.out
-    inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE)
-    if inp.method == "auto":
-        headline, *cuts = auto_summary(inp.ranges)
-        info(f"{cfg.name}: {headline}")
-        for line in cuts:
-            info(line)
-    chosen = _chosen(cfg, targets)
-    models = {t.artifact: t.quantize(inp) for t in chosen}
-    fits = _within_budget(cfg, out, inp, chosen, models) if cfg.accuracy.budget is not None else {}
-    searches = _speed_searches(cfg, inp, chosen, models, fits)
-    for t in chosen:
-        _check_rules(t, models[t.artifact])
-    skipped, int8_layers = _placement_report(cfg, inp, chosen, fits)
+    with phases.collecting() as collected:
+        with phases.timed("inputs"):  # the graphs read (and smoothed); a stale cache's calibration is timed inside
+            inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE)
+        if inp.method == "auto":
+            headline, *cuts = auto_summary(inp.ranges)
+            info(f"{cfg.name}: {headline}")
+            for line in cuts:
+                info(line)
+        chosen = _chosen(cfg, targets)
+        models = {}
+        for t in chosen:
+            with phases.timed(f"graph building: {t.artifact}"):
+                models[t.artifact] = t.quantize(inp)
+        fits = _within_budget(cfg, out, inp, chosen, models) if cfg.accuracy.budget is not None else {}
+        with phases.timed("CPU speed search"):
+            searches = _speed_searches(cfg, inp, chosen, models, fits)
+        with phases.timed("rule checks"):
+            for t in chosen:
+                _check_rules(t, models[t.artifact])
+            skipped, int8_layers = _placement_report(cfg, inp, chosen, fits)
+        # The FP16 graph served the graph building alone: it goes before the accuracy pass opens its sessions.
+        view, ranges, method, smoothing = inp.view, inp.ranges, inp.method, inp.smoothing
+        del inp
 
-    with r.writing() as written:
-        with onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
-            rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
-            speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models}, searches)
-            failed = {row.artifact for row in rows if row.failures}
-            _set_aside(cfg, out, models, set() if force else failed, staged)
-        worst = explain_losses(cfg, inp.view, models, rows, inp.ranges, inp.method)
-        summary = QuantizeResult(
-            inp.method,
-            not failed,
-            tuple(rows),
-            tuple(skipped),
-            int8_layers,
-            inp.smoothing,
-            {n: tuple(errors) for n, errors in worst.items()},
-            fits,
-            next(iter(searches.values()), None),
-            next((ratio >= cfg.verdict.min_speedup for ratio in speeds.values()), None),
-        )
-        results.save(summary, out)
-        # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
-        kept_aside = set() if force else failed
-        graphs = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
-        written.paths, written.passed = [*graphs, QuantizeResult.path(out)], not failed
+        with r.writing() as written:
+            with phases.timed("file writes"), onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
+                with phases.timed("accuracy pass"):
+                    rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
+                with phases.timed("CPU speed check"):
+                    speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models}, searches)
+                failed = {row.artifact for row in rows if row.failures}
+                _set_aside(cfg, out, models, set() if force else failed, staged)
+            with phases.timed("loss attribution"):
+                worst = explain_losses(cfg, view, models, rows, ranges, method)
+            summary = QuantizeResult(
+                method,
+                not failed,
+                tuple(rows),
+                tuple(skipped),
+                int8_layers,
+                smoothing,
+                {n: tuple(errors) for n, errors in worst.items()},
+                fits,
+                next(iter(searches.values()), None),
+                next((ratio >= cfg.verdict.min_speedup for ratio in speeds.values()), None),
+                collected.phases(),
+            )
+            results.save(summary, out)
+            # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
+            kept_aside = set() if force else failed
+            graphs = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
+            written.paths, written.passed = [*graphs, QuantizeResult.path(out)], not failed
+    info(f"{cfg.name}: quantize phases, {phases.describe(summary.phases)}")
     if failed:
         _gate_verdict(cfg, out, [row for row in rows if row.failures], force)
     return summary
@@ -219,15 +234,18 @@ def _within_budget(cfg: Config, out: Layout, inp: QuantizationInputs, chosen: li
     are saved for the report."""
     from pipeline.evaluate import budget, sensitivity
     from pipeline.evaluate.variants import held_out
+    from pipeline.phases import timed
 
-    heldout = held_out(cfg, out.graph(FP32), cfg.accuracy.sensitivity_rows)
+    with timed("accuracy budget: held-out rows"):
+        heldout = held_out(cfg, out.graph(FP32), cfg.accuracy.sensitivity_rows)
     fits, tables = {}, {}
     for t in chosen:
         name, target = t.artifact, t.sensitivity(inp)
         info(f"{cfg.name}: {name}: fitting [accuracy.budget] on {heldout.rows} held-out rows")
-        fit, model, table = budget.fit(
-            target, cfg.accuracy.budget, heldout, sensitivity.weighted_layers(inp.view), str(cfg.path)
-        )
+        with timed(f"accuracy budget: {name}"):
+            fit, model, table = budget.fit(
+                target, cfg.accuracy.budget, heldout, sensitivity.weighted_layers(inp.view), str(cfg.path)
+            )
         models[name] = model
         fits[name] = fit
         if table is not None:
