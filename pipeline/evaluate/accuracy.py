@@ -64,9 +64,14 @@ class Scorer:
             gate = gates.get(artifact)
             for i, spec in enumerate(self.cfg.outputs):
                 stats = streams[i].result()
-                agreement = self.agreement[artifact][i].result()
+                agreeing = self.agreement[artifact][i]
+                agreement = agreeing.result()
                 metric = _percent(self.metric[artifact]) if i == 0 else None
-                failures = gate_failures(stats, gate, agreement, metric, ref_metric) if gate is not None else []
+                failures = (
+                    gate_failures(stats, gate, agreement, metric, ref_metric, agreeing.decisive)
+                    if gate is not None
+                    else []
+                )
                 reference = ref_metric if i == 0 else None
                 rows.append(
                     AccuracyRow(artifact, spec.name, stats, agreement, metric, reference, tuple(failures), batch)

@@ -34,6 +34,16 @@ SPREAD_FLOOR = 1e-2
 MIN_DECISIVE_ROWS = 10  # fewer decisive rows than this: agreement is not judged
 
 
+def decisive_rows_needed(min_agreement: float) -> int:
+    """Decisive rows a gate's ``min_top1_agreement`` is judged on: enough that one flipped row alone
+    keeps the agreement within it, n >= 1 / (1 - min_agreement) (34 rows for 0.97). On fewer, one
+    flip of a near-tie (a random-weight net's rows; 1 of 12) would fail a gate that allows 3 in 100:
+    the gate would demand every row agree. A gate of 1.0 allows no flip: MIN_DECISIVE_ROWS do."""
+    if min_agreement >= 1.0:
+        return MIN_DECISIVE_ROWS
+    return max(MIN_DECISIVE_ROWS, math.ceil(1.0 / (1.0 - min_agreement) - 1e-9))
+
+
 @dataclass(frozen=True)
 class ErrorStats:
     max_abs: float
@@ -188,8 +198,10 @@ def gate_failures(
     agreement: float | None = None,
     metric: float | None = None,
     reference_metric: float | None = None,
+    decisive: int = 0,
 ) -> list[str]:
-    """Human-readable reasons a result fails ``gate`` (empty when it passes)."""
+    """Human-readable reasons a result fails ``gate`` (empty when it passes); top-1 agreement is judged
+    on ``decisive`` rows only when they are enough to (``decisive_rows_needed``)."""
     problems = []
     kind, cosine = ("centered cosine", stats.centered_cosine) if gate.centered else ("cosine", stats.cosine)
     if cosine < gate.min_cosine:
@@ -199,8 +211,9 @@ def gate_failures(
         problems.append(f"relative error {rel:.4g} > {gate.max_rel_error} (of the output's {of})")
     if gate.max_abs is not None and stats.max_abs > gate.max_abs:
         problems.append(f"max abs error {stats.max_abs:.3g} > {gate.max_abs}")
-    if gate.min_top1_agreement is not None and agreement is not None and agreement < gate.min_top1_agreement:
-        problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement} (decisive rows)")
+    judged = gate.min_top1_agreement is not None and decisive >= decisive_rows_needed(gate.min_top1_agreement)
+    if judged and agreement is not None and agreement < gate.min_top1_agreement:
+        problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement} ({decisive} decisive rows)")
     if gate.max_metric_drop is not None and metric is not None and reference_metric is not None:
         drop = reference_metric - metric
         if drop > gate.max_metric_drop:
