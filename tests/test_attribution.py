@@ -94,3 +94,22 @@ def test_a_wide_range_over_tiny_values_is_named():
     )
     (worst,) = worst_layers(view, quantize(model)[1], spiky(7), ranges, "max", top=1)
     assert worst.node == "fc1" and "of its non-zero values are under half an int8 step" in worst.reason
+
+
+def test_a_failed_gate_names_every_failing_graph_with_its_figures(make_config, tmp_path):
+    """Both graphs miss a gate set above what int8 reaches: the one error line names each, not the first."""
+    import re
+
+    from pipeline import stages
+    from pipeline.errors import PipelineError
+
+    gates = "[accuracy.w8a8]\nmin_cosine = 0.999999\n[accuracy.w8a8-cpu]\nmin_cosine = 0.999999"
+    cfg = make_config(top=f'name = "tiny"\n{gates}')
+    stages.run("export", cfg, root=tmp_path)
+    with pytest.raises(PipelineError) as failed:
+        stages.run("quantize", cfg, root=tmp_path)
+    line = str(failed.value)
+    assert "\n" not in line
+    figures = r"output 'logits': centered cosine 0\.\d+ < 0\.999999"
+    assert re.search(rf"accuracy gate failed for w8a8, {figures}; and for w8a8-cpu, {figures}", line), line
+    assert "model.w8a8.failed.onnx" in line and "model.w8a8-cpu.failed.onnx" in line

@@ -79,6 +79,16 @@ class Scorer:
         return rows
 
 
+def failures_line(failed: Sequence[AccuracyRow]) -> str:
+    """Every failing artifact and output with its figures, one line: ``A, output 'o': why; and for B, ...``
+    (a batch size named when the row has one)."""
+    parts = []
+    for row in failed:
+        at = f" at batch {row.batch}" if row.batch is not None else ""
+        parts.append(f"{row.artifact}, output {row.output!r}{at}: {'; '.join(row.failures)}")
+    return "; and for ".join(parts)
+
+
 def _percent(share: Share) -> float | None:
     return None if share.value is None else 100.0 * share.value
 
