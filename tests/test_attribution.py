@@ -113,3 +113,17 @@ def test_a_failed_gate_names_every_failing_graph_with_its_figures(make_config, t
     figures = r"output 'logits': centered cosine 0\.\d+ < 0\.999999"
     assert re.search(rf"accuracy gate failed for w8a8, {figures}; and for w8a8-cpu, {figures}", line), line
     assert "model.w8a8.failed.onnx" in line and "model.w8a8-cpu.failed.onnx" in line
+
+
+def test_without_held_out_data_the_gates_say_once_that_they_score_calibration_rows(make_config, tmp_path, capsys):
+    from pipeline import stages
+
+    told = "no [evaluation] in"
+    cfg = make_config(evaluation="")
+    stages.run("export", cfg, root=tmp_path)
+    stages.run("quantize", cfg, root=tmp_path)
+    err = capsys.readouterr().err
+    assert err.count(told) == 1 and "score the calibration rows themselves" in err
+    with_heldout = make_config()  # the same model and data, [evaluation] set
+    stages.run("quantize", with_heldout, root=tmp_path)
+    assert told not in capsys.readouterr().err

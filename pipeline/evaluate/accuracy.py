@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import Config, Gate
-from pipeline.console import progress
+from pipeline.console import info, progress
 from pipeline.data import Feed, heldout_batches
 from pipeline.evaluate.metrics import Agreement, ErrorAccumulator, ErrorStats, Share, gate_failures
 from pipeline.schema import saved
@@ -77,6 +77,18 @@ class Scorer:
                     AccuracyRow(artifact, spec.name, stats, agreement, metric, reference, tuple(failures), batch)
                 )
         return rows
+
+
+def note_calibration_rows(cfg: Config) -> None:
+    """Said once per stage that judges accuracy, when the config has no held-out data: the gates (and
+    the budget) then score the very rows the ranges were fitted on, which flatters the 8-bit graphs."""
+    if cfg.evaluation is not None:
+        return
+    judged = "the accuracy gates and [accuracy.budget]" if cfg.accuracy.budget is not None else "the accuracy gates"
+    info(
+        f"{cfg.name}: no [evaluation] in {cfg.path}: {judged} score the calibration rows themselves, the "
+        f"rows the ranges were fitted on; add [evaluation] with held-out data to judge unseen rows"
+    )
 
 
 def failures_line(failed: Sequence[AccuracyRow]) -> str:

@@ -12,10 +12,11 @@ def run(r: StageRun) -> list:
     from pipeline import results
     from pipeline.console import table
     from pipeline.errors import PipelineError
-    from pipeline.evaluate.accuracy import accuracy_table, failures_line
+    from pipeline.evaluate.accuracy import accuracy_table, failures_line, note_calibration_rows
     from pipeline.evaluate.compare import compare as run_compare
 
     cfg, out = r.cfg, r.out
+    note_calibration_rows(cfg)
     rows = run_compare(cfg, out)
     passed = not any(row.failures for row in rows)
     with r.writing() as written:

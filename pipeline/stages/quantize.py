@@ -22,9 +22,11 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
     from pipeline import onnxutil, results
     from pipeline.calibration.auto import summary as auto_summary
+    from pipeline.evaluate.accuracy import note_calibration_rows
     from pipeline.evaluate.attribution import explain_losses
 
     cfg, out = r.cfg, r.out
+    note_calibration_rows(cfg)
     inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE)
     if inp.method == "auto":
         headline, *cuts = auto_summary(inp.ranges)
