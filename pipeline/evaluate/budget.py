@@ -21,6 +21,10 @@ from pipeline.results import BudgetResult, KeptLayer
 
 
 def meets(score: Score, budget: Budget, reference_metric: float | None) -> bool:
+    """Within the budget and within the graph's accuracy gate (when the score was asked for it): a
+    graph the budget accepts must not then fail quantize's gate on agreement or error."""
+    if score.gate_failures:
+        return False
     if budget.min_cosine is not None and score.centered_cosine < budget.min_cosine:
         return False
     if budget.max_metric_drop is not None and score.metric is not None and reference_metric is not None:
@@ -32,12 +36,14 @@ def describe(score: Score, reference_metric: float | None) -> str:
     text = f"centered cosine {score.centered_cosine:.5f}, relative error {score.rel_error:.4g}"
     if score.metric is not None and reference_metric is not None:
         text += f", top-1 {score.metric:.2f}% ({reference_metric - score.metric:.2f} points under FP32)"
+    if score.gate_failures:
+        text += f", misses its gate: {'; '.join(score.gate_failures)}"
     return text
 
 
-def _closeness(score: Score, reference_metric: float | None) -> tuple[float, float]:
+def _closeness(score: Score, reference_metric: float | None) -> tuple[float, float, float]:
     metric = score.metric if score.metric is not None and reference_metric is not None else 0.0
-    return metric, score.centered_cosine
+    return -len(score.gate_failures or ()), metric, score.centered_cosine
 
 
 def fit(
@@ -49,7 +55,8 @@ def fit(
     cannot be met within the cap."""
     start = time.perf_counter()
     full = target.with_fp16(frozenset())
-    runner = VariantRunner(full, heldout, delta=False)  # the figures of the graphs as written, exactly
+    gate = heldout.cfg.accuracy.gate(target.graph)  # what quantize then checks, searched for too
+    runner = VariantRunner(full, heldout, delta=False, gate=gate)  # the graphs' figures as written, exactly
     ref_metric = heldout.reference_metric()
     before = runner.scores([full])[0]
     cap = budget.cap(len(target.layers))

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline.config import Gate
+from pipeline.schema import saved
 
 DECISIVE_MARGIN = 0.1
 # Below this share of the output's norm, the part that varies between rows is at the reference's own
@@ -68,6 +69,9 @@ class Score:
     centered_cosine: float
     rel_error: float
     metric: float | None
+    # What the artifact's accuracy gate says of these rows when one was asked (the budget's search
+    # must meet the gate too: agreement, error, metric); saved only when it fails.
+    gate_failures: tuple[str, ...] | None = saved(omitted=True)
 
     def as_dict(self) -> dict:
         return asdict(self)
