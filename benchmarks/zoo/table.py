@@ -75,9 +75,14 @@ def _worst(rows: list[dict], source: str, layers: dict[str, list[dict]]) -> dict
             min(r["centered_cosine"] for r in first),
             max(r["rel_error"] for r in first),
             source,
-            f"{top[0]['op_type']} {top[0]['node']} (+{top[0]['added']:.3f}): {top[0]['reason']}" if top else None,
+            _culprit(top[0]) if top else None,
         )
     return out
+
+
+def _culprit(layer: dict) -> str:
+    on = f" on {layer['output']}" if layer.get("output") else ""
+    return f"{layer['op_type']} {layer['node']} (+{layer['added']:.3f}{on}): {layer['reason']}"
 
 
 def _speedup(results: Path) -> tuple[int, float] | None:
