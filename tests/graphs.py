@@ -732,3 +732,37 @@ def scale_shift_after_matmul() -> onnx.ModelProto:
         helper.make_node("Add", ["s", "beta"], ["y"], name="shift"),
     ]
     return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
+def embedded_stream() -> onnx.ModelProto:
+    """
+        ids [batch, 16] ─► Gather(table [100, 32]) ─► e ─► LN ─► MatMul w ─► a ─► Add ─► r ─► LN ─► y
+                                                     └──────────────────────────►─┘
+    A token embedding straight into the residual stream (PyTorch's TransformerEncoder behind an
+    nn.Embedding): the Gather moves the stream into its first Add and norm.
+    """
+    rng = np.random.default_rng(9)
+    table = 3 * rng.standard_normal((100, 32))
+    table[:, :4] *= 20.0  # outlier channels, as a trained embedding has
+    inits = [
+        _const("table", table.astype(np.float32)),
+        _w("w", 32, 32),
+        _const("gamma", np.ones(32, np.float32)),
+        _const("beta", np.zeros(32, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embedding"),
+        helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["n"], name="ln0", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["a"], name="fc"),
+        helper.make_node("Add", ["e", "a"], ["r"], name="residual"),
+        helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], name="ln1", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 32])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    return onnx.shape_inference.infer_shapes(model)

@@ -225,3 +225,19 @@ def residual_stream_adds(view: GraphView, norms: list[Norm] | None = None) -> li
                 stream.add(node.name)
                 changed = True
     return sorted(stream)
+
+
+def stream_passes(view: GraphView, adds: list[str], norms: list[Norm]) -> list[str]:
+    """The ``PASSES`` the stream is moved through on its way into a stream Add or a norm: an embedding
+    Gather, a Reshape. Quantized, they round the stream as the Add would (a TransformerEncoder's token
+    embedding, gathered in uint8, was its CPU graph's largest single error)."""
+    names = set(adds)
+    todo = [t for n in view.nodes if n.name in names for t in n.input if t]
+    todo += [n.normalised for n in norms]
+    found: dict[str, None] = {}
+    while todo:
+        node = view.producer.get(todo.pop())
+        if node is not None and node.op_type in PASSES and node.name not in found:
+            found[node.name] = None
+            todo.append(node.input[0])
+    return list(found)

@@ -26,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import constant_value
 from pipeline.placement import WEIGHTED, Placement, excluded_reason, weight_axis
-from pipeline.targets.onnxruntime_cpu.norms import normalizations, residual_stream_adds
+from pipeline.targets.onnxruntime_cpu.norms import normalizations, residual_stream_adds, stream_passes
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -178,7 +178,8 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     """The nodes [quantize] excludes, by the same rules as the TensorRT plan; nodes reading a tensor
     computed from constants and shapes only (the same for every input: nothing to quantize); every
     normalisation's own nodes, however exported (``norms.py``: a LayerNorm runs float, so does an RMSNorm
-    spelled in Pow/ReduceMean/Mul); and the residual-stream Adds (``residual_stream_adds``).
+    spelled in Pow/ReduceMean/Mul); the residual-stream Adds (``residual_stream_adds``) and the Gathers
+    and Reshapes that move the stream into them (``stream_passes``).
 
     The stream carries the outlier channels per-tensor uint8 cannot hold (a ViT-B/16 CPU graph fell to
     cosine 0.963 with them quantized, 0.9985 without), rows of very different scales that the norm
@@ -196,7 +197,9 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     made_masks = [view.producer[t].name for t in sorted(masks(view)) if t in view.producer]  # never quantized
     norms = normalizations(view)
     inside = [name for norm in norms for name in norm.nodes]
-    return excluded + constant + inside + residual_stream_adds(view, norms) + softmax_input_adds(view) + made_masks
+    stream = residual_stream_adds(view, norms)
+    moves = stream_passes(view, stream, norms)
+    return excluded + constant + inside + stream + moves + softmax_input_adds(view) + made_masks
 
 
 def softmax_input_adds(view: GraphView) -> list[str]:
