@@ -218,9 +218,9 @@ def residual_stream_adds(view: GraphView, norms: list[Norm] | None = None) -> li
     ends = normalised | view.outputs
     stream = {node.name for out, node in adds.items() if moved_to(view, out) & ends}
     changed = True
-    while changed:
+    while changed:  # readers come later in graph order: backwards, one pass nearly always settles it
         changed = False
-        for out, node in adds.items():
+        for out, node in reversed(adds.items()):
             if node.name not in stream and any(r.name in stream for r in reached(view, out)):
                 stream.add(node.name)
                 changed = True
