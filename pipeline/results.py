@@ -131,6 +131,7 @@ class LayerError:
     output_error: float
     added: float  # output_error - input_error: the error this layer adds
     reason: str
+    output: str | None = saved(omitted=True)  # the graph output it was measured for (its row, if selected)
 
     def __str__(self) -> str:
         return (

@@ -658,3 +658,197 @@ def float_island() -> onnx.ModelProto:
         *iconv,
     ]
     return _model(nodes, inits)
+
+
+# The normalisations exporters write, each spelled in ops (norm input r, norm output n): the CPU
+# graph must find every one by its pattern and keep its residual sum float.
+def _const(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def _rms_norm(r: str, n: str, divide: bool) -> tuple[list, list]:
+    """r ─► Pow 2 ─► ReduceMean ─► Add eps ─► Sqrt ─► Reciprocal ─► Mul r ─► Mul gamma ─► n
+    (``divide``: Sqrt ─► Div(r, ·) in place of Reciprocal and Mul), as Llama, Qwen2 and T5 export."""
+    nodes = [
+        helper.make_node("Pow", [r, "two"], [f"{r}.sq"], name=f"{r}.pow"),
+        helper.make_node("ReduceMean", [f"{r}.sq", "last"], [f"{r}.ms"], name=f"{r}.mean", keepdims=1),
+        helper.make_node("Add", [f"{r}.ms", "eps"], [f"{r}.mse"], name=f"{r}.eps"),
+        helper.make_node("Sqrt", [f"{r}.mse"], [f"{r}.rt"], name=f"{r}.sqrt"),
+    ]
+    if divide:
+        nodes.append(helper.make_node("Div", [r, f"{r}.rt"], [f"{r}.nr"], name=f"{r}.div"))
+    else:
+        nodes.append(helper.make_node("Reciprocal", [f"{r}.rt"], [f"{r}.inv"], name=f"{r}.inv"))
+        nodes.append(helper.make_node("Mul", [r, f"{r}.inv"], [f"{r}.nr"], name=f"{r}.scale"))
+    nodes.append(helper.make_node("Mul", [f"{r}.nr", "gamma"], [n], name=f"{r}.gamma"))
+    inits = [_const("two", np.float32(2.0)), _const("last", np.array([-1], np.int64)), _const("eps", np.float32(1e-6))]
+    return nodes, inits
+
+
+def _layer_norm_ops(r: str, n: str) -> tuple[list, list]:
+    """r ─► ReduceMean ─► Sub(r, ·) ─► c ─► (RMS of c, Div) ─► Mul gamma ─► Add beta ─► n"""
+    rms, inits = _rms_norm(f"{r}.c", f"{r}.scaled", divide=True)
+    nodes = [
+        helper.make_node("ReduceMean", [r, "last"], [f"{r}.mean"], name=f"{r}.centre_mean", keepdims=1),
+        helper.make_node("Sub", [r, f"{r}.mean"], [f"{r}.c"], name=f"{r}.centre"),
+        *rms,
+        helper.make_node("Add", [f"{r}.scaled", "beta"], [n], name=f"{r}.beta"),
+    ]
+    return nodes, inits
+
+
+def _no_norm(r: str, n: str) -> tuple[list, list]:
+    """r ─► Mul gamma ─► Add beta ─► n (MobileBERT's NoNorm: elementwise, no statistics)"""
+    nodes = [
+        helper.make_node("Mul", [r, "gamma"], [f"{r}.scaled"], name=f"{r}.gamma"),
+        helper.make_node("Add", [f"{r}.scaled", "beta"], [n], name=f"{r}.beta"),
+    ]
+    return nodes, []
+
+
+STREAM_NORMS = {"rms_reciprocal": lambda r, n: _rms_norm(r, n, False), "rms_div": lambda r, n: _rms_norm(r, n, True)}
+STREAM_NORMS |= {"layer_norm_ops": _layer_norm_ops, "no_norm": _no_norm}
+
+
+def norm_stream(kind: str) -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► NORM ─► n0 ─► MatMul w1 ─► a ─► Add ─► r ─► NORM ─► n ─► MatMul w2 ─► y
+        └─────────────────────────────────────────────────►─┘ (the residual)
+    A pre-norm block; NORM is one of ``STREAM_NORMS``, spelled in elementwise ops. Row 0 of x is tiny
+    beside the others (a class token) and a few channels are outliers: quantized per tensor, the
+    stream x and r would round that row away.
+    """
+    rng = np.random.default_rng(7)
+    first, first_inits = STREAM_NORMS[kind]("x", "n0")
+    second, second_inits = STREAM_NORMS[kind]("r", "n")
+    shared = {i.name: i for i in (*first_inits, *second_inits)}
+    inits = [
+        _w("w1", 32, 32),
+        _w("w2", 32, 32),
+        _const("gamma", (1.0 + 0.1 * rng.standard_normal(32)).astype(np.float32)),
+        _const("beta", (0.1 * rng.standard_normal(32)).astype(np.float32)),
+        *shared.values(),
+    ]
+    nodes = [
+        *first,
+        helper.make_node("MatMul", ["n0", "w1"], ["a"], name="fc1"),
+        helper.make_node("Add", ["x", "a"], ["r"], name="residual"),
+        *second,
+        helper.make_node("MatMul", ["n", "w2"], ["y"], name="fc2"),
+    ]
+    return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
+def stream_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A residual stream's values: rows of scale 3 with four outlier channels 20x larger, and a
+    first row (the class token; the first channel of an image) 100x smaller than the rest."""
+    rng = np.random.default_rng(seed)
+    dims = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = 3 * rng.standard_normal(dims)
+    channel_axis = 1 if len(dims) == 4 else -1
+    outliers = [slice(None)] * len(dims)
+    outliers[channel_axis] = slice(0, 4)
+    x[tuple(outliers)] *= 20.0
+    x[:, 0] *= 0.01
+    return {"x": x.astype(np.float32)}
+
+
+def group_norm_stream() -> onnx.ModelProto:
+    """
+        x [batch, 16, 8, 8] ─► Conv ─► a ─► Add ─► r ─► Reshape [0, 4, -1] ─► InstanceNormalization
+        └─────────────────────────────►─┘          ─► Reshape [0, 16, 8, 8] ─► Mul gamma ─► Add beta ─► n
+                                                   n ─► Conv ─► y
+    GroupNorm with four groups as PyTorch exports it (PoolFormerV2's norms, with one group).
+    """
+    rng = np.random.default_rng(8)
+    n1, i1 = conv("conv1", "x", "a")
+    n2, i2 = conv("conv2", "n", "y")
+    inits = [
+        *i1,
+        *i2,
+        _const("groups", np.array([0, 4, -1], np.int64)),
+        _const("channels", np.array([0, 16, 8, 8], np.int64)),
+        _const("in_scale", np.ones(4, np.float32)),
+        _const("in_bias", np.zeros(4, np.float32)),
+        _const("gamma", (1.0 + 0.1 * rng.standard_normal((16, 1, 1))).astype(np.float32)),
+        _const("beta", (0.1 * rng.standard_normal((16, 1, 1))).astype(np.float32)),
+    ]
+    nodes = [
+        n1,
+        helper.make_node("Add", ["x", "a"], ["r"], name="residual"),
+        helper.make_node("Reshape", ["r", "groups"], ["g"], name="to_groups"),
+        helper.make_node("InstanceNormalization", ["g", "in_scale", "in_bias"], ["gn"], name="instance_norm"),
+        helper.make_node("Reshape", ["gn", "channels"], ["gc"], name="to_channels"),
+        helper.make_node("Mul", ["gc", "gamma"], ["gs"], name="gamma"),
+        helper.make_node("Add", ["gs", "beta"], ["n"], name="beta"),
+        n2,
+    ]
+    return _model(nodes, inits)
+
+
+def residual_to_output(select_class_token: bool) -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► LN ─► MatMul w ─► a ─► Add ─► r ─► y                  (a graph output)
+        └───────────────────────────────────────►─┘            or ─► Gather 0 on axis 1 ─► y
+    The last residual sum of an encoder with no final norm (CLIP's last_hidden_state), or the class
+    token's row selected from it (its pooler_output, before the post-LayerNorm).
+    """
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["a"], name="fc"),
+        helper.make_node("Add", ["x", "a"], ["r" if select_class_token else "y"], name="residual"),
+    ]
+    inits = [_w("w", 32, 32), _const("gamma", np.ones(32, np.float32)), _const("beta", np.zeros(32, np.float32))]
+    if select_class_token:
+        nodes.append(helper.make_node("Gather", ["r", "first"], ["y"], name="class_token", axis=1))
+        inits.append(_const("first", np.array(0, np.int64)))
+    shape = ("batch", 32) if select_class_token else ("batch", 16, 32)
+    return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=shape)
+
+
+def scale_shift_after_matmul() -> onnx.ModelProto:
+    """
+        x [batch, 16, 32] ─► MatMul w ─► a ─► Mul gamma ─► Add beta ─► y
+    A scale and shift of constants on a layer's output, not on a residual sum: no NoNorm.
+    """
+    inits = [_w("w", 32, 32), _const("gamma", np.full(32, 0.5, np.float32)), _const("beta", np.ones(32, np.float32))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="fc"),
+        helper.make_node("Mul", ["a", "gamma"], ["s"], name="scale"),
+        helper.make_node("Add", ["s", "beta"], ["y"], name="shift"),
+    ]
+    return _model(nodes, inits, in_shape=("batch", 16, 32), out_shape=("batch", 16, 32))
+
+
+def embedded_stream() -> onnx.ModelProto:
+    """
+        ids [batch, 16] ─► Gather(table [100, 32]) ─► e ─► LN ─► MatMul w ─► a ─► Add ─► r ─► LN ─► y
+                                                     └──────────────────────────►─┘
+    A token embedding straight into the residual stream (PyTorch's TransformerEncoder behind an
+    nn.Embedding): the Gather moves the stream into its first Add and norm.
+    """
+    rng = np.random.default_rng(9)
+    table = 3 * rng.standard_normal((100, 32))
+    table[:, :4] *= 20.0  # outlier channels, as a trained embedding has
+    inits = [
+        _const("table", table.astype(np.float32)),
+        _w("w", 32, 32),
+        _const("gamma", np.ones(32, np.float32)),
+        _const("beta", np.zeros(32, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embedding"),
+        helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["n"], name="ln0", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["a"], name="fc"),
+        helper.make_node("Add", ["e", "a"], ["r"], name="residual"),
+        helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], name="ln1", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 32])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    return onnx.shape_inference.infer_shapes(model)

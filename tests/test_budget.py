@@ -148,6 +148,19 @@ def test_budget_drops_a_layer_a_later_step_made_unnecessary(setup):
     assert result.after.centered_cosine >= 0.999
 
 
+@pytest.mark.parametrize("graph", ["w8a8", "w8a8-cpu"])
+def test_the_budget_searches_for_what_the_gate_checks_too(setup, graph):
+    """A budget the fully quantized graph meets (a top-1 drop, on rows without labels: nothing to judge)
+    while it misses its gate (centered cosine 0.99, the default): the budget keeps layers in FP16 until
+    the gate holds too, as quantize then checks it."""
+    targets, heldout = setup
+    result, _, _ = budget.fit(targets[graph], Budget(max_metric_drop=1.0), heldout, 3, "cfg.toml")
+    assert result.before.centered_cosine < 0.99 and result.before.gate_failures
+    assert "centered cosine" in result.before.gate_failures[0]
+    assert [k.node for k in result.kept] == ["conv2"]
+    assert result.after.centered_cosine >= 0.99 and result.after.gate_failures is None
+
+
 def test_a_budget_the_full_graph_meets_keeps_nothing_and_measures_nothing():
     targets, heldout = _targets(graphs.outlier_chain(scale=1.0))  # no outlier channel
     result, _, table = budget.fit(targets["w8a8"], Budget(min_cosine=0.999), heldout, 3, "cfg.toml")

@@ -60,6 +60,31 @@ def test_agreement_is_judged_on_decisive_rows_only():
     assert top1_agreement(out[20:], ref[20:]) is None  # only near-ties: nothing to judge
 
 
+def test_a_gate_judges_agreement_only_on_enough_decisive_rows_that_one_flip_alone_passes():
+    """MobileNetV4 (10 of 11 decisive rows) and PoolFormerV2 (11 of 12) failed a 0.97 gate on one
+    flipped row: that gate allows 3 flips in 100, so it needs 34 rows before one flip can be judged."""
+    from pipeline.config import Gate
+    from pipeline.evaluate.metrics import Agreement, decisive_rows_needed
+
+    assert decisive_rows_needed(0.97) == 34 and decisive_rows_needed(0.99) == 100
+    assert decisive_rows_needed(0.5) == 10 and decisive_rows_needed(1.0) == 10  # never under the floor
+    gate = Gate(min_cosine=0.0, min_top1_agreement=0.97)
+    stats = error_stats(np.ones((4, 3)), np.ones((4, 3)))
+
+    def failures(rows: int, flipped: int) -> list[str]:
+        ref = np.tile(np.array([5.0, 0.0, 0.0]), (rows, 1))  # every row decisive: class 0 leads
+        out = ref.copy()
+        out[:flipped, 1] = 10.0
+        agreement = Agreement().update(out, ref)
+        return gate_failures(stats, gate, agreement.result(), decisive=agreement.decisive)
+
+    assert failures(12, 1) == []  # 11 of 12: too few rows for one flip to mean something
+    assert failures(33, 1) == []
+    assert failures(34, 2) == ["top-1 agreement 0.9412 < 0.97 (34 decisive rows)"]
+    assert failures(34, 1) == []  # 33 of 34 = 0.9706
+    assert failures(100, 4) == ["top-1 agreement 0.9600 < 0.97 (100 decisive rows)"]
+
+
 def test_an_output_that_hardly_varies_is_judged_raw():
     """Rows differ by 1e-5 of the output: FP16-level noise would swamp a centered comparison."""
     rng = np.random.default_rng(3)

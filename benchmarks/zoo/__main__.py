@@ -18,14 +18,19 @@ from pipeline.fileio import read_json, write_json, write_text
 CONFIGS = Path(__file__).parent / "configs"
 # Cheapest first, so a short run still covers several families.
 ORDER = (
+    "torch_encoder_padded",
+    "llama_small",
     "mobilenet_v3_large",
     "regnet_y_400mf",
     "efficientnet_b0",
     "mobilevit_xs",
     "levit_128s",
     "deeplabv3_mobilenet_v3_large",
+    "clip_vision",
+    "poolformerv2_s12",
     "distilbert",
     "distilbert_dynamic",
+    "mobilebert",
     "t5_small_encoder",
     "bert_base",
     "resnet50",

@@ -113,10 +113,11 @@ def _warm_batchnorm(model: nn.Module) -> None:
         m.momentum = 0.1
 
 
-def images(samples: int, batch_size: int, size: int = 224) -> Iterator[dict[str, np.ndarray]]:
-    """Calibration (and held-out) batches of smooth 3-channel images, roughly zero-mean, unit-scale."""
+def images(samples: int, batch_size: int, size: int = 224, name: str = "x") -> Iterator[dict[str, np.ndarray]]:
+    """Calibration (and held-out) batches of smooth 3-channel images, roughly zero-mean, unit-scale,
+    as the model's input ``name``."""
     for start in range(0, samples, batch_size):
-        yield {"x": _smooth_images(min(batch_size, samples - start), size, seed=start)}
+        yield {name: _smooth_images(min(batch_size, samples - start), size, seed=start)}
 
 
 def tokens(
@@ -171,3 +172,27 @@ def _smooth_image(size: int, seed: int) -> np.ndarray:
         + phase[..., None, None]
     )
     return (np.sin(arg).sum(axis=1) / 2.0).astype(np.float32)
+
+
+class PaddedTransformerEncoder(nn.Module):
+    """Token embedding, learned positions and PyTorch's own ``nn.TransformerEncoder`` (post-norm
+    LayerNorm), fed a ``src_key_padding_mask`` from the attention mask: the padding mask reaches
+    the attention scores as -inf where it pads, the case the CPU graph's mask rule is for."""
+
+    def __init__(self, vocab: int = 30522, seq: int = 128, width: int = 256, heads: int = 4, layers: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.randn(1, seq, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True)
+        # nested tensors are the eval fast path; they drop padded rows, which no exporter keeps
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(input_ids) + self.position
+        return self.encoder(hidden, src_key_padding_mask=attention_mask == 0)
+
+
+def padded_transformer_encoder(**kwargs: Any) -> nn.Module:
+    """``PaddedTransformerEncoder(**kwargs)`` with seeded random weights."""
+    torch.manual_seed(0)
+    return PaddedTransformerEncoder(**kwargs).eval()

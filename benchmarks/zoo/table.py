@@ -75,9 +75,14 @@ def _worst(rows: list[dict], source: str, layers: dict[str, list[dict]]) -> dict
             min(r["centered_cosine"] for r in first),
             max(r["rel_error"] for r in first),
             source,
-            f"{top[0]['op_type']} {top[0]['node']} (+{top[0]['added']:.3f}): {top[0]['reason']}" if top else None,
+            _culprit(top[0]) if top else None,
         )
     return out
+
+
+def _culprit(layer: dict) -> str:
+    on = f" on {layer['output']}" if layer.get("output") else ""
+    return f"{layer['op_type']} {layer['node']} (+{layer['added']:.3f}{on}): {layer['reason']}"
 
 
 def _speedup(results: Path) -> tuple[int, float] | None:
@@ -111,6 +116,7 @@ def markdown(records: list[dict]) -> str:
         "w8a8 rel err",
         "w8a8-cpu cosine / centered",
         "w8a8-cpu rel err",
+        "cpu / trt rel err",
         "w8a8-cpu speedup",
         "calibrate s",
         "calibrate peak RSS MB",
@@ -155,7 +161,9 @@ LEGEND = (
     "nodes fed by a DequantizeLinear over all of them. int8 weights: int8 elements over all weight "
     "elements (initializers of rank >= 2). Cosine and centered cosine (lowest) and relative error "
     "(highest, of the output's spread) of the first output against FP32 over compare's batch sizes "
-    "(from quantize's check when compare did not run, marked q). Speedup: w8a8-cpu vs FP32 on ONNX "
+    "(from quantize's check when compare did not run, marked q). cpu / trt rel err: the w8a8-cpu graph's "
+    "relative error over the w8a8 graph's, in bold past 1.5x (the CPU graph's float rules aim to stay "
+    "within it; docs/benchmarks/zoo.md says why where a row does not). Speedup: w8a8-cpu vs FP32 on ONNX "
     "Runtime CPU at the largest bench batch. "
     "Calibrate: wall time and peak RSS of the calibrate stage's process, start-up included; FP32 "
     "inference: peak RSS of a process running the FP32 graph on ONNX Runtime over the same calibration "
@@ -176,11 +184,24 @@ def _cells(r: dict) -> list[str]:
         _pair(r, lambda g: f"{100 * g['int8_weight_share']:.1f}%"),
         *_accuracy_cells(r["accuracy"].get("w8a8")),
         *_accuracy_cells(r["accuracy"].get("w8a8-cpu")),
+        _error_ratio(r["accuracy"].get("w8a8-cpu"), r["accuracy"].get("w8a8")),
         "-" if speedup is None else f"{speedup['w8a8_cpu']:.2f}x (b{speedup['batch']})",
         f"{calib['seconds']:.1f}" if measured else "-",
         f"{calib['peak_rss_mb']:.0f}" if measured else "-",
         *_inference_cells(stages.get(INFERENCE), calib if measured else None),
     ]
+
+
+# The CPU graph's relative error may be this many times the TensorRT graph's before a row is flagged.
+CPU_ERROR_ALLOWANCE = 1.5
+
+
+def _error_ratio(cpu: dict | None, trt: dict | None) -> str:
+    """The CPU graph's relative error over the TensorRT graph's, in bold past ``CPU_ERROR_ALLOWANCE``."""
+    if cpu is None or trt is None or not trt["rel_error"] > 0:
+        return "-"
+    ratio = cpu["rel_error"] / trt["rel_error"]
+    return f"**{ratio:.2f}x**" if ratio > CPU_ERROR_ALLOWANCE else f"{ratio:.2f}x"
 
 
 def _inference_cells(infer: dict | None, calib: dict | None) -> list[str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import Config, Gate, shape_label
-from pipeline.console import progress
+from pipeline.console import info, progress
 from pipeline.data import Feed, heldout_batches, shape_of
 from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import (
@@ -121,10 +121,13 @@ class Scorer:
                 gate = gates.get(artifact)
                 for i, spec in enumerate(self.cfg.outputs):
                     stats = streams[i].result()
-                    agreement = sums.agreement[artifact][i].result()
+                    agreeing = sums.agreement[artifact][i]
+                    agreement = agreeing.result()
                     metric = sums.metric[artifact].value if i == 0 and self.task is not None else None
                     failures = (
-                        gate_failures(stats, gate, agreement, metric, ref_metric, self.task) if gate is not None else []
+                        gate_failures(stats, gate, agreement, metric, ref_metric, self.task, agreeing.decisive)
+                        if gate is not None
+                        else []
                     )
                     reference = ref_metric if i == 0 else None
                     rows.append(
@@ -142,6 +145,29 @@ class Scorer:
                         )
                     )
         return sorted(rows, key=lambda r: self.artifacts.index(r.artifact)) if len(self.by_shape) > 1 else rows
+
+
+def note_calibration_rows(cfg: Config) -> None:
+    """Said once per stage that judges accuracy, when the config has no held-out data: the gates (and
+    the budget) then score the very rows the ranges were fitted on, which flatters the 8-bit graphs."""
+    if cfg.evaluation is not None:
+        return
+    judged = "the accuracy gates and [accuracy.budget]" if cfg.accuracy.budget is not None else "the accuracy gates"
+    info(
+        f"{cfg.name}: no [evaluation] in {cfg.path}: {judged} score the calibration rows themselves, the "
+        f"rows the ranges were fitted on; add [evaluation] with held-out data to judge unseen rows"
+    )
+
+
+def failures_line(failed: Sequence[AccuracyRow]) -> str:
+    """Every failing artifact and output with its figures, one line: ``A, output 'o': why; and for B, ...``
+    (a batch size and shape named when the row has them)."""
+    parts = []
+    for row in failed:
+        at = f" at batch {row.batch}" if row.batch is not None else ""
+        at += f" at {row.shape}" if row.shape is not None else ""
+        parts.append(f"{row.artifact}, output {row.output!r}{at}: {'; '.join(row.failures)}")
+    return "; and for ".join(parts)
 
 
 def evaluate(

@@ -1,11 +1,15 @@
 """Which quantized layers a w8a8 graph's error comes from, and why.
 
-Both graphs run on the same few held-out rows with every weighted layer's input and
-output as extra outputs (quantization keeps those tensor names). A layer's share
-of the error is how much relative error its output carries beyond its worst
-input's: the error it adds itself. The reason looks at what per-tensor int8 does
-to the layer's input: a range far wider than the typical value (outlier channels)
-or values clipped at the calibrated range.
+Both graphs run on the same few held-out rows with the inputs and outputs of every weighted layer
+and of every op the quantized graph rounds between them (a residual Add, a pooling, a Concat) as
+extra outputs (quantization keeps those tensor names). A layer's share of the error is how much
+relative error its output carries beyond its worst input's: the error it adds itself. The reason
+looks at what per-tensor int8 does to the layer's input: a range far wider than the typical value
+(outlier channels) or values clipped at the calibrated range.
+
+Attribution is per graph output: only the layers that output reads count, and where the output is
+one row selected from a sequence (CLIP's pooler_output: Gather of the class token, index 0), each
+tensor's error is measured on that row, not diluted over every row of the sequence.
 """
 
 from __future__ import annotations
@@ -31,27 +35,117 @@ WEIGHT_LOSS = 0.02  # relative error of a weight under per-channel int8 (typical
 
 
 def worst_layers(
-    fp32: GraphView, quantized: onnx.ModelProto, feed: Feed, ranges: Ranges, method: str, top: int = 5
+    fp32: GraphView,
+    quantized: onnx.ModelProto,
+    feed: Feed,
+    ranges: Ranges,
+    method: str,
+    top: int = 5,
+    output: str | None = None,
 ) -> list[LayerError]:
-    """The ``top`` layers adding the most error, largest first."""
+    """The ``top`` layers adding the most error to ``output`` (every output when None), largest first."""
     present = {o for n in quantized.graph.node for o in n.output} | {i.name for i in quantized.graph.input}
+    upstream = _upstream(fp32, output) if output is not None else None
+    rounded = _rounded_ops(quantized)
+    varying = fp32.input_dependent()
     layers = [
-        (node, [t for t in node.input[:2] if t and not fp32.is_weight(t) and t in present])
+        (node, [t for t in node.input[:2] if t and t in varying and not fp32.is_weight(t) and t in present])
         for node in fp32.nodes
-        if node.op_type in WEIGHTED and node.output[0] in present
+        if (node.op_type in WEIGHTED or node.name in rounded)
+        and node.output[0] in present
+        and (upstream is None or node.name in upstream)
     ]
+    row = selected_row(fp32, output) if output is not None else None
     tensors = sorted({t for node, inputs in layers for t in (*inputs, node.output[0])})
-    ref = _values(fp32.model, fp32, tensors, feed)
-    got = _values(quantized, GraphView(quantized), tensors, feed)
-    err = {t: _relative_error(got[t], ref[t]) for t in tensors}
+    err, ref = _errors(fp32, quantized, tensors, feed, row)
     found = []
     for node, inputs in layers:
         worst_in = max(inputs, key=lambda t: err[t], default=None)
         e_in = err[worst_in] if worst_in else 0.0
         e_out = err[node.output[0]]
-        reason = _reason(node, fp32, inputs, ref, ranges, method)
-        found.append(LayerError(node.name, node.op_type, e_in, e_out, e_out - e_in, reason))
+        reason = _reason(node, fp32, [t for t in inputs if t in ref], ref, ranges, method)
+        found.append(LayerError(node.name, node.op_type, e_in, e_out, e_out - e_in, reason, output))
     return sorted(found, key=lambda e: e.added, reverse=True)[:top]
+
+
+# Tensors fetched per run: one held-out batch of each at a time, whatever the graph's size.
+TENSORS_PER_RUN = 64
+
+
+def _errors(
+    fp32: GraphView, quantized: onnx.ModelProto, tensors: list[str], feed: Feed, row: tuple[int, int, int] | None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Each tensor's relative error (on the selected ``row`` where its shape has that axis), and the FP32
+    values of the weighted layers' inputs the reasons look at (the rest dropped as soon as measured)."""
+    keep = {t for n in fp32.nodes if n.op_type in WEIGHTED for t in n.input[:2]}
+    quantized_view = GraphView(quantized)
+    err: dict[str, float] = {}
+    ref_kept: dict[str, np.ndarray] = {}
+    for start in range(0, len(tensors), TENSORS_PER_RUN):
+        chunk = tensors[start : start + TENSORS_PER_RUN]
+        ref = _values(fp32.model, fp32, chunk, feed)
+        got = _values(quantized, quantized_view, chunk, feed)
+        for t in chunk:
+            err[t] = _relative_error(_on_row(got[t], row), _on_row(ref[t], row))
+            if t in keep:
+                ref_kept[t] = ref[t]
+    return err, ref_kept
+
+
+def _on_row(x: np.ndarray, row: tuple[int, int, int] | None) -> np.ndarray:
+    """``x``'s selected row (axis, index) where that axis has the selected tensor's length, else all of it."""
+    if row is None:
+        return x
+    axis, index, length = row
+    return np.take(x, index, axis=axis) if x.ndim > axis and x.shape[axis] == length else x
+
+
+def selected_row(view: GraphView, output: str) -> tuple[int, int, int] | None:
+    """(axis, index, the axis's length) when ``output`` is one row selected from a sequence by a Gather
+    of a constant scalar index on an axis after the batch (through ops that move values), else None."""
+    from pipeline.targets.onnxruntime_cpu.norms import PASSES
+
+    node = view.producer.get(output)
+    while node is not None and node.op_type in PASSES:
+        if node.op_type == "Gather" and view.is_weight(node.input[1]):
+            index = view.constant(node.input[1])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            shape = view.shape(node.input[0])
+            if index is not None and index.size == 1 and axis >= 1 and shape and len(shape) > axis and shape[axis]:
+                return axis, int(index.reshape(-1)[0]) % shape[axis], shape[axis]
+        node = view.producer.get(node.input[0])
+    return None
+
+
+def _upstream(view: GraphView, output: str) -> set[str]:
+    """The nodes ``output`` is computed from."""
+    found: set[str] = set()
+    todo = [output]
+    while todo:
+        node = view.producer.get(todo.pop())
+        if node is not None and node.name not in found:
+            found.add(node.name)
+            todo += [t for t in node.input if t]
+    return found
+
+
+def _rounded_ops(quantized: onnx.ModelProto) -> set[str]:
+    """Nodes of the quantized graph (other than Q/DQ) that read an activation through a DequantizeLinear
+    of a QuantizeLinear or write one into a QuantizeLinear: where it rounds between layers."""
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    quantizes = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+
+    def dequantized(t: str) -> bool:
+        dq = producer.get(t)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        return q is not None and q.op_type == "QuantizeLinear"
+
+    return {
+        n.name
+        for n in quantized.graph.node
+        if n.op_type not in qdq and (any(dequantized(t) for t in n.input) or any(o in quantizes for o in n.output))
+    }
 
 
 def _values(model: onnx.ModelProto, view: GraphView, tensors: list[str], feed: Feed) -> dict[str, np.ndarray]:
@@ -71,8 +165,12 @@ def _values(model: onnx.ModelProto, view: GraphView, tensors: list[str], feed: F
 
 
 def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
-    norm = float(np.linalg.norm(ref))
-    return float(np.linalg.norm(got - ref)) / norm if norm > 0 else float(np.linalg.norm(got))
+    """||got - ref|| / ||ref|| over the finite values: an additive mask's -inf in both counts as equal."""
+    finite = np.isfinite(ref) & np.isfinite(got)
+    with np.errstate(invalid="ignore"):  # -inf - -inf, masked out below
+        diff = np.where(finite, got - ref, np.where(got == ref, 0.0, np.inf))
+    norm = float(np.linalg.norm(np.where(finite, ref, 0.0)))
+    return float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(np.where(finite, got, 0.0)))
 
 
 def _reason(
@@ -103,7 +201,8 @@ def _reason(
                     f"(range +-{amax:.3g}) and round to 0"
                 )
     weight = _weight_note(node, fp32)
-    return "; ".join([*notes, *([weight] if weight else [])]) or "int8 rounding of its input and weights"
+    rounding = "int8 rounding of its input and weights" if node.op_type in WEIGHTED else "int8 rounding of its inputs"
+    return "; ".join([*notes, *([weight] if weight else [])]) or rounding
 
 
 def _weight_note(node: onnx.NodeProto, fp32: GraphView) -> str | None:
@@ -137,21 +236,25 @@ def explain_losses(
     cfg: Config, fp32: GraphView, graphs: dict[str, onnx.ModelProto], rows: list, ranges: Ranges, method: str
 ) -> dict[str, list[LayerError]]:
     """For each w8a8 graph whose centered cosine on some output is under its gate's, the layers adding
-    the most error, printed and returned by graph name."""
+    the most error to each such output, printed and returned by graph name."""
     from pipeline.data import sample_inputs
 
-    low = {
-        r.artifact
-        for r in rows
-        if r.artifact in graphs and r.stats.centered_cosine < cfg.accuracy.gate(r.artifact).min_cosine
-    }
+    low: dict[str, list[str]] = {}
+    for r in rows:
+        if r.artifact in graphs and r.stats.centered_cosine < cfg.accuracy.gate(r.artifact).min_cosine:
+            low.setdefault(r.artifact, []).append(r.output)
     if not low:
         return {}
     feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
-    found = {}
+    found: dict[str, list[LayerError]] = {}
     for name in sorted(low):
-        found[name] = worst_layers(fp32, graphs[name], feed, ranges, method)
-        info(f"{cfg.name}: {name} loses accuracy; the layers adding the most error (relative to FP32):")
-        for e in found[name]:
-            info(f"  {e}")
+        found[name] = []
+        for output in low[name]:
+            worst = worst_layers(fp32, graphs[name], feed, ranges, method, output=output)
+            found[name] += worst
+            row = selected_row(fp32, output)
+            where = f"output {output!r}" + (f" (row {row[1]} of axis {row[0]})" if row else "")
+            info(f"{cfg.name}: {name} loses accuracy on {where}; the layers adding the most error (relative to FP32):")
+            for e in worst:
+                info(f"  {e}")
     return found

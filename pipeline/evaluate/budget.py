@@ -22,6 +22,10 @@ from pipeline.results import BudgetResult, KeptLayer
 
 
 def meets(score: Score, budget: Budget, reference_metric: float | None, task: TaskMetric | None) -> bool:
+    """Within the budget and within the graph's accuracy gate (when the score was asked for it): a
+    graph the budget accepts must not then fail quantize's gate on agreement, error or metric."""
+    if score.gate_failures:
+        return False
     if budget.min_cosine is not None and score.centered_cosine < budget.min_cosine:
         return False
     if budget.max_metric_drop is not None and score.metric is not None and reference_metric is not None and task:
@@ -33,13 +37,17 @@ def describe(score: Score, reference_metric: float | None, task: TaskMetric | No
     text = f"centered cosine {score.centered_cosine:.5f}, relative error {score.rel_error:.4g}"
     if score.metric is not None and reference_metric is not None and task is not None:
         text += f", {task.describe(score.metric, reference_metric)}"
+    if score.gate_failures:
+        text += f", misses its gate: {'; '.join(score.gate_failures)}"
     return text
 
 
-def _closeness(score: Score, reference_metric: float | None, task: TaskMetric | None) -> tuple[float, float]:
-    """Larger is closer to the budget: the metric's negated drop (0 without labels), then centered cosine."""
+def _closeness(score: Score, reference_metric: float | None, task: TaskMetric | None) -> tuple[float, float, float]:
+    """Larger is closer to the budget: fewer gate failures, then the metric's negated drop (0 without
+    labels), then centered cosine."""
     known = score.metric is not None and reference_metric is not None and task is not None
-    return (-task.drop(score.metric, reference_metric) if known else 0.0), score.centered_cosine
+    drop = task.drop(score.metric, reference_metric) if known else 0.0
+    return -len(score.gate_failures or ()), -drop, score.centered_cosine
 
 
 def fit(
@@ -51,7 +59,8 @@ def fit(
     cannot be met within the cap."""
     start = time.perf_counter()
     full = target.with_fp16(frozenset())
-    runner = VariantRunner(full, heldout, delta=False)  # the figures of the graphs as written, exactly
+    gate = heldout.cfg.accuracy.gate(target.graph)  # what quantize then checks, searched for too
+    runner = VariantRunner(full, heldout, delta=False, gate=gate)  # the graphs' figures as written, exactly
     ref_metric = heldout.reference_metric()
     task = heldout.task
     before = runner.scores([full])[0]

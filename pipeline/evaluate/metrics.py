@@ -32,12 +32,23 @@ import numpy as np
 from pipeline.callables import load_callable, user_code
 from pipeline.config import Config, Gate
 from pipeline.errors import PipelineError
+from pipeline.schema import saved
 
 DECISIVE_MARGIN = 0.1
 # Below this share of the output's norm, the part that varies between rows is at the reference's own
 # rounding level (a net whose output hardly depends on its input): judge the raw output instead.
 SPREAD_FLOOR = 1e-2
 MIN_DECISIVE_ROWS = 10  # fewer decisive rows than this: agreement is not judged
+
+
+def decisive_rows_needed(min_agreement: float) -> int:
+    """Decisive rows a gate's ``min_top1_agreement`` is judged on: enough that one flipped row alone
+    keeps the agreement within it, n >= 1 / (1 - min_agreement) (34 rows for 0.97). On fewer, one
+    flip of a near-tie (a random-weight net's rows; 1 of 12) would fail a gate that allows 3 in 100:
+    the gate would demand every row agree. A gate of 1.0 allows no flip: MIN_DECISIVE_ROWS do."""
+    if min_agreement >= 1.0:
+        return MIN_DECISIVE_ROWS
+    return max(MIN_DECISIVE_ROWS, math.ceil(1.0 / (1.0 - min_agreement) - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,9 @@ class Score:
     centered_cosine: float
     rel_error: float
     metric: float | None
+    # What the artifact's accuracy gate says of these rows when one was asked (the budget's search
+    # must meet the gate too: agreement, error, metric); saved only when it fails.
+    gate_failures: tuple[str, ...] | None = saved(omitted=True)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -195,9 +209,11 @@ def gate_failures(
     metric: float | None = None,
     reference_metric: float | None = None,
     task: TaskMetric | None = None,
+    decisive: int = 0,
 ) -> list[str]:
     """Human-readable reasons a result fails ``gate`` (empty when it passes); the metric's drop is
-    judged when ``task`` says what the metric is."""
+    judged when ``task`` says what the metric is; top-1 agreement on ``decisive`` rows only when they
+    are enough to (``decisive_rows_needed``)."""
     problems = []
     kind, cosine = ("centered cosine", stats.centered_cosine) if gate.centered else ("cosine", stats.cosine)
     if cosine < gate.min_cosine:
@@ -207,8 +223,9 @@ def gate_failures(
         problems.append(f"relative error {rel:.4g} > {gate.max_rel_error} (of the output's {of})")
     if gate.max_abs is not None and stats.max_abs > gate.max_abs:
         problems.append(f"max abs error {stats.max_abs:.3g} > {gate.max_abs}")
-    if gate.min_top1_agreement is not None and agreement is not None and agreement < gate.min_top1_agreement:
-        problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement} (decisive rows)")
+    judged = gate.min_top1_agreement is not None and decisive >= decisive_rows_needed(gate.min_top1_agreement)
+    if judged and agreement is not None and agreement < gate.min_top1_agreement:
+        problems.append(f"top-1 agreement {agreement:.4f} < {gate.min_top1_agreement} ({decisive} decisive rows)")
     if gate.max_metric_drop is not None and task is not None and metric is not None and reference_metric is not None:
         drop = task.drop(metric, reference_metric)
         if drop > gate.max_metric_drop:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from pipeline import ortsession
-from pipeline.config import Config
+from pipeline.config import Config, Gate
 from pipeline.data import Feed
 from pipeline.evaluate.accuracy import Scorer
 from pipeline.evaluate.metrics import Score, TaskMetric, task_metric
@@ -81,14 +81,17 @@ def held_out(cfg: Config, fp32: onnx.ModelProto | str, rows: int) -> HeldOut:
     return HeldOut(cfg, tuple(batches), tuple(outputs))
 
 
-def score_of(scorer: Scorer, name: str) -> Score:
-    """The worst output's (and shape's) figures, and the task metric over every row."""
-    rows = [r for r in scorer.rows({}) if r.artifact == name]
+def score_of(scorer: Scorer, name: str, gate: Gate | None = None) -> Score:
+    """The worst output's (and shape's) figures, the task metric over every row, and ``gate``'s
+    failures on any output and shape (None when it passes or is not asked)."""
+    rows = [r for r in scorer.rows({name: gate}) if r.artifact == name]
+    failures = tuple(f for r in rows for f in r.failures)
     return Score(
         min(r.stats.cosine for r in rows),
         min(r.stats.centered_cosine for r in rows),
         max(r.stats.rel_error for r in rows),
         scorer.metric(name),
+        failures or None,
     )
 
 
@@ -102,9 +105,10 @@ class _Region:
 class VariantRunner:
     """Scores variants of ``base`` on ``heldout``; see the module docstring for what runs."""
 
-    def __init__(self, base: onnx.ModelProto, heldout: HeldOut, delta: bool = True) -> None:
+    def __init__(self, base: onnx.ModelProto, heldout: HeldOut, delta: bool = True, gate: Gate | None = None) -> None:
         self.base = base
         self.heldout = heldout
+        self.gate = gate  # each score says what this gate makes of it
         self.delta = delta and ortsession.runs_as_written(base)
         self.outputs = [o.name for o in base.graph.output]
         if self.delta:
@@ -132,7 +136,7 @@ class VariantRunner:
                 values.update(zip(capture, base.run(capture, ortsession.feed_for(base, feed)), strict=True))
             got = {name: self._outputs(r, s, values) for name, r, s in zip(names, regions, sessions, strict=True)}
             scorer.update(list(ref), got, labels, feed)
-        return [score_of(scorer, n) for n in names]
+        return [score_of(scorer, n, self.gate) for n in names]
 
     def _inputs(self) -> set[str]:
         return {i.name for i in self.base.graph.input}

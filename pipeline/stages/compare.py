@@ -12,10 +12,11 @@ def run(r: StageRun) -> list:
     from pipeline import results
     from pipeline.console import table
     from pipeline.errors import PipelineError
-    from pipeline.evaluate.accuracy import accuracy_table
+    from pipeline.evaluate.accuracy import accuracy_table, failures_line, note_calibration_rows
     from pipeline.evaluate.compare import compare as run_compare
 
     cfg, out = r.cfg, r.out
+    note_calibration_rows(cfg)
     rows = run_compare(cfg, out)
     passed = not any(row.failures for row in rows)
     with r.writing() as written:
@@ -25,10 +26,8 @@ def run(r: StageRun) -> list:
     info(table(*accuracy_table(rows)))
     failed = [row for row in rows if row.failures]
     if failed:
-        first = failed[0]
         raise PipelineError(
-            f"{cfg.name}: accuracy gate failed for {first.artifact}, output {first.output!r} at batch "
-            f"{first.batch}: {'; '.join(first.failures)} (gates in [accuracy] of {cfg.path})"
+            f"{cfg.name}: accuracy gate failed for {failures_line(failed)} (gates in [accuracy] of {cfg.path})"
         )
     return rows
 

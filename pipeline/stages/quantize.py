@@ -22,9 +22,11 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
     from pipeline import onnxutil, phases, results
     from pipeline.calibration.auto import summary as auto_summary
+    from pipeline.evaluate.accuracy import note_calibration_rows
     from pipeline.evaluate.attribution import explain_losses
 
     cfg, out = r.cfg, r.out
+    note_calibration_rows(cfg)
     with phases.collecting() as collected:
         with phases.timed("inputs"):  # the graphs read (and smoothed); a stale cache's calibration is timed inside
             inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE)
@@ -214,17 +216,19 @@ def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str,
 
 
 def _gate_verdict(cfg: Config, out: Layout, failed: list, force: bool) -> None:
-    """A failed gate stops quantize (its graphs kept aside), or with ``force`` is only announced."""
+    """A failed gate stops quantize (its graphs kept aside), or with ``force`` is only announced; either
+    way every failing graph and output is named with its figures."""
     from pipeline.errors import PipelineError
+    from pipeline.evaluate.accuracy import failures_line
 
-    first = failed[0]
-    why = f"{first.artifact}, output {first.output!r}: {'; '.join(first.failures)}"
+    why = failures_line(failed)
     if force:
         info(f"WARNING: {cfg.name}: accuracy gate failed for {why}; written as the artifact anyway (--force)")
         return
+    aside = ", ".join(str(out.failed_graph(a)) for a in dict.fromkeys(row.artifact for row in failed))
     raise PipelineError(
-        f"{cfg.name}: accuracy gate failed for {why}; the graph is kept aside as {out.failed_graph(first.artifact)} "
-        f"(gates in [accuracy] of {cfg.path}; --force writes it as the artifact)"
+        f"{cfg.name}: accuracy gate failed for {why}; kept aside as {aside} "
+        f"(gates in [accuracy] of {cfg.path}; --force writes them as the artifacts)"
     )
 
 

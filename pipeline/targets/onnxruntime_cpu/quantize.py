@@ -26,6 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import constant_value
 from pipeline.placement import WEIGHTED, Placement, excluded_reason, weight_axis
+from pipeline.targets.onnxruntime_cpu.norms import normalizations, residual_stream_adds, stream_passes
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
 # LayerNorm, Softmax and GELU's Erf stay float, as in the TensorRT graph.
@@ -196,9 +197,17 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
 
 def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     """The nodes [quantize] excludes, by the same rules as the TensorRT plan; nodes reading a tensor
-    computed from constants and shapes only (the same for every input: nothing to quantize); the
-    residual-stream Adds, which stay float on the CPU as they do in the TensorRT graph; and the ops
-    that would run 8-bit with no weighted layer beside them (``float_islands``)."""
+    computed from constants and shapes only (the same for every input: nothing to quantize); every
+    normalisation's own nodes, however exported (``norms.py``: a LayerNorm runs float, so does an RMSNorm
+    spelled in Pow/ReduceMean/Mul); the residual-stream Adds (``residual_stream_adds``) and the Gathers
+    and Reshapes that move the stream into them (``stream_passes``); and the ops that would run 8-bit
+    with no weighted layer beside them (``float_islands``).
+
+    The stream carries the outlier channels per-tensor uint8 cannot hold (a ViT-B/16 CPU graph fell to
+    cosine 0.963 with them quantized, 0.9985 without), rows of very different scales that the norm
+    then normalizes one by one (ViT's class-token row, lost to one uint8 step of the patch rows'
+    range), and an Add gains little on a CPU. A CNN's residual Add (into a Relu or a Conv) stays
+    quantized: QLinearAdd."""
     patterns = [re.compile(p) for p in settings.exclude_patterns]
     varying = view.input_dependent()
     constant = [  # a node reading a computed constant: such tensors get no range (they may hold -inf)
@@ -208,7 +217,11 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     ]
     excluded = [n.name for n in view.nodes if excluded_reason(n, settings, patterns)]
     made_masks = [view.producer[t].name for t in sorted(masks(view)) if t in view.producer]  # never quantized
-    found = excluded + constant + residual_stream_adds(view) + softmax_input_adds(view) + made_masks
+    norms = normalizations(view)
+    inside = [name for norm in norms for name in norm.nodes]
+    stream = residual_stream_adds(view, norms)
+    moves = stream_passes(view, stream, norms)
+    found = excluded + constant + inside + stream + moves + softmax_input_adds(view) + made_masks
     return found + float_islands(view, set(found))
 
 
@@ -247,29 +260,6 @@ def softmax_input_adds(view: GraphView) -> list[str]:
         for n in view.nodes
         if n.op_type == "Add" and any(r.op_type == "Softmax" for r in view.consumers.get(n.output[0], []))
     )
-
-
-def residual_stream_adds(view: GraphView) -> list[str]:
-    """Adds whose sum feeds a LayerNormalization or another such Add: a transformer's residual
-    stream. It carries the outlier channels per-tensor uint8 cannot hold (a ViT-B/16 CPU graph fell
-    to cosine 0.963 with them quantized, 0.9985 without), rows of very different scales that the
-    LayerNorm then normalizes one by one (ViT's class-token row, zero plus a small position
-    embedding, lost to one uint8 step of the patch rows' range: centered cosine 0.49), and an Add
-    gains little on a CPU. A CNN's residual Add (into a Relu or a Conv) stays quantized: QLinearAdd."""
-    varying = view.input_dependent()
-    adds = {n.output[0]: n for n in view.nodes if n.op_type == "Add" and any(i in varying for i in n.input)}
-    stream: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for out, node in adds.items():
-            if node.name in stream:
-                continue
-            readers = view.consumers.get(out, [])
-            if any(r.op_type == "LayerNormalization" or r.name in stream for r in readers):
-                stream.add(node.name)
-                changed = True
-    return sorted(stream)
 
 
 def with_folded_weights(fp32: onnx.ModelProto, view: GraphView) -> onnx.ModelProto:
