@@ -11,9 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.quant_peers import quantized_layers, run_tool
+from benchmarks.quant_peers import quantized_layers, run_tool, verdicts
 from pipeline import stages
 from pipeline.config import load_config
+from pipeline.evaluate.accuracy import AccuracyRow
+from pipeline.evaluate.metrics import ErrorStats
 from pipeline.layout import Layout
 from tests.conftest import write_config
 
@@ -85,3 +87,26 @@ def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tool, tmp_path, us
     model = onnx.load(result["graph"])
     assert model.graph.node and result["calib_s"] > 0
     assert {p.key: p.value for p in model.metadata_props}["trtpipe.precision"] == tool.removeprefix("ours-")
+
+
+def _scored(rel_error: float, violations: str = "0", layers: tuple[int, int] = (4, 4)) -> dict:
+    stats = ErrorStats(0.0, 0.0, 0.0, 0.0, 1.0, 1.0, rel_error, rel_error)
+    return {"accuracy": AccuracyRow("x", "y", stats, None, None, None), "violations": violations, "layers": layers}
+
+
+def test_verdicts_compare_only_the_tools_that_ran():
+    """``--tools ours-fp8,modelopt-fp8``: the FP8 line and its done-when, nothing about tools not run."""
+    results = {"ours-fp8": {}, "modelopt-fp8": {}}
+    scores = {"ours-fp8": _scored(0.02), "modelopt-fp8": _scored(0.03, "16 per-channel-on-constants", (16, 0))}
+    lines = verdicts("m", results, scores)
+    assert lines == [
+        "m: TensorRT FP8 graph: trtpipe wins on error (trtpipe 0.0200, best peer ModelOpt fp8 0.0300, ratio 0.67)",
+        "m: done-when: fp8 rel error <= ModelOpt fp8: yes; 0 violations: yes; "
+        "8-bit weights on every quantized layer: yes",
+    ]
+    scores["ours-fp8"] = _scored(0.04, "1 fp8-saturate", (4, 3))
+    assert verdicts("m", results, scores)[1] == (
+        "m: done-when: fp8 rel error <= ModelOpt fp8: NO; 0 violations: NO; 8-bit weights on every quantized layer: NO"
+    )
+    failed = verdicts("m", {"ours-fp8": {}, "modelopt-fp8": {"failed": "out of memory"}}, scores)
+    assert failed[0].endswith("trtpipe 0.0400, no peer ran (ModelOpt fp8 failed)")
