@@ -457,3 +457,41 @@ def test_build_refuses_fp8_on_a_gpu_older_than_ada_in_one_line(three_targets, tm
         "to run its graph on ONNX Runtime"
     )
     assert not out.build_record.exists()
+
+
+def _fp8_kernel_ms(w8a8_speedup: float, fp8_speedup: float):
+    """The stand-in GPU's time per inference: FP16 0.125 ms per item, the Q/DQ engines faster, FP8 (an
+    engine with FP8 layer inputs) by ``fp8_speedup``."""
+
+    def kernel(header: dict, batch: int) -> float:
+        types = {t.get("Datatype") for layer in header["layers"] if isinstance(layer, dict) for t in layer["Inputs"]}
+        speedup = fp8_speedup if "FP8" in types else w8a8_speedup if header["qdq"] else 1.0
+        return batch * 0.125 / speedup
+
+    return kernel
+
+
+def test_gpu_check_shows_fp16_int8_and_fp8_side_by_side_and_its_verdict_picks_among_them(three_targets, tmp_path):
+    """With tensorrt and tensorrt-fp8 configured, gpu-check checks both 8-bit engines' coverage, keeps
+    each batch's FP16, w8a8 and fp8 latency side by side, and its speed check is the verdict's among
+    the three (it read the w8a8 engine alone, and a config without tensorrt failed on a KeyError)."""
+    from pipeline.targets.tensorrt.gpu_check import gpu_check
+
+    cfg, path, out = three_targets
+    with standin(tmp_path / "gpu-machine", gpu=Gpu(kernel_ms=_fp8_kernel_ms(1.25, 2.0))):
+        result = gpu_check([path], root=tmp_path)
+    (model,) = result["models"]
+    assert model["passed"] and set(model["coverage"]["by_precision"]) == {"w8a8", "fp8"}
+    assert all(c["share"] == 1.0 for c in model["coverage"]["by_precision"].values())
+    speed = model["speed"]
+    assert speed["check"] == (f"fp8 is 2.00x FP16 at batch {speed['batch']} (at least 1.05x, [verdict] min_speedup)")
+    for batch, found in speed["by_batch"].items():
+        fp16 = int(batch) * 0.125
+        assert found["ms"] == pytest.approx({"FP16": fp16, "w8a8": fp16 / 1.25, "fp8": fp16 / 2.0})
+        assert (
+            found["verdict"].startswith(f"batch {batch}: deploy fp8: 2.00x faster")
+            and "; w8a8 1.25x" in found["verdict"]
+        )
+    assert model["deploy"] == "fp8"
+    report = out.report.read_text()
+    assert "deploy fp8: 2.00x faster" in report and "| fp8 ms |" in report
