@@ -253,7 +253,7 @@ def rule_breakdown(path: Path, target: str) -> str:
     return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "0"
 
 
-def bench_model(config: str, threads: int, python: str, tools: list[str]) -> tuple[str, list[str]]:
+def bench_model(config: str, threads: int, python: str, tools: list[str]) -> tuple[str, list[str], list[list[str]]]:
     cfg = load_config(config)
     src = Layout.of(cfg)
     for path in (src.graph("fp32"), src.graph("fp16"), src.record("export")):
@@ -268,7 +268,40 @@ def bench_model(config: str, threads: int, python: str, tools: list[str]) -> tup
             print(f"  {cfg.name}: {key} ...", file=sys.stderr, flush=True)
             results[key] = run_tool(key, config, src, root, data, python)
         scores = _scores(cfg, src, results, threads, batch)
-    return _report(cfg, results, scores, batch, threads)
+    return (*_report(cfg, results, scores, batch, threads), fp8_rows(cfg.name, results, scores))
+
+
+FP8_HEADERS = ["model", "quantizer", "rule violations", "Q/DQ coverage", "FP8 weights (layers)", "rel error"]
+FP8_HEADERS += ["centered cos", "vs ModelOpt fp8"]
+
+
+def fp8_rows(name: str, results: dict, scores: dict) -> list[list[str]]:
+    """The model's FP8 graphs as rows of the one table across models: each error also as a ratio to
+    ModelOpt FP8's (below 1: ours is closer to FP32)."""
+    rows = []
+    peer = scores.get("modelopt-fp8", {}).get("accuracy")
+    for key in ("ours-fp8", "ours-fp8-conv", "modelopt-fp8"):
+        if key not in results:
+            continue
+        if "failed" in results[key]:
+            rows.append([name, TOOLS[key].label, "failed: " + results[key]["failed"][:60], *["-"] * 5])
+            continue
+        s, a = scores[key], scores[key]["accuracy"]
+        layers, fp8_layers = s["layers"]
+        ratio = "-" if peer is None or key == "modelopt-fp8" else f"{a.stats.rel_error / peer.stats.rel_error:.2f}"
+        rows.append(
+            [
+                name,
+                TOOLS[key].label,
+                s["violations"],
+                f"{100 * s['coverage']:.0f}%",
+                f"{100 * s['int8_share']:.0f}% ({fp8_layers}/{layers})",
+                f"{a.stats.rel_error:.4f}",
+                f"{a.stats.centered_cosine:.5f}",
+                ratio,
+            ]
+        )
+    return rows
 
 
 def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -> dict:
@@ -464,13 +497,16 @@ def main() -> None:
         return
     if not Path(args.modelopt_python).is_file():
         raise SystemExit(f"{args.modelopt_python} not found: `make bench-quant` sets up ModelOpt's environment first")
-    tables, lines = [], []
+    tables, lines, fp8 = [], [], []
     for config in args.configs:
-        model_table, model_lines = bench_model(config, args.threads, args.modelopt_python, args.tools)
+        model_table, model_lines, model_fp8 = bench_model(config, args.threads, args.modelopt_python, args.tools)
         print(model_table + "\n" + "\n".join(model_lines) + "\n", flush=True)
         tables.append(model_table)
         lines.extend(model_lines)
+        fp8.extend(model_fp8)
     print("\n".join(lines))
+    if fp8:
+        print("\nFP8 across the models (ONNX Runtime CPU, graph optimizations off)\n" + table(FP8_HEADERS, fp8))
     print(
         f"\nLatency: median of {ROUNDS * PER_ROUND} runs per CPU graph, timed round-robin after warm-up, "
         f"ONNX Runtime {__import__('onnxruntime').__version__} CPU EP. Peak RSS: each tool's own process "

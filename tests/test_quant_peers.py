@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.quant_peers import quantized_layers, run_tool, verdicts
+from benchmarks.quant_peers import fp8_rows, quantized_layers, run_tool, verdicts
 from pipeline import stages
 from pipeline.config import load_config
 from pipeline.evaluate.accuracy import AccuracyRow
@@ -110,3 +110,14 @@ def test_verdicts_compare_only_the_tools_that_ran():
     )
     failed = verdicts("m", {"ours-fp8": {}, "modelopt-fp8": {"failed": "out of memory"}}, scores)
     assert failed[0].endswith("trtpipe 0.0400, no peer ran (ModelOpt fp8 failed)")
+
+
+def test_fp8_rows_give_each_fp8_graph_and_its_error_against_modelopts():
+    results = {"ours-fp8": {}, "modelopt-fp8": {}}
+    scores = {"ours-fp8": _scored(0.02), "modelopt-fp8": _scored(0.025, "16 per-channel-on-constants", (16, 0))}
+    for s in scores.values():
+        s["coverage"], s["int8_share"] = 0.9, float(s["layers"][1] == s["layers"][0])
+    assert fp8_rows("m", results, scores) == [
+        ["m", "trtpipe fp8", "0", "90%", "100% (4/4)", "0.0200", "1.00000", "0.80"],
+        ["m", "ModelOpt fp8", "16 per-channel-on-constants", "90%", "0% (0/16)", "0.0250", "1.00000", "-"],
+    ]
