@@ -106,13 +106,10 @@ class Target(ABC):
         """``x`` as this target's graph quantizes an activation with range ``[lo, hi]`` clipped to
         ``+-amax``: what ``auto`` sums over the configured targets to choose a range."""
 
+    @abstractmethod
     def fake_quant_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
         """``w`` as this target's graph stores a weight (channels along ``axis``), dequantized: what
-        ``auto`` runs each layer with while it judges a range for the layer's input. Per-channel
-        symmetric int8 unless a target stores another type."""
-        from pipeline.calibration.auto import dequantized_weight
-
-        return dequantized_weight(w, axis)
+        ``auto`` runs each layer with while it judges a range for the layer's input."""
 
     @abstractmethod
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
