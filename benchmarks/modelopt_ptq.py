@@ -10,8 +10,11 @@ On a machine without CUDA, onnxruntime-gpu still imports and its CPU execution p
 
 DATA.npz holds every calibration sample per input; SHAPES (``name:16x3x128x128,...``) is one
 calibration step's shape, so ModelOpt calibrates on the same batches as the other tools. METHOD is
-``max`` or ``entropy`` (``quantize_mode="int8"`` with that calibration), or ``fp8``
-(``quantize_mode="fp8"`` with ModelOpt's own calibration for it).
+``max`` or ``entropy`` (``quantize_mode="int8"`` with that calibration), ``fp8``
+(``quantize_mode="fp8"`` with ModelOpt's default calibration for it, entropy) or ``fp8-max``
+(``quantize_mode="fp8"``, ``calibration_method="max"``). In FP8 mode ModelOpt calibrates as for int8
+(ONNX Runtime's calibrators, symmetric) and then multiplies every int8 scale by 448/127: an FP8
+scale of amax * 448 / 127^2, so its E4M3 range reaches about 12.4x the calibrated amax.
 ModelOpt calibrates and writes the graph in one call, so only their sum is timed. RESULT.json:
 seconds (imports and data loading excluded), RSS before the call, this process's peak RSS,
 ModelOpt's version.
@@ -42,13 +45,13 @@ def main(graph: str, data: str, shapes: str, method: str, out: str, result: str)
         calibration = {name: archive[name] for name in archive.files}
     baseline_mb = own_peak_mb()
     start = time.perf_counter()
-    fp8 = method == "fp8"
+    fp8 = method.startswith("fp8")
     quantize(
         graph,
         quantize_mode="fp8" if fp8 else "int8",
         calibration_data=calibration,
         calibration_shapes=shapes,
-        calibration_method=None if fp8 else method,
+        calibration_method={"fp8": None, "fp8-max": "max"}.get(method, method),
         calibration_eps=["cpu"],
         high_precision_dtype="fp16",
         output_path=out,

@@ -1,6 +1,6 @@
 """Quantization against its peers, side by side in one run.
 
-    python -m benchmarks.quant_peers [--modelopt-python .modeloptvenv/bin/python] CONFIG...
+    python -m benchmarks.quant_peers [--modelopt-python .modeloptvenv/bin/python] [--tools KEY,...] CONFIG...
 
 For each model, on the same FP32 graph and the same calibration samples in the same batches
 (``[calibration] samples`` and ``batch_size``), each quantizer in its own child process:
@@ -70,6 +70,7 @@ TOOLS = {
     "ours-fp8": Tool("trtpipe fp8", "tensorrt-fp8"),
     "ours-fp8-conv": Tool("trtpipe fp8 + conv", "tensorrt-fp8"),  # [quantize] fp8_conv = true
     "modelopt-fp8": Tool("ModelOpt fp8", "tensorrt-fp8", modelopt=True),
+    "modelopt-fp8-max": Tool("ModelOpt fp8 max", "tensorrt-fp8", modelopt=True),  # calibration_method="max"
     "ours-cpu": Tool("trtpipe w8a8-cpu", "onnxruntime-cpu"),
     "ort-u8s8-minmax": Tool("quantize_static U8S8 MinMax", "onnxruntime-cpu"),
     "ort-s8s8-minmax": Tool("quantize_static S8S8 MinMax", "onnxruntime-cpu"),
@@ -253,7 +254,7 @@ def rule_breakdown(path: Path, target: str) -> str:
     return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "0"
 
 
-def bench_model(config: str, threads: int, python: str) -> tuple[str, list[str]]:
+def bench_model(config: str, threads: int, python: str, tools: list[str]) -> tuple[str, list[str], list[list[str]]]:
     cfg = load_config(config)
     src = Layout.of(cfg)
     for path in (src.graph("fp32"), src.graph("fp16"), src.record("export")):
@@ -264,11 +265,45 @@ def bench_model(config: str, threads: int, python: str) -> tuple[str, list[str]]
         root = Path(tmp)
         data = modelopt_data(cfg, root)
         results = {}
-        for key in TOOLS:
+        for key in tools:
             print(f"  {cfg.name}: {key} ...", file=sys.stderr, flush=True)
             results[key] = run_tool(key, config, src, root, data, python)
         scores = _scores(cfg, src, results, threads, batch)
-    return _report(cfg, results, scores, batch, threads)
+    return (*_report(cfg, results, scores, batch, threads), fp8_rows(cfg.name, results, scores))
+
+
+FP8_HEADERS = ["model", "quantizer", "rule violations", "Q/DQ coverage", "FP8 weights (layers)", "rel error"]
+FP8_HEADERS += ["centered cos", "vs better ModelOpt fp8"]
+
+
+def fp8_rows(name: str, results: dict, scores: dict) -> list[list[str]]:
+    """The model's FP8 graphs as rows of the one table across models: each of ours also as a ratio to
+    the error of the better ModelOpt FP8 graph that ran (below 1: ours is closer to FP32)."""
+    rows = []
+    ran = [scores[k]["accuracy"].stats.rel_error for k in MODELOPT_FP8 if k in results and "failed" not in results[k]]
+    peer = min(ran, default=None)
+    for key in ("ours-fp8", "ours-fp8-conv", *MODELOPT_FP8):
+        if key not in results:
+            continue
+        if "failed" in results[key]:
+            rows.append([name, TOOLS[key].label, "failed: " + results[key]["failed"][:60], *["-"] * 5])
+            continue
+        s, a = scores[key], scores[key]["accuracy"]
+        layers, fp8_layers = s["layers"]
+        ratio = "-" if peer is None or key in MODELOPT_FP8 else f"{a.stats.rel_error / peer:.2f}"
+        rows.append(
+            [
+                name,
+                TOOLS[key].label,
+                s["violations"],
+                f"{100 * s['coverage']:.0f}%",
+                f"{100 * s['int8_share']:.0f}% ({fp8_layers}/{layers})",
+                f"{a.stats.rel_error:.4f}",
+                f"{a.stats.centered_cosine:.5f}",
+                ratio,
+            ]
+        )
+    return rows
 
 
 def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -> dict:
@@ -320,7 +355,7 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
     top1 = scores["fp32"]["top1"]
     rows = [["FP32 (reference)", *["-"] * 8, _pct(top1), *["-"] * 4]]
     rows[0] += [f"{fp32_ms:.2f}", "1.00x"]
-    for key, tool in TOOLS.items():
+    for key, tool in ((k, t) for k, t in TOOLS.items() if k in results):
         label = tool.label + ("" if tool.modelopt or key.startswith("ort") else f" ({cfg.calibration.method})")
         target = {"tensorrt": "TensorRT", "tensorrt-fp8": "TensorRT FP8"}.get(tool.target, "ORT CPU")
         if "failed" in results[key]:
@@ -359,38 +394,57 @@ def _pct(value: float | None) -> str:
 
 
 MODELOPT = ("modelopt-max", "modelopt-entropy")
-MODELOPT_FP8 = ("modelopt-fp8",)
+MODELOPT_FP8 = ("modelopt-fp8", "modelopt-fp8-max")
 OURS = ("ours-w8a8", "ours-fp8", "ours-fp8-conv", "ours-cpu")
 QUANTIZE_STATIC = ("ort-u8s8-minmax", "ort-s8s8-minmax", "ort-s8s8-entropy")
 
 
 def verdicts(name: str, results: dict, scores: dict) -> list[str]:
     """Who wins, and the issue's "done when" figures, each against its peers from the same run
-    (a peer that failed on the model is left out, and said so)."""
-    err = {k: scores[k]["accuracy"].stats.rel_error for k in TOOLS if "failed" not in results[k]}
-    fastest = min((k for k in TOOLS if "latency" in scores.get(k, {})), key=lambda k: scores[k]["latency"].median_ms)
+    (a peer that failed on the model is left out, and said so); with ``--tools``, the comparisons
+    among the tools that were run."""
+    err = {k: scores[k]["accuracy"].stats.rel_error for k in results if "failed" not in results[k]}
+    timed = [k for k in TOOLS if "latency" in scores.get(k, {})]  # the CPU graphs run
+    fastest = min(timed, key=lambda k: scores[k]["latency"].median_ms, default=None)
+    cpu = f"; fastest: {TOOLS[fastest].label}" if fastest else ""
+    graphs = [
+        ("TensorRT graph", "ours-w8a8", MODELOPT, ""),
+        ("TensorRT FP8 graph", "ours-fp8", MODELOPT_FP8, ""),
+        ("TensorRT FP8 graph, Conv too", "ours-fp8-conv", MODELOPT_FP8, ""),
+        ("CPU graph", "ours-cpu", QUANTIZE_STATIC, cpu),
+    ]
     lines = [
-        f"{name}: TensorRT graph: {_winner(err, 'ours-w8a8', MODELOPT)}",
-        f"{name}: TensorRT FP8 graph: {_winner(err, 'ours-fp8', MODELOPT_FP8)}",
-        f"{name}: TensorRT FP8 graph, Conv too: {_winner(err, 'ours-fp8-conv', MODELOPT_FP8)}",
-        f"{name}: CPU graph: {_winner(err, 'ours-cpu', QUANTIZE_STATIC)}; fastest: {TOOLS[fastest].label}",
+        f"{name}: {what}: {_winner(err, results, ours, peers)}{more}"
+        for what, ours, peers, more in graphs
+        if ours in results
     ]
-    ours = results["ours-w8a8"]
-    checks = [
-        ("w8a8 rel error <= better ModelOpt", _yes(err, "ours-w8a8", MODELOPT)),
-        ("fp8 rel error <= ModelOpt fp8", _yes(err, "ours-fp8", MODELOPT_FP8)),
-        ("fp8 + conv rel error <= ModelOpt fp8", _yes(err, "ours-fp8-conv", MODELOPT_FP8)),
-        ("w8a8-cpu rel error <= U8S8 MinMax", _yes(err, "ours-cpu", ("ort-u8s8-minmax",))),
-        ("0 violations", "yes" if all(scores[k]["violations"] == "0" for k in OURS) else "NO"),
-        ("8-bit weights on every quantized layer", "yes" if all(_all_8bit(scores[k]) for k in OURS) else "NO"),
-        ("calib+quant faster than ModelOpt entropy", _speed(ours, results["modelopt-entropy"], "total_s")),
-        ("calibration faster than quantize_static Entropy", _speed(ours, results["ort-s8s8-entropy"], "calib_s")),
+    accuracy = [
+        ("w8a8 rel error <= better ModelOpt", "ours-w8a8", MODELOPT),
+        ("fp8 rel error <= better ModelOpt fp8", "ours-fp8", MODELOPT_FP8),
+        ("fp8 + conv rel error <= better ModelOpt fp8", "ours-fp8-conv", MODELOPT_FP8),
+        ("w8a8-cpu rel error <= U8S8 MinMax", "ours-cpu", ("ort-u8s8-minmax",)),
     ]
-    lines.append(f"{name}: done-when: " + "; ".join(f"{what}: {verdict}" for what, verdict in checks))
+    speed = [
+        ("calib+quant faster than ModelOpt entropy", "modelopt-entropy", "total_s"),
+        ("calibration faster than quantize_static Entropy", "ort-s8s8-entropy", "calib_s"),
+    ]
+    ours = [k for k in OURS if k in results]
+    verdict = [(what, _yes(err, k, peers)) for what, k, peers in accuracy if k in results and set(peers) & set(results)]
+    verdict += [
+        ("0 violations", "yes" if all(scores[k]["violations"] == "0" for k in ours) else "NO"),
+        ("8-bit weights on every quantized layer", "yes" if all(_all_8bit(scores[k]) for k in ours) else "NO"),
+    ]
+    verdict += [
+        (what, _speed(results["ours-w8a8"], results[peer], key))
+        for what, peer, key in speed
+        if "ours-w8a8" in results and peer in results
+    ]
+    lines.append(f"{name}: done-when: " + "; ".join(f"{what}: {v}" for what, v in verdict))
     return lines
 
 
-def _winner(err: dict[str, float], ours: str, peers: tuple[str, ...]) -> str:
+def _winner(err: dict[str, float], results: dict, ours: str, peers: tuple[str, ...]) -> str:
+    peers = tuple(p for p in peers if p in results)  # those run (--tools)
     ran = [p for p in peers if p in err]
     failed = [TOOLS[p].label for p in peers if p not in err]
     note = f" ({', '.join(failed)} failed)" if failed else ""
@@ -423,10 +477,19 @@ def _all_8bit(score: dict) -> bool:
     return layers == int8_layers
 
 
+def _tool_list(value: str) -> list[str]:
+    keys = value.split(",")
+    unknown = [k for k in keys if k not in TOOLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown[0]!r} is not one of {', '.join(TOOLS)}")
+    return [k for k in TOOLS if k in keys]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tools", type=_tool_list, default=list(TOOLS), help="run only these, comma-separated")
     parser.add_argument("--modelopt-python", default=str(REPO / ".modeloptvenv" / "bin" / "python"))
     parser.add_argument("--child", choices=CHILD_TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -436,13 +499,16 @@ def main() -> None:
         return
     if not Path(args.modelopt_python).is_file():
         raise SystemExit(f"{args.modelopt_python} not found: `make bench-quant` sets up ModelOpt's environment first")
-    tables, lines = [], []
+    tables, lines, fp8 = [], [], []
     for config in args.configs:
-        model_table, model_lines = bench_model(config, args.threads, args.modelopt_python)
+        model_table, model_lines, model_fp8 = bench_model(config, args.threads, args.modelopt_python, args.tools)
         print(model_table + "\n" + "\n".join(model_lines) + "\n", flush=True)
         tables.append(model_table)
         lines.extend(model_lines)
+        fp8.extend(model_fp8)
     print("\n".join(lines))
+    if fp8:
+        print("\nFP8 across the models (ONNX Runtime CPU, graph optimizations off)\n" + table(FP8_HEADERS, fp8))
     print(
         f"\nLatency: median of {ROUNDS * PER_ROUND} runs per CPU graph, timed round-robin after warm-up, "
         f"ONNX Runtime {__import__('onnxruntime').__version__} CPU EP. Peak RSS: each tool's own process "

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import ortsession, stages
+from pipeline.calibration import methods
+from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, TargetQuant, dequantized_weight
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.calibration.wholegraph import Range, scales, simulation
 from pipeline.config import QuantizeSection, load_config
@@ -32,6 +35,8 @@ from pipeline.targets.tensorrt_fp8.e4m3 import e4m3
 from pipeline.targets.tensorrt_fp8.target import TensorRtFp8
 from tests import graphs
 from tests.conftest import write_config
+from tests.test_auto import _batches as auto_batches
+from tests.test_auto import _int8_per_channel as int8_per_channel
 from tests.test_tensorrt_path import FAST, _cli, _one_line_error
 from tests.test_trt_standin import POLYGRAPHY_PROBES
 from tests.trt_standin import standin
@@ -288,6 +293,57 @@ def test_fp8_fake_quant_is_the_graphs_qdq_and_its_error_is_relative():
     np.testing.assert_array_equal(fp8, (reference_e4m3(x / s) * s).astype(np.float32))
 
 
+def _fp8_per_channel(w: np.ndarray, axis: int) -> np.ndarray:
+    """``w`` stored as E4M3 with one scale per channel along ``axis`` (its abs-max / 448), dequantized."""
+    other = tuple(a for a in range(w.ndim) if a != axis)
+    scale = (np.abs(w).max(axis=other, keepdims=True) / 448).astype(np.float32)
+    return reference_e4m3(w / scale) * scale
+
+
+def _fp8_layer_errors(tensor: str, found, weights: dict[str, np.ndarray], weight_quant) -> dict[str, float]:
+    """Per method: ||y_q - y||^2 / ||y||^2 of the layer reading ``tensor`` (float64, torch), its input
+    E4M3 over +-amax and its weights as ``weight_quant`` stores them, on the rows auto compares on."""
+    x = np.concatenate([b[tensor] for b in auto_batches()])[:AUTO_ROWS].astype(np.float64)
+    w, b = weights[f"w_{tensor}"].astype(np.float64), weights.get(f"b_{tensor}")
+
+    def layer(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if w.ndim == 2:
+            return x @ w
+        bias = torch.from_numpy(b.astype(np.float64))
+        return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), bias, padding=1).numpy()
+
+    ref = layer(x, w)
+    stored = weight_quant(w, 1 if w.ndim == 2 else 0)  # MatMul's output channels on axis 1, Conv's on 0
+    errors = {}
+    for method in methods.names():
+        scale = np.float32(found.amax[method] / 448)
+        y = layer(reference_e4m3(x.astype(np.float32) / scale) * scale, stored)
+        errors[method] = float(np.sum((y - ref) ** 2) / np.sum(ref**2))
+    return errors
+
+
+def test_auto_judges_fp8_ranges_with_the_fp8_graphs_weights():
+    """Configured for FP8 alone, auto runs each layer as the FP8 graph does: E4M3 activations and
+    E4M3 weights per channel, not the int8 weights of the w8a8 graphs (the known gap it had). The
+    errors it records are recomputed here from the E4M3 grid, and differ clearly from the errors
+    with int8 weights (whose 127 uniform steps round a Gaussian weight about 3x finer)."""
+    model = graphs.two_distributions()
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    fp8_only = AutoRanges(fake_quants=(TargetQuant(FP8.fake_quant, FP8.fake_quant_weight),))
+    ranges = RangesFromOnnx(["outliers", "laplace"], 2048, 99.99)(model, auto_batches(), auto=fp8_only)
+    for name in ("outliers", "laplace"):
+        found = ranges.tensors[name]
+        expected = _fp8_layer_errors(name, found, weights, _fp8_per_channel)
+        with_int8_weights = _fp8_layer_errors(name, found, weights, int8_per_channel)
+        assert found.auto.errors == pytest.approx(expected, rel=1e-3)
+        assert found.auto.errors != pytest.approx(with_int8_weights, rel=0.2)
+        assert found.auto.method == min(expected, key=lambda m: (expected[m], methods.names().index(m)))
+    # A w8a8 target keeps int8 weights: the default of a target that stores no other type.
+    w = weights["w_outliers"]
+    np.testing.assert_array_equal(TensorRT().fake_quant_weight(w, 1), dequantized_weight(w, 1))
+    np.testing.assert_allclose(FP8.fake_quant_weight(w, 1), _fp8_per_channel(w, 1), rtol=1e-6)
+
+
 def test_whole_graph_check_simulates_fp8_where_the_fp8_target_is_configured():
     model = graphs.mlp_gelu()
     view = GraphView(model)
@@ -401,3 +457,41 @@ def test_build_refuses_fp8_on_a_gpu_older_than_ada_in_one_line(three_targets, tm
         "to run its graph on ONNX Runtime"
     )
     assert not out.build_record.exists()
+
+
+def _fp8_kernel_ms(w8a8_speedup: float, fp8_speedup: float):
+    """The stand-in GPU's time per inference: FP16 0.125 ms per item, the Q/DQ engines faster, FP8 (an
+    engine with FP8 layer inputs) by ``fp8_speedup``."""
+
+    def kernel(header: dict, batch: int) -> float:
+        types = {t.get("Datatype") for layer in header["layers"] if isinstance(layer, dict) for t in layer["Inputs"]}
+        speedup = fp8_speedup if "FP8" in types else w8a8_speedup if header["qdq"] else 1.0
+        return batch * 0.125 / speedup
+
+    return kernel
+
+
+def test_gpu_check_shows_fp16_int8_and_fp8_side_by_side_and_its_verdict_picks_among_them(three_targets, tmp_path):
+    """With tensorrt and tensorrt-fp8 configured, gpu-check checks both 8-bit engines' coverage, keeps
+    each batch's FP16, w8a8 and fp8 latency side by side, and its speed check is the verdict's among
+    the three (it read the w8a8 engine alone, and a config without tensorrt failed on a KeyError)."""
+    from pipeline.targets.tensorrt.gpu_check import gpu_check
+
+    cfg, path, out = three_targets
+    with standin(tmp_path / "gpu-machine", gpu=Gpu(kernel_ms=_fp8_kernel_ms(1.25, 2.0))):
+        result = gpu_check([path], root=tmp_path)
+    (model,) = result["models"]
+    assert model["passed"] and set(model["coverage"]["by_precision"]) == {"w8a8", "fp8"}
+    assert all(c["share"] == 1.0 for c in model["coverage"]["by_precision"].values())
+    speed = model["speed"]
+    assert speed["check"] == (f"fp8 is 2.00x FP16 at batch {speed['batch']} (at least 1.05x, [verdict] min_speedup)")
+    for batch, found in speed["by_batch"].items():
+        fp16 = int(batch) * 0.125
+        assert found["ms"] == pytest.approx({"FP16": fp16, "w8a8": fp16 / 1.25, "fp8": fp16 / 2.0})
+        assert (
+            found["verdict"].startswith(f"batch {batch}: deploy fp8: 2.00x faster")
+            and "; w8a8 1.25x" in found["verdict"]
+        )
+    assert model["deploy"] == "fp8"
+    report = out.report.read_text()
+    assert "deploy fp8: 2.00x faster" in report and "| fp8 ms |" in report

@@ -11,9 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.quant_peers import quantized_layers, run_tool
+from benchmarks.quant_peers import fp8_rows, quantized_layers, run_tool, verdicts
 from pipeline import stages
 from pipeline.config import load_config
+from pipeline.evaluate.accuracy import AccuracyRow
+from pipeline.evaluate.metrics import ErrorStats
 from pipeline.layout import Layout
 from tests.conftest import write_config
 
@@ -85,3 +87,44 @@ def test_our_tool_quantizes_the_benchmarks_copy_of_the_graphs(tool, tmp_path, us
     model = onnx.load(result["graph"])
     assert model.graph.node and result["calib_s"] > 0
     assert {p.key: p.value for p in model.metadata_props}["trtpipe.precision"] == tool.removeprefix("ours-")
+
+
+def _scored(rel_error: float, violations: str = "0", layers: tuple[int, int] = (4, 4)) -> dict:
+    stats = ErrorStats(0.0, 0.0, 0.0, 0.0, 1.0, 1.0, rel_error, rel_error)
+    return {"accuracy": AccuracyRow("x", "y", stats, None, None, None), "violations": violations, "layers": layers}
+
+
+def test_verdicts_compare_only_the_tools_that_ran():
+    """``--tools ours-fp8,modelopt-fp8``: the FP8 line and its done-when, nothing about tools not run."""
+    results = {"ours-fp8": {}, "modelopt-fp8": {}}
+    scores = {"ours-fp8": _scored(0.02), "modelopt-fp8": _scored(0.03, "16 per-channel-on-constants", (16, 0))}
+    lines = verdicts("m", results, scores)
+    assert lines == [
+        "m: TensorRT FP8 graph: trtpipe wins on error (trtpipe 0.0200, best peer ModelOpt fp8 0.0300, ratio 0.67)",
+        "m: done-when: fp8 rel error <= better ModelOpt fp8: yes; 0 violations: yes; "
+        "8-bit weights on every quantized layer: yes",
+    ]
+    scores["ours-fp8"] = _scored(0.04, "1 fp8-saturate", (4, 3))
+    assert verdicts("m", results, scores)[1] == (
+        "m: done-when: fp8 rel error <= better ModelOpt fp8: NO; 0 violations: NO; "
+        "8-bit weights on every quantized layer: NO"
+    )
+    failed = verdicts("m", {"ours-fp8": {}, "modelopt-fp8": {"failed": "out of memory"}}, scores)
+    assert failed[0].endswith("trtpipe 0.0400, no peer ran (ModelOpt fp8 failed)")
+
+
+def test_fp8_rows_give_each_fp8_graph_and_its_error_against_modelopts():
+    results = {"ours-fp8": {}, "modelopt-fp8": {}}
+    scores = {"ours-fp8": _scored(0.02), "modelopt-fp8": _scored(0.025, "16 per-channel-on-constants", (16, 0))}
+    for s in scores.values():
+        s["coverage"], s["int8_share"] = 0.9, float(s["layers"][1] == s["layers"][0])
+    assert fp8_rows("m", results, scores) == [
+        ["m", "trtpipe fp8", "0", "90%", "100% (4/4)", "0.0200", "1.00000", "0.80"],
+        ["m", "ModelOpt fp8", "16 per-channel-on-constants", "90%", "0% (0/16)", "0.0250", "1.00000", "-"],
+    ]
+    # ModelOpt's default (entropy) failing, its max calibration running: ours against the one that ran.
+    results = {"ours-fp8": {}, "modelopt-fp8": {"failed": "ValueError: Too many bins"}, "modelopt-fp8-max": {}}
+    scores["modelopt-fp8-max"] = scores.pop("modelopt-fp8")
+    rows = fp8_rows("m", results, scores)
+    assert [r[1] for r in rows] == ["trtpipe fp8", "ModelOpt fp8", "ModelOpt fp8 max"]
+    assert rows[0][-1] == "0.80" and rows[1][2] == "failed: ValueError: Too many bins"

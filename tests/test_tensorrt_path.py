@@ -396,7 +396,8 @@ def test_gpu_check_fails_w8a8_below_the_verdict_threshold_and_passes_it_above(ex
     saved = json.loads((work / "engines" / "gpu-check.json").read_text())
     assert saved == result and saved["tensorrt_version"] == "11.4.0.106" and saved["compute_capability"] == "8.9"
     (model,) = saved["models"]
-    assert model["coverage"]["ok"] and model["coverage"]["share"] == 1.0 and model["accuracy"]["ok"]
+    assert model["coverage"]["ok"] and model["coverage"]["by_precision"]["w8a8"]["share"] == 1.0
+    assert set(model["coverage"]["by_precision"]) == {"w8a8"} and model["accuracy"]["ok"]
     speed = model["speed"]
     assert speed["batch"] == 16 and set(speed["by_batch"]) == {"4", "16"} and speed["speedup"] == pytest.approx(speedup)
     fast = speedup >= 1.05

@@ -8,12 +8,13 @@ Which costs more shows in the output of the layer reading the tensor, not in the
 histogram. So the calibration passes also keep the first ``AUTO_ROWS`` rows of the activations
 those layers read (written to disk as each run is folded: no extra session, no extra run of the
 graph), and their weights come from the graph file. For each distinct range, each layer's
-output is recomputed with the tensor quantized and dequantized and its weights quantized as the
-Q/DQ graphs quantize them (per channel, symmetric int8, ``qdq.quantize_weight``); another
-activation input (attention's second MatMul operand) stays FP32. The range with the least sum
-over the layers of ||y_q - y||^2 / ||y||^2 wins, the error counted once for each graph the
-range serves: symmetric int8 over +-amax (TensorRT) plus uint8 over the observed [min, max]
-clipped to +-amax (ONNX Runtime CPU, see ``ort_cpu``). Against the TensorRT term alone, the sum
+output is recomputed with the tensor quantized and dequantized and its weights quantized as each
+target's Q/DQ graph stores them (per channel, symmetric: int8, or FP8 E4M3 in the FP8 graph;
+``Target.fake_quant_weight``); another activation input (attention's second MatMul operand)
+stays FP32. The range with the least sum over the layers of ||y_q - y||^2 / ||y||^2 wins, the
+error counted once for each graph the range serves, each with its own activations and weights:
+symmetric int8 over +-amax (TensorRT), E4M3 over +-amax (TensorRT FP8), uint8 over the observed
+[min, max] clipped to +-amax (ONNX Runtime CPU, see ``ort_cpu``). Against the TensorRT term alone, the sum
 cut the CPU graph's output error by 10-17% on both examples at the same or lower TensorRT error
 (uint8 halves the step on one-sided tensors, so the CPU graph wants less clipping), and moved
 either graph's by under 0.002 on two random-weight nets.
@@ -64,7 +65,7 @@ from pipeline.data import Feed
 from pipeline.graphview import GraphView
 from pipeline.phases import timed
 from pipeline.placement import WEIGHTED, Placement, weight_axis
-from pipeline.targets.tensorrt.qdq import INT8_MAX, activation_scale, quantize_weight
+from pipeline.targets.tensorrt.qdq import INT8, INT8_MAX, Scheme, activation_scale, quantize_weight
 
 # Calibration rows (at most a calibration batch) the readers' outputs are compared on, and the
 # whole-graph check's first rows. On 8, the digits ViT's per-tensor choices were noisy: the check's
@@ -103,7 +104,7 @@ class AutoRanges:
         rows: int = AUTO_ROWS,
         batch_axes: Mapping[str, int | None] | None = None,
         placements: Sequence[Placement] = (),
-        fake_quants: Sequence[FakeQuant] = (),
+        fake_quants: Sequence[TargetQuant] = (),
     ) -> None:
         self.rows = rows
         # How each configured target quantizes an input: a range is judged by the sum of their errors.
@@ -329,7 +330,7 @@ def _by_layers(
     values: dict[str, np.ndarray],
     found: Measured,
     kernels: _Kernels,
-    fake_quants: Sequence[FakeQuant],
+    fake_quants: Sequence[TargetQuant],
 ) -> AutoChoice:
     layers = [_Layer(view, node, index, values, kernels, fake_quants) for node, index in uses]
     amax = found.amax
@@ -387,20 +388,35 @@ def uint8_scheme(x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray
     return fake_quant_uint8(x, max(lo, -amax), min(hi, amax))
 
 
-# Where no target is named (a test, a benchmark): both schemes, symmetric int8 and asymmetric uint8.
-BOTH_SCHEMES: tuple[FakeQuant, ...] = (int8_scheme, uint8_scheme)
-
-
-def dequantized_weight(w: np.ndarray, axis: int) -> np.ndarray:
-    q, scale = quantize_weight(w.astype(np.float32), axis, np.dtype(np.float32))
+def dequantized_weight(w: np.ndarray, axis: int, scheme: Scheme = INT8) -> np.ndarray:
+    """``w`` as a Q/DQ graph stores it per channel along ``axis`` (``scheme``'s type), dequantized."""
+    q, scale = quantize_weight(w.astype(np.float32), axis, np.dtype(np.float32), scheme)
     shape = [1] * w.ndim
     shape[axis] = -1
     return q.astype(np.float32) * scale.reshape(shape)
 
 
+# w, axis -> w as a target's graph stores a weight, dequantized (``Target.fake_quant_weight``)
+WeightQuant = Callable[[np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TargetQuant:
+    """How one target's graph quantizes a layer: its activation input, and its weights."""
+
+    activation: FakeQuant
+    weight: WeightQuant = dequantized_weight
+
+
+# Where no target is named (a test, a benchmark): both schemes, symmetric int8 and asymmetric uint8,
+# each with per-channel int8 weights.
+BOTH_SCHEMES: tuple[TargetQuant, ...] = (TargetQuant(int8_scheme), TargetQuant(uint8_scheme))
+
+
 class _Layer:
-    """One weighted layer reading the tensor as input ``index``: its FP32 output, and its output
-    with that input fake-quantized to a given range and its weights int8."""
+    """One weighted layer reading the tensor as input ``index``: its FP32 output, and, per target,
+    its output with that input fake-quantized to a given range and its weights as that target
+    stores them."""
 
     def __init__(
         self,
@@ -409,35 +425,40 @@ class _Layer:
         index: int,
         values: dict[str, np.ndarray],
         kernels,
-        fake_quants: Sequence[FakeQuant],
+        fake_quants: Sequence[TargetQuant],
     ):
         self.index = index
         self.input = node.input[index]
-        self.fake_quants = fake_quants
         inputs = [values[t] for t in node.input if t]
-        self.quantized = [
-            dequantized_weight(v, weight_axis(node.op_type, node, v.ndim, i))
-            if i in (0, 1) and i != index and view.is_weight(node.input[i])
-            else v
-            for i, v in enumerate(inputs)
-        ]
+        weights = [i for i in (0, 1) if i != index and view.is_weight(node.input[i])]
+        axes = {i: weight_axis(node.op_type, node, inputs[i].ndim, i) for i in weights}
+        by_weight: dict[WeightQuant, list[np.ndarray]] = {}  # targets storing weights alike share them
+        self.targets = []
+        for quant in fake_quants:
+            if quant.weight not in by_weight:
+                by_weight[quant.weight] = [quant.weight(v, axes[i]) if i in axes else v for i, v in enumerate(inputs)]
+            self.targets.append((quant.activation, by_weight[quant.weight]))
         self.run = kernels(node)
         self.ref = self.run(inputs)
         self.ref_sq = float(np.square(self.ref, dtype=np.float64).sum())
 
     def error(self, amax: float, lo: float, hi: float, shared: dict | None = None) -> float:
         """Relative squared output error, summed over the targets, with the input as each target's
-        graph quantizes it (``Target.fake_quant``: TensorRT's int8 over +-amax, ONNX Runtime CPU's
-        uint8 over [lo, hi] clipped to +-amax). ``shared`` holds the quantized inputs by tensor for
-        one range, so layers reading one tensor (attention's Q, K and V) quantize it once."""
+        graph quantizes it (``Target.fake_quant``: TensorRT's int8 over +-amax, FP8's E4M3 over
+        +-amax, ONNX Runtime CPU's uint8 over [lo, hi] clipped to +-amax) and the weights as it
+        stores them (``Target.fake_quant_weight``). ``shared`` holds the quantized inputs by tensor
+        for one range, so layers reading one tensor (attention's Q, K and V) quantize it once: the
+        input is an activation, the same for every target's weights."""
         shared = {} if shared is None else shared
         if self.input not in shared:
-            x = self.quantized[self.index]
-            shared[self.input] = [quantize(x, amax, lo, hi) for quantize in self.fake_quants]
-        return sum(self._error(x) for x in shared[self.input])
+            x = self.targets[0][1][self.index]
+            shared[self.input] = [quantize(x, amax, lo, hi) for quantize, _ in self.targets]
+        return sum(
+            self._error(quantized, x) for (_, quantized), x in zip(self.targets, shared[self.input], strict=True)
+        )
 
-    def _error(self, x: np.ndarray) -> float:
-        inputs = list(self.quantized)
+    def _error(self, quantized: list[np.ndarray], x: np.ndarray) -> float:
+        inputs = list(quantized)
         inputs[self.index] = x
         if self.ref_sq <= 0:
             return 0.0

@@ -149,7 +149,7 @@ def ranges(
     A cache that cannot be trusted is rebuilt by calibrate (``rebuild_invalid``) and refused elsewhere;
     ``force`` does not read it at all. The cache is recorded as ``record_as``'s (calibrate's) output,
     ``read`` what calibrate read as it started (``records.finish``)."""
-    from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, layer_activations
+    from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, TargetQuant, layer_activations
     from pipeline.calibration.cache import load_ranges
     from pipeline.calibration.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibration.histogram import STATS_VERSION
@@ -197,7 +197,7 @@ def ranges(
             auto_rows,
             {spec.name: spec.batch_axis for spec in cfg.inputs},
             placements,
-            tuple(t.fake_quant for t in chosen),
+            tuple(TargetQuant(t.fake_quant, t.fake_quant_weight) for t in chosen),
         ),
     )
     with timed("cache write"):

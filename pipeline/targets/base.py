@@ -107,6 +107,11 @@ class Target(ABC):
         ``+-amax``: what ``auto`` sums over the configured targets to choose a range."""
 
     @abstractmethod
+    def fake_quant_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
+        """``w`` as this target's graph stores a weight (channels along ``axis``), dequantized: what
+        ``auto`` runs each layer with while it judges a range for the layer's input."""
+
+    @abstractmethod
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         """The quantized graph, the weighted layers in ``float_nodes`` left in float."""
 

@@ -43,6 +43,11 @@ class OnnxRuntimeCpu(Target):
 
         return uint8_scheme(x, amax, lo, hi)
 
+    def fake_quant_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
+        from pipeline.calibration.auto import dequantized_weight
+
+        return dequantized_weight(w, axis)  # per-channel int8, as ONNX Runtime's quantizer stores it
+
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         from pipeline.targets.onnxruntime_cpu.quantize import OrtCpuQdqFromOnnx
 

@@ -2,12 +2,15 @@
 
 For each config: export, quantize, build TensorRT engines, compare, bench, report. Then:
 
-* **coverage**: the w8a8 engine runs at least 90% of the graph's quantized Conv/Gemm/MatMul
-  layers in INT8 (counted from the engine inspector, fused Myelin regions included);
+* **coverage**: each 8-bit engine (w8a8, and fp8 where ``tensorrt-fp8`` is configured) runs at
+  least 90% of its graph's quantized Conv/Gemm/MatMul layers in its 8-bit type (counted from the
+  engine inspector, fused Myelin regions included);
 * **accuracy**: every engine passes its compare gate against FP32;
-* **speed**: at the largest ``[bench] gpu_batches`` size w8a8 is at least ``[verdict] min_speedup``
-  (1.05) times as fast as FP16: the report's verdict (``pipeline.evaluate.verdict``), whose rule this
-  is. Below it the check fails, naming the measured ratio and the likeliest causes the engine shows.
+* **speed**: at the largest ``[bench] gpu_batches`` size the fastest 8-bit engine within its gate is
+  at least ``[verdict] min_speedup`` (1.05) times as fast as FP16: the report's verdict
+  (``pipeline.evaluate.verdict``), whose rule this is, choosing among FP16, w8a8 and fp8. Below it the
+  check fails, naming the measured ratio and the likeliest causes the engine shows. Each batch's
+  median latency of every engine is kept beside its verdict, side by side as in the report.
 
 ``engines/gpu-check.json`` is written again as each model finishes, so a model that fails (a build
 error, CUDA out of memory) neither hides the models checked before it nor stops the ones after it;
@@ -29,15 +32,14 @@ from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.fileio import write_json
 from pipeline.layout import Layout
-from pipeline.results import CompareResult, load_if_saved
+from pipeline.results import CompareResult, LayerSummary, load_if_saved
 from pipeline.targets.base import ENGINE
 from pipeline.targets.tensorrt.layers import COVERAGE_WARNING as MIN_COVERAGE
-from pipeline.targets.tensorrt.target import ARTIFACT
 
 
 def check_model(config_path: Path, root: Path) -> dict[str, Any]:
-    from pipeline import stages
-    from pipeline.evaluate.verdict import decide
+    from pipeline import stages, targets
+    from pipeline.evaluate.verdict import decide, name
 
     cfg = load_config(config_path)
     out = Layout.of(cfg, root)
@@ -53,21 +55,19 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
     stages.run("report", cfg, root)
 
     engines = record.engines  # never None: build --backend tensorrt builds them or fails
-    layers = engines.layers[ARTIFACT]
-    coverage = layers.quantized_coverage
+    eight_bit = [t.artifact for t in targets.configured(cfg) if t.builds_engine and t.artifact in engines.layers]
+    coverage = {name(a): _coverage(engines.layers[a]) for a in eight_bit}
     verdict = decide(bench, load_if_saved(CompareResult, out, cfg.path), record, cfg.verdict.min_speedup)
     overall = verdict.overall
+    medians = bench.medians()
     result = {
         "model": cfg.name,
         "config": str(config_path),
         "engines": engines.dir,
         "coverage": {
-            "int8_quantized_layers": layers.int8_quantized_layers,
-            "quantized_layers": layers.quantized_layers,
-            "share": coverage,  # None: undetermined, which fails the check
-            "undetermined": layers.undetermined,
-            "ok": coverage is not None and coverage >= MIN_COVERAGE,
-            "check": layers.coverage_text(),
+            "ok": all(c["ok"] for c in coverage.values()),
+            "check": "; ".join(f"{p} {c['check']}" for p, c in coverage.items()),
+            "by_precision": coverage,
         },
         "accuracy": {"ok": accuracy_error is None, "error": accuracy_error},
         "speed": {
@@ -77,12 +77,32 @@ def check_model(config_path: Path, root: Path) -> dict[str, Any]:
             "ok": verdict.fast_enough,
             "check": verdict.speed(),
             "causes": [] if verdict.fast_enough else list(verdict.causes),
-            "by_batch": {str(v.batch): {"speedup": v.speedup, "verdict": v.line} for v in verdict.batches},
+            "by_batch": {
+                str(v.batch): {
+                    "ms": {name(a): medians[a][v.batch] for a in (bench.baseline, *bench.all_quantized)},
+                    "speedup": v.speedup,
+                    "verdict": v.line,
+                }
+                for v in verdict.batches
+            },
         },
         "deploy": verdict.deploy,  # what the verdict deploys (trtpipe deploy's default)
     }
     result["passed"] = result["coverage"]["ok"] and result["accuracy"]["ok"] and result["speed"]["ok"]
     return result
+
+
+def _coverage(layers: LayerSummary) -> dict[str, Any]:
+    """One 8-bit engine's coverage check: the share of its quantized layers the engine runs 8-bit."""
+    share = layers.quantized_coverage
+    return {
+        "quantized_layers": layers.quantized_layers,
+        "int8_quantized_layers": layers.int8_quantized_layers,  # in the engine's 8-bit type: INT8, or FP8
+        "share": share,  # None: undetermined, which fails the check
+        "undetermined": layers.undetermined,
+        "ok": share is not None and share >= MIN_COVERAGE,
+        "check": layers.coverage_text(),
+    }
 
 
 def _failed(config_path: Path, exc: Exception) -> dict[str, Any]:
@@ -102,10 +122,10 @@ def _failed(config_path: Path, exc: Exception) -> dict[str, Any]:
 def _summary(m: dict[str, Any]) -> str:
     if "error" in m:
         return f"gpu-check {m['config']}: FAIL: {m['error']}"
-    c = m["coverage"]
+    short = ", ".join(p for p, c in m["coverage"]["by_precision"].items() if not c["ok"] and c["share"] is not None)
     return (
-        f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: {c['check']}"
-        f"{'' if c['ok'] or c['share'] is None else f' < {MIN_COVERAGE:.0%}'}, accuracy "
+        f"gpu-check {m['model']}: {'PASS' if m['passed'] else 'FAIL'}: {m['coverage']['check']}"
+        f"{f' ({short} < {MIN_COVERAGE:.0%})' if short else ''}, accuracy "
         f"{'ok' if m['accuracy']['ok'] else 'FAILED'}, speed {'ok' if m['speed']['ok'] else 'FAILED'}: "
         f"{m['speed']['check']}"
     )

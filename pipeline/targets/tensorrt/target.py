@@ -46,6 +46,11 @@ class TensorRT(Target):
 
         return int8_scheme(x, amax, lo, hi)
 
+    def fake_quant_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
+        from pipeline.calibration.auto import dequantized_weight
+
+        return dequantized_weight(w, axis, self.scheme)  # per channel in its 8-bit type: int8, or FP8 E4M3
+
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         from pipeline.targets.tensorrt.qdq import QdqOnnxFromOnnx
 

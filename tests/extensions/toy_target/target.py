@@ -33,6 +33,9 @@ class Toy(Target):
     def fake_quant(self, x: np.ndarray, amax: float, lo: float, hi: float) -> np.ndarray:
         return x
 
+    def fake_quant_weight(self, w: np.ndarray, axis: int) -> np.ndarray:
+        return w
+
     def quantize(self, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()) -> onnx.ModelProto:
         return inputs.fp32
 
