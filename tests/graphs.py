@@ -572,3 +572,30 @@ def outlier_chain(scale: float = 1000.0) -> onnx.ModelProto:
         n3,
     ]
     return _model(nodes, i1 + i2 + i3)
+
+
+def batchnorm_from_constants(variance: float = 1e8) -> onnx.ModelProto:
+    """
+        x ─► conv ─► BatchNormalization ─► y
+                       ▲ ▲ ▲ ▲
+        Constant nodes: scale, bias, mean, var (channel 0's var = ``variance``)
+    No initializers, every weight a nameless Constant node, as Paddle2ONNX writes them (RapidOCR's
+    detector). Channel 0's running variance is beyond FP16's range and its scale as large, so
+    the BatchNorm is ordinary in FP32 and clipped to nonsense by an FP16 constant.
+    """
+    n_conv, (w, b) = conv("conv", "x", "c")
+    scale = np.ones(16, np.float32)
+    scale[0] = np.sqrt(variance)  # keeps channel 0's output near unit scale
+    var = np.ones(16, np.float32)
+    var[0] = variance
+    values = {
+        "conv.w": w,
+        "conv.b": b,
+        "bn.scale": numpy_helper.from_array(scale),
+        "bn.bias": numpy_helper.from_array(np.zeros(16, np.float32)),
+    }
+    values["bn.mean"] = numpy_helper.from_array(np.zeros(16, np.float32))
+    values["bn.var"] = numpy_helper.from_array(var)
+    constants = [helper.make_node("Constant", [], [name], value=tensor) for name, tensor in values.items()]
+    bn = helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["y"], name="bn")
+    return _model([*constants, n_conv, bn], [])

@@ -117,25 +117,33 @@ RAPIDOCR_DET = "ch_PP-OCRv4_det_infer.onnx"
 RAPIDOCR_INITIALIZERS = "det_initializers.onnx"
 
 
-def constants_as_initializers(folder: Path) -> dict:
+def constants_as_initializers(model):
+    """The graph with each Constant node's tensor moved to an initializer of the same name."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = []
+    for node in out.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            out.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    onnx.checker.check_model(out)
+    return out
+
+
+def rapidocr_initializers(folder: Path) -> dict:
     import onnx
 
     out = folder / RAPIDOCR_INITIALIZERS
     if not out.is_file():
-        model = onnx.load(str(folder / RAPIDOCR_DET))
-        kept = []
-        for node in model.graph.node:
-            if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(node.attribute[0].t)
-                tensor.name = node.output[0]
-                model.graph.initializer.append(tensor)
-            else:
-                kept.append(node)
-        del model.graph.node[:]
-        model.graph.node.extend(kept)
-        onnx.checker.check_model(model)
-        _write(out, model.SerializeToString())
+        _write(out, constants_as_initializers(onnx.load(str(folder / RAPIDOCR_DET))).SerializeToString())
     return {"from": f"{RAPIDOCR_DET}, Constant nodes as initializers", "sha256": sha256(out.read_bytes())}
 
 
@@ -150,7 +158,7 @@ def fetch_all() -> dict:
         if wheel.package == "resemblyzer":
             entry["files"][RESEMBLYZER_STATE] = resemblyzer_state(wheel.folder)
         if wheel.package == "rapidocr-onnxruntime":
-            entry["files"][RAPIDOCR_INITIALIZERS] = constants_as_initializers(wheel.folder)
+            entry["files"][RAPIDOCR_INITIALIZERS] = rapidocr_initializers(wheel.folder)
         manifest[key] = entry
     _write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
