@@ -4,6 +4,7 @@ the rewrite that lets RapidOCR's detector convert to FP16."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from benchmarks.nncf_ptq import batches
 from benchmarks.quant_peers import Figures, done_when
-from benchmarks.trained import data, tasks
+from benchmarks.trained import data, minilm, tasks
 from benchmarks.trained.wheels import constants_as_initializers
 from pipeline.config import load_config
 from pipeline.data import calibration_batches, heldout_batches
@@ -155,9 +156,18 @@ def test_mel_filters_are_slaney_triangles():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_each_trained_config_loads_and_its_data_fits(config):
+def test_each_trained_config_loads_and_its_data_fits(config, tmp_path):
     cfg = load_config(config)
     assert cfg.name in tasks.TASKS
+    if "vocab" in cfg.calibration.args:  # the wheel's vocab.txt, absent here: a small one in its place
+        vocab = tmp_path / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "."]) + "\n")
+        args = {**cfg.calibration.args, "vocab": str(vocab)}
+        cfg = dataclasses.replace(
+            cfg,
+            calibration=dataclasses.replace(cfg.calibration, args=args),
+            evaluation=dataclasses.replace(cfg.evaluation, args={**cfg.evaluation.args, "vocab": str(vocab)}),
+        )
     feed = next(calibration_batches(cfg, samples=2))
     held, labels = next(heldout_batches(cfg, 2))
     for spec in cfg.inputs:
@@ -185,3 +195,33 @@ def test_constants_as_initializers_lets_the_fp16_graph_keep_a_batchnorm_beyond_f
 
     assert fp16_error(model) > 0.1  # the Constant's variance clipped to FP16's maximum
     assert fp16_error(rewritten) < 0.01  # the BatchNorm kept in FP32, reading its initializer
+
+
+def test_word_pieces_as_bert_splits_them():
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "a", "?", "run"])}
+    assert minilm.word_pieces("unaffable", vocab) == [4, 5, 6]  # BERT's own example
+    assert minilm.word_pieces("unx", vocab) == [1]  # a word it cannot cover is one [UNK]
+    ids, mask = minilm.tokenize("Run a unaffable?", vocab, 8)
+    assert ids.tolist() == [2, 9, 7, 4, 5, 6, 8, 3] and mask.tolist() == [1] * 8
+    ids, mask = minilm.tokenize("run run run run run run run", vocab, 5)  # truncated, [SEP] kept
+    assert ids.tolist() == [2, 9, 9, 9, 3]
+    ids, mask = minilm.tokenize("a", vocab, 5)
+    assert ids.tolist() == [2, 7, 3, 0, 0] and mask.tolist() == [1, 1, 1, 0, 0]
+
+
+def test_safetensors_are_read_as_written(tmp_path):
+    """A safetensors file written by hand: a little-endian header length, the JSON header, the arrays."""
+    import json
+
+    from benchmarks.trained.wheels import read_safetensors
+
+    a = np.arange(6, dtype="<f4").reshape(2, 3)
+    b = np.array([7, -1], dtype="<i8")
+    header = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}
+    header["b"] = {"dtype": "I64", "shape": [2], "data_offsets": [24, 40]}
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header).encode()
+    got = read_safetensors(len(raw).to_bytes(8, "little") + raw + a.tobytes() + b.tobytes())
+    np.testing.assert_array_equal(got["a"], a)
+    np.testing.assert_array_equal(got["b"], b)
+    assert set(got) == {"a", "b"}

