@@ -354,7 +354,7 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
     top1 = scores["fp32"]["top1"]
     task = TASKS.get(cfg.name)
     rows = [["FP32 (reference)", *["-"] * 8, _pct(top1), *["-"] * 4]]
-    rows[0] += [f"{fp32_ms:.2f}", "1.00x"] + ([_task(scores["fp32"])] if task else [])
+    rows[0] += [f"{fp32_ms:.2f}", "1.00x"] + ([_task(scores["fp32"], task)] if task else [])
     for key, tool in TOOLS.items():
         label = tool.label + ("" if not key.startswith("ours") else f" ({cfg.calibration.method})")
         target = {"tensorrt": "TensorRT", "tensorrt-fp8": "TensorRT FP8"}.get(tool.target, "ORT CPU")
@@ -383,7 +383,7 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
             ]
         )
         rows[-1] += ["-", "-"] if lat is None else [f"{lat.median_ms:.2f}", f"{fp32_ms / lat.median_ms:.2f}x"]
-        rows[-1] += [_task(s)] if task else []
+        rows[-1] += [_task(s, task)] if task else []
     headers = ["quantizer", "for", "rule violations", "Q/DQ coverage", "8-bit weights (layers)", "file MB"]
     headers += ["rel error", "cosine", "centered cos", "top-1 %", "top-1 agree", "calibrate s"]
     headers += ["calib+quant s", "peak RSS MB", f"ORT CPU ms (b{batch}, {threads} thr)", "vs FP32"]
@@ -393,8 +393,8 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
     return f"{cfg.name}\n" + table(headers, rows), lines
 
 
-def _task(score: dict) -> str:
-    return f"{score['task']:.3f}" if "task" in score else "-"
+def _task(score: dict, task) -> str:
+    return f"{score['task']:.{task.digits}f}" if "task" in score else "-"
 
 
 @dataclass(frozen=True)
@@ -443,7 +443,8 @@ def cpu_peers(found: dict[str, Figures]) -> tuple[list[str], str]:
 def done_when(found: dict[str, Figures], task) -> list[str]:
     """Issue 22's questions, each answered yes or NO with the figures: our TensorRT graph's error
     against the best ModelOpt int8 graph's, our CPU graph's against the best ORT-runnable peer's,
-    the task metric against the same peers, and our calibration time against the fastest peer's."""
+    the task metric against the same peers, and our calibration time against the fastest int8
+    peer's (an FP8 graph is another job: ModelOpt's FP8 quantizes no Conv and may quantize nothing)."""
     cpu, nncf_note = cpu_peers(found)
     lines = []
     for ours, peers, what in (
@@ -451,7 +452,7 @@ def done_when(found: dict[str, Figures], task) -> list[str]:
         ("ours-cpu", cpu, f"best ORT-runnable peer ({nncf_note})"),
     ):
         lines += _compared(found, ours, [p for p in peers if p in found], what, task)
-    peers = [k for k in found if not k.startswith("ours")]
+    peers = [k for k in (*MODELOPT, *QUANTIZE_STATIC, "nncf") if k in found]  # the int8 peers
     for ours in ("ours-w8a8", "ours-cpu"):
         if ours in found and peers:
             lines.append(_speedup(found, ours, min(peers, key=lambda p: found[p].total_s)))
@@ -472,7 +473,7 @@ def _compared(found: dict[str, Figures], ours: str, peers: list[str], what: str,
         ok = task.better(found[ours].task, found[top].task)
         lines.append(
             f"{ours} {task.metric} no worse than the same peers: {'yes' if ok else 'NO'} "
-            f"({found[ours].task:.3f} vs {TOOLS[top].label} {found[top].task:.3f})"
+            f"({found[ours].task:.{task.digits}f} vs {TOOLS[top].label} {found[top].task:.{task.digits}f})"
         )
     return lines
 
@@ -481,7 +482,7 @@ def _speedup(found: dict[str, Figures], ours: str, fastest: str) -> str:
     ratio = found[fastest].total_s / found[ours].total_s
     verdict = "yes" if ratio >= CALIBRATION_SPEEDUP else f"NO, {CALIBRATION_SPEEDUP / ratio:.1f}x short"
     return (
-        f"{ours} calibrate+quantize >= {CALIBRATION_SPEEDUP:g}x faster than the fastest peer: {verdict} "
+        f"{ours} calibrate+quantize >= {CALIBRATION_SPEEDUP:g}x faster than the fastest int8 peer: {verdict} "
         f"({found[ours].total_s:.2f} s vs {TOOLS[fastest].label} {found[fastest].total_s:.2f} s: {ratio:.2f}x)"
     )
 

@@ -29,6 +29,7 @@ class Task:
     metric: str  # what the number is, with its unit
     lower_is_better: bool
     score: Callable[[Outputs, Outputs], float]
+    digits: int = 3  # decimals shown: a cosine near 1 needs more
 
     def better(self, a: float, b: float) -> bool:
         """``a`` is at least as good as ``b``."""
@@ -96,7 +97,7 @@ TASKS: dict[str, Task] = {
     "crepe_full": Task("pitch error, cents", True, pitch_error),
     "mtcnn_onet": Task("landmark error, px", True, landmark_error),
     "mtcnn_pnet": Task("face-map IoU vs FP32, %", False, face_map_iou),
-    "speaker_encoder": Task("embedding cosine vs FP32", False, embedding_cosine),
+    "speaker_encoder": Task("embedding cosine vs FP32", False, embedding_cosine, digits=5),
     "rapidocr_det": Task("text-mask IoU vs FP32, %", False, text_mask_iou),
-    "minilm_l6": Task("embedding cosine vs FP32", False, embedding_cosine),
+    "minilm_l6": Task("embedding cosine vs FP32", False, embedding_cosine, digits=5),
 }
