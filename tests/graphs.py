@@ -852,3 +852,30 @@ def embedded_stream() -> onnx.ModelProto:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
     return onnx.shape_inference.infer_shapes(model)
+
+
+def batchnorm_from_constants(variance: float = 1e8) -> onnx.ModelProto:
+    """
+        x ─► conv ─► BatchNormalization ─► y
+                       ▲ ▲ ▲ ▲
+        Constant nodes: scale, bias, mean, var (channel 0's var = ``variance``)
+    No initializers, every weight a nameless Constant node, as Paddle2ONNX writes them (RapidOCR's
+    detector). Channel 0's running variance is beyond FP16's range and its scale as large, so
+    the BatchNorm is ordinary in FP32 and clipped to nonsense by an FP16 constant.
+    """
+    n_conv, (w, b) = conv("conv", "x", "c")
+    scale = np.ones(16, np.float32)
+    scale[0] = np.sqrt(variance)  # keeps channel 0's output near unit scale
+    var = np.ones(16, np.float32)
+    var[0] = variance
+    values = {
+        "conv.w": w,
+        "conv.b": b,
+        "bn.scale": numpy_helper.from_array(scale),
+        "bn.bias": numpy_helper.from_array(np.zeros(16, np.float32)),
+    }
+    values["bn.mean"] = numpy_helper.from_array(np.zeros(16, np.float32))
+    values["bn.var"] = numpy_helper.from_array(var)
+    constants = [helper.make_node("Constant", [], [name], value=tensor) for name, tensor in values.items()]
+    bn = helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["y"], name="bn")
+    return _model([*constants, n_conv, bn], [])
