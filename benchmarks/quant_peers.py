@@ -468,8 +468,10 @@ def cpu_peers(found: dict[str, Figures]) -> tuple[list[str], str]:
     """The ORT-runnable peers our CPU graph is judged against: quantize_static's, and NNCF's where
     its graph runs at NNCF_MIN_SPEED of ours or faster; and a note on NNCF."""
     peers = [k for k in QUANTIZE_STATIC if k in found]
-    if "nncf" not in found or "ours-cpu" not in found:
-        return peers, "NNCF failed or not run" if "nncf" not in found else "NNCF not compared (no CPU graph of ours)"
+    if "nncf" not in found:
+        return peers, "NNCF failed"
+    if "ours-cpu" not in found:
+        return peers, "NNCF not compared: no CPU graph of ours"
     ours, theirs = found["ours-cpu"].cpu_ms, found["nncf"].cpu_ms
     speed = ours / theirs  # NNCF's speed as a fraction of ours
     if speed >= NNCF_MIN_SPEED:
