@@ -95,20 +95,28 @@ def overflowing_nodes(model: onnx.ModelProto) -> dict[str, tuple[str, float]]:
     Converted, the constant would be clipped to 65,504 (a BatchNorm's running variance of 497,160 in a
     trained CNN put its FP16 graph 10% off), so the node computes in FP32 instead."""
     consts = {i.name: i for i in model.graph.initializer}
-    consts |= {
-        n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
-    }
+    consts |= {n.output[0]: _constant_value(n) for n in model.graph.node if n.op_type == "Constant"}
     found = {}
     for node in model.graph.node:
         for tensor in node.input:
-            proto = consts.get(tensor)
-            if proto is None or proto.data_type not in (FLOAT, TensorProto.DOUBLE):
-                continue
-            values = numpy_helper.to_array(proto)
-            finite = np.abs(values[np.isfinite(values)]) if values.size else values
-            if finite.size and float(finite.max()) > FP16_MAX:
-                found[node.name] = (node.op_type, max(float(finite.max()), found.get(node.name, ("", 0.0))[1]))
+            largest = _largest(consts.get(tensor))
+            if largest > FP16_MAX:
+                found[node.name] = (node.op_type, max(largest, found.get(node.name, ("", 0.0))[1]))
     return found
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """A Constant node's tensor (None: a Constant of another attribute, a scalar or list of ints...)."""
+    return next((a.t for a in node.attribute if a.name == "value"), None)
+
+
+def _largest(proto: onnx.TensorProto | None) -> float:
+    """The largest finite magnitude of a float constant (0 for none, or one of another type)."""
+    if proto is None or proto.data_type not in (FLOAT, TensorProto.DOUBLE):
+        return 0.0
+    values = numpy_helper.to_array(proto)
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
 
 
 def overflowing_activations(fp32: onnx.ModelProto, cfg: Config, feed: Feed) -> dict[str, tuple[str, str, float]]:
@@ -216,6 +224,8 @@ class _Converter:
     def _fp16_node(self, node: onnx.NodeProto) -> bool:
         if node.op_type in self.keep_fp32 or node.name in self.keep_nodes or node.domain not in ("", "ai.onnx"):
             return False
+        if node.op_type == "Constant" and _largest(_constant_value(node)) > FP16_MAX:
+            return False  # its readers stay FP32 (overflowing_nodes); the value it makes must not be clipped
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return False  # control flow: its subgraphs read outer tensors by name, left as they were
         return _schema(node, self.opset) is not None

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.fp16 import Fp16OnnxFromOnnx
+from tests import graphs
 
 
 def _model(nodes, inits, inputs, outputs):
@@ -143,6 +144,23 @@ def test_a_node_with_a_constant_beyond_fp16_stays_fp32():
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2
     clamped = _run(fp16_graph(model, keep_fp32=()), {"x": x})[0]  # what the conversion did before
     assert np.abs(clamped[:, 0] - ref[:, 0]).max() / np.abs(ref[:, 0]).max() > 0.5
+
+
+def test_a_constant_node_beyond_fp16_stays_fp32_with_the_node_reading_it():
+    """The same where the weights are Constant nodes (Paddle2ONNX writes them so: RapidOCR's detector,
+    a BatchNorm variance near 1e8): keeping the BatchNorm FP32 is not enough when the Constant making
+    its variance is converted, clipped to 65,504, before the BatchNorm reads it."""
+    from pipeline.fp16 import fp16_graph, overflowing_nodes
+
+    model = graphs.batchnorm_from_constants()  # channel 0's running variance 1e8
+    assert overflowing_nodes(model) == {"bn": ("BatchNormalization", 1e8)}
+    fp16 = fp16_graph(model, keep_fp32=(), keep_nodes=tuple(overflowing_nodes(model)))
+    made = {n.output[0]: n.attribute[0].t.data_type for n in fp16.graph.node if n.op_type == "Constant"}
+    assert made["bn.var"] == TensorProto.FLOAT  # beyond FP16: kept
+    assert made["conv.w"] == made["bn.scale"] == made["bn.bias"] == TensorProto.FLOAT16  # the rest converted
+    x = graphs.inputs_for(model, 2)
+    ref, out = _run(model, x)[0], _run(fp16, x)[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2
 
 
 def test_a_batchnorm_with_a_large_variance_folds_into_its_conv_and_fp16_passes():
