@@ -36,6 +36,13 @@ def own_peak_mb() -> float:
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024.0
 
 
+def write_result(result: str, seconds: float, baseline_mb: float, version: str) -> None:
+    """RESULT.json, as each peer's child process writes it for ``benchmarks.quant_peers``."""
+    record = {"total_s": seconds, "baseline_rss_mb": baseline_mb, "peak_rss_mb": own_peak_mb(), "version": version}
+    with open(result, "w") as f:
+        json.dump(record, f)
+
+
 def main(graph: str, data: str, shapes: str, method: str, out: str, result: str) -> None:
     import modelopt
     import numpy as np
@@ -57,11 +64,7 @@ def main(graph: str, data: str, shapes: str, method: str, out: str, result: str)
         output_path=out,
         log_level="WARNING",
     )
-    seconds = time.perf_counter() - start
-    record = {"total_s": seconds, "baseline_rss_mb": baseline_mb, "peak_rss_mb": own_peak_mb()}
-    record["version"] = modelopt.__version__
-    with open(result, "w") as f:
-        json.dump(record, f)
+    write_result(result, time.perf_counter() - start, baseline_mb, modelopt.__version__)
 
 
 if __name__ == "__main__":

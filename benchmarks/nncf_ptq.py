@@ -13,16 +13,10 @@ NNCF are imported here, no ``pipeline``: NNCF pins its own dependencies. RESULT.
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 
-
-def own_peak_mb() -> float:
-    """This process's peak RSS since its exec (VmHWM); see ``benchmarks.modelopt_ptq.own_peak_mb``."""
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024.0
+from benchmarks.modelopt_ptq import own_peak_mb, write_result  # stdlib only at import
 
 
 def batches(arrays: dict, shapes: str) -> list[dict]:
@@ -46,11 +40,7 @@ def main(graph: str, data: str, shapes: str, out: str, result: str) -> None:
     # subset_size counts the dataset's items, here batches: every one of them
     quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
     onnx.save(quantized, out)
-    seconds = time.perf_counter() - start
-    record = {"total_s": seconds, "baseline_rss_mb": baseline_mb, "peak_rss_mb": own_peak_mb()}
-    record["version"] = nncf.__version__
-    with open(result, "w") as f:
-        json.dump(record, f)
+    write_result(result, time.perf_counter() - start, baseline_mb, nncf.__version__)
 
 
 if __name__ == "__main__":
