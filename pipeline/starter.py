@@ -20,7 +20,8 @@ from pipeline.errors import PipelineError
 
 # A first profile: small batches for latency, up to a batch large enough to time throughput.
 BATCH_GUESS = (1, 8, 64)
-AXIS_GUESS = (1, 64, 512)  # a sequence-like axis the graph leaves open
+AXIS_GUESS = (1, 64, 512)  # a sequence-like axis the graph leaves open, where the data does not say
+SIZE_FILES = 64  # at most this many data files are read for the sizes a dynamic axis comes in
 # Where the model does not say: the size and normalisation ImageNet classifiers take.
 IMAGE_GUESS = ImageSection(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -49,6 +50,7 @@ def write_starter(model: str, out: Path, data: Path | None = None) -> str:
         weights = '# weights = "weights.pt"   # a state_dict, if the callable does not load its own'
         model_block = f'[model]\nsource = "{_relative(Path(path), out)}:{attr}"\n{weights}'
     axes = sorted({d for t in inputs for d in t.shape if isinstance(d, str) and d != "batch"})
+    seen = _axis_sizes(data, inputs) if data is not None and model.endswith(".onnx") else {}
     lines = [
         f"# Written by trtpipe init from {model}: every guess is commented; see docs/config.md.",
         f'name = "{name}"',
@@ -60,14 +62,43 @@ def write_starter(model: str, out: Path, data: Path | None = None) -> str:
         "# guessed: a TensorRT profile over the batch axis (min, opt = the batch to tune for, max)",
         f"[batch]\nmin = {BATCH_GUESS[0]}\nopt = {BATCH_GUESS[1]}\nmax = {BATCH_GUESS[2]}",
         "",
-        *[
-            f'# guessed: the range of the dynamic axis {a!r}\n[[axes]]\nname = "{a}"\n'
-            f"min = {AXIS_GUESS[0]}\nopt = {AXIS_GUESS[1]}\nmax = {AXIS_GUESS[2]}\n"
-            for a in axes
-        ],
+        *[_axis_block(a, seen.get(a, [])) for a in axes],
         _calibration(data, out, inputs if model.endswith(".onnx") else []),
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _axis_block(axis: str, sizes: list[int]) -> str:
+    """The [[axes]] entry for ``axis``: the range the data comes in (opt its most common size), or a
+    sequence-like guess where the data does not say."""
+    if sizes:
+        low, opt, high = min(sizes), max(set(sizes), key=sizes.count), max(sizes)
+        why = f"the data comes at {axis} {low}..{high}; widen it to the sizes you will serve"
+    else:
+        (low, opt, high), why = AXIS_GUESS, "a sequence-like range: set it to the sizes you will serve"
+    return f'# guessed: {why}\n[[axes]]\nname = "{axis}"\nmin = {low}\nopt = {opt}\nmax = {high}\n'
+
+
+def _axis_sizes(data: Path, inputs: list[Tensor]) -> dict[str, list[int]]:
+    """The sizes each named axis of ``inputs`` has in the first files of a .npz or .npy folder (a
+    file holds one sample or a batch: its rank tells). Images are resized to one size: none."""
+    from pipeline.data import NPY, NPZ, read_npy, read_npz
+
+    found = _folder(data)
+    if found.kind not in (NPY, NPZ):
+        return {}
+    sizes: dict[str, list[int]] = {}
+    for path in found.files[:SIZE_FILES]:
+        arrays = {inputs[0].name: read_npy(path, 1)} if found.kind == NPY else read_npz(path, 1)
+        for t in inputs:
+            array = arrays.get(t.name)
+            if array is None or array.ndim not in (len(t.shape), len(t.shape) - 1):
+                continue
+            offset = array.ndim - len(t.shape)  # -1: one sample, without the batch axis
+            for axis, dim in enumerate(t.shape):
+                if isinstance(dim, str) and dim != "batch" and axis + offset >= 0:
+                    sizes.setdefault(dim, []).append(int(array.shape[axis + offset]))
+    return sizes
 
 
 def _name(model: str) -> str:

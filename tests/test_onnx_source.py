@@ -142,3 +142,30 @@ def test_init_writes_a_config_that_runs_every_stage_unedited(tmp_path, user_mode
     assert (tmp_path / "engines" / "net" / "reports" / "report.md").is_file()
     again = CliRunner().invoke(main, ["init", "model/net.onnx", "-o", "configs/net.toml"])
     assert again.exit_code == 1 and "exists; trtpipe init writes a new config" in again.output
+
+
+def test_init_guesses_each_dynamic_axis_from_the_sizes_the_data_comes_in(tmp_path):
+    """An ONNX graph open in height and width (as Paddle2ONNX writes RapidOCR's detector):
+
+        x [N, 3, H, W] -> Relu -> y [N, 3, H, W]
+
+    With --data, each open axis' range is the data's (opt its most common size), not a generic
+    sequence guess whose min of 1 a downsampling CNN cannot take."""
+    from onnx import TensorProto, helper
+
+    from pipeline.starter import AXIS_GUESS, write_starter
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "open", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "open.onnx"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, height in enumerate((8, 8, 12)):  # one sample per file, as an image
+        np.save(data / f"s{i}.npy", np.zeros((3, height, 16), np.float32))
+    text = write_starter(str(tmp_path / "open.onnx"), tmp_path / "open.toml", data)
+    assert '[[axes]]\nname = "h"\nmin = 8\nopt = 8\nmax = 12\n' in text
+    assert '[[axes]]\nname = "w"\nmin = 16\nopt = 16\nmax = 16\n' in text
+    assert "the data comes at h 8..12" in text
+    blind = write_starter(str(tmp_path / "open.onnx"), tmp_path / "open.toml")  # no data: the generic guess
+    assert f'name = "h"\nmin = {AXIS_GUESS[0]}\nopt = {AXIS_GUESS[1]}\nmax = {AXIS_GUESS[2]}\n' in blind
