@@ -239,7 +239,7 @@ def test_extreme_rows_follow_every_pass_and_batch_merged_tensors():
 def test_the_verdict_weighs_first_rows_for_the_samples_they_stand_for():
     """4 first rows standing for 98 samples each (400 less 8 extremes, over 4), 8 extremes for
     themselves. max is worse on the first rows by 0.1 (+-0.01) and better on the extremes by 10
-    each: its estimate is lower by (80 - 0.1 x 392) / 400 = 0.102, far beyond 2 standard errors.
+    each: its estimate is lower by (80 - 0.1 x 392) / 400 = 0.102, far beyond 3 standard errors.
     entropy's first rows are better by 0.05 on average, and its estimate by 0.049: the lowest once
     max is no better than auto, but by 0.49 standard errors (one is 0.1), within the sampling error: not taken."""
     first, extremes = 4, 8

@@ -18,7 +18,9 @@ estimated lowest replaces the per-tensor ranges whenever its estimate is below t
 ``CLOSE`` standard errors of the first rows' part of the difference. Below that the lead is within
 the first rows' sampling error and the per-tensor ranges stay; the output then says so, naming the
 method estimated lower and by how much. (On resnet_digits entropy led by 1.0 and mse by 1.6 standard
-errors; on 300 held-out rows each was worse than the per-tensor ranges, entropy's CPU graph by 25%.)
+errors; on 300 held-out rows each was worse than the per-tensor ranges, entropy's CPU graph by 25%.
+On RapidOCR's trained detector entropy led by 2.2 and its TensorRT graph's held-out error was 2.3x
+the per-tensor ranges'.)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pipeline.placement import Placement
 from pipeline.targets.tensorrt.qdq import INT8, activation_scale, quantize_weight
 
 AUTO = methods.AUTO  # the candidate of auto's per-tensor choices; the others are one method on every tensor
-CLOSE = 2.0  # a lead by fewer standard errors is within the first rows' sampling error: said so
+CLOSE = 3.0  # a lead by fewer standard errors is within the first rows' sampling error: said so
 HELD = 32  # samples whose inputs are held while streaming (each holding some tensor's largest |x|)
 
 
