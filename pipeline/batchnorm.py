@@ -102,11 +102,15 @@ def _matmul_add(bn: onnx.NodeProto, add: onnx.NodeProto, view: GraphView) -> _Fo
 def _checked(bn, layer, weight: str, axis: int, bias: str | None, view: GraphView) -> _Fold | None:
     """The fold, where the weight (float) and bias are constants only this layer reads, with one value
     per output channel, as the BatchNorm has."""
-    shape = view.shape(weight) if view.is_const(weight) else None
-    if shape is None or not _only_reader(weight, view) or view.initializers[weight].data_type != FLOAT:
+    # Initializers only: a Constant node's value (Paddle2ONNX writes weights so) is left unfolded.
+    stored = {i.name for i in view.model.graph.initializer}
+    if any(t not in stored for t in (weight, *([bias] if bias else []), *bn.input[1:5])):
+        return None
+    shape = view.shape(weight)
+    if not _only_reader(weight, view) or view.initializers[weight].data_type != FLOAT:
         return None
     channels = shape[axis]
-    if bias is not None and (not view.is_const(bias) or not _only_reader(bias, view)):
+    if bias is not None and not _only_reader(bias, view):
         return None
     if bias is not None and int(np.prod(view.shape(bias))) not in (1, channels):
         return None

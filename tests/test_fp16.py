@@ -189,6 +189,17 @@ def test_a_batchnorm_with_a_large_variance_folds_into_its_conv_and_fp16_passes()
     assert np.abs(out - ref).max() / np.abs(ref).max() < 2e-3
 
 
+def test_a_batchnorm_whose_weights_are_constant_nodes_is_left_unfolded():
+    """Paddle2ONNX writes weights as Constant nodes (RapidOCR's detector, ``graphs.batchnorm_from_constants``):
+    the fold reads initializers, so such a BatchNorm stays as it is (export crashed on it), and the
+    FP16 graph keeps it FP32 with the Constant beyond FP16's range."""
+    from pipeline.batchnorm import fold_batchnorm
+
+    model = graphs.batchnorm_from_constants()
+    folded, names = fold_batchnorm(model)
+    assert names == [] and [n.op_type for n in folded.graph.node] == [n.op_type for n in model.graph.node]
+
+
 @pytest.mark.parametrize("layer", ["gemm", "matmul_add"])
 def test_a_batchnorm_folds_into_a_gemm_or_a_matmul_with_its_bias(layer):
     """
