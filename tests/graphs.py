@@ -879,3 +879,21 @@ def batchnorm_from_constants(variance: float = 1e8) -> onnx.ModelProto:
     constants = [helper.make_node("Constant", [], [name], value=tensor) for name, tensor in values.items()]
     bn = helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["y"], name="bn")
     return _model([*constants, n_conv, bn], [])
+
+
+def class_token() -> onnx.ModelProto:
+    """
+        x [batch, 4, 16] ─► fc1 (MatMul 16x16) ─► Mul by rows [0.1, 10, 10, 10] ─► s ─► Gather row 0 (axis 1) ─► g
+        g [batch, 16] ─► fc2 (MatMul 16x16) ─► y [batch, 16]
+    A ViT's class token: the row the head reads is a hundred times smaller than the rest, so a
+    scale carried from all rows onto it would leave it a few int8 steps.
+    """
+    rows = numpy_helper.from_array(np.array([[0.1], [10.0], [10.0], [10.0]], np.float32), "rows")
+    index = numpy_helper.from_array(np.array(0, np.int64), "index")
+    nodes = [
+        helper.make_node("MatMul", ["x", "fc1.w"], ["h"], name="fc1"),
+        helper.make_node("Mul", ["h", "rows"], ["s"], name="scale_rows"),
+        helper.make_node("Gather", ["s", "index"], ["g"], name="class_token", axis=1),
+        helper.make_node("MatMul", ["g", "fc2.w"], ["y"], name="fc2"),
+    ]
+    return _model(nodes, [_w("fc1.w", 16, 16), _w("fc2.w", 16, 16), rows, index], ("batch", 4, 16), ("batch", 16))

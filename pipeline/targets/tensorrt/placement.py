@@ -8,9 +8,10 @@ The rules (TensorRT's explicit-quantization guidance, as ModelOpt applies it):
   the Conv's input alone: the Add becomes the Conv's epilogue;
 * quantize a pooling op's input when its output is quantized, so it runs INT8, with one scale for
   both (the output takes the input's range, as TensorRT carries the scale through);
-* likewise across ops that only move values (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Slice,
-  Gather on a constant index): TensorRT moves the Q/DQ pair across them onto their input, so the
-  graph quantizes it there too, with the same scale;
+* likewise across ops that move every value (Reshape, Transpose, Flatten, Squeeze, Unsqueeze):
+  TensorRT moves the Q/DQ pair across them onto their input, so the graph quantizes it there too,
+  with the same scale; not across Gather and Slice, which select some values whose range can be far
+  narrower (a ViT's class token): they keep their own, and TensorRT requantizes;
 * give a Concat whose output is quantized the same scale on every input and its output, the widest
   of their ranges (a fused Concat copies 8-bit values: one scale or none);
 * everything else (LayerNorm, Softmax, GELU, ...) stays FP16;
@@ -134,6 +135,6 @@ def _carries_scale(node: onnx.NodeProto, view: GraphView) -> bool:
     if node.op_type in POOLING:
         return True
     varying = view.input_dependent()
-    if node.op_type not in MOVES or node.input[0] not in varying:
-        return False
-    return node.op_type != "Gather" or node.input[1] not in varying  # a constant index: it moves values
+    # Gather and Slice select some of the values: a range of their own can be far narrower than their
+    # input's (a ViT's class token against all tokens), so they keep it and TensorRT requantizes.
+    return node.op_type in MOVES and node.op_type not in ("Gather", "Slice") and node.input[0] in varying
