@@ -114,9 +114,7 @@ def _largest(proto: onnx.TensorProto | None) -> float:
     """The largest finite magnitude of a float constant (0 for none, or one of another type)."""
     if proto is None or proto.data_type not in (FLOAT, TensorProto.DOUBLE):
         return 0.0
-    values = numpy_helper.to_array(proto)
-    finite = np.abs(values[np.isfinite(values)])
-    return float(finite.max()) if finite.size else 0.0
+    return _peak(numpy_helper.to_array(proto))[0]
 
 
 def overflowing_activations(fp32: onnx.ModelProto, cfg: Config, feed: Feed) -> dict[str, tuple[str, str, float]]:
