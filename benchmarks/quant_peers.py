@@ -370,8 +370,10 @@ def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -
     scores["fp32"] = {"top1": rows[0].reference_metric}
     if task is not None:
         joined = {k: [np.concatenate(parts) for parts in zip(*batches, strict=True)] for k, batches in outputs.items()}
+        draws = np.random.default_rng(0).integers(0, len(joined["fp32"][0]), (TASK_DRAWS, len(joined["fp32"][0])))
         for key, got in joined.items():
             scores[key]["task"] = task.score(got, joined["fp32"])
+            scores[key]["task_draws"] = task.resampled(got, joined["fp32"], draws)  # the same rows for every graph
     feed = sample_inputs(cfg, batch)
     cpu = {"fp32": ref, **{k: s for k, s in sessions.items() if TOOLS[k].target == "onnxruntime-cpu"}}
     feeds = {k: ortsession.feed_for(s, feed) for k, s in cpu.items()}
@@ -442,6 +444,11 @@ class Figures:
     total_s: float  # calibration and quantization
     cpu_ms: float | None = None  # ONNX Runtime CPU latency (the CPU graphs)
     task: float | None = None
+    task_draws: np.ndarray | None = None  # the task metric over held-out rows drawn with replacement
+
+
+TASK_DRAWS = 400  # resamplings of the held-out rows behind a task metric's noise
+NOISE_SE = 2.0  # a task metric this many standard errors of the paired difference worse is worse
 
 
 def figures(results: dict, scores: dict) -> dict[str, Figures]:
@@ -456,6 +463,7 @@ def figures(results: dict, scores: dict) -> dict[str, Figures]:
             results[key]["total_s"],
             None if lat is None else lat.median_ms,
             scores[key].get("task"),
+            scores[key].get("task_draws"),
         )
     return out
 
@@ -509,12 +517,25 @@ def _compared(found: dict[str, Figures], ours: str, peers: list[str], what: str,
     scored = [p for p in peers if found[p].task is not None]
     if task is not None and found[ours].task is not None and scored:
         top = (min if task.lower_is_better else max)(scored, key=lambda p: found[p].task)
-        ok = task.better(found[ours].task, found[top].task)
-        lines.append(
-            f"{ours} {task.metric} no worse than the same peers: {'yes' if ok else 'NO'} "
-            f"({found[ours].task:.{task.digits}f} vs {TOOLS[top].label} {found[top].task:.{task.digits}f})"
-        )
+        verdict = _task_verdict(found[ours], found[top], task)
+        shown = f"{found[ours].task:.{task.digits}f} vs {TOOLS[top].label} {found[top].task:.{task.digits}f}"
+        lines.append(f"{ours} {task.metric} no worse than the same peers: {verdict} ({shown})")
     return lines
+
+
+def _task_verdict(ours: Figures, peer: Figures, task) -> str:
+    """yes when ours is at least as good; else whether it is worse beyond the noise of the rows
+    scored: NOISE_SE standard errors of the paired difference over the same resampled rows."""
+    if task.better(ours.task, peer.task):
+        return "yes"
+    if ours.task_draws is None or peer.task_draws is None:
+        return "NO"
+    se = float(np.std(ours.task_draws - peer.task_draws))
+    worse = abs(ours.task - peer.task)
+    within = worse <= NOISE_SE * se
+    verdict = "yes, within noise" if within else "NO"
+    noise = f"{NOISE_SE:g} SE of the paired difference: {NOISE_SE * se:.{task.digits}f}"
+    return f"{verdict} (worse by {worse:.{task.digits}f}; {noise})"
 
 
 def _speedup(found: dict[str, Figures], ours: str, fastest: str) -> str:

@@ -23,6 +23,7 @@ from tests import graphs
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "benchmarks" / "trained" / "configs").glob("*.toml"))
 PITCH = tasks.TASKS["crepe_tiny"]
+LANDMARKS = tasks.TASKS["mtcnn_onet"]
 
 
 def _found(nncf_ms: float) -> dict[str, Figures]:
@@ -77,6 +78,33 @@ def test_a_higher_is_better_metric_and_failed_peers():
     assert lines[2].endswith("NO (9.000 vs quantize_static S8S8 MinMax 10.000)")
 
 
+def _pitch_figures(error_cents: np.ndarray, draws: np.ndarray) -> Figures:
+    """A graph whose per-row pitch error is ``error_cents``: its task metric and its resamplings."""
+    outputs = [_salience_at(_true_cents(len(error_cents)) + error_cents)]
+    return Figures(0.01, 1.0, None, PITCH.score(outputs, []), PITCH.resampled(outputs, [], draws))
+
+
+def _true_cents(rows: int) -> np.ndarray:
+    return 1200 * np.log2(np.array([data.tone(data.HELDOUT + i)[1] for i in range(rows)]) / 10.0)
+
+
+def test_a_task_metric_worse_only_within_the_rows_noise_is_no_worse():
+    rows = 64
+    draws = np.random.default_rng(0).integers(0, rows, (400, rows))
+    errors = np.random.default_rng(1).normal(0.0, 20.0, rows)
+    peer = _pitch_figures(errors, draws)
+    # The same errors on all rows but one, off by 12 cents more: worse, but far inside the rows' spread.
+    nudged = _pitch_figures(errors + np.eye(rows)[0] * 12.0 * np.sign(errors[0]), draws)
+    # Every row 10 cents further off: worse beyond any resampling.
+    shifted = _pitch_figures(errors + 10.0 * np.sign(errors), draws)
+    assert nudged.task > peer.task and shifted.task > peer.task
+    found = {"ours-w8a8": nudged, "modelopt-max": peer}
+    question = "ours-w8a8 pitch error, cents no worse than the same peers:"
+    assert done_when(found, PITCH)[1].startswith(f"{question} yes, within noise (worse by 0.1")
+    found["ours-w8a8"] = shifted
+    assert done_when(found, PITCH)[1].startswith(f"{question} NO (worse by")
+
+
 def test_nncf_calibrates_on_the_same_batches_in_the_same_order():
     arrays = {"x": np.arange(37 * 3, dtype=np.float32).reshape(37, 3), "m": np.arange(37)}
     got = batches(arrays, "x:16x3,m:16")
@@ -94,8 +122,8 @@ def _salience_at(cents: np.ndarray, width: float = 25.0) -> np.ndarray:
 def test_crepe_decoding_and_the_pitch_error_in_cents():
     truth = 1200 * np.log2(np.array([data.tone(data.HELDOUT + i)[1] for i in range(6)]) / 10.0)
     np.testing.assert_allclose(tasks.crepe_cents(_salience_at(truth)), truth, atol=1.0)
-    assert tasks.pitch_error([_salience_at(truth)], []) < 1.0
-    assert tasks.pitch_error([_salience_at(truth + 100.0)], []) == pytest.approx(100.0, abs=1.0)
+    assert PITCH.score([_salience_at(truth)], []) < 1.0
+    assert PITCH.score([_salience_at(truth + 100.0)], []) == pytest.approx(100.0, abs=1.0)
 
 
 def test_landmark_error_against_the_drawn_landmarks():
@@ -105,9 +133,9 @@ def test_landmark_error_against_the_drawn_landmarks():
         if truth is not None:
             marks[i] = np.concatenate([truth[:, 0], truth[:, 1]])
     assert any(t is None for _, t in crops) and any(t is not None for _, t in crops)
-    assert tasks.landmark_error([None, marks], []) == pytest.approx(0.0, abs=1e-5)
+    assert LANDMARKS.score([None, marks], []) == pytest.approx(0.0, abs=1e-5)
     shifted = marks + np.array([1.0] * 5 + [0.0] * 5, np.float32) / data.ONET_SIZE  # one pixel right
-    assert tasks.landmark_error([None, shifted], []) == pytest.approx(1.0, abs=1e-4)
+    assert LANDMARKS.score([None, shifted], []) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_mask_metrics():
@@ -115,13 +143,13 @@ def test_mask_metrics():
     a[..., :2, :] = 0.9  # 8 cells
     b = np.zeros_like(a)
     b[..., :1, :] = 0.9  # 4 of them
-    assert tasks.text_mask_iou([b], [a]) == pytest.approx(50.0)
-    assert tasks.mask_iou(np.zeros(3, bool), np.zeros(3, bool)) == 100.0
+    assert tasks.TASKS["rapidocr_det"].score([b], [a]) == pytest.approx(50.0)
+    assert tasks.TASKS["rapidocr_det"].score([np.zeros_like(a)], [np.zeros_like(a)]) == 100.0
     face = np.stack([1 - a, a], axis=1)[:, :, 0]  # (1, 2, 4, 4): PNet's (not face, face)
-    assert tasks.face_map_iou([None, face], [None, face]) == 100.0
+    assert tasks.TASKS["mtcnn_pnet"].score([None, face], [None, face]) == 100.0
     e = np.eye(2, dtype=np.float32)
-    assert tasks.embedding_cosine([e], [e[::-1]]) == pytest.approx(0.0)
-    assert tasks.embedding_cosine([e], [2 * e]) == pytest.approx(1.0)
+    assert tasks.EMBEDDING_COSINE.score([e], [e[::-1]]) == pytest.approx(0.0)
+    assert tasks.EMBEDDING_COSINE.score([e], [2 * e]) == pytest.approx(1.0)
 
 
 def test_the_data_is_the_same_on_every_call_and_held_out_is_apart():

@@ -1,6 +1,6 @@
 """Each trained network's task metric, scored over the held-out rows of its config.
 
-``TASKS`` maps a config's name to its ``Task``. ``score(outputs, reference)`` takes one graph's
+``TASKS`` maps a config's name to its ``Task``. ``Task.score(outputs, reference)`` takes one graph's
 outputs and FP32's, each a list over the config's outputs of arrays over every held-out row in
 order (held-out row ``i`` is ``data`` sample ``HELDOUT + i``), and returns one number. Where the
 data carries ground truth (CREPE's pitches, ONet's drawn landmarks) the metric is against it, so
@@ -24,16 +24,39 @@ PNET_THRESHOLD = 0.6  # facenet-pytorch MTCNN's default thresholds[0]
 DB_THRESHOLD = 0.3  # rapidocr's Det thresh
 
 
+# A task metric is a ratio of sums over the held-out rows (a mean, or an IoU over pixels): written
+# as per-row numerators and denominators, it can be recomputed over rows drawn with replacement,
+# which is how a difference between two graphs is told from the noise of the rows scored.
+Parts = tuple[np.ndarray, np.ndarray]
+
+
 @dataclass(frozen=True)
 class Task:
     metric: str  # what the number is, with its unit
     lower_is_better: bool
-    score: Callable[[Outputs, Outputs], float]
+    parts: Callable[[Outputs, Outputs], Parts]
     digits: int = 3  # decimals shown: a cosine near 1 needs more
+    scale: float = 1.0
+    empty: float = 0.0  # the score when every denominator is 0
 
     def better(self, a: float, b: float) -> bool:
         """``a`` is at least as good as ``b``."""
         return a <= b if self.lower_is_better else a >= b
+
+    def score(self, outputs: Outputs, reference: Outputs) -> float:
+        return self.resampled(outputs, reference, np.arange(len(outputs[-1]))[None])[0]
+
+    def resampled(self, outputs: Outputs, reference: Outputs, draws: np.ndarray) -> np.ndarray:
+        """The score over each row of ``draws`` (held-out row indices, drawn with replacement)."""
+        num, den = self.parts(outputs, reference)
+        totals = den[draws].sum(axis=1)
+        safe = np.where(totals == 0, 1.0, totals)
+        return np.where(totals == 0, self.empty, self.scale * num[draws].sum(axis=1) / safe)
+
+
+def _per_row(values: np.ndarray) -> Parts:
+    """A plain mean over rows."""
+    return values.astype(np.float64), np.ones(len(values))
 
 
 def crepe_cents(salience: np.ndarray) -> np.ndarray:
@@ -50,54 +73,56 @@ def crepe_cents(salience: np.ndarray) -> np.ndarray:
     return out
 
 
-def pitch_error(outputs: Outputs, reference: Outputs) -> float:
-    """Mean |decoded pitch - true pitch| in cents."""
+def pitch_parts(outputs: Outputs, reference: Outputs) -> Parts:
+    """|decoded pitch - true pitch| in cents, per row."""
     truth = np.array([data.tone(data.HELDOUT + i)[1] for i in range(len(outputs[0]))])
-    return float(np.mean(np.abs(crepe_cents(outputs[0]) - 1200 * np.log2(truth / 10.0))))
+    return _per_row(np.abs(crepe_cents(outputs[0]) - 1200 * np.log2(truth / 10.0)))
 
 
-def landmark_error(outputs: Outputs, reference: Outputs) -> float:
+def landmark_parts(outputs: Outputs, reference: Outputs) -> Parts:
     """Mean distance in pixels of the 48x48 crop between ONet's five landmarks and the drawn ones,
-    over the crops that hold a face."""
+    per crop; crops without a face count for nothing."""
     marks = outputs[1]
-    errors = []
+    num, den = np.zeros(len(marks)), np.zeros(len(marks))
     for i in range(len(marks)):
         truth = data.face_crop(data.HELDOUT + i)[1]
         if truth is not None:
             found = np.stack([marks[i, :5], marks[i, 5:]], axis=1)  # ONet: five xs, then five ys
-            errors.append(np.linalg.norm(found - truth, axis=1).mean() * data.ONET_SIZE)
-    return float(np.mean(errors))
+            num[i], den[i] = np.linalg.norm(found - truth, axis=1).mean() * data.ONET_SIZE, 1.0
+    return num, den
 
 
-def mask_iou(mask: np.ndarray, reference: np.ndarray) -> float:
-    """IoU of two boolean masks in percent; 100 when both are empty."""
-    union = np.logical_or(mask, reference).sum()
-    return 100.0 if union == 0 else float(100.0 * np.logical_and(mask, reference).sum() / union)
+def mask_parts(mask: np.ndarray, reference: np.ndarray) -> Parts:
+    """Per row, the pixels of two boolean masks' intersection and union: their IoU is the ratio."""
+    axes = tuple(range(1, mask.ndim))
+    inter = np.logical_and(mask, reference).sum(axis=axes).astype(np.float64)
+    return inter, np.logical_or(mask, reference).sum(axis=axes).astype(np.float64)
 
 
-def face_map_iou(outputs: Outputs, reference: Outputs) -> float:
-    """IoU of PNet's face windows (probability above MTCNN's first threshold) with FP32's."""
-    return mask_iou(outputs[1][:, 1] > PNET_THRESHOLD, reference[1][:, 1] > PNET_THRESHOLD)
+def face_map_parts(outputs: Outputs, reference: Outputs) -> Parts:
+    """PNet's face windows (probability above MTCNN's first threshold) against FP32's."""
+    return mask_parts(outputs[1][:, 1] > PNET_THRESHOLD, reference[1][:, 1] > PNET_THRESHOLD)
 
 
-def text_mask_iou(outputs: Outputs, reference: Outputs) -> float:
-    """IoU of the detector's binarized text mask (rapidocr's threshold) with FP32's."""
-    return mask_iou(outputs[0] > DB_THRESHOLD, reference[0] > DB_THRESHOLD)
+def text_mask_parts(outputs: Outputs, reference: Outputs) -> Parts:
+    """The detector's binarized text mask (rapidocr's threshold) against FP32's."""
+    return mask_parts(outputs[0] > DB_THRESHOLD, reference[0] > DB_THRESHOLD)
 
 
-def embedding_cosine(outputs: Outputs, reference: Outputs) -> float:
-    """Mean cosine of each embedding with FP32's: what a verification threshold is set on."""
+def cosine_parts(outputs: Outputs, reference: Outputs) -> Parts:
+    """Each embedding's cosine with FP32's: what a verification threshold is set on."""
     a, b = outputs[0], reference[0]
-    cos = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(cos.mean())
+    return _per_row((a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12))
 
 
+PITCH_ERROR = Task("pitch error, cents", True, pitch_parts)
+EMBEDDING_COSINE = Task("embedding cosine vs FP32", False, cosine_parts, digits=5)
 TASKS: dict[str, Task] = {
-    "crepe_tiny": Task("pitch error, cents", True, pitch_error),
-    "crepe_full": Task("pitch error, cents", True, pitch_error),
-    "mtcnn_onet": Task("landmark error, px", True, landmark_error),
-    "mtcnn_pnet": Task("face-map IoU vs FP32, %", False, face_map_iou),
-    "speaker_encoder": Task("embedding cosine vs FP32", False, embedding_cosine, digits=5),
-    "rapidocr_det": Task("text-mask IoU vs FP32, %", False, text_mask_iou),
-    "minilm_l6": Task("embedding cosine vs FP32", False, embedding_cosine, digits=5),
+    "crepe_tiny": PITCH_ERROR,
+    "crepe_full": PITCH_ERROR,
+    "mtcnn_onet": Task("landmark error, px", True, landmark_parts),
+    "mtcnn_pnet": Task("face-map IoU vs FP32, %", False, face_map_parts, scale=100.0, empty=100.0),
+    "speaker_encoder": EMBEDDING_COSINE,
+    "rapidocr_det": Task("text-mask IoU vs FP32, %", False, text_mask_parts, scale=100.0, empty=100.0),
+    "minilm_l6": EMBEDDING_COSINE,
 }
