@@ -148,7 +148,9 @@ def _onnx_tensor(value, path: Path) -> Tensor:
             shape.append("batch")
             notes.append(f"axis 0 ({dim.dim_param or dim.dim_value}) is the batch")
         elif dim.dim_param or not dim.dim_value:
-            axis_name = re.sub(r"[^A-Za-z0-9_]", "_", dim.dim_param or f"{value.name}_axis{axis}").lower()
+            # A dim_param with no letters or digits ("?", as some exporters write) names nothing.
+            named = dim.dim_param if re.search(r"[A-Za-z0-9]", dim.dim_param) else f"{value.name}_axis{axis}"
+            axis_name = re.sub(r"[^A-Za-z0-9_]", "_", named).lower()
             shape.append(axis_name)
             notes.append(f"axis {axis} ({dim.dim_param or '?'}) is dynamic: see [[axes]] {axis_name!r}")
         else:

@@ -169,3 +169,21 @@ def test_init_guesses_each_dynamic_axis_from_the_sizes_the_data_comes_in(tmp_pat
     assert "the data comes at h 8..12" in text
     blind = write_starter(str(tmp_path / "open.onnx"), tmp_path / "open.toml")  # no data: the generic guess
     assert f'name = "h"\nmin = {AXIS_GUESS[0]}\nopt = {AXIS_GUESS[1]}\nmax = {AXIS_GUESS[2]}\n' in blind
+
+
+def test_init_names_an_anonymous_dynamic_axis_after_its_tensor(tmp_path):
+    """Paddle2ONNX writes "?" for an open axis of RapidOCR's recognizer (x [N, 3, ?, W]): the
+    axis is named after its tensor and position, not "_".
+
+        x [N, 3, ?, W] -> Relu -> y [N, 3, ?, W]"""
+    from onnx import TensorProto, helper
+
+    from pipeline.starter import write_starter
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "?", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "?", "W"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "open", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "rec.onnx"))
+    text = write_starter(str(tmp_path / "rec.onnx"), tmp_path / "rec.toml")
+    assert 'shape = ["batch", 3, "x_axis2", "w"]' in text
+    assert '[[axes]]\nname = "x_axis2"' in text and 'name = "_"' not in text
