@@ -236,6 +236,21 @@ def test_extreme_rows_follow_every_pass_and_batch_merged_tensors():
             np.testing.assert_array_equal(rows.inputs[sample]["x"], x[sample : sample + 1])
 
 
+def test_extreme_samples_are_numbered_among_the_runs_of_the_first_shape():
+    """Runs of length 4, 6, 4, 6 (a sequence axis; 2 samples each): only the length-4 runs are
+    followed, so the extreme in the second length-4 run is sample 3 of the 4 followed samples, as
+    the kept rows number it, not sample 5 of all 8. (Numbered over every run, it could not be
+    among the first rows kept, and the check counted it twice: more rows than samples.)"""
+    runs = [{"x": np.zeros((2, n), np.float32)} for n in (4, 6, 4, 6)]
+    rows = ExtremeRows({"x": 0})
+    for run, _ in enumerate(rows.hold(runs)):
+        value = np.zeros((2, 3), np.float32)
+        value[1, 0] = 1.0 + run  # each run's second row is larger than any before it
+        rows.update(run, ["a"], [value])
+    assert rows.followed == 4 and rows.top(8) == [3]
+    np.testing.assert_array_equal(rows.inputs[3]["x"], runs[2]["x"][1:])
+
+
 def test_the_verdict_weighs_first_rows_for_the_samples_they_stand_for():
     """4 first rows standing for 98 samples each (400 less 8 extremes, over 4), 8 extremes for
     themselves. max is worse on the first rows by 0.1 (+-0.01) and better on the extremes by 10

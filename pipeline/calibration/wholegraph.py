@@ -70,7 +70,7 @@ class ExtremeRows:
     def __init__(self, batch_axes: Mapping[str, int | None], held: int = HELD) -> None:
         self.batch_axes = dict(batch_axes)
         self.held = held
-        self.starts: list[int] = []  # first sample of each run
+        self.starts: list[int] = []  # first sample of each run, counted over the followed runs
         self.sizes: list[int] = []
         self.shapes: list[tuple] = []  # each run's shape_key
         self.recent: dict[int, Feed] = {}  # the last runs' feeds, by run number
@@ -91,7 +91,9 @@ class ExtremeRows:
         """``runs`` as they are, remembering the last few (a run is folded while the next runs)."""
         for number, feed in enumerate(runs):
             if number == len(self.sizes):  # the first pass: every later pass replays the same runs
-                self.starts.append(self.samples)
+                # Samples are numbered among the followed runs only, as the kept rows the check
+                # starts from are: a run of another shape before them shifts neither.
+                self.starts.append(self.followed if self.shapes else 0)
                 self.sizes.append(self._rows(feed))
                 self.shapes.append(shape_key(feed, self.batch_axes))
             self.recent[number] = feed
