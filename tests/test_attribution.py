@@ -158,3 +158,21 @@ def test_a_one_row_output_is_attributed_on_that_row_to_the_op_that_rounded_it():
     diluted = {e.node: e for e in worst_layers(view, w8a8, feed, ranges, "max", top=9)}  # over every row
     assert diluted["ln"].added < on_row["ln"].added / 3
     assert max(diluted.values(), key=lambda e: e.added).node == "class_token"  # the wrong culprit
+
+
+def test_nameless_nodes_are_told_apart_by_their_outputs():
+    """The outlier MLP of the first test with every node's name cleared, as Paddle2ONNX writes
+    most nodes: fc1 is still found upstream of y and named by its output; nothing else nameless
+    is merged into it or listed for being nameless."""
+    model = graphs.mlp_gelu()
+    output = {n.name: n.output[0] for n in model.graph.node}
+    for node in model.graph.node:
+        node.name = ""
+    view = GraphView(model)
+    batches = [_outlier_inputs(model, 4, seed) for seed in range(4)]
+    tensors = ort_cpu.tensors_to_calibrate(view) | {"x", "g"}
+    ranges = RangesFromOnnx(tensors, 2048, 99.99)(model, batches)
+    quantized = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    worst = worst_layers(view, quantized, _outlier_inputs(model, 3, seed=9), ranges, "max", top=3, output="y")
+    assert worst[0].node == f"-> {output['fc1']}" and worst[0].added > 0.01
+    assert f"-> {output['fc2']}" in {w.node for w in worst} and len({w.node for w in worst}) == len(worst)

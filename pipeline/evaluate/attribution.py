@@ -51,9 +51,10 @@ def worst_layers(
     layers = [
         (node, [t for t in node.input[:2] if t and t in varying and not fp32.is_weight(t) and t in present])
         for node in fp32.nodes
-        if (node.op_type in WEIGHTED or node.name in rounded)
+        if (node.op_type in WEIGHTED or _label(node) in rounded)
         and node.output[0] in present
-        and (upstream is None or node.name in upstream)
+        and node.output[0] in varying  # a constant (a Constant node's weight) is no layer
+        and (upstream is None or _label(node) in upstream)
     ]
     row = selected_row(fp32, output) if output is not None else None
     tensors = sorted({t for node, inputs in layers for t in (*inputs, node.output[0])})
@@ -64,7 +65,7 @@ def worst_layers(
         e_in = err[worst_in] if worst_in else 0.0
         e_out = err[node.output[0]]
         reason = _reason(node, fp32, [t for t in inputs if t in ref], ref, ranges, method)
-        found.append(LayerError(node.name, node.op_type, e_in, e_out, e_out - e_in, reason, output))
+        found.append(LayerError(_label(node), node.op_type, e_in, e_out, e_out - e_in, reason, output))
     return sorted(found, key=lambda e: e.added, reverse=True)[:top]
 
 
@@ -117,21 +118,28 @@ def selected_row(view: GraphView, output: str) -> tuple[int, int, int] | None:
     return None
 
 
+# Nodes are told apart by name, and by their first output where they have none (Paddle2ONNX leaves
+# most nameless): the quantizers keep names, and may rename the output of a node they quantize.
+def _label(node: onnx.NodeProto) -> str:
+    """The node's name, or its output where it has none."""
+    return node.name or f"-> {node.output[0]}"
+
+
 def _upstream(view: GraphView, output: str) -> set[str]:
-    """The nodes ``output`` is computed from."""
+    """The nodes ``output`` is computed from (``_label``)."""
     found: set[str] = set()
     todo = [output]
     while todo:
         node = view.producer.get(todo.pop())
-        if node is not None and node.name not in found:
-            found.add(node.name)
+        if node is not None and _label(node) not in found:
+            found.add(_label(node))
             todo += [t for t in node.input if t]
     return found
 
 
 def _rounded_ops(quantized: onnx.ModelProto) -> set[str]:
-    """Nodes of the quantized graph (other than Q/DQ) that read an activation through a DequantizeLinear
-    of a QuantizeLinear or write one into a QuantizeLinear: where it rounds between layers."""
+    """Nodes of the quantized graph (other than Q/DQ, by ``_label``) that read an activation through
+    a DequantizeLinear of a QuantizeLinear or write one into a QuantizeLinear: where it rounds between layers."""
     producer = {o: n for n in quantized.graph.node for o in n.output}
     quantizes = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
     qdq = ("QuantizeLinear", "DequantizeLinear")
@@ -142,7 +150,7 @@ def _rounded_ops(quantized: onnx.ModelProto) -> set[str]:
         return q is not None and q.op_type == "QuantizeLinear"
 
     return {
-        n.name
+        _label(n)
         for n in quantized.graph.node
         if n.op_type not in qdq and (any(dequantized(t) for t in n.input) or any(o in quantizes for o in n.output))
     }
@@ -242,7 +250,8 @@ def explain_losses(
     low: dict[str, list[str]] = {}
     for r in rows:
         if r.artifact in graphs and r.stats.centered_cosine < cfg.accuracy.gate(r.artifact).min_cosine:
-            low.setdefault(r.artifact, []).append(r.output)
+            outputs = low.setdefault(r.artifact, [])
+            outputs += [] if r.output in outputs else [r.output]  # once, whatever shapes it was scored at
     if not low:
         return {}
     feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
