@@ -304,6 +304,26 @@ def test_new_calibration_data_makes_the_cache_stale(make_config, tmp_path):
     assert second.tensors["x"].max > first.tensors["x"].max
 
 
+def test_ranges_made_by_other_calibration_code_are_calibrated_anew(make_config, tmp_path, capsys):
+    """A cache records the version of the code that made it (the calibrate stage's sources): one
+    made by other code (here, its version as an older checkout would have written it) is stale,
+    so a re-run after a code change recomputes the ranges instead of reusing them."""
+    from pipeline.codehash import stage_code_version
+
+    cfg = make_config()
+    stages.run("export", cfg, root=tmp_path)
+    out = Layout.of(cfg, tmp_path)
+    stages.run("calibrate", cfg, root=tmp_path)
+    cache = json.loads(out.ranges.read_text())
+    assert cache["settings"]["code"] == stage_code_version("pipeline.stages.calibrate")
+    cache["settings"]["code"] = "0" * 64
+    out.ranges.write_text(json.dumps(cache))
+    capsys.readouterr()
+    stages.run("calibrate", cfg, root=tmp_path)
+    assert "the pipeline's calibration code changed since" in capsys.readouterr().err
+    assert json.loads(out.ranges.read_text())["settings"]["code"] == stage_code_version("pipeline.stages.calibrate")
+
+
 def test_value_preserving_ops_share_their_input_statistics():
     """flat and y hold c's values: one histogram (on c) serves all three, and the
     numbers equal a calibration of c on its own."""

@@ -140,6 +140,9 @@ class Cached(Protocol):
     tensors: Mapping[str, object]
 
 
+CODE_SETTING = "code"  # a cache's settings key: the version of the code that made it (pipeline.codehash)
+
+
 def stale_reason(cached: Cached, graph_sha256: str, settings: dict[str, object], tensors: Iterable[str]) -> str | None:
     """Why ``cached`` does not hold the statistics of ``tensors`` of graph ``graph_sha256`` under
     ``settings``, or None when it does."""
@@ -147,6 +150,8 @@ def stale_reason(cached: Cached, graph_sha256: str, settings: dict[str, object],
         return "the FP32 graph changed since calibration"
     if cached.settings != settings:
         changed = sorted(k for k in set(settings) | set(cached.settings) if settings.get(k) != cached.settings.get(k))
+        if changed == [CODE_SETTING]:
+            return "the pipeline's calibration code changed since"
         return f"calibration settings changed ({', '.join(changed)})"
     missing = set(tensors) - set(cached.tensors)
     if missing:

@@ -150,10 +150,11 @@ def ranges(
     ``force`` does not read it at all. The cache is recorded as ``record_as``'s (calibrate's) output,
     ``read`` what calibrate read as it started (``records.finish``)."""
     from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, TargetQuant, layer_activations
-    from pipeline.calibration.cache import load_ranges
+    from pipeline.calibration.cache import CODE_SETTING, load_ranges
     from pipeline.calibration.calibrator import RangesFromOnnx, batches_needed, value_sources
     from pipeline.calibration.histogram import STATS_VERSION
     from pipeline.calibration.memory import capture_plan
+    from pipeline.codehash import stage_code_version
     from pipeline.data import calibration_batches, rebatch
 
     section = cfg.calibration
@@ -168,6 +169,8 @@ def ranges(
         "auto_rows": auto_rows,
         "stats_version": STATS_VERSION,
         "targets": [t.name for t in chosen],  # auto judges a range by these targets' errors
+        # The statistics and the methods are code: ranges made by other code are another result.
+        CODE_SETTING: stage_code_version(record_as.module),
     }
     names = view.inputs | set(view.producer) | set(view.initializers)
     with timed("cache read"):
