@@ -233,7 +233,9 @@ class RegionSpeed:
 @dataclass(frozen=True)
 class SpeedSearch:
     """The CPU graph's per-region speed search (``targets/onnxruntime_cpu/regions.py``) at ``batch``:
-    each region's decision, and the graph it chose against FP32 (median and quartiles over rounds)."""
+    each region's decision, the graph quantized everywhere against the regions' choice where some
+    went float (``whole``: kept, the whole graph keeps its Q/DQ), and the graph it chose against FP32
+    (median and quartiles over rounds)."""
 
     batch: int
     budget_seconds: float
@@ -242,9 +244,12 @@ class SpeedSearch:
     speedup: float  # FP32 time over the chosen graph's
     speedup_q25: float
     speedup_q75: float
+    whole: RegionSpeed | None = saved(omitted=True)
 
     @property
     def kept(self) -> tuple[RegionSpeed, ...]:
+        if self.whole is not None and self.whole.kept:
+            return self.regions
         return tuple(r for r in self.regions if r.kept is not False)
 
     def derived(self) -> dict[str, int]:

@@ -897,3 +897,32 @@ def class_token() -> onnx.ModelProto:
         helper.make_node("MatMul", ["g", "fc2.w"], ["y"], name="fc2"),
     ]
     return _model(nodes, [_w("fc1.w", 16, 16), _w("fc2.w", 16, 16), rows, index], ("batch", 4, 16), ("batch", 16))
+
+
+def stacked_states_head() -> onnx.ModelProto:
+    """
+        x [batch, 16] ─► MatMul wa ─► Tanh ─► a (about +-0.2) ──────────────┐
+        x ─────────────► MatMul wb ─► Flatten ─► Tanh ─► b (about +-1) ───┴► Concat ─► cat [batch, 32]
+        cat ─► fc (Gemm 32 -> 32) ─► Relu ─► e ─► ReduceL2 ─► n
+                                             e ──────────────► Div (e / n) ─► y [batch, 32]
+    resemblyzer's speaker encoder in small: states of different ranges stacked by a Concat, a Linear
+    layer, then a Relu and an L2 normalisation that run float; and MatMuls read by float Tanhs,
+    one through a Flatten.
+    """
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["pa"], name="proj_a"),
+        helper.make_node("Tanh", ["pa"], ["a"], name="tanh_a"),
+        helper.make_node("MatMul", ["x", "wb"], ["pb"], name="proj_b"),
+        helper.make_node("Flatten", ["pb"], ["fb"], name="flatten_b"),
+        helper.make_node("Tanh", ["fb"], ["b"], name="tanh_b"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="stack", axis=1),
+        helper.make_node("Gemm", ["cat", "fc.w", "fc.b"], ["h"], name="fc", transB=1),
+        helper.make_node("Relu", ["h"], ["e"], name="relu"),
+        helper.make_node("ReduceL2", ["e", "axes"], ["n"], name="norm", keepdims=1),
+        helper.make_node("Div", ["e", "n"], ["y"], name="normalize"),
+    ]
+    wa = numpy_helper.from_array(0.2 * numpy_helper.to_array(_w("wa", 16, 16)), "wa")
+    wb = numpy_helper.from_array(1.5 * numpy_helper.to_array(_w("wb", 16, 16)), "wb")
+    bias = numpy_helper.from_array(np.full(32, 0.3, np.float32), "fc.b")
+    inits = [wa, wb, _w("fc.w", 32, 32), bias, _const("axes", np.array([1], np.int64))]
+    return _model(nodes, inits, ("batch", 16), ("batch", 32))

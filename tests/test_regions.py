@@ -13,9 +13,10 @@ from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.metrics import error_stats
 from pipeline.graphview import GraphView
-from pipeline.results import QuantizeResult
+from pipeline.results import QuantizeResult, RegionSpeed, SpeedSearch
+from pipeline.schema import decode, encode
 from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
-from pipeline.targets.onnxruntime_cpu.regions import MIN_GAIN, Region, keeps_qdq, regions, search
+from pipeline.targets.onnxruntime_cpu.regions import MIN_GAIN, WHOLE_GRAPH, Region, keeps_qdq, regions, search
 from pipeline.targets.onnxruntime_cpu.target import sensitivity_target
 from tests import graphs
 from tests.test_config import _error
@@ -25,6 +26,18 @@ def _rounds(*medians: float, runs: int = 5) -> np.ndarray:
     """Timings of ``len(medians)`` rounds, each ``runs`` runs spread around its median."""
     spread = np.linspace(-0.05, 0.05, runs)
     return np.array([[m * (1 + s) for s in spread] for m in medians])
+
+
+def test_the_whole_graph_counts_as_kept_when_it_beat_the_regions_choice():
+    """Each region measured too small a gain and went float, but the graph quantized everywhere beat
+    their choice at the end: every region then counts as keeping its Q/DQ, in the result and its file."""
+    regions_ = tuple(RegionSpeed(f"fc{i}", (f"fc{i}",), False, 1.01, 1.0, 1.02) for i in range(3))
+    whole = RegionSpeed(WHOLE_GRAPH, ("fc0", "fc1", "fc2"), True, 1.06, 1.05, 1.07)
+    found = SpeedSearch(16, 30.0, 2.0, regions_, 1.2, 1.1, 1.3, whole)
+    assert found.kept == regions_ and found.derived() == {"regions_kept": 3}
+    assert decode(SpeedSearch, encode(found)) == found
+    alone = SpeedSearch(16, 30.0, 2.0, regions_, 1.0, 0.9, 1.1)
+    assert alone.kept == () and "whole" not in encode(alone) and decode(SpeedSearch, encode(alone)) == alone
 
 
 def test_a_region_keeps_its_qdq_only_for_a_gain_beyond_noise():
@@ -63,8 +76,10 @@ def _weights_quantized(model: onnx.ModelProto) -> set[str]:
 
 def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_convs():
     """graphs.slow_and_fast_regions at batch 32, timed for real: the Convs of 4 channels lose to the
-    Q/DQ around their PReLUs, the wide Gemms gain. The chosen graph keeps Q/DQ on the Gemms alone,
-    runs faster than FP32, and its outputs are closer to FP32's than the fully quantized graph's."""
+    Q/DQ around their PReLUs, the wide Gemms gain. The graph quantized everywhere, timed at the end
+    beside the regions' choice, is the slower of the two, so the chosen graph keeps Q/DQ on the
+    Gemms alone, runs faster than FP32, and its outputs are closer to FP32's than the fully
+    quantized graph's."""
     model = graphs.slow_and_fast_regions()
     view = GraphView(model)
     needed = ort_cpu.tensors_to_calibrate(view)
@@ -88,6 +103,9 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
     ], found
     assert all(r.speedup < 1.0 for r in found.regions[:2]) and all(r.speedup > MIN_GAIN for r in found.regions[2:])
     assert found.speedup > 1.0 and found.speedup_q25 <= found.speedup <= found.speedup_q75
+    whole = found.whole
+    assert whole is not None and whole.layers == ("conv1", "conv2", "fc1", "fc2")
+    assert whole.kept is False and whole.speedup < 1.0 and found.kept == found.regions[2:]
     # Structure: int8 weights on the Gemms only; no Q/DQ left around the PReLUs.
     assert _weights_quantized(chosen) == {"fc1", "fc2"}
     producers = {o: n for n in chosen.graph.node for o in n.output}
@@ -124,7 +142,7 @@ def test_quantize_writes_the_graph_its_search_chose_and_records_each_region(pipe
     graph = onnx.load(str(out.graph("w8a8-cpu")))
     convs = [n.name for n in graph.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     assert sorted(n for r in found.regions for n in r.layers) == sorted(convs)
-    kept = {n for r in found.regions if r.kept is not False for n in r.layers}
+    kept = {n for r in found.kept for n in r.layers}
     assert _weights_quantized(graph) & set(convs) == kept
     assert result.cpu_recommended == (found.speedup >= cfg.verdict.min_speedup)
     assert f"region(s) for the ones INT8 speeds up at batch {found.batch}" in said
@@ -134,6 +152,10 @@ def test_quantize_writes_the_graph_its_search_chose_and_records_each_region(pipe
     report = stages.run("report", cfg).read_text()
     assert f"{len(found.kept)} of {len(found.regions)} regions keep their Q/DQ, timed at batch {found.batch}" in report
     assert all(f"| `{r.region}` | {len(r.layers)} " in report for r in found.regions), report
+    if found.whole is not None:  # some region went float: the whole graph was timed against their choice
+        decision = "Q/DQ everywhere: chosen" if found.whole.kept else "the regions' choice stays"
+        row = next(line for line in report.splitlines() if line.startswith(f"| {found.whole.region} "))
+        assert [c.strip() for c in row.split("|")[2:5:2]] == [str(len(found.whole.layers)), decision], row
 
 
 def test_an_op_with_no_weighted_layer_beside_it_stays_float_on_the_cpu():

@@ -167,14 +167,15 @@ def test_the_simulations_tie_scales_as_the_real_graphs_do():
     """Across MaxPool and Reshape into a Concat: the TensorRT simulation gives a, p, r, b and cat one
     scale (the Concat's group reaching back across the data movement); the CPU one gives p and r their
     input a's scale and zero point (ONNX Runtime's quantizer does: its kernels move uint8 values
-    through them), while its Concat keeps each input's own (QLinearConcat requantizes them)."""
+    through them) and the same group one range, the union of theirs, so that QLinearConcat copies
+    8-bit values rather than rounding them again."""
     model = graphs.pool_reshape_concat()
     weights = ["conv_a:1:weight", "conv_b:1:weight", "conv_c:1:weight"]
     plan, cpu = _simulations_match_the_real_graphs(model, weights)
     simulated = plan.simulated()
     assert simulated.shared == (("a", "b", "cat", "p", "r"),)
     assert simulated.range_of == {"p": "a", "r": "a"}
-    assert cpu.range_of == {"p": "a", "r": "a"} and cpu.shared == ()
+    assert cpu.range_of == {"p": "a", "r": "a"} and cpu.shared == (("a", "b", "cat", "p", "r"),)
 
 
 def _simulations_match_the_real_graphs(model: onnx.ModelProto, weights: list[str]):

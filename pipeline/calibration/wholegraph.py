@@ -232,19 +232,23 @@ def scales(placement: Placement, ranges: Mapping[str, Range]) -> dict[str, np.nd
     """The scale and zero-point inputs of ``placement``'s simulation under ``ranges`` (per tensor),
     as the target's quantizer computes them: TensorRT's FP16 scale amax / 127 (amax / 448 for FP8; a
     Concat's group sharing its largest amax); ONNX Runtime's uint8 scale and zero point over [min, max]
-    clipped to +-amax and widened to hold 0."""
-    amax = {t: ranges[placement.range_of.get(t, t)].amax for t in placement.activations}
+    clipped to +-amax (a Concat's group over the union of theirs) and widened to hold 0."""
+    source = {t: ranges[placement.range_of.get(t, t)] for t in placement.activations}
+    amax = {t: r.amax for t, r in source.items()}
+    bounds = {t: (max(r.min, -r.amax), min(r.max, r.amax)) for t, r in source.items()}
     for group in placement.shared:
-        widest = max(amax[t] for t in group if t in amax)
-        amax.update({t: widest for t in group if t in amax})
+        members = [t for t in group if t in amax]
+        widest = max(amax[t] for t in members)
+        joined = (min(bounds[t][0] for t in members), max(bounds[t][1] for t in members))
+        amax.update(dict.fromkeys(members, widest))
+        bounds.update(dict.fromkeys(members, joined))
     feed = {}
     for tensor in placement.activations:
         if placement.symmetric:
             scheme = placement.scheme or INT8
             scale, zero = activation_scale(amax[tensor], np.dtype(np.float16), scheme), np.zeros((), scheme.dtype)
         else:
-            r = ranges[placement.range_of.get(tensor, tensor)]
-            scale, zero = uint8_scale(max(r.min, -amax[tensor]), min(r.max, amax[tensor])) or (1.0, np.uint8(0))
+            scale, zero = uint8_scale(*bounds[tensor]) or (1.0, np.uint8(0))
         feed[f"scale:{tensor}"] = np.array(scale, np.float32)
         if _fed(placement):
             feed[f"zero:{tensor}"] = np.array(zero)

@@ -22,6 +22,7 @@ from pipeline.results import (
     BuildResult,
     CompareResult,
     QuantizeResult,
+    RegionSpeed,
     Smoothing,
     SpeedSearch,
     load,
@@ -181,8 +182,13 @@ def _sensitivity_section(out: Layout, model: str, quant: QuantizeResult | None) 
     return parts, [out.chart("sensitivity")]
 
 
+def _speedup_cell(r: RegionSpeed) -> str:
+    return "not timed" if r.speedup is None else f"{r.speedup:.2f}x ({r.speedup_q25:.2f}-{r.speedup_q75:.2f})"
+
+
 def _speed_search_lines(found: SpeedSearch | None, min_speedup: float) -> list[str]:
-    """The CPU graph's per-region speed search: each region's decision with its measured speedup."""
+    """The CPU graph's per-region speed search: each region's decision with its measured speedup, and
+    the graph quantized everywhere against their choice where it was timed."""
     if found is None:
         return []
     verdict = "recommended" if found.speedup >= min_speedup else f"NOT recommended (below {min_speedup:.2f}x)"
@@ -190,11 +196,15 @@ def _speed_search_lines(found: SpeedSearch | None, min_speedup: float) -> list[s
         [
             f"`{r.region}`",
             len(r.layers),
-            "not timed" if r.speedup is None else f"{r.speedup:.2f}x ({r.speedup_q25:.2f}-{r.speedup_q75:.2f})",
+            _speedup_cell(r),
             "float" if r.kept is False else "Q/DQ kept" if r.kept else "Q/DQ kept (not timed)",
         ]
         for r in found.regions
     ]
+    whole = found.whole
+    if whole is not None:  # quantized everywhere against the regions' choice, timed at the end
+        decision = "Q/DQ everywhere: chosen" if whole.kept else "the regions' choice stays"
+        rows.append([f"{whole.region}", len(whole.layers), _speedup_cell(whole), decision])
     return [
         "",
         "### The CPU graph's speed search",

@@ -25,7 +25,7 @@ from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import constant_value
-from pipeline.placement import WEIGHTED, Placement, excluded_reason, weight_axis
+from pipeline.placement import WEIGHTED, Placement, excluded_reason, tied_groups, weight_axis
 from pipeline.targets.onnxruntime_cpu.norms import normalizations, residual_stream_adds, stream_passes
 
 # Ops ORT's CPU EP runs quantized (QLinear*/QGemm) or passes through in 8 bit.
@@ -133,10 +133,12 @@ def masks(view: GraphView) -> set[str]:
 def placement(view: GraphView, settings: QuantizeSection) -> Placement:
     """Where ``quantize_static`` puts Q/DQ, as auto's whole-graph check simulates it: on every float
     activation in or out of an op of ``OP_TYPES`` it quantizes (in the GELU-fused graph, less the
-    ``excluded_nodes``), read through them by every reader; a folded Relu's input with the Relu
-    output's range, a data-movement or pooling op's output (``SAME_SCALE``) with its input's;
-    Conv/Gemm/MatMul weights int8 per output channel. Constants that op reads (biases, which it
-    stores int32 or uint8) stay float: their rounding is the same under any range."""
+    ``excluded_nodes``) but the outputs of Gemms and MatMuls that only float ops read
+    (``unrequantized``), read through them by every reader; a folded Relu's input with the Relu
+    output's range, a data-movement or pooling op's output (``SAME_SCALE``) with its input's, a
+    Concat's group one range (``concat_groups``); Conv/Gemm/MatMul weights int8 per output channel.
+    Constants that op reads (biases, which it stores int32 or uint8) stay float: their rounding is
+    the same under any range."""
     excluded = set(excluded_nodes(view, settings))
     varying = view.input_dependent()
     floats = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
@@ -149,13 +151,39 @@ def placement(view: GraphView, settings: QuantizeSection) -> Placement:
         for i, t in enumerate(node.input[:2]):
             if node.op_type in WEIGHTED and view.is_weight(t):
                 weights.append((node.name, i, t, weight_axis(node.op_type, node, len(view.shape(t)), i)))
+    read_as_is = set(unrequantized(view, excluded))  # their outputs go without Q/DQ
+    for t in (t for node in view.nodes if node.name in read_as_is for t in node.output):
+        activations.pop(t, None)
     ties = {t: out for t, out in relu_folded(view).items() if view.producer[out].name not in excluded}
     ties |= {
         node.output[0]: node.input[0]
         for node in view.nodes
         if node.op_type in SAME_SCALE and node.name not in excluded and node.input[0] in activations
     }
-    return Placement(False, activations, tuple(weights), (), {t: _end(ties, t) for t in activations if t in ties})
+    groups = concat_groups(view, set(activations), excluded)
+    return Placement(False, activations, tuple(weights), groups, {t: _end(ties, t) for t in activations if t in ties})
+
+
+def concat_groups(view: GraphView, quantized: set[str], excluded: set[str]) -> tuple[tuple[str, ...], ...]:
+    """Each quantized Concat's output and inputs, which ``OrtCpuQdqFromOnnx`` gives one range, the
+    union of theirs: ONNX Runtime's QLinearConcat then copies 8-bit values, where with a scale of its
+    own per input it rounds each value a second time (NNCF unifies them too; an LSTM's last state,
+    stacked with the others by a Concat and read on by a Gather, was rounded twice). A group reaches
+    back across the ops whose output ONNX Runtime gives its input's scale (``SAME_SCALE``)."""
+    joins = [
+        (node.output[0], *node.input)
+        for node in view.nodes
+        if node.op_type == "Concat" and node.name not in excluded and node.output[0] in quantized
+    ]
+    if not joins:
+        return ()
+    moves = [
+        (node.output[0], node.input[0])
+        for node in view.nodes
+        if node.op_type in SAME_SCALE and node.name not in excluded and node.input[0] in quantized
+    ]
+    joined = {t for group in tied_groups(quantized, joins) for t in group}
+    return tuple(g for g in tied_groups(quantized, joins + moves) if joined & set(g))
 
 
 # Ops whose output ONNX Runtime's quantizer gives its input's scale and zero point
@@ -200,8 +228,9 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     computed from constants and shapes only (the same for every input: nothing to quantize); every
     normalisation's own nodes, however exported (``norms.py``: a LayerNorm runs float, so does an RMSNorm
     spelled in Pow/ReduceMean/Mul); the residual-stream Adds (``residual_stream_adds``) and the Gathers
-    and Reshapes that move the stream into them (``stream_passes``); and the ops that would run 8-bit
-    with no weighted layer beside them (``float_islands``).
+    and Reshapes that move the stream into them (``stream_passes``); the ops that would run 8-bit
+    with no weighted layer beside them (``float_islands``); and those that would only requantize a
+    Gemm's or MatMul's output for float ops to read (``float_tails``).
 
     The stream carries the outlier channels per-tensor uint8 cannot hold (a ViT-B/16 CPU graph fell to
     cosine 0.963 with them quantized, 0.9985 without), rows of very different scales that the norm
@@ -222,7 +251,8 @@ def excluded_nodes(view: GraphView, settings: QuantizeSection) -> list[str]:
     stream = residual_stream_adds(view, norms)
     moves = stream_passes(view, stream, norms)
     found = excluded + constant + inside + stream + moves + softmax_input_adds(view) + made_masks
-    return found + float_islands(view, set(found))
+    found += float_islands(view, set(found))
+    return found + float_tails(view, set(found))
 
 
 def float_islands(view: GraphView, excluded: set[str]) -> list[str]:
@@ -248,6 +278,93 @@ def float_islands(view: GraphView, excluded: set[str]) -> list[str]:
                 group[root(producer.name)] = root(node.name)
     weighted = {root(n.name) for n in nodes if n.op_type in WEIGHTED}
     return [n.name for n in nodes if root(n.name) not in weighted]
+
+
+# Weighted ops ONNX Runtime's CPU EP fuses with no Q on their output (QGemm with a float output,
+# MatMulIntegerToFloat); a QLinearConv needs one.
+FLOAT_OUTPUT_OK = ("Gemm", "MatMul")
+# Ops a float tail passes through: data movement. Not a Relu or Clip: with no Q after it, ONNX Runtime
+# fuses it into the layer as a float FusedGemm where it has one reader, and the QGemm is lost.
+_TAIL_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather")
+
+
+def float_tails(view: GraphView, excluded: set[str]) -> list[str]:
+    """The ops of ``OP_TYPES`` that move a Gemm's or MatMul's output to ops that run float (a norm, a
+    Softmax, a Tanh) or to the graph's outputs, where it reaches no quantized op: quantized, they
+    would requantize the layer's output only for a float op to read it again (the NNCF rule:
+    quantize what weighted layers read). Left float, the layer runs with a float output
+    (``FLOAT_OUTPUT_OK``)."""
+    tails: list[str] = []
+    for node in view.nodes:
+        if node.op_type in FLOAT_OUTPUT_OK and node.name not in excluded:
+            tails += _tail(view, node, excluded) or []
+    return tails
+
+
+def _tail(view: GraphView, layer: onnx.NodeProto, excluded: set[str]) -> list[str] | None:
+    """The quantizable ops (``_TAIL_OPS``) between ``layer`` and the float ops reading on, or None
+    where a quantized op of another kind reads what it computes."""
+    chain: list[str] = []
+    todo = list(layer.output)
+    while todo:
+        for reader in view.consumers.get(todo.pop(), ()):
+            if reader.op_type not in OP_TYPES or reader.name in excluded or reader.name in chain:
+                continue
+            if reader.op_type not in _TAIL_OPS:
+                return None
+            chain.append(reader.name)
+            todo += list(reader.output)
+    return chain
+
+
+def unrequantized(view: GraphView, excluded: set[str]) -> list[str]:
+    """The Gemm and MatMul nodes (not ``excluded``) whose output no quantized op reads: their output
+    goes without Q/DQ (``without_output_qdq``)."""
+    return [
+        node.name
+        for node in view.nodes
+        if node.op_type in FLOAT_OUTPUT_OK
+        and node.name not in excluded
+        and not any(
+            r.op_type in OP_TYPES and r.name not in excluded for t in node.output for r in view.consumers.get(t, ())
+        )
+    ]
+
+
+def without_output_qdq(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
+    """``model`` (changed in place) where the outputs of ``nodes`` are read as they are, not through
+    the Q/DQ pair ONNX Runtime's quantizer puts on a quantized op's output; a graph output keeps its
+    name (the layer writes it again)."""
+    from pipeline.onnxutil import consumer_map
+    from pipeline.targets.tensorrt.qdq import drop_unused_initializers
+
+    names = set(nodes)
+    readers = consumer_map(model.graph)
+    outputs = [t for n in model.graph.node if n.name in names for t in n.output]
+    pairs = [
+        (q, dq)
+        for t in outputs
+        for q in readers.get(t, ())
+        if q.op_type == "QuantizeLinear"
+        for dq in readers.get(q.output[0], ())
+        if dq.op_type == "DequantizeLinear"
+    ]
+    graph_outputs = {o.name for o in model.graph.output}
+    renamed = {}
+    for q, dq in pairs:
+        if dq.output[0] in graph_outputs:
+            renamed[q.input[0]] = dq.output[0]
+        else:
+            renamed[dq.output[0]] = q.input[0]
+    dropped = {id(n) for pair in pairs for n in pair}
+    kept = [n for n in model.graph.node if id(n) not in dropped]
+    for node in kept:
+        node.input[:] = [renamed.get(t, t) for t in node.input]
+        node.output[:] = [renamed.get(t, t) for t in node.output]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    drop_unused_initializers(model)
+    return model
 
 
 def softmax_input_adds(view: GraphView) -> list[str]:
@@ -311,13 +428,17 @@ class OrtCpuQdqFromOnnx:
             raise PipelineError(
                 f"no calibration range for {sorted(missing)[0]!r} (and {len(missing) - 1} more); re-run calibrate"
             )
-        data = {}
+        bounds = {}
         for name in needed:
             r = self.ranges.tensors[name]
             amax = r.amax[self.method]
             # Asymmetric uint8: the observed range, clipped by the method's threshold.
-            lo, hi = max(r.min, -amax), min(r.max, amax)
-            data[name] = _tensor_data(lo, hi)
+            bounds[name] = (max(r.min, -amax), min(r.max, amax))
+        excluded = excluded_nodes(view, self.settings)
+        for group in concat_groups(view, set(bounds), set(excluded)):
+            joined = (min(bounds[t][0] for t in group), max(bounds[t][1] for t in group))
+            bounds.update(dict.fromkeys(group, joined))
+        data = {name: _tensor_data(lo, hi) for name, (lo, hi) in bounds.items()}
         for relu_input, relu_output in relu_folded(view).items():
             if relu_input not in data and relu_output in data:
                 data[relu_input] = data[relu_output]
@@ -340,12 +461,12 @@ class OrtCpuQdqFromOnnx:
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded_nodes(view, self.settings),
+                    nodes_to_exclude=excluded,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                 )
             finally:
                 root.setLevel(level)
-            model = onnx.load(str(out))
+            model = without_output_qdq(onnx.load(str(out)), unrequantized(view, set(excluded)))
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "onnxruntime-cpu"})
         return model
 

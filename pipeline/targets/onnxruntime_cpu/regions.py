@@ -16,6 +16,9 @@ the time budget can measure, neighbours merge into equal shares of the weighted 
 The search is greedy, in graph order, like ModelOpt's TensorRT autotuner's region by region
 search (there on a GPU, over Q/DQ schemes; here on the CPU, over Q/DQ or none): each region's two
 graphs, the others as decided so far, are timed interleaved round by round at the bench batch.
+A region alone can gain too little to count while all of them together gain more (MTCNN ONet's
+layers), so where some regions went float the graph quantized everywhere is timed at the end
+beside the chosen one and FP32, and kept instead if it is the faster by the same margin.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ ROUNDS = 7
 MAX_PER_ROUND = 50
 # How long one comparison should time, at most: a graph's time per region, not the budget's share.
 MAX_COMPARISON_SECONDS = 1.5
+WHOLE_GRAPH = "the whole graph"
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,10 @@ def search(
     run_current = runner(current)
     making = time.perf_counter() - started  # one graph made and loaded: what each region costs beside timing
     one = _once(run_current)
-    most = max(1, int(seconds / (making + MAX_COMPARISON_SECONDS)) - 1)  # the last timing against FP32 too
+    # The last timing (FP32, the chosen graph and the one quantized everywhere) counts as two comparisons.
+    most = max(1, int(seconds / (making + MAX_COMPARISON_SECONDS)) - 2)
     found = regions(view, layers, most)
-    share = float(np.clip(seconds / (len(found) + 1) - making, 0.1, MAX_COMPARISON_SECONDS))
+    share = float(np.clip(seconds / (len(found) + 2) - making, 0.1, MAX_COMPARISON_SECONDS))
     per_round = int(np.clip(share / (2 * ROUNDS * one), 1, MAX_PER_ROUND))
     info(
         f"{label}: searching {len(found)} region(s) for the ones INT8 speeds up at batch {batch} "
@@ -126,6 +131,7 @@ def search(
     )
     floats: tuple[str, ...] = ()
     measured: list[RegionSpeed] = []
+    candidate = run_candidate = None
     for i, region in enumerate(found):
         if time.perf_counter() - started > seconds:
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
@@ -140,10 +146,24 @@ def search(
         info(f"  [{i + 1}/{len(found)}] {region.name}: INT8 {speedup:.2f}x float ({q25:.2f}-{q75:.2f}): {what}")
         if not kept:
             floats, current, run_current = floats + region.layers, candidate, run_candidate
-    final = _timed({"fp32": fp32, "int8": run_current}, per_round)
-    _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
+    del run_candidate, candidate  # one session less while the last timing runs
+    if not floats:
+        final = _timed({"fp32": fp32, "int8": run_current}, per_round)
+        _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
+        return current, SpeedSearch(batch, seconds, time.perf_counter() - started, tuple(measured), speedup, q25, q75)
+    everywhere = make(())  # made again rather than held through the search: one graph's memory less
+    final = _timed({"fp32": fp32, "chosen": run_current, "everywhere": runner(everywhere)}, per_round)
+    whole = RegionSpeed(WHOLE_GRAPH, layers, *keeps_qdq(final["chosen"], final["everywhere"]))
+    what = "quantized everywhere instead" if whole.kept else "the regions' choice stays"
+    info(
+        f"  the graph quantized everywhere: INT8 {whole.speedup:.2f}x the regions' choice "
+        f"({whole.speedup_q25:.2f}-{whole.speedup_q75:.2f}): {what}"
+    )
+    if whole.kept:
+        current = everywhere
+    _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["everywhere" if whole.kept else "chosen"])
     elapsed = time.perf_counter() - started
-    return current, SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
+    return current, SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75, whole)
 
 
 def _once(fn: Callable[[], object]) -> float:
