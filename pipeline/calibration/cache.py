@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -64,8 +64,13 @@ class WholeGraphCheck:
     rows: int  # first calibration rows checked, standing for the samples that are not extremes
     extremes: int  # samples checked for holding tensors' largest values
     samples: int  # calibration samples the estimate is over
+    # FP8 activation scales are multiplied by ``fp8_scale``, the factor in [1, 2) of ``fp8_estimates``
+    # (factor -> the kept ranges' estimate with it) estimated lowest; empty where no FP8 graph is checked.
+    fp8_scale: float = 1.0
+    fp8_estimates: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_fp8()
         candidates = set(methods.choices())
         if self.chosen not in candidates or set(self.estimates) != candidates:
             raise ValueError(f"whole-graph check chose {self.chosen!r} among {sorted(self.estimates)}")
@@ -78,6 +83,17 @@ class WholeGraphCheck:
         if min(self.rows, self.extremes) < 0 or self.rows + self.extremes > self.samples:
             raise ValueError(f"whole-graph check on {self.rows} + {self.extremes} rows of {self.samples} samples")
 
+    def _check_fp8(self) -> None:
+        found = self.fp8_estimates
+        if not found:
+            if self.fp8_scale != 1.0:
+                raise ValueError(f"whole-graph check's FP8 scale factor {self.fp8_scale} without its estimates")
+            return
+        if not all(1.0 <= f < 2.0 and math.isfinite(e) and e >= 0 for f, e in found.items()):
+            raise ValueError(f"whole-graph check's FP8 scale factors must lie in [1, 2), got {sorted(found)}")
+        if found.get(self.fp8_scale) != min(found.values()):
+            raise ValueError(f"whole-graph check's FP8 scale factor {self.fp8_scale} is not the one estimated lowest")
+
     def to_json(self) -> dict:
         return {
             "chosen": self.chosen,
@@ -86,6 +102,8 @@ class WholeGraphCheck:
             "rows": self.rows,
             "extremes": self.extremes,
             "samples": self.samples,
+            "fp8_scale": self.fp8_scale,
+            "fp8_estimates": {repr(f): e for f, e in self.fp8_estimates.items()},
         }
 
 
@@ -217,7 +235,15 @@ def _whole(raw: dict) -> WholeGraphCheck:
     counts = [raw[k] for k in ("rows", "extremes", "samples")]
     if not all(isinstance(c, int) for c in counts):
         raise ValueError(f"whole-graph check's rows, extremes and samples must be integers, got {counts}")
-    return WholeGraphCheck(str(raw["chosen"]), floats(raw["estimates"]), floats(raw["standard_errors"]), *counts)
+    fp8 = {float(f): float(e) for f, e in raw.get("fp8_estimates", {}).items()}  # none in caches made before FP8's
+    return WholeGraphCheck(
+        str(raw["chosen"]),
+        floats(raw["estimates"]),
+        floats(raw["standard_errors"]),
+        *counts,
+        float(raw.get("fp8_scale", 1.0)),
+        fp8,
+    )
 
 
 def _methods_changed(tensors: dict) -> str | None:

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import onnxutil
 from pipeline.calibration.cache import Ranges
+from pipeline.calibration.methods import AUTO
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import producer_map
@@ -37,6 +38,9 @@ class Scheme:
     qmax: float  # a scale is amax / qmax
     dtype: np.dtype  # of the stored values and of the zero point
     quantize: Callable[[np.ndarray], np.ndarray]
+    # Rounds to a fixed number of significant bits (FP8): a scale and twice it round alike, one between
+    # them differently, so calibration's whole-graph check chooses where in that octave the scales sit.
+    relative: bool = False
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -181,6 +185,10 @@ class QdqOnnxFromOnnx:
         for group in self.plan.scale_groups():  # one scale across pooling, data movement and Concat
             shared = max(amax[t] for t in group)
             amax.update(dict.fromkeys(group, shared))
+        whole = self.ranges.whole_graph
+        if self.scheme.relative and self.method == AUTO and whole is not None:
+            # Where in their octave calibration's whole-graph check placed auto's FP8 scales.
+            amax = {t: a * whole.fp8_scale for t, a in amax.items()}
         return amax
 
 

@@ -36,7 +36,7 @@ def _stored(x: np.ndarray) -> np.ndarray:
     return e4m3(x).astype(FLOAT8E4M3FN)  # exact: every value is on the E4M3 grid
 
 
-SCHEME = Scheme(FP8, E4M3_MAX, FLOAT8E4M3FN, _stored)  # what the FP8 graph stores
+SCHEME = Scheme(FP8, E4M3_MAX, FLOAT8E4M3FN, _stored, relative=True)  # what the FP8 graph stores
 
 
 def fake_quant(x: np.ndarray, amax: float) -> np.ndarray:
