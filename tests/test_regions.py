@@ -179,3 +179,17 @@ def test_an_op_with_no_weighted_layer_beside_it_stays_float_on_the_cpu():
     ref = ortsession.run(ortsession.session(model, cpu_only=True), feed)[0]
     now = ortsession.run(ortsession.session(cpu, cpu_only=True), feed)[0]
     assert error_stats(now, ref).rel_error < 0.02
+
+
+def test_quantizes_quick_speed_check_takes_fewer_runs_of_a_slow_graph():
+    """quantize's quick check of a CPU graph against FP32 (no speed search) stays near its time
+    whatever one run costs: a graph pair taking 2 s a round gets one run per round, a fast one
+    the full count (each graph warmed up with two runs first)."""
+    import time
+
+    from pipeline.stages.quantize import SPEED_CHECK_PER_ROUND, _runs_per_round
+
+    calls = []
+    slow = {name: (lambda n=name: (calls.append(n), time.sleep(1.0))) for name in ("fp32", "w8a8-cpu")}
+    assert _runs_per_round(slow) == 1 and calls == ["fp32", "fp32", "w8a8-cpu", "w8a8-cpu"]
+    assert _runs_per_round({"fp32": lambda: None, "w8a8-cpu": lambda: None}) == SPEED_CHECK_PER_ROUND

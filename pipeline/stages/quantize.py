@@ -4,6 +4,7 @@ held-out data, against its accuracy gate."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pipeline import targets
@@ -175,8 +176,22 @@ def _speed_searches(cfg: Config, inp: QuantizationInputs, chosen: list[Target], 
     return found
 
 
-# A quick look, not bench: enough to tell a slower graph from a faster one.
-SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND = 6, 5
+# A quick look, not bench: enough to tell a slower graph from a faster one, in about this long
+# (a large model at the largest batch gets fewer runs per round, never fewer rounds).
+SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND, SPEED_CHECK_SECONDS = 6, 5, 10.0
+
+
+def _runs_per_round(runs: dict) -> int:
+    """Warms each graph up (two runs) and returns how many runs per round keep the check within
+    SPEED_CHECK_SECONDS, from the second run's time."""
+    one_round = 0.0
+    for run in runs.values():
+        run()
+        start = time.perf_counter()
+        run()
+        one_round += time.perf_counter() - start
+    fits = SPEED_CHECK_SECONDS / (SPEED_CHECK_ROUNDS * max(one_round, 1e-6))
+    return int(min(max(fits, 1), SPEED_CHECK_PER_ROUND))
 
 
 def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str, Path], searches: dict) -> dict:
@@ -199,7 +214,7 @@ def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str,
             session = ortsession.session_for(path, True, threads=cfg.bench.threads)
             inputs = ortsession.feed_for(session, feed)
             runs[name] = lambda s=session, i=inputs: s.run(None, i)
-        times = measure_interleaved(runs, 2, SPEED_CHECK_ROUNDS, SPEED_CHECK_PER_ROUND)
+        times = measure_interleaved(runs, 0, SPEED_CHECK_ROUNDS, _runs_per_round(runs))
         speedups.update({t.artifact: times[FP32].median_ms / times[t.artifact].median_ms for t in unsearched})
     for t in cpu:
         ratio, least = speedups[t.artifact], cfg.verdict.min_speedup
