@@ -193,3 +193,30 @@ def test_quantizes_quick_speed_check_takes_fewer_runs_of_a_slow_graph():
     slow = {name: (lambda n=name: (calls.append(n), time.sleep(1.0))) for name in ("fp32", "w8a8-cpu")}
     assert _runs_per_round(slow) == 1 and calls == ["fp32", "fp32", "w8a8-cpu", "w8a8-cpu"]
     assert _runs_per_round({"fp32": lambda: None, "w8a8-cpu": lambda: None}) == SPEED_CHECK_PER_ROUND
+
+
+def test_a_region_whose_comparison_would_overrun_the_budget_is_not_started():
+    """The same graph with every run slowed to 0.1 s (a large model at the bench batch): one
+    region's comparison (7 rounds of both graphs) and the last timing would pass a 3 s budget, so
+    no region is measured, each keeps its Q/DQ, and the search ends near its budget instead of
+    running a comparison per region."""
+    import time
+
+    model = graphs.slow_and_fast_regions()
+    view = GraphView(model)
+    needed = ort_cpu.tensors_to_calibrate(view)
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, [graphs.inputs_for(model, 8, s) for s in range(2)])
+    target = sensitivity_target(model, view, ranges, "max", QuantizeSection())
+    feed = graphs.inputs_for(model, 2, seed=5)
+
+    def runner(graph: onnx.ModelProto):
+        session = ortsession.session(graph, threads=1, cpu_only=True)
+        return lambda: (session.run(None, feed), time.sleep(0.1))
+
+    def make(floats: tuple[str, ...]) -> onnx.ModelProto:
+        return target.with_fp16(frozenset(floats))
+
+    chosen, found = search(make, view, ("conv1", "conv2", "fc1", "fc2"), runner, runner(model), 3.0, 2, "test")
+    assert [r.kept for r in found.regions] == [None] * len(found.regions) and found.regions
+    assert _weights_quantized(chosen) == {"conv1", "conv2", "fc1", "fc2"}
+    assert found.seconds < 3.0 + 2.5  # the last timing (FP32 and the graph, 7 rounds each) beyond it

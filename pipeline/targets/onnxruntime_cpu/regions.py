@@ -132,8 +132,12 @@ def search(
     floats: tuple[str, ...] = ()
     measured: list[RegionSpeed] = []
     candidate = run_candidate = None
+    # What one region's comparison costs, and what the last timing will: a region that would run
+    # past the budget is not started (one run of a large model at the bench batch can take seconds).
+    comparison = making + 2 * ROUNDS * per_round * one
+    last = making + 3 * ROUNDS * per_round * one
     for i, region in enumerate(found):
-        if time.perf_counter() - started > seconds:
+        if time.perf_counter() - started + comparison + last > seconds:
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
