@@ -10,6 +10,13 @@ one (the FP16 graph, both w8a8 graphs, their plans and ranges) computes the same
 The layer's output tensor gives way to the BatchNorm's, so every tensor name after it is unchanged.
 A BatchNorm folds only when its input is read by it alone, its parameters and the layer's weights
 are constants read by nothing else, and its channel axis (1) is the layer's output channel.
+
+Nor does it fold where it would shrink a channel's weights below what an 8-bit scale stored in FP16
+resolves: the TensorRT graph's per-channel weight scale (largest |weight| / 127) would fall under
+FP16's smallest normal, be floored there, and round the channel's weights to a few levels
+(RapidOCR's detector: running variances near 1e8 shrink a conv's weights four thousandfold). Left
+as it is, such a BatchNorm stays FP32 in the FP16 graph, and TensorRT folds it into the dequantized
+weights when it builds, in FP32.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from pipeline.graphview import GraphView
 from pipeline.onnxutil import attribute
 
 FLOAT = TensorProto.FLOAT
+# The smallest largest-|weight| of a channel whose int8 scale (/ 127) is still a normal FP16 number.
+FP16_SCALABLE_WEIGHT = 127 * float(np.finfo(np.float16).tiny)
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,25 @@ def _checked(bn, layer, weight: str, axis: int, bias: str | None, view: GraphVie
         return None
     if any(int(np.prod(view.shape(t))) != channels for t in bn.input[1:5]):
         return None
-    return _Fold(bn, layer, weight, axis, bias)
+    fold = _Fold(bn, layer, weight, axis, bias)
+    return None if _shrinks_below_fp16_scales(fold, view) else fold
+
+
+def _factor(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """The BatchNorm's per-channel multiplier, ``scale / sqrt(var + epsilon)``, in float64."""
+    scale, var = (numpy_helper.to_array(inits[t]).astype(np.float64).reshape(-1) for t in (bn.input[1], bn.input[4]))
+    return scale / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
+
+
+def _channel_peaks(weight: np.ndarray, axis: int) -> np.ndarray:
+    return np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
+
+
+def _shrinks_below_fp16_scales(fold: _Fold, view: GraphView) -> bool:
+    """Would folding take some channel's largest |weight| from above ``FP16_SCALABLE_WEIGHT`` to below it?"""
+    before = _channel_peaks(view.array(fold.weight).astype(np.float64), fold.axis)
+    after = before * np.abs(_factor(fold.bn, view.initializers))
+    return bool(np.any((after < FP16_SCALABLE_WEIGHT) & (before >= FP16_SCALABLE_WEIGHT)))
 
 
 def _only_reader(tensor: str, view: GraphView) -> bool:
@@ -126,8 +153,8 @@ def _only_reader(tensor: str, view: GraphView) -> bool:
 def _apply(fold: _Fold, inits: dict[str, onnx.TensorProto], layer: onnx.NodeProto, graph: onnx.GraphProto) -> None:
     """Scale the weight, shift (or add) the bias, and hand the layer the BatchNorm's output; in float64."""
     bn = fold.bn
-    scale, shift, mean, var = (numpy_helper.to_array(inits[t]).astype(np.float64) for t in bn.input[1:5])
-    factor = scale / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
+    shift, mean = (numpy_helper.to_array(inits[t]).astype(np.float64).reshape(-1) for t in bn.input[2:4])
+    factor = _factor(bn, inits)
     weight = numpy_helper.to_array(inits[fold.weight])
     shape = [1] * weight.ndim
     shape[fold.axis] = -1
