@@ -17,6 +17,8 @@ FP16's smallest normal, be floored there, and round the channel's weights to a f
 (RapidOCR's detector: running variances near 1e8 shrink a conv's weights four thousandfold). Left
 as it is, such a BatchNorm stays FP32 in the FP16 graph, and TensorRT folds it into the dequantized
 weights when it builds, in FP32.
+
+A scalar Mul -> Add after a Conv (a learned scale and shift, ``fold_scalar_affines``) folds the same way.
 """
 
 from __future__ import annotations
@@ -169,3 +171,93 @@ def _apply(fold: _Fold, inits: dict[str, onnx.TensorProto], layer: onnx.NodeProt
         graph.initializer.append(numpy_helper.from_array(shifted, name))
         layer.input.append(name)
     layer.output[0] = bn.output[0]
+
+
+@dataclass(frozen=True)
+class _Affine:
+    conv: onnx.NodeProto
+    mul: onnx.NodeProto
+    add: onnx.NodeProto
+    factor: float  # the Mul's constant
+    shift: float  # the Add's constant
+
+
+def fold_scalar_affines(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` with each Conv -> Mul(c) -> Add(d) by scalar constants folded into the conv (weights x c,
+    bias x c + d), and the folded Muls' and Adds' names (``model`` itself, none).
+
+    A learned scale and shift after a conv (PP-LCNetV3's, in RapidOCR's detector) is a BatchNorm of
+    one channel: TensorRT folds it when it builds, and a graph that keeps it quantizes the conv's
+    output twice more in ONNX Runtime's CPU graph, in uint8 ranges of their own (QLinearMul,
+    QLinearAdd). It folds under the same conditions as a BatchNorm: every tensor read by its one
+    reader, constants from initializers, and no channel's weights shrunk below an FP16 8-bit scale."""
+    view = GraphView(model)
+    folds = [f for node in view.nodes if node.op_type == "Conv" if (f := _scalar_affine(node, view))]
+    if not folds:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for fold in folds:
+        conv = next(n for n in out.graph.node if n.name == fold.conv.name)
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        inits[conv.input[1]].CopyFrom(
+            numpy_helper.from_array((weight * fold.factor).astype(weight.dtype), conv.input[1])
+        )
+        channels, has_bias = weight.shape[0], len(conv.input) > 2 and bool(conv.input[2])
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2
+            else np.zeros(channels)
+        )
+        shifted = (bias * fold.factor + fold.shift).astype(weight.dtype)
+        if has_bias:
+            inits[conv.input[2]].CopyFrom(numpy_helper.from_array(shifted, conv.input[2]))
+        else:
+            out.graph.initializer.append(numpy_helper.from_array(shifted, f"{conv.name}.bias"))
+            del conv.input[2:]
+            conv.input.append(f"{conv.name}.bias")
+        conv.output[0] = fold.add.output[0]
+    gone = {n.name for f in folds for n in (f.mul, f.add)}
+    constants = {t for f in folds for n in (f.mul, f.add) for t in n.input if t in inits}
+    renamed = {t for f in folds for t in (f.conv.output[0], f.mul.output[0])}
+    kept = [n for n in out.graph.node if n.name not in gone]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    weights = [i for i in out.graph.initializer if i.name not in constants]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(weights)
+    values = [v for v in out.graph.value_info if v.name not in renamed]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(values)
+    return out, sorted(gone)
+
+
+def _scalar_affine(conv: onnx.NodeProto, view: GraphView) -> _Affine | None:
+    """The Mul and Add by scalar constants that follow ``conv`` alone, where they fold into it."""
+    stored = {i.name for i in view.model.graph.initializer}
+    weight = conv.input[1] if len(conv.input) > 1 else ""
+    if weight not in stored or not _only_reader(weight, view) or view.initializers[weight].data_type != FLOAT:
+        return None
+    if len(conv.input) > 2 and conv.input[2] and (conv.input[2] not in stored or not _only_reader(conv.input[2], view)):
+        return None
+    found = []
+    tensor = conv.output[0]
+    for op in ("Mul", "Add"):
+        readers = view.consumers.get(tensor, [])
+        if len(readers) != 1 or tensor in view.outputs or readers[0].op_type != op:
+            return None
+        node = readers[0]
+        others = [t for t in node.input if t != tensor]
+        if len(others) != 1 or others[0] not in stored or not _only_reader(others[0], view):
+            return None
+        value = view.array(others[0])
+        if value.size != 1 or view.initializers[others[0]].data_type != FLOAT:
+            return None
+        found.append((node, float(value.reshape(()))))
+        tensor = node.output[0]
+    (mul, factor), (add, shift) = found
+    peaks = _channel_peaks(view.array(weight).astype(np.float64), 0)
+    if np.any((peaks * abs(factor) < FP16_SCALABLE_WEIGHT) & (peaks >= FP16_SCALABLE_WEIGHT)):
+        return None
+    return _Affine(conv, mul, add, factor, shift)

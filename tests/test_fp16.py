@@ -377,3 +377,67 @@ def test_a_batchnorm_that_would_shrink_weights_below_fp16_int8_scales_stays_and_
     ref, out = _run(model, x)[0], ortsession.run(ortsession.session(w8a8, cpu_only=True), x)[0]  # run as written
     spread = ref - ref.mean(axis=(0, 2, 3), keepdims=True)
     assert np.linalg.norm(out - ref) / np.linalg.norm(spread) < 0.03  # folded: 0.15, its weights within +-7
+
+
+def _conv_with_a_learned_scale_and_shift():
+    """
+    x [batch, 8, 6, 6] ─► Conv(w, b) ─► c ─► Mul(0.05) ─► m ─► Add(1.5) ─► a ─► Relu ─► r ─► Conv(w2) ─► y
+
+    PP-LCNetV3's learnable affine after each conv (RapidOCR's detector): a scalar scale and shift.
+    """
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array((0.3 * rng.standard_normal((16, 8, 3, 3))).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([0.05], np.float32), "scale"),
+        numpy_helper.from_array(np.array(1.5, np.float32), "shift"),
+        numpy_helper.from_array((0.3 * rng.standard_normal((16, 16, 1, 1))).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "scale"], ["m"], name="mul"),
+        helper.make_node("Add", ["shift", "m"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+    ]
+    f = TensorProto.FLOAT
+    return _model(nodes, inits, [_value("x", f, ["batch", 8, 6, 6])], [_value("y", f, ["batch", 16, 6, 6])])
+
+
+def test_a_scalar_scale_and_shift_after_a_conv_fold_into_it_and_the_cpu_graph_requantizes_less():
+    """Folded in FP32 as a BatchNorm is: the conv's weights x 0.05, its bias x 0.05 + 1.5, its output the
+    Add's. ONNX Runtime's CPU graph then runs QLinearConv -> Relu -> QLinearConv with no QLinearMul and
+    QLinearAdd requantizing between them; on RapidOCR's detector that took its CPU graph's error from
+    0.28 to 0.19 (32 held-out rows)."""
+    from pipeline.batchnorm import fold_scalar_affines
+    from pipeline.calibration.calibrator import RangesFromOnnx
+    from pipeline.config import QuantizeSection
+    from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
+
+    model = _conv_with_a_learned_scale_and_shift()
+    folded, names = fold_scalar_affines(model)
+    assert names == ["add", "mul"] and [n.op_type for n in folded.graph.node] == ["Conv", "Relu", "Conv"]
+    conv = folded.graph.node[0]
+    assert list(conv.output) == ["a"] and {i.name for i in folded.graph.initializer} == {"w", "b", "w2"}
+    inits = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
+    original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    np.testing.assert_allclose(inits["w"], original["w"] * 0.05, rtol=1e-6)
+    np.testing.assert_allclose(inits["b"], original["b"] * 0.05 + 1.5, rtol=1e-6)
+    rng = np.random.default_rng(8)
+    x = {"x": rng.standard_normal((4, 8, 6, 6)).astype(np.float32)}
+    ref = _run(model, x)[0]
+    np.testing.assert_allclose(_run(folded, x)[0], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+    def cpu_graph(graph):
+        batches = [{"x": rng.standard_normal((8, 8, 6, 6)).astype(np.float32)} for _ in range(4)]
+        ranges = RangesFromOnnx(ort_cpu.tensors_to_calibrate(graph), 2048, 99.99)(graph, batches)
+        return ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(graph)
+
+    def error(graph):
+        out = _run(graph, x)[0]
+        return np.linalg.norm(out - ref) / np.linalg.norm(ref - ref.mean())
+
+    before, after = cpu_graph(model), cpu_graph(folded)  # the same ranges method on either graph
+    quantized = [sum(n.op_type == "QuantizeLinear" for n in g.graph.node) for g in (before, after)]
+    assert quantized[1] < quantized[0]  # no Q after the Mul, nor after the Add
+    assert error(after) < 0.02  # close to FP32 with two requantizations fewer
