@@ -10,6 +10,15 @@ one (the FP16 graph, both w8a8 graphs, their plans and ranges) computes the same
 The layer's output tensor gives way to the BatchNorm's, so every tensor name after it is unchanged.
 A BatchNorm folds only when its input is read by it alone, its parameters and the layer's weights
 are constants read by nothing else, and its channel axis (1) is the layer's output channel.
+
+Nor does it fold where it would shrink a channel's weights below what an 8-bit scale stored in FP16
+resolves: the TensorRT graph's per-channel weight scale (largest |weight| / 127) would fall under
+FP16's smallest normal, be floored there, and round the channel's weights to a few levels
+(RapidOCR's detector: running variances near 1e8 shrink a conv's weights four thousandfold). Left
+as it is, such a BatchNorm stays FP32 in the FP16 graph, and TensorRT folds it into the dequantized
+weights when it builds, in FP32.
+
+A scalar Mul -> Add after a Conv (a learned scale and shift, ``fold_scalar_affines``) folds the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from pipeline.graphview import GraphView
 from pipeline.onnxutil import attribute
 
 FLOAT = TensorProto.FLOAT
+# The smallest largest-|weight| of a channel whose int8 scale (/ 127) is still a normal FP16 number.
+FP16_SCALABLE_WEIGHT = 127 * float(np.finfo(np.float16).tiny)
 
 
 @dataclass(frozen=True)
@@ -116,7 +127,25 @@ def _checked(bn, layer, weight: str, axis: int, bias: str | None, view: GraphVie
         return None
     if any(int(np.prod(view.shape(t))) != channels for t in bn.input[1:5]):
         return None
-    return _Fold(bn, layer, weight, axis, bias)
+    fold = _Fold(bn, layer, weight, axis, bias)
+    return None if _shrinks_below_fp16_scales(fold, view) else fold
+
+
+def _factor(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """The BatchNorm's per-channel multiplier, ``scale / sqrt(var + epsilon)``, in float64."""
+    scale, var = (numpy_helper.to_array(inits[t]).astype(np.float64).reshape(-1) for t in (bn.input[1], bn.input[4]))
+    return scale / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
+
+
+def _channel_peaks(weight: np.ndarray, axis: int) -> np.ndarray:
+    return np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
+
+
+def _shrinks_below_fp16_scales(fold: _Fold, view: GraphView) -> bool:
+    """Would folding take some channel's largest |weight| from above ``FP16_SCALABLE_WEIGHT`` to below it?"""
+    before = _channel_peaks(view.array(fold.weight).astype(np.float64), fold.axis)
+    after = before * np.abs(_factor(fold.bn, view.initializers))
+    return bool(np.any((after < FP16_SCALABLE_WEIGHT) & (before >= FP16_SCALABLE_WEIGHT)))
 
 
 def _only_reader(tensor: str, view: GraphView) -> bool:
@@ -126,8 +155,8 @@ def _only_reader(tensor: str, view: GraphView) -> bool:
 def _apply(fold: _Fold, inits: dict[str, onnx.TensorProto], layer: onnx.NodeProto, graph: onnx.GraphProto) -> None:
     """Scale the weight, shift (or add) the bias, and hand the layer the BatchNorm's output; in float64."""
     bn = fold.bn
-    scale, shift, mean, var = (numpy_helper.to_array(inits[t]).astype(np.float64) for t in bn.input[1:5])
-    factor = scale / np.sqrt(var + attribute(bn, "epsilon", 1e-5))
+    shift, mean = (numpy_helper.to_array(inits[t]).astype(np.float64).reshape(-1) for t in bn.input[2:4])
+    factor = _factor(bn, inits)
     weight = numpy_helper.to_array(inits[fold.weight])
     shape = [1] * weight.ndim
     shape[fold.axis] = -1
@@ -142,3 +171,93 @@ def _apply(fold: _Fold, inits: dict[str, onnx.TensorProto], layer: onnx.NodeProt
         graph.initializer.append(numpy_helper.from_array(shifted, name))
         layer.input.append(name)
     layer.output[0] = bn.output[0]
+
+
+@dataclass(frozen=True)
+class _Affine:
+    conv: onnx.NodeProto
+    mul: onnx.NodeProto
+    add: onnx.NodeProto
+    factor: float  # the Mul's constant
+    shift: float  # the Add's constant
+
+
+def fold_scalar_affines(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` with each Conv -> Mul(c) -> Add(d) by scalar constants folded into the conv (weights x c,
+    bias x c + d), and the folded Muls' and Adds' names (``model`` itself, none).
+
+    A learned scale and shift after a conv (PP-LCNetV3's, in RapidOCR's detector) is a BatchNorm of
+    one channel: TensorRT folds it when it builds, and a graph that keeps it quantizes the conv's
+    output twice more in ONNX Runtime's CPU graph, in uint8 ranges of their own (QLinearMul,
+    QLinearAdd). It folds under the same conditions as a BatchNorm: every tensor read by its one
+    reader, constants from initializers, and no channel's weights shrunk below an FP16 8-bit scale."""
+    view = GraphView(model)
+    folds = [f for node in view.nodes if node.op_type == "Conv" if (f := _scalar_affine(node, view))]
+    if not folds:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for fold in folds:
+        conv = next(n for n in out.graph.node if n.name == fold.conv.name)
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        inits[conv.input[1]].CopyFrom(
+            numpy_helper.from_array((weight * fold.factor).astype(weight.dtype), conv.input[1])
+        )
+        channels, has_bias = weight.shape[0], len(conv.input) > 2 and bool(conv.input[2])
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2
+            else np.zeros(channels)
+        )
+        shifted = (bias * fold.factor + fold.shift).astype(weight.dtype)
+        if has_bias:
+            inits[conv.input[2]].CopyFrom(numpy_helper.from_array(shifted, conv.input[2]))
+        else:
+            out.graph.initializer.append(numpy_helper.from_array(shifted, f"{conv.name}.bias"))
+            del conv.input[2:]
+            conv.input.append(f"{conv.name}.bias")
+        conv.output[0] = fold.add.output[0]
+    gone = {n.name for f in folds for n in (f.mul, f.add)}
+    constants = {t for f in folds for n in (f.mul, f.add) for t in n.input if t in inits}
+    renamed = {t for f in folds for t in (f.conv.output[0], f.mul.output[0])}
+    kept = [n for n in out.graph.node if n.name not in gone]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    weights = [i for i in out.graph.initializer if i.name not in constants]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(weights)
+    values = [v for v in out.graph.value_info if v.name not in renamed]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(values)
+    return out, sorted(gone)
+
+
+def _scalar_affine(conv: onnx.NodeProto, view: GraphView) -> _Affine | None:
+    """The Mul and Add by scalar constants that follow ``conv`` alone, where they fold into it."""
+    stored = {i.name for i in view.model.graph.initializer}
+    weight = conv.input[1] if len(conv.input) > 1 else ""
+    if weight not in stored or not _only_reader(weight, view) or view.initializers[weight].data_type != FLOAT:
+        return None
+    if len(conv.input) > 2 and conv.input[2] and (conv.input[2] not in stored or not _only_reader(conv.input[2], view)):
+        return None
+    found = []
+    tensor = conv.output[0]
+    for op in ("Mul", "Add"):
+        readers = view.consumers.get(tensor, [])
+        if len(readers) != 1 or tensor in view.outputs or readers[0].op_type != op:
+            return None
+        node = readers[0]
+        others = [t for t in node.input if t != tensor]
+        if len(others) != 1 or others[0] not in stored or not _only_reader(others[0], view):
+            return None
+        value = view.array(others[0])
+        if value.size != 1 or view.initializers[others[0]].data_type != FLOAT:
+            return None
+        found.append((node, float(value.reshape(()))))
+        tensor = node.output[0]
+    (mul, factor), (add, shift) = found
+    peaks = _channel_peaks(view.array(weight).astype(np.float64), 0)
+    if np.any((peaks * abs(factor) < FP16_SCALABLE_WEIGHT) & (peaks >= FP16_SCALABLE_WEIGHT)):
+        return None
+    return _Affine(conv, mul, add, factor, shift)

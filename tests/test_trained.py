@@ -254,3 +254,17 @@ def test_safetensors_are_read_as_written(tmp_path):
     np.testing.assert_array_equal(got["a"], a)
     np.testing.assert_array_equal(got["b"], b)
     assert set(got) == {"a", "b"}
+
+
+def test_a_data_folder_holds_each_sample_as_one_npy_file_as_init_reads_it(tmp_path):
+    """The zoo's ``trtpipe init`` row (issue 21) reads its data as a user brings it: one .npy per sample,
+    the same values the trained set's config streams; a rerun replaces the folder's samples."""
+    folder = tmp_path / "data"
+    names = data.write_folder("text", str(folder), 3)
+    assert sorted(p.name for p in folder.iterdir()) == names == ["text_00000.npy", "text_00001.npy", "text_00002.npy"]
+    first = np.load(folder / names[1])
+    assert first.dtype == np.float32 and first.shape == (3, 128, 320)
+    np.testing.assert_array_equal(first, data.text_image(1).astype(np.float32))
+    assert data.write_folder("text", str(folder), 1) == ["text_00000.npy"] and len(list(folder.iterdir())) == 1
+    with pytest.raises(SystemExit, match="samples 1..10000"):
+        data.write_folder("text", str(folder), 0)

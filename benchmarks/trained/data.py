@@ -326,3 +326,26 @@ def text_images(samples: int, batch_size: int):
 
 def text_heldout(batch_size: int, rows: int):
     yield from _heldout(text_image, "x", rows, batch_size)
+
+
+# --- A folder of samples, as a user brings data to `trtpipe init --data DIR` ---------------------------
+
+FOLDER_KINDS: dict[str, Callable[[int], np.ndarray]] = {"text": text_image}
+MAX_FOLDER_SAMPLES = 10_000
+
+
+def write_folder(kind: str, folder: str, samples: int) -> list[str]:
+    """Samples ``0 .. samples-1`` of ``kind`` as one float32 ``.npy`` file each (``folder`` made, or emptied
+    of earlier samples first): the data of the zoo's ``trtpipe init`` rows (issue 21). The file names."""
+    from pathlib import Path
+
+    if kind not in FOLDER_KINDS or not 0 < samples <= MAX_FOLDER_SAMPLES:
+        raise SystemExit(f"write_folder: kind one of {sorted(FOLDER_KINDS)}, samples 1..{MAX_FOLDER_SAMPLES}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f"{kind}_*.npy"):
+        old.unlink()
+    names = [f"{kind}_{i:05d}.npy" for i in range(samples)]
+    for i, name in enumerate(names):
+        np.save(out / name, FOLDER_KINDS[kind](i).astype(np.float32))
+    return names

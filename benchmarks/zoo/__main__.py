@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.zoo.driver import run_model
+from benchmarks.zoo.driver import STAGES, StageRun, run_model
+from benchmarks.zoo.inits import INIT_ROWS, init_config
 from benchmarks.zoo.table import markdown, merge, model_row
 from pipeline.config import load_config
 from pipeline.fileio import read_json, write_json, write_text
@@ -43,19 +44,29 @@ ORDER = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help=f"models to run (default: all, in this order: {' '.join(ORDER)})")
+    every = " ".join([*ORDER, *INIT_ROWS])
+    parser.add_argument("names", nargs="*", help=f"models to run (default: all, in this order: {every})")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per stage before it is killed")
     args = parser.parse_args()
     root = Path.cwd()
-    names = args.names or [*ORDER, *sorted({p.stem for p in CONFIGS.glob("*.toml")} - set(ORDER))]
-    unknown = [n for n in names if not (CONFIGS / f"{n}.toml").is_file()]
+    names = args.names or [*ORDER, *sorted({p.stem for p in CONFIGS.glob("*.toml")} - set(ORDER)), *INIT_ROWS]
+    unknown = [n for n in names if not (CONFIGS / f"{n}.toml").is_file() and n not in INIT_ROWS]
     if unknown:
-        parser.error(f"no config for {', '.join(unknown)} in {CONFIGS}")
+        parser.error(f"no config for {', '.join(unknown)} in {CONFIGS}, nor a trtpipe init row")
+    logs = root / "engines" / "zoo-logs"
     for name in names:
-        config = CONFIGS / f"{name}.toml"
+        print(f"{name}:", flush=True)
+        if name in INIT_ROWS:  # the row's config is what trtpipe init writes (named after the ONNX file)
+            config, init = init_config(name, root, logs, args.timeout)
+            if init.status != "ok":
+                runs = [init, *(StageRun(s, "skip", "init did not succeed") for s in STAGES)]
+                records = _save(model_row(name, runs, root).as_dict(), root)
+                continue
+            runs = [init, *run_model(config, root, logs, args.timeout)]
+        else:
+            config = CONFIGS / f"{name}.toml"
+            runs = run_model(config, root, logs, args.timeout)
         model = load_config(config).name
-        print(f"{model}:", flush=True)
-        runs = run_model(config, root, root / "engines" / "zoo-logs", args.timeout)
         records = _save(model_row(model, runs, root).as_dict(), root)  # after every model: a stop keeps it
     print(markdown(records))
 

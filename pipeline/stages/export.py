@@ -10,7 +10,7 @@ from pipeline.targets.base import FP16, FP32
 
 def run(r: StageRun) -> list:
     from pipeline import onnxutil
-    from pipeline.batchnorm import fold_batchnorm
+    from pipeline.batchnorm import fold_batchnorm, fold_scalar_affines
     from pipeline.data import sample_inputs
     from pipeline.fp16 import Fp16OnnxFromOnnx
     from pipeline.sources import source_for
@@ -26,6 +26,9 @@ def run(r: StageRun) -> list:
             f"{cfg.name}: {len(folded)} BatchNormalization(s) folded into the layer before, in FP32: "
             f"{', '.join(folded)}"
         )
+    fp32, affines = fold_scalar_affines(fp32)
+    if affines:
+        info(f"{cfg.name}: {len(affines) // 2} scalar Mul -> Add pair(s) after a Conv folded into it, in FP32")
     # The parity rows (the largest batch holds the others): an activation beyond FP16's range keeps its nodes FP32.
     fp16 = Fp16OnnxFromOnnx(cfg)(fp32, sample_inputs(cfg, max(cfg.export.parity_batches)))
     graphs = {FP32: fp32, FP16: fp16}
