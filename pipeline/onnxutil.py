@@ -194,6 +194,32 @@ def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
+def constants_as_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The graph with each top-level Constant node's ``value`` moved to an initializer of its output's
+    name (the same values: Paddle2ONNX writes every weight so), and how many moved. Weight folding, the
+    FP16 range check and the quantizers read weights as initializers. A Constant whose output is a
+    graph output stays."""
+    outputs = {o.name for o in model.graph.output}
+    moving = [n for n in model.graph.node if constant_value(n) is not None and n.output[0] not in outputs]
+    if not moving:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = []
+    for node in out.graph.node:
+        value = constant_value(node)
+        if value is None or node.output[0] in outputs:
+            kept.append(node)
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        out.graph.initializer.append(tensor)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out, len(moving)
+
+
 def attribute(node: onnx.NodeProto, name: str, default=None):
     for attr in node.attribute:
         if attr.name == name:

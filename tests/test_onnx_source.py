@@ -187,3 +187,29 @@ def test_init_names_an_anonymous_dynamic_axis_after_its_tensor(tmp_path):
     text = write_starter(str(tmp_path / "rec.onnx"), tmp_path / "rec.toml")
     assert 'shape = ["batch", 3, "x_axis2", "w"]' in text
     assert '[[axes]]\nname = "x_axis2"' in text and 'name = "_"' not in text
+
+
+def test_weights_written_as_constant_nodes_are_read_as_initializers(tmp_path, user_model, capsys):
+    """The tiny model's file with every weight a nameless Constant node, as Paddle2ONNX writes them
+    (RapidOCR's models): export reads them as initializers, same values (parity holds), so the
+    quantized graphs carry int8 weights as they do from the file with initializers.
+
+        Constant (conv.w, ...) ─► Conv ─► ... ─► Gemm ─► logits"""
+    path = _exported_elsewhere(user_model, tmp_path / "paddle", external=False)
+    model = onnx.load(str(path))
+    constants = [onnx.helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
+    del model.graph.initializer[:]
+    nodes = [*constants, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    cfg = _config(tmp_path, user_model, '[model]\nonnx = "paddle/net.onnx"')
+    stages.run("export", cfg, root=tmp_path)
+    assert "Constant node(s) of net.onnx read as initializers" in capsys.readouterr().err  # and the upgrade's
+    out = Layout.of(cfg, tmp_path)
+    fp32 = onnx.load(str(out.graph("fp32")))
+    assert not [n for n in fp32.graph.node if n.op_type == "Constant"] and len(fp32.graph.initializer) >= 4
+    stages.run("quantize", cfg, root=tmp_path)
+    w8a8 = onnx.load(str(out.graph("w8a8")))
+    int8 = [i.name for i in w8a8.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+    assert len(int8) == 2  # both Convs' weights (the Gemm, 4 outputs, stays FP16: too small to gain)

@@ -126,22 +126,13 @@ RAPIDOCR_INITIALIZERS = "det_initializers.onnx"
 
 
 def constants_as_initializers(model):
-    """The graph with each Constant node's tensor moved to an initializer of the same name."""
+    """The graph with each Constant node's tensor moved to an initializer of the same name, checked
+    (the pipeline's own rewrite, which the ONNX source applies as it loads)."""
     import onnx
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    kept = []
-    for node in out.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(node.attribute[0].t)
-            tensor.name = node.output[0]
-            out.graph.initializer.append(tensor)
-        else:
-            kept.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(kept)
+    from pipeline.onnxutil import constants_as_initializers as rewrite
+
+    out, _ = rewrite(model)
     onnx.checker.check_model(out)
     return out
 

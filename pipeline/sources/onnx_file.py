@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from pipeline.console import info
 from pipeline.errors import PipelineError
 from pipeline.sources.base import Source
 
@@ -77,6 +78,9 @@ class OnnxFileSource(Source):
         from pipeline import onnxutil
 
         model = _at_opset(self.original, self.cfg.export.opset, self.path)
+        model, moved = onnxutil.constants_as_initializers(model)
+        if moved:
+            info(f"{self.cfg.name}: {moved} Constant node(s) of {self.path.name} read as initializers (same values)")
         _hold_to_config(model, self.cfg, self.path)
         model = onnxutil.check(model, f"{self.path}")
         onnx.helper.set_model_props(
