@@ -149,7 +149,7 @@ def test_a_tensor_no_weighted_layer_reads_takes_its_own_error():
     batches = [graphs.inputs_for(model, 8, seed) for seed in range(4)]
     ranges = RangesFromOnnx(["x", "r1", "c2"], 2048, 99.99)(model, batches)
     assert ranges.tensors["c2"].auto.method == "mse" and ranges.tensors["c2"].auto.errors == {}
-    assert "no Conv, ConvTranspose, Gemm or MatMul reads it" in ranges.tensors["c2"].auto.reason
+    assert "no Conv, ConvTranspose, Gemm, MatMul or GlobalAveragePool reads it" in ranges.tensors["c2"].auto.reason
     assert ranges.tensors["x"].auto.reason.startswith("least output error of Conv conv1")
 
 
@@ -174,3 +174,40 @@ def test_summary_survives_a_range_that_reproduces_fp32_exactly():
     amax = {"max": 1.0, "percentile": 0.9, "entropy": 0.8, "mse": 0.7, "auto": 1.0}
     lines = summary(Ranges("0" * 64, {}, {"t": TensorRange(-1.0, 1.0, amax, exact)}))
     assert lines[0].startswith("auto ranges: max 1 tensor(s)") and "inf" in lines[1]
+
+
+def test_a_tensor_an_average_reads_is_judged_by_the_average():
+    """
+        x [batch, 8, 16, 16] ─► GlobalAveragePool ─► y [batch, 8, 1, 1]       (an SE block's squeeze)
+    x is post-activation-like: |N(0, 1)| with a sparse heavy tail (0.1% of values x100). No
+    weighted layer reads it, so it used to take its own error's choice (mse); the average reading
+    it now judges it, by the averages' relative squared error under each target's rounding (int8
+    over +-amax and uint8 over [min, amax], recomputed here in numpy), and those errors pick
+    another range: the averages come out closer to FP32 than under mse."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["y"], name="squeeze")],
+        "squeeze",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 1, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.standard_normal((256, 8, 16, 16))).astype(np.float32)
+    x *= np.where(rng.random(x.shape) < 0.001, 100.0, 1.0).astype(np.float32)
+    batches = [{"x": x[i : i + 32]} for i in range(0, 256, 32)]
+    found = RangesFromOnnx(["x"], 2048, 99.99)(model, batches).tensors["x"]
+    assert found.auto.reason.startswith("least output error of GlobalAveragePool squeeze")
+    rows = x[:AUTO_ROWS].astype(np.float64)
+    ref = rows.mean(axis=(2, 3))
+
+    def error(amax: float) -> float:
+        lo, hi = max(found.min, -amax), min(found.max, amax)
+        quantized = (_int8(rows, amax), _uint8(rows, lo, hi))
+        return sum(float(np.square(q.mean(axis=(2, 3)) - ref).sum() / np.square(ref).sum()) for q in quantized)
+
+    expected = {m: error(found.amax[m]) for m in methods.names()}
+    assert found.auto.errors == pytest.approx(expected, rel=0.02)
+    assert found.auto.method == min(expected, key=expected.get) != "mse"
+    assert expected[found.auto.method] < 0.8 * expected["mse"]

@@ -313,10 +313,22 @@ def _first_rows(value: np.ndarray, rows: int, take: int) -> np.ndarray:
     return value[: take * (value.shape[0] // rows)]
 
 
+# Readers that average a whole tensor: a range that clips it shifts their mean (an SE block's
+# channel weights, in the CPU graph that rounds their input), which the tensor's own error hides.
+AVERAGING = ("GlobalAveragePool",)
+
+
 def consumers(view: GraphView, tensors: Iterable[str]) -> list[Use]:
-    """The weighted layers reading any of ``tensors`` as input 0 or 1 (the inputs Q/DQ go on)."""
+    """The weighted layers reading any of ``tensors`` as input 0 or 1 (the inputs Q/DQ go on), and
+    the averaging ops reading one."""
     wanted = set(tensors)
-    return [(node, i) for node in view.nodes if node.op_type in WEIGHTED for i in (0, 1) if node.input[i] in wanted]
+    return [(node, i) for node in view.nodes for i in _judged_inputs(node) if node.input[i] in wanted]
+
+
+def _judged_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
+    if node.op_type in WEIGHTED:
+        return (0, 1)
+    return (0,) if node.op_type in AVERAGING else ()
 
 
 def layer_activations(view: GraphView, tensors: Iterable[str]) -> set[str]:
@@ -335,7 +347,10 @@ def _without_layers(amax: dict[str, float]) -> AutoChoice:
     if len(set(amax.values())) == 1:
         return AutoChoice("max", f"every method gives the same range (+-{amax['max']:.4g})", {})
     return AutoChoice(
-        OWN_ERROR, f"no Conv, ConvTranspose, Gemm or MatMul reads it: its own int8 error decides ({OWN_ERROR})", {}
+        OWN_ERROR,
+        f"no Conv, ConvTranspose, Gemm, MatMul or {', '.join(AVERAGING)} reads it: its own int8 error decides "
+        f"({OWN_ERROR})",
+        {},
     )
 
 
@@ -445,7 +460,7 @@ class _Layer:
         self.index = index
         self.input = node.input[index]
         inputs = [values[t] for t in node.input if t]
-        weights = [i for i in (0, 1) if i != index and view.is_weight(node.input[i])]
+        weights = [i for i in (0, 1) if i != index and i < len(node.input) and view.is_weight(node.input[i])]
         axes = {i: weight_axis(node.op_type, node, inputs[i].ndim, i) for i in weights}
         by_weight: dict[WeightQuant, list[np.ndarray]] = {}  # targets storing weights alike share them
         self.targets = []
