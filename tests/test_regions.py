@@ -79,7 +79,9 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
     def make(floats: tuple[str, ...]) -> onnx.ModelProto:
         return target.with_fp16(frozenset(floats))
 
-    chosen, found = search(make, view, ("conv1", "conv2", "fc1", "fc2"), runner, runner(model), 20.0, 32, "test")
+    chosen, found = search(
+        make, view, ("conv1", "conv2", "fc1", "fc2"), runner, lambda: runner(model), 20.0, 32, "test"
+    )
     assert [(r.region, r.kept) for r in found.regions] == [
         ("conv1", False),
         ("conv2", False),

@@ -103,14 +103,15 @@ def search(
     view: GraphView,
     layers: tuple[str, ...],
     runner: Callable[[onnx.ModelProto], Callable[[], object]],
-    fp32: Callable[[], object],
+    fp32: Callable[[], Callable[[], object]],
     seconds: float,
     batch: int,
     label: str,
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     """The graph whose regions keep Q/DQ only where they measured a gain, and what was measured.
     ``make(float_layers)`` makes the graph with those weighted layers (and their epilogues) float;
-    ``runner(graph)`` one inference of it at the bench batch; ``fp32`` one of the FP32 graph's."""
+    ``runner(graph)`` one inference of it at the bench batch; ``fp32()`` makes one of the FP32 graph's,
+    at the end, when no candidate's session is alive: two sessions at a time, each with its arena."""
     started = time.perf_counter()
     current = make(())
     run_current = runner(current)
@@ -140,7 +141,8 @@ def search(
         info(f"  [{i + 1}/{len(found)}] {region.name}: INT8 {speedup:.2f}x float ({q25:.2f}-{q75:.2f}): {what}")
         if not kept:
             floats, current, run_current = floats + region.layers, candidate, run_candidate
-    final = _timed({"fp32": fp32, "int8": run_current}, per_round)
+        del candidate, run_candidate  # kept as the current graph, or dropped before the next is made
+    final = _timed({"fp32": fp32(), "int8": run_current}, per_round)
     _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
     elapsed = time.perf_counter() - started
     return current, SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)

@@ -84,7 +84,7 @@ class OnnxRuntimeCpu(Target):
 
         seconds = inputs.settings.speed_search_seconds
         label = f"{cfg.name}: {ARTIFACT}"
-        return search(make, inputs.view, layers, runner, runner(inputs.fp32), seconds, batch, label)
+        return search(make, inputs.view, layers, runner, lambda: runner(inputs.fp32), seconds, batch, label)
 
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations
