@@ -14,6 +14,7 @@ tensor's error is measured on that row, not diluted over every row of the sequen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,10 +261,16 @@ ATTRIBUTION_ROWS = 4  # held-out rows both graphs run with every layer's tensors
 
 
 def explain_losses(
-    cfg: Config, fp32: GraphView, graphs: dict[str, onnx.ModelProto], rows: list, ranges: Ranges, method: str
+    cfg: Config,
+    fp32_view: Callable[[], GraphView],
+    graphs: dict[str, onnx.ModelProto],
+    rows: list,
+    ranges: Ranges,
+    method: str,
 ) -> dict[str, list[LayerError]]:
     """For each w8a8 graph whose centered cosine on some output is under its gate's, the layers adding
-    the most error to each such output, printed and returned by graph name."""
+    the most error to each such output, printed and returned by graph name. ``fp32_view()`` gives the
+    FP32 graph's view with its weights, asked for only when a graph misses its gate."""
     from pipeline.data import sample_inputs
 
     low: dict[str, list[str]] = {}
@@ -273,6 +280,7 @@ def explain_losses(
     if not low:
         return {}
     feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
+    fp32 = fp32_view()
     found: dict[str, list[LayerError]] = {}
     for name in sorted(low):
         found[name] = []
