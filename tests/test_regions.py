@@ -90,6 +90,8 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
     ], found
     assert all(r.speedup < 1.0 for r in found.regions[:2]) and all(r.speedup > MIN_GAIN for r in found.regions[2:])
     assert found.speedup > 1.0 and found.speedup_q25 <= found.speedup <= found.speedup_q75
+    # Each graph waited on disk while timed: the one read back is the one made, byte for byte.
+    assert chosen.SerializeToString() == make(("conv1", "conv2")).SerializeToString()
     # Structure: int8 weights on the Gemms only; no Q/DQ left around the PReLUs.
     assert _weights_quantized(chosen) == {"fc1", "fc2"}
     producers = {o: n for n in chosen.graph.node for o in n.output}

@@ -20,9 +20,11 @@ graphs, the others as decided so far, are timed interleaved round by round at th
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -102,7 +104,7 @@ def search(
     make: Callable[[tuple[str, ...]], onnx.ModelProto],
     view: GraphView,
     layers: tuple[str, ...],
-    runner: Callable[[onnx.ModelProto], Callable[[], object]],
+    runner: Callable[[Path], Callable[[], object]],
     fp32: Callable[[], Callable[[], object]],
     seconds: float,
     batch: int,
@@ -110,10 +112,17 @@ def search(
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     """The graph whose regions keep Q/DQ only where they measured a gain, and what was measured.
     ``make(float_layers)`` makes the graph with those weighted layers (and their epilogues) float;
-    ``runner(graph)`` one inference of it at the bench batch; ``fp32()`` makes one of the FP32 graph's,
-    at the end, when no candidate's session is alive: two sessions at a time, each with its arena."""
+    ``runner(file)`` one inference of a graph file at the bench batch (each graph made is written with
+    its weights moved out of memory: only its session holds them while it is timed); ``fp32()`` makes
+    one of the FP32 graph's, at the end, when no candidate's session is alive: two sessions at a time,
+    each with its arena."""
+    with tempfile.TemporaryDirectory(prefix="trtpipe.search.") as tmp:
+        return _search(make, view, layers, runner, fp32, seconds, batch, label, Path(tmp))
+
+
+def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) -> tuple[onnx.ModelProto, SpeedSearch]:
     started = time.perf_counter()
-    current = make(())
+    current = _on_disk(make(()), tmp / "graph0.onnx")
     run_current = runner(current)
     making = time.perf_counter() - started  # one graph made and loaded: what each region costs beside timing
     one = _once(run_current)
@@ -132,7 +141,7 @@ def search(
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
-        candidate = make(floats + region.layers)
+        candidate = _on_disk(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
         run_candidate = runner(candidate)
         samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
         kept, speedup, q25, q75 = keeps_qdq(samples["float"], samples["int8"])
@@ -143,9 +152,27 @@ def search(
             floats, current, run_current = floats + region.layers, candidate, run_candidate
         del candidate, run_candidate  # kept as the current graph, or dropped before the next is made
     final = _timed({"fp32": fp32(), "int8": run_current}, per_round)
+    del run_current  # its session goes before the chosen graph is read back
     _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
     elapsed = time.perf_counter() - started
-    return current, SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
+    return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
+
+
+def _on_disk(model: onnx.ModelProto, path: Path) -> Path:
+    """``model`` written to ``path`` with its tensors beside it (``wholegraph.save_simulation``: the
+    weights leave memory as they are written)."""
+    from pipeline.calibration.wholegraph import save_simulation
+
+    return save_simulation(model, path)
+
+
+def _read_back(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` with its tensors in it again, as ``make`` made it: each tensor's data
+    location, which reading external data sets, cleared as it was."""
+    model = onnx.load(str(path))
+    for tensor in model.graph.initializer:
+        tensor.ClearField("data_location")
+    return model
 
 
 def _once(fn: Callable[[], object]) -> float:
