@@ -110,12 +110,12 @@ def measure(config: Path, timeout: float) -> dict:
         log.parent.mkdir(parents=True, exist_ok=True)
         run = run_stage(step, config, REPO, log, timeout, cmd)
         print(f"  {cfg.name} {step}: {run.status} in {run.seconds:.1f} s, peak {run.peak_rss_mb:.0f} MB", flush=True)
+        if step in MEASURED:  # a failed step's peak too: what it reached before it stopped
+            row[f"{step}_mb"], row[f"{step}_s"] = round(run.peak_rss_mb, 1), round(run.seconds, 1)
+            row[f"{step}_phases"] = phase_line(log.read_text(errors="replace"))
         if run.status == "FAIL":
             row["failed"] = f"{step}: {run.error}"
             return row
-        if step in MEASURED:
-            row[f"{step}_mb"], row[f"{step}_s"] = round(run.peak_rss_mb, 1), round(run.seconds, 1)
-            row[f"{step}_phases"] = phase_line(log.read_text(errors="replace"))
     return row
 
 
@@ -131,23 +131,24 @@ def ratio(row: dict, step: str) -> float:
 
 def verdict(row: dict) -> str:
     if "failed" in row:
-        return "failed: " + row["failed"]
+        return "failed: " + row["failed"].split(";")[0][:120]
     worst = max(ratio(row, "calibrate"), ratio(row, "quantize"))
     return "pass" if worst <= LIMIT else f"FAIL (+{worst / LIMIT - 1:.0%} over {LIMIT}x)"
 
 
 def markdown(rows: list[dict]) -> str:
+    """Every saved row; a step that failed or did not run is left blank."""
     head = "| model | batch | FP32 inference MiB | calibrate MiB | ratio | quantize MiB | ratio | rule (1.5x) |"
     head += " calibrate s | quantize s | commit |\n" + "|---" * 11 + "|\n"
     lines = []
     for r in rows:
-        if "failed" in r:
-            lines.append(f"| {r['model']} | {r['batch']} | | | | | | {verdict(r)} | | | {r['commit']} |")
-            continue
-        cells = [r["model"], r["batch"], f"{r['fp32_mb']:.0f}"]
-        cells += [f"{r['calibrate_mb']:.0f}", f"{ratio(r, 'calibrate'):.2f}x"]
-        cells += [f"{r['quantize_mb']:.0f}", f"{ratio(r, 'quantize'):.2f}x", verdict(r)]
-        cells += [f"{r['calibrate_s']:.0f}", f"{r['quantize_s']:.0f}", r["commit"]]
+        cells = [r["model"], r["batch"], f"{r['fp32_mb']:.0f}" if "fp32_mb" in r else ""]
+        for step in ("calibrate", "quantize"):
+            done = f"{step}_mb" in r and "fp32_mb" in r
+            cells += [f"{r[f'{step}_mb']:.0f}", f"{ratio(r, step):.2f}x"] if done else ["", ""]
+        cells.append(verdict(r))
+        cells += [f"{r[f'{step}_s']:.0f}" if f"{step}_s" in r else "" for step in ("calibrate", "quantize")]
+        cells.append(r["commit"])
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return head + "\n".join(lines) + "\n"
 
