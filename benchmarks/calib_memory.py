@@ -1,51 +1,56 @@
-"""Peak memory of calibration against plain FP32 inference of the same graph at the same batch.
+"""Peak memory of calibrate and quantize against plain FP32 inference of the same graph at the same batch.
 
-    python -m benchmarks.calib_memory models/resnet_digits.toml models/vit_digits.toml [--quantize]
+    python -m benchmarks.calib_memory CONFIG... [--again] [--timeout SECONDS]
 
-For each config (run ``trtpipe export`` first), in separate child processes, each
-reaped with ``os.wait4`` so its peak RSS is its own:
+Run from the repository root, with a Python that can export every config given (the zoo's
+environment, ``.zoovenv``, for zoo and trained models). For each config, holding the benchmark lock
+(``/tmp/trtpipe-bench.lock``) for that model only, so other benchmarks can run between models:
 
-* ``fp32 inference``: the FP32 graph on ONNX Runtime (CPU, default session options)
-  over the calibration data at ``[calibration] batch_size``, outputs dropped: the
-  same imports, data source and batches as calibration, without the statistics.
-* ``trtpipe calibrate --force``: the real command.
-* with ``--quantize``, ``trtpipe quantize`` too (calibration cached, so this is the
-  quantizers and the held-out accuracy pass); with ``--compare``, ``trtpipe quantize``
-  and then ``trtpipe compare`` (after ``trtpipe build --backend onnxruntime``).
+* ``trtpipe engines --until export``: the graphs, made only when missing or stale (not measured);
+* ``fp32 inference``: the FP32 graph on ONNX Runtime (CPU, default session options and allocator)
+  over the calibration data at ``[calibration] batch_size``, outputs dropped: the same imports,
+  data source and batches as calibration, without the statistics;
+* ``trtpipe calibrate --force`` and ``trtpipe quantize --force`` (calibration cached, so this is
+  the quantizers, the accuracy pass and the CPU speed search as configured), the real commands
+  writing into the model's own ``engines/`` and ``calib/`` folders.
 
-The children run in a scratch folder holding a copy of the model's ONNX graphs, so
-the model's own ``calib/`` and ``engines/`` are left as they are. The figure that
-matters is the ratio: calibration may take at most 1.5x what inference takes.
+Each runs in its own process under a small launcher (``benchmarks.zoo.peak``) whose ``wait4`` gives
+the child's own peak RSS (VmHWM). Each model's row goes into ``engines/calib-memory.json`` as soon as
+it is measured, with the commit it was measured at; a model already measured at this commit is
+skipped (``--again`` measures it anew), so a long run can stop and resume. ``engines/calib-memory.md``
+is the table of every saved row. The rule: each stage at most 1.5x what inference takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks.zoo.driver import run_stage
 from pipeline.config import load_config
-from pipeline.console import table
+from pipeline.fileio import read_json, write_json, write_text
 from pipeline.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = 1.5
+LOCK = Path("/tmp/trtpipe-bench.lock")
+RESULTS = Path("engines") / "calib-memory.json"
+TABLE = Path("engines") / "calib-memory.md"
+LOGS = Path("engines") / "calib-memory-logs"
+MEASURED = ("fp32", "calibrate", "quantize")
 
 
-def infer_child(config: str, same_allocator: bool = False) -> None:
-    """Plain FP32 inference over the calibration batches; nothing kept. ``same_allocator``: with
-    the C allocator's policy trtpipe sets (``pipeline.allocator``), for a like-for-like figure."""
+def infer_child(config: str) -> None:
+    """Plain FP32 inference over the calibration batches; nothing kept."""
     from pipeline import ortsession
-    from pipeline.allocator import return_large_blocks
     from pipeline.data import calibration_batches
-
-    if same_allocator:
-        return_large_blocks()
 
     cfg = load_config(config)
     sess = ortsession.session(Layout.of(cfg).graph("fp32"), cpu_only=True)
@@ -53,12 +58,9 @@ def infer_child(config: str, same_allocator: bool = False) -> None:
         sess.run(None, ortsession.feed_for(sess, feed))
 
 
-PHASES: list[str] = []  # each stage's own phase line (``pipeline.phases``), printed after the table
-
-
 def peak_of(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run ``cmd``; its peak RSS in MB (its own, from wait4) and wall seconds. A stage's line of phase
-    timings goes to ``PHASES``."""
+    """Run ``cmd``; its peak RSS in MB as ``wait4`` reports it, and wall seconds. Raises SystemExit
+    with its output's tail when it fails (a missed accuracy gate is an outcome, not a failure)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's pipeline, whatever is installed
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -66,69 +68,118 @@ def peak_of(cmd: list[str], cwd: Path) -> tuple[float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
     seconds = time.perf_counter() - start
-    PHASES.extend(line for line in stderr.splitlines() if " phases, " in line)
-    # A failed accuracy gate is an outcome of compare (random-weight test nets fail them), not a failed run.
     if proc.returncode != 0 and "accuracy gate failed" not in stderr:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
     return usage.ru_maxrss / 1024.0, seconds  # Linux reports KiB
 
 
-def measure(config: str, stages: list[str]) -> list[object]:
-    """One table row: peak RSS and seconds of FP32 inference, calibrate and each of ``stages``."""
+def commit() -> str:
+    """HEAD's short hash, marked when the code measured differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", "pipeline", "benchmarks"], cwd=REPO, capture_output=True, text=True
+    )
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
+@contextlib.contextmanager
+def bench_lock() -> Iterator[None]:
+    """The machine's benchmark lock (the one ``flock /tmp/trtpipe-bench.lock`` takes), held by this block."""
+    with LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def measure(config: Path, timeout: float) -> dict:
+    """One model's row: peak RSS (MB) and seconds of FP32 inference, calibrate and quantize."""
     cfg = load_config(config)
-    src = Layout.of(cfg)
-    graphs = ("fp32", "fp16")  # both: the export record that vouches for them names both
-    for precision in graphs:
-        if not src.graph(precision).is_file():
-            raise SystemExit(f"{src.graph(precision)} missing: run `trtpipe export -c {config}` first")
-    path = str(Path(config).resolve())
-    with tempfile.TemporaryDirectory(prefix="trtpipe.calibmem.") as tmp:
-        work = Path(tmp)
-        dst = Layout(cfg.name, work)
-        dst.onnx_dir.mkdir(parents=True)
-        for precision in graphs:
-            shutil.copy(src.graph(precision), dst.graph(precision))
-        dst.record("export").parent.mkdir(parents=True)
-        shutil.copy(src.record("export"), dst.record("export"))  # calibrate trusts the graphs through it
-        infer = [sys.executable, "-m", "benchmarks.calib_memory", "--infer", path]
-        infer_mb, infer_s = peak_of(infer, work)
-        alike_mb, _ = peak_of([*infer, "--same-allocator"], work)
-        calib_mb, calib_s = peak_of([sys.executable, "-m", "pipeline", "calibrate", "--force", "-c", path], work)
-        row = [cfg.name, cfg.calibration.batch_size, cfg.calibration.samples, f"{infer_mb:.0f}", f"{alike_mb:.0f}"]
-        row += [f"{calib_mb:.0f}", f"{calib_mb / infer_mb:.2f}x", f"{calib_mb / alike_mb:.2f}x"]
-        row += [f"{infer_s:.1f}", f"{calib_s:.1f}"]
-        for stage in stages:
-            if stage == "compare":
-                peak_of([sys.executable, "-m", "pipeline", "build", "--backend", "onnxruntime", "-c", path], work)
-            force = ["--force"] if stage == "quantize" else []  # memory, not accuracy: a missed gate still builds
-            mb, seconds = peak_of([sys.executable, "-m", "pipeline", stage, *force, "-c", path], work)
-            row += [f"{mb:.0f}", f"{mb / infer_mb:.2f}x", f"{seconds:.1f}"]
+    row: dict = {"model": cfg.name, "config": str(config.relative_to(REPO)), "batch": cfg.calibration.batch_size}
+    row["samples"] = cfg.calibration.samples
+    py = sys.executable
+    commands = {
+        "export": [py, "-m", "pipeline", "engines", "-c", str(config), "--until", "export"],
+        "fp32": [py, "-m", "benchmarks.calib_memory", "--infer", str(config)],
+        "calibrate": [py, "-m", "pipeline", "calibrate", "--force", "-c", str(config)],
+        "quantize": [py, "-m", "pipeline", "quantize", "--force", "-c", str(config)],
+    }
+    for step, cmd in commands.items():
+        log = REPO / LOGS / f"{cfg.name}.{step}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        run = run_stage(step, config, REPO, log, timeout, cmd)
+        print(f"  {cfg.name} {step}: {run.status} in {run.seconds:.1f} s, peak {run.peak_rss_mb:.0f} MB", flush=True)
+        if step in MEASURED:  # a failed step's peak too: what it reached before it stopped
+            row[f"{step}_mb"], row[f"{step}_s"] = round(run.peak_rss_mb, 1), round(run.seconds, 1)
+            row[f"{step}_phases"] = phase_line(log.read_text(errors="replace"))
+        if run.status == "FAIL":
+            row["failed"] = f"{step}: {run.error}"
+            return row
     return row
+
+
+def phase_line(output: str) -> str:
+    """The stage's own line of phase timings (``pipeline.phases``), '' when it printed none."""
+    found = [line.strip() for line in output.splitlines() if " phases, " in line]
+    return found[-1] if found else ""
+
+
+def ratio(row: dict, step: str) -> float:
+    return row[f"{step}_mb"] / row["fp32_mb"]
+
+
+def verdict(row: dict) -> str:
+    if "failed" in row:
+        return "failed: " + row["failed"].split(";")[0][:120]
+    worst = max(ratio(row, "calibrate"), ratio(row, "quantize"))
+    return "pass" if worst <= LIMIT else f"FAIL (+{worst / LIMIT - 1:.0%} over {LIMIT}x)"
+
+
+def markdown(rows: list[dict]) -> str:
+    """Every saved row; a step that failed or did not run is left blank."""
+    head = "| model | batch | FP32 inference MiB | calibrate MiB | ratio | quantize MiB | ratio | rule (1.5x) |"
+    head += " calibrate s | quantize s | commit |\n" + "|---" * 11 + "|\n"
+    lines = []
+    for r in rows:
+        cells = [r["model"], r["batch"], f"{r['fp32_mb']:.0f}" if "fp32_mb" in r else ""]
+        for step in ("calibrate", "quantize"):
+            done = f"{step}_mb" in r and "fp32_mb" in r
+            cells += [f"{r[f'{step}_mb']:.0f}", f"{ratio(r, step):.2f}x"] if done else ["", ""]
+        cells.append(verdict(r))
+        cells += [f"{r[f'{step}_s']:.0f}" if f"{step}_s" in r else "" for step in ("calibrate", "quantize")]
+        cells.append(r["commit"])
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return head + "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="+")
-    parser.add_argument("--quantize", action="store_true", help="also measure trtpipe quantize")
-    parser.add_argument("--compare", action="store_true", help="also measure trtpipe quantize and compare")
+    parser.add_argument("configs", nargs="+", type=Path)
+    parser.add_argument("--again", action="store_true", help="measure models already measured at this commit")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per step before it is killed")
     parser.add_argument("--infer", action="store_true", help=argparse.SUPPRESS)  # the inference child
-    parser.add_argument("--same-allocator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.infer:
-        infer_child(args.configs[0], args.same_allocator)
+        infer_child(str(args.configs[0]))
         return
-    stages = [s for s, on in (("quantize", args.quantize or args.compare), ("compare", args.compare)) if on]
-    headers = ["model", "batch", "samples", "FP32 infer MB", "infer MB, same allocator", "calibrate MB", "ratio"]
-    headers += ["ratio, same allocator", "infer s", "calibrate s"]
-    for stage in stages:
-        headers += [f"{stage} MB", "ratio", f"{stage} s"]
-    rows = [measure(config, stages) for config in args.configs]
-    print(table(headers, rows))
-    worst = max(float(str(r[6]).rstrip("x")) for r in rows)
-    alike = max(float(str(r[7]).rstrip("x")) for r in rows)
-    print(f"calibrate / FP32 inference peak RSS, worst: {worst:.2f}x, {alike:.2f}x with the same allocator ", end="")
-    print(f"(limit {LIMIT}x)")
-    print("\n".join(PHASES))
+    here = commit()
+    saved = {r["model"]: r for r in (read_json(REPO / RESULTS) or {"rows": []})["rows"]}
+    for config in (c.resolve() for c in args.configs):
+        name = load_config(config).name
+        if not args.again and saved.get(name, {}).get("commit") == here and "failed" not in saved[name]:
+            print(f"{name}: measured at {here} already", flush=True)
+            continue
+        print(f"{name}: waiting for {LOCK}", flush=True)
+        with bench_lock():
+            saved[name] = {**measure(config, args.timeout), "commit": here}
+        write_json(REPO / RESULTS, {"rows": list(saved.values())})  # after every model: a stop keeps it
+        write_text(REPO / TABLE, markdown(list(saved.values())))
+    print(markdown(list(saved.values())))
+    for row in saved.values():
+        for step in ("calibrate", "quantize"):
+            if row.get(f"{step}_phases"):
+                print(row[f"{step}_phases"])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from pipeline.calibration import methods
-from pipeline.calibration.auto import AUTO_ROWS
+from pipeline.calibration.auto import AUTO_ROWS, AutoRanges
 from pipeline.calibration.cache import load_ranges
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.errors import PipelineError
@@ -211,3 +211,34 @@ def test_a_tensor_an_average_reads_is_judged_by_the_average():
     assert found.auto.errors == pytest.approx(expected, rel=0.02)
     assert found.auto.method == min(expected, key=expected.get) != "mse"
     assert expected[found.auto.method] < 0.8 * expected["mse"]
+
+
+class _Recording(AutoRanges):
+    """Auto as calibration runs it, noting the rows of every piece its layers are judged on."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pieces: list[dict[str, int]] = []
+
+    def chunks(self, view, uses):
+        for piece in super().chunks(view, uses):
+            self.pieces.append({t: len(v) for t, v in piece.items()})
+            yield piece
+
+
+def test_auto_judges_layers_in_pieces_within_its_byte_budget_with_the_same_errors():
+    """Behind Identity nodes (kept rows captured, not graph inputs), with ``chunk_bytes`` of 6000:
+    a row of the Conv's input (8x4x4 floats), its two quantized copies and four of its output
+    (16x4x4) come to 5632 bytes, so it is judged one row at a time; the MatMul's (64 in, 32 out)
+    1280, four rows at a time. The errors are the same sums as on all 32 kept rows at once."""
+    model = graphs.two_distributions(behind_identity=True)
+    unbounded = _Recording()
+    whole = RangesFromOnnx(["o", "l"], 2048, 99.99)(model, _batches(), auto=unbounded)
+    pieces = _Recording(chunk_bytes=6000)
+    cut = RangesFromOnnx(["o", "l"], 2048, 99.99)(model, _batches(), auto=pieces)
+    assert whole.tensors["o"].auto.method == "max"  # the outliers: the same choice as read from the inputs
+    for tensor, rows in (("l", 1), ("o", 4)):
+        assert [p[tensor] for p in pieces.pieces if tensor in p] == [rows] * (AUTO_ROWS // rows)
+        assert cut.tensors[tensor].auto.method == whole.tensors[tensor].auto.method
+        assert cut.tensors[tensor].auto.errors == pytest.approx(whole.tensors[tensor].auto.errors, rel=1e-9)
+    assert [max(p.values()) for p in unbounded.pieces] == [AUTO_ROWS] * 2  # no budget: all kept rows at once

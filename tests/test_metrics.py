@@ -93,3 +93,19 @@ def test_an_output_that_hardly_varies_is_judged_raw():
     stats = error_stats(out, ref)
     assert stats.centered_cosine == stats.cosine > 0.9999
     assert stats.rel_error < 1e-4
+
+
+def test_error_stats_folded_in_blocks_of_rows_are_the_stats_of_the_whole_batch(monkeypatch):
+    """A batch is folded a block of rows at a time (a segmentation net's outputs, whole in float64,
+    would take several times what inference holds): blocks of one row give the same figures."""
+    from pipeline.evaluate import metrics
+
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((6, 3, 5)).astype(np.float32) + 2.0
+    out = ref + 0.05 * rng.standard_normal(ref.shape).astype(np.float32)
+    whole = metrics.ErrorAccumulator().update(out, ref).result()
+    monkeypatch.setattr(metrics, "BLOCK_VALUES", 15)  # one row of 3x5 values per block
+    blocks = metrics.ErrorAccumulator().update(out, ref)
+    assert blocks.rows == 6 and blocks.sum_ref.shape == (15,)
+    for name, value in whole.__dict__.items():
+        assert getattr(blocks.result(), name) == pytest.approx(value, rel=1e-12), name

@@ -219,7 +219,10 @@ def test_cpu_graph_runs_gelu_fused_in_float():
     assert needed == {"x", "h", "g", "y"}  # nothing inside the GELU
     batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
     ranges = RangesFromOnnx(needed, 2048, 99.99)(model, batches)
+    before = model.SerializeToString()
     w8a8 = ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", QuantizeSection())(model)
+    # Its fused copy went to ONNX Runtime's quantizer as a file, weights moved out: the caller's stay.
+    assert model.SerializeToString() == before
     assert rules.violations(w8a8, symmetric=False) == []
     producer = {o: n for n in w8a8.graph.node for o in n.output}
     consumers = {i: n for n in w8a8.graph.node for i in n.input}

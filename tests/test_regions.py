@@ -94,7 +94,9 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
     def make(floats: tuple[str, ...]) -> onnx.ModelProto:
         return target.with_fp16(frozenset(floats))
 
-    chosen, found = search(make, view, ("conv1", "conv2", "fc1", "fc2"), runner, runner(model), 20.0, 32, "test")
+    chosen, found = search(
+        make, view, ("conv1", "conv2", "fc1", "fc2"), runner, lambda: runner(model), 20.0, 32, "test"
+    )
     assert [(r.region, r.kept) for r in found.regions] == [
         ("conv1", False),
         ("conv2", False),
@@ -106,6 +108,8 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
     whole = found.whole
     assert whole is not None and whole.layers == ("conv1", "conv2", "fc1", "fc2")
     assert whole.kept is False and whole.speedup < 1.0 and found.kept == found.regions[2:]
+    # Each graph waited on disk while timed: the one read back is the one made, byte for byte.
+    assert chosen.SerializeToString() == make(("conv1", "conv2")).SerializeToString()
     # Structure: int8 weights on the Gemms only; no Q/DQ left around the PReLUs.
     assert _weights_quantized(chosen) == {"fc1", "fc2"}
     producers = {o: n for n in chosen.graph.node for o in n.output}
@@ -216,7 +220,7 @@ def test_a_region_whose_comparison_would_overrun_the_budget_is_not_started():
     def make(floats: tuple[str, ...]) -> onnx.ModelProto:
         return target.with_fp16(frozenset(floats))
 
-    chosen, found = search(make, view, ("conv1", "conv2", "fc1", "fc2"), runner, runner(model), 3.0, 2, "test")
+    chosen, found = search(make, view, ("conv1", "conv2", "fc1", "fc2"), runner, lambda: runner(model), 3.0, 2, "test")
     assert [r.kept for r in found.regions] == [None] * len(found.regions) and found.regions
     assert _weights_quantized(chosen) == {"conv1", "conv2", "fc1", "fc2"}
     assert found.seconds < 3.0 + 2.5  # the last timing (FP32 and the graph, 7 rounds each) beyond it

@@ -48,6 +48,7 @@ from onnx import helper
 from pipeline import ortsession
 from pipeline.calibration import methods
 from pipeline.calibration.cache import AutoChoice, Ranges, WholeGraphCheck
+from pipeline.calibration.memory import sample_bytes
 from pipeline.calibration.wholegraph import (
     AUTO,
     CLOSE,
@@ -105,8 +106,10 @@ class AutoRanges:
         batch_axes: Mapping[str, int | None] | None = None,
         placements: Sequence[Placement] = (),
         fake_quants: Sequence[TargetQuant] = (),
+        chunk_bytes: int | None = None,
     ) -> None:
         self.rows = rows
+        self.chunk_bytes = chunk_bytes  # what one piece of the kept rows may take while judged (``chunks``)
         # How each configured target quantizes an input: a range is judged by the sum of their errors.
         self.fake_quants = tuple(fake_quants) or BOTH_SCHEMES
         self.batch_axes = dict(batch_axes or {})
@@ -176,19 +179,54 @@ class AutoRanges:
             if name in self.files and (run == 0 or name in varying):
                 np.save(self.folder / f"{self.files[name]}.{run}.npy", _first_rows(np.asarray(value), rows, take))
 
-    def _captured(self, tensor: str, view: GraphView) -> np.ndarray:
-        if tensor not in view.input_dependent():
-            return np.load(self.folder / f"{self.files[tensor]}.0.npy")
-        kept = [r for r, (_, take) in enumerate(self.takes) if take]
-        runs = [np.load(self.folder / f"{self.files[tensor]}.{r}.npy") for r in kept]
-        return np.concatenate(runs) if len(runs) > 1 else runs[0]
+    def chunks(self, view: GraphView, uses: list[Use]) -> Iterator[dict[str, np.ndarray]]:
+        """The activation inputs of the ``uses`` layers (graph inputs and captured tensors) on the kept
+        rows, one kept run at a time, each run cut into pieces of as many rows as ``chunk_bytes`` holds
+        (``_piece_rows``): what is judged on them is summed over the pieces, so memory holds one piece's
+        inputs, outputs and quantized copies, not every kept row's."""
+        needed = sorted({t for node, _ in uses for t in node.input if t and not view.is_weight(t)})
+        varying = view.input_dependent()
+        fixed = {t: np.load(self._file(t, 0)).astype(np.float32) for t in needed if t not in varying}
+        runs = [r for r, (_, take) in enumerate(self.takes) if take]
+        for run, inputs in zip(runs, self.kept, strict=True):
+            take = self.takes[run][1]
+            rows: dict[str, tuple[np.ndarray, int | None]] = {}  # tensor -> (its kept rows, its batch axis)
+            for t in needed:
+                if t in inputs:
+                    rows[t] = (inputs[t], self.batch_axes.get(t, 0))
+                elif t in varying:
+                    rows[t] = (np.load(self._file(t, run)), 0)
+            per_row = {t: a.shape[axis] // take for t, (a, axis) in rows.items() if axis is not None}
+            whole = any(rows[t][0].shape[rows[t][1]] % take for t in per_row)  # a layout not led by rows
+            step = take if whole else self._piece_rows(view, uses, rows, take)
+            for start in range(0, take, step):
+                piece = dict(fixed)
+                for t, (a, axis) in rows.items():
+                    if axis is not None and not whole:
+                        cut = [slice(None)] * a.ndim
+                        cut[axis] = slice(start * per_row[t], min(start + step, take) * per_row[t])
+                        a = a[tuple(cut)]
+                    piece[t] = np.asarray(a, np.float32)
+                yield piece
 
-    def values(self, view: GraphView, uses: list[Use], feed: Feed) -> dict[str, np.ndarray]:
-        """Every input of the ``uses`` layers on the kept rows: graph inputs from ``feed``, weights
-        from ``view`` (one with the weights' data), the rest as captured."""
-        needed = {t for node, _ in uses for t in node.input if t}
-        value = lambda t: feed[t] if t in feed else view.constant(t) if view.is_weight(t) else self._captured(t, view)  # noqa: E731
-        return {t: np.asarray(value(t), np.float32) for t in needed}
+    def _file(self, tensor: str, run: int) -> Path:
+        return self.folder / f"{self.files[tensor]}.{run}.npy"
+
+    def _piece_rows(
+        self, view: GraphView, uses: list[Use], rows: dict[str, tuple[np.ndarray, int | None]], take: int
+    ) -> int:
+        """Rows per piece within ``chunk_bytes``: per row, the inputs with a quantized copy per target,
+        and each layer's output four times over (its reference, a quantized run, their float64 difference)."""
+        if self.chunk_bytes is None:
+            return take
+        inputs = sum(a.nbytes for a, axis in rows.values() if axis is not None) / take
+        outputs = 0.0
+        for node, index in uses:
+            x = node.input[index]
+            grow = sample_bytes(view, node.output[0]) / max(sample_bytes(view, x), 1) or 1.0
+            outputs += grow * (rows[x][0].nbytes / take if x in rows else inputs)
+        cost = inputs * (1 + len(self.fake_quants)) + 4 * outputs
+        return max(1, min(take, int(self.chunk_bytes // max(cost, 1.0))))
 
     def reference(self, fp32: Path, threads: int) -> None:
         """The FP32 graph's outputs on the rows the whole-graph check runs on: the first rows that are
@@ -215,15 +253,14 @@ class AutoRanges:
         ``reference``, each target's simulation for ``check`` is written to ``folder`` too, so the
         weights are not needed once this returns."""
         start = time.perf_counter()
-        feed = self.feed()
         uses = {src: consumers(view, m.tensors) for src, m in found.items()}
         judged = [src for src, m in found.items() if uses[src] and len(set(m.amax.values())) > 1]
         choices = {src: _without_layers(m.amax) for src, m in found.items() if src not in judged}
         kernels = _Kernels(view)
         with timed("auto: candidate ranges"):
             for src in judged:
-                values = self.values(weights, uses[src], feed)
-                choices[src] = _by_layers(view, uses[src], values, found[src], kernels, self.fake_quants)
+                pieces = self.chunks(view, uses[src])
+                choices[src] = _by_layers(weights, uses[src], pieces, found[src], kernels, self.fake_quants)
         info(
             f"auto: {len(judged)} of {len(found)} ranges chosen by the output error of the layers reading "
             f"them, on {self.count} calibration rows, in {time.perf_counter() - start:.2f} s"
@@ -357,17 +394,25 @@ def _without_layers(amax: dict[str, float]) -> AutoChoice:
 def _by_layers(
     view: GraphView,
     uses: list[Use],
-    values: dict[str, np.ndarray],
+    pieces: Iterable[dict[str, np.ndarray]],
     found: Measured,
     kernels: _Kernels,
     fake_quants: Sequence[TargetQuant],
 ) -> AutoChoice:
-    layers = [_Layer(view, node, index, values, kernels, fake_quants) for node, index in uses]
+    """``view`` with its weights' data; ``pieces``, the layers' activation inputs piece by piece (``chunks``)."""
+    layers = [_Layer(view, node, index, kernels, fake_quants) for node, index in uses]
     amax = found.amax
-    by_amax = {}
-    for a in sorted(set(amax.values())):
-        shared: dict[str, list[np.ndarray]] = {}
-        by_amax[a] = sum(layer.error(a, found.min, found.max, shared) for layer in layers)
+    candidates = sorted(set(amax.values()))
+    for piece in pieces:
+        for layer in layers:
+            layer.reference(piece)
+        for a in candidates:
+            shared: dict[str, list[np.ndarray]] = {}
+            for layer in layers:
+                layer.add_error(piece, a, found.min, found.max, shared)
+        for layer in layers:
+            layer.ref = None  # this piece's outputs go before the next piece's
+    by_amax = {a: sum(layer.error(a) for layer in layers) for a in candidates}
     errors = {m: by_amax[a] for m, a in amax.items()}
     order = methods.names()
     best = min(order, key=lambda m: (errors[m], order.index(m)))  # ties: the first registered
@@ -444,58 +489,65 @@ BOTH_SCHEMES: tuple[TargetQuant, ...] = (TargetQuant(int8_scheme), TargetQuant(u
 
 
 class _Layer:
-    """One weighted layer reading the tensor as input ``index``: its FP32 output, and, per target,
-    its output with that input fake-quantized to a given range and its weights as that target
-    stores them."""
+    """One weighted layer reading the tensor as input ``index``, judged piece by piece of the kept rows:
+    per range, its squared output error with that input fake-quantized to the range and its weights
+    as each target stores them, summed over the targets and the pieces, against its FP32 output's."""
 
     def __init__(
-        self,
-        view: GraphView,
-        node: onnx.NodeProto,
-        index: int,
-        values: dict[str, np.ndarray],
-        kernels,
-        fake_quants: Sequence[TargetQuant],
-    ):
+        self, view: GraphView, node: onnx.NodeProto, index: int, kernels, fake_quants: Sequence[TargetQuant]
+    ) -> None:
         self.index = index
         self.input = node.input[index]
-        inputs = [values[t] for t in node.input if t]
-        weights = [i for i in (0, 1) if i != index and i < len(node.input) and view.is_weight(node.input[i])]
-        axes = {i: weight_axis(node.op_type, node, inputs[i].ndim, i) for i in weights}
-        by_weight: dict[WeightQuant, list[np.ndarray]] = {}  # targets storing weights alike share them
+        self.names = [t for t in node.input if t]
+        self.weights = {
+            i: np.asarray(view.constant(t), np.float32) for i, t in enumerate(self.names) if view.is_weight(t)
+        }
+        axes = {
+            i: weight_axis(node.op_type, node, self.weights[i].ndim, i)
+            for i in (0, 1)
+            if i != index and i in self.weights
+        }
+        by_weight: dict[WeightQuant, dict[int, np.ndarray]] = {}  # targets storing weights alike share them
         self.targets = []
         for quant in fake_quants:
             if quant.weight not in by_weight:
-                by_weight[quant.weight] = [quant.weight(v, axes[i]) if i in axes else v for i, v in enumerate(inputs)]
+                by_weight[quant.weight] = {
+                    i: quant.weight(w, axes[i]) if i in axes else w for i, w in self.weights.items()
+                }
             self.targets.append((quant.activation, by_weight[quant.weight]))
         self.run = kernels(node)
-        self.ref = self.run(inputs)
-        self.ref_sq = float(np.square(self.ref, dtype=np.float64).sum())
+        self.ref: np.ndarray | None = None  # the FP32 output on the piece being judged
+        self.ref_sq = 0.0
+        self.diff_sq: dict[float, float] = {}  # by amax: the squared output error so far, over targets and pieces
 
-    def error(self, amax: float, lo: float, hi: float, shared: dict | None = None) -> float:
-        """Relative squared output error, summed over the targets, with the input as each target's
-        graph quantizes it (``Target.fake_quant``: TensorRT's int8 over +-amax, FP8's E4M3 over
-        +-amax, ONNX Runtime CPU's uint8 over [lo, hi] clipped to +-amax) and the weights as it
-        stores them (``Target.fake_quant_weight``). ``shared`` holds the quantized inputs by tensor
-        for one range, so layers reading one tensor (attention's Q, K and V) quantize it once: the
-        input is an activation, the same for every target's weights."""
-        shared = {} if shared is None else shared
+    def _inputs(self, weights: dict[int, np.ndarray], piece: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [weights[i] if i in weights else piece[t] for i, t in enumerate(self.names)]
+
+    def reference(self, piece: dict[str, np.ndarray]) -> None:
+        self.ref = self.run(self._inputs(self.weights, piece))
+        self.ref_sq += float(np.square(self.ref, dtype=np.float64).sum())
+
+    def add_error(self, piece: dict[str, np.ndarray], amax: float, lo: float, hi: float, shared: dict) -> None:
+        """Add this piece's error under ``amax`` (TensorRT's int8 over +-amax, FP8's E4M3 over +-amax,
+        ONNX Runtime CPU's uint8 over [lo, hi] clipped to +-amax: ``Target.fake_quant``). ``shared``
+        holds the quantized inputs by tensor for one range and piece, so layers reading one tensor
+        (attention's Q, K and V) quantize it once: the input is an activation, the same for every
+        target's weights."""
         if self.input not in shared:
-            x = self.targets[0][1][self.index]
-            shared[self.input] = [quantize(x, amax, lo, hi) for quantize, _ in self.targets]
-        return sum(
-            self._error(quantized, x) for (_, quantized), x in zip(self.targets, shared[self.input], strict=True)
-        )
+            shared[self.input] = [quantize(piece[self.input], amax, lo, hi) for quantize, _ in self.targets]
+        total = self.diff_sq.get(amax, 0.0)
+        for (_, stored), x in zip(self.targets, shared[self.input], strict=True):
+            inputs = self._inputs(stored, piece)
+            inputs[self.index] = x
+            # In place: one float32 and one float64 copy of the output, the values and their sum as np.square's.
+            diff = np.subtract(self.run(inputs), self.ref, dtype=np.float32).astype(np.float64)
+            np.square(diff, out=diff)
+            total += float(diff.sum())
+        self.diff_sq[amax] = total
 
-    def _error(self, quantized: list[np.ndarray], x: np.ndarray) -> float:
-        inputs = list(quantized)
-        inputs[self.index] = x
-        if self.ref_sq <= 0:
-            return 0.0
-        # In place: one float32 and one float64 copy of the output, the values and their sum as np.square's.
-        diff = np.subtract(self.run(inputs), self.ref, dtype=np.float32).astype(np.float64)
-        np.square(diff, out=diff)
-        return float(diff.sum()) / self.ref_sq
+    def error(self, amax: float) -> float:
+        """Relative squared output error under ``amax``, summed over the targets."""
+        return self.diff_sq[amax] / self.ref_sq if self.ref_sq > 0 else 0.0
 
 
 class _Kernels:

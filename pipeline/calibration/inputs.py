@@ -201,6 +201,7 @@ def ranges(
             {spec.name: spec.batch_axis for spec in cfg.inputs},
             placements,
             tuple(TargetQuant(t.fake_quant, t.fake_quant_weight) for t in chosen),
+            chunk_bytes=plan.budget,  # judged within a run's budget, as the rows were captured
         ),
     )
     with timed("cache write"):

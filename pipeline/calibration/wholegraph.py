@@ -281,21 +281,43 @@ def uint8_scale(lo: float, hi: float) -> tuple[np.float32, np.uint8] | None:
     return np.float32(wide), np.uint8(np.round(-lo / wide))  # from the float64 scale: 127.5 rounds to 128
 
 
-def row_errors(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+def row_errors(
+    outputs: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    weights: np.ndarray,
+    divisors: Sequence[float | None] | None = None,
+) -> np.ndarray:
     """Per row: the squared error of each output over that output's spread (the mean squared distance
     of its rows from their mean row, or its mean square where that part is tiny, as ``metrics``
-    judges), summed over outputs; means weighted by ``weights`` (how many samples each row stands for)."""
+    judges), summed over outputs; means weighted by ``weights`` (how many samples each row stands for).
+    ``divisors``: ``output_divisors(reference, weights)``, made once for every candidate judged. One
+    row at a time in float64: a segmentation net's outputs, whole, are several times its activations."""
     total = np.zeros(len(weights))
-    w = weights / weights.sum()
-    for out, ref in zip(outputs, reference, strict=True):
-        if np.ndim(ref) == 0 or len(ref) != len(weights) or not np.issubdtype(np.asarray(ref).dtype, np.floating):
+    for out, ref, divisor in zip(outputs, reference, divisors or output_divisors(reference, weights), strict=True):
+        if divisor is None:
             continue  # not one row per sample: no part in the per-row errors
-        ref = np.asarray(ref, np.float64).reshape(len(weights), -1)
-        diff = np.square(np.asarray(out, np.float64).reshape(ref.shape) - ref).sum(axis=1)
-        norm = w @ np.square(ref).sum(axis=1)
-        spread = w @ np.square(ref - w @ ref).sum(axis=1)
-        total += diff / (spread if spread >= SPREAD_FLOOR**2 * norm and spread > 0 else max(norm, 1e-30))
+        out, ref = np.asarray(out).reshape(len(weights), -1), np.asarray(ref).reshape(len(weights), -1)
+        for i in range(len(weights)):
+            diff = np.asarray(out[i], np.float64) - np.asarray(ref[i], np.float64)
+            total[i] += np.square(diff).sum() / divisor
     return total
+
+
+def output_divisors(reference: Sequence[np.ndarray], weights: np.ndarray) -> list[float | None]:
+    """What ``row_errors`` divides each output's squared errors by: its spread over the rows, or its
+    mean square where the spread is tiny beside it; None for an output that is not one row per sample."""
+    w = weights / weights.sum()
+    found: list[float | None] = []
+    for ref in reference:
+        if np.ndim(ref) == 0 or len(ref) != len(weights) or not np.issubdtype(np.asarray(ref).dtype, np.floating):
+            found.append(None)
+            continue
+        ref = np.asarray(ref, np.float64).reshape(len(weights), -1)
+        mean = w @ ref
+        norm = w @ np.array([np.square(row).sum() for row in ref])
+        spread = w @ np.array([np.square(row - mean).sum() for row in ref])
+        found.append(spread if spread >= SPREAD_FLOOR**2 * norm and spread > 0 else max(norm, 1e-30))
+    return found
 
 
 def stands_for(rows: int, first: int, samples: int) -> np.ndarray:
@@ -376,6 +398,7 @@ def _errors(
 ) -> dict[object, np.ndarray]:
     """Per candidate (its ranges and FP8 scale factor): ``row_errors`` summed over the simulations."""
     errors = {c: np.zeros(len(weights)) for c in candidates}
+    divisors = output_divisors(reference, weights)
     for path, placement in simulations:
         session = ortsession.session(path, threads=threads, cpu_only=True, spin=False, arena=False)
         runs: dict[tuple, np.ndarray] = {}  # candidates with the same scales run once
@@ -383,7 +406,7 @@ def _errors(
             scale_feed = scales(placement, ranges, fp8_scale)
             key = tuple(float(v) for _, v in sorted(scale_feed.items()))
             if key not in runs:
-                runs[key] = row_errors(session.run(None, {**feed, **scale_feed}), reference, weights)
+                runs[key] = row_errors(session.run(None, {**feed, **scale_feed}), reference, weights, divisors)
             errors[name] = errors[name] + runs[key]
         del session
     return errors

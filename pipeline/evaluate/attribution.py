@@ -14,6 +14,9 @@ tensor's error is measured on that row, not diluted over every row of the sequen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -58,13 +61,13 @@ def worst_layers(
     ]
     row = selected_row(fp32, output) if output is not None else None
     tensors = sorted({t for node, inputs in layers for t in (*inputs, node.output[0])})
-    err, ref = _errors(fp32, quantized, tensors, feed, row)
+    err, ref = _errors(fp32, quantized, tensors, feed, row, ranges, method)
     found = []
     for node, inputs in layers:
         worst_in = max(inputs, key=lambda t: err[t], default=None)
         e_in = err[worst_in] if worst_in else 0.0
         e_out = err[node.output[0]]
-        reason = _reason(node, fp32, [t for t in inputs if t in ref], ref, ranges, method)
+        reason = _reason(node, fp32, inputs, ref)
         found.append(LayerError(_label(node), node.op_type, e_in, e_out, e_out - e_in, reason, output))
     return sorted(found, key=lambda e: e.added, reverse=True)[:top]
 
@@ -74,23 +77,31 @@ TENSORS_PER_RUN = 64
 
 
 def _errors(
-    fp32: GraphView, quantized: onnx.ModelProto, tensors: list[str], feed: Feed, row: tuple[int, int, int] | None
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Each tensor's relative error (on the selected ``row`` where its shape has that axis), and the FP32
-    values of the weighted layers' inputs the reasons look at (the rest dropped as soon as measured)."""
-    keep = {t for n in fp32.nodes if n.op_type in WEIGHTED for t in n.input[:2]}
+    fp32: GraphView,
+    quantized: onnx.ModelProto,
+    tensors: list[str],
+    feed: Feed,
+    row: tuple[int, int, int] | None,
+    ranges: Ranges,
+    method: str,
+) -> tuple[dict[str, float], dict[str, InputStats]]:
+    """Each tensor's relative error (on the selected ``row`` where its shape has that axis), and what
+    the reasons look at in the FP32 values of the weighted layers' calibrated inputs (``InputStats``):
+    every value is dropped as soon as measured, so memory holds one run's tensors."""
+    keep = {t for n in fp32.nodes if n.op_type in WEIGHTED for t in n.input[:2] if t in ranges.tensors}
     quantized_view = GraphView(quantized)
     err: dict[str, float] = {}
-    ref_kept: dict[str, np.ndarray] = {}
+    stats: dict[str, InputStats] = {}
     for start in range(0, len(tensors), TENSORS_PER_RUN):
         chunk = tensors[start : start + TENSORS_PER_RUN]
         ref = _values(fp32.model, fp32, chunk, feed)
         got = _values(quantized, quantized_view, chunk, feed)
         for t in chunk:
-            err[t] = _relative_error(_on_row(got[t], row), _on_row(ref[t], row))
+            ref_t = np.asarray(ref.pop(t), np.float64)  # one tensor in float64 at a time
+            err[t] = _relative_error(_on_row(np.asarray(got.pop(t), np.float64), row), _on_row(ref_t, row))
             if t in keep:
-                ref_kept[t] = ref[t]
-    return err, ref_kept
+                stats[t] = InputStats.of(ref_t, ranges.amax(t, method))
+    return err, stats
 
 
 def _on_row(x: np.ndarray, row: tuple[int, int, int] | None) -> np.ndarray:
@@ -157,19 +168,21 @@ def _rounded_ops(quantized: onnx.ModelProto) -> set[str]:
 
 
 def _values(model: onnx.ModelProto, view: GraphView, tensors: list[str], feed: Feed) -> dict[str, np.ndarray]:
-    """``tensors`` as extra outputs; a tensor shape inference could not type (after a com.microsoft op)
-    is named without a type, which ONNX Runtime accepts."""
-    extra = onnx.ModelProto()
-    extra.CopyFrom(model)
-    have = {o.name for o in extra.graph.output}
-    extra.graph.output.extend(
+    """``tensors`` as extra outputs (as ONNX Runtime returns them); a tensor shape inference could not
+    type (after a com.microsoft op) is named without a type, which ONNX Runtime accepts. The outputs
+    are added to ``model`` itself while its session loads, then taken off: no copy of its weights."""
+    have = {o.name for o in model.graph.output}
+    outputs = len(model.graph.output)
+    model.graph.output.extend(
         view.value_infos[t] if t in view.value_infos else onnx.helper.make_empty_tensor_value_info(t)
         for t in tensors
         if t not in have
     )
-    sess = ortsession.session(extra, cpu_only=True)
-    values = sess.run(tensors, ortsession.feed_for(sess, feed))
-    return {t: np.asarray(v, np.float64) for t, v in zip(tensors, values, strict=True)}
+    try:
+        sess = ortsession.session(model, cpu_only=True)
+    finally:
+        del model.graph.output[outputs:]
+    return dict(zip(tensors, sess.run(tensors, ortsession.feed_for(sess, feed)), strict=True))
 
 
 def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
@@ -181,18 +194,35 @@ def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(np.where(finite, got, 0.0)))
 
 
-def _reason(
-    node: onnx.NodeProto, fp32: GraphView, inputs: list[str], ref: dict[str, np.ndarray], ranges: Ranges, method: str
-) -> str:
+@dataclass(frozen=True)
+class InputStats:
+    """What a reason looks at in a layer input's FP32 values ``x``, within its calibrated ``amax``: the
+    largest |x| per channel as a convolution and as a GEMM read it (``_channel_amax``), the share of
+    values clipped, and the share of non-zero ones under half an int8 step."""
+
+    conv_channels: np.ndarray
+    gemm_channels: np.ndarray
+    amax: float
+    clipped: float
+    flushed: float
+
+    @classmethod
+    def of(cls, values: np.ndarray, amax: float) -> InputStats:
+        x = np.abs(values)
+        clipped = float(np.mean(x > amax))
+        flushed = float(np.mean((x > 0) & (x < amax / (2 * INT8_MAX))))
+        return cls(_channel_amax(True, x), _channel_amax(False, x), amax, clipped, flushed)
+
+
+def _reason(node: onnx.NodeProto, fp32: GraphView, inputs: list[str], found: dict[str, InputStats]) -> str:
     notes = []
     for t in inputs:
-        if t not in ranges.tensors:
+        if t not in found:
             continue
-        x = np.abs(ref[t])
-        amax = ranges.amax(t, method)
-        channels = _channel_amax(node, x)
+        stats = found[t]
+        amax, clipped, flushed = stats.amax, stats.clipped, stats.flushed
+        channels = stats.conv_channels if node.op_type in ("Conv", "ConvTranspose") else stats.gemm_channels
         typical = float(np.median(channels)) if channels.size else 0.0
-        clipped = float(np.mean(x > amax))
         if typical > 0 and channels.max() / typical > OUTLIER_RATIO:
             c = int(channels.argmax())
             notes.append(
@@ -201,13 +231,11 @@ def _reason(
             )
         elif clipped > CLIPPED_SHARE:
             notes.append(f"input {t} clipped at +-{amax:.3g} for {100 * clipped:.2f}% of its values")
-        else:
-            flushed = float(np.mean((x > 0) & (x < amax / (2 * INT8_MAX))))
-            if flushed > FLUSHED_SHARE:  # a wide range over mostly tiny values: they round to zero
-                notes.append(
-                    f"input {t}: {100 * flushed:.0f}% of its non-zero values are under half an int8 step "
-                    f"(range +-{amax:.3g}) and round to 0"
-                )
+        elif flushed > FLUSHED_SHARE:  # a wide range over mostly tiny values: they round to zero
+            notes.append(
+                f"input {t}: {100 * flushed:.0f}% of its non-zero values are under half an int8 step "
+                f"(range +-{amax:.3g}) and round to 0"
+            )
     weight = _weight_note(node, fp32)
     rounding = "int8 rounding of its input and weights" if node.op_type in WEIGHTED else "int8 rounding of its inputs"
     return "; ".join([*notes, *([weight] if weight else [])]) or rounding
@@ -229,11 +257,11 @@ def _weight_note(node: onnx.NodeProto, fp32: GraphView) -> str | None:
     return f"its weights lose {100 * loss:.1f}% (relative) to per-channel int8" if loss > WEIGHT_LOSS else None
 
 
-def _channel_amax(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
+def _channel_amax(conv: bool, x: np.ndarray) -> np.ndarray:
     """Per input channel, the largest |value|: axis 1 for a convolution, the last (K) for a GEMM."""
     if x.ndim < 2:
         return x.reshape(-1)
-    axis = 1 if node.op_type in ("Conv", "ConvTranspose") else x.ndim - 1
+    axis = 1 if conv else x.ndim - 1
     return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).max(axis=1)
 
 
@@ -241,10 +269,16 @@ ATTRIBUTION_ROWS = 4  # held-out rows both graphs run with every layer's tensors
 
 
 def explain_losses(
-    cfg: Config, fp32: GraphView, graphs: dict[str, onnx.ModelProto], rows: list, ranges: Ranges, method: str
+    cfg: Config,
+    fp32_view: Callable[[], GraphView],
+    graphs: dict[str, onnx.ModelProto],
+    rows: list,
+    ranges: Ranges,
+    method: str,
 ) -> dict[str, list[LayerError]]:
     """For each w8a8 graph whose centered cosine on some output is under its gate's, the layers adding
-    the most error to each such output, printed and returned by graph name."""
+    the most error to each such output, printed and returned by graph name. ``fp32_view()`` gives the
+    FP32 graph's view with its weights, asked for only when a graph misses its gate."""
     from pipeline.data import sample_inputs
 
     low: dict[str, list[str]] = {}
@@ -255,6 +289,7 @@ def explain_losses(
     if not low:
         return {}
     feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
+    fp32 = fp32_view()
     found: dict[str, list[LayerError]] = {}
     for name in sorted(low):
         found[name] = []

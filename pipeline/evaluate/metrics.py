@@ -99,6 +99,9 @@ class Score:
         return score
 
 
+BLOCK_VALUES = 1 << 20  # values of each output folded at once (a block of rows, at least one)
+
+
 @dataclass
 class ErrorAccumulator:
     """Running sums over rows (axis 0 is the batch) from which ``ErrorStats`` follow exactly."""
@@ -117,10 +120,20 @@ class ErrorAccumulator:
     sum_ref: np.ndarray | None = field(default=None, repr=False)
 
     def update(self, out: np.ndarray, ref: np.ndarray) -> ErrorAccumulator:
-        ref = np.asarray(ref, dtype=np.float64)
+        """Folds a batch in a block of rows at a time, each in float64 with its temporaries: a
+        segmentation net's batch of outputs, whole, would take several times what inference holds."""
+        ref = np.asarray(ref)
         rows = ref.shape[0] if ref.ndim else 1
         ref = ref.reshape(rows, -1)
-        out = np.asarray(out, dtype=np.float64).reshape(ref.shape)
+        out = np.asarray(out).reshape(ref.shape)
+        step = max(1, BLOCK_VALUES // max(ref.shape[1], 1))
+        for start in range(0, rows, step):
+            self._add(out[start : start + step], ref[start : start + step])
+        return self
+
+    def _add(self, out: np.ndarray, ref: np.ndarray) -> None:
+        ref = np.asarray(ref, dtype=np.float64)
+        out = np.asarray(out, dtype=np.float64)
         diff = np.abs(out - ref)
         # Relative error against max(|ref|, 1e-3): near-zero references would otherwise dominate.
         rel = diff / np.maximum(np.abs(ref), 1e-3)
@@ -136,7 +149,6 @@ class ErrorAccumulator:
         self.diff_sq += float(np.sum(diff * diff))
         self.sum_out = out.sum(axis=0) if self.sum_out is None else self.sum_out + out.sum(axis=0)
         self.sum_ref = ref.sum(axis=0) if self.sum_ref is None else self.sum_ref + ref.sum(axis=0)
-        return self
 
     def result(self) -> ErrorStats:
         n = max(self.rows, 1)

@@ -21,10 +21,15 @@ from pipeline.targets.base import FP16, FP32, QuantizationInputs, Target
 def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> QuantizeResult:
     """``targets`` narrows ``[quantize] targets`` (all of them by default). A graph that fails its
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
+    import dataclasses
+
+    import onnx
+
     from pipeline import onnxutil, phases, results
     from pipeline.calibration.auto import summary as auto_summary
     from pipeline.evaluate.accuracy import note_calibration_rows
     from pipeline.evaluate.attribution import explain_losses
+    from pipeline.graphview import GraphView
 
     cfg, out = r.cfg, r.out
     note_calibration_rows(cfg)
@@ -42,14 +47,19 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             with phases.timed(f"graph building: {t.artifact}"):
                 models[t.artifact] = t.quantize(inp)
         fits = _within_budget(cfg, out, inp, chosen, models) if cfg.accuracy.budget is not None else {}
+        # The FP16 graph served the graph building and the budget alone: it goes before the speed search
+        # makes its graphs and sessions.
+        inp = dataclasses.replace(inp, fp16=onnx.ModelProto())
         with phases.timed("CPU speed search"):
             searches = _speed_searches(cfg, inp, chosen, models, fits)
         with phases.timed("rule checks"):
             for t in chosen:
                 _check_rules(t, models[t.artifact])
             skipped, int8_layers = _placement_report(cfg, inp, chosen, fits)
-        # The FP16 graph served the graph building alone: it goes before the accuracy pass opens its sessions.
-        view, ranges, method, smoothing = inp.view, inp.ranges, inp.method, inp.smoothing
+        # The FP32 graph's weights go before the accuracy pass opens its sessions: loss attribution reads
+        # the graph again if it runs (a smoothed graph, which has no file, is kept for it).
+        ranges, method, smoothing = inp.ranges, inp.method, inp.smoothing
+        kept_view = inp.view if smoothing is not None else None
         del inp
 
         with r.writing() as written:
@@ -61,7 +71,8 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
                 failed = {row.artifact for row in rows if row.failures}
                 _set_aside(cfg, out, models, set() if force else failed, staged)
             with phases.timed("loss attribution"):
-                worst = explain_losses(cfg, view, models, rows, ranges, method)
+                fp32_view = lambda: kept_view or GraphView(onnxutil.load(out.graph(FP32), "FP32 graph"))  # noqa: E731
+                worst = explain_losses(cfg, fp32_view, models, rows, ranges, method)
             summary = QuantizeResult(
                 method,
                 not failed,

@@ -24,7 +24,7 @@ from pipeline.calibration.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
-from pipeline.onnxutil import constant_value
+from pipeline.onnxutil import constant_value, skeleton
 from pipeline.placement import WEIGHTED, Placement, excluded_reason, tied_groups, weight_axis
 from pipeline.targets.onnxruntime_cpu.norms import normalizations, residual_stream_adds, stream_passes
 
@@ -52,10 +52,10 @@ OP_TYPES = (
 )
 
 
-def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` itself when it has no Erf, else a copy with each exact GELU subgraph (Div,
-    Erf, Add, Mul, Mul, as PyTorch exports it at opset 19) replaced by one com.microsoft
-    Gelu, by ONNX Runtime's own transformer fusion.
+def fuse_gelu(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """``model`` itself when it has no Erf, else a copy (``model`` itself when ``in_place``) with
+    each exact GELU subgraph (Div, Erf, Add, Mul, Mul, as PyTorch exports it at opset 19) replaced
+    by one com.microsoft Gelu, by ONNX Runtime's own transformer fusion.
 
     Left decomposed, the quantizer runs GELU's Add and Muls in uint8 around a float Erf
     (two Q/DQ pairs and three requantizations per GELU): a third of the quantized ViT's
@@ -68,8 +68,9 @@ def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.fusion_gelu import FusionGelu
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = model if in_place else onnx.ModelProto()
+    if not in_place:
+        copy.CopyFrom(model)
     fused = OnnxModel(copy)
     fusion = FusionGelu(fused)
     fusion.apply()
@@ -78,6 +79,12 @@ def fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
         if not any(o.domain == "com.microsoft" for o in copy.opset_import):
             copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return copy
+
+
+def _fused_structure(view: GraphView) -> onnx.ModelProto:
+    """The GELU-fused graph's nodes, fused on a skeleton: no copy of the weights (the fusion reads
+    only its small constants, which a skeleton keeps)."""
+    return fuse_gelu(skeleton(view.model), in_place=True)
 
 
 def tensors_to_calibrate(model: onnx.ModelProto | GraphView, fused: onnx.ModelProto | None = None) -> set[str]:
@@ -93,7 +100,7 @@ def tensors_to_calibrate(model: onnx.ModelProto | GraphView, fused: onnx.ModelPr
     scores = set(softmax_input_adds(view))  # they stay float, and so does the Softmax they feed
     return {
         t
-        for n in (fused if fused is not None else fuse_gelu(view.model)).graph.node
+        for n in (fused if fused is not None else _fused_structure(view)).graph.node
         if n.op_type in OP_TYPES and n.name not in scores
         for t in (*n.input, *n.output)
         if t and t in float_tensors and t in varying and t not in folded and t not in skipped
@@ -144,7 +151,7 @@ def placement(view: GraphView, settings: QuantizeSection) -> Placement:
     floats = {n for n, v in view.value_infos.items() if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     activations: dict[str, None] = {}
     weights = []
-    for node in fuse_gelu(view.model).graph.node:
+    for node in _fused_structure(view).graph.node:
         if node.op_type not in OP_TYPES or node.name in excluded:
             continue
         activations.update({t: None for t in (*node.input, *node.output) if t in varying and t in floats})
@@ -421,7 +428,8 @@ class OrtCpuQdqFromOnnx:
 
     def __call__(self, fp32: onnx.ModelProto, view: GraphView | None = None) -> onnx.ModelProto:
         view = view or GraphView(fp32)
-        fused = fuse_gelu(with_folded_weights(fp32, view))
+        folded = with_folded_weights(fp32, view)
+        fused = fuse_gelu(folded, in_place=folded is not fp32)  # a copy made here is changed, not copied again
         needed = tensors_to_calibrate(view, fused)
         missing = needed - set(self.ranges.tensors)
         if missing:
@@ -443,6 +451,15 @@ class OrtCpuQdqFromOnnx:
             if relu_input not in data and relu_output in data:
                 data[relu_input] = data[relu_output]
         with tempfile.TemporaryDirectory(prefix="trtpipe.ortq.") as tmp:
+            # A file, not the graph: given a ModelProto, ONNX Runtime's quantizer deep-copies it and loads
+            # the copy again, three copies of the weights beside ours. A copy made here is written with its
+            # weights beside it (moved out of memory); the caller's graph is written whole.
+            source = Path(tmp) / "fp32.onnx"
+            if fused is fp32:
+                onnx.save(fp32, str(source))
+            else:
+                onnx.save(fused, str(source), save_as_external_data=True, location="fp32.onnx.data")
+            del fused
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
             out = Path(tmp) / "model.onnx"
@@ -451,7 +468,7 @@ class OrtCpuQdqFromOnnx:
             root.setLevel(logging.ERROR)  # ORT's quantizer logs a pre-processing hint we do not need
             try:
                 quantize_static(
-                    fused,
+                    source,
                     out,
                     calibration_data_reader=None,
                     calibration_cache_path=cache,

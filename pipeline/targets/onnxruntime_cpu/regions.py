@@ -23,9 +23,11 @@ beside the chosen one and FP32, and kept instead if it is the faster by the same
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -106,17 +108,24 @@ def search(
     make: Callable[[tuple[str, ...]], onnx.ModelProto],
     view: GraphView,
     layers: tuple[str, ...],
-    runner: Callable[[onnx.ModelProto], Callable[[], object]],
-    fp32: Callable[[], object],
+    runner: Callable[[Path], Callable[[], object]],
+    fp32: Callable[[], Callable[[], object]],
     seconds: float,
     batch: int,
     label: str,
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     """The graph whose regions keep Q/DQ only where they measured a gain, and what was measured.
     ``make(float_layers)`` makes the graph with those weighted layers (and their epilogues) float;
-    ``runner(graph)`` one inference of it at the bench batch; ``fp32`` one of the FP32 graph's."""
+    ``runner(file)`` one inference of a graph file at the bench batch (each graph made is written with
+    its weights moved out of memory: only its session holds them while it is timed); ``fp32()`` makes
+    one of the FP32 graph's, at the end, when no region's candidate session is alive."""
+    with tempfile.TemporaryDirectory(prefix="trtpipe.search.") as tmp:
+        return _search(make, view, layers, runner, fp32, seconds, batch, label, Path(tmp))
+
+
+def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) -> tuple[onnx.ModelProto, SpeedSearch]:
     started = time.perf_counter()
-    current = make(())
+    current = _on_disk(make(()), tmp / "graph0.onnx")
     run_current = runner(current)
     making = time.perf_counter() - started  # one graph made and loaded: what each region costs beside timing
     one = _once(run_current)
@@ -129,19 +138,18 @@ def search(
         f"{label}: searching {len(found)} region(s) for the ones INT8 speeds up at batch {batch} "
         f"(up to {seconds:g} s, [quantize] speed_search_seconds)"
     )
-    floats: tuple[str, ...] = ()
-    measured: list[RegionSpeed] = []
-    candidate = run_candidate = None
     # What one region's comparison costs, and what the last timing will: a region that would run
     # past the budget is not started (one run of a large model at the bench batch can take seconds).
     comparison = making + 2 * ROUNDS * per_round * one
     last = making + 3 * ROUNDS * per_round * one
+    floats: tuple[str, ...] = ()
+    measured: list[RegionSpeed] = []
     for i, region in enumerate(found):
         if time.perf_counter() - started + comparison + last > seconds:
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
-        candidate = make(floats + region.layers)
+        candidate = _on_disk(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
         run_candidate = runner(candidate)
         samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
         kept, speedup, q25, q75 = keeps_qdq(samples["float"], samples["int8"])
@@ -150,13 +158,16 @@ def search(
         info(f"  [{i + 1}/{len(found)}] {region.name}: INT8 {speedup:.2f}x float ({q25:.2f}-{q75:.2f}): {what}")
         if not kept:
             floats, current, run_current = floats + region.layers, candidate, run_candidate
-    del run_candidate, candidate  # one session less while the last timing runs
+        del candidate, run_candidate  # kept as the current graph, or dropped before the next is made
     if not floats:
-        final = _timed({"fp32": fp32, "int8": run_current}, per_round)
+        final = _timed({"fp32": fp32(), "int8": run_current}, per_round)
+        del run_current  # its session goes before the chosen graph is read back
         _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
-        return current, SpeedSearch(batch, seconds, time.perf_counter() - started, tuple(measured), speedup, q25, q75)
-    everywhere = make(())  # made again rather than held through the search: one graph's memory less
-    final = _timed({"fp32": fp32, "chosen": run_current, "everywhere": runner(everywhere)}, per_round)
+        elapsed = time.perf_counter() - started
+        return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
+    everywhere = _on_disk(make(()), tmp / "everywhere.onnx")  # made again: not held through the search
+    final = _timed({"fp32": fp32(), "chosen": run_current, "everywhere": runner(everywhere)}, per_round)
+    del run_current
     whole = RegionSpeed(WHOLE_GRAPH, layers, *keeps_qdq(final["chosen"], final["everywhere"]))
     what = "quantized everywhere instead" if whole.kept else "the regions' choice stays"
     info(
@@ -167,7 +178,24 @@ def search(
         current = everywhere
     _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["everywhere" if whole.kept else "chosen"])
     elapsed = time.perf_counter() - started
-    return current, SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75, whole)
+    return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75, whole)
+
+
+def _on_disk(model: onnx.ModelProto, path: Path) -> Path:
+    """``model`` written to ``path`` with its tensors beside it (``wholegraph.save_simulation``: the
+    weights leave memory as they are written)."""
+    from pipeline.calibration.wholegraph import save_simulation
+
+    return save_simulation(model, path)
+
+
+def _read_back(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` with its tensors in it again, as ``make`` made it: each tensor's data
+    location, which reading external data sets, cleared as it was."""
+    model = onnx.load(str(path))
+    for tensor in model.graph.initializer:
+        tensor.ClearField("data_location")
+    return model
 
 
 def _once(fn: Callable[[], object]) -> float:

@@ -4,6 +4,7 @@ Runtime's own quantizer so its QLinear kernels fuse (``quantize``); what deploys
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -74,8 +75,8 @@ class OnnxRuntimeCpu(Target):
         batch = max(cfg.bench.cpu_batches)
         feed = sample_inputs(cfg, batch)
 
-        def runner(model: onnx.ModelProto):
-            session = ortsession.session(model, threads=cfg.bench.threads, cpu_only=True)
+        def runner(graph: onnx.ModelProto | Path):
+            session = ortsession.session(graph, threads=cfg.bench.threads, cpu_only=True)
             ready = ortsession.feed_for(session, feed)
             return lambda: session.run(None, ready)
 
@@ -84,7 +85,7 @@ class OnnxRuntimeCpu(Target):
 
         seconds = inputs.settings.speed_search_seconds
         label = f"{cfg.name}: {ARTIFACT}"
-        return search(make, inputs.view, layers, runner, runner(inputs.fp32), seconds, batch, label)
+        return search(make, inputs.view, layers, runner, lambda: runner(inputs.fp32), seconds, batch, label)
 
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations
