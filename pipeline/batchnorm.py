@@ -55,9 +55,9 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {i.name: i for i in out.graph.initializer}
-    layers = {n.name: n for n in out.graph.node}
+    layers = {n.output[0]: n for n in out.graph.node}  # by output: names may be empty or repeated
     for fold in folds:
-        _apply(fold, inits, layers[fold.layer.name], out.graph)
+        _apply(fold, inits, layers[fold.layer.output[0]], out.graph)
     gone = {f.bn.name for f in folds}
     kept = [n for n in out.graph.node if n.name not in gone]
     del out.graph.node[:]
@@ -199,7 +199,7 @@ def fold_scalar_affines(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[s
     out.CopyFrom(model)
     inits = {i.name: i for i in out.graph.initializer}
     for fold in folds:
-        conv = next(n for n in out.graph.node if n.name == fold.conv.name)
+        conv = next(n for n in out.graph.node if n.output[0] == fold.conv.output[0])
         weight = numpy_helper.to_array(inits[conv.input[1]])
         inits[conv.input[1]].CopyFrom(
             numpy_helper.from_array((weight * fold.factor).astype(weight.dtype), conv.input[1])

@@ -74,25 +74,35 @@ def _weights_quantized(model: onnx.ModelProto) -> set[str]:
     return {n.name for n in model.graph.node if any(t in dq for t in n.input)}
 
 
+def _searchable(batch: int, delay: float = 0.0):
+    """graphs.slow_and_fast_regions calibrated, with what the search takes: ``make(floats)`` (those
+    layers float) and ``runner(graph)`` (one inference at ``batch``, then ``delay`` seconds)."""
+    import time
+
+    model = graphs.slow_and_fast_regions()
+    view = GraphView(model)
+    needed = ort_cpu.tensors_to_calibrate(view)
+    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, [graphs.inputs_for(model, 8, s) for s in range(2)])
+    target = sensitivity_target(model, view, ranges, "max", QuantizeSection())
+    feed = graphs.inputs_for(model, batch, seed=5)
+
+    def runner(graph):
+        session = ortsession.session(graph, threads=1, cpu_only=True)
+        return lambda: (session.run(None, feed), time.sleep(delay))
+
+    def make(floats: tuple[str, ...]) -> onnx.ModelProto:
+        return target.with_fp16(frozenset(floats))
+
+    return model, view, make, runner, feed
+
+
 def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_convs():
     """graphs.slow_and_fast_regions at batch 32, timed for real: the Convs of 4 channels lose to the
     Q/DQ around their PReLUs, the wide Gemms gain. The graph quantized everywhere, timed at the end
     beside the regions' choice, is the slower of the two, so the chosen graph keeps Q/DQ on the
     Gemms alone, runs faster than FP32, and its outputs are closer to FP32's than the fully
     quantized graph's."""
-    model = graphs.slow_and_fast_regions()
-    view = GraphView(model)
-    needed = ort_cpu.tensors_to_calibrate(view)
-    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, [graphs.inputs_for(model, 8, s) for s in range(2)])
-    target = sensitivity_target(model, view, ranges, "max", QuantizeSection())
-    feed = graphs.inputs_for(model, 32, seed=5)
-
-    def runner(graph: onnx.ModelProto):
-        session = ortsession.session(graph, threads=1, cpu_only=True)
-        return lambda: session.run(None, feed)
-
-    def make(floats: tuple[str, ...]) -> onnx.ModelProto:
-        return target.with_fp16(frozenset(floats))
+    model, view, make, runner, feed = _searchable(batch=32)
 
     chosen, found = search(
         make, view, ("conv1", "conv2", "fc1", "fc2"), runner, lambda: runner(model), 20.0, 32, "test"
@@ -204,21 +214,7 @@ def test_a_region_whose_comparison_would_overrun_the_budget_is_not_started():
     region's comparison (7 rounds of both graphs) and the last timing would pass a 3 s budget, so
     no region is measured, each keeps its Q/DQ, and the search ends near its budget instead of
     running a comparison per region."""
-    import time
-
-    model = graphs.slow_and_fast_regions()
-    view = GraphView(model)
-    needed = ort_cpu.tensors_to_calibrate(view)
-    ranges = RangesFromOnnx(needed, 2048, 99.99)(model, [graphs.inputs_for(model, 8, s) for s in range(2)])
-    target = sensitivity_target(model, view, ranges, "max", QuantizeSection())
-    feed = graphs.inputs_for(model, 2, seed=5)
-
-    def runner(graph: onnx.ModelProto):
-        session = ortsession.session(graph, threads=1, cpu_only=True)
-        return lambda: (session.run(None, feed), time.sleep(0.1))
-
-    def make(floats: tuple[str, ...]) -> onnx.ModelProto:
-        return target.with_fp16(frozenset(floats))
+    model, view, make, runner, _ = _searchable(batch=2, delay=0.1)
 
     chosen, found = search(make, view, ("conv1", "conv2", "fc1", "fc2"), runner, lambda: runner(model), 3.0, 2, "test")
     assert [r.kept for r in found.regions] == [None] * len(found.regions) and found.regions
