@@ -137,6 +137,7 @@ def test_init_writes_a_config_that_runs_every_stage_unedited(tmp_path, user_mode
     text = (tmp_path / "configs" / "net.toml").read_text()
     assert 'onnx = "../model/net.onnx"' in text and 'source = "../data"' in text
     assert "# guessed: axis 0 (N) is the batch" in text
+    assert load_config(tmp_path / "configs" / "net.toml").accuracy.budget.min_cosine == 0.99  # the gates, met
     run = CliRunner().invoke(main, ["engines", "-c", "configs/net.toml"])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "engines" / "net" / "reports" / "report.md").is_file()
