@@ -56,21 +56,36 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     out.CopyFrom(model)
     inits = {i.name: i for i in out.graph.initializer}
     layers = {n.output[0]: n for n in out.graph.node}  # by output: names may be empty or repeated
+    at = _positions(out.graph, [f.bn for f in folds])
     for fold in folds:
         _apply(fold, inits, layers[fold.layer.output[0]], out.graph)
-    gone = {f.bn.name for f in folds}
-    kept = [n for n in out.graph.node if n.name not in gone]
-    del out.graph.node[:]
-    out.graph.node.extend(kept)
     parameters = {t for f in folds for t in f.bn.input[1:5]}  # read by their BatchNorm alone
-    weights = [i for i in out.graph.initializer if i.name not in parameters]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(weights)
     renamed = {f.layer.output[0] for f in folds}
-    values = [v for v in out.graph.value_info if v.name not in renamed]
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(values)
-    return out, sorted(gone)
+    return out, _drop(out.graph, [f.bn for f in folds], at, parameters, renamed)
+
+
+def _positions(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[int]:
+    """Where ``nodes`` stand in ``graph``, found by output (names may be empty or repeated): taken
+    before a fold gives its layer the folded node's output."""
+    gone = {n.output[0] for n in nodes}
+    return {i for i, n in enumerate(graph.node) if n.output[0] in gone}
+
+
+def _drop(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], at: set[int], constants: set[str], renamed: set[str]
+) -> list[str]:
+    """Removes the folded ``nodes`` (at positions ``at``), the ``constants`` only they read and the
+    value infos of the ``renamed`` tensors; returns the nodes' names (or outputs, where they have none)."""
+    kept = [n for i, n in enumerate(graph.node) if i not in at]
+    del graph.node[:]
+    graph.node.extend(kept)
+    weights = [i for i in graph.initializer if i.name not in constants]
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    values = [v for v in graph.value_info if v.name not in renamed]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    return sorted(n.name or n.output[0] for n in nodes)
 
 
 def _foldable(bn: onnx.NodeProto, view: GraphView) -> _Fold | None:
@@ -198,8 +213,11 @@ def fold_scalar_affines(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[s
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {i.name: i for i in out.graph.initializer}
+    layers = {n.output[0]: n for n in out.graph.node}  # by output: names may be empty or repeated
+    folded = [n for f in folds for n in (f.mul, f.add)]
+    at = _positions(out.graph, folded)
     for fold in folds:
-        conv = next(n for n in out.graph.node if n.output[0] == fold.conv.output[0])
+        conv = layers[fold.conv.output[0]]
         weight = numpy_helper.to_array(inits[conv.input[1]])
         inits[conv.input[1]].CopyFrom(
             numpy_helper.from_array((weight * fold.factor).astype(weight.dtype), conv.input[1])
@@ -214,23 +232,14 @@ def fold_scalar_affines(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[s
         if has_bias:
             inits[conv.input[2]].CopyFrom(numpy_helper.from_array(shifted, conv.input[2]))
         else:
-            out.graph.initializer.append(numpy_helper.from_array(shifted, f"{conv.name}.bias"))
+            name = f"{conv.name or fold.conv.output[0]}.bias"  # unique where the conv has no name
+            out.graph.initializer.append(numpy_helper.from_array(shifted, name))
             del conv.input[2:]
-            conv.input.append(f"{conv.name}.bias")
+            conv.input.append(name)
         conv.output[0] = fold.add.output[0]
-    gone = {n.name for f in folds for n in (f.mul, f.add)}
     constants = {t for f in folds for n in (f.mul, f.add) for t in n.input if t in inits}
     renamed = {t for f in folds for t in (f.conv.output[0], f.mul.output[0])}
-    kept = [n for n in out.graph.node if n.name not in gone]
-    del out.graph.node[:]
-    out.graph.node.extend(kept)
-    weights = [i for i in out.graph.initializer if i.name not in constants]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(weights)
-    values = [v for v in out.graph.value_info if v.name not in renamed]
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(values)
-    return out, sorted(gone)
+    return out, _drop(out.graph, folded, at, constants, renamed)
 
 
 def _scalar_affine(conv: onnx.NodeProto, view: GraphView) -> _Affine | None:
