@@ -195,12 +195,7 @@ def test_the_embedding_gather_that_starts_the_stream_stays_float():
     assert not read["embedding"] and read["residual"] <= {"a"}
     assert "e" not in _quantized_outputs(w8a8) and {"n", "w"} <= read["fc"]
     feed = {"ids": rng.integers(0, 100, (4, 16)).astype(np.int64)}
-    ref = ortsession.run(ortsession.session(model, cpu_only=True), feed)[0]
-    errors = []
-    for graph in (w8a8, _everything_quantized(model, ranges)):
-        out = ortsession.run(ortsession.session(graph, cpu_only=True), feed)[0]
-        errors.append(float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
-    kept, lost = errors
+    kept, lost = _errors_against_fp32(model, feed, w8a8, _everything_quantized(model, ranges))
     assert kept < 0.8 * lost, (kept, lost)
 
 
@@ -240,10 +235,12 @@ def test_a_layer_read_by_float_ops_is_not_requantized_and_a_concat_rounds_once(t
     assert kernels[-4:] == ["DequantizeLinear", "DequantizeLinear", "ReduceL2", "Div"], kernels
     ranges.tensors["h"] = ranges.tensors["e"]  # ONNX Runtime folds the Relu: its input takes its range
     feed = graphs.inputs_for(model, 8, seed=11)
-    ref = ortsession.run(ortsession.session(model, cpu_only=True), feed)[0]
-    errors = []
-    for graph in (w8a8, _everything_quantized(model, ranges)):
-        out = ortsession.run(ortsession.session(graph, cpu_only=True), feed)[0]
-        errors.append(float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
-    kept, lost = errors
+    kept, lost = _errors_against_fp32(model, feed, w8a8, _everything_quantized(model, ranges))
     assert kept < 0.9 * lost, (kept, lost)
+
+
+def _errors_against_fp32(model, feed, *graphs_: onnx.ModelProto) -> list[float]:
+    """Each graph's relative error of its first output against ``model``'s on ``feed`` (ONNX Runtime CPU)."""
+    ref = ortsession.run(ortsession.session(model, cpu_only=True), feed)[0]
+    outs = [ortsession.run(ortsession.session(g, cpu_only=True), feed)[0] for g in graphs_]
+    return [float(np.linalg.norm(out - ref) / np.linalg.norm(ref)) for out in outs]
