@@ -55,7 +55,14 @@ WHEELS = (
     Wheel(
         "rapidocr-onnxruntime",
         "1.4.4",
-        {"rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": "ch_PP-OCRv4_det_infer.onnx"},
+        {
+            f"rapidocr_onnxruntime/models/{name}": name
+            for name in (
+                "ch_PP-OCRv4_det_infer.onnx",
+                "ch_PP-OCRv4_rec_infer.onnx",  # the text recognizer (CTC), a zoo init row
+                "ch_ppocr_mobile_v2.0_cls_infer.onnx",  # the text direction classifier
+            )
+        },
     ),
 )
 
