@@ -268,3 +268,30 @@ def test_a_data_folder_holds_each_sample_as_one_npy_file_as_init_reads_it(tmp_pa
     assert data.write_folder("text", str(folder), 1) == ["text_00000.npy"] and len(list(folder.iterdir())) == 1
     with pytest.raises(SystemExit, match="samples 1..10000"):
         data.write_folder("text", str(folder), 0)
+
+
+def test_text_lines_and_crops_come_48_high_padded_as_rapidocr_pads_them(tmp_path):
+    """The recognizer's row (issue 21): each sample is one line, 48 high, normalised as rapidocr's
+    recognizer does (values in [-1, 1], the padding on the right exactly 0), the same on every call; six
+    consecutive samples share a width, as a batch of rapidocr's does, and a folder holds more than one.
+    The classifier's crops (its row) are all 48 x 192."""
+    folder = tmp_path / "lines"
+    names = data.write_folder("text_line", str(folder), 2 * data.LINE_BATCH)
+    lines = [np.load(folder / name) for name in names]
+    widths = [line.shape[2] for line in lines]
+    assert widths == [data.line_width(0)] * data.LINE_BATCH + [data.line_width(data.LINE_BATCH)] * data.LINE_BATCH
+    assert len({data.line_width(i) for i in range(0, 60, data.LINE_BATCH)}) == len(data.LINE_WIDTHS)
+    for i, line in enumerate(lines):
+        assert line.dtype == np.float32 and line.shape == (3, data.LINE_H, widths[i])
+        np.testing.assert_array_equal(line, data.text_line(i))
+        assert -1.0 <= line.min() < line.max() <= 1.0
+        inked = np.flatnonzero(np.abs(line).sum(axis=(0, 1)) > 0)
+        assert inked[0] == 0 and not line[:, :, inked[-1] + 1 :].any()  # the line, then zeros only
+        assert inked[-1] + 1 > widths[i] // 4  # words, not an empty crop
+    assert not np.array_equal(lines[0][:, :, :80], lines[1][:, :, :80])
+    crops = [np.load(folder / name) for name in data.write_folder("text_crop", str(folder), 4)]
+    assert all(crop.dtype == np.float32 and crop.shape == (3, data.LINE_H, data.CROP_W) for crop in crops)
+    np.testing.assert_array_equal(crops[3], data.text_crop(3))
+    assert not np.array_equal(crops[0][:, :, :80], data.text_line(0)[:, :, :80])  # seeded apart from the lines
+    # a "text" folder written over it replaces its crops, not only samples of its own kind
+    assert data.write_folder("text", str(folder), 1) == sorted(p.name for p in folder.iterdir())

@@ -328,9 +328,89 @@ def text_heldout(batch_size: int, rows: int):
     yield from _heldout(text_image, "x", rows, batch_size)
 
 
+# --- RapidOCR text recognition: one line of text as its TextRecognizer feeds it --------------------------
+
+LINE_H = 48  # rapidocr's rec_img_shape: 48 high, batches at least 320 wide
+LINE_WIDTHS = (320, 480, 640)
+LINE_WIDTH_ODDS = (0.6, 0.25, 0.15)  # most detected lines are short
+LINE_BATCH = 6  # rapidocr's rec_batch_num
+
+
+def line_width(index: int) -> int:
+    """The width sample ``index`` is padded to. rapidocr sorts a page's crops by aspect ratio and pads each
+    batch of six to its widest crop, at least 320; here six consecutive samples share a batch and its width
+    is a multiple of 160, so a folder holds three shapes rather than one per batch."""
+    rng = np.random.default_rng([index // LINE_BATCH, LINE_H])  # a seed of its own, not sample i's
+    return int(rng.choice(LINE_WIDTHS, p=LINE_WIDTH_ODDS))
+
+
+def _line_image(rng: np.random.Generator, length: float):
+    """Words in PIL's bundled font (26 to 39 px, filling a detector's box), about ``length`` pixels wide,
+    dark or light on a contrasting gradient, blurred a little: an RGB PIL image 48 high."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    size = int(rng.integers(26, 40))
+    font = _font(size)
+    text = ""
+    while font.getlength(text) < length - 8:
+        text += ("" if not text else " ") + "".join(rng.choice(list(LETTERS), int(rng.integers(2, 9))))
+    own = int(np.ceil(font.getlength(text))) + 8
+    light = rng.random() < 0.7
+    base = rng.uniform(170, 255, 3) if light else rng.uniform(0, 80, 3)
+    ramp = np.linspace(0, 1, own)[None, :, None] * rng.uniform(-40, 40, 3)
+    pixels = np.clip(np.broadcast_to(base + ramp, (LINE_H, own, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    ink = rng.uniform(0, 90, 3) if light else rng.uniform(180, 255, 3)
+    y = (LINE_H - size) / 2 - font.getbbox(text)[1] / 2 + rng.uniform(-3, 3)
+    ImageDraw.Draw(image).text((rng.uniform(2, 6), y), text, font=font, fill=tuple(int(c) for c in ink))
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8)))
+
+
+def _padded(image, rng: np.random.Generator, width: int) -> np.ndarray:
+    """rapidocr's resize_norm_img (recognizer and classifier alike): squeezed to ``width`` where wider,
+    sensor noise, BGR, (x / 255 - 0.5) / 0.5, channels first, zeros on the right up to ``width``."""
+    from PIL import Image
+
+    if image.width > width:
+        image = image.resize((width, LINE_H), Image.BILINEAR)
+    noisy = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(0, 5), (LINE_H, image.width, 3))
+    bgr = np.clip(noisy, 0, 255)[:, :, ::-1]
+    out = np.zeros((3, LINE_H, width), np.float32)
+    out[:, :, : image.width] = ((bgr / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+    return out
+
+
+def text_line(index: int) -> np.ndarray:
+    """A line as rapidocr's TextRecognizer feeds it: long enough to need its batch's width (a 320 batch
+    also holds short lines), padded to that width (``_padded``)."""
+    rng = np.random.default_rng(index)
+    width = line_width(index)
+    narrower = max(w for w in (0, *LINE_WIDTHS) if w < width)
+    image = _line_image(rng, rng.uniform(max(narrower, width * 0.25), width))
+    return _padded(image, rng, width)
+
+
+CROP_W = 192  # rapidocr's cls_image_shape: 48 x 192
+UPSIDE_DOWN = 0.25  # the share of crops turned 180 degrees, what the classifier is there to find
+
+
+def text_crop(index: int) -> np.ndarray:
+    """A detected line as rapidocr's TextClassifier feeds it: 1 to 10 times as wide as high, one in four
+    upside down, squeezed into 48 x 192 where wider and padded there (``_padded``)."""
+    rng = np.random.default_rng([index, CROP_W])  # not text_line's sample ``index``
+    image = _line_image(rng, rng.uniform(LINE_H, 10 * LINE_H))
+    if rng.random() < UPSIDE_DOWN:
+        image = image.rotate(180)
+    return _padded(image, rng, CROP_W)
+
+
 # --- A folder of samples, as a user brings data to `trtpipe init --data DIR` ---------------------------
 
-FOLDER_KINDS: dict[str, Callable[[int], np.ndarray]] = {"text": text_image}
+FOLDER_KINDS: dict[str, Callable[[int], np.ndarray]] = {
+    "text": text_image,
+    "text_line": text_line,
+    "text_crop": text_crop,
+}
 MAX_FOLDER_SAMPLES = 10_000
 
 
@@ -343,8 +423,8 @@ def write_folder(kind: str, folder: str, samples: int) -> list[str]:
         raise SystemExit(f"write_folder: kind one of {sorted(FOLDER_KINDS)}, samples 1..{MAX_FOLDER_SAMPLES}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f"{kind}_*.npy"):
-        old.unlink()
+    for old in [path for each in FOLDER_KINDS for path in out.glob(f"{each}_*.npy")]:
+        old.unlink(missing_ok=True)  # "text_*" also matches "text_line_*"
     names = [f"{kind}_{i:05d}.npy" for i in range(samples)]
     for i, name in enumerate(names):
         np.save(out / name, FOLDER_KINDS[kind](i).astype(np.float32))
