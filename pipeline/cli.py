@@ -166,7 +166,10 @@ def calibrate(config_path: Path, force: bool) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Write a graph that fails its accuracy gate as the artifact anyway (quantize.json records it).",
+    help=(
+        "Write a graph that fails its accuracy gate as the artifact anyway, and under an [accuracy.budget] "
+        "out of reach the closest graph its search scored (quantize.json records it)."
+    ),
 )
 @_user_errors
 def quantize(config_path: Path, targets: tuple[str, ...], force: bool) -> None:

@@ -175,6 +175,7 @@ class BudgetResult:
     kept: tuple[KeptLayer, ...] = saved(key="kept_fp16")
     evaluations: int = saved()  # graphs scored by the loop (sensitivity's not counted)
     seconds: float = saved()  # the loop's, sensitivity's included
+    missed: str | None = saved(omitted=True)  # quantize --force: why the closest graph, written, misses it
 
     @property
     def int8_after(self) -> int:

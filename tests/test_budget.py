@@ -10,12 +10,22 @@ import pytest
 
 from pipeline import ortsession
 from pipeline.calibration.calibrator import RangesFromOnnx
-from pipeline.config import BatchProfile, Budget, CalibrationSection, Config, ModelSection, QuantizeSection, TensorSpec
+from pipeline.config import (
+    BatchProfile,
+    Budget,
+    CalibrationSection,
+    Config,
+    ModelSection,
+    QuantizeSection,
+    TensorSpec,
+    load_config,
+)
 from pipeline.errors import PipelineError
 from pipeline.evaluate import budget, sensitivity
 from pipeline.evaluate.variants import HeldOut, VariantRunner
 from pipeline.fp16 import fp16_graph
 from pipeline.graphview import GraphView
+from pipeline.layout import Layout
 from pipeline.targets.base import QuantizationInputs
 from pipeline.targets.onnxruntime_cpu import quantize as ort_cpu
 from pipeline.targets.tensorrt.placement import plan_tensorrt
@@ -176,6 +186,22 @@ def test_a_budget_out_of_reach_fails_in_one_line_saying_how_close(setup):
     assert "at most 1 of 3 layers in FP16" in msg and "closest: centered cosine 0.99" in msg and "with 1 in FP16" in msg
 
 
+def test_a_budget_out_of_reach_settles_for_the_closest_graph_scored_when_forced(setup):
+    """quantize --force: the graph written is the closest the search scored (conv2 in FP16, the one layer
+    the cap allows), with its figures, not a refusal; that graph misses the budget and the gate knows."""
+    targets, heldout = setup
+    out_of_reach = Budget(min_cosine=0.99999999, max_fp16_layers=1)
+    result, model, _ = budget.fit(targets["w8a8"], out_of_reach, heldout, 3, "cfg.toml", settle_for_closest=True)
+    assert [k.node for k in result.kept] == ["conv2"] and result.int8_after == result.quantized - 1
+    assert 0.999 < result.after.centered_cosine < 0.99999999 < 1.0
+    assert result.after.centered_cosine > result.before.centered_cosine
+    assert not budget.meets(result.after, out_of_reach, None, None)
+    written = VariantRunner(model, heldout, delta=False).scores([model])[0]
+    assert written.centered_cosine == pytest.approx(result.after.centered_cosine, abs=1e-9)
+    kept = targets["w8a8"].with_fp16(frozenset({"conv2"}))
+    assert model.SerializeToString() == kept.SerializeToString()
+
+
 @pytest.mark.parametrize("pipeline_run", ["[accuracy.budget]\nmin_cosine = 0.9"], indirect=True)
 def test_quantize_under_a_budget_then_sensitivity_and_the_report(pipeline_run, tmp_path, user_model):
     from click.testing import CliRunner
@@ -204,6 +230,14 @@ def test_quantize_under_a_budget_then_sensitivity_and_the_report(pipeline_run, t
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"Error: {path}: w8a8 cannot meet [accuracy.budget] (min_cosine = 0.99999999)")
     assert "closest: centered cosine" in line and "Traceback" not in result.output
+    # --force writes the closest graphs (all INT8 here: the cap is 0) as a missed gate, recorded as failed
+    out = Layout.of(load_config(path))
+    result = CliRunner().invoke(main, ["quantize", "-c", str(path), "--force"])
+    assert result.exit_code == 0 and "--force: that graph is the one written" in result.output, result.output
+    quant = json.loads((out.results_dir / "quantize.json").read_text())
+    assert quant["passed"] is False and out.graph("w8a8").is_file() and out.graph("w8a8-cpu").is_file()
+    assert all(fit["kept_fp16"] == [] for fit in quant["budget"].values())
+    assert json.loads(out.record("quantize").read_text())["passed"] is False
 
 
 def test_a_sensitivity_file_of_another_shape_is_refused_in_one_line(tmp_path):

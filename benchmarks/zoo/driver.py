@@ -123,9 +123,12 @@ def error_line(output: str, code: int) -> str:
     return lines[-1] if lines else f"exit status {code}, no output"
 
 
+MISSED = ("accuracy gate failed", "cannot meet [accuracy.budget]")
+
+
 def gate_line(output: str) -> str:
-    """What a stage run with --force printed about the accuracy gate it missed, else ''."""
-    lines = [line.strip() for line in output.splitlines() if "accuracy gate failed" in line]
+    """What a stage run with --force printed first about the accuracy gate or budget it missed, else ''."""
+    lines = [line.strip() for line in output.splitlines() if any(m in line for m in MISSED)]
     return lines[0].removeprefix("WARNING:").strip() if lines else ""
 
 

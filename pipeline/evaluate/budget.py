@@ -51,12 +51,19 @@ def _closeness(score: Score, reference_metric: float | None, task: TaskMetric | 
 
 
 def fit(
-    target: Target, budget: Budget, heldout: HeldOut, weighted: int, where: str, table: Sensitivity | None = None
+    target: Target,
+    budget: Budget,
+    heldout: HeldOut,
+    weighted: int,
+    where: str,
+    table: Sensitivity | None = None,
+    settle_for_closest: bool = False,
 ) -> tuple[BudgetResult, onnx.ModelProto, Sensitivity | None]:
     """The graph with the fewest layers in FP16 within ``budget``, what it cost, and the sensitivity
     table when one was needed (the fully quantized graph may meet the budget already); ``table``, when
     given, is used instead of measuring one. ``where`` names the config in the error when the budget
-    cannot be met within the cap."""
+    cannot be met within the cap; ``settle_for_closest`` (quantize --force) returns the closest graph
+    scored instead, whose gate then fails as any forced graph's does."""
     start = time.perf_counter()
     full = target.with_fp16(frozenset())
     gate = heldout.cfg.accuracy.gate(target.graph)  # what quantize then checks, searched for too
@@ -66,10 +73,20 @@ def fit(
     before = runner.scores([full])[0]
     cap = budget.cap(len(target.layers))
 
-    def result(after: Score, kept: tuple[KeptLayer, ...], evaluations: int) -> BudgetResult:
+    def result(after: Score, kept: tuple[KeptLayer, ...], evaluations: int, missed: str | None = None) -> BudgetResult:
         seconds = time.perf_counter() - start
         return BudgetResult(
-            target.graph, weighted, len(target.layers), cap, before, after, ref_metric, kept, evaluations, seconds
+            target.graph,
+            weighted,
+            len(target.layers),
+            cap,
+            before,
+            after,
+            ref_metric,
+            kept,
+            evaluations,
+            seconds,
+            missed,
         )
 
     if meets(before, budget, ref_metric, task):
@@ -94,19 +111,24 @@ def fit(
     kept = _shortest_prefix([s.node for s in ranked], ok, cap)
     if not ok(kept):
         best = max(scored, key=lambda k: _closeness(scored[k], ref_metric, task))
-        raise PipelineError(
+        why = (
             f"{where}: {target.graph} cannot meet [accuracy.budget] ({_spell(budget)}) with at most {cap} of "
             f"{len(target.layers)} layers in FP16; closest: {describe(scored[best], ref_metric, task)} with "
-            f"{len(best)} in FP16; raise max_fp16_share/max_fp16_layers or relax the budget"
+            f"{len(best)} in FP16"
         )
-    kept = _pruned(kept, ok)
+        if not settle_for_closest:
+            raise PipelineError(f"{why}; raise max_fp16_share/max_fp16_layers or relax the budget")
+        info(f"WARNING: {why}; --force: that graph is the one written")
+        kept, missed = [s.node for s in ranked if s.node in best], why
+    else:
+        kept, missed = _pruned(kept, ok), None
     by_node = {s.node: s for s in ranked}
     kept_layers = tuple(
         KeptLayer(n, by_node[n].op_type, *reversed(table.gain(by_node[n])), by_node[n].alone.centered_cosine)
         for n in kept
     )
     after = score(frozenset(kept))
-    return result(after, kept_layers, len(scored)), target.with_fp16(frozenset(kept)), table
+    return result(after, kept_layers, len(scored), missed), target.with_fp16(frozenset(kept)), table
 
 
 def _shortest_prefix(ranked: list[str], ok, cap: int) -> list[str]:

@@ -46,7 +46,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
         for t in chosen:
             with phases.timed(f"graph building: {t.artifact}"):
                 models[t.artifact] = t.quantize(inp)
-        fits = _within_budget(cfg, out, inp, chosen, models) if cfg.accuracy.budget is not None else {}
+        fits = _within_budget(cfg, out, inp, chosen, models, force) if cfg.accuracy.budget is not None else {}
         # The FP16 graph served the graph building and the budget alone: it goes before the speed search
         # makes its graphs and sessions.
         inp = dataclasses.replace(inp, fp16=onnx.ModelProto())
@@ -68,7 +68,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
                     rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
                 with phases.timed("CPU speed check"):
                     speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models}, searches)
-                failed = {row.artifact for row in rows if row.failures}
+                failed = {row.artifact for row in rows if row.failures} | {n for n, f in fits.items() if f.missed}
                 _set_aside(cfg, out, models, set() if force else failed, staged)
             with phases.timed("loss attribution"):
                 fp32_view = lambda: kept_view or GraphView(onnxutil.load(out.graph(FP32), "FP32 graph"))  # noqa: E731
@@ -92,7 +92,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             graphs = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
             written.paths, written.passed = [*graphs, QuantizeResult.path(out)], not failed
     info(f"{cfg.name}: quantize phases, {phases.describe(summary.phases)}")
-    if failed:
+    if any(row.failures for row in rows):  # a budget missed under --force was announced by its search
         _gate_verdict(cfg, out, [row for row in rows if row.failures], force)
     return summary
 
@@ -258,10 +258,13 @@ def _gate_verdict(cfg: Config, out: Layout, failed: list, force: bool) -> None:
     )
 
 
-def _within_budget(cfg: Config, out: Layout, inp: QuantizationInputs, chosen: list[Target], models: dict) -> dict:
+def _within_budget(
+    cfg: Config, out: Layout, inp: QuantizationInputs, chosen: list[Target], models: dict, force: bool
+) -> dict:
     """Replace each graph in ``models`` by the one with the fewest layers in float that meets
-    ``[accuracy.budget]``; the budget results by graph name. The sensitivity tables the loop needed
-    are saved for the report."""
+    ``[accuracy.budget]`` (with ``force``, where none within the cap does, by the closest one scored:
+    its gate then fails and it is written anyway); the budget results by graph name. The sensitivity
+    tables the loop needed are saved for the report."""
     from pipeline.evaluate import budget, sensitivity
     from pipeline.evaluate.variants import held_out
     from pipeline.phases import timed
@@ -274,14 +277,20 @@ def _within_budget(cfg: Config, out: Layout, inp: QuantizationInputs, chosen: li
         info(f"{cfg.name}: {name}: fitting [accuracy.budget] on {heldout.rows} held-out rows")
         with timed(f"accuracy budget: {name}"):
             fit, model, table = budget.fit(
-                target, cfg.accuracy.budget, heldout, sensitivity.weighted_layers(inp.view), str(cfg.path)
+                target,
+                cfg.accuracy.budget,
+                heldout,
+                sensitivity.weighted_layers(inp.view),
+                str(cfg.path),
+                settle_for_closest=force,
             )
         models[name] = model
         fits[name] = fit
         if table is not None:
             tables[name] = table
         info(
-            f"{cfg.name}: {name} within budget: {budget.describe(fit.after, fit.reference_metric, heldout.task)}; "
+            f"{cfg.name}: {name} {'closest to the budget' if fit.missed else 'within budget'}: "
+            f"{budget.describe(fit.after, fit.reference_metric, heldout.task)}; "
             f"{fit.coverage()}; {fit.evaluations} graph(s) scored in {fit.seconds:.1f} s"
         )
         for k in fit.kept:
