@@ -26,6 +26,10 @@ class InitRow:
 
 INIT_ROWS = {
     "rapidocr_det_init": InitRow("engines/wheels/rapidocr-onnxruntime/ch_PP-OCRv4_det_infer.onnx", "text", 128),
+    "rapidocr_rec_init": InitRow("engines/wheels/rapidocr-onnxruntime/ch_PP-OCRv4_rec_infer.onnx", "text_line", 128),
+    "rapidocr_cls_init": InitRow(
+        "engines/wheels/rapidocr-onnxruntime/ch_ppocr_mobile_v2.0_cls_infer.onnx", "text_crop", 128
+    ),
 }
 
 
