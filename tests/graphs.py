@@ -40,6 +40,15 @@ def conv(name: str, x: str, y: str, cin: int = 16, cout: int = 16, k: int = 3, g
     )
 
 
+def linear_conv() -> onnx.ModelProto:
+    """
+        x ──► conv (3x3, 16 -> 16, zero bias) ──► y
+    Linear: noise n on x moves y by conv(n) exactly, so the error scales with the noise.
+    """
+    node, inits = conv("conv", "x", "y")
+    return _model([node], inits)
+
+
 def residual() -> onnx.ModelProto:
     """
         x ──► conv1 ─► relu ─► conv2 ──► Add ─► relu ─► y
