@@ -66,7 +66,24 @@ def write_starter(model: str, out: Path, data: Path | None = None) -> str:
         _calibration(data, out, inputs if model.endswith(".onnx") else []),
         BUDGET_BLOCK,
     ]
-    return "\n".join(lines).rstrip() + "\n"
+    text = "\n".join(lines).rstrip() + "\n"
+    _check_loads(text, model, out)
+    return text
+
+
+def _check_loads(text: str, model: str, out: Path) -> None:
+    """Refuses a config its own guesses made unloadable (a shape the schema refuses), before it is written."""
+    import tomllib
+
+    from pipeline.config import config_from_dict
+
+    try:
+        config_from_dict(tomllib.loads(text), out)
+    except PipelineError as exc:
+        raise PipelineError(
+            f"trtpipe init {model}: the config it would write does not load ({exc}); nothing written: "
+            "write that section by hand (docs/config.md)"
+        ) from None
 
 
 # A model nobody has quantized before may miss the gates on a few layers: the budget keeps the
@@ -155,10 +172,12 @@ def _onnx_tensor(value, path: Path) -> Tensor:
     shape: list[int | str] = []
     notes = []
     for axis, dim in enumerate(tensor.shape.dim):
-        if axis == 0 and (dim.dim_param or dim.dim_value in (0, 1)):
+        # Unset, or -1 as older Paddle2ONNX writes (RapidOCR's direction classifier): open, not a size.
+        is_open = bool(dim.dim_param) or dim.dim_value <= 0
+        if axis == 0 and (is_open or dim.dim_value == 1):
             shape.append("batch")
             notes.append(f"axis 0 ({dim.dim_param or dim.dim_value}) is the batch")
-        elif dim.dim_param or not dim.dim_value:
+        elif is_open:
             # A dim_param with no letters or digits ("?", as some exporters write) names nothing.
             named = dim.dim_param if re.search(r"[A-Za-z0-9]", dim.dim_param) else f"{value.name}_axis{axis}"
             axis_name = re.sub(r"[^A-Za-z0-9_]", "_", named).lower()

@@ -190,6 +190,37 @@ def test_init_names_an_anonymous_dynamic_axis_after_its_tensor(tmp_path):
     assert '[[axes]]\nname = "x_axis2"' in text and 'name = "_"' not in text
 
 
+def test_init_takes_a_dimension_of_minus_one_as_open_and_checks_the_config_loads(tmp_path, monkeypatch):
+    """Older Paddle2ONNX writes -1 for an open dimension (RapidOCR's direction classifier: x [-1, 3, ?, ?],
+    its output [-1, 2]): the batch, not a size of -1 that no config takes. And init refuses, writing
+    nothing, a config its guesses would make that does not load.
+
+        x [-1, 3, ?, ?] -> GlobalAveragePool -> Flatten -> y [-1, 3]"""
+    from onnx import TensorProto, helper
+
+    from pipeline import starter
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3])
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "cls", [x], [y])), str(tmp_path / "cls.onnx"))
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "s0.npy", np.zeros((3, 48, 192), np.float32))
+    text = starter.write_starter(str(tmp_path / "cls.onnx"), tmp_path / "cls.toml", data)
+    assert 'shape = ["batch", 3, "x_axis2", "x_axis3"]' in text and 'shape = ["batch", 3]' in text
+    assert "axis 0 (-1) is the batch" in text
+    (tmp_path / "cls.toml").write_text(text)
+    cfg = load_config(tmp_path / "cls.toml")
+    assert [spec.shape for spec in cfg.inputs] == [("batch", 3, "x_axis2", "x_axis3")]
+    assert {a.name: (a.min, a.max) for a in cfg.axes} == {"x_axis2": (48, 48), "x_axis3": (192, 192)}
+
+    monkeypatch.setattr(starter, "BATCH_GUESS", (8, 4, 64))  # a guess the schema refuses: min above opt
+    with pytest.raises(PipelineError, match=r"trtpipe init .*cls.onnx: the config it would write does not load \("):
+        starter.write_starter(str(tmp_path / "cls.onnx"), tmp_path / "other.toml", data)
+    assert not (tmp_path / "other.toml").exists()
+
+
 def test_weights_written_as_constant_nodes_are_read_as_initializers(tmp_path, user_model, capsys):
     """The tiny model's file with every weight a nameless Constant node, as Paddle2ONNX writes them
     (RapidOCR's models): export reads them as initializers, same values (parity holds), so the
