@@ -21,16 +21,39 @@ _EXTERNAL_DATA_THRESHOLD = 1800 << 20
 
 
 def load(path: str | os.PathLike[str], what: str = "graph") -> onnx.ModelProto:
-    path = Path(path)
+    return _load(Path(path), what)[0]
+
+
+def load_hashed(path: str | os.PathLike[str], what: str = "graph") -> tuple[onnx.ModelProto, str]:
+    """``load``, and the sha256 calibration caches know the graph by: of the file's bytes as they were
+    parsed (no serialized copy of the weights made to hash them), or ``graph_hash`` of a graph whose
+    weights are in external data files."""
+    model, sha256 = _load(Path(path), what, hashed=True)
+    return model, sha256 or graph_hash(model)
+
+
+def _load(path: Path, what: str, hashed: bool = False) -> tuple[onnx.ModelProto, str | None]:
+    """The graph at ``path`` with its external data, and the sha256 of its bytes (``hashed``; None
+    where weights are in external data files, which the file's bytes do not cover)."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
     if not path.is_file():
         raise PipelineError(f"{path}: {what} not found; run the stage that makes it first")
     try:
-        model = onnx.load(str(path))
+        data = path.read_bytes()
+        model = onnx.load_model_from_string(data)
+        sha256 = hashlib.sha256(data).hexdigest() if hashed else None
+        del data  # before the external data is read in
+        if any(uses_external_data(t) for t in model.graph.initializer):
+            load_external_data_for_model(model, str(path.parent))
+            sha256 = None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read the {what} ({exc.strerror or exc}); check the file") from None
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise PipelineError(f"{path}: not a readable ONNX file ({exc}); delete it and re-run its stage") from None
     if not model.graph.node:  # protobuf reads an empty (0-byte) file as an empty model
         raise PipelineError(f"{path}: an ONNX file without a graph (empty?); delete it and re-run its stage")
-    return model
+    return model, sha256
 
 
 def check(model: onnx.ModelProto, what: str) -> onnx.ModelProto:

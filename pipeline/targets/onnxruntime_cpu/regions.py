@@ -113,21 +113,30 @@ def search(
     seconds: float,
     batch: int,
     label: str,
+    made: tuple[onnx.ModelProto, float] | None = None,
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     """The graph whose regions keep Q/DQ only where they measured a gain, and what was measured.
     ``make(float_layers)`` makes the graph with those weighted layers (and their epilogues) float;
+    ``made``, where given, is ``make(())`` made already and the seconds making it took (the graph
+    is taken: its tensors move to disk);
     ``runner(file)`` one inference of a graph file at the bench batch (each graph made is written with
     its weights moved out of memory: only its session holds them while it is timed); ``fp32()`` makes
     one of the FP32 graph's, at the end, when no region's candidate session is alive."""
     with tempfile.TemporaryDirectory(prefix="trtpipe.search.") as tmp:
-        return _search(make, view, layers, runner, fp32, seconds, batch, label, Path(tmp))
+        return _search(make, view, layers, runner, fp32, seconds, batch, label, made, Path(tmp))
 
 
-def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) -> tuple[onnx.ModelProto, SpeedSearch]:
+def _search(
+    make, view, layers, runner, fp32, seconds, batch, label, made, tmp: Path
+) -> tuple[onnx.ModelProto, SpeedSearch]:
     started = time.perf_counter()
-    current = _on_disk(make(()), tmp / "graph0.onnx")
+    graph, made_in = (make(()), 0.0) if made is None else made
+    del made
+    current = everywhere = _on_disk(graph, tmp / "graph0.onnx")
+    del graph
     run_current = runner(current)
-    making = time.perf_counter() - started  # one graph made and loaded: what each region costs beside timing
+    # One graph made and loaded: what each region costs beside timing.
+    making = time.perf_counter() - started + made_in
     one = _once(run_current)
     # The last timing (FP32, the chosen graph and the one quantized everywhere) counts as two comparisons.
     most = max(1, int(seconds / (making + MAX_COMPARISON_SECONDS)) - 2)
@@ -165,7 +174,6 @@ def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) 
         _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
         elapsed = time.perf_counter() - started
         return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
-    everywhere = _on_disk(make(()), tmp / "everywhere.onnx")  # made again: not held through the search
     final = _timed({"fp32": fp32(), "chosen": run_current, "everywhere": runner(everywhere)}, per_round)
     del run_current
     whole = RegionSpeed(WHOLE_GRAPH, layers, *keeps_qdq(final["chosen"], final["everywhere"]))
