@@ -234,6 +234,45 @@ def copy_with_outputs(src: Path, dst: Path, values: Iterable[onnx.ValueInfoProto
     return dst
 
 
+_METADATA_PROPS = 14  # onnx.proto: ModelProto.metadata_props
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5  # protobuf wire types
+
+
+def metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of the ONNX file at ``path``, read by walking the file's top-level fields and
+    seeking past the rest (the graph with its weights is never read): what decides how a graph file
+    is run, without parsing it."""
+    found: dict[str, str] = {}
+    with open(path, "rb") as f:
+        while (key := _varint(f)) is not None:
+            field, wire = key >> 3, key & 7
+            if wire == _VARINT:
+                _varint(f)
+            elif wire in (_FIXED64, _FIXED32):
+                f.seek(8 if wire == _FIXED64 else 4, os.SEEK_CUR)
+            elif wire == _LENGTH and field == _METADATA_PROPS:
+                entry = onnx.StringStringEntryProto.FromString(f.read(_varint(f) or 0))
+                found[entry.key] = entry.value
+            elif wire == _LENGTH:
+                f.seek(_varint(f) or 0, os.SEEK_CUR)
+            else:
+                raise PipelineError(
+                    f"{path}: not a readable ONNX file (wire type {wire}); delete it and re-run its stage"
+                )
+    return found
+
+
+def _varint(f) -> int | None:
+    """The next varint in ``f``, None at the end of the file."""
+    value = shift = 0
+    while byte := f.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+    return None
+
+
 def graph_hash(model: onnx.ModelProto) -> str:
     """Hash of the serialized graph: calibration caches and manifests record it."""
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
+from pipeline import onnxutil
 from pipeline.errors import PipelineError
 from pipeline.targets.base import ENGINE, FP16
 
@@ -39,9 +40,9 @@ def runs_as_written(model: onnx.ModelProto) -> bool:
     metadata; a peer's (ModelOpt's) is known by its FP16 Q/DQ scales, which ONNX Runtime's own
     CPU Q/DQ graphs never have. (ONNX Runtime 1.32's CPU fusions crashed the process on ViT-B/16's
     FP16 graph; TensorRT, not they, decides how an FP16 graph runs.)"""
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("trtpipe.target") in (ENGINE, "simulation") or props.get("trtpipe.precision") == FP16:
-        return True
+    ours = _ours_as_written({p.key: p.value for p in model.metadata_props})
+    if ours is not None:
+        return ours
     fp16 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     fp16 |= {
         n.output[0]
@@ -51,8 +52,20 @@ def runs_as_written(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _QDQ and len(n.input) > 1 and n.input[1] in fp16 for n in model.graph.node)
 
 
+def _ours_as_written(props: dict[str, str]) -> bool | None:
+    """Whether a graph of ours runs as written, by the metadata we give every graph; None for another's."""
+    if props.get("trtpipe.target") in (ENGINE, "simulation") or props.get("trtpipe.precision") == FP16:
+        return True
+    return False if "trtpipe.precision" in props else None
+
+
 def options(
-    model: onnx.ModelProto, threads: int | None = None, spin: bool = True, arena: bool = True, shared: bool = False
+    model: onnx.ModelProto | None,
+    threads: int | None = None,
+    spin: bool = True,
+    arena: bool = True,
+    shared: bool = False,
+    as_written: bool = False,
 ) -> ort.SessionOptions:
     """Session options for ``model``: the one place that decides how a graph is optimized.
 
@@ -67,10 +80,11 @@ def options(
     ``arena=False`` returns a run's activations to the system after it: for several sessions alive
     at once, each of whose CPU arena would otherwise keep its own peak. ``shared`` takes the arena
     this process's timed sessions share (``shared_arena``) instead of one of the session's own.
+    Without ``model``, ``as_written`` says how it runs (told by a file's metadata, unparsed).
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if runs_as_written(model):
+    if as_written if model is None else runs_as_written(model):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.enable_cpu_mem_arena = arena
@@ -95,14 +109,17 @@ def session(
     shared: bool = False,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``."""
+    ours = None
     if isinstance(graph, onnx.ModelProto):
         model, source = graph, graph.SerializeToString()
     else:
         path = Path(graph)
         if not path.is_file():
             raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
-        model, source = onnx.load(str(path), load_external_data=False), str(path)
-    opts = options(model, threads, spin, arena, shared)
+        ours = _ours_as_written(onnxutil.metadata(path))  # ours are known without parsing the weights
+        model = onnx.load(str(path), load_external_data=False) if ours is None else None
+        source = str(path)
+    opts = options(model, threads, spin, arena, shared, as_written=bool(ours))
     del model  # a file's parsed copy goes before ONNX Runtime reads its own: the weights held once, not twice
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
