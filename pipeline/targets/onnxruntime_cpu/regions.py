@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from pipeline.console import info
+from pipeline.ortsession import release_shared_arena
 from pipeline.graphview import GraphView
 from pipeline.results import RegionSpeed, SpeedSearch
 
@@ -158,6 +159,9 @@ def _search(
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
+        # A dropped session's weights and activations sit free in the timed sessions' shared arena:
+        # returned before the next graph is made beside it.
+        release_shared_arena()
         candidate = _on_disk(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
         run_candidate = runner(candidate)
         samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
