@@ -21,27 +21,81 @@ _EXTERNAL_DATA_THRESHOLD = 1800 << 20
 
 
 def load(path: str | os.PathLike[str], what: str = "graph") -> onnx.ModelProto:
-    path = Path(path)
+    return _load(Path(path), what)[0]
+
+
+def load_hashed(path: str | os.PathLike[str], what: str = "graph") -> tuple[onnx.ModelProto, str]:
+    """``load``, and the sha256 calibration caches know the graph by: of the file's bytes as they were
+    parsed (no serialized copy of the weights made to hash them), or ``graph_hash`` of a graph whose
+    weights are in external data files."""
+    model, sha256 = _load(Path(path), what, hashed=True)
+    return model, sha256 or graph_hash(model)
+
+
+def _load(path: Path, what: str, hashed: bool = False) -> tuple[onnx.ModelProto, str | None]:
+    """The graph at ``path`` with its external data, and the sha256 of its bytes (``hashed``; None
+    where weights are in external data files, which the file's bytes do not cover)."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
     if not path.is_file():
         raise PipelineError(f"{path}: {what} not found; run the stage that makes it first")
     try:
-        model = onnx.load(str(path))
+        data = path.read_bytes()
+        model = onnx.load_model_from_string(data)
+        sha256 = hashlib.sha256(data).hexdigest() if hashed else None
+        del data  # before the external data is read in
+        if any(uses_external_data(t) for t in model.graph.initializer):
+            load_external_data_for_model(model, str(path.parent))
+            sha256 = None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read the {what} ({exc.strerror or exc}); check the file") from None
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise PipelineError(f"{path}: not a readable ONNX file ({exc}); delete it and re-run its stage") from None
     if not model.graph.node:  # protobuf reads an empty (0-byte) file as an empty model
         raise PipelineError(f"{path}: an ONNX file without a graph (empty?); delete it and re-run its stage")
-    return model
+    return model, sha256
 
 
 def check(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
-    """Full checker pass plus strict shape inference; returns the inferred model."""
+    """Full checker pass plus strict shape inference; returns ``model`` itself with the inferred types.
+
+    Both run on the graph without its weights' data (``_without_data``): each serializes and parses
+    the graph it is given, two to four copies of the weights at once, where types need only dims
+    (a weight's byte count against its dims is what this leaves unchecked: numpy_helper writes them)."""
+    bare = skeleton(model, every_dtype=True)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-        if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(inferred, full_check=True)
+        with tempfile.TemporaryDirectory(prefix="trtpipe.check.") as tmp:
+            onnx.checker.check_model(_without_data(bare, Path(tmp)), full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(bare, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise PipelineError(f"{what}: the ONNX checker rejected the graph: {exc}") from None
-    return inferred
+    for field in ("input", "output", "value_info"):
+        del getattr(model.graph, field)[:]
+        getattr(model.graph, field).extend(getattr(inferred.graph, field))
+    return model
+
+
+def _without_data(bare: onnx.ModelProto, folder: Path) -> str:
+    """``bare`` (a skeleton) saved in ``folder`` with each data-less tensor pointing into one sparse
+    file of zeros as long as their data would be: what the checker verifies of external data, with
+    no byte of it written or read. The saved graph's path."""
+    weights = folder / "weights.bin"
+    offset = 0
+    graph = onnx.ModelProto()
+    graph.CopyFrom(bare)
+    for tensor in graph.graph.initializer:
+        if _has_data(tensor) or not _elements(tensor):
+            continue
+        length = _elements(tensor) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", weights.name), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=key, value=value)
+        offset += length
+    with open(weights, "wb") as f:
+        f.truncate(offset)
+    path = folder / "graph.onnx"
+    onnx.save(graph, str(path))
+    return str(path)
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
@@ -123,8 +177,9 @@ _WEIGHT_ELEMENTS = 256
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose weights keep their names, dtypes and dims but no data.
+def skeleton(model: onnx.ModelProto, every_dtype: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` whose float weights (with ``every_dtype``, every tensor beyond a shape
+    argument's size) keep their names, dtypes and dims but no data.
 
     Enough for shape inference, the quantization plans and the tensor lists (weights enter
     them by their dims only), without holding the weights a second time.
@@ -136,17 +191,27 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.name = src.name
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(graph, name).extend(getattr(src, name))
-    graph.initializer.extend(_dims_only(init) for init in src.initializer)
+    graph.initializer.extend(_dims_only(init, every_dtype) for init in src.initializer)
     return out
 
 
-def _dims_only(init: onnx.TensorProto) -> onnx.TensorProto:
-    size = 1
-    for d in init.dims:
-        size *= d
-    if init.data_type not in _FLOATS or size <= _WEIGHT_ELEMENTS:
+def _dims_only(init: onnx.TensorProto, every_dtype: bool = False) -> onnx.TensorProto:
+    if (init.data_type not in _FLOATS and not every_dtype) or _elements(init) <= _WEIGHT_ELEMENTS:
         return init
     return onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    size = 1
+    for d in tensor.dims:
+        size *= d
+    return size
+
+
+def _has_data(tensor: onnx.TensorProto) -> bool:
+    """Does ``tensor`` hold its values (in any field), or name where they are?"""
+    fields = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+    return tensor.data_location == onnx.TensorProto.EXTERNAL or any(len(getattr(tensor, f)) for f in fields)
 
 
 def infer_shapes_lean(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -167,6 +232,45 @@ def copy_with_outputs(src: Path, dst: Path, values: Iterable[onnx.ValueInfoProto
     with open(dst, "ab") as f:
         f.write(onnx.ModelProto(graph=onnx.GraphProto(output=list(values))).SerializeToString())
     return dst
+
+
+_METADATA_PROPS = 14  # onnx.proto: ModelProto.metadata_props
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5  # protobuf wire types
+
+
+def metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of the ONNX file at ``path``, read by walking the file's top-level fields and
+    seeking past the rest (the graph with its weights is never read): what decides how a graph file
+    is run, without parsing it."""
+    found: dict[str, str] = {}
+    with open(path, "rb") as f:
+        while (key := _varint(f)) is not None:
+            field, wire = key >> 3, key & 7
+            if wire == _VARINT:
+                _varint(f)
+            elif wire in (_FIXED64, _FIXED32):
+                f.seek(8 if wire == _FIXED64 else 4, os.SEEK_CUR)
+            elif wire == _LENGTH and field == _METADATA_PROPS:
+                entry = onnx.StringStringEntryProto.FromString(f.read(_varint(f) or 0))
+                found[entry.key] = entry.value
+            elif wire == _LENGTH:
+                f.seek(_varint(f) or 0, os.SEEK_CUR)
+            else:
+                raise PipelineError(
+                    f"{path}: not a readable ONNX file (wire type {wire}); delete it and re-run its stage"
+                )
+    return found
+
+
+def _varint(f) -> int | None:
+    """The next varint in ``f``, None at the end of the file."""
+    value = shift = 0
+    while byte := f.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+    return None
 
 
 def graph_hash(model: onnx.ModelProto) -> str:

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
+from pipeline import onnxutil
 from pipeline.errors import PipelineError
 from pipeline.targets.base import ENGINE, FP16
 
@@ -39,9 +40,9 @@ def runs_as_written(model: onnx.ModelProto) -> bool:
     metadata; a peer's (ModelOpt's) is known by its FP16 Q/DQ scales, which ONNX Runtime's own
     CPU Q/DQ graphs never have. (ONNX Runtime 1.32's CPU fusions crashed the process on ViT-B/16's
     FP16 graph; TensorRT, not they, decides how an FP16 graph runs.)"""
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("trtpipe.target") in (ENGINE, "simulation") or props.get("trtpipe.precision") == FP16:
-        return True
+    ours = _ours_as_written({p.key: p.value for p in model.metadata_props})
+    if ours is not None:
+        return ours
     fp16 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     fp16 |= {
         n.output[0]
@@ -51,8 +52,20 @@ def runs_as_written(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _QDQ and len(n.input) > 1 and n.input[1] in fp16 for n in model.graph.node)
 
 
+def _ours_as_written(props: dict[str, str]) -> bool | None:
+    """Whether a graph of ours runs as written, by the metadata we give every graph; None for another's."""
+    if props.get("trtpipe.target") in (ENGINE, "simulation") or props.get("trtpipe.precision") == FP16:
+        return True
+    return False if "trtpipe.precision" in props else None
+
+
 def options(
-    model: onnx.ModelProto, threads: int | None = None, spin: bool = True, arena: bool = True
+    model: onnx.ModelProto | None,
+    threads: int | None = None,
+    spin: bool = True,
+    arena: bool = True,
+    shared: bool = False,
+    as_written: bool = False,
 ) -> ort.SessionOptions:
     """Session options for ``model``: the one place that decides how a graph is optimized.
 
@@ -65,14 +78,19 @@ def options(
     becomes -2^31 * s_x * s_w. Running as written measured no slower than the basic level.
     Every other graph, the CPU w8a8 graph included, is fully optimized: that is how it deploys.
     ``arena=False`` returns a run's activations to the system after it: for several sessions alive
-    at once, each of whose CPU arena would otherwise keep its own peak.
+    at once, each of whose CPU arena would otherwise keep its own peak. ``shared`` takes the arena
+    this process's timed sessions share (``shared_arena``) instead of one of the session's own.
+    Without ``model``, ``as_written`` says how it runs (told by a file's metadata, unparsed).
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if runs_as_written(model):
+    if as_written if model is None else runs_as_written(model):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.enable_cpu_mem_arena = arena
+    if shared:
+        _register_shared_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     if not spin:  # idle ONNX Runtime threads sleep instead of spinning, leaving the cores to our own work
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
@@ -88,26 +106,63 @@ def session(
     cpu_only: bool = False,
     spin: bool = True,
     arena: bool = True,
+    shared: bool = False,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``."""
+    ours = None
     if isinstance(graph, onnx.ModelProto):
         model, source = graph, graph.SerializeToString()
     else:
         path = Path(graph)
         if not path.is_file():
             raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
-        model, source = onnx.load(str(path), load_external_data=False), str(path)
-    opts = options(model, threads, spin, arena)
+        ours = _ours_as_written(onnxutil.metadata(path))  # ours are known without parsing the weights
+        model = onnx.load(str(path), load_external_data=False) if ours is None else None
+        source = str(path)
+    opts = options(model, threads, spin, arena, shared, as_written=bool(ours))
     del model  # a file's parsed copy goes before ONNX Runtime reads its own: the weights held once, not twice
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 
 def session_for(
-    path: str | os.PathLike[str], cpu: bool, threads: int | None = None, arena: bool = True
+    path: str | os.PathLike[str], cpu: bool, threads: int | None = None, arena: bool = True, shared: bool = False
 ) -> ort.InferenceSession:
     """A session on the EP an artifact needs: a graph that deploys on a CPU (``cpu``) on the CPU EP,
     the others on CUDA where present. ``options`` picks the optimizations."""
-    return session(path, threads=threads, cpu_only=cpu, arena=arena)
+    return session(path, threads=threads, cpu_only=cpu, arena=arena, shared=shared)
+
+
+# Graphs timed against each other run interleaved, run by run, each in a session with an arena (as it
+# serves): with an arena each, every graph's peak activations would be held at once, where serving
+# one holds one. So timed sessions share one CPU arena. It grows by what a run asks (not in doubling
+# steps), so its regions free after the timing go back whole (``release_shared_arena``).
+_ARENA_GROWS_AS_ASKED = 1  # OrtArenaCfg's arena_extend_strategy: kSameAsRequested
+_SHRINK = "memory.enable_memory_arena_shrinkage"
+_shared: list[bool] = []  # registered with ONNX Runtime's environment, once per process
+
+
+def _cpu_arena_info() -> ort.OrtMemoryInfo:
+    return ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+
+
+def _register_shared_arena() -> None:
+    if not _shared:
+        ort.create_and_register_allocator(_cpu_arena_info(), ort.OrtArenaCfg(0, _ARENA_GROWS_AS_ASKED, -1, -1))
+        _shared.append(True)
+
+
+def release_shared_arena() -> None:
+    """The shared arena's free regions returned to the system, once the timed sessions are done:
+    ONNX Runtime shrinks an arena at the end of a run asked to, here a one-node graph's in that arena."""
+    if not _shared:
+        return
+    x = onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "release", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry(_SHRINK, "cpu:0")
+    session(model, cpu_only=True, shared=True).run(None, {"x": np.zeros(1, np.float32)}, shrink)
 
 
 def feed_for(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -953,3 +953,16 @@ def repeated_values_head(shift: np.ndarray) -> onnx.ModelProto:
     ]
     inits = [gain, numpy_helper.from_array(shift.astype(np.float32), "shift"), _w("fc.w", 16, 16)]
     return _model(nodes, inits, ("batch", 16), ("batch", 16))
+
+
+def wide_intermediate(rows: int) -> onnx.ModelProto:
+    """One run's activations of ``rows`` x 4 KiB, the whole graph's arena need (a memory test)::
+
+    x [1, 1024] -> Expand(to [rows, 1024]) -> wide -> ReduceSum(all) -> y [1, 1]
+    """
+    shape = numpy_helper.from_array(np.array([rows, 1024], np.int64), "shape")
+    nodes = [
+        helper.make_node("Expand", ["x", "shape"], ["wide"]),
+        helper.make_node("ReduceSum", ["wide"], ["y"], keepdims=1),
+    ]
+    return _model(nodes, [shape], in_shape=(1, 1024), out_shape=(1, 1))

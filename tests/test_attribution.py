@@ -40,6 +40,30 @@ def test_the_layer_fed_by_an_outlier_channel_is_named_with_the_reason():
         assert worst[0].input_error < worst[0].output_error
 
 
+def test_tensors_are_fetched_within_the_run_bytes_and_measure_the_same(monkeypatch):
+    """graphs.attention's layers' tensors fetched in runs of at most 4 KiB (one tensor a run, as none
+    is smaller): more runs, each within its bytes or a lone tensor, and the same figures as in one run."""
+    from pipeline.calibration.memory import sample_bytes
+    from pipeline.evaluate import attribution
+
+    model = graphs.attention()
+    view = GraphView(model)
+    plan, w8a8 = quantize(model)
+    ranges = RangesFromOnnx(plan.tensors, 2048, 99.99)(model, [graphs.inputs_for(model, 4, s) for s in range(4)])
+    feed = graphs.inputs_for(model, 2, 5)
+    fetched: list[list[str]] = []
+    values = attribution._values
+    monkeypatch.setattr(attribution, "_values", lambda m, v, t, f: fetched.append(list(t)) or values(m, v, t, f))
+    whole = worst_layers(view, w8a8, feed, ranges, "max", top=9)
+    runs_whole = len(fetched)
+    fetched.clear()
+    small = attribution.RunBytes(4096, {})
+    split = worst_layers(view, w8a8, feed, ranges, "max", top=9, within=small)
+    assert split == whole
+    assert runs_whole == 2 and len(fetched) > 2 * 3  # the FP32 and the w8a8 graph, once per group
+    assert all(len(t) == 1 or sum(2 * sample_bytes(view, n) for n in t) <= small.bytes for t in fetched)
+
+
 def test_error_is_measured_against_the_fp32_values():
     model = graphs.attention()
     view = GraphView(model)

@@ -48,3 +48,29 @@ def test_copy_with_outputs_adds_outputs_without_parsing_the_graph(tmp_path):
     y, r1, c2 = sess.run(None, graphs.inputs_for(model, 2))
     assert r1.shape == c2.shape == (2, 16, 8, 8) and r1.min() >= 0.0
     assert onnx.load(str(src)).graph.output[0].name == "y" and len(onnx.load(str(src)).graph.output) == 1
+
+
+def test_the_check_types_a_graph_as_inference_does_and_rejects_what_the_checker_does():
+    """``check`` runs the checker and shape inference without the weights' data: the types it writes
+    are those of shape inference on the whole graph, and a weight of the wrong type or an unknown op
+    is still refused in one line."""
+    import pytest
+
+    from pipeline.errors import PipelineError
+
+    model = graphs.attention()
+    del model.graph.value_info[:]
+    whole = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    checked = onnxutil.check(model, "attention")
+    assert checked is model and len(model.graph.value_info) > 5
+    assert [str(v) for v in checked.graph.value_info] == [str(v) for v in whole.graph.value_info]
+    wrong_type = onnx.ModelProto()
+    wrong_type.CopyFrom(model)
+    weight = wrong_type.graph.initializer[0]
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight).astype(np.float64), weight.name))
+    unknown = onnx.ModelProto()
+    unknown.CopyFrom(model)
+    unknown.graph.node[0].op_type = "NoSuchOp"
+    for bad in (wrong_type, unknown):
+        with pytest.raises(PipelineError, match="^attention: the ONNX checker rejected the graph: "):
+            onnxutil.check(bad, "attention")

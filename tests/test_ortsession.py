@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import ortsession
+from pipeline import onnxutil, ortsession
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.metrics import error_stats
@@ -137,7 +137,7 @@ def modelopt_style(w8a8: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def test_which_graphs_run_as_written():
+def test_which_graphs_run_as_written(tmp_path):
     """Ours by their metadata, a peer's FP16 Q/DQ graph by its scales; the CPU and float graphs stay optimized."""
     model = graphs.conv_gemm(dead_channel=True)
     _, w8a8 = quantize(model)
@@ -151,12 +151,51 @@ def test_which_graphs_run_as_written():
 
     fp16 = fp16_graph(model, keep_fp32=())
     onnx.helper.set_model_props(fp16, {"trtpipe.precision": "fp16"})  # as Fp16OnnxFromOnnx marks it
-    for graph, expected in [(w8a8, True), (peer, True), (fp16, True), (cpu, False), (model, False)]:
+    onnx.helper.set_model_props(model, {"trtpipe.precision": "fp32"})  # as export marks it
+    for i, (graph, expected) in enumerate([(w8a8, True), (peer, True), (fp16, True), (cpu, False), (model, False)]):
         assert ortsession.runs_as_written(graph) is expected
-        sess = ortsession.session(graph, cpu_only=True)
-        assert as_written(sess) is expected
-        if not expected:
-            assert sess.get_session_options().graph_optimization_level == fully_optimized
+        path = tmp_path / f"graph{i}.onnx"
+        onnx.save(graph, str(path))  # from a file: ours told by the metadata read without the graph
+        assert onnxutil.metadata(path) == {p.key: p.value for p in graph.metadata_props}
+        for sess in (ortsession.session(graph, cpu_only=True), ortsession.session(path, cpu_only=True)):
+            assert as_written(sess) is expected
+            if not expected:
+                assert sess.get_session_options().graph_optimization_level == fully_optimized
     feed = graphs.inputs_for(model, 3, seed=11)
     got = ortsession.run(ortsession.session(peer, cpu_only=True), feed)[0]
     assert error_stats(got, reference.run(peer, feed)[0]).cosine > 0.9995
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+WIDE_MIB = 128  # one run's activations in graphs.wide_intermediate(32768)
+
+
+def _grown_by_second_session(shared: bool) -> float:
+    """MiB the process grew by when a second session of the wide graph ran after a first one."""
+    model = graphs.wide_intermediate(WIDE_MIB * 256)
+    feed = {"x": np.ones((1, 1024), np.float32)}
+    first, second = (ortsession.session(model, cpu_only=True, shared=shared) for _ in range(2))
+    first.run(None, feed)
+    before = _resident_mib()
+    assert second.run(None, feed)[0][0, 0] == WIDE_MIB * 256 * 1024
+    grown = _resident_mib() - before
+    del first, second
+    ortsession.release_shared_arena()
+    return grown
+
+
+def test_sessions_timed_side_by_side_share_one_arena_and_give_it_back():
+    """Two sessions with arenas of their own hold both runs' activations; in the shared arena the
+    second run reuses the first one's. Released after, the shared arena's regions leave the process."""
+    assert _grown_by_second_session(shared=False) > WIDE_MIB * 0.75
+    assert _grown_by_second_session(shared=True) < WIDE_MIB * 0.25
+    session = ortsession.session(graphs.wide_intermediate(WIDE_MIB * 256), cpu_only=True, shared=True)
+    session.run(None, {"x": np.ones((1, 1024), np.float32)})
+    del session
+    held = _resident_mib()
+    ortsession.release_shared_arena()
+    assert held - _resident_mib() > WIDE_MIB * 0.75

@@ -103,10 +103,15 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
     Gemms alone, runs faster than FP32, and its outputs are closer to FP32's than the fully
     quantized graph's."""
     model, view, make, runner, feed = _searchable(batch=32)
+    asked = []  # the graphs the search made: the one quantized everywhere is given, and timed from its file twice
 
-    chosen, found = search(
-        make, view, ("conv1", "conv2", "fc1", "fc2"), runner, lambda: runner(model), 20.0, 32, "test"
-    )
+    def making(floats):
+        asked.append(floats)
+        return make(floats)
+
+    layers = ("conv1", "conv2", "fc1", "fc2")
+    chosen, found = search(making, view, layers, runner, lambda: runner(model), 20.0, 32, "test", (make(()), 0.5))
+    assert () not in asked and len(asked) == 4, asked
     assert [(r.region, r.kept) for r in found.regions] == [
         ("conv1", False),
         ("conv2", False),

@@ -203,13 +203,14 @@ def _graph_file(
     """The graph's file (``fp32`` itself, or ``fp32`` saved into ``tmp``), its view and its hash."""
     if isinstance(fp32, Path) and view is not None and graph_sha256 is not None:
         return fp32, view, graph_sha256
-    model = onnxutil.load(fp32, "FP32 graph") if isinstance(fp32, Path) else fp32
     if isinstance(fp32, Path):
+        model, file_sha256 = onnxutil.load_hashed(fp32, "FP32 graph")  # as calibrate knows the exported graph
         path = fp32
     else:
+        model, file_sha256 = fp32, onnxutil.graph_hash(fp32)
         with at_once():  # scratch, read back at once
             path = onnxutil.save(model, tmp / "fp32.onnx")
-    return path, view or GraphView(model), graph_sha256 or onnxutil.graph_hash(model)
+    return path, view or GraphView(model), graph_sha256 or file_sha256
 
 
 def capture_session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):

@@ -240,12 +240,14 @@ def quantization_inputs(cfg: Config, out: Layout, record_as: Stage) -> Quantizat
     from pipeline.calibration import smooth
     from pipeline.graphview import GraphView
 
-    exported = onnxutil.load(out.graph(FP32), "FP32 graph")
+    exported, exported_sha256 = onnxutil.load_hashed(out.graph(FP32), "FP32 graph")
     with after_record():  # a stale cache is calibrated anew, and recorded as calibrate's
         fp32, edits, smoothing = smoothed(cfg, out, exported)  # the graph calibrated and quantized
         del exported  # only the smoothed graph stays while calibration runs
+        sha256 = exported_sha256 if smoothing is None else onnxutil.graph_hash(fp32)  # calibrate's, alike
         fp16 = smooth.apply(onnxutil.load(out.graph(FP16), "FP16 graph"), edits)
         view = GraphView(fp32)
         graph = fp32 if smoothing is not None else None
-        found = ranges(cfg, out, view, onnxutil.graph_hash(fp32), record_as, graph=graph)
-    return QuantizationInputs(fp32, fp16, view, found, cfg.calibration.method, cfg.quantize, smoothing)
+        found = ranges(cfg, out, view, sha256, record_as, graph=graph)
+    exported_file = out.graph(FP32) if smoothing is None else None
+    return QuantizationInputs(fp32, fp16, view, found, cfg.calibration.method, cfg.quantize, smoothing, exported_file)

@@ -14,7 +14,7 @@ tensor's error is measured on that row, not diluted over every row of the sequen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +45,10 @@ def worst_layers(
     method: str,
     top: int = 5,
     output: str | None = None,
+    within: RunBytes | None = None,
 ) -> list[LayerError]:
-    """The ``top`` layers adding the most error to ``output`` (every output when None), largest first."""
+    """The ``top`` layers adding the most error to ``output`` (every output when None), largest first;
+    the layers' tensors fetched in runs ``within`` bytes."""
     present = {o for n in quantized.graph.node for o in n.output} | {i.name for i in quantized.graph.input}
     upstream = _upstream(fp32, output) if output is not None else None
     rounded = _rounded_ops(quantized)
@@ -61,7 +63,7 @@ def worst_layers(
     ]
     row = selected_row(fp32, output) if output is not None else None
     tensors = sorted({t for node, inputs in layers for t in (*inputs, node.output[0])})
-    err, ref = _errors(fp32, quantized, tensors, feed, row, ranges, method)
+    err, ref = _errors(fp32, quantized, tensors, feed, row, ranges, method, within)
     found = []
     for node, inputs in layers:
         worst_in = max(inputs, key=lambda t: err[t], default=None)
@@ -72,8 +74,36 @@ def worst_layers(
     return sorted(found, key=lambda e: e.added, reverse=True)[:top]
 
 
-# Tensors fetched per run: one held-out batch of each at a time, whatever the graph's size.
+# Tensors fetched per run at most: one held-out batch of each at a time, whatever the graph's size.
 TENSORS_PER_RUN = 64
+
+
+@dataclass(frozen=True)
+class RunBytes:
+    """What one run's fetched tensors may hold: a quarter of what plain inference at ``batch`` holds of
+    activations (the FP32 and the quantized graph's values of a group are alive at once, beside one
+    tensor's arithmetic in float64), each dynamic axis at its size in ``axes``."""
+
+    bytes: int
+    axes: Mapping[str, int]
+
+    @classmethod
+    def of(cls, view: GraphView, batch: int, axes: Mapping[str, int]) -> RunBytes:
+        from pipeline.calibration.memory import MIN_RUN_BYTES, liveness_peak
+
+        return cls(max(batch * liveness_peak(view, axes) // 4, MIN_RUN_BYTES), dict(axes))
+
+
+def _runs(view: GraphView, tensors: list[str], rows: int, within: RunBytes | None) -> list[tuple[str, ...]]:
+    """``tensors`` in groups fetched a run each (graph order): at most TENSORS_PER_RUN, and with
+    ``within``, each group's values on ``rows`` rows within its bytes."""
+    from pipeline.calibration.memory import sample_bytes, split
+
+    if within is None:
+        return [tuple(tensors[i : i + TENSORS_PER_RUN]) for i in range(0, len(tensors), TENSORS_PER_RUN)]
+    sizes = {t: rows * sample_bytes(view, t, within.axes) for t in tensors}
+    groups = split(view, sizes, within.bytes)
+    return [g[i : i + TENSORS_PER_RUN] for g in groups for i in range(0, len(g), TENSORS_PER_RUN)]
 
 
 def _errors(
@@ -84,6 +114,7 @@ def _errors(
     row: tuple[int, int, int] | None,
     ranges: Ranges,
     method: str,
+    within: RunBytes | None = None,
 ) -> tuple[dict[str, float], dict[str, InputStats]]:
     """Each tensor's relative error (on the selected ``row`` where its shape has that axis), and what
     the reasons look at in the FP32 values of the weighted layers' calibrated inputs (``InputStats``):
@@ -92,8 +123,9 @@ def _errors(
     quantized_view = GraphView(quantized)
     err: dict[str, float] = {}
     stats: dict[str, InputStats] = {}
-    for start in range(0, len(tensors), TENSORS_PER_RUN):
-        chunk = tensors[start : start + TENSORS_PER_RUN]
+    rows = max((len(v) for v in feed.values() if np.ndim(v)), default=1)
+    for group in _runs(fp32, tensors, rows, within):
+        chunk = list(group)
         ref = _values(fp32.model, fp32, chunk, feed)
         got = _values(quantized, quantized_view, chunk, feed)
         for t in chunk:
@@ -290,11 +322,13 @@ def explain_losses(
         return {}
     feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
     fp32 = fp32_view()
+    # Held within what the memory rule allows beside calibration's own batch of plain inference.
+    within = RunBytes.of(fp32, cfg.calibration.batch_size, {a.name: a.max for a in cfg.axes})
     found: dict[str, list[LayerError]] = {}
     for name in sorted(low):
         found[name] = []
         for output in low[name]:
-            worst = worst_layers(fp32, graphs[name], feed, ranges, method, output=output)
+            worst = worst_layers(fp32, graphs[name], feed, ranges, method, output=output, within=within)
             found[name] += worst
             row = selected_row(fp32, output)
             where = f"output {output!r}" + (f" (row {row[1]} of axis {row[0]})" if row else "")

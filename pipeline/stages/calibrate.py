@@ -21,11 +21,11 @@ def run(r: StageRun, force: bool = False) -> CalibrateResult:
     cfg, out = r.cfg, r.out
     with phases.collecting() as collected:
         with phases.timed("graph load"):
-            fp32 = onnxutil.load(out.graph(FP32), "FP32 graph")
+            fp32, exported_sha256 = onnxutil.load_hashed(out.graph(FP32), "FP32 graph")
         with after_record():  # the cache and its record: written by inputs.ranges, as quantize writes them
             graph, _, _ = inputs.smoothed(cfg, out, fp32, force, rebuild_invalid=True)
             with phases.timed("graph load"):
-                graph_sha256 = onnxutil.graph_hash(graph)
+                graph_sha256 = exported_sha256 if graph is fp32 else onnxutil.graph_hash(graph)
                 # The plans need the graph's structure and shapes only: its weights are freed before ONNX Runtime
                 # loads its own (a smoothed graph exists only here, so it is kept for ONNX Runtime to load).
                 view = GraphView(onnxutil.skeleton(graph))

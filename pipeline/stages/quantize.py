@@ -42,16 +42,21 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             for line in cuts:
                 info(line)
         chosen = _chosen(cfg, targets)
-        models = {}
-        for t in chosen:
+        models, building = {}, {}
+        # The graphs put on the FP16 graph (their baseline) first: without a budget to fit, the FP16
+        # graph goes before the others are built, and in any case before the speed search's sessions.
+        for t in sorted(chosen, key=lambda t: t.baseline != FP16):
+            if t.baseline != FP16 and cfg.accuracy.budget is None:
+                inp = dataclasses.replace(inp, fp16=onnx.ModelProto())
+            started = time.perf_counter()
             with phases.timed(f"graph building: {t.artifact}"):
                 models[t.artifact] = t.quantize(inp)
+            building[t.artifact] = time.perf_counter() - started
+        models = {t.artifact: models[t.artifact] for t in chosen}  # the configured order, for every table
         fits = _within_budget(cfg, out, inp, chosen, models, force) if cfg.accuracy.budget is not None else {}
-        # The FP16 graph served the graph building and the budget alone: it goes before the speed search
-        # makes its graphs and sessions.
         inp = dataclasses.replace(inp, fp16=onnx.ModelProto())
         with phases.timed("CPU speed search"):
-            searches = _speed_searches(cfg, inp, chosen, models, fits)
+            searches = _speed_searches(cfg, inp, chosen, models, fits, building)
         with phases.timed("rule checks"):
             for t in chosen:
                 _check_rules(t, models[t.artifact])
@@ -175,13 +180,18 @@ def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> li
     return rows
 
 
-def _speed_searches(cfg: Config, inp: QuantizationInputs, chosen: list[Target], models: dict, fits: dict) -> dict:
-    """Each target's speed search (the CPU graph's Q/DQ kept only in the regions they speed up), its
-    chosen graph put in ``models``; the searches by graph name."""
+def _speed_searches(
+    cfg: Config, inp: QuantizationInputs, chosen: list[Target], models: dict, fits: dict, building: dict
+) -> dict:
+    """Each target's speed search (the CPU graph's Q/DQ kept only in the regions they speed up), from
+    its graph in ``models`` (made in ``building`` seconds, or by the budget) and its chosen graph put
+    there; the searches by graph name."""
     found = {}
     for t in chosen:
         fit = fits.get(t.artifact)
-        searched = t.speed_search(cfg, inp, tuple(k.node for k in fit.kept) if fit is not None else ())
+        kept = tuple(k.node for k in fit.kept) if fit is not None else ()
+        made = (models[t.artifact], building[t.artifact] if fit is None else fit.seconds / max(fit.evaluations, 1))
+        searched = t.speed_search(cfg, inp, kept, made)  # it takes the graph: replaced below
         if searched is not None:
             models[t.artifact], found[t.artifact] = searched
     return found
@@ -222,10 +232,12 @@ def _cpu_speed(cfg: Config, out: Layout, chosen: list[Target], graphs: dict[str,
         feed = sample_inputs(cfg, batch)
         runs = {}
         for name, path in ((FP32, out.graph(FP32)), *((t.artifact, graphs[t.artifact]) for t in unsearched)):
-            session = ortsession.session_for(path, True, threads=cfg.bench.threads)
+            session = ortsession.session_for(path, True, threads=cfg.bench.threads, shared=True)
             inputs = ortsession.feed_for(session, feed)
             runs[name] = lambda s=session, i=inputs: s.run(None, i)
         times = measure_interleaved(runs, 0, SPEED_CHECK_ROUNDS, _runs_per_round(runs))
+        del runs, session, inputs  # every timed session gone before the shared arena is released
+        ortsession.release_shared_arena()
         speedups.update({t.artifact: times[FP32].median_ms / times[t.artifact].median_ms for t in unsearched})
     for t in cpu:
         ratio, least = speedups[t.artifact], cfg.verdict.min_speedup

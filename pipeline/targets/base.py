@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +55,7 @@ class QuantizationInputs:
     method: str
     settings: QuantizeSection
     smoothing: Smoothing | None = None  # what SmoothQuant did, for quantize's result
+    fp32_file: Path | None = None  # the file ``fp32`` was read from unchanged (not smoothed), for sessions
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,17 @@ class Target(ABC):
         return None
 
     def speed_search(
-        self, cfg: Config, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()
+        self,
+        cfg: Config,
+        inputs: QuantizationInputs,
+        float_nodes: tuple[str, ...] = (),
+        made: tuple[onnx.ModelProto, float] | None = None,
     ) -> tuple[onnx.ModelProto, SpeedSearch] | None:
         """The graph (the weighted layers in ``float_nodes`` left float) with Q/DQ only where they
         measured a gain on this machine, and what was measured; None where the target does not
-        search (its runtime does not run here as it deploys, or the search is off)."""
+        search (its runtime does not run here as it deploys, or the search is off). ``made`` is that
+        graph with Q/DQ everywhere, made already, and the seconds making it took: a search takes the
+        graph (its weights may move to disk)."""
         return None
 
     # --- runs -------------------------------------------------------------------------------------

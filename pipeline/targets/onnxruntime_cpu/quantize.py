@@ -532,7 +532,8 @@ def with_epilogues(view: GraphView, nodes: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def float_inputs(model: onnx.ModelProto, nodes: tuple[str, ...]) -> onnx.ModelProto:
-    """``model`` where ``nodes`` (excluded from quantization) read their activation inputs unquantized.
+    """``model`` (changed in place) where ``nodes`` (excluded from quantization) read their activation
+    inputs unquantized.
 
     ONNX Runtime's QDQ quantizer leaves an excluded node in float but still feeds it the DequantizeLinear
     of a tensor its producer's quantized output made (a Conv's output is quantized for the next
@@ -542,8 +543,7 @@ def float_inputs(model: onnx.ModelProto, nodes: tuple[str, ...]) -> onnx.ModelPr
     from pipeline.onnxutil import producer_map
     from pipeline.targets.tensorrt.qdq import drop_dead_nodes, drop_unused_initializers
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
     producer = producer_map(out.graph)
     names = set(nodes)
     for node in out.graph.node:

@@ -34,6 +34,7 @@ import onnx
 
 from pipeline.console import info
 from pipeline.graphview import GraphView
+from pipeline.ortsession import release_shared_arena
 from pipeline.results import RegionSpeed, SpeedSearch
 
 # A region keeps its Q/DQ only if it runs this much faster with them (median over rounds) and
@@ -113,21 +114,30 @@ def search(
     seconds: float,
     batch: int,
     label: str,
+    made: tuple[onnx.ModelProto, float] | None = None,
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     """The graph whose regions keep Q/DQ only where they measured a gain, and what was measured.
     ``make(float_layers)`` makes the graph with those weighted layers (and their epilogues) float;
+    ``made``, where given, is ``make(())`` made already and the seconds making it took (the graph
+    is taken: its tensors move to disk);
     ``runner(file)`` one inference of a graph file at the bench batch (each graph made is written with
     its weights moved out of memory: only its session holds them while it is timed); ``fp32()`` makes
     one of the FP32 graph's, at the end, when no region's candidate session is alive."""
     with tempfile.TemporaryDirectory(prefix="trtpipe.search.") as tmp:
-        return _search(make, view, layers, runner, fp32, seconds, batch, label, Path(tmp))
+        return _search(make, view, layers, runner, fp32, seconds, batch, label, made, Path(tmp))
 
 
-def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) -> tuple[onnx.ModelProto, SpeedSearch]:
+def _search(
+    make, view, layers, runner, fp32, seconds, batch, label, made, tmp: Path
+) -> tuple[onnx.ModelProto, SpeedSearch]:
     started = time.perf_counter()
-    current = _on_disk(make(()), tmp / "graph0.onnx")
+    graph, made_in = (make(()), 0.0) if made is None else made
+    del made
+    current = everywhere = _on_disk(graph, tmp / "graph0.onnx")
+    del graph
     run_current = runner(current)
-    making = time.perf_counter() - started  # one graph made and loaded: what each region costs beside timing
+    # One graph made and loaded: what each region costs beside timing.
+    making = time.perf_counter() - started + made_in
     one = _once(run_current)
     # The last timing (FP32, the chosen graph and the one quantized everywhere) counts as two comparisons.
     most = max(1, int(seconds / (making + MAX_COMPARISON_SECONDS)) - 2)
@@ -149,6 +159,9 @@ def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) 
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
+        # A dropped session's weights and activations sit free in the timed sessions' shared arena:
+        # returned before the next graph is made beside it.
+        release_shared_arena()
         candidate = _on_disk(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
         run_candidate = runner(candidate)
         samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
@@ -165,7 +178,6 @@ def _search(make, view, layers, runner, fp32, seconds, batch, label, tmp: Path) 
         _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
         elapsed = time.perf_counter() - started
         return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
-    everywhere = _on_disk(make(()), tmp / "everywhere.onnx")  # made again: not held through the search
     final = _timed({"fp32": fp32(), "chosen": run_current, "everywhere": runner(everywhere)}, per_round)
     del run_current
     whole = RegionSpeed(WHOLE_GRAPH, layers, *keeps_qdq(final["chosen"], final["everywhere"]))

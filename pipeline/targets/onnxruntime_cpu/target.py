@@ -59,7 +59,13 @@ class OnnxRuntimeCpu(Target):
     def sensitivity(self, inputs: QuantizationInputs):
         return sensitivity_target(inputs.fp32, inputs.view, inputs.ranges, inputs.method, inputs.settings)
 
-    def speed_search(self, cfg: Config, inputs: QuantizationInputs, float_nodes: tuple[str, ...] = ()):
+    def speed_search(
+        self,
+        cfg: Config,
+        inputs: QuantizationInputs,
+        float_nodes: tuple[str, ...] = (),
+        made: tuple[onnx.ModelProto, float] | None = None,
+    ):
         """Each region's Q/DQ kept only where ONNX Runtime times the graph faster with them, at the
         largest CPU batch bench times (the verdict's), within ``[quantize] speed_search_seconds``."""
         from pipeline import ortsession
@@ -76,7 +82,7 @@ class OnnxRuntimeCpu(Target):
         feed = sample_inputs(cfg, batch)
 
         def runner(graph: onnx.ModelProto | Path):
-            session = ortsession.session(graph, threads=cfg.bench.threads, cpu_only=True)
+            session = ortsession.session(graph, threads=cfg.bench.threads, cpu_only=True, shared=True)
             ready = ortsession.feed_for(session, feed)
             return lambda: session.run(None, ready)
 
@@ -85,7 +91,11 @@ class OnnxRuntimeCpu(Target):
 
         seconds = inputs.settings.speed_search_seconds
         label = f"{cfg.name}: {ARTIFACT}"
-        return search(make, inputs.view, layers, runner, lambda: runner(inputs.fp32), seconds, batch, label)
+        fp32 = inputs.fp32_file or inputs.fp32  # from its file where it is one: not serialized beside itself
+        try:
+            return search(make, inputs.view, layers, runner, lambda: runner(fp32), seconds, batch, label, made)
+        finally:
+            ortsession.release_shared_arena()
 
     def violations(self, model: onnx.ModelProto):
         from pipeline.targets.rules import violations

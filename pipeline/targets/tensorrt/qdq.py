@@ -221,7 +221,9 @@ def drop_dead_nodes(model: onnx.ModelProto) -> None:
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove initializers nothing reads, in place: the kept ones are not copied (a list of them
+    extended back into the graph would copy every weight)."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    initializers = model.graph.initializer
+    for i in reversed([i for i, init in enumerate(initializers) if init.name not in used]):
+        del initializers[i]
