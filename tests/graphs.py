@@ -966,3 +966,24 @@ def wide_intermediate(rows: int) -> onnx.ModelProto:
         helper.make_node("ReduceSum", ["wide"], ["y"], keepdims=1),
     ]
     return _model(nodes, [shape], in_shape=(1, 1024), out_shape=(1, 1))
+
+
+def flattened_width() -> onnx.ModelProto:
+    """A length symbolic inference cannot name (the shape comes from the data)::
+
+    x [batch, 4, w] -> Shape -> Slice[0:1] -> Concat(with [-1]) -> shape
+    x, shape -> Reshape -> flat [batch, 4*w] (typed [batch, ?]) -> Relu -> y
+    """
+    consts = [
+        numpy_helper.from_array(np.array([0], np.int64), "starts"),
+        numpy_helper.from_array(np.array([1], np.int64), "ends"),
+        numpy_helper.from_array(np.array([-1], np.int64), "rest"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Slice", ["x_shape", "starts", "ends"], ["batch_dim"]),
+        helper.make_node("Concat", ["batch_dim", "rest"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("Relu", ["flat"], ["y"]),
+    ]
+    return _model(nodes, consts, in_shape=("batch", 4, "w"))

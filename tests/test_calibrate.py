@@ -383,6 +383,21 @@ def test_capture_plan_fits_runs_in_half_the_inference_floor():
     assert capture_plan(view, captured, 64).micro_batch == 64  # tiny graph: the 16 MiB floor holds a whole batch
 
 
+def test_capture_plan_sizes_tensors_whose_dims_only_the_data_gives():
+    """graphs.flattened_width: symbolic inference leaves the flattened length unnamed (it would count as
+    1); typed again with w at its [[axes]] size, the plan counts the 4 x w floats a sample holds."""
+    from pipeline.calibration.memory import capture_plan, concrete, sample_bytes
+    from pipeline.graphview import GraphView
+
+    view = GraphView(graphs.flattened_width())
+    assert sample_bytes(view, "flat", {"w": 64}) == 4  # [batch, ?]: the unknown length counted as 1
+    assert sample_bytes(concrete(view, {"w": 64}), "flat", {"w": 64}) == 4 * 64 * 4
+    plan = capture_plan(view, ["flat", "y"], 8, min_run_bytes=0, axes={"w": 64})
+    # Alive at once per sample as the Reshape writes flat: x and flat (1 KiB each) and the two-int64 shape.
+    assert plan.inference_bytes == 2 * 4 * 64 * 4 + 2 * 8 and plan.budget == 8 * plan.inference_bytes // 2
+    assert plan.micro_batch * 2 * 4 * 64 * 4 <= plan.budget
+
+
 def test_calibrate_stage_runs_micro_batches_of_the_configured_batch(make_config, tmp_path, capsys):
     cfg = make_config()
     stages.run("export", cfg, root=tmp_path)

@@ -56,14 +56,34 @@ def capture_plan(
 ) -> CapturePlan:
     """``axes``: each dynamic axis' largest size (its [[axes]] max); an axis left out counts as 1."""
     axes = axes or {}
-    sizes = {name: sample_bytes(view, name, axes) for name in sorted(set(captured))}
-    floor = liveness_peak(view, axes)
+    typed = concrete(view, axes)
+    sizes = {name: max(sample_bytes(v, name, axes) for v in (view, typed)) for name in sorted(set(captured))}
+    floor = max(liveness_peak(v, axes) for v in (view, typed))
     budget = max(batch_size * floor // 2, min_run_bytes)
     per_sample = max(sum(sizes.values()), 1)
     fits = max(1, min(batch_size, budget // per_sample))
     micro = -(-batch_size // -(-batch_size // fits))  # the batch in equal parts of at most ``fits``
     groups = split(view, sizes, budget) if per_sample > budget else (tuple(sizes),)
     return CapturePlan(batch_size, micro, groups, budget, floor)
+
+
+def concrete(view: GraphView, axes: Mapping[str, int]) -> GraphView:
+    """``view``'s graph typed again with every input dim at a size (each axis in ``axes`` at its size,
+    the batch and any other at 1): exporters leave dims inside the graph that symbolic inference
+    cannot name from the inputs' (Paddle2ONNX's recognizer: 16x the activations it could name), each
+    of which would count as 1. ``view`` itself where inference fails on the sized graph."""
+    from pipeline.onnxutil import skeleton
+
+    sized = skeleton(view.model, every_dtype=True)
+    del sized.graph.value_info[:]
+    for value in sized.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_value = axes.get(dim.dim_param, 1)  # dim_value and dim_param are one field: the name goes
+    try:
+        return GraphView(onnx.shape_inference.infer_shapes(sized, data_prop=True))
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return view
 
 
 def split(view: GraphView, sizes: dict[str, int], budget: int) -> tuple[tuple[str, ...], ...]:
