@@ -140,6 +140,7 @@ def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]
             folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name) + "staged.")))
             with at_once():  # the block reads them there; ``place`` holds them if the stage holds its outputs
                 moves[dest] = save(model, folders[-1] / dest.name)
+            del model  # not held while the block runs: a caller that lets its graphs go frees them
         yield moves
         for dest, src in moves.items():
             place(src, dest)

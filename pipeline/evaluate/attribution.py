@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from pipeline import ortsession
+from pipeline import onnxutil, ortsession
 from pipeline.calibration.cache import Ranges
 from pipeline.config import Config
 from pipeline.console import info
@@ -303,14 +304,15 @@ ATTRIBUTION_ROWS = 4  # held-out rows both graphs run with every layer's tensors
 def explain_losses(
     cfg: Config,
     fp32_view: Callable[[], GraphView],
-    graphs: dict[str, onnx.ModelProto],
+    graphs: dict[str, Path],
     rows: list,
     ranges: Ranges,
     method: str,
 ) -> dict[str, list[LayerError]]:
     """For each w8a8 graph whose centered cosine on some output is under its gate's, the layers adding
-    the most error to each such output, printed and returned by graph name. ``fp32_view()`` gives the
-    FP32 graph's view with its weights, asked for only when a graph misses its gate."""
+    the most error to each such output, printed and returned by graph name. ``graphs``: each w8a8
+    graph's file; ``fp32_view()`` gives the FP32 graph's view with its weights, asked for only when a
+    graph misses its gate."""
     from pipeline.data import sample_inputs
 
     low: dict[str, list[str]] = {}
@@ -327,8 +329,9 @@ def explain_losses(
     found: dict[str, list[LayerError]] = {}
     for name in sorted(low):
         found[name] = []
+        quantized = onnxutil.load(graphs[name], f"{name} graph")  # one at a time, as it is explained
         for output in low[name]:
-            worst = worst_layers(fp32, graphs[name], feed, ranges, method, output=output, within=within)
+            worst = worst_layers(fp32, quantized, feed, ranges, method, output=output, within=within)
             found[name] += worst
             row = selected_row(fp32, output)
             where = f"output {output!r}" + (f" (row {row[1]} of axis {row[0]})" if row else "")

@@ -5,6 +5,7 @@ held-out data, against its accuracy gate."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline import targets
@@ -25,7 +26,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
 
     import onnx
 
-    from pipeline import onnxutil, phases, results
+    from pipeline import fileio, onnxutil, phases, results
     from pipeline.calibration.auto import summary as auto_summary
     from pipeline.evaluate.accuracy import note_calibration_rows
     from pipeline.evaluate.attribution import explain_losses
@@ -68,16 +69,24 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
         del inp
 
         with r.writing() as written:
-            with phases.timed("file writes"), onnxutil.staged({out.graph(n): g for n, g in models.items()}) as staged:
+            writes = {out.graph(n): g for n, g in models.items()}
+            with phases.timed("file writes"), onnxutil.staged(writes) as staged:
+                # From here on the graphs are read from their files: their weights go before the sessions come.
+                writes.clear()
+                models = dict.fromkeys(models)
                 with phases.timed("accuracy pass"):
                     rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
                 with phases.timed("CPU speed check"):
                     speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models}, searches)
                 failed = {row.artifact for row in rows if row.failures} | {n for n, f in fits.items() if f.missed}
-                _set_aside(cfg, out, models, set() if force else failed, staged)
+                kept_aside = set() if force else failed
+                _set_aside(cfg, out, models, kept_aside, staged)
             with phases.timed("loss attribution"):
                 fp32_view = lambda: kept_view or GraphView(onnxutil.load(out.graph(FP32), "FP32 graph"))  # noqa: E731
-                worst = explain_losses(cfg, fp32_view, models, rows, ranges, method)
+                written_graphs = {n: out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models}
+                # Where each graph is now: a graph's move to its name waits for the record (fileio.settle).
+                now = {n: fileio.newest(path) for n, path in written_graphs.items()}
+                worst = explain_losses(cfg, fp32_view, now, rows, ranges, method)
             summary = QuantizeResult(
                 method,
                 not failed,
@@ -93,8 +102,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             )
             results.save(summary, out)
             # A failed gate is recorded too: the record vouches for what was written, graphs kept aside included.
-            kept_aside = set() if force else failed
-            graphs = [out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models]
+            graphs = list(written_graphs.values())
             written.paths, written.passed = [*graphs, QuantizeResult.path(out)], not failed
     info(f"{cfg.name}: quantize phases, {phases.describe(summary.phases)}")
     if any(row.failures for row in rows):  # a budget missed under --force was announced by its search
@@ -142,17 +150,17 @@ def _placement_report(cfg: Config, inp: QuantizationInputs, chosen: list[Target]
     return recorded or ([], 0)
 
 
-def _set_aside(cfg: Config, out: Layout, models: dict, failed: set[str], staged: dict[Path, Path]) -> None:
-    """Graphs in ``failed`` are saved as model.NAME.failed.onnx, not as their artifact (withdrawn from
-    ``staged``); the other name of each graph goes now, before the record, so nothing stale passes
-    for this run's result (the one output of a run before that does not wait for the record)."""
+def _set_aside(cfg: Config, out: Layout, names: Iterable[str], failed: set[str], staged: dict[Path, Path]) -> None:
+    """Graphs in ``failed`` are moved from where they were staged to model.NAME.failed.onnx, not to
+    their artifact (withdrawn from ``staged``); the other name of each graph goes now, before the
+    record, so nothing stale passes for this run's result (the one output of a run before that does
+    not wait for the record)."""
     from pipeline import onnxutil
 
-    for name, model in models.items():
+    for name in names:
         (out.graph(name) if name in failed else out.failed_graph(name)).unlink(missing_ok=True)
         if name in failed:
-            onnxutil.save(model, out.failed_graph(name))
-            del staged[out.graph(name)]
+            onnxutil.place(staged.pop(out.graph(name)), out.failed_graph(name))
         info(f"{cfg.name}: wrote {out.failed_graph(name) if name in failed else out.graph(name)}")
 
 
