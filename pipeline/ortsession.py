@@ -34,15 +34,18 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def runs_as_written(model: onnx.ModelProto) -> bool:
+def runs_as_written(graph: onnx.ModelProto | Path) -> bool:
     """Is this a TensorRT-target graph: our FP16 graph, a TensorRT-target Q/DQ graph, or auto's
     simulation of either target (whose scales are inputs: nothing to fuse)? Ours say so in their
-    metadata; a peer's (ModelOpt's) is known by its FP16 Q/DQ scales, which ONNX Runtime's own
-    CPU Q/DQ graphs never have. (ONNX Runtime 1.32's CPU fusions crashed the process on ViT-B/16's
-    FP16 graph; TensorRT, not they, decides how an FP16 graph runs.)"""
-    ours = _ours_as_written({p.key: p.value for p in model.metadata_props})
+    metadata (a file's read without parsing its graph); a peer's (ModelOpt's) is known by its FP16
+    Q/DQ scales, which ONNX Runtime's own CPU Q/DQ graphs never have (a file of a peer's is parsed,
+    and let go on return). (ONNX Runtime 1.32's CPU fusions crashed the process on ViT-B/16's FP16
+    graph; TensorRT, not they, decides how an FP16 graph runs.)"""
+    props = onnxutil.metadata(graph) if isinstance(graph, Path) else {p.key: p.value for p in graph.metadata_props}
+    ours = _ours_as_written(props)
     if ours is not None:
         return ours
+    model = onnx.load(str(graph), load_external_data=False) if isinstance(graph, Path) else graph
     fp16 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     fp16 |= {
         n.output[0]
@@ -60,14 +63,14 @@ def _ours_as_written(props: dict[str, str]) -> bool | None:
 
 
 def options(
-    model: onnx.ModelProto | None,
+    graph: onnx.ModelProto | Path,
     threads: int | None = None,
     spin: bool = True,
     arena: bool = True,
     shared: bool = False,
-    as_written: bool = False,
 ) -> ort.SessionOptions:
-    """Session options for ``model``: the one place that decides how a graph is optimized.
+    """Session options for ``graph`` (a graph or its file): the one place that decides how a graph is
+    optimized.
 
     A TensorRT-target Q/DQ graph runs exactly as written: no graph optimizations, and
     ``session.disable_quant_qdq`` also stops the Q/DQ rewrite ONNX Runtime makes at every
@@ -80,11 +83,10 @@ def options(
     ``arena=False`` returns a run's activations to the system after it: for several sessions alive
     at once, each of whose CPU arena would otherwise keep its own peak. ``shared`` takes the arena
     this process's timed sessions share (``shared_arena``) instead of one of the session's own.
-    Without ``model``, ``as_written`` says how it runs (told by a file's metadata, unparsed).
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if as_written if model is None else runs_as_written(model):
+    if runs_as_written(graph):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.enable_cpu_mem_arena = arena
@@ -108,19 +110,16 @@ def session(
     arena: bool = True,
     shared: bool = False,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``."""
-    ours = None
+    """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``. A file's
+    options are chosen without keeping a parsed copy: ONNX Runtime's own holds the weights once."""
     if isinstance(graph, onnx.ModelProto):
-        model, source = graph, graph.SerializeToString()
+        source: str | bytes = graph.SerializeToString()
     else:
-        path = Path(graph)
-        if not path.is_file():
-            raise PipelineError(f"{path}: graph not found; run the stage that makes it first")
-        ours = _ours_as_written(onnxutil.metadata(path))  # ours are known without parsing the weights
-        model = onnx.load(str(path), load_external_data=False) if ours is None else None
-        source = str(path)
-    opts = options(model, threads, spin, arena, shared, as_written=bool(ours))
-    del model  # a file's parsed copy goes before ONNX Runtime reads its own: the weights held once, not twice
+        graph = Path(graph)
+        if not graph.is_file():
+            raise PipelineError(f"{graph}: graph not found; run the stage that makes it first")
+        source = str(graph)
+    opts = options(graph, threads, spin, arena, shared)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 

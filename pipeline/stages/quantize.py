@@ -72,18 +72,19 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
             writes = {out.graph(n): g for n, g in models.items()}
             with phases.timed("file writes"), onnxutil.staged(writes) as staged:
                 # From here on the graphs are read from their files: their weights go before the sessions come.
+                names = tuple(models)
                 writes.clear()
-                models = dict.fromkeys(models)
+                del models
                 with phases.timed("accuracy pass"):
-                    rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in models})
+                    rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in names})
                 with phases.timed("CPU speed check"):
-                    speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in models}, searches)
+                    speeds = _cpu_speed(cfg, out, chosen, {n: staged[out.graph(n)] for n in names}, searches)
                 failed = {row.artifact for row in rows if row.failures} | {n for n, f in fits.items() if f.missed}
                 kept_aside = set() if force else failed
-                _set_aside(cfg, out, models, kept_aside, staged)
+                _set_aside(cfg, out, names, kept_aside, staged)
             with phases.timed("loss attribution"):
                 fp32_view = lambda: kept_view or GraphView(onnxutil.load(out.graph(FP32), "FP32 graph"))  # noqa: E731
-                written_graphs = {n: out.failed_graph(n) if n in kept_aside else out.graph(n) for n in models}
+                written_graphs = {n: out.failed_graph(n) if n in kept_aside else out.graph(n) for n in names}
                 # Where each graph is now: a graph's move to its name waits for the record (fileio.settle).
                 now = {n: fileio.newest(path) for n, path in written_graphs.items()}
                 worst = explain_losses(cfg, fp32_view, now, rows, ranges, method)
