@@ -252,7 +252,7 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             elif wire in (_FIXED64, _FIXED32):
                 f.seek(8 if wire == _FIXED64 else 4, os.SEEK_CUR)
             elif wire == _LENGTH and field == _METADATA_PROPS:
-                entry = onnx.StringStringEntryProto.FromString(f.read(_varint(f) or 0))
+                entry = _metadata_entry(path, f.read(_varint(f) or 0))
                 found[entry.key] = entry.value
             elif wire == _LENGTH:
                 f.seek(_varint(f) or 0, os.SEEK_CUR)
@@ -261,6 +261,15 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, str]:
                     f"{path}: not a readable ONNX file (wire type {wire}); delete it and re-run its stage"
                 )
     return found
+
+
+def _metadata_entry(path: str | os.PathLike[str], data: bytes) -> onnx.StringStringEntryProto:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.StringStringEntryProto.FromString(data)
+    except DecodeError as exc:
+        raise PipelineError(f"{path}: not a readable ONNX file ({exc}); delete it and re-run its stage") from None
 
 
 def _varint(f) -> int | None:

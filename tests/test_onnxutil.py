@@ -74,3 +74,18 @@ def test_the_check_types_a_graph_as_inference_does_and_rejects_what_the_checker_
     for bad in (wrong_type, unknown):
         with pytest.raises(PipelineError, match="^attention: the ONNX checker rejected the graph: "):
             onnxutil.check(bad, "attention")
+
+
+def test_metadata_of_an_unreadable_file_is_one_line(tmp_path):
+    """A file whose metadata entry is cut short, or holding no ONNX wire format, is refused by name."""
+    import pytest
+
+    from pipeline.errors import PipelineError
+
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(b"\x72\x05\x0a\x03ab")  # field 14 (metadata_props), 5 bytes promised, a string cut short
+    wrong = tmp_path / "wrong.onnx"
+    wrong.write_bytes(b"\x0e")  # wire type 6: none of protobuf's
+    for path in (cut, wrong):
+        with pytest.raises(PipelineError, match=f"^{path}: not a readable ONNX file"):
+            onnxutil.metadata(path)
