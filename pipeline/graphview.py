@@ -7,12 +7,12 @@ either target's rules.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from pipeline.onnxutil import attribute, constant_value, consumer_map, infer_shapes_lean, producer_map
+from pipeline.onnxutil import array, attribute, constant_value, consumer_map, infer_shapes_lean, producer_map
 
 
 class GraphView:
@@ -37,6 +37,17 @@ class GraphView:
         self.outputs = {o.name for o in self.graph.output}
         self.inputs = {i.name for i in self.graph.input}
         self.value_infos = {v.name: v for v in (*self.graph.value_info, *self.graph.input, *self.graph.output)}
+        self.weights_folder: Path | None = None  # where the model's tensors are, once moved to a file
+
+    def move_weights(self, path: Path) -> Path:
+        """The model written to ``path`` with its weights beside it, and kept here without them: each
+        is read from the file when asked for. ``path``'s folder holds any graph made from the model
+        that still names them (``onnxutil.save_weights_beside``)."""
+        from pipeline.onnxutil import save_weights_beside
+
+        save_weights_beside(self.model, path)
+        self.weights_folder = path.parent
+        return path
 
     @classmethod
     def of(cls, model: onnx.ModelProto | GraphView) -> GraphView:
@@ -55,7 +66,7 @@ class GraphView:
         return tensor in self.initializers
 
     def array(self, tensor: str) -> np.ndarray:
-        return numpy_helper.to_array(self.initializers[tensor])
+        return array(self.initializers[tensor], self.weights_folder)
 
     def shape(self, tensor: str) -> list[int | None] | None:
         if tensor in self.initializers:

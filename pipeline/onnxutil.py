@@ -178,6 +178,46 @@ _WEIGHT_ELEMENTS = 256
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
+def save_weights_beside(model: onnx.ModelProto, path: Path) -> Path:
+    """``model`` written to ``path`` with each tensor beyond a small one in ``PATH.data`` beside it,
+    one at a time: the graph is never serialized whole in memory. ``model`` keeps only where its
+    tensors' data went (``array`` reads one back), so its weights leave memory as they are written."""
+    onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=1024)
+    return path
+
+
+def with_data(model: onnx.ModelProto, folder: Path, in_place: bool = False) -> onnx.ModelProto:
+    """``model`` itself, or, where tensors of it name their data in files in ``folder``
+    (``save_weights_beside``), a copy with that data in it (``model`` itself, given it, with
+    ``in_place``)."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        return model
+    copy = model if in_place else onnx.ModelProto()
+    if not in_place:
+        copy.CopyFrom(model)
+    moved = [t for t in copy.graph.initializer if uses_external_data(t)]
+    load_external_data_for_model(copy, str(folder))
+    for tensor in moved:
+        tensor.ClearField("data_location")  # as it was before it moved: the same bytes when written
+    return copy
+
+
+def array(tensor: onnx.TensorProto, folder: Path | None = None):
+    """``tensor``'s values; one whose data is in a file (``save_weights_beside``) is read from
+    ``folder`` into a copy, not into ``tensor``: it stays without its data."""
+    from onnx import numpy_helper
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    if folder is None:
+        raise ValueError(f"tensor {tensor.name!r} has its data in a file, and no folder was given to read it from")
+    bare = onnx.TensorProto()
+    bare.CopyFrom(tensor)  # names where its data is: no data to copy
+    return numpy_helper.to_array(bare, base_dir=str(folder))
+
+
 def skeleton(model: onnx.ModelProto, every_dtype: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` whose float weights (with ``every_dtype``, every tensor beyond a shape
     argument's size) keep their names, dtypes and dims but no data.

@@ -109,9 +109,11 @@ def session(
     spin: bool = True,
     arena: bool = True,
     shared: bool = False,
+    weights_folder: Path | None = None,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session for a graph file (or an in-memory graph), with ``options``. A file's
-    options are chosen without keeping a parsed copy: ONNX Runtime's own holds the weights once."""
+    """An ONNX Runtime session for a graph file (or an in-memory graph, whose weights may be in files
+    in ``weights_folder``: ``GraphView.move_weights``), with ``options``. A file's options are chosen
+    without keeping a parsed copy: ONNX Runtime's own holds the weights once."""
     if isinstance(graph, onnx.ModelProto):
         source: str | bytes = graph.SerializeToString()
     else:
@@ -120,6 +122,8 @@ def session(
             raise PipelineError(f"{graph}: graph not found; run the stage that makes it first")
         source = str(graph)
     opts = options(graph, threads, spin, arena, shared)
+    if weights_folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights_folder))
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"] if cpu_only else providers())
 
 

@@ -46,6 +46,7 @@ import onnx
 from onnx import helper
 
 from pipeline import ortsession
+from pipeline.onnxutil import save_weights_beside
 from pipeline.calibration import methods
 from pipeline.calibration.cache import AutoChoice, Ranges, WholeGraphCheck
 from pipeline.calibration.memory import sample_bytes
@@ -56,7 +57,6 @@ from pipeline.calibration.wholegraph import (
     Range,
     best_method,
     judge,
-    save_simulation,
     shape_key,
     simulation,
     uint8_scale,
@@ -270,7 +270,7 @@ class AutoRanges:
             with timed("whole-graph check"):
                 for i, placement in enumerate(self.placements):
                     placement = _ranged(placement, measured)
-                    path = save_simulation(simulation(weights, placement), folder / f"simulation{i}.onnx")
+                    path = save_weights_beside(simulation(weights, placement), folder / f"simulation{i}.onnx")
                     self.simulations.append((path, placement))
         return choices
 

@@ -231,11 +231,15 @@ def cache_or_reason(load, force: bool, rebuild_invalid: bool) -> tuple:
     return cached, "no cache yet" if cached is None else None
 
 
-def quantization_inputs(cfg: Config, out: Layout, record_as: Stage) -> QuantizationInputs:
+def quantization_inputs(
+    cfg: Config, out: Layout, record_as: Stage, weights_folder: Path | None = None
+) -> QuantizationInputs:
     """The graphs quantize quantizes (with [quantize] smoothquant the FP32 graph smoothed, and the
     FP16 graph given the same LayerNorm parameters and weights), the FP32 one's GraphView, its
     ranges (a stale cache rebuilt and recorded as ``record_as``'s, a fresh one reused) and what was
-    smoothed. What quantize, sensitivity and the budget benchmark start from."""
+    smoothed. What quantize, sensitivity and the budget benchmark start from. With ``weights_folder``
+    the FP32 graph's weights go to a file there once its ranges are known: the graph and its view
+    read each weight from it when asked (a copy of the graph then names them, not holds them)."""
     from pipeline import onnxutil
     from pipeline.calibration import smooth
     from pipeline.graphview import GraphView
@@ -249,5 +253,9 @@ def quantization_inputs(cfg: Config, out: Layout, record_as: Stage) -> Quantizat
         view = GraphView(fp32)
         graph = fp32 if smoothing is not None else None
         found = ranges(cfg, out, view, sha256, record_as, graph=graph)
-    exported_file = out.graph(FP32) if smoothing is None else None
-    return QuantizationInputs(fp32, fp16, view, found, cfg.calibration.method, cfg.quantize, smoothing, exported_file)
+    fp32_file = out.graph(FP32) if smoothing is None else None
+    if weights_folder is not None:
+        moved = view.move_weights(weights_folder / "fp32.onnx")
+        fp32_file = fp32_file or moved
+        onnxutil.save_weights_beside(fp16, weights_folder / "fp16.onnx")  # where graphs made from it read them
+    return QuantizationInputs(fp32, fp16, view, found, cfg.calibration.method, cfg.quantize, smoothing, fp32_file)

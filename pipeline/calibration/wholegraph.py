@@ -225,13 +225,6 @@ def _fed(placement: Placement) -> bool:
     return not placement.symmetric or (placement.scheme or INT8).dtype.kind in "iu"
 
 
-def save_simulation(sim: onnx.ModelProto, path: Path) -> Path:
-    """``sim`` written with its tensors beside it (``PATH.data``), one at a time: the graph is never
-    serialized whole in memory. ``sim`` loses its tensors' data to the file."""
-    onnx.save(sim, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=1024)
-    return path
-
-
 def _copy(message):
     out = type(message)()
     out.CopyFrom(message)

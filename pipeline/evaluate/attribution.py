@@ -212,7 +212,7 @@ def _values(model: onnx.ModelProto, view: GraphView, tensors: list[str], feed: F
         if t not in have
     )
     try:
-        sess = ortsession.session(model, cpu_only=True)
+        sess = ortsession.session(model, cpu_only=True, weights_folder=view.weights_folder)
     finally:
         del model.graph.output[outputs:]
     return dict(zip(tensors, sess.run(tensors, ortsession.feed_for(sess, feed)), strict=True))

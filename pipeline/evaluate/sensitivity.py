@@ -34,7 +34,7 @@ class Target:
     layers: tuple[tuple[str, str], ...]  # (node, op type) of the weighted layers it quantizes
     make: Callable[[tuple[str, ...]], onnx.ModelProto]  # the graph with these nodes also excluded
     alone: Callable[[str], onnx.ModelProto]  # the graph with only this layer quantized
-    unquantized: onnx.ModelProto  # the graph with nothing quantized (FP16 graph, or FP32)
+    unquantized: Callable[[], onnx.ModelProto]  # the graph with nothing quantized (FP16 graph, or FP32)
 
     def with_fp16(self, kept: frozenset[str] | set[str]) -> onnx.ModelProto:
         return self.make(tuple(sorted(kept)))
@@ -140,11 +140,10 @@ def measure(target: Target, heldout: HeldOut) -> Sensitivity:
     start = time.perf_counter()
     full = target.with_fp16(frozenset())
     names = [n for n, _ in target.layers]
-    quantized, unquantized = VariantRunner(full, heldout).scores([full, target.unquantized])
+    base = target.unquantized()
+    quantized, unquantized = VariantRunner(full, heldout).scores([full, base])
     fallback = _scores(VariantRunner(full, heldout), [lambda n=n: target.with_fp16({n}) for n in names], target, "FP16")
-    alone = _scores(
-        VariantRunner(target.unquantized, heldout), [lambda n=n: target.alone(n) for n in names], target, "alone"
-    )
+    alone = _scores(VariantRunner(base, heldout), [lambda n=n: target.alone(n) for n in names], target, "alone")
     layers = tuple(LayerSensitivity(n, op, a, f) for (n, op), a, f in zip(target.layers, alone, fallback, strict=True))
     seconds = time.perf_counter() - start
     higher = heldout.task is None or heldout.task.higher_is_better

@@ -22,6 +22,15 @@ from pipeline.targets.base import FP16, FP32, QuantizationInputs, Target
 def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> QuantizeResult:
     """``targets`` narrows ``[quantize] targets`` (all of them by default). A graph that fails its
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
+    import tempfile
+
+    # The FP32 graph's weights wait in a file of their own while quantize runs: each graph made from
+    # it reads the weights it needs, and ONNX Runtime's quantizer holds them beside a graph without them.
+    with tempfile.TemporaryDirectory(prefix="trtpipe.weights.") as folder:
+        return _quantize(r, targets, force, Path(folder))
+
+
+def _quantize(r: StageRun, targets: tuple[str, ...], force: bool, weights_folder: Path) -> QuantizeResult:
     import dataclasses
 
     import onnx
@@ -36,7 +45,7 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     note_calibration_rows(cfg)
     with phases.collecting() as collected:
         with phases.timed("inputs"):  # the graphs read (and smoothed); a stale cache's calibration is timed inside
-            inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE)
+            inp = inputs.quantization_inputs(cfg, out, calibrate.STAGE, weights_folder)
         if inp.method == "auto":
             headline, *cuts = auto_summary(inp.ranges)
             info(f"{cfg.name}: {headline}")
@@ -51,7 +60,8 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
                 inp = dataclasses.replace(inp, fp16=onnx.ModelProto())
             started = time.perf_counter()
             with phases.timed(f"graph building: {t.artifact}"):
-                models[t.artifact] = t.quantize(inp)
+                # A graph naming the FP32 graph's weights in their file (a target that returns it) gets them.
+                models[t.artifact] = onnxutil.with_data(t.quantize(inp), weights_folder)
             building[t.artifact] = time.perf_counter() - started
         models = {t.artifact: models[t.artifact] for t in chosen}  # the configured order, for every table
         fits = _within_budget(cfg, out, inp, chosen, models, force) if cfg.accuracy.budget is not None else {}

@@ -55,7 +55,7 @@ class QuantizationInputs:
     method: str
     settings: QuantizeSection
     smoothing: Smoothing | None = None  # what SmoothQuant did, for quantize's result
-    fp32_file: Path | None = None  # the file ``fp32`` was read from unchanged (not smoothed), for sessions
+    fp32_file: Path | None = None  # a file of ``fp32`` (as exported, or where its weights went), for sessions
 
 
 @dataclass(frozen=True)

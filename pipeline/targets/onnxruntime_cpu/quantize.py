@@ -9,9 +9,12 @@ our ranges through its calibration-cache file instead of its calibrators
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -450,15 +453,14 @@ class OrtCpuQdqFromOnnx:
         for relu_input, relu_output in relu_folded(view).items():
             if relu_input not in data and relu_output in data:
                 data[relu_input] = data[relu_output]
-        with tempfile.TemporaryDirectory(prefix="trtpipe.ortq.") as tmp:
+        with tempfile.TemporaryDirectory(prefix="trtpipe.ortq.") as tmp, _source_file(view, Path(tmp)) as source:
             # A file, not the graph: given a ModelProto, ONNX Runtime's quantizer deep-copies it and loads
             # the copy again, three copies of the weights beside ours. A copy made here is written with its
             # weights beside it (moved out of memory); the caller's graph is written whole.
-            source = Path(tmp) / "fp32.onnx"
             if fused is fp32:
                 onnx.save(fp32, str(source))
             else:
-                onnx.save(fused, str(source), save_as_external_data=True, location="fp32.onnx.data")
+                onnx.save(fused, str(source), save_as_external_data=True, location=f"{source.name}.data")
             del fused
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
@@ -486,6 +488,24 @@ class OrtCpuQdqFromOnnx:
             model = without_output_qdq(onnx.load(str(out)), unrequantized(view, set(excluded)))
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "onnxruntime-cpu"})
         return model
+
+
+@contextlib.contextmanager
+def _source_file(view: GraphView, tmp: Path) -> Iterator[Path]:
+    """Where ONNX Runtime's quantizer reads the graph from: in ``tmp``, or, where the graph's weights
+    are in a file (``GraphView.move_weights``), beside that file, whose name the graph keeps (a file
+    of ours, gone when done, with the quantizer's shape-inferred copy)."""
+    if view.weights_folder is None:
+        yield tmp / "fp32.onnx"
+        return
+    fd, name = tempfile.mkstemp(dir=view.weights_folder, prefix="ortq.", suffix=".onnx")
+    os.close(fd)
+    source = Path(name)
+    try:
+        yield source
+    finally:
+        for made in (source, Path(f"{source}.data"), source.with_name(f"{source.stem}-inferred.onnx")):
+            made.unlink(missing_ok=True)
 
 
 def float_layers(view: GraphView, nodes: tuple[str, ...]) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ import onnx
 
 from pipeline.console import info
 from pipeline.graphview import GraphView
+from pipeline.onnxutil import save_weights_beside
 from pipeline.ortsession import release_shared_arena
 from pipeline.results import RegionSpeed, SpeedSearch
 
@@ -133,7 +134,7 @@ def _search(
     started = time.perf_counter()
     graph, made_in = (make(()), 0.0) if made is None else made
     del made
-    current = everywhere = _on_disk(graph, tmp / "graph0.onnx")
+    current = everywhere = save_weights_beside(graph, tmp / "graph0.onnx")
     del graph
     run_current = runner(current)
     # One graph made and loaded: what each region costs beside timing.
@@ -162,7 +163,7 @@ def _search(
         # A dropped session's weights and activations sit free in the timed sessions' shared arena:
         # returned before the next graph is made beside it.
         release_shared_arena()
-        candidate = _on_disk(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
+        candidate = save_weights_beside(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
         run_candidate = runner(candidate)
         samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
         kept, speedup, q25, q75 = keeps_qdq(samples["float"], samples["int8"])
@@ -191,14 +192,6 @@ def _search(
     _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["everywhere" if whole.kept else "chosen"])
     elapsed = time.perf_counter() - started
     return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75, whole)
-
-
-def _on_disk(model: onnx.ModelProto, path: Path) -> Path:
-    """``model`` written to ``path`` with its tensors beside it (``wholegraph.save_simulation``: the
-    weights leave memory as they are written)."""
-    from pipeline.calibration.wholegraph import save_simulation
-
-    return save_simulation(model, path)
 
 
 def _read_back(path: Path) -> onnx.ModelProto:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pipeline import onnxutil
 from pipeline.calibration.cache import Ranges
 from pipeline.config import Config, QuantizeSection
 from pipeline.evaluate.sensitivity import Target as SensitivityTarget
@@ -150,4 +151,7 @@ def sensitivity_target(
     def alone(node: str) -> onnx.ModelProto:
         return make(tuple(n.name for n in view.nodes if n.name != node))
 
-    return SensitivityTarget(ARTIFACT, layers, make, alone, fp32)
+    def unquantized() -> onnx.ModelProto:  # with its weights: its file's where they were moved to one
+        return fp32 if view.weights_folder is None else onnxutil.with_data(fp32, view.weights_folder)
+
+    return SensitivityTarget(ARTIFACT, layers, make, alone, unquantized)

@@ -77,7 +77,9 @@ class QdqOnnxFromOnnx:
         self.scheme = scheme  # int8, or FP8 E4M3 (pipeline.targets.tensorrt_fp8)
 
     def __call__(self, fp16: onnx.ModelProto, fp32: onnx.ModelProto | GraphView) -> onnx.ModelProto:
-        """``fp32`` (or its view) gives the weights, folded where they pass through a Transpose or Reshape."""
+        """``fp32`` (or its view) gives the weights, folded where they pass through a Transpose or Reshape.
+        The FP16 graph's weights may be in a file beside the FP32 graph's (``GraphView.move_weights``):
+        those the graph keeps are read in once the quantized layers' are dropped."""
         model = onnx.ModelProto()
         model.CopyFrom(fp16)
         for i, node in enumerate(model.graph.node):
@@ -171,6 +173,8 @@ class QdqOnnxFromOnnx:
         model.graph.node.extend(ordered)
         drop_dead_nodes(model)
         drop_unused_initializers(model)
+        if fp32_view.weights_folder is not None:
+            model = onnxutil.with_data(model, fp32_view.weights_folder, in_place=True)
         precision = self.scheme.precision
         onnx.helper.set_model_props(model, {"trtpipe.precision": precision, "trtpipe.target": "tensorrt"})
         return onnxutil.check(model, f"{precision} graph")
@@ -193,7 +197,7 @@ class QdqOnnxFromOnnx:
 
 
 def _dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnxutil.infer_shapes_lean(model)  # types only: no serialized copies of the weights
     out = {}
     for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         et = v.type.tensor_type.elem_type

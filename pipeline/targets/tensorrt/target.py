@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import onnx
 
+from pipeline import onnxutil
 from pipeline.calibration.cache import Ranges
 from pipeline.config import Config, QuantizeSection
 from pipeline.evaluate.sensitivity import Target as SensitivityTarget
@@ -144,4 +145,7 @@ def sensitivity_target(
     def alone(node: str) -> onnx.ModelProto:
         return make(tuple(n for n, _ in layers if n != node))
 
-    return SensitivityTarget(target.artifact, layers, make, alone, fp16)
+    def unquantized() -> onnx.ModelProto:  # with its weights: their file's where they were moved to one
+        return fp16 if view.weights_folder is None else onnxutil.with_data(fp16, view.weights_folder)
+
+    return SensitivityTarget(target.artifact, layers, make, alone, unquantized)

@@ -41,7 +41,7 @@ class Toy(Target):
 
     def sensitivity(self, inputs: QuantizationInputs) -> SensitivityTarget:
         same = lambda *_: inputs.fp32  # noqa: E731  every variant is the FP32 graph
-        return SensitivityTarget(ARTIFACT, (), same, same, inputs.fp32)
+        return SensitivityTarget(ARTIFACT, (), same, same, same)
 
     def violations(self, model: onnx.ModelProto) -> list:
         return []
