@@ -46,7 +46,6 @@ import onnx
 from onnx import helper
 
 from pipeline import ortsession
-from pipeline.onnxutil import save_weights_beside
 from pipeline.calibration import methods
 from pipeline.calibration.cache import AutoChoice, Ranges, WholeGraphCheck
 from pipeline.calibration.memory import sample_bytes
@@ -64,6 +63,7 @@ from pipeline.calibration.wholegraph import (
 from pipeline.console import info
 from pipeline.data import Feed
 from pipeline.graphview import GraphView
+from pipeline.onnxutil import save_weights_beside
 from pipeline.phases import timed
 from pipeline.placement import WEIGHTED, Placement, weight_axis
 from pipeline.targets.tensorrt.qdq import INT8, INT8_MAX, Scheme, activation_scale, quantize_weight
