@@ -136,10 +136,9 @@ def _search(
     del made
     current = everywhere = save_weights_beside(graph, tmp / "graph0.onnx")
     del graph
-    run_current = runner(current)
     # One graph made and loaded: what each region costs beside timing.
     making = time.perf_counter() - started + made_in
-    one = _once(run_current)
+    one = _once(runner(current))
     # The last timing (FP32, the chosen graph and the one quantized everywhere) counts as two comparisons.
     most = max(1, int(seconds / (making + MAX_COMPARISON_SECONDS)) - 2)
     found = regions(view, layers, most)
@@ -160,19 +159,21 @@ def _search(
             measured += [RegionSpeed(r.name, r.layers, None, None, None, None) for r in found[i:]]
             info(f"  {len(found) - i} region(s) not measured, time budget spent: they keep their Q/DQ")
             break
-        # A dropped session's weights and activations sit free in the timed sessions' shared arena:
-        # returned before the next graph is made beside it.
+        # No session is alive while a graph is made (ONNX Runtime's quantizer reads every FP32 weight):
+        # a dropped session's weights and activations, free in the shared arena, go back first.
         release_shared_arena()
         candidate = save_weights_beside(make(floats + region.layers), tmp / f"graph{i + 1}.onnx")
-        run_candidate = runner(candidate)
+        run_candidate, run_current = runner(candidate), runner(current)
         samples = _timed({"float": run_candidate, "int8": run_current}, per_round)
         kept, speedup, q25, q75 = keeps_qdq(samples["float"], samples["int8"])
         measured.append(RegionSpeed(region.name, region.layers, kept, speedup, q25, q75))
         what = "keeps Q/DQ" if kept else "float"
         info(f"  [{i + 1}/{len(found)}] {region.name}: INT8 {speedup:.2f}x float ({q25:.2f}-{q75:.2f}): {what}")
         if not kept:
-            floats, current, run_current = floats + region.layers, candidate, run_candidate
-        del candidate, run_candidate  # kept as the current graph, or dropped before the next is made
+            floats, current = floats + region.layers, candidate
+        del candidate, run_candidate, run_current  # sessions dropped before the next graph is made
+    release_shared_arena()
+    run_current = runner(current)
     if not floats:
         final = _timed({"fp32": fp32(), "int8": run_current}, per_round)
         del run_current  # its session goes before the chosen graph is read back
