@@ -528,3 +528,46 @@ def test_a_gathered_row_keeps_a_range_of_its_own():
     assert scale["g"] == float(np.float16(np.abs(s[:, 0]).max() / 127))  # the row's own amax
     assert scale["g"] < np.abs(s).max() / 127 / 50  # far finer than all rows' scale
     assert_close_to_fp32(model, w8a8)
+
+
+@pytest.mark.parametrize("make", [graphs.residual, graphs.tied_lm_head, graphs.mlp_gelu, graphs.position_embedding])
+def test_graphs_made_from_weights_moved_to_a_file_are_the_same(make, tmp_path):
+    """quantize moves the FP32 and FP16 graphs' weights to a file while it runs (``move_weights``):
+    the TensorRT and CPU graphs made then are byte for byte those made from the graphs in memory (a
+    tied head's weights folded, GELU fused), the view reads each weight back while the moved graph
+    keeps none, the quantizer's files beside the weights are gone, and a session on the moved graph
+    in memory finds its weights."""
+    from pipeline import onnxutil
+
+    model, settings = make(), QuantizeSection()
+    plan = plan_tensorrt(model, settings)
+    batches = [graphs.inputs_for(model, 4, seed) for seed in range(4)]
+    ranges = RangesFromOnnx(set(plan.tensors) | ort_cpu.tensors_to_calibrate(model), 2048, 99.99)(model, batches)
+    fp16 = fp16_graph(model, keep_fp32=())
+    in_memory = [
+        QdqOnnxFromOnnx(plan, ranges, "max")(fp16, model),
+        ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", settings)(model),
+    ]
+
+    moved, moved_fp16 = onnx.ModelProto(), onnx.ModelProto()
+    moved.CopyFrom(model)
+    moved_fp16.CopyFrom(fp16)
+    view = GraphView(moved)
+    view.move_weights(tmp_path / "fp32.onnx")
+    onnxutil.save_weights_beside(moved_fp16, tmp_path / "fp16.onnx")
+    weights = [i for i in model.graph.initializer if i.ByteSize() > 1024]
+    assert weights and all(not i.raw_data for i in moved.graph.initializer if i.name in {w.name for w in weights})
+    made = [
+        QdqOnnxFromOnnx(plan, ranges, "max")(moved_fp16, view),
+        ort_cpu.OrtCpuQdqFromOnnx(ranges, "max", settings)(moved, view),
+    ]
+
+    assert [m.SerializeToString() for m in made] == [m.SerializeToString() for m in in_memory]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp16.onnx", "fp16.onnx.data", "fp32.onnx", "fp32.onnx.data"]
+    for w in weights:
+        np.testing.assert_array_equal(view.array(w.name), numpy_helper.to_array(w))
+    assert not any(i.raw_data for i in moved.graph.initializer if i.name in {w.name for w in weights})
+    feed = graphs.inputs_for(model, 2, seed=5)
+    session = ortsession.session(moved, cpu_only=True, weights_folder=tmp_path)
+    np.testing.assert_array_equal(ortsession.run(session, feed)[0], run(model, feed))
+    assert onnxutil.with_data(moved, tmp_path).SerializeToString() == model.SerializeToString()

@@ -486,6 +486,8 @@ class OrtCpuQdqFromOnnx:
             finally:
                 root.setLevel(level)
             model = without_output_qdq(onnx.load(str(out)), unrequantized(view, set(excluded)))
+        for tensor in model.graph.initializer:  # read from a weights' file, the quantizer marks where it was
+            tensor.ClearField("data_location")
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "onnxruntime-cpu"})
         return model
 
