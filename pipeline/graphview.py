@@ -39,15 +39,17 @@ class GraphView:
         self.value_infos = {v.name: v for v in (*self.graph.value_info, *self.graph.input, *self.graph.output)}
         self.weights_folder: Path | None = None  # where the model's tensors are, once moved to a file
 
-    def move_weights(self, path: Path) -> Path:
-        """The model written to ``path`` with its weights beside it, and kept here without them: each
-        is read from the file when asked for. ``path``'s folder holds any graph made from the model
-        that still names them (``onnxutil.save_weights_beside``)."""
-        from pipeline.onnxutil import save_weights_beside
+    def move_weights(self, path: Path) -> onnx.ModelProto:
+        """The model written to ``path`` with its weights beside it, and read back without them
+        (``onnxutil.weights_to_file``): the graph this view now reads, each weight from the file when
+        asked for. The model given is no longer this view's: dropped, its weights leave memory.
+        ``path``'s folder holds any graph made from it that still names them."""
+        from pipeline.onnxutil import weights_to_file
 
-        save_weights_beside(self.model, path)
+        self.model = weights_to_file(self.model, path)
+        self.initializers.update({i.name: i for i in self.model.graph.initializer})
         self.weights_folder = path.parent
-        return path
+        return self.model
 
     @classmethod
     def of(cls, model: onnx.ModelProto | GraphView) -> GraphView:

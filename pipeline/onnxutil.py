@@ -186,6 +186,23 @@ def save_weights_beside(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def weights_to_file(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """``model`` written as ``save_weights_beside`` writes it, and read back without its weights' data
+    (each tensor names where it is): a new graph. A parsed graph's tensors live in one block of memory
+    that clearing them does not shrink: only once ``model`` is dropped are its weights gone."""
+    save_weights_beside(model, path)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def read_back(path: Path) -> onnx.ModelProto:
+    """The graph ``save_weights_beside`` wrote to ``path``, with its tensors in it again as they were:
+    each tensor's data location, which reading external data sets, cleared."""
+    model = onnx.load(str(path))
+    for tensor in model.graph.initializer:
+        tensor.ClearField("data_location")
+    return model
+
+
 def with_data(model: onnx.ModelProto, folder: Path, in_place: bool = False) -> onnx.ModelProto:
     """``model`` itself, or, where tensors of it name their data in files in ``folder``
     (``save_weights_beside``), a copy with that data in it (``model`` itself, given it, with

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline import ortsession, results, stages
+from pipeline import onnxutil, ortsession, results, stages
 from pipeline.calibration.calibrator import RangesFromOnnx
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.metrics import error_stats
@@ -96,7 +96,7 @@ def _searchable(batch: int, delay: float = 0.0):
     return model, view, make, runner, feed
 
 
-def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_convs():
+def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_convs(tmp_path):
     """graphs.slow_and_fast_regions at batch 32, timed for real: the Convs of 4 channels lose to the
     Q/DQ around their PReLUs, the wide Gemms gain. The graph quantized everywhere, timed at the end
     beside the regions' choice, is the slower of the two, so the chosen graph keeps Q/DQ on the
@@ -110,7 +110,8 @@ def test_the_search_keeps_qdq_in_the_wide_gemms_and_drops_it_around_the_small_co
         return make(floats)
 
     layers = ("conv1", "conv2", "fc1", "fc2")
-    chosen, found = search(making, view, layers, runner, lambda: runner(model), 20.0, 32, "test", (make(()), 0.5))
+    made = onnxutil.save_weights_beside(make(()), tmp_path / "made.onnx")
+    chosen, found = search(making, view, layers, runner, lambda: runner(model), 20.0, 32, "test", (made, 0.5))
     assert () not in asked and len(asked) == 4, asked
     assert [(r.region, r.kept) for r in found.regions] == [
         ("conv1", False),

@@ -254,8 +254,8 @@ def quantization_inputs(
         graph = fp32 if smoothing is not None else None
         found = ranges(cfg, out, view, sha256, record_as, graph=graph)
     fp32_file = out.graph(FP32) if smoothing is None else None
-    if weights_folder is not None:
-        moved = view.move_weights(weights_folder / "fp32.onnx")
-        fp32_file = fp32_file or moved
-        onnxutil.save_weights_beside(fp16, weights_folder / "fp16.onnx")  # where graphs made from it read them
+    if weights_folder is not None:  # the graphs read until now go when this returns, their weights with them
+        fp32 = view.move_weights(weights_folder / "fp32.onnx")
+        fp32_file = fp32_file or weights_folder / "fp32.onnx"
+        fp16 = onnxutil.weights_to_file(fp16, weights_folder / "fp16.onnx")  # where graphs made from it read them
     return QuantizationInputs(fp32, fp16, view, found, cfg.calibration.method, cfg.quantize, smoothing, fp32_file)

@@ -67,7 +67,7 @@ def _quantize(r: StageRun, targets: tuple[str, ...], force: bool, weights_folder
         fits = _within_budget(cfg, out, inp, chosen, models, force) if cfg.accuracy.budget is not None else {}
         inp = dataclasses.replace(inp, fp16=onnx.ModelProto())
         with phases.timed("CPU speed search"):
-            searches = _speed_searches(cfg, inp, chosen, models, fits, building)
+            searches = _speed_searches(cfg, inp, chosen, models, fits, building, weights_folder)
         with phases.timed("rule checks"):
             for t in chosen:
                 _check_rules(t, models[t.artifact])
@@ -200,18 +200,25 @@ def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> li
 
 
 def _speed_searches(
-    cfg: Config, inp: QuantizationInputs, chosen: list[Target], models: dict, fits: dict, building: dict
+    cfg: Config, inp: QuantizationInputs, chosen: list[Target], models: dict, fits: dict, building: dict, folder: Path
 ) -> dict:
     """Each target's speed search (the CPU graph's Q/DQ kept only in the regions they speed up), from
     its graph in ``models`` (made in ``building`` seconds, or by the budget) and its chosen graph put
-    there; the searches by graph name."""
+    there; the searches by graph name. While a search runs its graph waits in a file in ``folder``,
+    not in memory."""
+    from pipeline import onnxutil
+
     found = {}
     for t in chosen:
         fit = fits.get(t.artifact)
         kept = tuple(k.node for k in fit.kept) if fit is not None else ()
-        made = (models[t.artifact], building[t.artifact] if fit is None else fit.seconds / max(fit.evaluations, 1))
-        searched = t.speed_search(cfg, inp, kept, made)  # it takes the graph: replaced below
-        if searched is not None:
+        seconds = building[t.artifact] if fit is None else fit.seconds / max(fit.evaluations, 1)
+        made = onnxutil.save_weights_beside(models[t.artifact], folder / f"{t.artifact}.onnx")
+        models[t.artifact] = None  # the graph in memory goes: its file is the search's
+        searched = t.speed_search(cfg, inp, kept, (made, seconds))
+        if searched is None:
+            models[t.artifact] = onnxutil.read_back(made)
+        else:
             models[t.artifact], found[t.artifact] = searched
     return found
 

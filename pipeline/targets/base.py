@@ -137,13 +137,13 @@ class Target(ABC):
         cfg: Config,
         inputs: QuantizationInputs,
         float_nodes: tuple[str, ...] = (),
-        made: tuple[onnx.ModelProto, float] | None = None,
+        made: tuple[Path, float] | None = None,
     ) -> tuple[onnx.ModelProto, SpeedSearch] | None:
         """The graph (the weighted layers in ``float_nodes`` left float) with Q/DQ only where they
         measured a gain on this machine, and what was measured; None where the target does not
-        search (its runtime does not run here as it deploys, or the search is off). ``made`` is that
-        graph with Q/DQ everywhere, made already, and the seconds making it took: a search takes the
-        graph (its weights may move to disk)."""
+        search (its runtime does not run here as it deploys, or the search is off). ``made`` is the
+        file of that graph with Q/DQ everywhere, made already (``onnxutil.save_weights_beside``), and
+        the seconds making it took."""
         return None
 
     # --- runs -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import onnx
 
 from pipeline.console import info
 from pipeline.graphview import GraphView
-from pipeline.onnxutil import save_weights_beside
+from pipeline.onnxutil import read_back, save_weights_beside
 from pipeline.ortsession import release_shared_arena
 from pipeline.results import RegionSpeed, SpeedSearch
 
@@ -115,12 +115,12 @@ def search(
     seconds: float,
     batch: int,
     label: str,
-    made: tuple[onnx.ModelProto, float] | None = None,
+    made: tuple[Path, float] | None = None,
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     """The graph whose regions keep Q/DQ only where they measured a gain, and what was measured.
     ``make(float_layers)`` makes the graph with those weighted layers (and their epilogues) float;
-    ``made``, where given, is ``make(())`` made already and the seconds making it took (the graph
-    is taken: its tensors move to disk);
+    ``made``, where given, is the file of ``make(())`` made already (its weights beside it: no graph
+    held in memory) and the seconds making it took;
     ``runner(file)`` one inference of a graph file at the bench batch (each graph made is written with
     its weights moved out of memory: only its session holds them while it is timed); ``fp32()`` makes
     one of the FP32 graph's, at the end, when no region's candidate session is alive."""
@@ -132,10 +132,10 @@ def _search(
     make, view, layers, runner, fp32, seconds, batch, label, made, tmp: Path
 ) -> tuple[onnx.ModelProto, SpeedSearch]:
     started = time.perf_counter()
-    graph, made_in = (make(()), 0.0) if made is None else made
-    del made
-    current = everywhere = save_weights_beside(graph, tmp / "graph0.onnx")
-    del graph
+    if made is None:
+        made = save_weights_beside(make(()), tmp / "graph0.onnx"), 0.0
+    current = everywhere = made[0]
+    made_in = made[1]
     # One graph made and loaded: what each region costs beside timing.
     making = time.perf_counter() - started + made_in
     one = _once(runner(current))
@@ -179,7 +179,7 @@ def _search(
         del run_current  # its session goes before the chosen graph is read back
         _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["int8"])
         elapsed = time.perf_counter() - started
-        return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
+        return read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75)
     final = _timed({"fp32": fp32(), "chosen": run_current, "everywhere": runner(everywhere)}, per_round)
     del run_current
     whole = RegionSpeed(WHOLE_GRAPH, layers, *keeps_qdq(final["chosen"], final["everywhere"]))
@@ -192,16 +192,7 @@ def _search(
         current = everywhere
     _, speedup, q25, q75 = keeps_qdq(final["fp32"], final["everywhere" if whole.kept else "chosen"])
     elapsed = time.perf_counter() - started
-    return _read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75, whole)
-
-
-def _read_back(path: Path) -> onnx.ModelProto:
-    """The graph at ``path`` with its tensors in it again, as ``make`` made it: each tensor's data
-    location, which reading external data sets, cleared as it was."""
-    model = onnx.load(str(path))
-    for tensor in model.graph.initializer:
-        tensor.ClearField("data_location")
-    return model
+    return read_back(current), SpeedSearch(batch, seconds, elapsed, tuple(measured), speedup, q25, q75, whole)
 
 
 def _once(fn: Callable[[], object]) -> float:

@@ -65,7 +65,7 @@ class OnnxRuntimeCpu(Target):
         cfg: Config,
         inputs: QuantizationInputs,
         float_nodes: tuple[str, ...] = (),
-        made: tuple[onnx.ModelProto, float] | None = None,
+        made: tuple[Path, float] | None = None,
     ):
         """Each region's Q/DQ kept only where ONNX Runtime times the graph faster with them, at the
         largest CPU batch bench times (the verdict's), within ``[quantize] speed_search_seconds``."""
