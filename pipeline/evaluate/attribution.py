@@ -14,7 +14,7 @@ tensor's error is measured on that row, not diluted over every row of the sequen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,7 +303,7 @@ ATTRIBUTION_ROWS = 4  # held-out rows both graphs run with every layer's tensors
 
 def explain_losses(
     cfg: Config,
-    fp32_view: Callable[[], GraphView],
+    fp32: GraphView,
     graphs: dict[str, Path],
     rows: list,
     ranges: Ranges,
@@ -311,8 +311,7 @@ def explain_losses(
 ) -> dict[str, list[LayerError]]:
     """For each w8a8 graph whose centered cosine on some output is under its gate's, the layers adding
     the most error to each such output, printed and returned by graph name. ``graphs``: each w8a8
-    graph's file; ``fp32_view()`` gives the FP32 graph's view with its weights, asked for only when a
-    graph misses its gate."""
+    graph's file; ``fp32`` the FP32 graph's view (its weights in memory, or in a file it reads them from)."""
     from pipeline.data import sample_inputs
 
     low: dict[str, list[str]] = {}
@@ -323,7 +322,6 @@ def explain_losses(
     if not low:
         return {}
     feed = sample_inputs(cfg, min(ATTRIBUTION_ROWS, max(p.max for p in cfg.batch)))
-    fp32 = fp32_view()
     # Held within what the memory rule allows beside calibration's own batch of plain inference.
     within = RunBytes.of(fp32, cfg.calibration.batch_size, {a.name: a.max for a in cfg.axes})
     found: dict[str, list[LayerError]] = {}

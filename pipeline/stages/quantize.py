@@ -39,7 +39,6 @@ def _quantize(r: StageRun, targets: tuple[str, ...], force: bool, weights_folder
     from pipeline.calibration.auto import summary as auto_summary
     from pipeline.evaluate.accuracy import note_calibration_rows
     from pipeline.evaluate.attribution import explain_losses
-    from pipeline.graphview import GraphView
 
     cfg, out = r.cfg, r.out
     note_calibration_rows(cfg)
@@ -72,10 +71,8 @@ def _quantize(r: StageRun, targets: tuple[str, ...], force: bool, weights_folder
             for t in chosen:
                 _check_rules(t, models[t.artifact])
             skipped, int8_layers = _placement_report(cfg, inp, chosen, fits)
-        # The FP32 graph's weights go before the accuracy pass opens its sessions: loss attribution reads
-        # the graph again if it runs (a smoothed graph, which has no file, is kept for it).
-        ranges, method, smoothing = inp.ranges, inp.method, inp.smoothing
-        kept_view = inp.view if smoothing is not None else None
+        # Loss attribution reads the FP32 graph through its view: the weights stay in their file.
+        ranges, method, smoothing, fp32_view = inp.ranges, inp.method, inp.smoothing, inp.view
         del inp
 
         with r.writing() as written:
@@ -93,7 +90,6 @@ def _quantize(r: StageRun, targets: tuple[str, ...], force: bool, weights_folder
                 kept_aside = set() if force else failed
                 _set_aside(cfg, out, names, kept_aside, staged)
             with phases.timed("loss attribution"):
-                fp32_view = lambda: kept_view or GraphView(onnxutil.load(out.graph(FP32), "FP32 graph"))  # noqa: E731
                 written_graphs = {n: out.failed_graph(n) if n in kept_aside else out.graph(n) for n in names}
                 # Where each graph is now: a graph's move to its name waits for the record (fileio.settle).
                 now = {n: fileio.newest(path) for n, path in written_graphs.items()}

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.onnxutil import attribute, constant_value, consumer_map
+from pipeline.onnxutil import attribute, constant_value, consumer_map, infer_shapes_lean
 from pipeline.placement import WEIGHTED, weight_axis
 
 BIAS_INPUT = 2  # Conv, ConvTranspose, Gemm: the bias is input 2
@@ -41,11 +41,11 @@ def violations(model: onnx.ModelProto, symmetric: bool = True, stored: int = Ten
     """Every rule broken in ``model``; empty when it is fine. ``symmetric``: zero points must be zeros
     of type ``stored`` (TensorRT: int8, or FLOAT8E4M3FN in an FP8 graph); else a zero point is allowed
     (ONNX Runtime's uint8 activations)."""
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
+    graph = infer_shapes_lean(model).graph  # types only: no copies of the weights
+    consts = _Constants({i.name: i for i in model.graph.initializer})
+    for node in model.graph.node:
         if (value := constant_value(node)) is not None:
-            consts[node.output[0]] = numpy_helper.to_array(value)
+            consts.tensors[node.output[0]] = value
     elem: dict[str, int] = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input)}
     elem.update({i.name: i.data_type for i in graph.initializer})
     consumers = consumer_map(graph)
@@ -54,6 +54,23 @@ def violations(model: onnx.ModelProto, symmetric: bool = True, stored: int = Ten
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             problems.extend(_node_problems(node, symmetric, stored, consts, elem, consumers))
     return problems
+
+
+class _Constants:
+    """The graph's constants by name, each read into an array when a rule looks at it: the rules see
+    scales and zero points, and a weight's rank, never every weight at once."""
+
+    def __init__(self, tensors: dict[str, onnx.TensorProto]) -> None:
+        self.tensors = tensors
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.tensors[name])
+
+    def rank(self, name: str) -> int:
+        return len(self.tensors[name].dims)
 
 
 def _node_problems(node, symmetric, stored, consts, elem, consumers) -> list[Violation]:
@@ -102,7 +119,7 @@ def _node_problems(node, symmetric, stored, consts, elem, consumers) -> list[Vio
 def _per_channel_problems(node, where, consts, consumers) -> list[Violation]:
     if node.op_type == "QuantizeLinear" or node.input[0] not in consts:
         return [Violation(where, "per-channel-on-constants", "per-channel scales on an activation")]
-    rank = consts[node.input[0]].ndim
+    rank = consts.rank(node.input[0])
     axis = attribute(node, "axis", 1)
     axis = axis + rank if axis < 0 else axis
     out = []
