@@ -195,10 +195,12 @@ def weights_to_file(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
 
 
 def read_back(path: Path) -> onnx.ModelProto:
-    """The graph ``save_weights_beside`` wrote to ``path``, with its tensors in it again as they were:
-    each tensor's data location, which reading external data sets, cleared."""
+    """The graph ``save_weights_beside`` (or ONNX Runtime's quantizer) wrote to ``path`` with its
+    tensors beside it, with them in it again as they were: each tensor's data location, which
+    reading external data sets, cleared (a Constant node's too)."""
     model = onnx.load(str(path))
-    for tensor in model.graph.initializer:
+    constants = (a.t for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+    for tensor in (*model.graph.initializer, *constants):
         tensor.ClearField("data_location")
     return model
 

@@ -14,6 +14,7 @@ tensor's error is measured on that row, not diluted over every row of the sequen
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ WEIGHT_LOSS = 0.02  # relative error of a weight under per-channel int8 (typical
 
 def worst_layers(
     fp32: GraphView,
-    quantized: onnx.ModelProto,
+    quantized: onnx.ModelProto | GraphView,
     feed: Feed,
     ranges: Ranges,
     method: str,
@@ -50,9 +51,11 @@ def worst_layers(
 ) -> list[LayerError]:
     """The ``top`` layers adding the most error to ``output`` (every output when None), largest first;
     the layers' tensors fetched in runs ``within`` bytes."""
-    present = {o for n in quantized.graph.node for o in n.output} | {i.name for i in quantized.graph.input}
+    quantized = GraphView.of(quantized)
+    graph = quantized.model.graph
+    present = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     upstream = _upstream(fp32, output) if output is not None else None
-    rounded = _rounded_ops(quantized)
+    rounded = _rounded_ops(quantized.model)
     varying = fp32.input_dependent()
     layers = [
         (node, [t for t in node.input[:2] if t and t in varying and not fp32.is_weight(t) and t in present])
@@ -109,7 +112,7 @@ def _runs(view: GraphView, tensors: list[str], rows: int, within: RunBytes | Non
 
 def _errors(
     fp32: GraphView,
-    quantized: onnx.ModelProto,
+    quantized: GraphView,
     tensors: list[str],
     feed: Feed,
     row: tuple[int, int, int] | None,
@@ -121,14 +124,13 @@ def _errors(
     the reasons look at in the FP32 values of the weighted layers' calibrated inputs (``InputStats``):
     every value is dropped as soon as measured, so memory holds one run's tensors."""
     keep = {t for n in fp32.nodes if n.op_type in WEIGHTED for t in n.input[:2] if t in ranges.tensors}
-    quantized_view = GraphView(quantized)
     err: dict[str, float] = {}
     stats: dict[str, InputStats] = {}
     rows = max((len(v) for v in feed.values() if np.ndim(v)), default=1)
     for group in _runs(fp32, tensors, rows, within):
         chunk = list(group)
         ref = _values(fp32.model, fp32, chunk, feed)
-        got = _values(quantized, quantized_view, chunk, feed)
+        got = _values(quantized.model, quantized, chunk, feed)
         for t in chunk:
             ref_t = np.asarray(ref.pop(t), np.float64)  # one tensor in float64 at a time
             err[t] = _relative_error(_on_row(np.asarray(got.pop(t), np.float64), row), _on_row(ref_t, row))
@@ -325,15 +327,21 @@ def explain_losses(
     # Held within what the memory rule allows beside calibration's own batch of plain inference.
     within = RunBytes.of(fp32, cfg.calibration.batch_size, {a.name: a.max for a in cfg.axes})
     found: dict[str, list[LayerError]] = {}
-    for name in sorted(low):
-        found[name] = []
-        quantized = onnxutil.load(graphs[name], f"{name} graph")  # one at a time, as it is explained
-        for output in low[name]:
-            worst = worst_layers(fp32, quantized, feed, ranges, method, output=output, within=within)
-            found[name] += worst
-            row = selected_row(fp32, output)
-            where = f"output {output!r}" + (f" (row {row[1]} of axis {row[0]})" if row else "")
-            info(f"{cfg.name}: {name} loses accuracy on {where}; the layers adding the most error (relative to FP32):")
-            for e in worst:
-                info(f"  {e}")
+    for name in sorted(low):  # one graph at a time, its weights in a file while its sessions read them
+        with tempfile.TemporaryDirectory(prefix="trtpipe.attribution.") as tmp:
+            quantized = GraphView(onnxutil.load(graphs[name], f"{name} graph"))
+            quantized.move_weights(Path(tmp) / graphs[name].name)
+            found[name] = []
+            for output in low[name]:
+                worst = worst_layers(fp32, quantized, feed, ranges, method, output=output, within=within)
+                found[name] += worst
+                _say_worst(cfg, fp32, name, output, worst)
     return found
+
+
+def _say_worst(cfg: Config, fp32: GraphView, name: str, output: str, worst: list[LayerError]) -> None:
+    row = selected_row(fp32, output)
+    where = f"output {output!r}" + (f" (row {row[1]} of axis {row[0]})" if row else "")
+    info(f"{cfg.name}: {name} loses accuracy on {where}; the layers adding the most error (relative to FP32):")
+    for e in worst:
+        info(f"  {e}")

@@ -27,7 +27,7 @@ from pipeline.calibration.cache import Ranges
 from pipeline.config import QuantizeSection
 from pipeline.errors import PipelineError
 from pipeline.graphview import GraphView
-from pipeline.onnxutil import constant_value, skeleton
+from pipeline.onnxutil import constant_value, read_back, skeleton
 from pipeline.placement import WEIGHTED, Placement, excluded_reason, tied_groups, weight_axis
 from pipeline.targets.onnxruntime_cpu.norms import normalizations, residual_stream_adds, stream_passes
 
@@ -482,12 +482,11 @@ class OrtCpuQdqFromOnnx:
                     weight_type=QuantType.QInt8,
                     nodes_to_exclude=excluded,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                    use_external_data_format=True,  # written a tensor at a time: not serialized whole in memory
                 )
             finally:
                 root.setLevel(level)
-            model = without_output_qdq(onnx.load(str(out)), unrequantized(view, set(excluded)))
-        for tensor in model.graph.initializer:  # read from a weights' file, the quantizer marks where it was
-            tensor.ClearField("data_location")
+            model = without_output_qdq(read_back(out), unrequantized(view, set(excluded)))
         onnx.helper.set_model_props(model, {"trtpipe.precision": "w8a8", "trtpipe.target": "onnxruntime-cpu"})
         return model
 
