@@ -263,3 +263,37 @@ def test_quantize_accuracy_pass_runs_inside_the_profile(make_config, user_model,
     assert "held-out data at batch 32" in err and "accuracy at batch 32" in err  # its progress bar
     (row,) = summary.accuracy
     assert row.agreement is not None and row.metric is not None and row.stats.cosine > 0.99
+
+
+def test_graphs_scored_in_turn_give_the_rows_of_graphs_scored_together(pipeline_run, tmp_path):
+    """quantize's accuracy pass keeps one graph in memory at a time (FP32's outputs and the inputs kept
+    in files for the others): its rows are those of every graph scored side by side, and each graph
+    is dropped before the next is loaded."""
+    import weakref
+
+    from pipeline import ortsession
+    from pipeline.evaluate.accuracy import evaluate, evaluate_in_turn
+
+    cfg, _, out = pipeline_run
+    names = ("w8a8", "w8a8-cpu")
+    gates = {n: cfg.accuracy.gate(n) for n in names}
+
+    class Graph:  # one graph's session, as quantize loads it
+        def __init__(self, name: str) -> None:
+            self.session = ortsession.session_for(out.graph(name), True)
+
+        def __call__(self, feed):
+            return ortsession.run(self.session, feed)
+
+    together = evaluate(cfg, Graph("fp32"), {n: Graph(n) for n in names}, gates, 8)
+    alive: list[weakref.ref] = []
+
+    def load(name: str) -> Graph:
+        assert all(ref() is None for ref in alive), f"a graph was still loaded when {name} was"
+        graph = Graph(name)
+        alive.append(weakref.ref(graph))
+        return graph
+
+    in_turn = evaluate_in_turn(cfg, lambda: load("fp32"), {n: (lambda n=n: load(n)) for n in names}, gates, 8, tmp_path)
+    assert in_turn == together and len(in_turn) == len(names) * len(cfg.outputs)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npz")  # the batches FP32 ran on, kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -178,6 +179,48 @@ def evaluate(
     for feed, labels in progress(heldout_batches(cfg, batch_size), f"accuracy at batch {batch_size}"):
         scorer.update(reference(feed), {name: infer(feed) for name, infer in artifacts.items()}, labels, feed)
     return scorer.rows(gates)
+
+
+def evaluate_in_turn(
+    cfg: Config,
+    reference: Callable[[], Infer],
+    artifacts: Mapping[str, Callable[[], Infer]],
+    gates: Mapping[str, Gate],
+    batch_size: int,
+    folder: Path,
+) -> list[AccuracyRow]:
+    """``evaluate``'s rows, with one graph in memory at a time: the reference (``reference()`` loads
+    it) runs over the held-out set first, each batch's inputs, labels and outputs kept in a file in
+    ``folder``; then each artifact (``artifacts[name]()``) is scored against those files. Each graph
+    is dropped before the next is loaded."""
+    kept, infer = [], reference()
+    for i, (feed, labels) in enumerate(
+        progress(heldout_batches(cfg, batch_size), f"accuracy at batch {batch_size}: FP32")
+    ):
+        kept.append(_keep_batch(folder / f"batch{i}.npz", feed, labels, infer(feed)))
+    del infer
+    rows: list[AccuracyRow] = []
+    for name, load in artifacts.items():
+        infer, scorer = load(), Scorer(cfg, [name])
+        for path in progress(kept, f"accuracy at batch {batch_size}: {name}"):
+            feed, labels, ref = _kept_batch(path)
+            scorer.update(ref, {name: infer(feed)}, labels, feed)
+        del infer  # its session goes before the next is made
+        rows += scorer.rows({name: gates[name]})
+    return rows
+
+
+def _keep_batch(path: Path, feed: Feed, labels: np.ndarray | None, outputs: list[np.ndarray]) -> Path:
+    arrays = {f"input {k}": v for k, v in feed.items()} | {f"output {i}": v for i, v in enumerate(outputs)}
+    np.savez(path, **arrays, **({} if labels is None else {"labels": labels}))
+    return path
+
+
+def _kept_batch(path: Path) -> tuple[Feed, np.ndarray | None, list[np.ndarray]]:
+    with np.load(path, allow_pickle=False) as kept:
+        feed = {k.removeprefix("input "): kept[k] for k in kept.files if k.startswith("input ")}
+        count = sum(k.startswith("output ") for k in kept.files)
+        return feed, kept["labels"] if "labels" in kept.files else None, [kept[f"output {i}"] for i in range(count)]
 
 
 def accuracy_table(rows: Sequence[AccuracyRow]) -> tuple[list[str], list[list[object]]]:

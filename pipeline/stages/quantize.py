@@ -173,22 +173,28 @@ def _set_aside(cfg: Config, out: Layout, names: Iterable[str], failed: set[str],
 
 def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> list:
     """The quantized graphs at ``graphs`` against FP32 on ONNX Runtime (CPU), held-out data, with their gates."""
+    import tempfile
+
     from pipeline import ortsession
     from pipeline.console import table
-    from pipeline.evaluate.accuracy import accuracy_table, evaluate
+    from pipeline.evaluate.accuracy import accuracy_table, evaluate_in_turn
 
-    # Three sessions alive at once: without arenas each holds only its weights between runs.
-    ref = ortsession.session_for(out.graph(FP32), True, arena=False)
-    sessions = {n: ortsession.session_for(p, True, arena=False) for n, p in graphs.items()}
+    def infer(path: Path):
+        session = ortsession.session_for(path, True)
+        return lambda feed: ortsession.run(session, feed)
+
     gates = {name: cfg.accuracy.gate(name) for name in graphs}
     batch = cfg.nearest_batch(cfg.calibration.batch_size)  # the batch calibration ran, inside the profiles
-    rows = evaluate(
-        cfg,
-        lambda f: ortsession.run(ref, f),
-        {n: (lambda f, s=s: ortsession.run(s, f)) for n, s in sessions.items()},
-        gates,
-        batch,
-    )
+    # One graph's session at a time, FP32's outputs kept in files for the others (as plain inference).
+    with tempfile.TemporaryDirectory(prefix="trtpipe.accuracy.") as tmp:
+        rows = evaluate_in_turn(
+            cfg,
+            lambda: infer(out.graph(FP32)),
+            {n: (lambda p=p: infer(p)) for n, p in graphs.items()},
+            gates,
+            batch,
+            Path(tmp),
+        )
     method = cfg.calibration.method
     info(f"{cfg.name}: w8a8 graphs on ONNX Runtime (CPU) against FP32, held-out data at batch {batch}, method={method}")
     info(table(*accuracy_table(rows)))
