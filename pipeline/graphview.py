@@ -56,11 +56,12 @@ class GraphView:
         """Shape inference is the costly part on large graphs: callers that already have a view pass it."""
         return model if isinstance(model, GraphView) else cls(model)
 
-    def with_weights(self, model: onnx.ModelProto) -> GraphView:
-        """This view (of ``model``'s skeleton) reading its weights' data from ``model``: no second
-        shape inference."""
+    def with_weights(self, model: onnx.ModelProto, folder: Path | None = None) -> GraphView:
+        """This view (of ``model``'s skeleton) reading its weights' data from ``model`` (or, where
+        ``model`` names them in files, from ``folder``): no second shape inference."""
         view = copy.copy(self)
         view.model = model
+        view.weights_folder = folder
         view.initializers = {**self.initializers, **{i.name: i for i in model.graph.initializer}}
         return view
 

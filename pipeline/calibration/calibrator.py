@@ -63,6 +63,8 @@ class RangesFromOnnx:
         batches = auto.tap(batches)
         with tempfile.TemporaryDirectory(prefix="trtpipe.calib.") as tmp:
             path, view, graph_sha256 = _graph_file(fp32, view, graph_sha256, Path(tmp))
+            with timed("graph load"):
+                weights = _weights(fp32, path, view, Path(tmp))
             source = value_sources(view, self.tensors)
             stats = {name: Collected(self.settings) for name in sorted(set(source.values()))}
             kept = auto.start(view, self.tensors, Path(tmp) / "auto")
@@ -91,11 +93,8 @@ class RangesFromOnnx:
                 found = {src: _measured(s, holders[src]) for src, s in stats.items()}
             with timed("whole-graph check"):
                 auto.reference(path, _cores())
-            with timed("graph load"):
-                # An in-memory graph (the smoothed one) already holds its weights: not parsed again from its copy.
-                model = fp32 if isinstance(fp32, onnx.ModelProto) else onnxutil.load(path, "FP32 graph")
-            choices = auto(view, found, view.with_weights(model), Path(tmp))
-            del model  # the whole-graph check reads the simulations auto wrote: the weights are not held twice
+            choices = auto(view, found, weights, Path(tmp))
+            del weights  # the whole-graph check reads the simulations auto wrote
             with timed("whole-graph check"):
                 choices, whole = auto.check(found, choices, _cores())
         ranges = {}
@@ -211,6 +210,16 @@ def _graph_file(
         with at_once():  # scratch, read back at once
             path = onnxutil.save(model, tmp / "fp32.onnx")
     return path, view or GraphView(model), graph_sha256 or file_sha256
+
+
+def _weights(fp32: onnx.ModelProto | Path, path: Path, view: GraphView, tmp: Path) -> GraphView:
+    """``view`` reading its weights: an in-memory graph's (the smoothed one) its own; a file's from a
+    copy of them in ``tmp``, a tensor at a time. Read before any session, while little else is held
+    (the whole-graph check later keeps FP32's outputs on its rows); the simulations auto writes to
+    ``tmp`` name them there."""
+    if isinstance(fp32, onnx.ModelProto):
+        return view.with_weights(fp32)
+    return view.with_weights(onnxutil.weights_to_file(onnxutil.load(path, "FP32 graph"), tmp / "weights.onnx"), tmp)
 
 
 def capture_session(fp32: Path, outputs: list[onnx.ValueInfoProto], tmp: Path, arena: bool = True):
