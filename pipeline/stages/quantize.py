@@ -24,8 +24,8 @@ def run(r: StageRun, targets: tuple[str, ...] = (), force: bool = False) -> Quan
     accuracy gate is written aside as ``model.NAME.failed.onnx`` and quantize fails, unless ``force``."""
     import tempfile
 
-    # The FP32 graph's weights wait in a file of their own while quantize runs: each graph made from
-    # it reads the weights it needs, and ONNX Runtime's quantizer holds them beside a graph without them.
+    # The FP32 and FP16 graphs' weights wait in files while quantize runs (inputs.quantization_inputs):
+    # each graph made from them reads the weights it needs, and no parsed copy of them is held.
     with tempfile.TemporaryDirectory(prefix="trtpipe.weights.") as folder:
         return _quantize(r, targets, force, Path(folder))
 
