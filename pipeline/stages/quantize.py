@@ -180,7 +180,7 @@ def _quantized_accuracy(cfg: Config, out: Layout, graphs: dict[str, Path]) -> li
     from pipeline.evaluate.accuracy import accuracy_table, evaluate_in_turn
 
     def infer(path: Path):
-        session = ortsession.session_for(path, True)
+        session = ortsession.session_for(path, True, arena=False)  # no arena to keep a run's activations after it
         return lambda feed: ortsession.run(session, feed)
 
     gates = {name: cfg.accuracy.gate(name) for name in graphs}
