@@ -125,13 +125,16 @@ def _symbolic_size(param: str, axes: Mapping[str, int]) -> int:
 
 
 def liveness_peak(view: GraphView, axes: Mapping[str, int] | None = None) -> int:
-    """Most bytes per sample of non-constant tensors alive at once, nodes run in graph order."""
+    """Most bytes per sample of activations alive at once, nodes run in graph order. A tensor made
+    from constants alone is none (a tied LM head's transposed embedding: ONNX Runtime folds it into
+    a weight), nor is one computed from shapes."""
+    varying = view.input_dependent()
     last_use = {name: i for i, node in enumerate(view.nodes) for name in node.input}
     last_use.update(dict.fromkeys(view.outputs, len(view.nodes)))
     live = {name: sample_bytes(view, name, axes) for name in view.inputs if not view.is_const(name)}
     peak = sum(live.values())
     for i, node in enumerate(view.nodes):
-        live.update({out: sample_bytes(view, out, axes) for out in node.output if out})
+        live.update({out: sample_bytes(view, out, axes) for out in node.output if out in varying})
         peak = max(peak, sum(live.values()))
         live = {name: size for name, size in live.items() if last_use.get(name, -1) > i}
     return peak
