@@ -8,7 +8,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -128,19 +128,21 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def staged(graphs: Mapping[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]:
+def staged(graphs: dict[Path, onnx.ModelProto]) -> Iterator[dict[Path, Path]]:
     """Save each graph under a hidden folder beside its destination and yield {destination: staged
     path}; only when the block succeeds do they move into place, except those the block popped from
-    that mapping. A check that fails (or a kill) leaves no graph that looks complete."""
+    that mapping. A check that fails (or a kill) leaves no graph that looks complete. ``graphs`` is
+    taken: each graph leaves it as it is written (a caller holding no other reference frees it then)."""
     folders: list[Path] = []
     moves: dict[Path, Path] = {}
     try:
-        for dest, model in graphs.items():
+        for dest in list(graphs):
+            model = graphs.pop(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             folders.append(Path(tempfile.mkdtemp(dir=dest.parent, prefix=temp_prefix(dest.name) + "staged.")))
             with at_once():  # the block reads them there; ``place`` holds them if the stage holds its outputs
                 moves[dest] = save(model, folders[-1] / dest.name)
-            del model  # not held while the block runs: a caller that lets its graphs go frees them
+            del model
         yield moves
         for dest, src in moves.items():
             place(src, dest)

@@ -76,12 +76,11 @@ def _quantize(r: StageRun, targets: tuple[str, ...], force: bool, weights_folder
         del inp
 
         with r.writing() as written:
-            writes = {out.graph(n): g for n, g in models.items()}
+            names = tuple(models)
+            # staged takes each graph as it writes it: one graph in memory at a time, then none; from here
+            # on the graphs are read from their files.
+            writes = {out.graph(n): models.pop(n) for n in names}
             with phases.timed("file writes"), onnxutil.staged(writes) as staged:
-                # From here on the graphs are read from their files: their weights go before the sessions come.
-                names = tuple(models)
-                writes.clear()
-                del models
                 with phases.timed("accuracy pass"):
                     rows = _quantized_accuracy(cfg, out, {n: staged[out.graph(n)] for n in names})
                 with phases.timed("CPU speed check"):
