@@ -71,7 +71,7 @@ class RangesFromOnnx:
             groups = _groups(groups, stats, kept)
             replay = _Replay(Path(tmp) / "runs")
             with timed("capture session"):
-                passes = _Passes.of(path, view, Path(tmp)) if len(groups) > 1 else None
+                passes = _Passes.of(path, weights, Path(tmp)) if len(groups) > 1 else None
             for i, group in enumerate(groups):
                 runs = auto.hold(batches if len(groups) == 1 else replay.play() if i else replay.record(batches))
                 label = "calibrating" + (f" (pass {i + 1}/{len(groups)})" if len(groups) > 1 else "")
@@ -249,11 +249,14 @@ class _Passes:
 
     @classmethod
     def of(cls, fp32: Path, view: GraphView, tmp: Path) -> _Passes | None:
-        """None for a graph with subgraphs (If, Loop, Scan): what a subgraph reads is not cut here."""
+        """None for a graph with subgraphs (If, Loop, Scan): what a subgraph reads is not cut here. A
+        view whose weights are in a file already (``_weights``) gives its graph: not written again."""
         if any(
             a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in view.nodes for a in n.attribute
         ):
             return None
+        if view.weights_folder is not None:
+            return cls(view.model, view.weights_folder)
         folder = tmp / "passes"
         folder.mkdir()
         model = onnxutil.load(fp32, "FP32 graph")  # held alone: no session is alive between passes
