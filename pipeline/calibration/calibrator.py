@@ -66,9 +66,12 @@ class RangesFromOnnx:
             with timed("graph load"):
                 weights = _weights(fp32, path, view, Path(tmp))
             source = value_sources(view, self.tensors)
-            stats = {name: Collected(self.settings) for name in sorted(set(source.values()))}
+            holders: dict[str, list[str]] = {}
+            for tensor, src in sorted(source.items()):
+                holders.setdefault(src, []).append(tensor)
             kept = auto.start(view, self.tensors, Path(tmp) / "auto")
-            groups = _groups(groups, stats, kept)
+            groups = _groups(groups, set(holders), kept)
+            found: dict[str, Measured] = {}
             replay = _Replay(Path(tmp) / "runs")
             with timed("capture session"):
                 passes = _Passes.of(path, weights, Path(tmp)) if len(groups) > 1 else None
@@ -79,18 +82,18 @@ class RangesFromOnnx:
                     outputs = new_outputs(view, group)
                     session = passes.session(group, outputs) if passes else capture_session(path, outputs, Path(tmp))
                 keep = lambda run, names, values: auto.keep(run, names, values, view)  # noqa: E731
-                measured = {n: stats[n] for n in group if n in stats}
+                # Each pass's statistics are made when it starts and reduced to ranges when it ends:
+                # one group's histograms are held at a time.
+                measured = {n: Collected(self.settings) for n in group if n in holders}
                 try:
                     with timed(STATISTICS):
                         fold(session, measured, progress(runs, label, length=total_batches), keep, also=group)
                 except NonFinite as exc:
                     raise _made_by_the_model(exc.tensors, view) from None
                 del session  # one pass's session alive at a time
-            holders: dict[str, list[str]] = {}
-            for tensor, src in sorted(source.items()):
-                holders.setdefault(src, []).append(tensor)
-            with timed("range methods"):
-                found = {src: _measured(s, holders[src]) for src, s in stats.items()}
+                with timed("range methods"):
+                    found.update({src: _measured(s, holders[src]) for src, s in measured.items()})
+                del measured
             with timed("whole-graph check"):
                 auto.reference(path, _cores())
             choices = auto(view, found, weights, Path(tmp))
@@ -179,9 +182,9 @@ def _made_by_the_model(tensors: list[str], view: GraphView) -> PipelineError:
     )
 
 
-def _groups(groups: Sequence[Sequence[str]], stats: dict[str, Collected], kept: set[str]) -> list[list[str]]:
+def _groups(groups: Sequence[Sequence[str]], stats: set[str], kept: set[str]) -> list[list[str]]:
     """The passes over the data: ``groups`` (one pass capturing everything by default), which must
-    split the measured tensors; what auto keeps that no group captures is one more pass."""
+    split the measured tensors ``stats``; what auto keeps that no group captures is one more pass."""
     groups = [list(g) for g in groups] or [sorted(set(stats) | kept)]
     covered = {n for g in groups for n in g}
     if sorted(n for g in groups for n in g if n in stats) != sorted(stats) or not covered <= set(stats) | kept:
