@@ -16,7 +16,7 @@ from pipeline import ortsession
 from pipeline.calibration.auto import AutoRanges, summary
 from pipeline.calibration.cache import AutoChoice, Ranges, TensorRange, load_ranges
 from pipeline.calibration.calibrator import RangesFromOnnx
-from pipeline.calibration.wholegraph import ExtremeRows, Range, best_method, scales, simulation, verdict
+from pipeline.calibration.wholegraph import CheckRows, ExtremeRows, Range, best_method, scales, simulation, verdict
 from pipeline.config import QuantizeSection
 from pipeline.evaluate.metrics import ErrorAccumulator
 from pipeline.graphview import GraphView
@@ -28,12 +28,13 @@ from tests import graphs
 SETTINGS = QuantizeSection()
 
 
-def _calibrate(model: onnx.ModelProto, x: np.ndarray, batch: int = 16) -> Ranges:
+def _calibrate(model: onnx.ModelProto, x: np.ndarray, batch: int = 16, check_step: int | None = None) -> Ranges:
     view = GraphView(model)
     placements = (plan_tensorrt(view, SETTINGS).simulated(), ort_cpu.placement(view, SETTINGS))
     tensors = plan_tensorrt(view, SETTINGS).tensors | ort_cpu.tensors_to_calibrate(view)
     batches = [{"x": x[i : i + batch]} for i in range(0, len(x), batch)]
-    return RangesFromOnnx(tensors, 2048, 99.99)(model, batches, auto=AutoRanges(8, {"x": 0}, placements))
+    auto = AutoRanges(8, {"x": 0}, placements, check_step=check_step)
+    return RangesFromOnnx(tensors, 2048, 99.99)(model, batches, auto=auto)
 
 
 def _per_tensor(ranges: Ranges) -> Ranges:
@@ -89,6 +90,49 @@ def test_a_rare_sample_the_per_tensor_ranges_clip_turns_the_check_to_one_method(
     assert "mse on every tensor, output error 0.022 against the per-tensor ranges' 0.031, lower by 18.7" in lines[1]
     ranges.save(tmp_path / "ranges.json")
     assert load_ranges(tmp_path / "ranges.json") == ranges
+
+
+def test_the_check_run_a_few_rows_at_a_time_gives_the_estimates_of_one_run():
+    """The check's 9 rows (the 8 first, then the rare sample) run 2 at a time, as a calibration batch
+    of 2 would run them (memory stays inference's at that batch), and all at once: the same estimates
+    and verdict, each row's error being its own."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 16, 8, 8)).astype(np.float32)
+    x[100] *= 8
+    model = graphs.outlier_chain(scale=1.0)
+    whole, pieces = (_calibrate(model, x, check_step=step).whole_graph for step in (None, 2))
+    assert (pieces.rows, pieces.extremes, pieces.chosen) == (whole.rows, whole.extremes, whole.chosen) == (8, 1, "mse")
+    assert pieces.estimates == pytest.approx(whole.estimates, rel=1e-6)
+    assert pieces.standard_errors == pytest.approx(whole.standard_errors, rel=1e-5)
+
+
+def test_check_rows_join_per_row_outputs_and_keep_the_rest_whole():
+    """Pieces of 2 of 5 rows: an input without a batch axis goes whole into each; a per-row output
+    is joined in order, one that is not (a total) is the first piece's."""
+    import onnx.helper as h
+
+    # x [N, 3] --ReduceSum(keepdims=0, no axes: a scalar)--> total
+    #   \------Add(bias [3], no batch axis)-------------> y [N, 3]
+    graph = h.make_graph(
+        [h.make_node("Add", ["x", "bias"], ["y"]), h.make_node("ReduceSum", ["x"], ["total"], keepdims=0)],
+        "pieces",
+        [
+            h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3]),
+            h.make_tensor_value_info("bias", onnx.TensorProto.FLOAT, [3]),
+        ],
+        [
+            h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3]),
+            h.make_tensor_value_info("total", onnx.TensorProto.FLOAT, []),
+        ],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    bias = np.array([100, 200, 300], np.float32)
+    rows = CheckRows({"x": x, "bias": bias}, 5, 2, {"x": 0, "bias": None})
+    assert [r for r, _ in rows.pieces()] == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    y, total = rows.outputs(ortsession.session(model))
+    np.testing.assert_array_equal(y, x + bias)
+    assert float(total) == float(x[:2].sum())
 
 
 def test_the_estimates_order_the_candidates_as_the_real_graphs_errors_do():

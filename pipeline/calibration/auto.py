@@ -52,6 +52,7 @@ from pipeline.calibration.memory import sample_bytes
 from pipeline.calibration.wholegraph import (
     AUTO,
     CLOSE,
+    CheckRows,
     ExtremeRows,
     Range,
     best_method,
@@ -107,15 +108,17 @@ class AutoRanges:
         placements: Sequence[Placement] = (),
         fake_quants: Sequence[TargetQuant] = (),
         chunk_bytes: int | None = None,
+        check_step: int | None = None,
     ) -> None:
         self.rows = rows
+        self.check_step = check_step  # rows the whole-graph check runs at once (all of them where None)
         self.chunk_bytes = chunk_bytes  # what one piece of the kept rows may take while judged (``chunks``)
         # How each configured target quantizes an input: a range is judged by the sum of their errors.
         self.fake_quants = tuple(fake_quants) or BOTH_SCHEMES
         self.batch_axes = dict(batch_axes or {})
         self.placements = tuple(placements)
         self.extremes = ExtremeRows(self.batch_axes)
-        self.checked: tuple[Feed, list[np.ndarray], tuple[int, int]] | None = (
+        self.checked: tuple[CheckRows, list[np.ndarray], tuple[int, int]] | None = (
             None  # rows, FP32 outputs, (first, extremes)
         )
         self.simulations: list[tuple[Path, Placement]] = []
@@ -242,8 +245,10 @@ class AutoRanges:
             axis = self.batch_axes.get(name, 0)
             parts = [np.take(value, first, axis), *(self.extremes.inputs[s][name] for s in extreme)]
             rows[name] = value if axis is None else np.concatenate(parts, axis)
+        count = len(first) + len(extreme)
+        checked = CheckRows(rows, count, self.check_step or count, self.batch_axes)
         session = ortsession.session(fp32, threads=threads, cpu_only=True, spin=False, arena=False)
-        self.checked = (rows, ortsession.run(session, rows), (len(first), len(extreme)))
+        self.checked = (checked, checked.outputs(session), (len(first), len(extreme)))
 
     def __call__(
         self, view: GraphView, found: dict[str, Measured], weights: GraphView, folder: Path | None = None

@@ -202,6 +202,7 @@ def ranges(
             placements,
             tuple(TargetQuant(t.fake_quant, t.fake_quant_weight) for t in chosen),
             chunk_bytes=plan.budget,  # judged within a run's budget, as the rows were captured
+            check_step=section.batch_size,  # the whole-graph check runs as inference at that batch would
         ),
     )
     with timed("cache write"):

@@ -62,6 +62,43 @@ FP8_SCALES = tuple(2.0 ** (k / FP8_STEPS) for k in range(FP8_STEPS))
 
 
 @dataclass(frozen=True)
+class CheckRows:
+    """The rows the whole-graph check runs on (``feed``: the first rows, then the extreme samples,
+    ``count`` in all), run through a session ``step`` rows at a time: at most a calibration batch, so
+    a run holds what inference at that batch holds, not the activations of every checked row at once.
+    ``batch_axes`` names each input's batch axis (0 where not given, None for an input without one,
+    the same in every piece)."""
+
+    feed: Feed
+    count: int
+    step: int
+    batch_axes: Mapping[str, int | None]
+
+    def pieces(self) -> Iterator[tuple[slice, Feed]]:
+        for start in range(0, self.count, max(1, self.step)):
+            rows = slice(start, min(start + max(1, self.step), self.count))
+            yield rows, {name: self._rows(name, value, rows) for name, value in self.feed.items()}
+
+    def _rows(self, name: str, value: np.ndarray, rows: slice) -> np.ndarray:
+        axis = self.batch_axes.get(name, 0)
+        if axis is None or (rows.start == 0 and rows.stop == self.count):
+            return value
+        return np.take(value, range(rows.start, rows.stop), axis)
+
+    def outputs(self, session) -> list[np.ndarray]:
+        """``session``'s outputs on every row, the pieces' joined along their leading axis where it is
+        one per row (an output that is not, the errors skip: ``output_divisors``, the first piece's)."""
+        parts = [(rows, ortsession.run(session, feed)) for rows, feed in self.pieces()]
+        if len(parts) == 1:
+            return parts[0][1]
+        joined = []
+        for i, first in enumerate(parts[0][1]):
+            per_row = all(np.ndim(out[i]) and len(out[i]) == r.stop - r.start for r, out in parts)
+            joined.append(np.concatenate([out[i] for _, out in parts]) if per_row else first)
+        return joined
+
+
+@dataclass(frozen=True)
 class Range:
     """A tensor's observed extremes and its amax under one candidate."""
 
@@ -357,14 +394,14 @@ def _lead(estimates: Mapping[str, float], standard: Mapping[str, float], method:
 def judge(
     simulations: Sequence[tuple[Path, Placement]],
     candidates: Mapping[str, Mapping[str, Range]],
-    feed: Feed,
+    feed: CheckRows,
     reference: Sequence[np.ndarray],
     rows: tuple[int, int],
     samples: int,
     threads: int = 1,
 ) -> WholeGraphCheck:
     """Each candidate's ranges (per tensor) on each placement's simulation (one session at a time),
-    scored against ``reference`` on ``feed``, whose ``rows`` are (first rows, extremes after them);
+    scored against ``reference`` on ``feed``'s rows, which are (first rows, extremes after them);
     then, where a placement is FP8's, the kept candidate's FP8 scales placed in their octave
     (``FP8_SCALES``, the estimate's lowest)."""
     first, extremes = rows
@@ -384,7 +421,7 @@ def judge(
 def _errors(
     simulations: Sequence[tuple[Path, Placement]],
     candidates: Mapping[object, tuple[Mapping[str, Range], float]],
-    feed: Feed,
+    feed: CheckRows,
     reference: Sequence[np.ndarray],
     weights: np.ndarray,
     threads: int,
@@ -399,7 +436,25 @@ def _errors(
             scale_feed = scales(placement, ranges, fp8_scale)
             key = tuple(float(v) for _, v in sorted(scale_feed.items()))
             if key not in runs:
-                runs[key] = row_errors(session.run(None, {**feed, **scale_feed}), reference, weights, divisors)
+                runs[key] = _piecewise_errors(session, feed, scale_feed, reference, weights, divisors)
             errors[name] = errors[name] + runs[key]
         del session
+    return errors
+
+
+def _piecewise_errors(
+    session,
+    feed: CheckRows,
+    scale_feed: Feed,
+    reference: Sequence[np.ndarray],
+    weights: np.ndarray,
+    divisors: Sequence[float | None],
+) -> np.ndarray:
+    """``row_errors`` of ``session`` (fed ``scale_feed`` besides the rows), a piece of rows at a time:
+    each piece's outputs are dropped once scored."""
+    errors = np.zeros(len(weights))
+    for rows, piece in feed.pieces():
+        outputs = session.run(None, {**piece, **scale_feed})
+        ref = [r if d is None else r[rows] for r, d in zip(reference, divisors, strict=True)]
+        errors[rows] = row_errors(outputs, ref, weights[rows], divisors)
     return errors
