@@ -93,6 +93,10 @@ def options(
     if shared:
         _register_shared_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
+        # A memory pattern asks for one block per run, each graph its own size: interleaved graphs
+        # each left a block in the shared arena that the others' did not fit (PoolFormerV2's speed
+        # search held three graphs' activations). Tensor by tensor, each run reuses the last's chunks.
+        opts.enable_mem_pattern = False
     if not spin:  # idle ONNX Runtime threads sleep instead of spinning, leaving the cores to our own work
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:

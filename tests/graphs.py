@@ -968,6 +968,27 @@ def wide_intermediate(rows: int) -> onnx.ModelProto:
     return _model(nodes, [shape], in_shape=(1, 1024), out_shape=(1, 1))
 
 
+def wide_relu(rows: int, beside: bool = False) -> onnx.ModelProto:
+    """Two activations of ``rows`` x 4 KiB alive at once (a memory test); ``beside``: and a small one
+    alive with them, so the graph plans a larger block per run for the same wide tensors::
+
+    x [1, 1024] -> Expand(to [rows, 1024]) -> wide -> Relu -> r -> ReduceSum(all) -> y [1, 1]
+    beside:        x -> Neg -> nx [1, 1024] ---------------- Add(sum, nx) -> ReduceSum -> y
+    """
+    shape = numpy_helper.from_array(np.array([rows, 1024], np.int64), "shape")
+    nodes = [helper.make_node("Expand", ["x", "shape"], ["wide"]), helper.make_node("Relu", ["wide"], ["r"])]
+    if beside:
+        nodes += [
+            helper.make_node("Neg", ["x"], ["nx"]),
+            helper.make_node("ReduceSum", ["r"], ["total"], keepdims=1),
+            helper.make_node("Add", ["total", "nx"], ["shifted"]),
+            helper.make_node("ReduceSum", ["shifted"], ["y"], keepdims=1),
+        ]
+    else:
+        nodes.append(helper.make_node("ReduceSum", ["r"], ["y"], keepdims=1))
+    return _model(nodes, [shape], in_shape=(1, 1024), out_shape=(1, 1))
+
+
 def flattened_width() -> onnx.ModelProto:
     """A length symbolic inference cannot name (the shape comes from the data)::
 

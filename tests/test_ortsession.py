@@ -199,3 +199,33 @@ def test_sessions_timed_side_by_side_share_one_arena_and_give_it_back():
     held = _resident_mib()
     ortsession.release_shared_arena()
     assert held - _resident_mib() > WIDE_MIB * 0.75
+
+
+def _grown_by_interleaving(pattern: bool) -> float:
+    """MiB the process grew by when two graphs with the same wide tensors (one also holding a small
+    one: a larger planned block) ran interleaved in the shared arena, the first one having run."""
+    rows = WIDE_MIB * 128  # each wide tensor half of WIDE_MIB
+    feed = {"x": np.ones((1, 1024), np.float32)}
+    sessions = []
+    for model in (graphs.wide_relu(rows), graphs.wide_relu(rows, beside=True)):
+        opts = ortsession.options(model, shared=True)
+        if pattern:
+            opts.enable_mem_pattern = True
+        sessions.append(ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]))
+    first, second = sessions
+    first.run(None, feed), first.run(None, feed)  # its memory pattern is made on the first run, used after
+    before = _resident_mib()
+    for session in (second, second, first, second):
+        session.run(None, feed)
+    grown = _resident_mib() - before
+    del first, second, sessions
+    ortsession.release_shared_arena()
+    return grown
+
+
+def test_graphs_timed_in_the_shared_arena_reuse_each_others_tensors():
+    """With a memory pattern each graph's run asks the shared arena for one block of its own size, and
+    a larger one does not fit the block the other left: the process grows by a wide tensor. Timed
+    sessions plan no pattern: each tensor reuses a chunk of the same size the other graph freed."""
+    assert _grown_by_interleaving(pattern=True) > WIDE_MIB * 0.4
+    assert _grown_by_interleaving(pattern=False) < WIDE_MIB * 0.1
