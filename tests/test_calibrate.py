@@ -343,9 +343,13 @@ def _exact(ranges) -> dict:
     return {name: (r.min, r.max, r.amax) for name, r in ranges.tensors.items()}
 
 
-def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, capsys):
+def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, capsys, monkeypatch):
     """The histograms are exact sums: runs of any size, and tensors captured in several passes
-    over the data, give the same numbers as whole batches in one pass."""
+    over the data, give the same numbers as whole batches in one pass. Each pass's histograms are
+    alive during that pass only."""
+    import weakref
+
+    from pipeline.calibration import calibrator
     from pipeline.calibration.calibrator import value_sources
     from pipeline.calibration.memory import capture_plan
     from pipeline.data import rebatch
@@ -360,8 +364,21 @@ def test_micro_batches_and_capture_groups_give_the_same_ranges(make_config, caps
     # With no floor, batch 1 leaves one run a budget of half the liveness peak: several passes.
     plan = capture_plan(view, set(value_sources(view, tensors).values()), 1, min_run_bytes=0)
     assert plan.micro_batch == 1 and len(plan.groups) > 1
+    alive, most = weakref.WeakSet(), [0]
+
+    class Counted(calibrator.Collected):
+        def __init__(self, settings) -> None:
+            super().__init__(settings)
+            alive.add(self)
+
+        def update(self, x) -> None:
+            most[0] = max(most[0], len(alive))
+            super().update(x)
+
+    monkeypatch.setattr(calibrator, "Collected", Counted)
     split = RangesFromOnnx(tensors, 2048, 99.99)(model, rebatch(batches, cfg, 3), groups=plan.groups)
     assert _exact(split) == _exact(whole)
+    assert most[0] == max(len(g) for g in plan.groups) < len(set(value_sources(view, tensors).values()))
     assert f"calibrating (pass {len(plan.groups)}/{len(plan.groups)})" in capsys.readouterr().err
 
 
