@@ -93,6 +93,34 @@ def test_a_variant_runs_only_what_changed_and_scores_as_the_whole_graph(setup):
     assert part.rel_error == pytest.approx(whole.rel_error, rel=1e-3)
 
 
+def test_variants_given_as_makers_are_made_a_chunk_at_a_time_and_score_as_given(setup, monkeypatch):
+    """A runner whose variants run whole scores each alone: the next is made only once the last one's
+    session has run, so one whole graph and its session are alive at a time. Variants of a graph run
+    as written share a base run, a chunk of them made together. Made or given, the scores are the same."""
+    targets, heldout = setup
+    cpu = targets["w8a8-cpu"]
+    runner = VariantRunner(cpu.with_fp16(frozenset()), heldout)
+    assert not runner.delta and runner.chunk == 1
+    sessions, made = [], []
+    real = ortsession.session
+    monkeypatch.setattr(ortsession, "session", lambda *a, **k: sessions.append(1) or real(*a, **k))
+
+    def maker(node: str):
+        def make():
+            assert len(sessions) == len(made)  # each variant made before this one has had its session
+            made.append(node)
+            return cpu.with_fp16({node})
+
+        return make
+
+    scored = runner.scores([maker(n) for n in LAYERS])
+    assert made == LAYERS and len(sessions) == len(LAYERS)
+    monkeypatch.setattr(ortsession, "session", real)
+    assert scored == runner.scores([cpu.with_fp16({n}) for n in LAYERS])
+    trt = VariantRunner(targets["w8a8"].with_fp16(frozenset()), heldout)
+    assert trt.delta and trt.chunk > len(LAYERS)
+
+
 @pytest.mark.parametrize("graph", ["w8a8", "w8a8-cpu"])
 def test_budget_keeps_exactly_the_sensitive_layer_and_stops_when_met(setup, graph):
     targets, heldout = setup

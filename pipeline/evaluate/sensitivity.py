@@ -154,13 +154,11 @@ def measure(target: Target, heldout: HeldOut) -> Sensitivity:
 def _scores(
     runner: VariantRunner, makers: list[Callable[[], onnx.ModelProto]], target: Target, what: str
 ) -> list[Score]:
-    """Scores of the graphs ``makers`` make, built a chunk at a time so few are in memory at once."""
-    from pipeline.evaluate.variants import CHUNK
-
+    """Scores of the graphs ``makers`` make, each made when its chunk is scored (``VariantRunner.chunk``)."""
     found: list[Score] = []
-    chunks = range(0, len(makers), CHUNK)
+    chunks = range(0, len(makers), runner.chunk)
     for start in progress(chunks, f"{target.graph}: each layer {what}", length=len(chunks)):
-        found += runner.scores([make() for make in makers[start : start + CHUNK]])
+        found += runner.scores(makers[start : start + runner.chunk])
     return found
 
 

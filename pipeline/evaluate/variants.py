@@ -17,7 +17,7 @@ reports is the written graph's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -117,17 +117,28 @@ class VariantRunner:
             lean = infer_shapes_lean(base)
             self.types = {v.name: v for v in (*lean.graph.value_info, *lean.graph.input, *lean.graph.output)}
 
-    def scores(self, variants: Sequence[onnx.ModelProto]) -> list[Score]:
+    @property
+    def chunk(self) -> int:
+        """Variants scored in one pass over the held-out rows: those whose regions share a base run; a
+        variant that runs whole is scored alone (each would hold a whole graph and its session)."""
+        return CHUNK if self.delta else 1
+
+    def scores(self, variants: Sequence[onnx.ModelProto | Callable[[], onnx.ModelProto]]) -> list[Score]:
+        """Each variant's score; a variant given as its maker is made when its chunk is scored, and
+        only its region is kept (the whole variant where it runs whole)."""
         found: list[Score] = []
-        for start in range(0, len(variants), CHUNK):
-            found += self._chunk(variants[start : start + CHUNK])
+        for start in range(0, len(variants), self.chunk):
+            found += self._chunk(variants[start : start + self.chunk])
         return found
 
-    def _chunk(self, variants: Sequence[onnx.ModelProto]) -> list[Score]:
-        regions = [self._region(v) for v in variants]
+    def _chunk(self, variants: Sequence[onnx.ModelProto | Callable[[], onnx.ModelProto]]) -> list[Score]:
+        regions = [self._region(v if isinstance(v, onnx.ModelProto) else v()) for v in variants]
         capture = sorted({t for r in regions for t in (*r.boundary, *r.from_base)} - self._inputs())
         base = ortsession.session(self._with_outputs(capture), cpu_only=True, arena=False) if capture else None
-        sessions = [None if r.model is None else ortsession.session(r.model, cpu_only=True) for r in regions]
+        # Without arenas: a chunk's sessions are alive together, and each arena would keep its peak.
+        sessions = [
+            None if r.model is None else ortsession.session(r.model, cpu_only=True, arena=False) for r in regions
+        ]
         names = [str(i) for i in range(len(variants))]
         scorer = self.heldout.scorer(names)
         for (feed, labels), ref in zip(self.heldout.batches, self.heldout.reference, strict=True):
