@@ -596,16 +596,16 @@ def concat(feeds: list[Feed], cfg: Config) -> Feed:
 
 def slice_rows(feed: Feed, cfg: Config, start: int, stop: int) -> Feed:
     """Rows ``start:stop`` along each input's batch axis, as views; inputs without one are kept whole."""
-    out = {}
-    for spec in cfg.inputs:
-        arr = feed[spec.name]
-        if spec.batch_axis is None:
-            out[spec.name] = arr
-        else:
-            index = [slice(None)] * arr.ndim
-            index[spec.batch_axis] = slice(start, stop)
-            out[spec.name] = arr[tuple(index)]
-    return out
+    return {spec.name: rows_along(feed[spec.name], spec.batch_axis, slice(start, stop)) for spec in cfg.inputs}
+
+
+def rows_along(value: np.ndarray, axis: int | None, rows: slice) -> np.ndarray:
+    """``rows`` of ``value`` along ``axis``, a view; ``value`` itself where it has no batch axis (None)."""
+    if axis is None:
+        return value
+    index = [slice(None)] * value.ndim
+    index[axis] = rows
+    return value[tuple(index)]
 
 
 def sample_inputs(cfg: Config, batch: int, shape: Shape | None = None) -> Feed:

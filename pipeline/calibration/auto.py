@@ -62,7 +62,7 @@ from pipeline.calibration.wholegraph import (
     uint8_scale,
 )
 from pipeline.console import info
-from pipeline.data import Feed
+from pipeline.data import Feed, rows_along
 from pipeline.graphview import GraphView
 from pipeline.onnxutil import save_weights_beside
 from pipeline.phases import timed
@@ -205,10 +205,8 @@ class AutoRanges:
             for start in range(0, take, step):
                 piece = dict(fixed)
                 for t, (a, axis) in rows.items():
-                    if axis is not None and not whole:
-                        cut = [slice(None)] * a.ndim
-                        cut[axis] = slice(start * per_row[t], min(start + step, take) * per_row[t])
-                        a = a[tuple(cut)]
+                    if axis is not None and not whole:  # per_row knows the tensors with a batch axis
+                        a = rows_along(a, axis, slice(start * per_row[t], min(start + step, take) * per_row[t]))
                     piece[t] = np.asarray(a, np.float32)
                 yield piece
 

@@ -46,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline import ortsession
 from pipeline.calibration import methods
 from pipeline.calibration.cache import WholeGraphCheck
-from pipeline.data import Feed
+from pipeline.data import Feed, rows_along
 from pipeline.evaluate.metrics import SPREAD_FLOOR
 from pipeline.graphview import GraphView
 from pipeline.placement import Placement
@@ -75,15 +75,10 @@ class CheckRows:
     batch_axes: Mapping[str, int | None]
 
     def pieces(self) -> Iterator[tuple[slice, Feed]]:
-        for start in range(0, self.count, max(1, self.step)):
-            rows = slice(start, min(start + max(1, self.step), self.count))
-            yield rows, {name: self._rows(name, value, rows) for name, value in self.feed.items()}
-
-    def _rows(self, name: str, value: np.ndarray, rows: slice) -> np.ndarray:
-        axis = self.batch_axes.get(name, 0)
-        if axis is None or (rows.start == 0 and rows.stop == self.count):
-            return value
-        return np.take(value, range(rows.start, rows.stop), axis)
+        step = max(1, self.step)
+        for start in range(0, self.count, step):
+            rows = slice(start, min(start + step, self.count))
+            yield rows, {n: rows_along(v, self.batch_axes.get(n, 0), rows) for n, v in self.feed.items()}
 
     def outputs(self, session) -> list[np.ndarray]:
         """``session``'s outputs on every row, the pieces' joined along their leading axis where it is
